@@ -1,0 +1,184 @@
+"""The ``mergeflow`` command. The only layer that touches argv and the console.
+
+Exit codes: 0 success, 2 bad input (recipe, models, paths), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mergeflow.errors import InputError, MergeflowError, RecipeError
+
+
+def _bytes(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(value))
+    except ValidationError:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)") from None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(143)  # unwinds like an error, so partial output is removed
+
+
+DEVICE = click.option("--device", default="auto", show_default=True,
+                      help="Where matching and merging run: cpu, cuda, cuda:N, or auto (cuda when available).")
+MEMORY = click.option("--max-memory", default=None, metavar="SIZE",
+                      help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.")
+PICKLE = click.option("--allow-pickle", is_flag=True,
+                      help="Accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mergeflow")
+def cli() -> None:
+    """Merge neural-network checkpoints from YAML recipes, streaming tensor by tensor."""
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("out_pos", required=False, metavar="[OUT]")
+@click.option("-o", "--out", "out_opt", default=None, help="Output model directory (or give it as OUT).")
+@DEVICE
+@MEMORY
+@PICKLE
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new merge is complete).")
+@click.option("--check-finite", is_flag=True, help="Stop with the tensor's name if a merged tensor has NaN/Inf.")
+@click.option("--no-prefetch", is_flag=True, help="Do not read the next tensors while merging the current one.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def run(recipe: str, out_pos: str | None, out_opt: str | None, device: str, max_memory: str | None,
+        allow_pickle: bool, force: bool, check_finite: bool, no_prefetch: bool, quiet: bool) -> None:
+    """Merge the models of RECIPE into the directory OUT."""
+    from mergeflow.graph import run as runner
+
+    if out_pos and out_opt and out_pos != out_opt:
+        raise InputError(f"two outputs given ({out_pos} and {out_opt}); give one")
+    out = out_opt or out_pos
+    if not out:
+        raise InputError("no output directory: give it as OUT or with -o/--out")
+    opts = runner.Options(device=device, max_memory=_bytes(max_memory), force=force, allow_pickle=allow_pickle,
+                          check_finite=check_finite, prefetch=not no_prefetch)
+    prep = runner.prepare(recipe, opts)
+    result = runner.run(prep, out, opts, progress=not quiet)
+    if not quiet:
+        plan = result.plan
+        ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
+        click.echo(f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}")
+        click.echo(f"wrote {result.out} ({len(plan.layouts)} shard(s), {_human(plan.bytes_written)}) "
+                   f"in {result.seconds:.2f} s; peak RSS {_human(runner.peak_rss_bytes())}")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+def validate(recipe: str) -> None:
+    """Check RECIPE without reading any weight; print every problem (exit 2) or 'ok'."""
+    from mergeflow.merge.catalog import OPERATORS
+    from mergeflow.recipe.validate import load_recipe
+
+    r = load_recipe(recipe, OPERATORS)
+    click.echo(f"ok: {len(r.models)} model(s), operator {r.merge.name}, {len(r.overrides)} override(s)")
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@DEVICE
+@MEMORY
+@PICKLE
+def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -> None:
+    """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
+    from mergeflow.graph import run as runner
+
+    opts = runner.Options(device=device, max_memory=_bytes(max_memory), allow_pickle=allow_pickle)
+    prep = runner.prepare(recipe, opts)
+    p = prep.plan
+    click.echo(f"recipe: {recipe}")
+    click.echo("models:")
+    for name, r in prep.readers.items():
+        click.echo(f"  {name}: {r.path} ({r.model_type or 'no config'}, {len(r.tensors)} tensors, "
+                   f"{_human(r.total_bytes)})")
+    click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
+    click.echo(f"tensors: {p.n_tensors}")
+    click.echo(f"read: {_human(p.bytes_read)}   write: {_human(p.bytes_written)} in {len(p.layouts)} shard(s)")
+    click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
+    click.echo(f"largest working set: {_human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
+    prefetch = max(prep.max_memory - p.peak_task_bytes, 0)
+    click.echo(f"memory budget: {_human(prep.max_memory)} (estimated peak for tensors in flight: "
+               f"{_human(p.peak_task_bytes + min(prefetch, p.bytes_read))})")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the JSON Schema of recipes (for editor completion)."""
+    from mergeflow.merge.catalog import OPERATORS
+    from mergeflow.recipe.jsonschema import build_schema
+
+    click.echo(json.dumps(build_schema(dict(OPERATORS.items())), indent=2))
+
+
+@cli.command()
+def docs() -> None:
+    """Print the recipe reference (docs/recipes.md) generated from the parameter models."""
+    from mergeflow.cli.docgen import generate
+    from mergeflow.merge.catalog import OPERATORS
+
+    click.echo(generate(dict(OPERATORS.items())), nl=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        cli.main(args=argv, prog_name="mergeflow", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except RecipeError as exc:
+        click.echo("\n".join(f"error: {p}" for p in exc.problems), err=True)
+        sys.exit(2)
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except MergeflowError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except MemoryError:
+        click.echo("error: out of memory; lower --max-memory or use a smaller compute dtype", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        sys.exit(2 if exc.errno in (28, 13, 30, 122) else 1)
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get("MERGEFLOW_DEBUG"):
+            raise
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (set MERGEFLOW_DEBUG=1 for the traceback)",
+                   err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

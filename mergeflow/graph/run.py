@@ -1,0 +1,129 @@
+"""A whole merge: recipe -> models -> plan -> output directory. The CLI's ``run`` and ``plan`` call this."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+
+from mergeflow.errors import InputError
+from mergeflow.graph.executor import ExecContext, execute
+from mergeflow.graph.plan import Plan, build_plan, model_dir
+from mergeflow.graph.tasks import Write
+from mergeflow.io.card import write_card
+from mergeflow.io.dtypes import NAMES
+from mergeflow.io.output_dir import OutputDir, check_output_path, copy_support_files
+from mergeflow.io.reader import ModelReader
+from mergeflow.io.writer import ShardedWriter
+from mergeflow.merge.catalog import OPERATORS
+from mergeflow.recipe.schema import Recipe
+from mergeflow.recipe.validate import load_recipe
+
+
+def default_max_memory() -> int:
+    """Half of the memory available now: leaves room for the page cache that streaming relies on."""
+    return int(psutil.virtual_memory().available * 0.5)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+@dataclass
+class Options:
+    device: str = "auto"
+    max_memory: int | None = None
+    force: bool = False
+    allow_pickle: bool = False
+    check_finite: bool = False
+    prefetch: bool = True
+
+
+@dataclass
+class Prepared:
+    recipe: Recipe
+    recipe_text: str
+    readers: dict[str, ModelReader]
+    plan: Plan
+    device: torch.device
+    max_memory: int
+
+
+@dataclass
+class Result:
+    out: Path
+    plan: Plan
+    files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def prepare(recipe_path: str | Path, opts: Options) -> Prepared:
+    """Validate the recipe, open every model's headers, check them against each other and plan."""
+    recipe = load_recipe(recipe_path, OPERATORS)
+    device = resolve_device(opts.device)
+    readers = {name: ModelReader(name, e.path, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()}
+    budget = opts.max_memory if opts.max_memory is not None else default_max_memory()
+    plan = build_plan(recipe, readers, OPERATORS, max_memory=budget)
+    text = Path(recipe_path).read_text(encoding="utf-8")
+    return Prepared(recipe, text, readers, plan, device, budget)
+
+
+def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -> Result:
+    """Execute a prepared plan into ``out`` (appears only when complete)."""
+    from tqdm import tqdm
+
+    recipe, plan = prep.recipe, prep.plan
+    final = Path(out)
+    check_output_path(final, opts.force, [Path(e.path) for e in recipe.models.values()])
+    start = time.perf_counter()
+    bar = tqdm(total=plan.bytes_written, unit="B", unit_scale=True, unit_divisor=1024, desc="merging",
+               disable=not progress, dynamic_ncols=True)
+    done = [0]
+
+    def on_done(task: object) -> None:
+        if isinstance(task, Write):
+            done[0] += 1
+            bar.update(task.out.nbytes)
+            bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
+
+    with OutputDir(final, opts.force) as tmp:
+        writer = ShardedWriter(tmp, plan.layouts)
+        ctx = ExecContext(prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite)
+        prefetch = max(prep.max_memory - plan.peak_task_bytes, 0) if opts.prefetch else 0
+        try:
+            execute(plan.writes, ctx, prefetch_bytes=prefetch, on_done=on_done)
+        finally:
+            writer.close()
+            bar.close()
+            for r in prep.readers.values():
+                r.close()
+        files = writer.finish()
+        cfg_dir = model_dir(recipe.models[recipe.config_source].path)
+        tok = recipe.output.tokenizer
+        tok_dir = None if tok is False else model_dir(recipe.models[recipe.config_source if tok is True else tok].path)
+        files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype)
+        if recipe.output.card:
+            write_card(tmp, prep.recipe_text, {n: e.path for n, e in recipe.models.items()}, recipe.merge.name,
+                       plan.n_tensors, {"torch": torch.__version__, "python": platform.python_version(),
+                                        "seed": str(recipe.seed), "device": str(prep.device)})
+            files.append("README.md")
+    return Result(final.resolve(), plan, files, time.perf_counter() - start)
+
+
+def peak_rss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if platform.system() == "Darwin" else peak * 1024
+
+
+__all__ = ["Options", "prepare", "run", "default_max_memory", "peak_rss_bytes"]

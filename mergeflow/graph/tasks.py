@@ -1,0 +1,78 @@
+"""Frozen, hashable tasks: load -> merge -> write, one chain per output tensor.
+
+A task names its dependencies and computes its value from theirs; the executor decides when
+it runs, on which device, and when its value is freed. Tasks share a dependency (the same
+loaded tensor used by two merges) by being equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergeflow.errors import MergeflowError
+from mergeflow.io.dtypes import ST_TO_TORCH
+from mergeflow.io.writer import OutTensor
+from mergeflow.merge.base import OPERATORS, MergeContext, OpParams
+
+
+class NonFiniteTensor(MergeflowError):
+    pass
+
+
+@dataclass(frozen=True)
+class Load:
+    model: str
+    tensor: str
+    numel: int
+    stored_bytes: int
+    float: bool  # floating-point tensors are read in the compute dtype, others as stored
+
+    def deps(self) -> tuple[Any, ...]:
+        return ()
+
+    def run(self, ctx: Any) -> torch.Tensor:
+        dtype = ctx.compute_dtype if self.float else None
+        return ctx.readers[self.model].read(self.tensor, dtype=dtype, device=ctx.device)
+
+
+@dataclass(frozen=True)
+class Merge:
+    out: str
+    op: str
+    params: OpParams
+    model_params: tuple[OpParams, ...]
+    models: tuple[str, ...]
+    inputs: tuple[Load, ...]
+    base: Load | None
+
+    def deps(self) -> tuple[Any, ...]:
+        return self.inputs + ((self.base,) if self.base is not None else ())
+
+    def run(self, ctx: Any, *values: torch.Tensor) -> torch.Tensor:
+        tensors = list(values[: len(self.inputs)])
+        base = values[len(self.inputs)] if self.base is not None else None
+        op = OPERATORS.get(self.op)
+        mctx = MergeContext(self.out, ctx.seed, self.models)
+        try:
+            return op.fn(tensors, base, self.params, self.model_params, mctx)
+        except ValueError as exc:
+            raise MergeflowError(f"tensor {self.out!r}, operator {self.op}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Write:
+    out: OutTensor
+    source: Merge
+
+    def deps(self) -> tuple[Any, ...]:
+        return (self.source,)
+
+    def run(self, ctx: Any, value: torch.Tensor) -> None:
+        value = value.to(ST_TO_TORCH[self.out.dtype])
+        if ctx.check_finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise NonFiniteTensor(f"tensor {self.out.name!r} has NaN or Inf after merging ({self.source.op})")
+        ctx.writer.write(self.out.name, value)
+        return None

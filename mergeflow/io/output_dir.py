@@ -1,0 +1,98 @@
+"""The output directory: built under a hidden temporary sibling, renamed into place when complete.
+
+A run that fails, is interrupted or killed never leaves a directory under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+
+from mergeflow.errors import OutputError
+
+CONFIG_FILES = ("config.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+    "preprocessor_config.json", "processor_config.json",
+)
+
+
+def check_output_path(final: Path, force: bool, inputs: list[Path]) -> None:
+    final = final.resolve()
+    for src in inputs:
+        src = src.resolve()
+        src_dir = src if src.is_dir() else src.parent
+        if final == src_dir or final in src_dir.parents or src_dir in final.parents:
+            raise OutputError(f"output {final} overlaps input model {src}; choose another output directory")
+    if final.exists() and not force:
+        raise OutputError(f"output {final} already exists; pass --force to replace it")
+    if final.exists() and not final.is_dir():
+        raise OutputError(f"output {final} exists and is not a directory")
+    parent = final.parent
+    if not parent.exists():
+        raise OutputError(f"output's parent directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output's parent directory {parent} is not writable")
+
+
+class OutputDir:
+    """``with OutputDir(final, force) as tmp:`` write into ``tmp``; renamed to ``final`` on success."""
+
+    def __init__(self, final: str | Path, force: bool = False) -> None:
+        self.final = Path(final).resolve()
+        self.force = force
+        self.tmp = self.final.parent / f".{self.final.name}.mergeflow-partial-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        try:
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise OutputError(f"cannot create {self.tmp}: {exc.strerror or exc}") from None
+        return self.tmp
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if typ is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.final.exists():
+            if not self.force:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise OutputError(f"output {self.final} appeared while merging; pass --force to replace it")
+            old = self.final.parent / f".{self.final.name}.mergeflow-old-{os.getpid()}"
+            self.final.rename(old)
+        self.tmp.rename(self.final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_support_files(out: Path, config_dir: Path | None, tokenizer_dir: Path | None,
+                       out_dtype: str | None) -> list[str]:
+    """Copy config/generation config and tokenizer files (regular files only). Returns the names copied."""
+    copied = []
+    if config_dir is not None and config_dir.is_dir():
+        for name in CONFIG_FILES:
+            src = config_dir / name
+            if src.is_file() and not src.is_symlink():
+                if name == "config.json" and out_dtype is not None:
+                    cfg = json.loads(src.read_text(encoding="utf-8"))
+                    for key in ("torch_dtype", "dtype"):
+                        if key in cfg or key == "dtype":
+                            cfg[key] = out_dtype
+                    (out / name).write_text(json.dumps(cfg, indent=2) + "\n")
+                else:
+                    shutil.copyfile(src, out / name)
+                copied.append(name)
+    if tokenizer_dir is not None and tokenizer_dir.is_dir():
+        for name in TOKENIZER_FILES:
+            src = tokenizer_dir / name
+            if src.is_file() and not src.is_symlink():
+                shutil.copyfile(src, out / name)
+                copied.append(name)
+    return copied

@@ -1,0 +1,139 @@
+"""Sharded safetensors writer with a layout fixed before any tensor is computed.
+
+Every output tensor's dtype and shape are known from the plan, so each shard's header (and
+so every tensor's byte offset) is decided up front. Tensors are then written straight to
+their offsets as they are produced: nothing is buffered beyond the tensor in hand, whatever
+the shard size, and the result does not depend on the order tensors arrive in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from math import prod
+from pathlib import Path
+
+import torch
+
+from mergeflow.io.dtypes import ITEMSIZE, TORCH_TO_ST
+
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    dtype: str  # safetensors dtype string
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return prod(self.shape) * ITEMSIZE[self.dtype]
+
+
+@dataclass
+class ShardLayout:
+    filename: str
+    tensors: list[OutTensor]
+    header: bytes = b""
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # absolute [begin, end)
+    size: int = 0
+
+    def finalize(self, metadata: dict[str, str]) -> None:
+        entries: dict[str, object] = {"__metadata__": metadata}
+        cursor = 0
+        rel: dict[str, tuple[int, int]] = {}
+        for t in self.tensors:
+            rel[t.name] = (cursor, cursor + t.nbytes)
+            entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [cursor, cursor + t.nbytes]}
+            cursor += t.nbytes
+        text = json.dumps(entries, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
+        self.header = len(text).to_bytes(8, "little") + text
+        base = len(self.header)
+        self.offsets = {n: (base + a, base + b) for n, (a, b) in rel.items()}
+        self.size = base + cursor
+
+
+def plan_shards(tensors: list[OutTensor], shard_size: int, metadata: dict[str, str] | None = None,
+                ) -> list[ShardLayout]:
+    """Fill shards in the given order up to ``shard_size`` bytes (a larger tensor gets a shard of its own)."""
+    groups: list[list[OutTensor]] = []
+    used = 0
+    for t in tensors:
+        if not groups or (used + t.nbytes > shard_size and groups[-1]):
+            groups.append([])
+            used = 0
+        groups[-1].append(t)
+        used += t.nbytes
+    n = len(groups)
+    layouts = []
+    for i, g in enumerate(groups or [[]]):
+        fname = "model.safetensors" if n <= 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+        layout = ShardLayout(fname, g)
+        layout.finalize(metadata or {"format": "pt"})
+        layouts.append(layout)
+    return layouts
+
+
+class ShardedWriter:
+    """Writes tensors into pre-laid-out shards in ``directory``; ``finish`` writes the index last."""
+
+    def __init__(self, directory: str | Path, layouts: list[ShardLayout]) -> None:
+        self.dir = Path(directory)
+        self.layouts = layouts
+        self._where = {t.name: (i, t) for i, lay in enumerate(layouts) for t in lay.tensors}
+        self._fds: dict[int, int] = {}
+        self._left = [len(lay.tensors) for lay in layouts]
+        self.bytes_written = 0
+
+    def _fd(self, i: int) -> int:
+        fd = self._fds.get(i)
+        if fd is None:
+            lay = self.layouts[i]
+            fd = os.open(self.dir / lay.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.ftruncate(fd, lay.size)
+            os.pwrite(fd, lay.header, 0)
+            self._fds[i] = fd
+        return fd
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        i, spec = self._where[name]
+        if TORCH_TO_ST.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != spec.shape:
+            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {spec.shape}")
+        begin, end = self.layouts[i].offsets[name]
+        data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+        fd = self._fd(i)
+        view = memoryview(data)
+        pos = begin
+        while view:  # pwrite may write less than asked
+            n = os.pwrite(fd, view, pos)
+            view, pos = view[n:], pos + n
+        assert pos == end
+        self.bytes_written += end - begin
+        self._left[i] -= 1
+        if self._left[i] == 0:
+            os.close(self._fds.pop(i))
+
+    def finish(self) -> list[str]:
+        for i, lay in enumerate(self.layouts):
+            if self._left[i] and lay.tensors:
+                raise RuntimeError(f"{lay.filename}: {self._left[i]} tensor(s) never written")
+            if not lay.tensors:
+                self._fd(i)
+        self.close()
+        names = [lay.filename for lay in self.layouts]
+        if len(self.layouts) > 1:
+            index = {
+                "metadata": {"total_size": sum(t.nbytes for lay in self.layouts for t in lay.tensors)},
+                "weight_map": {n: self.layouts[i].filename for n, (i, _t) in sorted(self._where.items())},
+            }
+            (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+            names.append(INDEX_NAME)
+        return names
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

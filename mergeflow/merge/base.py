@@ -1,0 +1,102 @@
+"""Merge operators: pure functions over tensors, registered by name.
+
+An operator is one file: a frozen ``Params`` model (global parameters), optionally a
+``ModelParams`` model (one value per source model, e.g. ``weight``), and one function
+decorated with :func:`merge_operator`. Field descriptions become the recipe reference.
+Operators never open files and never know the model class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from mergeflow.registry import Registry
+
+
+class OpParams(BaseModel):
+    """Base of every operator parameter model: frozen (hashable), unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_refs: ClassVar[tuple[str, ...]] = ()
+
+
+class NoParams(OpParams):
+    pass
+
+
+@dataclass(frozen=True)
+class MergeContext:
+    """What an operator may know besides its inputs."""
+
+    tensor: str  # output tensor name, for messages and per-tensor seeds
+    seed: int = 0
+    model_names: tuple[str, ...] = ()
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A generator seeded from (recipe seed, tensor name): the same output whatever the execution order."""
+        digest = hashlib.sha256(f"{self.seed}:{self.tensor}".encode()).digest()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+        return gen
+
+
+MergeFn = Callable[[Sequence[torch.Tensor], "torch.Tensor | None", OpParams, Sequence[OpParams], MergeContext],
+                   torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MergeOperator:
+    name: str
+    fn: MergeFn
+    params: type[OpParams]
+    model_params: type[OpParams]
+    needs_base: bool
+    min_models: int
+    max_models: int | None
+    work: float  # temporaries, in units of one input tensor in compute dtype (for the memory estimate)
+    summary: str
+    doc: str
+    # which models' tensors the operator reads, given its params and the recipe's model order (default: all)
+    select: Callable[[OpParams, Sequence[str]], list[str]] | None = None
+
+
+OPERATORS: Registry[MergeOperator] = Registry("merge operator")
+
+
+def merge_operator(name: str, *, params: type[OpParams] = NoParams, model_params: type[OpParams] = NoParams,
+                   needs_base: bool = False, min_models: int = 1, max_models: int | None = None,
+                   work: float = 2.0, select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
+                   ) -> Callable[[MergeFn], MergeFn]:
+    """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
+
+    ``tensors`` are the models being merged (the base excluded when ``needs_base``), already on
+    the compute device in the compute dtype, all of one shape; ``model_params`` has one entry each.
+    The operator owns ``tensors`` and may overwrite them in place; it must not modify ``base``.
+    """
+
+    def deco(fn: MergeFn) -> MergeFn:
+        doc = (fn.__doc__ or "").strip()
+        OPERATORS.add(name, MergeOperator(name, fn, params, model_params, needs_base, min_models, max_models,
+                                          work, doc.splitlines()[0] if doc else name, doc, select))
+        return fn
+
+    return deco
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    """sum_i w_i x_i without materialising a stacked copy of the inputs."""
+    out = tensors[0] * weights[0]
+    for t, w in zip(tensors[1:], weights[1:], strict=True):
+        out.add_(t, alpha=w)
+    return out
+
+
+def deltas_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
+    """Task vectors x_i - base, computed in place in the (operator-owned) inputs."""
+    return [t.sub_(base) for t in tensors]

@@ -1,0 +1,76 @@
+"""Operator parameters as recipes see them: split into global and per-model fields,
+scalars or gradients (a list of numbers interpolated across layers). No torch here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ValidationError
+
+
+class OperatorLike(Protocol):
+    """What recipe validation needs to know about a merge operator (see mergeflow.merge.base)."""
+
+    params: type[BaseModel]
+    model_params: type[BaseModel]
+    needs_base: bool
+    min_models: int
+    max_models: int | None
+
+
+def field_names(cls: type[BaseModel]) -> dict[str, str]:
+    """Recipe key (alias if any) -> Python field name."""
+    return {(f.alias or name): name for name, f in cls.model_fields.items()}
+
+
+def takes_gradient(cls: type[BaseModel], key: str) -> bool:
+    f = cls.model_fields[field_names(cls)[key]]
+    return f.annotation in (float, int)
+
+
+def model_refs(cls: type[BaseModel]) -> tuple[str, ...]:
+    """Fields whose value names a model of the recipe."""
+    return tuple(getattr(cls, "model_refs", ()))
+
+
+def owner(op: OperatorLike, key: str) -> type[BaseModel] | None:
+    for cls in (op.params, op.model_params):
+        if key in field_names(cls):
+            return cls
+    return None
+
+
+def check_value(cls: type[BaseModel], key: str, value: Any) -> list[str]:
+    """Problems with one recipe value (scalar or gradient) for field ``key`` of ``cls``."""
+    if isinstance(value, list):
+        if not takes_gradient(cls, key):
+            return ["takes a single value, not a list (only numeric parameters take gradients)"]
+        if len(value) < 2:
+            return ["a gradient needs at least 2 values"]
+        out = []
+        for i, v in enumerate(value):
+            out += [f"[{i}]: {msg}" for msg in check_value(cls, key, v)]
+        return out
+    try:
+        cls.model_validate({key: value})
+    except ValidationError as exc:
+        return [e["msg"] for e in exc.errors()]
+    return []
+
+
+def interpolate(value: Any, position: float) -> Any:
+    """Evaluate a gradient at ``position`` in [0, 1] (first layer 0, last layer 1); scalars pass through."""
+    if not isinstance(value, list):
+        return value
+    x = min(max(position, 0.0), 1.0) * (len(value) - 1)
+    i = min(int(x), len(value) - 2)
+    frac = x - i
+    return value[i] * (1 - frac) + value[i + 1] * frac
+
+
+def split_params(op: OperatorLike, raw: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a mapping of recipe keys into (global params, per-model defaults) for ``op``;
+    keys the operator does not know are dropped (they belong to another operator)."""
+    glob, per_model = field_names(op.params), field_names(op.model_params)
+    return ({k: v for k, v in raw.items() if k in glob}, {k: v for k, v in raw.items() if k in per_model})

@@ -1,0 +1,131 @@
+"""The recipe data model (pure data: no torch, no file reads).
+
+Each top-level section has its own model so that validation can check every section
+even when another one is broken, and report all problems at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
+
+DType = Literal["float32", "float64", "bfloat16", "float16"]
+ParamValue = Any  # a scalar, or a list of numbers (a gradient over layers); checked per operator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(Strict):
+    """A source model."""
+
+    path: str = Field(description="Hugging Face model directory, or a single .safetensors file. "
+                      "Relative paths are resolved against the recipe file's folder.")
+    params: dict[str, ParamValue] = Field(default_factory=dict, description="Per-model operator parameters "
+                                          "(e.g. weight, density) for this model; scalars or gradients.")
+
+
+class MergeSpec(Strict):
+    """The merge operator and its parameters, written ``merge: {NAME: {PARAM: VALUE}}`` or ``merge: NAME``."""
+
+    name: str
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_form(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value, "params": {}}
+        if isinstance(value, dict) and "name" not in value:
+            if len(value) != 1:
+                raise ValueError("write exactly one operator, as {NAME: {PARAM: VALUE, ...}}")
+            (name, params), = value.items()
+            return {"name": name, "params": params if params is not None else {}}
+        return value
+
+
+class AlignStep(Strict):
+    """One alignment step, written ``- NAME: {PARAM: VALUE}``."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_form(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value, "params": {}}
+        if isinstance(value, dict) and "name" not in value:
+            if len(value) != 1:
+                raise ValueError("write each step as - NAME: {PARAM: VALUE, ...}")
+            (name, params), = value.items()
+            return {"name": name, "params": params if params is not None else {}}
+        return value
+
+
+class Override(Strict):
+    """Parameters for the tensors whose names match a glob (``match``) or a regular expression (``regex``)."""
+
+    match: str | None = Field(None, description="Shell-style glob on tensor names, e.g. '*.mlp.*'.")
+    regex: str | None = Field(None, description="Python regular expression searched in tensor names.")
+    merge: MergeSpec | None = Field(None, description="Use another operator for these tensors.")
+    params: dict[str, ParamValue] = Field(default_factory=dict, description="Operator parameters for these tensors.")
+    models: dict[str, dict[str, ParamValue]] = Field(
+        default_factory=dict, description="Per-model parameters for these tensors, by model name.")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> Override:
+        if (self.match is None) == (self.regex is None):
+            raise ValueError("give exactly one of 'match' (glob) or 'regex'")
+        return self
+
+
+class OutputOptions(Strict):
+    """How the output directory is written."""
+
+    shard_size: ByteSize = Field(ByteSize(5_000_000_000), description="Largest shard file, e.g. '5GB', '500MiB'.")
+    config: str | None = Field(None, description="Model whose config.json (and generation_config.json) is "
+                               "copied. Default: base, else anchor, else the first model.")
+    tokenizer: bool | str = Field(True, description="Copy tokenizer files: true (from the config model), "
+                                  "false, or a model name.")
+    card: bool = Field(True, description="Write a README.md model card that embeds the recipe.")
+
+
+SECTIONS: dict[str, tuple[Any, Any, str]] = {
+    # key: (type, default, description)
+    "models": (dict[str, str | ModelEntry], ..., "Source models by name: a path, or {path, params}."),
+    "base": (str | None, None, "Name of the base model for task-vector operators (a key of models)."),
+    "anchor": (str | None, None, "Model every other model is aligned to (a key of models), or 'auto'."),
+    "align": (list[AlignStep], [], "Alignment steps, run in order on each non-anchor model."),
+    "merge": (MergeSpec, ..., "Merge operator: {NAME: {PARAM: VALUE}}."),
+    "overrides": (list[Override], [], "Per-tensor parameter overrides, applied in order (later wins)."),
+    "dtype": (DType, "float32", "Compute dtype."),
+    "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
+    "seed": (int, 0, "Seed for randomised operators (DARE). Same seed, same output."),
+    "output": (OutputOptions, OutputOptions(), "Output options."),
+}
+
+
+class Recipe(Strict):
+    """A validated recipe. Paths in ``models`` are absolute after loading."""
+
+    models: dict[str, ModelEntry]
+    base: str | None = None
+    anchor: str | None = None
+    align: list[AlignStep] = []
+    merge: MergeSpec
+    overrides: list[Override] = []
+    dtype: DType = "float32"
+    out_dtype: DType | None = None
+    seed: int = 0
+    output: OutputOptions = OutputOptions()
+
+    @property
+    def config_source(self) -> str:
+        return self.output.config or self.base or (
+            self.anchor if self.anchor not in (None, "auto") else None) or next(iter(self.models))
+
+    def model_names(self) -> list[str]:
+        return list(self.models)

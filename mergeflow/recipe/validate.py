@@ -1,0 +1,186 @@
+"""Recipe validation: every problem at once, each with its YAML location, before any weight is read."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from mergeflow.errors import RecipeError
+from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
+from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
+from mergeflow.recipe.yaml_source import YamlSource, read_yaml
+
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+class _Problems:
+    def __init__(self, src: YamlSource) -> None:
+        self.src, self.items = src, []
+
+    def add(self, path: tuple[Any, ...], msg: str) -> None:
+        self.items.append(f"{self.src.where(path)}: {_dotted(path)}: {msg}")
+
+    def pydantic(self, prefix: tuple[Any, ...], exc: ValidationError) -> None:
+        for e in exc.errors():
+            loc = tuple(p for p in e["loc"] if p not in ("function-after[_one_selector()]",))
+            self.add((*prefix, *loc), e["msg"].removeprefix("Value error, "))
+
+
+def _sections(data: dict[str, Any], probs: _Problems) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in data:
+        if key not in SECTIONS:
+            probs.add((key,), f"unknown key; known keys: {', '.join(SECTIONS)}")
+    for key, (typ, default, _doc) in SECTIONS.items():
+        if key not in data:
+            if default is ...:
+                probs.add((), f"missing required key '{key}'")
+            continue
+        value = data[key]
+        if key == "models" and isinstance(value, dict):
+            # a bare string is shorthand for {path: ...}; normalise first so errors are not doubled by the union
+            value = {k: ({"path": v} if isinstance(v, str) else v) for k, v in value.items()}
+            typ = dict[str, ModelEntry]
+        try:
+            out[key] = TypeAdapter(typ).validate_python(value)
+        except ValidationError as exc:
+            probs.pydantic((key,), exc)
+    if "models" in out and not out["models"]:
+        probs.add(("models",), "name at least one model")
+    return out
+
+
+def _check_params(probs: _Problems, path: tuple[Any, ...], raw: Mapping[str, Any], op: OperatorLike,
+                  per_model_only: bool, models: Mapping[str, Any]) -> None:
+    for key, value in raw.items():
+        cls = owner(op, key)
+        if per_model_only and cls is op.params:
+            probs.add((*path, key), "is a global parameter; set it under merge or overrides[].params")
+            continue
+        if cls is None:
+            allowed = list(field_names(op.model_params)) + ([] if per_model_only else list(field_names(op.params)))
+            probs.add((*path, key), f"unknown parameter; allowed: {', '.join(allowed) or 'none'}")
+            continue
+        for msg in check_value(cls, key, value):
+            probs.add((*path, key), msg)
+        if key in model_refs(cls) and value is not None and value not in models:
+            probs.add((*path, key), f"names no model; models are: {', '.join(models)}")
+
+
+def _check_op(probs: _Problems, path: tuple[Any, ...], spec: MergeSpec, ops: Mapping[str, OperatorLike],
+              models: Mapping[str, Any]) -> OperatorLike | None:
+    if spec.name not in ops:
+        probs.add((*path, spec.name) if path[-1] == "merge" else path,
+                  f"unknown merge operator '{spec.name}'; known: {', '.join(sorted(ops))}")
+        return None
+    op = ops[spec.name]
+    _check_params(probs, (*path, spec.name), spec.params, op, False, models)
+    return op
+
+
+def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems) -> str:
+    p = Path(entry.path).expanduser()
+    p = p if p.is_absolute() else (root / p)
+    if not p.exists():
+        probs.add(("models", name), f"path does not exist: {p}")
+    elif p.is_dir() and not any((p / f).exists() for f in WEIGHT_FILES):
+        probs.add(("models", name), f"no weights in {p} (expected model.safetensors or "
+                  "model.safetensors.index.json)")
+    elif p.is_file() and p.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+        probs.add(("models", name), f"not a checkpoint file: {p}")
+    return str(p.resolve())
+
+
+def validate(src: YamlSource, operators: Mapping[str, OperatorLike], steps: Mapping[str, Any] | None = None,
+             root: Path | None = None, check_paths: bool = True) -> Recipe:
+    """Validate parsed YAML; raise RecipeError listing every problem."""
+    probs = _Problems(src)
+    steps = steps or {}
+    if not isinstance(src.data, dict):
+        raise RecipeError([f"{src.name}: a recipe is a mapping of keys (models, merge, ...)"])
+    sec = _sections(src.data, probs)
+    models: dict[str, ModelEntry] = sec.get("models") or {}
+    names = list(models)
+
+    for key in ("base", "anchor"):
+        ref = sec.get(key)
+        if ref is not None and ref not in models and not (key == "anchor" and ref == "auto"):
+            probs.add((key,), f"'{ref}' is not a key of models ({', '.join(names)})")
+    out = sec.get("output")
+    if out is not None:
+        if out.config is not None and out.config not in models:
+            probs.add(("output", "config"), f"'{out.config}' is not a key of models")
+        if isinstance(out.tokenizer, str) and out.tokenizer not in models:
+            probs.add(("output", "tokenizer"), f"'{out.tokenizer}' is not a key of models")
+    if sec.get("align"):
+        if sec.get("anchor") is None and "anchor" not in src.data:
+            probs.add(("align",), "alignment steps need an 'anchor' model")
+        for i, step in enumerate(sec["align"]):
+            if step.name not in steps:
+                known = ", ".join(sorted(steps)) or "none in this version"
+                probs.add(("align", i, step.name), f"unknown alignment step; known: {known}")
+
+    op = _check_op(probs, ("merge",), sec["merge"], operators, models) if "merge" in sec else None
+    if op is not None:
+        base = sec.get("base")
+        if op.needs_base and base is None and "base" not in src.data:
+            probs.add(("merge", sec["merge"].name), "this operator needs a 'base' model")
+        n = len(models) - (1 if op.needs_base and base in models else 0)
+        if models and n < op.min_models:
+            probs.add(("merge", sec["merge"].name), f"needs at least {op.min_models} model(s) to merge, got {n}")
+        if op.max_models is not None and n > op.max_models:
+            probs.add(("merge", sec["merge"].name), f"merges at most {op.max_models} model(s), got {n}")
+        for name, entry in models.items():
+            _check_params(probs, ("models", name, "params"), entry.params, op, True, models)
+
+    for i, ov in enumerate(sec.get("overrides") or []):
+        if ov.regex is not None:
+            try:
+                re.compile(ov.regex)
+            except re.error as exc:
+                probs.add(("overrides", i, "regex"), f"invalid regular expression: {exc}")
+        ov_op = _check_op(probs, ("overrides", i, "merge"), ov.merge, operators, models) if ov.merge else op
+        if ov_op is not None:
+            _check_params(probs, ("overrides", i, "params"), ov.params, ov_op, False, models)
+            for name, raw in ov.models.items():
+                if name not in models:
+                    probs.add(("overrides", i, "models", name), "is not a key of models")
+                else:
+                    _check_params(probs, ("overrides", i, "models", name), raw, ov_op, True, models)
+
+    resolved: dict[str, ModelEntry] = {}
+    for name, entry in models.items():
+        path = _model_path(name, entry, root or Path.cwd(), probs) if check_paths else entry.path
+        resolved[name] = entry.model_copy(update={"path": path})
+    if probs.items:
+        raise RecipeError(probs.items, src.name)
+    return Recipe(**{**sec, "models": resolved})
+
+
+def load_recipe(path: str | Path, operators: Mapping[str, OperatorLike], steps: Mapping[str, Any] | None = None,
+                check_paths: bool = True) -> Recipe:
+    """Read and validate a recipe file. Relative model paths resolve against the file's folder."""
+    src = read_yaml(path)
+    return validate(src, operators, steps, root=Path(path).resolve().parent, check_paths=check_paths)
+
+
+def recipe_schema(operators: Mapping[str, OperatorLike]) -> dict[str, Any]:
+    """JSON Schema of recipes, with each operator's parameters spelled out (gradients allowed on numbers)."""
+    from mergeflow.recipe.jsonschema import build_schema
+
+    return build_schema(operators)
+
+
+__all__ = ["load_recipe", "validate", "recipe_schema", "BaseModel"]
