@@ -19,7 +19,7 @@ def write_card(out: Path, recipe_text: str, models: dict[str, str], operator: st
         "",
         "# Merged model",
         "",
-        f"Made with [mergeflow](https://pypi.org/project/mergeflow/) {mergeflow.__version__} "
+        f"Made with mergeflow {mergeflow.__version__} "
         f"using the `{operator}` operator over {n_tensors} tensors.",
         "",
         "## Source models",

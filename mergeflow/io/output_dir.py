@@ -33,10 +33,10 @@ def check_output_path(final: Path, force: bool, inputs: list[Path]) -> None:
     if final.exists() and not final.is_dir():
         raise OutputError(f"output {final} exists and is not a directory")
     parent = final.parent
-    if not parent.exists():
-        raise OutputError(f"output's parent directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output's parent directory {parent} is not writable")
+    while not parent.exists():  # missing parents are created; the nearest existing one must be writable
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot create output {final}: {parent} is not a writable directory")
 
 
 class OutputDir:
@@ -48,9 +48,10 @@ class OutputDir:
         self.tmp = self.final.parent / f".{self.final.name}.mergeflow-partial-{os.getpid()}"
 
     def __enter__(self) -> Path:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
         try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)
             self.tmp.mkdir()
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc.strerror or exc}") from None

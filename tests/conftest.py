@@ -1,0 +1,72 @@
+"""Test set-up: no network, offline Hugging Face, tiny models built locally and cached per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+_real_connect = socket.socket.connect
+
+
+def _guarded_connect(self: socket.socket, address: object) -> None:
+    if self.family == socket.AF_UNIX:
+        return _real_connect(self, address)
+    raise OSError(f"network access is blocked in tests (tried {address!r})")
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = lambda self, address: _guarded_connect(self, address)  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def toy(tmp_path_factory: pytest.TempPathFactory):
+    """``toy(family, seed=0, perturb_from=None)`` -> path of a tiny random model, built once per session."""
+    from mergeflow.toymodels import build
+
+    root = tmp_path_factory.mktemp("toy")
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str, seed: int = 0, perturb_from: Path | None = None, **kw: object) -> Path:
+        key = (family, seed, str(perturb_from), tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = build(family, root / f"{family}-{seed}-{len(cache)}", seed=seed,
+                               perturb_from=perturb_from, **kw)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def demo_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of recipes/ beside demo_out/models/{base,math,code}, as `make demo` lays them out."""
+    from mergeflow.demo import build_models
+
+    root = tmp_path_factory.mktemp("demo")
+    shutil.copytree(ROOT / "recipes", root / "recipes")
+    build_models(root / "demo_out" / "models")
+    return root
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``mergeflow`` command in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("MERGEFLOW_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "mergeflow.cli.main", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
