@@ -1,0 +1,64 @@
+"""Contracts every registered operator must meet; a new operator is covered by adding it to the registry."""
+
+import pytest
+import torch
+
+from mergeflow.merge.base import MergeContext
+from mergeflow.merge.catalog import OPERATORS
+
+
+def run(name, tensors, base, dtype=torch.float32):
+    op = OPERATORS[name]
+    names = [f"m{i}" for i in range(len(tensors))]
+    if op.select is not None:
+        names = op.select(op.params(), names)
+        tensors = tensors[: len(names)]
+    return op.fn([t.to(dtype).clone() for t in tensors], None if base is None else base.to(dtype), op.params(),
+                 [op.model_params() for _ in tensors], MergeContext("x", 0, tuple(names)))
+
+
+def n_models(op):
+    return min(max(op.min_models, 3), op.max_models or 3)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("shape", [(7,), (5, 3), (2, 3, 4), ()])
+def test_copies_merge_to_the_model(name, shape):
+    op = OPERATORS[name]
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    base = x.clone() if op.needs_base else None
+    out = run(name, [x] * n_models(op), base)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_bfloat16_gives_finite_values_and_keeps_dtype(name):
+    op = OPERATORS[name]
+    gen = torch.Generator().manual_seed(2)
+    xs = [torch.randn(64, 32, generator=gen) * 10 for _ in range(n_models(op))]
+    base = torch.randn(64, 32, generator=gen) if op.needs_base else None
+    out = run(name, xs, base, torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and out.shape == (64, 32)
+    assert torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_base_is_never_modified(name):
+    op = OPERATORS[name]
+    if not op.needs_base:
+        pytest.skip("no base")
+    gen = torch.Generator().manual_seed(3)
+    base = torch.randn(16, generator=gen)
+    keep = base.clone()
+    run(name, [torch.randn(16, generator=gen) for _ in range(n_models(op))], base)
+    assert torch.equal(base, keep)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_documented(name):
+    op = OPERATORS[name]
+    assert op.summary and op.summary != name
+    for cls in (op.params, op.model_params):
+        for fname, f in cls.model_fields.items():
+            assert f.description, f"{name}.{fname} has no description"

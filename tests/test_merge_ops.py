@@ -1,0 +1,120 @@
+"""Closed-form tests, one block per operator."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from mergeflow.merge.base import MergeContext
+from mergeflow.merge.catalog import OPERATORS
+
+
+def call(name, tensors, base=None, params=None, model_params=None, tensor="t", seed=0, names=None):
+    op = OPERATORS[name]
+    p = op.params.model_validate(params or {})
+    n = len(tensors)
+    mp = [op.model_params.model_validate((model_params or [{}] * n)[i]) for i in range(n)]
+    ctx = MergeContext(tensor, seed, tuple(names or [f"m{i}" for i in range(n)]))
+    return op.fn([t.clone() for t in tensors], base, p, mp, ctx)
+
+
+a = torch.tensor([1.0, -2.0, 3.0, 0.5])
+b = torch.tensor([3.0, 2.0, -1.0, 0.5])
+c = torch.tensor([-1.0, 4.0, 1.0, 2.5])
+
+
+def test_linear():
+    assert_close(call("linear", [a, b], model_params=[{"weight": 1}, {"weight": 3}]), (a + 3 * b) / 4)
+    assert_close(call("linear", [a, b], params={"normalize": False}, model_params=[{"weight": 1}, {"weight": 3}]),
+                 a + 3 * b)
+    with pytest.raises(ValueError, match="sum to 0"):
+        call("linear", [a, b], model_params=[{"weight": 1}, {"weight": -1}])
+
+
+def test_task_arithmetic():
+    base = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    got = call("task_arithmetic", [a, b], base, {"lambda": 0.5}, [{"weight": 1.0}, {"weight": 2.0}])
+    assert_close(got, base + 0.5 * ((a - base) + 2 * (b - base)))
+    got = call("task_arithmetic", [a, b], base, {"normalize": True}, [{"weight": 1.0}, {"weight": 3.0}])
+    assert_close(got, base + ((a - base) + 3 * (b - base)) / 4)
+
+
+def test_ties_by_hand():
+    base = torch.zeros(4)
+    d1 = torch.tensor([4.0, -1.0, 0.2, 3.0])
+    d2 = torch.tensor([-2.0, -3.0, 0.1, 0.0])
+    d3 = torch.tensor([-1.0, 2.0, -5.0, 1.0])
+    # density 0.5 keeps the 2 largest |entries| of each: d1 -> [4,0,0,3], d2 -> [-2,-3,0,0], d3 -> [0,2,-5,0]
+    # elected sign of the sum [2,-1,-5,3] -> [+,-,-,+]; agreeing entries: e0 {4}, e1 {-3}, e2 {-5}, e3 {3}
+    got = call("ties", [d1, d2, d3], base, {}, [{"density": 0.5}] * 3)
+    assert_close(got, torch.tensor([4.0, -3.0, -5.0, 3.0]))
+    # without normalize: plain sum of agreeing entries; with lambda
+    got = call("ties", [d1, d2, d3], base, {"normalize": False, "lambda": 2.0}, [{"density": 1.0}] * 3)
+    # sum [1,-2,-4.7,4] -> signs [+,-,-,+]: e0 {4} -> 4, e1 {-1,-3} -> -4, e2 {-5} -> -5, e3 {3,1} -> 4
+    assert_close(got, 2.0 * torch.tensor([4.0, -4.0, -5.0, 4.0]))
+    # disjoint mean at density 1: e0 4/1, e1 (-1-3)/2, e2 -5/1, e3 (3+0+1)/3 (0 has sign 0: not agreeing) -> 4/2
+    got = call("ties", [d1, d2, d3], base, {}, [{"density": 1.0}] * 3)
+    assert_close(got, torch.tensor([4.0, -2.0, -5.0, 2.0]))
+
+
+def test_ties_count_majority():
+    base = torch.zeros(1)
+    got = call("ties", [torch.tensor([5.0]), torch.tensor([-1.0]), torch.tensor([-1.0])], base,
+               {"majority": "count"})
+    assert_close(got, torch.tensor([-1.0]))
+    got = call("ties", [torch.tensor([5.0]), torch.tensor([-1.0]), torch.tensor([-1.0])], base)
+    assert_close(got, torch.tensor([5.0]))
+
+
+def test_magnitude_trim_uses_kth_value():
+    from mergeflow.merge.sparsify import magnitude_trim_
+
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    kept = magnitude_trim_(x.clone(), 0.1)
+    assert (kept != 0).sum() == 100
+    assert kept.abs().min() == 0 and kept[kept != 0].abs().min() >= x.abs().sort().values[-100]
+
+
+def test_dare_linear_drop_rescale_and_determinism():
+    base = torch.zeros(20000)
+    x = torch.full((20000,), 2.0)
+    got = call("dare_linear", [x], base, {}, [{"density": 0.25}], tensor="w")
+    kept = got != 0
+    assert set(got.unique().tolist()) <= {0.0, 8.0}  # survivors scaled by 1/density
+    assert abs(kept.float().mean().item() - 0.25) < 0.02
+    assert torch.equal(got, call("dare_linear", [x], base, {}, [{"density": 0.25}], tensor="w"))
+    assert not torch.equal(got, call("dare_linear", [x], base, {}, [{"density": 0.25}], tensor="v"))
+    assert not torch.equal(got, call("dare_linear", [x], base, {}, [{"density": 0.25}], tensor="w", seed=1))
+    no_rescale = call("dare_linear", [x], base, {"rescale": False}, [{"density": 0.25}], tensor="w")
+    assert_close(no_rescale * 4, got)
+    # density 1 is task arithmetic
+    assert_close(call("dare_linear", [a, b], c, {"lambda": 0.3}, [{"weight": 1.0}, {"weight": 0.5}]),
+                 call("task_arithmetic", [a, b], c, {"lambda": 0.3}, [{"weight": 1.0}, {"weight": 0.5}]))
+
+
+def test_dare_ties_at_full_density_is_ties():
+    mp = [{"weight": 1.0}, {"weight": 0.5}]
+    assert_close(call("dare_ties", [a, b], c, {}, mp), call("ties", [a, b], c, {}, mp))
+
+
+def test_slerp():
+    e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert_close(call("slerp", [e0, e1], params={"t": 0.5}), torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert_close(call("slerp", [e0, e1], params={"t": 0.0}), e0)
+    assert_close(call("slerp", [e0, e1], params={"t": 1.0}), e1)
+    theta = math.pi / 2
+    t = 0.3
+    assert_close(call("slerp", [e0, 2 * e1], params={"t": t}),
+                 math.sin((1 - t) * theta) / math.sin(theta) * e0 + math.sin(t * theta) / math.sin(theta) * 2 * e1)
+    # nearly colinear: linear interpolation
+    v = torch.tensor([1.0, 2.0, 3.0])
+    assert_close(call("slerp", [v, 2 * v], params={"t": 0.25}), 1.25 * v)
+
+
+def test_passthrough_takes_the_one_selected_model():
+    op = OPERATORS["passthrough"]
+    p = op.params.model_validate({"source": "b"})
+    assert op.select(p, ["a", "b", "c"]) == ["b"]
+    assert op.select(op.params(), ["a", "b"]) == ["a"]
+    assert torch.equal(call("passthrough", [b], params={"source": "b"}, names=["b"]), b)
