@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m mergeflow.demo --workdir demo_out
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check mergeflow tests benchmarks
@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_merge.py
 
 docs: $(STAMP)
-	$(BIN)/python -m mergeflow.cli.main docs > docs/recipes.md
+	$(BIN)/mergeflow docs > docs/recipes.md
 
 clean:
 	rm -rf $(VENV) demo_out

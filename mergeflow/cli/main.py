@@ -64,9 +64,12 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new merge is complete).")
 @click.option("--check-finite", is_flag=True, help="Stop with the tensor's name if a merged tensor has NaN/Inf.")
 @click.option("--no-prefetch", is_flag=True, help="Do not read the next tensors while merging the current one.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Write a JSON report (time, bytes, tensors, peak RSS) to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def run(recipe: str, out_pos: str | None, out_opt: str | None, device: str, max_memory: str | None,
-        allow_pickle: bool, force: bool, check_finite: bool, no_prefetch: bool, quiet: bool) -> None:
+        allow_pickle: bool, force: bool, check_finite: bool, no_prefetch: bool, report: str | None,
+        quiet: bool) -> None:
     """Merge the models of RECIPE into the directory OUT."""
     from mergeflow.graph import run as runner
 
@@ -79,6 +82,13 @@ def run(recipe: str, out_pos: str | None, out_opt: str | None, device: str, max_
                           check_finite=check_finite, prefetch=not no_prefetch)
     prep = runner.prepare(recipe, opts)
     result = runner.run(prep, out, opts, progress=not quiet)
+    if report:
+        Path(report).write_text(json.dumps({
+            "output": str(result.out), "seconds": result.seconds, "tensors": result.plan.n_tensors,
+            "bytes_read": result.plan.bytes_read, "bytes_written": result.plan.bytes_written,
+            "shards": len(result.plan.layouts), "peak_rss_bytes": runner.peak_rss_bytes(),
+            "max_memory_bytes": prep.max_memory, "device": str(prep.device), "operators": result.plan.ops_used,
+        }, indent=2) + "\n")
     if not quiet:
         plan = result.plan
         ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
@@ -120,9 +130,9 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
     click.echo(f"read: {_human(p.bytes_read)}   write: {_human(p.bytes_written)} in {len(p.layouts)} shard(s)")
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     click.echo(f"largest working set: {_human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
-    prefetch = max(prep.max_memory - p.peak_task_bytes, 0)
-    click.echo(f"memory budget: {_human(prep.max_memory)} (estimated peak for tensors in flight: "
-               f"{_human(p.peak_task_bytes + min(prefetch, p.bytes_read))})")
+    ahead = min(max(runner.tensor_budget(prep.max_memory) - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
+    click.echo(f"memory budget: {_human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
+               f"included: {_human(p.peak_task_bytes + min(ahead, p.bytes_read))})")
 
 
 @cli.command()

@@ -25,8 +25,9 @@ def check_output_path(final: Path, force: bool, inputs: list[Path]) -> None:
     final = final.resolve()
     for src in inputs:
         src = src.resolve()
-        src_dir = src if src.is_dir() else src.parent
-        if final == src_dir or final in src_dir.parents or src_dir in final.parents:
+        # never write into, over, or around an input (a --force replace would delete it)
+        inside_input = src.is_dir() and src in final.parents
+        if final == src or final in src.parents or inside_input:
             raise OutputError(f"output {final} overlaps input model {src}; choose another output directory")
     if final.exists() and not force:
         raise OutputError(f"output {final} already exists; pass --force to replace it")
