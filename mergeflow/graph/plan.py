@@ -11,7 +11,13 @@ import torch
 from pydantic import ValidationError
 
 from mergeflow.arch.layers import num_layers, position
-from mergeflow.errors import MemoryBudgetError, MissingTensor, RecipeError, ShapeMismatch, UnsupportedArchitecture
+from mergeflow.errors import (
+    MemoryBudgetError,
+    MissingTensor,
+    RecipeError,
+    ShapeMismatch,
+    UnsupportedArchitecture,
+)
 from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
 from mergeflow.io.reader import ModelReader

@@ -24,7 +24,6 @@ from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import load_recipe
 
-
 MAPPED_SHARE = 8
 PREFETCH_CAP = 512 * 2**20  # reading further ahead than this buys no throughput, only memory
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from mergeflow.errors import ModelError, MissingTensor
+from mergeflow.errors import MissingTensor, ModelError
 from mergeflow.io.dtypes import TORCH_TO_ST
 from mergeflow.io.header import TensorInfo, read_header
 

@@ -1,0 +1,204 @@
+"""Benchmark: mergeflow (and mergekit, when installed beside it) on Llama-shaped random bf16 checkpoints.
+
+    python benchmarks/bench_merge.py [--params 0.5e9] [--models 3] [--ops linear,ties,slerp]
+
+Generates the checkpoints once under --workdir (reused by later runs), then runs every merge with
+each tool in the same run, page cache warm for both, and prints wall time, peak RSS, throughput
+((bytes read + bytes written) / time) and the mergeflow/mergekit ratios. mergekit is looked up as
+--mergekit, $MERGEKIT_YAML, or bench_out/mergekit-venv/bin/mergekit-yaml; install it in a venv of its
+own so its pins do not touch ours:
+
+    python -m venv bench_out/mergekit-venv
+    bench_out/mergekit-venv/bin/pip install torch==2.13.0 mergekit
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PEAK = HERE / "_peak.py"
+
+
+def llama_dims(params: float) -> dict:
+    """Llama-style dims with about ``params`` parameters (hidden 1024-2048, vocab 32000)."""
+    hidden = 1024 if params < 1e9 else 2048
+    inter = int(hidden * 2.75) // 256 * 256
+    per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
+    vocab = 32000
+    layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
+    return {"hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers, "vocab_size": vocab,
+            "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 64}
+
+
+def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_000_000) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    if (path / "model.safetensors.index.json").exists():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    h, f, v = dims["hidden_size"], dims["intermediate_size"], dims["vocab_size"]
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for i in range(dims["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[p + f"self_attn.{n}.weight"] = (h, h)
+        shapes.update({p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
+                       p + "mlp.down_proj.weight": (h, f)})
+    shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
+    gen = torch.Generator().manual_seed(seed)
+    shards: list[dict] = [{}]
+    size = 0
+    for name, shape in shapes.items():
+        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
+        if size + t.numel() * 2 > shard_bytes and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.numel() * 2
+    weight_map = {}
+    for i, sd in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(sd, str(tmp / fname), metadata={"format": "pt"})
+        weight_map.update({n: fname for n in sd})
+    total = sum(t.numel() * 2 for sd in shards for t in sd.values())
+    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                  "weight_map": weight_map}))
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16",
+           "tie_word_embeddings": False, **dims}
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    tmp.rename(path)
+
+
+def recipes(op: str, models: list[Path]) -> tuple[str, str]:
+    """(mergeflow recipe, mergekit config) for the same merge: float32 compute, bfloat16 output."""
+    names = [f"m{i}" for i in range(len(models))]
+    if op == "slerp":
+        models, names = models[:2], names[:2]
+    mf = ["models:"] + [f"  {n}: {p}" for n, p in zip(names, models, strict=True)]
+    mk = ["models:"]
+    if op == "linear":
+        mf += ["merge: {linear: {weight: 1.0}}"]
+        mk += [f"  - model: {p}\n    parameters: {{weight: 1.0}}" for p in models] + ["merge_method: linear"]
+    elif op == "ties":
+        mf += ["base: m0", "merge: {ties: {density: 0.5, weight: 1.0}}"]
+        mk += [f"  - model: {models[0]}"] + [f"  - model: {p}\n    parameters: {{density: 0.5, weight: 1.0}}"
+                                             for p in models[1:]]
+        mk += [f"base_model: {models[0]}", "merge_method: ties", "parameters: {normalize: true}"]
+    elif op == "slerp":
+        mf += ["base: m0", "merge: {slerp: {t: 0.5}}"]
+        mk += [f"  - model: {p}" for p in models] + [f"base_model: {models[0]}", "merge_method: slerp",
+                                                     "parameters: {t: 0.5}"]
+    mf += ["dtype: float32", "out_dtype: bfloat16", "output: {shard_size: 5GB}"]
+    mk += ["dtype: float32", "out_dtype: bfloat16"]
+    return "\n".join(mf) + "\n", "\n".join(mk) + "\n"
+
+
+def timed(cmd: list[str], env: dict | None = None) -> dict:
+    res = subprocess.run([sys.executable, str(PEAK), *cmd], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    stats = json.loads(res.stderr.strip().splitlines()[-1])
+    if stats["rc"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
+    return stats
+
+
+def compare(a: Path, b: Path) -> float:
+    """Largest |difference| between two output directories' tensors."""
+    from safetensors import safe_open
+
+    def tensors(d: Path) -> dict:
+        out = {}
+        for f in sorted(d.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as h:
+                out.update({k: f for k in h.keys()})  # noqa: SIM118
+        return out
+
+    ta, tb = tensors(a), tensors(b)
+    if set(ta) != set(tb):
+        return math.inf
+    worst = 0.0
+    for k in ta:
+        with safe_open(str(ta[k]), "pt") as ha, safe_open(str(tb[k]), "pt") as hb:
+            worst = max(worst, (ha.get_tensor(k).float() - hb.get_tensor(k).float()).abs().max().item())
+    return worst
+
+
+def warm(paths: list[Path]) -> None:
+    for p in paths:
+        for f in p.glob("*.safetensors"):
+            with open(f, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=float, default=0.5e9, help="parameters per model (default 0.5e9, ~1 GB)")
+    ap.add_argument("--models", type=int, default=3)
+    ap.add_argument("--ops", default="linear,ties,slerp")
+    ap.add_argument("--workdir", default="bench_out")
+    ap.add_argument("--mergekit", default=os.environ.get("MERGEKIT_YAML"))
+    ap.add_argument("--max-memory", default=None, help="mergeflow --max-memory (default: its own default)")
+    args = ap.parse_args()
+    work = Path(args.workdir).resolve()
+    mk = Path(args.mergekit) if args.mergekit else work / "mergekit-venv" / "bin" / "mergekit-yaml"
+    have_mk = mk.exists()
+    dims = llama_dims(args.params)
+    tag = f"{args.params / 1e9:g}B"
+    models = [work / "models" / f"llama-{tag}-{i}" for i in range(args.models)]
+    for i, m in enumerate(models):
+        make_checkpoint(m, dims, seed=i)
+    size = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))
+    print(f"{args.models} Llama-shaped models, {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
+          f"{size / 1e9:.2f} GB each (bf16); mergekit: {mk if have_mk else 'not installed'}")
+    rows = []
+    for op in args.ops.split(","):
+        mf_text, mk_text = recipes(op, models)
+        (work / f"{op}.mergeflow.yml").write_text(mf_text)
+        (work / f"{op}.mergekit.yml").write_text(mk_text)
+        out_mf, out_mk = work / "out" / f"{op}-mergeflow", work / "out" / f"{op}-mergekit"
+        used = models[:2] if op == "slerp" else models
+        warm(used)
+        cmd = [str(Path(sys.executable).with_name("mergeflow")), "run", str(work / f"{op}.mergeflow.yml"),
+               str(out_mf), "--force", "-q", "--device", "cpu", "--report", str(work / f"{op}.report.json")]
+        if args.max_memory:
+            cmd += ["--max-memory", args.max_memory]
+        mf = timed(cmd)
+        report = json.loads((work / f"{op}.report.json").read_text())
+        moved = report["bytes_read"] + report["bytes_written"]
+        row = {"op": op, "mf_s": mf["seconds"], "mf_rss": mf["peak_rss_bytes"], "mf_gbs": moved / mf["seconds"] / 1e9}
+        if have_mk:
+            shutil.rmtree(out_mk, ignore_errors=True)
+            warm(used)
+            kk = timed([str(mk), str(work / f"{op}.mergekit.yml"), str(out_mk), "--no-copy-tokenizer"])
+            row.update({"mk_s": kk["seconds"], "mk_rss": kk["peak_rss_bytes"], "maxdiff": compare(out_mf, out_mk)})
+        rows.append(row)
+        print(json.dumps(row))
+    print()
+    head = "| merge | mergeflow s | mergeflow peak RSS | mergeflow GB/s |"
+    head += " mergekit s | mergekit peak RSS | time ratio | RSS ratio | max abs diff |" if have_mk else ""
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for r in rows:
+        line = f"| {r['op']} | {r['mf_s']:.2f} | {r['mf_rss'] / 2**30:.2f} GiB | {r['mf_gbs']:.2f} |"
+        if have_mk:
+            line += (f" {r['mk_s']:.2f} | {r['mk_rss'] / 2**30:.2f} GiB | {r['mf_s'] / r['mk_s']:.2f}x |"
+                     f" {r['mf_rss'] / r['mk_rss']:.2f}x | {r['maxdiff']:.3g} |")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
