@@ -62,3 +62,14 @@ def test_documented(name):
     for cls in (op.params, op.model_params):
         for fname, f in cls.model_fields.items():
             assert f.description, f"{name}.{fname} has no description"
+
+
+@pytest.mark.parametrize("name", [n for n, op in OPERATORS.items() if "weight" in op.model_params.model_fields])
+def test_weight_one_on_one_model_returns_it(name):
+    op = OPERATORS[name]
+    gen = torch.Generator().manual_seed(4)
+    xs = [torch.randn(33, generator=gen) for _ in range(n_models(op))]
+    base = torch.randn(33, generator=gen) if op.needs_base else None
+    mp = [op.model_params(weight=1.0 if i == 0 else 0.0) for i in range(len(xs))]
+    out = op.fn([x.clone() for x in xs], base, op.params(), mp, MergeContext("x", 0, ()))
+    torch.testing.assert_close(out, xs[0], rtol=1e-6, atol=1e-6)

@@ -71,7 +71,7 @@ def test_magnitude_trim_uses_kth_value():
     from mergeflow.merge.sparsify import magnitude_trim_
 
     x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    kept = magnitude_trim_(x.clone(), 0.1)
+    (kept,) = magnitude_trim_([x.clone()], [0.1])
     assert (kept != 0).sum() == 100
     assert kept.abs().min() == 0 and kept[kept != 0].abs().min() >= x.abs().sort().values[-100]
 
@@ -118,3 +118,21 @@ def test_passthrough_takes_the_one_selected_model():
     assert op.select(p, ["a", "b", "c"]) == ["b"]
     assert op.select(op.params(), ["a", "b"]) == ["a"]
     assert torch.equal(call("passthrough", [b], params={"source": "b"}, names=["b"]), b)
+
+
+@pytest.mark.parametrize("layout", ["random", "sorted", "constant_rows", "ties"])
+def test_kth_largest_is_exact(layout):
+    from mergeflow.merge.sparsify import kth_largest
+
+    gen = torch.Generator().manual_seed(5)
+    n = 1_000_003
+    if layout == "random":
+        v = torch.rand(n, generator=gen)
+    elif layout == "sorted":
+        v = torch.linspace(0, 1, n)
+    elif layout == "constant_rows":  # a layout whose strided sample sees only a few distinct values
+        v = torch.arange(n, dtype=torch.float32).remainder(15.0)
+    else:
+        v = torch.randint(0, 7, (n,), generator=gen).float()
+    for k in (1, 17, n // 3, n // 2, n - 5, n):
+        assert kth_largest(v, k).item() == torch.kthvalue(v, n - k + 1).values.item(), (layout, k)

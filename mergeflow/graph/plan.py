@@ -26,6 +26,20 @@ from mergeflow.merge.base import MergeOperator
 from mergeflow.recipe.resolve import Resolver
 from mergeflow.recipe.schema import Recipe
 
+CHUNK_ELEMS = 1 << 22  # elementwise merges of larger tensors run in row blocks of about this many entries
+
+
+def row_blocks(shape: tuple[int, ...], chunk_elems: int) -> list[tuple[int, int] | None]:
+    """Row blocks [start, stop) of dim 0 of about ``chunk_elems`` entries; [None] for the whole tensor.
+    A function of the shape alone, so seeded operators give the same output under any memory budget."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    if len(shape) < 1 or numel <= chunk_elems or shape[0] < 2:
+        return [None]
+    per = max(1, chunk_elems // (numel // shape[0]))
+    return [(a, min(a + per, shape[0])) for a in range(0, shape[0], per)]
+
 
 @dataclass
 class Plan:
@@ -37,10 +51,7 @@ class Plan:
     peak_task_bytes: int  # largest working set of one output tensor
     peak_tensor: str
     ops_used: dict[str, int]
-
-    @property
-    def n_tensors(self) -> int:
-        return len(self.writes)
+    n_tensors: int
 
 
 def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) -> None:
@@ -65,7 +76,7 @@ def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) 
 
 
 def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Mapping[str, MergeOperator],
-               max_memory: int | None = None) -> Plan:
+               max_memory: int | None = None, chunk_elems: int = CHUNK_ELEMS) -> Plan:
     ref = recipe.config_source
     _check_models(recipe, readers, ref)
     ref_reader = readers[ref]
@@ -80,16 +91,18 @@ def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Ma
 
     writes: list[Write] = []
     outs: list[OutTensor] = []
-    loads: dict[tuple[str, str], Load] = {}
+    loads: dict[tuple[str, str, tuple[int, int] | None], Load] = {}
     bytes_read = peak = 0
     peak_name = ""
     ops_used: dict[str, int] = {}
 
-    def load(model: str, tensor: str) -> Load:
-        key = (model, tensor)
+    def load(model: str, tensor: str, rows: tuple[int, int] | None) -> Load:
+        key = (model, tensor, rows)
         if key not in loads:
             info = readers[model].info(tensor)
-            loads[key] = Load(model, tensor, info.numel, info.nbytes, is_float(info.dtype))
+            frac = 1.0 if rows is None else (rows[1] - rows[0]) / info.shape[0]
+            loads[key] = Load(model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype),
+                              rows)
         return loads[key]
 
     for tname, info in ref_reader.tensors.items():
@@ -107,24 +120,28 @@ def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Ma
         except ValidationError as exc:
             raise RecipeError([f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]
                               ) from None
-        base = load(recipe.base, tname) if op.needs_base else None
-        merge = Merge(tname, op.name, params, mparams, tuple(members), tuple(load(m, tname) for m in members), base)
         out_dtype = TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
-        writes.append(Write(out, merge))
+        blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
+        for part, rows in enumerate(blocks):
+            base = load(recipe.base, tname, rows) if op.needs_base else None
+            inputs = tuple(load(m, tname, rows) for m in members)
+            merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part)
+            writes.append(Write(out, merge, rows))
+            numel = inputs[0].numel if inputs else info.numel
+            task_bytes = int(numel * csize * (len(merge.deps()) + op.work) + writes[-1].nbytes)
+            if task_bytes > peak:
+                peak, peak_name = task_bytes, tname
         ops_used[op.name] = ops_used.get(op.name, 0) + 1
-        n_in = len(merge.deps())
-        task_bytes = int(info.numel * csize * (n_in + op.work) + out.nbytes)
-        if task_bytes > peak:
-            peak, peak_name = task_bytes, tname
 
     bytes_read = sum(ld.stored_bytes for ld in loads.values())
     if max_memory is not None and peak > max_memory:
         raise MemoryBudgetError(f"tensor {peak_name!r} needs about {peak / 2**20:.0f} MiB to merge, more than the "
                                 f"memory budget of {max_memory / 2**20:.0f} MiB; raise --max-memory")
     layouts = plan_shards(outs, int(recipe.output.shard_size))
-    return Plan(recipe, writes, layouts, bytes_read, sum(o.nbytes for o in outs), peak, peak_name, ops_used)
+    return Plan(recipe, writes, layouts, bytes_read, sum(o.nbytes for o in outs), peak, peak_name, ops_used,
+                len(outs))
 
 
 def model_dir(path: str) -> Path | None:

@@ -25,7 +25,8 @@ from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import load_recipe
 
 MAPPED_SHARE = 8
-PREFETCH_CAP = 512 * 2**20  # reading further ahead than this buys no throughput, only memory
+PREFETCH_CAP = 128 * 2**20  # reading further ahead than this buys no throughput, only memory
+MAPPED_CAP = 16 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
 
 
 def _malloc_returns_large_blocks() -> None:
@@ -104,7 +105,7 @@ def prepare(recipe_path: str | Path, opts: Options) -> Prepared:
     # and another eighth is headroom (allocator, threads); tensors in flight get the rest
     n_files = sum(len({t.file for t in r.tensors.values()}) for r in readers.values())
     for r in readers.values():
-        r.recycle_bytes = max(budget // MAPPED_SHARE // max(n_files, 1), 1 << 20)
+        r.recycle_bytes = min(max(budget // MAPPED_SHARE // max(n_files, 1), 1 << 20), MAPPED_CAP)
     plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget))
     text = Path(recipe_path).read_text(encoding="utf-8")
     return Prepared(recipe, text, readers, plan, device, budget)
@@ -124,8 +125,8 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
 
     def on_done(task: object) -> None:
         if isinstance(task, Write):
-            done[0] += 1
-            bar.update(task.out.nbytes)
+            done[0] += task.rows is None or task.rows[1] == task.out.shape[0]
+            bar.update(task.nbytes)
             bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
 
     with OutputDir(final, opts.force) as tmp:

@@ -29,13 +29,14 @@ class Load:
     numel: int
     stored_bytes: int
     float: bool  # floating-point tensors are read in the compute dtype, others as stored
+    rows: tuple[int, int] | None = None  # a block of rows [start, stop) of dim 0, or the whole tensor
 
     def deps(self) -> tuple[Any, ...]:
         return ()
 
     def run(self, ctx: Any) -> torch.Tensor:
         dtype = ctx.compute_dtype if self.float else None
-        return ctx.readers[self.model].read(self.tensor, dtype=dtype, device=ctx.device)
+        return ctx.readers[self.model].read(self.tensor, dtype=dtype, device=ctx.device, rows=self.rows)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Merge:
     models: tuple[str, ...]
     inputs: tuple[Load, ...]
     base: Load | None
+    part: int = 0
 
     def deps(self) -> tuple[Any, ...]:
         return self.inputs + ((self.base,) if self.base is not None else ())
@@ -55,7 +57,7 @@ class Merge:
         tensors = list(values[: len(self.inputs)])
         base = values[len(self.inputs)] if self.base is not None else None
         op = OPERATORS.get(self.op)
-        mctx = MergeContext(self.out, ctx.seed, self.models)
+        mctx = MergeContext(self.out, ctx.seed, self.models, self.part)
         try:
             return op.fn(tensors, base, self.params, self.model_params, mctx)
         except ValueError as exc:
@@ -66,6 +68,13 @@ class Merge:
 class Write:
     out: OutTensor
     source: Merge
+    rows: tuple[int, int] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        if self.rows is None or not self.out.shape:
+            return self.out.nbytes
+        return self.out.nbytes // self.out.shape[0] * (self.rows[1] - self.rows[0])
 
     def deps(self) -> tuple[Any, ...]:
         return (self.source,)
@@ -74,5 +83,5 @@ class Write:
         value = value.to(ST_TO_TORCH[self.out.dtype])
         if ctx.check_finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise NonFiniteTensor(f"tensor {self.out.name!r} has NaN or Inf after merging ({self.source.op})")
-        ctx.writer.write(self.out.name, value)
+        ctx.writer.write(self.out.name, value, rows=self.rows)
         return None

@@ -85,24 +85,37 @@ class ShardedWriter:
         self.layouts = layouts
         self._where = {t.name: (i, t) for i, lay in enumerate(layouts) for t in lay.tensors}
         self._fds: dict[int, int] = {}
-        self._left = [len(lay.tensors) for lay in layouts]
+        self._started: set[int] = set()
+        self._left = [sum(t.nbytes for t in lay.tensors) for lay in layouts]  # data bytes still to write
         self.bytes_written = 0
 
     def _fd(self, i: int) -> int:
         fd = self._fds.get(i)
         if fd is None:
             lay = self.layouts[i]
-            fd = os.open(self.dir / lay.filename, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.ftruncate(fd, lay.size)
-            os.pwrite(fd, lay.header, 0)
+            path = self.dir / lay.filename
+            if i in self._started:
+                fd = os.open(path, os.O_WRONLY)
+            else:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.ftruncate(fd, lay.size)
+                os.pwrite(fd, lay.header, 0)
+                self._started.add(i)
             self._fds[i] = fd
         return fd
 
-    def write(self, name: str, tensor: torch.Tensor) -> None:
+    def write(self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
+        """Write a whole tensor, or the block of rows [start, stop) of its first dimension."""
         i, spec = self._where[name]
-        if TORCH_TO_ST.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != spec.shape:
-            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {spec.shape}")
+        want = spec.shape if rows is None else (rows[1] - rows[0], *spec.shape[1:])
+        if TORCH_TO_ST.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != want:
+            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {want}")
         begin, end = self.layouts[i].offsets[name]
+        if rows is not None:
+            row_bytes = spec.nbytes // spec.shape[0]
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+        if end == begin:
+            return
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
         fd = self._fd(i)
         view = memoryview(data)
@@ -112,15 +125,15 @@ class ShardedWriter:
             view, pos = view[n:], pos + n
         assert pos == end
         self.bytes_written += end - begin
-        self._left[i] -= 1
+        self._left[i] -= end - begin
         if self._left[i] == 0:
             os.close(self._fds.pop(i))
 
     def finish(self) -> list[str]:
         for i, lay in enumerate(self.layouts):
-            if self._left[i] and lay.tensors:
-                raise RuntimeError(f"{lay.filename}: {self._left[i]} tensor(s) never written")
-            if not lay.tensors:
+            if self._left[i]:
+                raise RuntimeError(f"{lay.filename}: {self._left[i]} bytes never written")
+            if i not in self._started:
                 self._fd(i)
         self.close()
         names = [lay.filename for lay in self.layouts]

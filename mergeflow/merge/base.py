@@ -37,10 +37,13 @@ class MergeContext:
     tensor: str  # output tensor name, for messages and per-tensor seeds
     seed: int = 0
     model_names: tuple[str, ...] = ()
+    part: int = 0  # which row block of the tensor, when an elementwise operator runs block by block
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """A generator seeded from (recipe seed, tensor name): the same output whatever the execution order."""
-        digest = hashlib.sha256(f"{self.seed}:{self.tensor}".encode()).digest()
+        """A generator seeded from (recipe seed, tensor name, row block): the same output whatever the
+        execution order or memory budget (row blocks have a fixed size, see graph.plan)."""
+        key = f"{self.seed}:{self.tensor}" + (f":{self.part}" if self.part else "")
+        digest = hashlib.sha256(key.encode()).digest()
         gen = torch.Generator(device=device)
         gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
         return gen
@@ -64,6 +67,8 @@ class MergeOperator:
     doc: str
     # which models' tensors the operator reads, given its params and the recipe's model order (default: all)
     select: Callable[[OpParams, Sequence[str]], list[str]] | None = None
+    # each output entry depends only on the same entry of the inputs: large tensors may run in row blocks
+    elementwise: bool = False
 
 
 OPERATORS: Registry[MergeOperator] = Registry("merge operator")
@@ -72,7 +77,7 @@ OPERATORS: Registry[MergeOperator] = Registry("merge operator")
 def merge_operator(name: str, *, params: type[OpParams] = NoParams, model_params: type[OpParams] = NoParams,
                    needs_base: bool = False, min_models: int = 1, max_models: int | None = None,
                    work: float = 2.0, select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
-                   ) -> Callable[[MergeFn], MergeFn]:
+                   elementwise: bool = False) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
 
     ``tensors`` are the models being merged (the base excluded when ``needs_base``), already on
@@ -83,7 +88,8 @@ def merge_operator(name: str, *, params: type[OpParams] = NoParams, model_params
     def deco(fn: MergeFn) -> MergeFn:
         doc = (fn.__doc__ or "").strip()
         OPERATORS.add(name, MergeOperator(name, fn, params, model_params, needs_base, min_models, max_models,
-                                          work, doc.splitlines()[0] if doc else name, doc, select))
+                                          work, doc.splitlines()[0] if doc else name, doc, select,
+                                          elementwise))
         return fn
 
     return deco

@@ -14,7 +14,8 @@ class DareLinearParams(OpParams):
     rescale: bool = Field(True, description="Scale surviving entries by 1/density (DARE's 1/(1-p)).")
 
 
-@merge_operator("dare_linear", params=DareLinearParams, model_params=SparseModelParams, needs_base=True, work=3.0)
+@merge_operator("dare_linear", params=DareLinearParams, model_params=SparseModelParams, needs_base=True, work=3.0,
+                elementwise=True)
 def dare_linear(tensors, base, p: DareLinearParams, mp, ctx):
     """base + lambda * sum_i w_i drop(x_i - base); each entry kept with probability density; seeded."""
     gen = ctx.generator(base.device)

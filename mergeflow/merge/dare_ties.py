@@ -12,7 +12,8 @@ class DareTiesParams(SignParams):
     rescale: bool = Field(True, description="Scale surviving entries by 1/density (DARE's 1/(1-p)).")
 
 
-@merge_operator("dare_ties", params=DareTiesParams, model_params=SparseModelParams, needs_base=True, work=4.0)
+@merge_operator("dare_ties", params=DareTiesParams, model_params=SparseModelParams, needs_base=True, work=4.0,
+                elementwise=True)
 def dare_ties(tensors, base, p: DareTiesParams, mp, ctx):
     """base + lambda * disjoint_mean(sign-elected, randomly dropped and rescaled task vectors); seeded."""
     gen = ctx.generator(base.device)

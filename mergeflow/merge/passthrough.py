@@ -18,7 +18,7 @@ def _source(p: PassthroughParams, names) -> list[str]:
     return [p.source if p.source is not None else names[0]]
 
 
-@merge_operator("passthrough", params=PassthroughParams, work=0.0, select=_source)
+@merge_operator("passthrough", params=PassthroughParams, work=0.0, select=_source, elementwise=True)
 def passthrough(tensors, base, p: PassthroughParams, mp, ctx):
     """The tensor of ``source`` (default: the first model), unchanged; only that model is read."""
     return tensors[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import Field
 
@@ -20,16 +22,15 @@ def slerp(tensors, base, p: SlerpParams, mp, ctx):
     """Interpolate along the great circle between the two flattened tensors; linear when nearly colinear."""
     a, b = tensors
     t = p.t
-    # the angle comes from the normalised directions, in float64 for a stable arccos
-    na = torch.linalg.vector_norm(a, dtype=torch.float64)
-    nb = torch.linalg.vector_norm(b, dtype=torch.float64)
-    if na.item() == 0.0 or nb.item() == 0.0:
+    # three reductions in the compute dtype (blocked sums); the angle itself in Python floats
+    na = torch.linalg.vector_norm(a).item()
+    nb = torch.linalg.vector_norm(b).item()
+    if na == 0.0 or nb == 0.0:
         return a.mul_(1 - t).add_(b, alpha=t)
-    dot = (torch.dot(a.reshape(-1).double(), b.reshape(-1).double()) / (na * nb)).clamp(-1.0, 1.0).item()
+    dot = min(max(torch.dot(a.reshape(-1), b.reshape(-1)).item() / (na * nb), -1.0), 1.0)
     if abs(dot) > p.colinear_threshold:
         return a.mul_(1 - t).add_(b, alpha=t)
-    theta = torch.arccos(torch.tensor(dot, dtype=torch.float64)).item()
-    sin_theta = torch.sin(torch.tensor(theta, dtype=torch.float64)).item()
-    s0 = torch.sin(torch.tensor((1 - t) * theta, dtype=torch.float64)).item() / sin_theta
-    s1 = torch.sin(torch.tensor(t * theta, dtype=torch.float64)).item() / sin_theta
+    theta = math.acos(dot)
+    s0 = math.sin((1 - t) * theta) / math.sin(theta)
+    s1 = math.sin(t * theta) / math.sin(theta)
     return a.mul_(s0).add_(b, alpha=s1)

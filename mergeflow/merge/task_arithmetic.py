@@ -13,7 +13,8 @@ class TaskArithmeticParams(OpParams):
     normalize: bool = Field(False, description="Divide the weighted sum of task vectors by the sum of weights.")
 
 
-@merge_operator("task_arithmetic", params=TaskArithmeticParams, model_params=Weight, needs_base=True, work=2.0)
+@merge_operator("task_arithmetic", params=TaskArithmeticParams, model_params=Weight, needs_base=True, work=2.0,
+                elementwise=True)
 def task_arithmetic(tensors, base, p: TaskArithmeticParams, mp, ctx):
     """base + lambda * sum_i w_i (x_i - base)."""
     weights = [m.weight for m in mp]

@@ -9,5 +9,5 @@ from mergeflow.merge.sparsify import SignParams, SparseModelParams, magnitude_tr
 @merge_operator("ties", params=SignParams, model_params=SparseModelParams, needs_base=True, work=4.0)
 def ties(tensors, base, p: SignParams, mp, ctx):
     """base + lambda * disjoint_mean(sign-elected, magnitude-trimmed task vectors)."""
-    trimmed = [magnitude_trim_(d, m.density) for d, m in zip(deltas_(tensors, base), mp, strict=True)]
+    trimmed = magnitude_trim_(deltas_(tensors, base), [m.density for m in mp])
     return sign_consensus(trimmed, [m.weight for m in mp], p).mul_(p.lambda_).add_(base)

@@ -1,0 +1,40 @@
+"""Dependencies point one way: cli -> graph -> (io, align, merge) -> arch -> registry; recipe is pure data."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "mergeflow"
+ALLOWED = {
+    "recipe": {"recipe", "errors"},
+    "merge": {"merge", "registry", "errors"},
+    "align": {"align", "arch", "registry", "errors"},
+    "arch": {"arch", "registry", "errors"},
+    "io": {"io", "errors", ""},
+    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors"},
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+    return {m for m in out if m == "mergeflow" or m.startswith("mergeflow.")}
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_import_direction(package):
+    for path in sorted((PKG / package).glob("*.py")):
+        for mod in imports_of(path):
+            part = mod.split(".")[1] if "." in mod else ""
+            assert part in ALLOWED[package], f"{path.relative_to(PKG.parent)} imports {mod}"
+
+
+def test_modules_stay_small():
+    for path in PKG.rglob("*.py"):
+        n = len(path.read_text().splitlines())
+        assert n <= 300, f"{path.relative_to(PKG.parent)} has {n} lines; split it by topic"
