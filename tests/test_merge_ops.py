@@ -67,6 +67,19 @@ def test_ties_count_majority():
     assert_close(got, torch.tensor([5.0]))
 
 
+def test_magnitude_trim_keeps_exactly_k_even_with_ties():
+    from mergeflow.merge.sparsify import magnitude_trim_
+
+    x = torch.tensor([3.0, -1.0, 1.0, 2.0, -1.0, 1.0, 0.5])
+    (kept,) = magnitude_trim_([x.clone()], [3 / 7])  # k = 3: 3, 2 and the first tied 1
+    assert torch.equal(kept, torch.tensor([3.0, -1.0, 0.0, 2.0, 0.0, 0.0, 0.0]))
+    bf = torch.randn(100_000, generator=torch.Generator().manual_seed(1)).bfloat16().float()
+    for density in (0.01, 0.3, 0.77):
+        (kept,) = magnitude_trim_([bf.clone()], [density])
+        assert int((kept != 0).sum()) == int(density * bf.numel())
+        assert kept.abs().min() == 0 and kept[kept != 0].abs().min() >= bf.abs().sort().values[-int(density * 1e5)]
+
+
 def test_magnitude_trim_uses_kth_value():
     from mergeflow.merge.sparsify import magnitude_trim_
 

@@ -40,26 +40,33 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) -> list[torch.Tensor]:
-    """Zero all but the ``density`` fraction of each tensor's entries largest in magnitude, in place.
+    """Keep exactly the k = max(1, floor(density * n)) entries of each tensor largest in magnitude and
+    zero the rest, in place.
 
-    The threshold is one k-th value per tensor (linear time), not a sort. Entries tied with the
-    threshold are all kept, so slightly more than k may survive when values repeat. One magnitude
-    buffer and one mask buffer serve every model.
+    The threshold is one k-th value per tensor (linear time), not a sort. Checkpoints stored in
+    bfloat16 repeat magnitudes a lot, so many entries can tie with the threshold: the first of
+    them in storage order are kept, which makes the count exact and the result deterministic.
     """
     mag: torch.Tensor | None = None
     for delta, density in zip(deltas, densities, strict=True):
         n = delta.numel()
-        k = int(round(density * n))
-        if k >= n:
+        if density >= 1.0 or n == 0:
             continue
-        if k <= 0:
+        if density <= 0.0:
             delta.zero_()
             continue
+        k = max(1, int(density * n))
         if mag is None:
             mag = torch.empty(n, dtype=torch.float32 if delta.element_size() < 4 else delta.dtype,
                               device=delta.device)
         torch.abs(delta.reshape(-1), out=mag)
-        delta.mul_(mag.ge_(kth_largest(mag, k)).view(delta.shape))  # 0/1 mask in the magnitude buffer
+        threshold = kth_largest(mag, k)
+        keep = mag >= threshold
+        surplus = int(torch.count_nonzero(keep)) - k
+        if surplus > 0:  # drop the last `surplus` entries tied with the threshold
+            tied = torch.nonzero(mag == threshold).squeeze(1)  # ascending positions
+            keep[tied[-surplus:]] = False
+        delta.mul_(keep.view(delta.shape))
     return list(deltas)
 
 
