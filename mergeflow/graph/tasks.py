@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mergeflow.errors import MergeflowError
+from mergeflow.errors import InputError, MergeflowError
 from mergeflow.io.dtypes import ST_TO_TORCH
 from mergeflow.io.writer import OutTensor
 from mergeflow.merge.base import OPERATORS, MergeContext, OpParams
@@ -60,8 +60,8 @@ class Merge:
         mctx = MergeContext(self.out, ctx.seed, self.models, self.part)
         try:
             return op.fn(tensors, base, self.params, self.model_params, mctx)
-        except ValueError as exc:
-            raise MergeflowError(f"tensor {self.out!r}, operator {self.op}: {exc}") from None
+        except ValueError as exc:  # operators raise ValueError for parameter values that cannot work here
+            raise InputError(f"tensor {self.out!r}, operator {self.op}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -103,6 +103,18 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     return out
 
 
+def model_weights(mp: Sequence[OpParams], normalize: bool, ctx: MergeContext) -> list[float]:
+    """The per-model ``weight`` values, divided by their sum when ``normalize``."""
+    weights = [float(m.weight) for m in mp]  # type: ignore[attr-defined]
+    if not normalize:
+        return weights
+    total = sum(weights)
+    if abs(total) < 1e-12:
+        raise ValueError(f"{ctx.tensor}: weights sum to 0, so they cannot be normalised; set normalize: false "
+                         "or change the weights")
+    return [w / total for w in weights]
+
+
 def deltas_(tensors: Sequence[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
     """Task vectors x_i - base, computed in place in the (operator-owned) inputs."""
     return [t.sub_(base) for t in tensors]

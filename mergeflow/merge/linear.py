@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mergeflow.merge.base import OpParams, merge_operator, weighted_sum
+from mergeflow.merge.base import OpParams, merge_operator, model_weights, weighted_sum
 
 
 class LinearParams(OpParams):
@@ -18,10 +18,4 @@ class Weight(OpParams):
 @merge_operator("linear", params=LinearParams, model_params=Weight, work=1.0, elementwise=True)
 def linear(tensors, base, p: LinearParams, mp, ctx):
     """Weighted average: sum_i w_i x_i / sum_i w_i (or the plain weighted sum without normalize)."""
-    weights = [m.weight for m in mp]
-    total = sum(weights)
-    if p.normalize:
-        if abs(total) < 1e-12:
-            raise ValueError(f"{ctx.tensor}: linear weights sum to 0; set normalize: false or change weights")
-        weights = [w / total for w in weights]
-    return weighted_sum(tensors, weights)
+    return weighted_sum(tensors, model_weights(mp, p.normalize, ctx))

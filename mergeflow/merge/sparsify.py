@@ -9,12 +9,16 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mergeflow.merge.base import OpParams
+from mergeflow.merge.base import MergeContext, OpParams, deltas_
 
 
 class SparseModelParams(OpParams):
     weight: float = Field(1.0, description="Weight of this model's task vector.")
     density: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the task vector's entries kept.")
+
+
+class DropParams(OpParams):
+    rescale: bool = Field(True, description="Scale surviving entries by 1/density (DARE's 1/(1-p)).")
 
 
 class SignParams(OpParams):
@@ -79,6 +83,13 @@ def random_drop_(delta: torch.Tensor, density: float, gen: torch.Generator, resc
     keep = torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32) < density
     delta.mul_(keep)
     return delta.div_(density) if rescale else delta
+
+
+def dare_deltas(tensors: Sequence[torch.Tensor], base: torch.Tensor, mp: Sequence[SparseModelParams],
+                ctx: MergeContext, rescale: bool) -> list[torch.Tensor]:
+    """Task vectors with DARE's seeded random drop, in place in the (operator-owned) inputs."""
+    gen = ctx.generator(base.device)
+    return [random_drop_(d, m.density, gen, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)]
 
 
 def sign_consensus(trimmed: Sequence[torch.Tensor], weights: Sequence[float], p: SignParams) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mergeflow.merge.base import OpParams, merge_operator, weighted_sum
+from mergeflow.merge.base import OpParams, merge_operator, model_weights, weighted_sum
 from mergeflow.merge.linear import Weight
 
 
@@ -17,12 +17,7 @@ class TaskArithmeticParams(OpParams):
                 elementwise=True)
 def task_arithmetic(tensors, base, p: TaskArithmeticParams, mp, ctx):
     """base + lambda * sum_i w_i (x_i - base)."""
-    weights = [m.weight for m in mp]
-    if p.normalize:
-        total = sum(weights)
-        if abs(total) < 1e-12:
-            raise ValueError(f"{ctx.tensor}: task_arithmetic weights sum to 0 with normalize: true")
-        weights = [w / total for w in weights]
+    weights = model_weights(mp, p.normalize, ctx)
     # sum_i w_i (x_i - base) = sum_i w_i x_i - (sum_i w_i) base: one accumulator, no task-vector copies
     merged = weighted_sum(tensors, weights).sub_(base, alpha=sum(weights))
     return merged.mul_(p.lambda_).add_(base)

@@ -27,8 +27,8 @@ class ModelEntry(Strict):
                                           "(e.g. weight, density) for this model; scalars or gradients.")
 
 
-class MergeSpec(Strict):
-    """The merge operator and its parameters, written ``merge: {NAME: {PARAM: VALUE}}`` or ``merge: NAME``."""
+class _Named(Strict):
+    """Written ``NAME`` or ``{NAME: {PARAM: VALUE}}``."""
 
     name: str
     params: dict[str, ParamValue] = Field(default_factory=dict)
@@ -40,29 +40,18 @@ class MergeSpec(Strict):
             return {"name": value, "params": {}}
         if isinstance(value, dict) and "name" not in value:
             if len(value) != 1:
-                raise ValueError("write exactly one operator, as {NAME: {PARAM: VALUE, ...}}")
-            (name, params), = value.items()
+                raise ValueError("write exactly one name, as {NAME: {PARAM: VALUE, ...}}")
+            ((name, params),) = value.items()
             return {"name": name, "params": params if params is not None else {}}
         return value
 
 
-class AlignStep(Strict):
+class MergeSpec(_Named):
+    """The merge operator and its parameters, written ``merge: {NAME: {PARAM: VALUE}}`` or ``merge: NAME``."""
+
+
+class AlignStep(_Named):
     """One alignment step, written ``- NAME: {PARAM: VALUE}``."""
-
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_short_form(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return {"name": value, "params": {}}
-        if isinstance(value, dict) and "name" not in value:
-            if len(value) != 1:
-                raise ValueError("write each step as - NAME: {PARAM: VALUE, ...}")
-            (name, params), = value.items()
-            return {"name": name, "params": params if params is not None else {}}
-        return value
 
 
 class Override(Strict):
