@@ -14,5 +14,13 @@ pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[1], sys.argv[1:])
 _pid, status, usage = os.wait4(pid, 0)
-print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "seconds": time.perf_counter() - start,
-                  "peak_rss_bytes": usage.ru_maxrss * 1024}), file=sys.stderr)
+print(
+    json.dumps(
+        {
+            "rc": os.waitstatus_to_exitcode(status),
+            "seconds": time.perf_counter() - start,
+            "peak_rss_bytes": usage.ru_maxrss * 1024,
+        }
+    ),
+    file=sys.stderr,
+)

@@ -35,8 +35,14 @@ def llama_dims(params: float) -> dict:
     per_layer = 4 * hidden * hidden + 3 * hidden * inter + 2 * hidden
     vocab = 32000
     layers = max(1, round((params - 2 * vocab * hidden) / per_layer))
-    return {"hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers, "vocab_size": vocab,
-            "num_attention_heads": hidden // 64, "num_key_value_heads": hidden // 64}
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "vocab_size": vocab,
+        "num_attention_heads": hidden // 64,
+        "num_key_value_heads": hidden // 64,
+    }
 
 
 def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_000_000) -> None:
@@ -55,8 +61,13 @@ def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_00
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
         for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
             shapes[p + f"self_attn.{n}.weight"] = (h, h)
-        shapes.update({p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-                       p + "mlp.down_proj.weight": (h, f)})
+        shapes.update(
+            {
+                p + "mlp.gate_proj.weight": (f, h),
+                p + "mlp.up_proj.weight": (f, h),
+                p + "mlp.down_proj.weight": (h, f),
+            }
+        )
     shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
     gen = torch.Generator().manual_seed(seed)
     shards: list[dict] = [{}]
@@ -74,11 +85,19 @@ def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_00
         save_file(sd, str(tmp / fname), metadata={"format": "pt"})
         weight_map.update({n: fname for n in sd})
     total = sum(t.numel() * 2 for sd in shards for t in sd.values())
-    (tmp / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                  "weight_map": weight_map}))
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-           "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16",
-           "tie_word_embeddings": False, **dims}
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False,
+        **dims,
+    }
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
     tmp.rename(path)
 
@@ -95,21 +114,29 @@ def recipes(op: str, models: list[Path]) -> tuple[str, str]:
         mk += [f"  - model: {p}\n    parameters: {{weight: 1.0}}" for p in models] + ["merge_method: linear"]
     elif op == "ties":
         mf += ["base: m0", "merge: {ties: {density: 0.5, weight: 1.0}}"]
-        mk += [f"  - model: {models[0]}"] + [f"  - model: {p}\n    parameters: {{density: 0.5, weight: 1.0}}"
-                                             for p in models[1:]]
+        mk += [f"  - model: {models[0]}"] + [
+            f"  - model: {p}\n    parameters: {{density: 0.5, weight: 1.0}}" for p in models[1:]
+        ]
         mk += [f"base_model: {models[0]}", "merge_method: ties", "parameters: {normalize: true}"]
     elif op == "slerp":
         mf += ["base: m0", "merge: {slerp: {t: 0.5}}"]
-        mk += [f"  - model: {p}" for p in models] + [f"base_model: {models[0]}", "merge_method: slerp",
-                                                     "parameters: {t: 0.5}"]
+        mk += [f"  - model: {p}" for p in models] + [
+            f"base_model: {models[0]}",
+            "merge_method: slerp",
+            "parameters: {t: 0.5}",
+        ]
     mf += ["dtype: float32", "out_dtype: bfloat16", "output: {shard_size: 5GB}"]
     mk += ["dtype: float32", "out_dtype: bfloat16"]
     return "\n".join(mf) + "\n", "\n".join(mk) + "\n"
 
 
 def timed(cmd: list[str], env: dict | None = None) -> dict:
-    res = subprocess.run([sys.executable, str(PEAK), *cmd], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    res = subprocess.run(
+        [sys.executable, str(PEAK), *cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
     stats = json.loads(res.stderr.strip().splitlines()[-1])
     if stats["rc"] != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{res.stderr[-3000:]}")
@@ -153,7 +180,9 @@ def main() -> None:
     ap.add_argument("--workdir", default="bench_out")
     ap.add_argument("--mergekit", default=os.environ.get("MERGEKIT_YAML"))
     ap.add_argument("--max-memory", default=None, help="mergeflow --max-memory (default: its own default)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each tool per merge, alternating; the fastest counts")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="runs of each tool per merge, alternating; the fastest counts"
+    )
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     mk = Path(args.mergekit) if args.mergekit else work / "mergekit-venv" / "bin" / "mergekit-yaml"
@@ -164,8 +193,10 @@ def main() -> None:
     for i, m in enumerate(models):
         make_checkpoint(m, dims, seed=i)
     size = sum(f.stat().st_size for f in models[0].glob("*.safetensors"))
-    print(f"{args.models} Llama-shaped models, {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
-          f"{size / 1e9:.2f} GB each (bf16); mergekit: {mk if have_mk else 'not installed'}")
+    print(
+        f"{args.models} Llama-shaped models, {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
+        f"{size / 1e9:.2f} GB each (bf16); mergekit: {mk if have_mk else 'not installed'}"
+    )
     rows = []
     for op in args.ops.split(","):
         mf_text, mk_text = recipes(op, models)
@@ -173,8 +204,18 @@ def main() -> None:
         (work / f"{op}.mergekit.yml").write_text(mk_text)
         out_mf, out_mk = work / "out" / f"{op}-mergeflow", work / "out" / f"{op}-mergekit"
         used = models[:2] if op == "slerp" else models
-        cmd = [str(Path(sys.executable).with_name("mergeflow")), "run", str(work / f"{op}.mergeflow.yml"),
-               str(out_mf), "--force", "-q", "--device", "cpu", "--report", str(work / f"{op}.report.json")]
+        cmd = [
+            str(Path(sys.executable).with_name("mergeflow")),
+            "run",
+            str(work / f"{op}.mergeflow.yml"),
+            str(out_mf),
+            "--force",
+            "-q",
+            "--device",
+            "cpu",
+            "--report",
+            str(work / f"{op}.report.json"),
+        ]
         if args.max_memory:
             cmd += ["--max-memory", args.max_memory]
         best_mf = best_mk = None
@@ -190,11 +231,21 @@ def main() -> None:
                 best_mk = kk if best_mk is None or kk["seconds"] < best_mk["seconds"] else best_mk
         report = json.loads((work / f"{op}.report.json").read_text())
         moved = report["bytes_read"] + report["bytes_written"]
-        row = {"op": op, "mf_s": best_mf["seconds"], "mf_merge_s": best_mf["merge_s"], "mf_rss": best_mf["peak_rss_bytes"],
-               "mf_gbs": moved / best_mf["merge_s"] / 1e9}
+        row = {
+            "op": op,
+            "mf_s": best_mf["seconds"],
+            "mf_merge_s": best_mf["merge_s"],
+            "mf_rss": best_mf["peak_rss_bytes"],
+            "mf_gbs": moved / best_mf["merge_s"] / 1e9,
+        }
         if have_mk:
-            row.update({"mk_s": best_mk["seconds"], "mk_rss": best_mk["peak_rss_bytes"],
-                        "maxdiff": compare(out_mf, out_mk)})
+            row.update(
+                {
+                    "mk_s": best_mk["seconds"],
+                    "mk_rss": best_mk["peak_rss_bytes"],
+                    "maxdiff": compare(out_mf, out_mk),
+                }
+            )
         rows.append(row)
         print(json.dumps(row))
     print()
@@ -203,11 +254,15 @@ def main() -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        line = (f"| {r['op']} | {r['mf_s']:.2f} ({r['mf_merge_s']:.2f}) | {r['mf_rss'] / 2**30:.2f} GiB |"
-                f" {r['mf_gbs']:.2f} |")
+        line = (
+            f"| {r['op']} | {r['mf_s']:.2f} ({r['mf_merge_s']:.2f}) | {r['mf_rss'] / 2**30:.2f} GiB |"
+            f" {r['mf_gbs']:.2f} |"
+        )
         if have_mk:
-            line += (f" {r['mk_s']:.2f} | {r['mk_rss'] / 2**30:.2f} GiB | {r['mf_s'] / r['mk_s']:.2f}x |"
-                     f" {r['mf_rss'] / r['mk_rss']:.2f}x | {r['maxdiff']:.3g} |")
+            line += (
+                f" {r['mk_s']:.2f} | {r['mk_rss'] / 2**30:.2f} GiB | {r['mf_s'] / r['mk_s']:.2f}x |"
+                f" {r['mf_rss'] / r['mk_rss']:.2f}x | {r['maxdiff']:.3g} |"
+            )
         print(line)
 
 

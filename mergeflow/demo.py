@@ -9,8 +9,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_RECIPES = ("llama-linear.yml", "llama-task-arithmetic.yml", "llama-ties.yml", "llama-dare.yml",
-                "llama-slerp.yml")
+DEMO_RECIPES = (
+    "llama-linear.yml",
+    "llama-task-arithmetic.yml",
+    "llama-ties.yml",
+    "llama-dare.yml",
+    "llama-slerp.yml",
+)
 
 
 def build_models(models_dir: Path) -> dict[str, Path]:
@@ -53,11 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     work = Path(args.workdir).resolve()
     if work != (ROOT / "demo_out").resolve():
-        raise SystemExit("the shipped recipes refer to ../demo_out/models; run from the repository root "
-                         "with the default --workdir")
+        raise SystemExit(
+            "the shipped recipes refer to ../demo_out/models; run from the repository root "
+            "with the default --workdir"
+        )
     t0 = time.perf_counter()
     models = build_models(work / "models")
-    print(f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}")
+    print(
+        f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}"
+    )
     text = "the quick brown fox jumps over the lazy dog. "
     rows = [(name, "-", "-", f"{_loss(p, text):.4f}", str(p)) for name, p in models.items()]
     for recipe in DEMO_RECIPES:
@@ -65,15 +74,26 @@ def main(argv: list[str] | None = None) -> None:
         opts = runner.Options(device="cpu", force=True)
         prep = runner.prepare(ROOT / "recipes" / recipe, opts)
         res = runner.run(prep, out, opts, progress=False)
-        rows.append((recipe, prep.recipe.merge.name, f"{res.plan.n_tensors} in {res.seconds * 1000:.0f} ms",
-                     f"{_loss(res.out, text):.4f}", str(res.out)))
-    widths = [max(len(r[i]) for r in rows + [("model / recipe", "operator", "tensors", "LM loss", "output")])
-              for i in range(5)]
+        rows.append(
+            (
+                recipe,
+                prep.recipe.merge.name,
+                f"{res.plan.n_tensors} in {res.seconds * 1000:.0f} ms",
+                f"{_loss(res.out, text):.4f}",
+                str(res.out),
+            )
+        )
+    widths = [
+        max(len(r[i]) for r in rows + [("model / recipe", "operator", "tensors", "LM loss", "output")])
+        for i in range(5)
+    ]
     header = ("model / recipe", "operator", "tensors", "LM loss", "output")
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(f"done in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave finite "
-          "logits")
+    print(
+        f"done in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave finite "
+        "logits"
+    )
 
 
 if __name__ == "__main__":

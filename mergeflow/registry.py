@@ -53,4 +53,3 @@ class Registry(Mapping[str, T], Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
-

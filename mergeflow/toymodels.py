@@ -20,45 +20,82 @@ CHARS = list("abcdefghijklmnopqrstuvwxyz .,!?'\n")
 def _llama() -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    )
     return LlamaForCausalLM(cfg)
 
 
 def _gpt2() -> Any:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                                      bos_token_id=2, eos_token_id=3))
+    return GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=3
+        )
+    )
 
 
 def _bert() -> Any:
     from transformers import BertConfig, BertForSequenceClassification
 
-    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    cfg = BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+    )
     return BertForSequenceClassification(cfg)
 
 
 def _roberta() -> Any:
     from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    cfg = RobertaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=66, num_labels=3, pad_token_id=1)
+    cfg = RobertaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        num_labels=3,
+        pad_token_id=1,
+    )
     return RobertaForSequenceClassification(cfg)
 
 
 def _vit() -> Any:
     from transformers import ViTConfig, ViTForImageClassification
 
-    cfg = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=3,
-                    num_attention_heads=4, intermediate_size=64, num_labels=10)
+    cfg = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=10,
+    )
     return ViTForImageClassification(cfg)
 
 
 FAMILIES: dict[str, Callable[[], Any]] = {
-    "llama": _llama, "gpt2": _gpt2, "bert": _bert, "roberta": _roberta, "vit": _vit,
+    "llama": _llama,
+    "gpt2": _gpt2,
+    "bert": _bert,
+    "roberta": _roberta,
+    "vit": _vit,
 }
 TEXT = {"llama", "gpt2", "bert", "roberta"}
 
@@ -71,14 +108,22 @@ def save_tokenizer(path: Path) -> None:
     vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, **{c: i + 4 for i, c in enumerate(CHARS)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
     fast.save_pretrained(str(path))
 
 
-def build(family: str, path: str | Path, seed: int = 0, shard_size: str | int = "50KB",
-          tokenizer: bool = True, perturb_from: str | Path | None = None, perturb_scale: float = 0.02,
-          dtype: torch.dtype = torch.float32) -> Path:
+def build(
+    family: str,
+    path: str | Path,
+    seed: int = 0,
+    shard_size: str | int = "50KB",
+    tokenizer: bool = True,
+    perturb_from: str | Path | None = None,
+    perturb_scale: float = 0.02,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
     """Build a random ``family`` model at ``path``. With ``perturb_from``, start from that model's
     weights and add seeded noise, like a fine-tune of a shared base."""
     from transformers.utils import logging as hf_logging
@@ -92,8 +137,11 @@ def build(family: str, path: str | Path, seed: int = 0, shard_size: str | int = 
 
         src = Path(perturb_from)
         index = src / "model.safetensors.index.json"
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
-            "model.safetensors"]
+        files = (
+            sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            if index.exists()
+            else ["model.safetensors"]
+        )
         state: dict[str, torch.Tensor] = {}
         for f in files:
             state.update(load_file(str(src / f)))

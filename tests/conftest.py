@@ -40,8 +40,9 @@ def toy(tmp_path_factory: pytest.TempPathFactory):
     def make(family: str, seed: int = 0, perturb_from: Path | None = None, **kw: object) -> Path:
         key = (family, seed, str(perturb_from), tuple(sorted(kw.items())))
         if key not in cache:
-            cache[key] = build(family, root / f"{family}-{seed}-{len(cache)}", seed=seed,
-                               perturb_from=perturb_from, **kw)
+            cache[key] = build(
+                family, root / f"{family}-{seed}-{len(cache)}", seed=seed, perturb_from=perturb_from, **kw
+            )
         return cache[key]
 
     return make
@@ -62,8 +63,14 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     """Run the real ``mergeflow`` command in a subprocess."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("MERGEFLOW_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "mergeflow.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "mergeflow.cli.main", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def write(path: Path, text: str) -> Path:

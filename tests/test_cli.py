@@ -10,8 +10,11 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import ROOT, run_cli, write
 
 AUTO = {
-    "llama": "AutoModelForCausalLM", "gpt2": "AutoModelForCausalLM", "bert": "AutoModelForSequenceClassification",
-    "roberta": "AutoModelForSequenceClassification", "vit": "AutoModelForImageClassification",
+    "llama": "AutoModelForCausalLM",
+    "gpt2": "AutoModelForCausalLM",
+    "bert": "AutoModelForSequenceClassification",
+    "roberta": "AutoModelForSequenceClassification",
+    "vit": "AutoModelForImageClassification",
 }
 
 
@@ -46,7 +49,10 @@ def test_shipped_recipe_end_to_end(demo_tree, tmp_path):
 @pytest.mark.parametrize("family", list(AUTO))
 def test_every_family_merges_and_loads(toy, tmp_path, family):
     a, b = toy(family, seed=0), toy(family, seed=1)
-    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\noutput: {{shard_size: 40KB}}\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\noutput: {{shard_size: 40KB}}\n",
+    )
     out = tmp_path / "out"
     res = run_cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
@@ -63,7 +69,10 @@ def test_every_family_merges_and_loads(toy, tmp_path, family):
 
 def test_copies_of_one_model_merge_to_an_identical_model(toy, tmp_path):
     a = toy("gpt2")
-    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {a}, c: {a}}}\nbase: a\nmerge: {{ties: {{density: 0.4}}}}\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {a}, c: {a}}}\nbase: a\nmerge: {{ties: {{density: 0.4}}}}\n",
+    )
     out = tmp_path / "out"
     assert run_cli("run", str(rec), str(out), "-q").returncode == 0
     torch.testing.assert_close(forward(out, "gpt2"), forward(a, "gpt2"), rtol=0, atol=0)
@@ -101,11 +110,18 @@ def _bad_cases(tmp_path, toy):
     def rec(name, text):
         return write(tmp_path / f"{name}.yml", text)
 
-    cases["unknown operator"] = (rec("op", f"models: {{a: {a}, b: {b}}}\nmerge: blend\n"), "unknown merge operator")
-    cases["wrong parameter type"] = (rec("ty", f"models: {{a: {a}, b: {b}}}\nmerge: {{slerp: {{t: high}}}}\n"),
-                                     "merge.slerp.t")
-    cases["missing model path"] = (rec("mp", f"models: {{a: {a}, b: /no/such/model}}\nmerge: linear\n"),
-                                   "path does not exist")
+    cases["unknown operator"] = (
+        rec("op", f"models: {{a: {a}, b: {b}}}\nmerge: blend\n"),
+        "unknown merge operator",
+    )
+    cases["wrong parameter type"] = (
+        rec("ty", f"models: {{a: {a}, b: {b}}}\nmerge: {{slerp: {{t: high}}}}\n"),
+        "merge.slerp.t",
+    )
+    cases["missing model path"] = (
+        rec("mp", f"models: {{a: {a}, b: /no/such/model}}\nmerge: linear\n"),
+        "path does not exist",
+    )
     other = tmp_path / "other"
     shutil.copytree(b, other)
     shard = sorted(other.glob("model-*.safetensors"))[-1]
@@ -115,7 +131,10 @@ def _bad_cases(tmp_path, toy):
     idx = json.loads((other / "model.safetensors.index.json").read_text())
     idx["weight_map"].pop(gone)
     (other / "model.safetensors.index.json").write_text(json.dumps(idx))
-    cases["missing tensor"] = (rec("mt", f"models: {{a: {a}, b: {other}}}\nmerge: linear\n"), f"lacks tensor '{gone}'")
+    cases["missing tensor"] = (
+        rec("mt", f"models: {{a: {a}, b: {other}}}\nmerge: linear\n"),
+        f"lacks tensor '{gone}'",
+    )
     shp = tmp_path / "shape"
     shutil.copytree(b, shp)
     shard = sorted(shp.glob("model-*.safetensors"))[-1]
@@ -123,9 +142,14 @@ def _bad_cases(tmp_path, toy):
     key = sorted(sd)[0]
     sd[key] = torch.zeros(3, 3)
     save_file(sd, str(shard))
-    cases["shape mismatch"] = (rec("sm", f"models: {{a: {a}, b: {shp}}}\nmerge: linear\n"), f"tensor '{key}': shape")
-    cases["different architectures"] = (rec("da", f"models: {{a: {a}, b: {toy('gpt2')}}}\nmerge: linear\n"),
-                                        "different architectures")
+    cases["shape mismatch"] = (
+        rec("sm", f"models: {{a: {a}, b: {shp}}}\nmerge: linear\n"),
+        f"tensor '{key}': shape",
+    )
+    cases["different architectures"] = (
+        rec("da", f"models: {{a: {a}, b: {toy('gpt2')}}}\nmerge: linear\n"),
+        "different architectures",
+    )
     bad = tmp_path / "corrupt"
     shutil.copytree(b, bad)
     shard = sorted(bad.glob("model-*.safetensors"))[0]
@@ -135,11 +159,17 @@ def _bad_cases(tmp_path, toy):
     shutil.copytree(b, trunc)
     shard = sorted(trunc.glob("model-*.safetensors"))[0]
     shard.write_bytes(shard.read_bytes()[:-10])
-    cases["truncated safetensors"] = (rec("tr", f"models: {{a: {a}, b: {trunc}}}\nmerge: linear\n"), "truncated")
+    cases["truncated safetensors"] = (
+        rec("tr", f"models: {{a: {a}, b: {trunc}}}\nmerge: linear\n"),
+        "truncated",
+    )
     pick = tmp_path / "pickle"
     pick.mkdir()
     torch.save({"w": torch.zeros(2)}, pick / "pytorch_model.bin")
-    cases["pickle checkpoint"] = (rec("pk", f"models: {{a: {pick}, b: {pick}}}\nmerge: linear\n"), "--allow-pickle")
+    cases["pickle checkpoint"] = (
+        rec("pk", f"models: {{a: {pick}, b: {pick}}}\nmerge: linear\n"),
+        "--allow-pickle",
+    )
     return cases
 
 
@@ -155,12 +185,16 @@ def test_bad_inputs_give_one_line_exit_2_and_no_output(tmp_path, toy):
 
 
 def test_existing_output_refused_unless_force(tmp_path, toy):
-    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n")
+    rec = write(
+        tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
+    )
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     res = run_cli("run", str(rec), str(out))
-    assert res.returncode == 2 and "already exists; pass --force" in res.stderr and (out / "keep.txt").exists()
+    assert (
+        res.returncode == 2 and "already exists; pass --force" in res.stderr and (out / "keep.txt").exists()
+    )
     res = run_cli("run", str(rec), str(out), "--force", "-q")
     assert res.returncode == 0 and not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
     res = run_cli("run", str(rec), str(toy("llama")), "--force")

@@ -13,8 +13,13 @@ def run(name, tensors, base, dtype=torch.float32):
     if op.select is not None:
         names = op.select(op.params(), names)
         tensors = tensors[: len(names)]
-    return op.fn([t.to(dtype).clone() for t in tensors], None if base is None else base.to(dtype), op.params(),
-                 [op.model_params() for _ in tensors], MergeContext("x", 0, tuple(names)))
+    return op.fn(
+        [t.to(dtype).clone() for t in tensors],
+        None if base is None else base.to(dtype),
+        op.params(),
+        [op.model_params() for _ in tensors],
+        MergeContext("x", 0, tuple(names)),
+    )
 
 
 def n_models(op):
@@ -64,7 +69,9 @@ def test_documented(name):
             assert f.description, f"{name}.{fname} has no description"
 
 
-@pytest.mark.parametrize("name", [n for n, op in OPERATORS.items() if "weight" in op.model_params.model_fields])
+@pytest.mark.parametrize(
+    "name", [n for n, op in OPERATORS.items() if "weight" in op.model_params.model_fields]
+)
 def test_weight_one_on_one_model_returns_it(name):
     op = OPERATORS[name]
     gen = torch.Generator().manual_seed(4)

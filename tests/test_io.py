@@ -50,18 +50,28 @@ def _corrupt(tmp_path, header: dict | bytes, data: bytes = b"\0" * 16, declared:
     return p
 
 
-@pytest.mark.parametrize("header, data, declared, fragment", [
-    (b"{not json", b"", None, "invalid JSON"),
-    (b"[]", b"", None, "not a JSON object"),
-    ({"w": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "unknown dtype"),
-    ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, None, "outside the file"),
-    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}, b"\0" * 16, None, "needs 12 bytes"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-      "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12, None, "overlaps"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, None, "padded"),
-    ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, None, "invalid shape"),
-    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, 10**12, "declares"),
-])
+@pytest.mark.parametrize(
+    "header, data, declared, fragment",
+    [
+        (b"{not json", b"", None, "invalid JSON"),
+        (b"[]", b"", None, "not a JSON object"),
+        ({"w": {"dtype": "F99", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, None, "unknown dtype"),
+        ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8, None, "outside the file"),
+        ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}, b"\0" * 16, None, "needs 12 bytes"),
+        (
+            {
+                "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+            None,
+            "overlaps",
+        ),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, None, "padded"),
+        ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 8]}}, b"\0" * 8, None, "invalid shape"),
+        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, 10**12, "declares"),
+    ],
+)
 def test_lying_headers_are_refused(tmp_path, header, data, declared, fragment):
     p = _corrupt(tmp_path, header, data, declared)
     with pytest.raises(ModelError, match=fragment):
@@ -84,7 +94,9 @@ def test_index_pointing_outside_is_refused(tmp_path):
     save_file({"w": torch.zeros(2)}, str(tmp_path / "outside.safetensors"))
     d = tmp_path / "m"
     d.mkdir()
-    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.safetensors"}}))
+    (d / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"w": "../outside.safetensors"}})
+    )
     with pytest.raises(ModelError, match="outside the model directory"):
         ModelReader("m", d)
     (d / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")
@@ -121,8 +133,12 @@ def test_writer_shards_round_trip_independent_of_order(tmp_path):
     tensors["half"] = torch.randn(5, dtype=torch.float32, generator=gen).to(torch.bfloat16)
     tensors["ids"] = torch.arange(4)
     tensors["scalar"] = torch.tensor(3.0)
-    specs = [OutTensor(n, {torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}[t.dtype],
-                       tuple(t.shape)) for n, t in tensors.items()]
+    specs = [
+        OutTensor(
+            n, {torch.float32: "F32", torch.bfloat16: "BF16", torch.int64: "I64"}[t.dtype], tuple(t.shape)
+        )
+        for n, t in tensors.items()
+    ]
     outs = []
     for k, order in enumerate([list(tensors), list(reversed(tensors))]):
         d = tmp_path / f"o{k}"

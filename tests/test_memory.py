@@ -17,7 +17,11 @@ def make_model(path, n_tensors, numel, seed, shards=2):
     for s in range(shards):
         fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
         names = [f"model.layers.{i}.w" for i in range(s * per, min((s + 1) * per, n_tensors))]
-        save_file({n: torch.randn(numel, generator=gen) for n in names}, str(path / fname), metadata={"format": "pt"})
+        save_file(
+            {n: torch.randn(numel, generator=gen) for n in names},
+            str(path / fname),
+            metadata={"format": "pt"},
+        )
         weight_map.update({n: fname for n in names})
     (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return path
@@ -43,11 +47,18 @@ def test_peak_rss_stays_within_budget_for_models_larger_than_it(tmp_path, operat
     merge = "{ties: {density: 0.5}}" if operator == "ties" else "linear"
     rss = {}
     for kind, models in (("small", small), ("big", big)):
-        rec = write(tmp_path / f"{kind}.yml", "models:\n" + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
-                    + f"base: m0\nmerge: {merge}\noutput: {{shard_size: 100MB}}\n")
-        rss[kind] = peak_rss_of_cli(tmp_path, "run", str(rec), str(tmp_path / f"out-{kind}"), "--max-memory", str(budget),
-                                    "-q")
+        rec = write(
+            tmp_path / f"{kind}.yml",
+            "models:\n"
+            + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
+            + f"base: m0\nmerge: {merge}\noutput: {{shard_size: 100MB}}\n",
+        )
+        rss[kind] = peak_rss_of_cli(
+            tmp_path, "run", str(rec), str(tmp_path / f"out-{kind}"), "--max-memory", str(budget), "-q"
+        )
     grown = rss["big"] - rss["small"]
-    print(f"{operator}: inputs {total / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB, "
-          f"baseline RSS {rss['small'] / 2**20:.0f} MiB, growth {grown / 2**20:.0f} MiB")
+    print(
+        f"{operator}: inputs {total / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB, "
+        f"baseline RSS {rss['small'] / 2**20:.0f} MiB, growth {grown / 2**20:.0f} MiB"
+    )
     assert grown < budget, f"peak RSS grew by {grown / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB"

@@ -26,8 +26,10 @@ c = torch.tensor([-1.0, 4.0, 1.0, 2.5])
 
 def test_linear():
     assert_close(call("linear", [a, b], model_params=[{"weight": 1}, {"weight": 3}]), (a + 3 * b) / 4)
-    assert_close(call("linear", [a, b], params={"normalize": False}, model_params=[{"weight": 1}, {"weight": 3}]),
-                 a + 3 * b)
+    assert_close(
+        call("linear", [a, b], params={"normalize": False}, model_params=[{"weight": 1}, {"weight": 3}]),
+        a + 3 * b,
+    )
     with pytest.raises(ValueError, match="sum to 0"):
         call("linear", [a, b], model_params=[{"weight": 1}, {"weight": -1}])
 
@@ -60,8 +62,9 @@ def test_ties_by_hand():
 
 def test_ties_count_majority():
     base = torch.zeros(1)
-    got = call("ties", [torch.tensor([5.0]), torch.tensor([-1.0]), torch.tensor([-1.0])], base,
-               {"majority": "count"})
+    got = call(
+        "ties", [torch.tensor([5.0]), torch.tensor([-1.0]), torch.tensor([-1.0])], base, {"majority": "count"}
+    )
     assert_close(got, torch.tensor([-1.0]))
     got = call("ties", [torch.tensor([5.0]), torch.tensor([-1.0]), torch.tensor([-1.0])], base)
     assert_close(got, torch.tensor([5.0]))
@@ -77,7 +80,10 @@ def test_magnitude_trim_keeps_exactly_k_even_with_ties():
     for density in (0.01, 0.3, 0.77):
         (kept,) = magnitude_trim_([bf.clone()], [density])
         assert int((kept != 0).sum()) == int(density * bf.numel())
-        assert kept.abs().min() == 0 and kept[kept != 0].abs().min() >= bf.abs().sort().values[-int(density * 1e5)]
+        assert (
+            kept.abs().min() == 0
+            and kept[kept != 0].abs().min() >= bf.abs().sort().values[-int(density * 1e5)]
+        )
 
 
 def test_magnitude_trim_uses_kth_value():
@@ -102,8 +108,10 @@ def test_dare_linear_drop_rescale_and_determinism():
     no_rescale = call("dare_linear", [x], base, {"rescale": False}, [{"density": 0.25}], tensor="w")
     assert_close(no_rescale * 4, got)
     # density 1 is task arithmetic
-    assert_close(call("dare_linear", [a, b], c, {"lambda": 0.3}, [{"weight": 1.0}, {"weight": 0.5}]),
-                 call("task_arithmetic", [a, b], c, {"lambda": 0.3}, [{"weight": 1.0}, {"weight": 0.5}]))
+    assert_close(
+        call("dare_linear", [a, b], c, {"lambda": 0.3}, [{"weight": 1.0}, {"weight": 0.5}]),
+        call("task_arithmetic", [a, b], c, {"lambda": 0.3}, [{"weight": 1.0}, {"weight": 0.5}]),
+    )
 
 
 def test_dare_ties_at_full_density_is_ties():
@@ -118,8 +126,10 @@ def test_slerp():
     assert_close(call("slerp", [e0, e1], params={"t": 1.0}), e1)
     theta = math.pi / 2
     t = 0.3
-    assert_close(call("slerp", [e0, 2 * e1], params={"t": t}),
-                 math.sin((1 - t) * theta) / math.sin(theta) * e0 + math.sin(t * theta) / math.sin(theta) * 2 * e1)
+    assert_close(
+        call("slerp", [e0, 2 * e1], params={"t": t}),
+        math.sin((1 - t) * theta) / math.sin(theta) * e0 + math.sin(t * theta) / math.sin(theta) * 2 * e1,
+    )
     # nearly colinear: linear interpolation
     v = torch.tensor([1.0, 2.0, 3.0])
     assert_close(call("slerp", [v, 2 * v], params={"t": 0.25}), 1.25 * v)

@@ -47,7 +47,9 @@ def test_mismatches_are_named(tmp_path, toy):
         plan_for(tmp_path, {"a": toy("llama"), "b": toy("gpt2")})
     d = tmp_path / "small"
     d.mkdir()
-    sd = {k: v.clone() for f in sorted(toy("llama").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+    sd = {
+        k: v.clone() for f in sorted(toy("llama").glob("*.safetensors")) for k, v in load_file(str(f)).items()
+    }
     sd_missing = dict(sd)
     sd_missing.pop("model.norm.weight")
     save_file(sd_missing, str(d / "model.safetensors"))
@@ -67,8 +69,10 @@ def test_memory_budget_too_small_is_an_input_error(tmp_path, toy):
 
 def test_integer_buffers_are_copied_not_averaged(tmp_path):
     for i, name in enumerate("ab"):
-        save_file({"w": torch.full((3,), float(i)), "ids": torch.arange(3) + 10 * i},
-                  str(tmp_path / f"{name}.safetensors"))
+        save_file(
+            {"w": torch.full((3,), float(i)), "ids": torch.arange(3) + 10 * i},
+            str(tmp_path / f"{name}.safetensors"),
+        )
     out = tmp_path / "out"
     rec = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\nmerge: linear\n")
     opts = runner.Options(device="cpu")
@@ -91,7 +95,9 @@ def test_output_is_byte_identical_across_runs_and_prefetch(tmp_path, demo_tree, 
 def test_failed_run_leaves_nothing(tmp_path, toy, monkeypatch):
     from mergeflow.merge import linear
 
-    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n")
+    rec = write(
+        tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
+    )
     opts = runner.Options(device="cpu")
     prep = runner.prepare(rec, opts)
 
@@ -114,8 +120,9 @@ def test_row_blocks_cover_the_tensor():
     assert row_blocks((), 0) == [None]
 
 
-@pytest.mark.parametrize("recipe_name", ["llama-linear.yml", "llama-task-arithmetic.yml", "llama-dare.yml",
-                                         "llama-ties.yml"])
+@pytest.mark.parametrize(
+    "recipe_name", ["llama-linear.yml", "llama-task-arithmetic.yml", "llama-dare.yml", "llama-ties.yml"]
+)
 def test_row_blocks_give_the_same_bytes(tmp_path, demo_tree, recipe_name, monkeypatch):
     """Elementwise operators run large tensors in row blocks; the output must not change."""
     import mergeflow.graph.plan as plan_mod
@@ -129,7 +136,9 @@ def test_row_blocks_give_the_same_bytes(tmp_path, demo_tree, recipe_name, monkey
         blocked = sum(w.rows is not None for w in prep.plan.writes)
         assert (blocked > 0) == (k == 1)  # (the ties recipe passes its embeddings through)
         runner.run(prep, tmp_path / f"o{k}", opts, progress=False)
-        outs.append({f.name: f.read_bytes() for f in sorted((tmp_path / f"o{k}").iterdir()) if f.name != "README.md"})
+        outs.append(
+            {f.name: f.read_bytes() for f in sorted((tmp_path / f"o{k}").iterdir()) if f.name != "README.md"}
+        )
     if recipe_name == "llama-dare.yml":
         assert outs[0].keys() == outs[1].keys()  # random masks are drawn per block: same layout, other draws
     else:

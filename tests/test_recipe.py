@@ -32,7 +32,9 @@ def test_shipped_recipes_validate(demo_tree):
 
 def test_all_problems_reported_at_once_with_locations(tmp_path, toy):
     a = toy("llama")
-    rec = write(tmp_path / "r.yml", f"""\
+    rec = write(
+        tmp_path / "r.yml",
+        f"""\
 models:
   a: {a}
   b: {{path: {tmp_path}/missing, params: {{weight: "heavy"}}}}
@@ -46,7 +48,8 @@ overrides:
     merge: {{nosuch: {{}}}}
 dtype: float31
 colour: blue
-""")
+""",
+    )
     probs = problems(rec)
     text = "\n".join(probs)
     expected = [
@@ -67,12 +70,15 @@ colour: blue
 
 def test_gradient_elements_checked_and_only_numbers_take_gradients(tmp_path, toy):
     a = toy("llama")
-    rec = write(tmp_path / "r.yml", f"""\
+    rec = write(
+        tmp_path / "r.yml",
+        f"""\
 models: {{a: {a}, b: {a}}}
 base: a
 merge:
   ties: {{density: [0.2, 1.7], normalize: [true, false]}}
-""")
+""",
+    )
     probs = problems(rec)
     assert any("merge.ties.density: [1]:" in p and "less than or equal to 1" in p for p in probs)
     assert any("merge.ties.normalize: takes a single value" in p for p in probs)
@@ -80,7 +86,9 @@ merge:
 
 def test_cross_references(tmp_path, toy):
     a = toy("llama")
-    rec = write(tmp_path / "r.yml", f"""\
+    rec = write(
+        tmp_path / "r.yml",
+        f"""\
 models: {{a: {a}, b: {a}, c: {a}}}
 base: z
 anchor: y
@@ -91,11 +99,18 @@ overrides:
     models: {{nobody: {{weight: 1}}}}
   - match: "lm_head*"
     merge: {{passthrough: {{source: nope}}}}
-""")
+""",
+    )
     text = "\n".join(problems(rec))
-    for frag in ("base: 'z' is not a key of models", "anchor: 'y'", "merges at most 2 model(s), got 3",
-                 "output.config", "output.tokenizer", "overrides[0].models.nobody",
-                 "overrides[1].merge.passthrough.source: names no model"):
+    for frag in (
+        "base: 'z' is not a key of models",
+        "anchor: 'y'",
+        "merges at most 2 model(s), got 3",
+        "output.config",
+        "output.tokenizer",
+        "overrides[0].models.nobody",
+        "overrides[1].merge.passthrough.source: names no model",
+    ):
         assert frag in text, frag
 
 
@@ -123,16 +138,22 @@ def test_relative_paths_resolve_against_recipe_folder(tmp_path, toy):
     assert load_recipe(rec, OPERATORS).models["a"].path == str(a.resolve())
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("models: [a\n", "invalid YAML"),
-    ("", "empty"),
-    ("- 1\n- 2\n", "a recipe is a mapping"),
-    ("a: !!python/object/apply:os.system ['true']\n", "invalid YAML"),
-    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
-     "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
-     "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n", "YAML nodes"),
-    ("a: " + "[" * 100 + "]" * 100 + "\n", "nesting"),
-])
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("models: [a\n", "invalid YAML"),
+        ("", "empty"),
+        ("- 1\n- 2\n", "a recipe is a mapping"),
+        ("a: !!python/object/apply:os.system ['true']\n", "invalid YAML"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+            "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+            "YAML nodes",
+        ),
+        ("a: " + "[" * 100 + "]" * 100 + "\n", "nesting"),
+    ],
+)
 def test_hostile_or_broken_yaml(tmp_path, text, fragment):
     rec = write(tmp_path / "r.yml", text)
     assert any(fragment in p for p in problems(rec))
@@ -149,6 +170,8 @@ def test_schema_accepts_shipped_recipes_and_rejects_bad_ones():
 
 
 def test_recipe_package_imports_no_torch():
-    code = ("import sys, mergeflow.recipe.validate, mergeflow.recipe.resolve, mergeflow.recipe.jsonschema; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, mergeflow.recipe.validate, mergeflow.recipe.resolve, mergeflow.recipe.jsonschema; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -27,4 +27,6 @@ def test_unknown_name_lists_known_ones():
 
 
 def test_core_operators_registered():
-    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "passthrough"} <= set(OPERATORS)
+    assert {"linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "slerp", "passthrough"} <= set(
+        OPERATORS
+    )

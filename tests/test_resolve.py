@@ -56,7 +56,10 @@ overrides:
     assert s.model_params["c"] == {"weight": 1.0, "density": 0.5}
     s = res("model.layers.2.mlp.up_proj.weight", 1.0)
     assert s.model_params["a"]["density"] == 0.9
-    assert s.model_params["b"] == {"weight": 2.0, "density": 0.9}  # override beats models.b.params? only density
+    assert s.model_params["b"] == {
+        "weight": 2.0,
+        "density": 0.9,
+    }  # override beats models.b.params? only density
     assert s.model_params["c"]["density"] == pytest.approx(0.3)
     s = res("lm_head.weight", 1.0)
     assert s.op == "passthrough" and s.params == {"source": "b"}

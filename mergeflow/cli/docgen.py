@@ -70,7 +70,12 @@ def _type(prop: dict[str, Any]) -> str:
 
 def _bounds(prop: dict[str, Any]) -> str:
     parts = []
-    for key, sym in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<="), ("exclusiveMaximum", "<")):
+    for key, sym in (
+        ("minimum", ">="),
+        ("exclusiveMinimum", ">"),
+        ("maximum", "<="),
+        ("exclusiveMaximum", "<"),
+    ):
         if key in prop:
             parts.append(f"{sym} {prop[key]}")
     return ", ".join(parts)
@@ -78,8 +83,10 @@ def _bounds(prop: dict[str, Any]) -> str:
 
 def model_table(cls: type[BaseModel], scope: str | None = None) -> list[str]:
     schema = cls.model_json_schema(by_alias=True)
-    rows = ["| key | type | default | " + ("scope | " if scope else "") + "description |",
-            "|---|---|---|" + ("---|" if scope else "") + "---|"]
+    rows = [
+        "| key | type | default | " + ("scope | " if scope else "") + "description |",
+        "|---|---|---|" + ("---|" if scope else "") + "---|",
+    ]
     for key, prop in schema.get("properties", {}).items():
         typ = _type(prop)
         if scope and takes_gradient(cls, key):
@@ -94,9 +101,17 @@ def model_table(cls: type[BaseModel], scope: str | None = None) -> list[str]:
 def generate(operators: dict[str, MergeOperator]) -> str:
     out = [INTRO, "## Top-level keys", "", "| key | default | description |", "|---|---|---|"]
     for key, (_typ, default, doc) in SECTIONS.items():
-        d = "required" if default is ... else f"`{json.dumps(default) if not isinstance(default, BaseModel) else '{}'}`"
+        d = (
+            "required"
+            if default is ...
+            else f"`{json.dumps(default) if not isinstance(default, BaseModel) else '{}'}`"
+        )
         out.append(f"| `{key}` | {d} | {doc} |")
-    for title, cls in (("models.NAME (long form)", ModelEntry), ("overrides[]", Override), ("output", OutputOptions)):
+    for title, cls in (
+        ("models.NAME (long form)", ModelEntry),
+        ("overrides[]", Override),
+        ("output", OutputOptions),
+    ):
         out += ["", f"### `{title}`", "", *model_table(cls)]
     out += ["", "## Merge operators", ""]
     for name, op in sorted(operators.items()):

@@ -40,12 +40,23 @@ def _sigterm(_signum: int, _frame: Any) -> None:
     raise SystemExit(143)  # unwinds like an error, so partial output is removed
 
 
-DEVICE = click.option("--device", default="auto", show_default=True,
-                      help="Where matching and merging run: cpu, cuda, cuda:N, or auto (cuda when available).")
-MEMORY = click.option("--max-memory", default=None, metavar="SIZE",
-                      help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.")
-PICKLE = click.option("--allow-pickle", is_flag=True,
-                      help="Accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True).")
+DEVICE = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where matching and merging run: cpu, cuda, cuda:N, or auto (cuda when available).",
+)
+MEMORY = click.option(
+    "--max-memory",
+    default=None,
+    metavar="SIZE",
+    help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.",
+)
+PICKLE = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True).",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -62,14 +73,32 @@ def cli() -> None:
 @MEMORY
 @PICKLE
 @click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new merge is complete).")
-@click.option("--check-finite", is_flag=True, help="Stop with the tensor's name if a merged tensor has NaN/Inf.")
-@click.option("--no-prefetch", is_flag=True, help="Do not read the next tensors while merging the current one.")
-@click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="Write a JSON report (time, bytes, tensors, peak RSS) to this file.")
+@click.option(
+    "--check-finite", is_flag=True, help="Stop with the tensor's name if a merged tensor has NaN/Inf."
+)
+@click.option(
+    "--no-prefetch", is_flag=True, help="Do not read the next tensors while merging the current one."
+)
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a JSON report (time, bytes, tensors, peak RSS) to this file.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def run(recipe: str, out_pos: str | None, out_opt: str | None, device: str, max_memory: str | None,
-        allow_pickle: bool, force: bool, check_finite: bool, no_prefetch: bool, report: str | None,
-        quiet: bool) -> None:
+def run(
+    recipe: str,
+    out_pos: str | None,
+    out_opt: str | None,
+    device: str,
+    max_memory: str | None,
+    allow_pickle: bool,
+    force: bool,
+    check_finite: bool,
+    no_prefetch: bool,
+    report: str | None,
+    quiet: bool,
+) -> None:
     """Merge the models of RECIPE into the directory OUT."""
     from mergeflow.graph import run as runner
 
@@ -78,23 +107,45 @@ def run(recipe: str, out_pos: str | None, out_opt: str | None, device: str, max_
     out = out_opt or out_pos
     if not out:
         raise InputError("no output directory: give it as OUT or with -o/--out")
-    opts = runner.Options(device=device, max_memory=_bytes(max_memory), force=force, allow_pickle=allow_pickle,
-                          check_finite=check_finite, prefetch=not no_prefetch)
+    opts = runner.Options(
+        device=device,
+        max_memory=_bytes(max_memory),
+        force=force,
+        allow_pickle=allow_pickle,
+        check_finite=check_finite,
+        prefetch=not no_prefetch,
+    )
     prep = runner.prepare(recipe, opts)
     result = runner.run(prep, out, opts, progress=not quiet)
     if report:
-        Path(report).write_text(json.dumps({
-            "output": str(result.out), "seconds": result.seconds, "tensors": result.plan.n_tensors,
-            "bytes_read": result.plan.bytes_read, "bytes_written": result.plan.bytes_written,
-            "shards": len(result.plan.layouts), "peak_rss_bytes": runner.peak_rss_bytes(),
-            "max_memory_bytes": prep.max_memory, "device": str(prep.device), "operators": result.plan.ops_used,
-        }, indent=2) + "\n")
+        Path(report).write_text(
+            json.dumps(
+                {
+                    "output": str(result.out),
+                    "seconds": result.seconds,
+                    "tensors": result.plan.n_tensors,
+                    "bytes_read": result.plan.bytes_read,
+                    "bytes_written": result.plan.bytes_written,
+                    "shards": len(result.plan.layouts),
+                    "peak_rss_bytes": runner.peak_rss_bytes(),
+                    "max_memory_bytes": prep.max_memory,
+                    "device": str(prep.device),
+                    "operators": result.plan.ops_used,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     if not quiet:
         plan = result.plan
         ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
-        click.echo(f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}")
-        click.echo(f"wrote {result.out} ({len(plan.layouts)} shard(s), {_human(plan.bytes_written)}) "
-                   f"in {result.seconds:.2f} s; peak RSS {_human(runner.peak_rss_bytes())}")
+        click.echo(
+            f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}"
+        )
+        click.echo(
+            f"wrote {result.out} ({len(plan.layouts)} shard(s), {_human(plan.bytes_written)}) "
+            f"in {result.seconds:.2f} s; peak RSS {_human(runner.peak_rss_bytes())}"
+        )
 
 
 @cli.command()
@@ -123,16 +174,22 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
     click.echo(f"recipe: {recipe}")
     click.echo("models:")
     for name, r in prep.readers.items():
-        click.echo(f"  {name}: {r.path} ({r.model_type or 'no config'}, {len(r.tensors)} tensors, "
-                   f"{_human(r.total_bytes)})")
+        click.echo(
+            f"  {name}: {r.path} ({r.model_type or 'no config'}, {len(r.tensors)} tensors, "
+            f"{_human(r.total_bytes)})"
+        )
     click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
     click.echo(f"tensors: {p.n_tensors}")
-    click.echo(f"read: {_human(p.bytes_read)}   write: {_human(p.bytes_written)} in {len(p.layouts)} shard(s)")
+    click.echo(
+        f"read: {_human(p.bytes_read)}   write: {_human(p.bytes_written)} in {len(p.layouts)} shard(s)"
+    )
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     click.echo(f"largest working set: {_human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     ahead = min(max(runner.tensor_budget(prep.max_memory) - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
-    click.echo(f"memory budget: {_human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
-               f"included: {_human(p.peak_task_bytes + min(ahead, p.bytes_read))})")
+    click.echo(
+        f"memory budget: {_human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
+        f"included: {_human(p.peak_task_bytes + min(ahead, p.bytes_read))})"
+    )
 
 
 @cli.command()
@@ -185,8 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line by default, the traceback on request
         if os.environ.get("MERGEFLOW_DEBUG"):
             raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (set MERGEFLOW_DEBUG=1 for the traceback)",
-                   err=True)
+        click.echo(
+            f"internal error: {type(exc).__name__}: {exc} (set MERGEFLOW_DEBUG=1 for the traceback)", err=True
+        )
         sys.exit(1)
 
 

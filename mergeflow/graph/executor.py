@@ -46,13 +46,17 @@ def schedule(roots: list[Any]) -> list[Any]:
 
 
 def _nbytes(task: Any, ctx: ExecContext) -> int:
-    size = torch.empty((), dtype=ctx.compute_dtype).element_size() if task.float else task.stored_bytes // max(
-        task.numel, 1)
+    size = (
+        torch.empty((), dtype=ctx.compute_dtype).element_size()
+        if task.float
+        else task.stored_bytes // max(task.numel, 1)
+    )
     return task.numel * size
 
 
-def execute(roots: list[Any], ctx: ExecContext, prefetch_bytes: int = 0,
-            on_done: Callable[[Any], None] | None = None) -> None:
+def execute(
+    roots: list[Any], ctx: ExecContext, prefetch_bytes: int = 0, on_done: Callable[[Any], None] | None = None
+) -> None:
     """Run every task reachable from ``roots``. ``prefetch_bytes``: how much may be read ahead."""
     order = schedule(roots)
     users: dict[Any, int] = {}
@@ -64,7 +68,9 @@ def execute(roots: list[Any], ctx: ExecContext, prefetch_bytes: int = 0,
     pending: deque[tuple[Any, Future[Any]]] = deque()
     ahead = 0  # bytes submitted but not yet consumed
     next_load = 0
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergeflow-read") if prefetch_bytes > 0 else None
+    pool = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergeflow-read") if prefetch_bytes > 0 else None
+    )
 
     def top_up() -> None:
         nonlocal ahead, next_load

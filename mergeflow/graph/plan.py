@@ -66,17 +66,26 @@ def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) 
             if other is None:
                 raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has")
             if other.shape != info.shape:
-                raise ShapeMismatch(f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
-                                    f"{list(info.shape)} in model '{ref}'")
+                raise ShapeMismatch(
+                    f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
+                    f"{list(info.shape)} in model '{ref}'"
+                )
         extra = [t for t in r.tensors if t not in ref_tensors]
         if extra:
             more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
-            raise MissingTensor(f"model '{name}' has tensor(s) {', '.join(map(repr, extra[:3]))}{more} that "
-                                f"model '{ref}' lacks")
+            raise MissingTensor(
+                f"model '{name}' has tensor(s) {', '.join(map(repr, extra[:3]))}{more} that "
+                f"model '{ref}' lacks"
+            )
 
 
-def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Mapping[str, MergeOperator],
-               max_memory: int | None = None, chunk_elems: int = CHUNK_ELEMS) -> Plan:
+def build_plan(
+    recipe: Recipe,
+    readers: Mapping[str, ModelReader],
+    operators: Mapping[str, MergeOperator],
+    max_memory: int | None = None,
+    chunk_elems: int = CHUNK_ELEMS,
+) -> Plan:
     ref = recipe.config_source
     _check_models(recipe, readers, ref)
     ref_reader = readers[ref]
@@ -101,8 +110,9 @@ def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Ma
         if key not in loads:
             info = readers[model].info(tensor)
             frac = 1.0 if rows is None else (rows[1] - rows[0]) / info.shape[0]
-            loads[key] = Load(model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype),
-                              rows)
+            loads[key] = Load(
+                model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype), rows
+            )
         return loads[key]
 
     for tname, info in ref_reader.tensors.items():
@@ -118,9 +128,12 @@ def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Ma
                 members = op.select(params, members)
             mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
         except ValidationError as exc:
-            raise RecipeError([f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]
-                              ) from None
-        out_dtype = TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
+            raise RecipeError(
+                [f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]
+            ) from None
+        out_dtype = (
+            TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
+        )
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
         blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
@@ -137,11 +150,14 @@ def build_plan(recipe: Recipe, readers: Mapping[str, ModelReader], operators: Ma
 
     bytes_read = sum(ld.stored_bytes for ld in loads.values())
     if max_memory is not None and peak > max_memory:
-        raise MemoryBudgetError(f"tensor {peak_name!r} needs about {peak / 2**20:.0f} MiB to merge, more than the "
-                                f"memory budget of {max_memory / 2**20:.0f} MiB; raise --max-memory")
+        raise MemoryBudgetError(
+            f"tensor {peak_name!r} needs about {peak / 2**20:.0f} MiB to merge, more than the "
+            f"memory budget of {max_memory / 2**20:.0f} MiB; raise --max-memory"
+        )
     layouts = plan_shards(outs, int(recipe.output.shard_size))
-    return Plan(recipe, writes, layouts, bytes_read, sum(o.nbytes for o in outs), peak, peak_name, ops_used,
-                len(outs))
+    return Plan(
+        recipe, writes, layouts, bytes_read, sum(o.nbytes for o in outs), peak, peak_name, ops_used, len(outs)
+    )
 
 
 def model_dir(path: str) -> Path | None:

@@ -45,7 +45,9 @@ def _malloc_returns_large_blocks(budget: int) -> None:
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        threshold = int(os.environ.get("MERGEFLOW_MMAP_THRESHOLD", 0)) or min(max(budget // 64, 1 << 20), 32 << 20)
+        threshold = int(os.environ.get("MERGEFLOW_MMAP_THRESHOLD", 0)) or min(
+            max(budget // 64, 1 << 20), 32 << 20
+        )
         libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
@@ -102,7 +104,9 @@ def prepare(recipe_path: str | Path, opts: Options) -> Prepared:
     """Validate the recipe, open every model's headers, check them against each other and plan."""
     recipe = load_recipe(recipe_path, OPERATORS)
     device = resolve_device(opts.device)
-    readers = {name: ModelReader(name, e.path, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()}
+    readers = {
+        name: ModelReader(name, e.path, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()
+    }
     budget = opts.max_memory if opts.max_memory is not None else default_max_memory()
     # pages touched through open file mappings count as resident: they get an eighth of the budget,
     # and another eighth is headroom (allocator, threads); tensors in flight get the rest
@@ -122,8 +126,15 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
     final = Path(out)
     check_output_path(final, opts.force, [Path(e.path) for e in recipe.models.values()])
     start = time.perf_counter()
-    bar = tqdm(total=plan.bytes_written, unit="B", unit_scale=True, unit_divisor=1024, desc="merging",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=plan.bytes_written,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="merging",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     done = [0]
 
     def on_done(task: object) -> None:
@@ -134,7 +145,9 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
 
     with OutputDir(final, opts.force) as tmp:
         writer = ShardedWriter(tmp, plan.layouts)
-        ctx = ExecContext(prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite)
+        ctx = ExecContext(
+            prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite
+        )
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch else 0
         _malloc_returns_large_blocks(prep.max_memory)
@@ -148,12 +161,26 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         files = writer.finish()
         cfg_dir = model_dir(recipe.models[recipe.config_source].path)
         tok = recipe.output.tokenizer
-        tok_dir = None if tok is False else model_dir(recipe.models[recipe.config_source if tok is True else tok].path)
+        tok_dir = (
+            None
+            if tok is False
+            else model_dir(recipe.models[recipe.config_source if tok is True else tok].path)
+        )
         files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype)
         if recipe.output.card:
-            write_card(tmp, prep.recipe_text, {n: e.path for n, e in recipe.models.items()}, recipe.merge.name,
-                       plan.n_tensors, {"torch": torch.__version__, "python": platform.python_version(),
-                                        "seed": str(recipe.seed), "device": str(prep.device)})
+            write_card(
+                tmp,
+                prep.recipe_text,
+                {n: e.path for n, e in recipe.models.items()},
+                recipe.merge.name,
+                plan.n_tensors,
+                {
+                    "torch": torch.__version__,
+                    "python": platform.python_version(),
+                    "seed": str(recipe.seed),
+                    "device": str(prep.device),
+                },
+            )
             files.append("README.md")
     return Result(final.resolve(), plan, files, time.perf_counter() - start)
 

@@ -7,8 +7,14 @@ from pathlib import Path
 import mergeflow
 
 
-def write_card(out: Path, recipe_text: str, models: dict[str, str], operator: str, n_tensors: int,
-               extra: dict[str, str] | None = None) -> None:
+def write_card(
+    out: Path,
+    recipe_text: str,
+    models: dict[str, str],
+    operator: str,
+    n_tensors: int,
+    extra: dict[str, str] | None = None,
+) -> None:
     lines = [
         "---",
         "library_name: transformers",

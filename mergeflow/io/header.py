@@ -50,7 +50,9 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
                 raise ModelError(f"{path}: not a safetensors file (shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw)
             if n > MAX_HEADER or 8 + n > size:
-                raise ModelError(f"{path}: corrupt safetensors header (declares {n} header bytes, file has {size})")
+                raise ModelError(
+                    f"{path}: corrupt safetensors header (declares {n} header bytes, file has {size})"
+                )
             text = fh.read(n)
     except OSError as exc:
         raise ModelError(f"{path}: cannot read: {exc.strerror or exc}") from None
@@ -77,7 +79,9 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
             raise ModelError(f"{path}: corrupt safetensors header (gap before tensor {name!r})")
         cursor = end
     if cursor != size:
-        raise ModelError(f"{path}: truncated or padded safetensors file (data ends at {cursor}, file is {size} bytes)")
+        raise ModelError(
+            f"{path}: truncated or padded safetensors file (data ends at {cursor}, file is {size} bytes)"
+        )
     return out, {str(k): str(v) for k, v in meta.items()}
 
 
@@ -90,15 +94,21 @@ def _tensor(path: str, name: str, info: object, data_start: int, data_len: int) 
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
     if dtype not in ITEMSIZE:
         raise bad(f"unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape):
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
         raise bad(f"invalid shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
         raise bad(f"invalid data_offsets {offsets!r}")
     begin, end = offsets
     if not 0 <= begin <= end <= data_len:
         raise bad(f"data_offsets {offsets} outside the file's {data_len} data bytes (truncated file?)")
     if prod(shape) * ITEMSIZE[dtype] != end - begin:
-        raise bad(f"shape {shape} of {dtype} needs {prod(shape) * ITEMSIZE[dtype]} bytes, offsets give {end - begin}")
+        raise bad(
+            f"shape {shape} of {dtype} needs {prod(shape) * ITEMSIZE[dtype]} bytes, offsets give {end - begin}"
+        )
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)

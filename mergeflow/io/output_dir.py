@@ -15,9 +15,19 @@ from mergeflow.errors import OutputError
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
-    "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
-    "preprocessor_config.json", "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+    "processor_config.json",
 )
 
 
@@ -58,7 +68,9 @@ class OutputDir:
             raise OutputError(f"cannot create {self.tmp}: {exc.strerror or exc}") from None
         return self.tmp
 
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if typ is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
@@ -74,8 +86,9 @@ class OutputDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def copy_support_files(out: Path, config_dir: Path | None, tokenizer_dir: Path | None,
-                       out_dtype: str | None) -> list[str]:
+def copy_support_files(
+    out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None
+) -> list[str]:
     """Copy config/generation config and tokenizer files (regular files only). Returns the names copied."""
     copied = []
     if config_dir is not None and config_dir.is_dir():

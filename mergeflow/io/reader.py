@@ -41,8 +41,9 @@ def _inside(directory: Path, name: str, what: str) -> Path:
 class ModelReader:
     """Tensor names -> lazily read tensors, for one model."""
 
-    def __init__(self, name: str, path: str | Path, allow_pickle: bool = False,
-                 recycle_bytes: int = RECYCLE_BYTES) -> None:
+    def __init__(
+        self, name: str, path: str | Path, allow_pickle: bool = False, recycle_bytes: int = RECYCLE_BYTES
+    ) -> None:
         self.name, self.path = name, Path(path)
         self.recycle_bytes = recycle_bytes
         self.config: dict[str, Any] | None = None
@@ -81,12 +82,16 @@ class ModelReader:
             else:
                 self._add_pickle(p / "pytorch_model.bin")
         else:
-            raise ModelError(f"model '{self.name}': no model.safetensors or model.safetensors.index.json in {p}")
+            raise ModelError(
+                f"model '{self.name}': no model.safetensors or model.safetensors.index.json in {p}"
+            )
 
     def _refuse_pickle(self, p: Path) -> None:
-        raise ModelError(f"model '{self.name}': {p} holds only pickle weights (pytorch_model.bin), which can run "
-                         "code when loaded; convert them to safetensors, or pass --allow-pickle to load them "
-                         "with torch.load(weights_only=True)")
+        raise ModelError(
+            f"model '{self.name}': {p} holds only pickle weights (pytorch_model.bin), which can run "
+            "code when loaded; convert them to safetensors, or pass --allow-pickle to load them "
+            "with torch.load(weights_only=True)"
+        )
 
     def _from_file(self, p: Path, allow_pickle: bool) -> None:
         if p.suffix == ".safetensors":
@@ -128,16 +133,18 @@ class ModelReader:
         try:
             sd = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # torch raises many kinds here; the message is what matters
-            raise ModelError(f"model '{self.name}': cannot load {path} with weights_only=True: "
-                             f"{str(exc).splitlines()[0]}") from None
+            raise ModelError(
+                f"model '{self.name}': cannot load {path} with weights_only=True: {str(exc).splitlines()[0]}"
+            ) from None
         if not isinstance(sd, dict):
             raise ModelError(f"model '{self.name}': {path} does not hold a state dict")
         for n, t in sd.items():
             if not isinstance(t, torch.Tensor) or t.dtype not in TORCH_TO_ST:
                 continue
             self._pickled[n] = t
-            self.tensors[n] = TensorInfo(n, TORCH_TO_ST[t.dtype], tuple(t.shape), str(path), 0,
-                                         t.numel() * t.element_size())
+            self.tensors[n] = TensorInfo(
+                n, TORCH_TO_ST[t.dtype], tuple(t.shape), str(path), 0, t.numel() * t.element_size()
+            )
 
     # ---------------------------------------------------------------- reading
     def info(self, tensor: str) -> TensorInfo:
@@ -146,20 +153,31 @@ class ModelReader:
         except KeyError:
             raise MissingTensor(f"model '{self.name}' ({self.path}) has no tensor {tensor!r}") from None
 
-    def read(self, tensor: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-             rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def read(
+        self,
+        tensor: str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         """A fresh tensor (never a view of the file), optionally only rows [start, stop) of dim 0."""
         info = self.info(tensor)
         with self._lock:
             if tensor in self._pickled:
                 src = self._pickled[tensor]
-                src = src if rows is None else src[rows[0]:rows[1]]
+                src = src if rows is None else src[rows[0] : rows[1]]
             else:
                 handle = self._handle(info.file)
                 try:
-                    src = handle.get_tensor(tensor) if rows is None else handle.get_slice(tensor)[rows[0]:rows[1]]
+                    src = (
+                        handle.get_tensor(tensor)
+                        if rows is None
+                        else handle.get_slice(tensor)[rows[0] : rows[1]]
+                    )
                 except Exception as exc:
-                    raise ModelError(f"model '{self.name}': cannot read {tensor!r} from {info.file}: {exc}") from None
+                    raise ModelError(
+                        f"model '{self.name}': cannot read {tensor!r} from {info.file}: {exc}"
+                    ) from None
             out = src.to(device=device, dtype=dtype or src.dtype, copy=True)
             del src
             self._account(info.file, out.numel() * info.nbytes // max(info.numel, 1))

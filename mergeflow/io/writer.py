@@ -46,7 +46,11 @@ class ShardLayout:
         rel: dict[str, tuple[int, int]] = {}
         for t in self.tensors:
             rel[t.name] = (cursor, cursor + t.nbytes)
-            entries[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [cursor, cursor + t.nbytes]}
+            entries[t.name] = {
+                "dtype": t.dtype,
+                "shape": list(t.shape),
+                "data_offsets": [cursor, cursor + t.nbytes],
+            }
             cursor += t.nbytes
         text = json.dumps(entries, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # data starts 8-byte aligned
@@ -56,8 +60,11 @@ class ShardLayout:
         self.size = base + cursor
 
 
-def plan_shards(tensors: list[OutTensor], shard_size: int, metadata: dict[str, str] | None = None,
-                ) -> list[ShardLayout]:
+def plan_shards(
+    tensors: list[OutTensor],
+    shard_size: int,
+    metadata: dict[str, str] | None = None,
+) -> list[ShardLayout]:
     """Fill shards in the given order up to ``shard_size`` bytes (a larger tensor gets a shard of its own)."""
     groups: list[list[OutTensor]] = []
     used = 0
@@ -109,7 +116,9 @@ class ShardedWriter:
         i, spec = self._where[name]
         want = spec.shape if rows is None else (rows[1] - rows[0], *spec.shape[1:])
         if TORCH_TO_ST.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != want:
-            raise ValueError(f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {want}")
+            raise ValueError(
+                f"{name}: got {tensor.dtype} {tuple(tensor.shape)}, layout says {spec.dtype} {want}"
+            )
         begin, end = self.layouts[i].offsets[name]
         if rows is not None:
             row_bytes = spec.nbytes // spec.shape[0]

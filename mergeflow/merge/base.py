@@ -49,8 +49,9 @@ class MergeContext:
         return gen
 
 
-MergeFn = Callable[[Sequence[torch.Tensor], "torch.Tensor | None", OpParams, Sequence[OpParams], MergeContext],
-                   torch.Tensor]
+MergeFn = Callable[
+    [Sequence[torch.Tensor], "torch.Tensor | None", OpParams, Sequence[OpParams], MergeContext], torch.Tensor
+]
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,18 @@ class MergeOperator:
 OPERATORS: Registry[MergeOperator] = Registry("merge operator")
 
 
-def merge_operator(name: str, *, params: type[OpParams] = NoParams, model_params: type[OpParams] = NoParams,
-                   needs_base: bool = False, min_models: int = 1, max_models: int | None = None,
-                   work: float = 2.0, select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
-                   elementwise: bool = False) -> Callable[[MergeFn], MergeFn]:
+def merge_operator(
+    name: str,
+    *,
+    params: type[OpParams] = NoParams,
+    model_params: type[OpParams] = NoParams,
+    needs_base: bool = False,
+    min_models: int = 1,
+    max_models: int | None = None,
+    work: float = 2.0,
+    select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
+    elementwise: bool = False,
+) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
 
     ``tensors`` are the models being merged (the base excluded when ``needs_base``), already on
@@ -87,9 +96,23 @@ def merge_operator(name: str, *, params: type[OpParams] = NoParams, model_params
 
     def deco(fn: MergeFn) -> MergeFn:
         doc = (fn.__doc__ or "").strip()
-        OPERATORS.add(name, MergeOperator(name, fn, params, model_params, needs_base, min_models, max_models,
-                                          work, doc.splitlines()[0] if doc else name, doc, select,
-                                          elementwise))
+        OPERATORS.add(
+            name,
+            MergeOperator(
+                name,
+                fn,
+                params,
+                model_params,
+                needs_base,
+                min_models,
+                max_models,
+                work,
+                doc.splitlines()[0] if doc else name,
+                doc,
+                select,
+                elementwise,
+            ),
+        )
         return fn
 
     return deco
@@ -110,8 +133,10 @@ def model_weights(mp: Sequence[OpParams], normalize: bool, ctx: MergeContext) ->
         return weights
     total = sum(weights)
     if abs(total) < 1e-12:
-        raise ValueError(f"{ctx.tensor}: weights sum to 0, so they cannot be normalised; set normalize: false "
-                         "or change the weights")
+        raise ValueError(
+            f"{ctx.tensor}: weights sum to 0, so they cannot be normalised; set normalize: false "
+            "or change the weights"
+        )
     return [w / total for w in weights]
 
 

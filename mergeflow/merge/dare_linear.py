@@ -11,8 +11,14 @@ class DareLinearParams(TaskArithmeticParams, DropParams):
     pass
 
 
-@merge_operator("dare_linear", params=DareLinearParams, model_params=SparseModelParams, needs_base=True, work=3.0,
-                elementwise=True)
+@merge_operator(
+    "dare_linear",
+    params=DareLinearParams,
+    model_params=SparseModelParams,
+    needs_base=True,
+    work=3.0,
+    elementwise=True,
+)
 def dare_linear(tensors, base, p: DareLinearParams, mp, ctx):
     """base + lambda * sum_i w_i drop(x_i - base); each entry kept with probability density; seeded."""
     dropped = dare_deltas(tensors, base, mp, ctx, p.rescale)

@@ -10,8 +10,14 @@ class DareTiesParams(SignParams, DropParams):
     pass
 
 
-@merge_operator("dare_ties", params=DareTiesParams, model_params=SparseModelParams, needs_base=True, work=4.0,
-                elementwise=True)
+@merge_operator(
+    "dare_ties",
+    params=DareTiesParams,
+    model_params=SparseModelParams,
+    needs_base=True,
+    work=4.0,
+    elementwise=True,
+)
 def dare_ties(tensors, base, p: DareTiesParams, mp, ctx):
     """base + lambda * disjoint_mean(sign-elected, randomly dropped and rescaled task vectors); seeded."""
     dropped = dare_deltas(tensors, base, mp, ctx, p.rescale)

@@ -8,7 +8,9 @@ from mergeflow.merge.base import OpParams, merge_operator, model_weights, weight
 
 
 class LinearParams(OpParams):
-    normalize: bool = Field(True, description="Divide by the sum of the weights, so weights need not sum to 1.")
+    normalize: bool = Field(
+        True, description="Divide by the sum of the weights, so weights need not sum to 1."
+    )
 
 
 class Weight(OpParams):

@@ -11,10 +11,18 @@ from mergeflow.merge.base import OpParams, merge_operator
 
 
 class SlerpParams(OpParams):
-    t: float = Field(0.5, ge=0.0, le=1.0, description="Interpolation factor: 0 gives the first model (the base, "
-                     "if set), 1 the second.")
-    colinear_threshold: float = Field(0.9995, gt=0.0, le=1.0, description="Above this |cosine| between the "
-                                      "two tensors, fall back to linear interpolation.")
+    t: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Interpolation factor: 0 gives the first model (the base, if set), 1 the second.",
+    )
+    colinear_threshold: float = Field(
+        0.9995,
+        gt=0.0,
+        le=1.0,
+        description="Above this |cosine| between the two tensors, fall back to linear interpolation.",
+    )
 
 
 @merge_operator("slerp", params=SlerpParams, min_models=2, max_models=2, work=2.0)

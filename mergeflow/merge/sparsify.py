@@ -23,10 +23,16 @@ class DropParams(OpParams):
 
 class SignParams(OpParams):
     lambda_: float = Field(1.0, alias="lambda", description="Scale of the merged task vector.")
-    normalize: bool = Field(True, description="Divide by the summed weight of the models that agree in sign "
-                            "at each entry (the disjoint mean); false gives the plain weighted sum.")
-    majority: Literal["sum", "count"] = Field("sum", description="Elect each entry's sign from the weighted "
-                                              "sum of task vectors ('sum', the paper's) or by counting signs.")
+    normalize: bool = Field(
+        True,
+        description="Divide by the summed weight of the models that agree in sign "
+        "at each entry (the disjoint mean); false gives the plain weighted sum.",
+    )
+    majority: Literal["sum", "count"] = Field(
+        "sum",
+        description="Elect each entry's sign from the weighted "
+        "sum of task vectors ('sum', the paper's) or by counting signs.",
+    )
 
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -61,8 +67,9 @@ def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) 
             continue
         k = max(1, int(density * n))
         if mag is None:
-            mag = torch.empty(n, dtype=torch.float32 if delta.element_size() < 4 else delta.dtype,
-                              device=delta.device)
+            mag = torch.empty(
+                n, dtype=torch.float32 if delta.element_size() < 4 else delta.dtype, device=delta.device
+            )
         torch.abs(delta.reshape(-1), out=mag)
         threshold = kth_largest(mag, k)
         keep = mag >= threshold
@@ -74,7 +81,9 @@ def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) 
     return list(deltas)
 
 
-def random_drop_(delta: torch.Tensor, density: float, gen: torch.Generator, rescale: bool = True) -> torch.Tensor:
+def random_drop_(
+    delta: torch.Tensor, density: float, gen: torch.Generator, rescale: bool = True
+) -> torch.Tensor:
     """Keep each entry with probability ``density`` (DARE), in place; survivors scaled by 1/density."""
     if density >= 1.0:
         return delta
@@ -85,8 +94,13 @@ def random_drop_(delta: torch.Tensor, density: float, gen: torch.Generator, resc
     return delta.div_(density) if rescale else delta
 
 
-def dare_deltas(tensors: Sequence[torch.Tensor], base: torch.Tensor, mp: Sequence[SparseModelParams],
-                ctx: MergeContext, rescale: bool) -> list[torch.Tensor]:
+def dare_deltas(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    mp: Sequence[SparseModelParams],
+    ctx: MergeContext,
+    rescale: bool,
+) -> list[torch.Tensor]:
     """Task vectors with DARE's seeded random drop, in place in the (operator-owned) inputs."""
     gen = ctx.generator(base.device)
     return [random_drop_(d, m.density, gen, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)]

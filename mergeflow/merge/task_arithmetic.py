@@ -10,11 +10,19 @@ from mergeflow.merge.linear import Weight
 
 class TaskArithmeticParams(OpParams):
     lambda_: float = Field(1.0, alias="lambda", description="Scale of the merged task vector.")
-    normalize: bool = Field(False, description="Divide the weighted sum of task vectors by the sum of weights.")
+    normalize: bool = Field(
+        False, description="Divide the weighted sum of task vectors by the sum of weights."
+    )
 
 
-@merge_operator("task_arithmetic", params=TaskArithmeticParams, model_params=Weight, needs_base=True, work=2.0,
-                elementwise=True)
+@merge_operator(
+    "task_arithmetic",
+    params=TaskArithmeticParams,
+    model_params=Weight,
+    needs_base=True,
+    work=2.0,
+    elementwise=True,
+)
 def task_arithmetic(tensors, base, p: TaskArithmeticParams, mp, ctx):
     """base + lambda * sum_i w_i (x_i - base)."""
     weights = model_weights(mp, p.normalize, ctx)

@@ -19,8 +19,11 @@ def param_properties(cls: type[BaseModel]) -> dict[str, Any]:
         prop = dict(prop)
         if takes_gradient(cls, key):
             item = {k: v for k, v in prop.items() if k not in ("default", "title", "description")}
-            prop = {"description": prop.get("description", ""), "default": prop.get("default"),
-                    "anyOf": [item, {"type": "array", "items": item, "minItems": 2}]}
+            prop = {
+                "description": prop.get("description", ""),
+                "default": prop.get("default"),
+                "anyOf": [item, {"type": "array", "items": item, "minItems": 2}],
+            }
         prop.pop("title", None)
         props[key] = prop
     return props
@@ -46,8 +49,12 @@ def build_schema(operators: Mapping[str, OperatorLike]) -> dict[str, Any]:
         "anyOf": [
             {"type": "string", "enum": sorted(operators)},
             *[
-                {"type": "object", "properties": {name: {"anyOf": [operator_schema(op), {"type": "null"}]}},
-                 "required": [name], "additionalProperties": False}
+                {
+                    "type": "object",
+                    "properties": {name: {"anyOf": [operator_schema(op), {"type": "null"}]}},
+                    "required": [name],
+                    "additionalProperties": False,
+                }
                 for name, op in sorted(operators.items())
             ],
         ],
@@ -55,5 +62,7 @@ def build_schema(operators: Mapping[str, OperatorLike]) -> dict[str, Any]:
     schema["properties"]["merge"] = merge
     defs = schema.get("$defs", {})
     defs["MergeSpec"] = {k: v for k, v in merge.items() if k != "description"}
-    defs["AlignStep"] = {"anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]}
+    defs["AlignStep"] = {
+        "anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1, "maxProperties": 1}]
+    }
     return schema

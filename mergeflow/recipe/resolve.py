@@ -45,7 +45,9 @@ class Resolver:
     def __call__(self, name: str, position: float) -> TensorSettings:
         r = self.recipe
         spec = r.merge
-        layers: list[dict[str, Any]] = [dict(spec.params)]  # op-level raw params (global + per-model defaults)
+        layers: list[dict[str, Any]] = [
+            dict(spec.params)
+        ]  # op-level raw params (global + per-model defaults)
         per_model: dict[str, list[dict[str, Any]]] = {m: [dict(e.params)] for m, e in r.models.items()}
         for i in self.matching(name):
             ov = r.overrides[i]

@@ -21,10 +21,15 @@ class Strict(BaseModel):
 class ModelEntry(Strict):
     """A source model."""
 
-    path: str = Field(description="Hugging Face model directory, or a single .safetensors file. "
-                      "Relative paths are resolved against the recipe file's folder.")
-    params: dict[str, ParamValue] = Field(default_factory=dict, description="Per-model operator parameters "
-                                          "(e.g. weight, density) for this model; scalars or gradients.")
+    path: str = Field(
+        description="Hugging Face model directory, or a single .safetensors file. "
+        "Relative paths are resolved against the recipe file's folder."
+    )
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict,
+        description="Per-model operator parameters "
+        "(e.g. weight, density) for this model; scalars or gradients.",
+    )
 
 
 class _Named(Strict):
@@ -60,9 +65,12 @@ class Override(Strict):
     match: str | None = Field(None, description="Shell-style glob on tensor names, e.g. '*.mlp.*'.")
     regex: str | None = Field(None, description="Python regular expression searched in tensor names.")
     merge: MergeSpec | None = Field(None, description="Use another operator for these tensors.")
-    params: dict[str, ParamValue] = Field(default_factory=dict, description="Operator parameters for these tensors.")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Operator parameters for these tensors."
+    )
     models: dict[str, dict[str, ParamValue]] = Field(
-        default_factory=dict, description="Per-model parameters for these tensors, by model name.")
+        default_factory=dict, description="Per-model parameters for these tensors, by model name."
+    )
 
     @model_validator(mode="after")
     def _one_selector(self) -> Override:
@@ -74,11 +82,17 @@ class Override(Strict):
 class OutputOptions(Strict):
     """How the output directory is written."""
 
-    shard_size: ByteSize = Field(ByteSize(5_000_000_000), description="Largest shard file, e.g. '5GB', '500MiB'.")
-    config: str | None = Field(None, description="Model whose config.json (and generation_config.json) is "
-                               "copied. Default: base, else anchor, else the first model.")
-    tokenizer: bool | str = Field(True, description="Copy tokenizer files: true (from the config model), "
-                                  "false, or a model name.")
+    shard_size: ByteSize = Field(
+        ByteSize(5_000_000_000), description="Largest shard file, e.g. '5GB', '500MiB'."
+    )
+    config: str | None = Field(
+        None,
+        description="Model whose config.json (and generation_config.json) is "
+        "copied. Default: base, else anchor, else the first model.",
+    )
+    tokenizer: bool | str = Field(
+        True, description="Copy tokenizer files: true (from the config model), false, or a model name."
+    )
     card: bool = Field(True, description="Write a README.md model card that embeds the recipe.")
 
 
@@ -113,8 +127,12 @@ class Recipe(Strict):
 
     @property
     def config_source(self) -> str:
-        return self.output.config or self.base or (
-            self.anchor if self.anchor not in (None, "auto") else None) or next(iter(self.models))
+        return (
+            self.output.config
+            or self.base
+            or (self.anchor if self.anchor not in (None, "auto") else None)
+            or next(iter(self.models))
+        )
 
     def model_names(self) -> list[str]:
         return list(self.models)

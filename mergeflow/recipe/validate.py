@@ -14,8 +14,12 @@ from mergeflow.recipe.params import OperatorLike, check_value, field_names, mode
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 
-WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
-                "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -62,15 +66,23 @@ def _sections(data: dict[str, Any], probs: _Problems) -> dict[str, Any]:
     return out
 
 
-def _check_params(probs: _Problems, path: tuple[Any, ...], raw: Mapping[str, Any], op: OperatorLike,
-                  per_model_only: bool, models: Mapping[str, Any]) -> None:
+def _check_params(
+    probs: _Problems,
+    path: tuple[Any, ...],
+    raw: Mapping[str, Any],
+    op: OperatorLike,
+    per_model_only: bool,
+    models: Mapping[str, Any],
+) -> None:
     for key, value in raw.items():
         cls = owner(op, key)
         if per_model_only and cls is op.params:
             probs.add((*path, key), "is a global parameter; set it under merge or overrides[].params")
             continue
         if cls is None:
-            allowed = list(field_names(op.model_params)) + ([] if per_model_only else list(field_names(op.params)))
+            allowed = list(field_names(op.model_params)) + (
+                [] if per_model_only else list(field_names(op.params))
+            )
             probs.add((*path, key), f"unknown parameter; allowed: {', '.join(allowed) or 'none'}")
             continue
         for msg in check_value(cls, key, value):
@@ -79,11 +91,18 @@ def _check_params(probs: _Problems, path: tuple[Any, ...], raw: Mapping[str, Any
             probs.add((*path, key), f"names no model; models are: {', '.join(models)}")
 
 
-def _check_op(probs: _Problems, path: tuple[Any, ...], spec: MergeSpec, ops: Mapping[str, OperatorLike],
-              models: Mapping[str, Any]) -> OperatorLike | None:
+def _check_op(
+    probs: _Problems,
+    path: tuple[Any, ...],
+    spec: MergeSpec,
+    ops: Mapping[str, OperatorLike],
+    models: Mapping[str, Any],
+) -> OperatorLike | None:
     if spec.name not in ops:
-        probs.add((*path, spec.name) if path[-1] == "merge" else path,
-                  f"unknown merge operator '{spec.name}'; known: {', '.join(sorted(ops))}")
+        probs.add(
+            (*path, spec.name) if path[-1] == "merge" else path,
+            f"unknown merge operator '{spec.name}'; known: {', '.join(sorted(ops))}",
+        )
         return None
     op = ops[spec.name]
     _check_params(probs, (*path, spec.name), spec.params, op, False, models)
@@ -96,15 +115,22 @@ def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems) -> s
     if not p.exists():
         probs.add(("models", name), f"path does not exist: {p}")
     elif p.is_dir() and not any((p / f).exists() for f in WEIGHT_FILES):
-        probs.add(("models", name), f"no weights in {p} (expected model.safetensors or "
-                  "model.safetensors.index.json)")
+        probs.add(
+            ("models", name),
+            f"no weights in {p} (expected model.safetensors or model.safetensors.index.json)",
+        )
     elif p.is_file() and p.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
         probs.add(("models", name), f"not a checkpoint file: {p}")
     return str(p.resolve())
 
 
-def validate(src: YamlSource, operators: Mapping[str, OperatorLike], steps: Mapping[str, Any] | None = None,
-             root: Path | None = None, check_paths: bool = True) -> Recipe:
+def validate(
+    src: YamlSource,
+    operators: Mapping[str, OperatorLike],
+    steps: Mapping[str, Any] | None = None,
+    root: Path | None = None,
+    check_paths: bool = True,
+) -> Recipe:
     """Validate parsed YAML; raise RecipeError listing every problem."""
     probs = _Problems(src)
     steps = steps or {}
@@ -139,7 +165,9 @@ def validate(src: YamlSource, operators: Mapping[str, OperatorLike], steps: Mapp
             probs.add(("merge", sec["merge"].name), "this operator needs a 'base' model")
         n = len(models) - (1 if op.needs_base and base in models else 0)
         if models and n < op.min_models:
-            probs.add(("merge", sec["merge"].name), f"needs at least {op.min_models} model(s) to merge, got {n}")
+            probs.add(
+                ("merge", sec["merge"].name), f"needs at least {op.min_models} model(s) to merge, got {n}"
+            )
         if op.max_models is not None and n > op.max_models:
             probs.add(("merge", sec["merge"].name), f"merges at most {op.max_models} model(s), got {n}")
         for name, entry in models.items():
@@ -169,8 +197,12 @@ def validate(src: YamlSource, operators: Mapping[str, OperatorLike], steps: Mapp
     return Recipe(**{**sec, "models": resolved})
 
 
-def load_recipe(path: str | Path, operators: Mapping[str, OperatorLike], steps: Mapping[str, Any] | None = None,
-                check_paths: bool = True) -> Recipe:
+def load_recipe(
+    path: str | Path,
+    operators: Mapping[str, OperatorLike],
+    steps: Mapping[str, Any] | None = None,
+    check_paths: bool = True,
+) -> Recipe:
     """Read and validate a recipe file. Relative model paths resolve against the file's folder."""
     src = read_yaml(path)
     return validate(src, operators, steps, root=Path(path).resolve().parent, check_paths=check_paths)
