@@ -90,14 +90,53 @@ def _vit() -> Any:
     return ViTForImageClassification(cfg)
 
 
+def _mistral() -> Any:
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                                            max_position_embeddings=64, sliding_window=None))
+
+
+def _qwen2() -> Any:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                        tie_word_embeddings=True))
+
+
+def _qwen3() -> Any:
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        max_position_embeddings=64))
+
+
+def _distilbert() -> Any:
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    return DistilBertForSequenceClassification(DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4,
+                                                                hidden_dim=64, max_position_embeddings=64,
+                                                                num_labels=3))
+
+
+def _deberta() -> Any:
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    cfg = DebertaV2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                          pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=8,
+                          max_relative_positions=16, num_labels=3)
+    return DebertaV2ForSequenceClassification(cfg)
+
+
 FAMILIES: dict[str, Callable[[], Any]] = {
-    "llama": _llama,
-    "gpt2": _gpt2,
-    "bert": _bert,
-    "roberta": _roberta,
-    "vit": _vit,
+    "llama": _llama, "gpt2": _gpt2, "bert": _bert, "roberta": _roberta, "vit": _vit, "mistral": _mistral,
+    "qwen2": _qwen2, "qwen3": _qwen3, "distilbert": _distilbert, "deberta-v2": _deberta,
 }
-TEXT = {"llama", "gpt2", "bert", "roberta"}
+TEXT = {"llama", "gpt2", "bert", "roberta", "mistral", "qwen2", "qwen3", "distilbert", "deberta-v2"}
 
 
 def save_tokenizer(path: Path) -> None:
@@ -164,3 +203,38 @@ def _stored_name(name: str, state: dict[str, torch.Tensor]) -> str | None:
     # a module name can differ from the name stored in the file; match on the unique suffix
     hits = [k for k in state if k.endswith(name.split(".", 1)[-1])]
     return hits[0] if len(hits) == 1 else None
+
+
+def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float = 0.0, **which: bool) -> Path:
+    """Copy a model with a random exact symmetry applied to every layer (see align.scramble), plus
+    optional Gaussian noise of relative size ``noise`` on every tensor. Returns ``dst``."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from mergeflow.align.scramble import scramble_layer
+    from mergeflow.arch.canonical import from_canonical, to_canonical
+    from mergeflow.arch.spec import arch_spec
+    from mergeflow.io.reader import ModelReader
+
+    src, dst = Path(src), Path(dst)
+    reader = ModelReader("src", src)
+    spec = arch_spec(reader.config, reader.tensors, {n: t.shape for n, t in reader.tensors.items()})
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {n: reader.read(n) for n in reader.tensors}
+    for layer in spec.layers:
+        canon = to_canonical(spec, layer, tensors)
+        scramble_layer(canon, spec.geometry, gen, **which)
+        tensors.update(from_canonical(spec, layer, canon, torch.float32))
+    if noise:
+        for n, t in tensors.items():
+            if t.is_floating_point():
+                tensors[n] = t + noise * t.std().nan_to_num(0.0) * torch.randn(t.shape, generator=gen)
+    dst.mkdir(parents=True, exist_ok=True)
+    dtypes = {n: reader.read(n).dtype for n in reader.tensors}
+    save_file({n: t.to(dtypes[n]).contiguous() for n, t in tensors.items()}, str(dst / "model.safetensors"),
+              metadata={"format": "pt"})
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model") and f.suffix != ".safetensors":
+            shutil.copyfile(f, dst / f.name)
+    return dst

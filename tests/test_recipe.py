@@ -81,7 +81,7 @@ merge:
     )
     probs = problems(rec)
     assert any("merge.ties.density: [1]:" in p and "less than or equal to 1" in p for p in probs)
-    assert any("merge.ties.normalize: takes a single value" in p for p in probs)
+    assert any("merge.ties.normalize: Input should be a valid boolean" in p for p in probs)
 
 
 def test_cross_references(tmp_path, toy):

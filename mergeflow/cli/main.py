@@ -146,16 +146,53 @@ def run(
             f"wrote {result.out} ({len(plan.layouts)} shard(s), {_human(plan.bytes_written)}) "
             f"in {result.seconds:.2f} s; peak RSS {_human(runner.peak_rss_bytes())}"
         )
+        _print_alignment(result)
+
+
+def _print_alignment(result: Any) -> None:
+    if result.alignment is not None:
+        from mergeflow.graph.align_report import table
+
+        click.echo(f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):")
+        click.echo(table(result.alignment))
+
+
+@cli.command()
+@click.argument("model", type=click.Path())
+@click.option("--anchor", required=True, type=click.Path(), help="Model to align MODEL to (left unchanged).")
+@click.option("-o", "--out", required=True, help="Output directory for the aligned model.")
+@click.option("--steps", "steps_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML file with an 'align:' list in recipe syntax. Default: rotate (qk, vo), permute (ffn), "
+              "rescale; without QK rotation for QK-norm families.")
+@DEVICE
+@MEMORY
+@PICKLE
+@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+def align(model: str, anchor: str, out: str, steps_file: str | None, device: str, max_memory: str | None,
+          allow_pickle: bool, force: bool, quiet: bool) -> None:
+    """Write MODEL re-parameterised toward ANCHOR: the same function, weights as close as the symmetries allow."""
+    from mergeflow.cli.align_cmd import align_recipe
+    from mergeflow.graph import run as runner
+
+    recipe, text = align_recipe(model, anchor, steps_file)
+    opts = runner.Options(device=device, max_memory=_bytes(max_memory), force=force, allow_pickle=allow_pickle)
+    prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
+    result = runner.run(prep, out, opts, progress=not quiet)
+    if not quiet:
+        click.echo(f"wrote {result.out}: '{model}' aligned to '{anchor}' in {result.seconds:.2f} s")
+        _print_alignment(result)
 
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
 def validate(recipe: str) -> None:
     """Check RECIPE without reading any weight; print every problem (exit 2) or 'ok'."""
+    from mergeflow.align.catalog import STEPS
     from mergeflow.merge.catalog import OPERATORS
     from mergeflow.recipe.validate import load_recipe
 
-    r = load_recipe(recipe, OPERATORS)
+    r = load_recipe(recipe, OPERATORS, STEPS)
     click.echo(f"ok: {len(r.models)} model(s), operator {r.merge.name}, {len(r.overrides)} override(s)")
 
 

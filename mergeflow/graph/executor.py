@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from mergeflow.graph.tasks import Load
+from mergeflow.graph.tasks import Load, Merge
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
 
@@ -24,6 +24,8 @@ class ExecContext:
     compute_dtype: torch.dtype
     seed: int = 0
     check_finite: bool = False
+    arch: Any = None  # ArchSpec, when aligning
+    align_reports: list[Any] = field(default_factory=list)
 
 
 def schedule(roots: list[Any]) -> list[Any]:
@@ -94,7 +96,11 @@ def execute(
                 ahead -= _nbytes(task, ctx)
                 top_up()
             else:
-                value = task.run(ctx, *(values[d] for d in task.deps()))
+                # a merge may overwrite its inputs: give it a copy of any value another task still needs
+                mutates = isinstance(task, Merge)
+                args = [values[d].clone() if mutates and users[d] > 1 else values[d] for d in task.deps()]
+                value = task.run(ctx, *args)
+                del args
             for d in task.deps():
                 users[d] -= 1
                 if users[d] == 0:

@@ -52,6 +52,8 @@ class Plan:
     peak_tensor: str
     ops_used: dict[str, int]
     n_tensors: int
+    arch: object = None  # ArchSpec when the recipe aligns
+    anchor: str | None = None
 
 
 def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) -> None:
@@ -85,13 +87,17 @@ def build_plan(
     operators: Mapping[str, MergeOperator],
     max_memory: int | None = None,
     chunk_elems: int = CHUNK_ELEMS,
+    anchor_name: str | None = None,
 ) -> Plan:
+    """One load -> (align) -> merge -> write chain per output tensor. ``anchor_name`` resolves
+    ``anchor: auto`` (see graph.anchor)."""
     ref = recipe.config_source
     _check_models(recipe, readers, ref)
     ref_reader = readers[ref]
     compute = NAMES[recipe.dtype]
     csize = torch.empty((), dtype=compute).element_size()
     resolve = Resolver(recipe, operators)
+    aligner = None
     n_layers = num_layers(ref_reader.tensors, ref_reader.config)
     order = list(recipe.models)
     if recipe.base is not None:
@@ -114,6 +120,14 @@ def build_plan(
                 model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype), rows
             )
         return loads[key]
+
+    if recipe.align:
+        from mergeflow.graph.align_tasks import AlignPlanner, model_spec
+
+        anchor = recipe.anchor if recipe.anchor != "auto" else anchor_name
+        assert anchor is not None
+        aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load)
+    source = aligner.input if aligner is not None else load
 
     for tname, info in ref_reader.tensors.items():
         settings = resolve(tname, position(tname, n_layers))
@@ -138,16 +152,18 @@ def build_plan(
         outs.append(out)
         blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
         for part, rows in enumerate(blocks):
-            base = load(recipe.base, tname, rows) if op.needs_base else None
-            inputs = tuple(load(m, tname, rows) for m in members)
+            base = source(recipe.base, tname, rows) if op.needs_base else None
+            inputs = tuple(source(m, tname, rows) for m in members)
             merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part)
             writes.append(Write(out, merge, rows))
-            numel = inputs[0].numel if inputs else info.numel
+            numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
             task_bytes = int(numel * csize * (len(merge.deps()) + op.work) + writes[-1].nbytes)
             if task_bytes > peak:
                 peak, peak_name = task_bytes, tname
         ops_used[op.name] = ops_used.get(op.name, 0) + 1
 
+    if aligner is not None and aligner.tasks:
+        peak = max(peak, aligner.layer_bytes())
     bytes_read = sum(ld.stored_bytes for ld in loads.values())
     if max_memory is not None and peak > max_memory:
         raise MemoryBudgetError(
@@ -155,9 +171,9 @@ def build_plan(
             f"memory budget of {max_memory / 2**20:.0f} MiB; raise --max-memory"
         )
     layouts = plan_shards(outs, int(recipe.output.shard_size))
-    return Plan(
-        recipe, writes, layouts, bytes_read, sum(o.nbytes for o in outs), peak, peak_name, ops_used, len(outs)
-    )
+    arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
+    total_out = sum(o.nbytes for o in outs)
+    return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor)
 
 
 def model_dir(path: str) -> Path | None:

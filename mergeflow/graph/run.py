@@ -11,7 +11,10 @@ from pathlib import Path
 import psutil
 import torch
 
+from mergeflow.align.catalog import STEPS
 from mergeflow.errors import InputError
+from mergeflow.graph.align_report import write_report
+from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.plan import Plan, build_plan, model_dir
 from mergeflow.graph.tasks import Write
@@ -98,11 +101,15 @@ class Result:
     plan: Plan
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    alignment: dict | None = None  # summary of the alignment report, when the recipe aligns
 
 
-def prepare(recipe_path: str | Path, opts: Options) -> Prepared:
-    """Validate the recipe, open every model's headers, check them against each other and plan."""
-    recipe = load_recipe(recipe_path, OPERATORS)
+def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
+            recipe_text: str | None = None) -> Prepared:
+    """Validate the recipe, open every model's headers, check them against each other and plan.
+    ``recipe``/``recipe_text`` stand in for the file when a command builds the recipe itself."""
+    if recipe is None:
+        recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
     readers = {
         name: ModelReader(name, e.path, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()
@@ -113,8 +120,11 @@ def prepare(recipe_path: str | Path, opts: Options) -> Prepared:
     n_files = sum(len({t.file for t in r.tensors.values()}) for r in readers.values())
     for r in readers.values():
         r.recycle_bytes = min(max(budget // MAPPED_SHARE // max(n_files, 1), 1 << 20), MAPPED_CAP)
-    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget))
-    text = Path(recipe_path).read_text(encoding="utf-8")
+    anchor = None
+    if recipe.align and recipe.anchor == "auto":
+        anchor, _dist = auto_anchor(readers, recipe.config_source)
+    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor)
+    text = recipe_text if recipe_text is not None else Path(recipe_path).read_text(encoding="utf-8")
     return Prepared(recipe, text, readers, plan, device, budget)
 
 
@@ -146,7 +156,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
     with OutputDir(final, opts.force) as tmp:
         writer = ShardedWriter(tmp, plan.layouts)
         ctx = ExecContext(
-            prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite
+            prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch
         )
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch else 0
@@ -167,6 +177,9 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             else model_dir(recipe.models[recipe.config_source if tok is True else tok].path)
         )
         files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype)
+        alignment = write_report(tmp, ctx.align_reports) if ctx.align_reports else None
+        if alignment is not None:
+            files.append("alignment.json")
         if recipe.output.card:
             write_card(
                 tmp,
@@ -182,7 +195,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
                 },
             )
             files.append("README.md")
-    return Result(final.resolve(), plan, files, time.perf_counter() - start)
+    return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment)
 
 
 def peak_rss_bytes() -> int:

@@ -43,9 +43,7 @@ def owner(op: OperatorLike, key: str) -> type[BaseModel] | None:
 
 def check_value(cls: type[BaseModel], key: str, value: Any) -> list[str]:
     """Problems with one recipe value (scalar or gradient) for field ``key`` of ``cls``."""
-    if isinstance(value, list):
-        if not takes_gradient(cls, key):
-            return ["takes a single value, not a list (only numeric parameters take gradients)"]
+    if isinstance(value, list) and takes_gradient(cls, key):
         if len(value) < 2:
             return ["a gradient needs at least 2 values"]
         out = []

@@ -157,6 +157,8 @@ def validate(
             if step.name not in steps:
                 known = ", ".join(sorted(steps)) or "none in this version"
                 probs.add(("align", i, step.name), f"unknown alignment step; known: {known}")
+            else:
+                _check_params(probs, ("align", i, step.name), step.params, steps[step.name], False, models)
 
     op = _check_op(probs, ("merge",), sec["merge"], operators, models) if "merge" in sec else None
     if op is not None:

@@ -1,0 +1,76 @@
+"""Alignment steps: each re-parameterises one layer of a model toward the anchor, exactly.
+
+A step is one file: a frozen ``Params`` model and one function decorated with :func:`align_step`
+that transforms a layer's canonical tensors (see ``mergeflow.arch.canonical``) in place, plus an
+optional check that refuses the step for a model whose symmetries do not allow it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from mergeflow.arch.spec import Geometry
+from mergeflow.registry import Registry
+
+Layer = dict[str, torch.Tensor]  # canonical role -> float64 tensor
+
+
+class StepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    layers: tuple[int, ...] | None = Field(
+        None, description="Only these layer indices (default: every layer)."
+    )
+
+
+class NoModelParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+StepFn = Callable[[Layer, Layer, Geometry, StepParams], None]
+
+
+@dataclass(frozen=True)
+class AlignStep:
+    name: str
+    fn: StepFn
+    params: type[StepParams]
+    check: Callable[[Geometry, StepParams, str], str | None]
+    summary: str
+    doc: str
+    model_params: type[BaseModel] = NoModelParams  # steps have no per-model parameters
+
+
+STEPS: Registry[AlignStep] = Registry("alignment step")
+
+
+def _no_check(geom: Geometry, params: StepParams, family: str) -> str | None:
+    return None
+
+
+def align_step(
+    name: str, params: type[StepParams], check: Callable[[Geometry, StepParams, str], str | None] = _no_check
+) -> Callable[[StepFn], StepFn]:
+    def deco(fn: StepFn) -> StepFn:
+        doc = (fn.__doc__ or "").strip()
+        STEPS.add(name, AlignStep(name, fn, params, check, doc.splitlines()[0] if doc else name, doc))
+        return fn
+
+    return deco
+
+
+def heads(n: int, d_h: int, i: int) -> slice:
+    """Rows (or columns) of head ``i`` in a (n*d_h, ...) projection."""
+    assert 0 <= i < n
+    return slice(i * d_h, (i + 1) * d_h)
+
+
+def sq(t: torch.Tensor) -> float:
+    return float((t * t).sum())
+
+
+def dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a * b).sum())

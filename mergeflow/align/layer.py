@@ -1,0 +1,43 @@
+"""Align one layer of a model to the anchor: canonical form, steps in order, distances, back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mergeflow.align.base import Layer, StepParams
+from mergeflow.align.catalog import STEPS
+from mergeflow.arch.canonical import from_canonical, to_canonical
+from mergeflow.arch.spec import ArchSpec, LayerNames
+
+MODULES = {"qk": ("q", "q.b", "k", "k.b"), "vo": ("v", "v.b", "o"), "ffn": ("up", "up.b", "gate", "gate.b", "down")}
+
+
+def distances(local: Layer, anchor: Layer) -> dict[str, float]:
+    """Squared Frobenius distance to the anchor per module (qk, vo, ffn) of one layer."""
+    return {m: sum(float(((local[r] - anchor[r]) ** 2).sum()) for r in roles if r in local)
+            for m, roles in MODULES.items()}
+
+
+@dataclass
+class LayerReport:
+    model: str
+    layer: int
+    steps: list[tuple[str, dict[str, float]]]  # ("before", d), (step name, d after it), ...
+
+
+def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch.Tensor],
+                anchor_stored: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]],
+                dtype: torch.dtype, model: str = "") -> tuple[dict[str, torch.Tensor], LayerReport]:
+    """The layer's tensors re-parameterised toward the anchor (same function), and the distances."""
+    local = to_canonical(spec, layer, local_stored)
+    anchor = to_canonical(spec, layer, anchor_stored)
+    report = LayerReport(model, layer.index, [("before", distances(local, anchor))])
+    for name, params in steps:
+        if params.layers is not None and layer.index not in params.layers:
+            continue
+        STEPS[name].fn(local, anchor, spec.geometry, params)
+        report.steps.append((name, distances(local, anchor)))
+    return from_canonical(spec, layer, local, dtype), report

@@ -1,0 +1,117 @@
+"""permute: FFN neurons by linear assignment (weight matching), optionally whole attention heads.
+
+An FFN hidden unit is a row of W_in (and of W_gate in gated MLPs, which must move with it), its
+bias, and a column of W_out: permuting all of them together leaves the function unchanged. The
+best permutation maximises <W_in2, P W_in1> + <W_out2, W_out1 P^T> (+ gate, biases): one
+linear assignment per layer, solved exactly by scipy on the CPU.
+
+Heads (``heads: true``) are permuted as units: under grouped-query attention a key/value head
+moves with its whole group of query heads. Two heads are compared by how well the best allowed
+rotation can align them (for a free rotation, the nuclear norm of their cross-product; per RoPE
+plane, the modulus of a complex inner product), summed over QK and VO, so the matching does not
+depend on the rotations the rotate step fits afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.optimize import linear_sum_assignment
+
+from mergeflow.align.base import Layer, StepParams, align_step, heads
+from mergeflow.arch.spec import Geometry
+
+FFN_ROWS = ("up", "up.b", "gate", "gate.b")
+
+
+class PermuteParams(StepParams):
+    ffn: bool = Field(True, description="Permute FFN hidden units (gate and up rows together).")
+    heads: bool = Field(False, description="Permute whole attention heads (key/value groups as units).")
+
+
+def assignment(score: torch.Tensor) -> torch.Tensor:
+    """perm with new[c] = old[perm[c]] maximising sum_c score[perm[c], c] (rows: local, columns: anchor)."""
+    rows, cols = linear_sum_assignment(score.detach().cpu().numpy(), maximize=True)
+    perm = np.empty_like(rows)
+    perm[cols] = rows
+    return torch.as_tensor(perm, device=score.device)
+
+
+def permute_ffn(local: Layer, anchor: Layer) -> None:
+    c = local["down"].T @ anchor["down"]  # (f, f)
+    for role in FFN_ROWS:
+        if role in local:
+            x, y = local[role], anchor[role]
+            c += x.reshape(x.shape[0], -1) @ y.reshape(y.shape[0], -1).T
+    perm = assignment(c)
+    for role in FFN_ROWS:
+        if role in local:
+            local[role] = local[role][perm]
+    local["down"] = local["down"][:, perm]
+
+
+def _best_trace(m: torch.Tensor, g: Geometry, group: str) -> float:
+    """max tr(R M) over the rotations the rotate step may use on this circuit: free (nuclear norm),
+    one angle per RoPE plane (|complex inner product| per plane), or none under QK-norm (trace)."""
+    if group == "free":
+        return float(torch.linalg.matrix_norm(m, ord="nuc"))
+    if group == "none":
+        return float(torch.trace(m))
+    total = 0.0
+    planes = g.planes()
+    for p, q in planes:
+        total += float(torch.hypot(m[p, p] + m[q, q], m[p, q] - m[q, p]))
+    rest = sorted(set(range(g.d_h)) - {i for pl in planes for i in pl})
+    if rest:
+        idx = torch.tensor(rest, device=m.device)
+        total += float(torch.linalg.matrix_norm(m[idx][:, idx], ord="nuc"))
+    return total
+
+
+def _head_score(local: Layer, anchor: Layer, g: Geometry) -> torch.Tensor:
+    """score[a, b]: how well local KV group a can match anchor KV group b once rotated."""
+    qk_group = "none" if g.qk_norm else ("rope" if g.rope != "none" else "free")
+    score = torch.zeros(g.h_kv, g.h_kv, dtype=local["v"].dtype, device=local["v"].device)
+    for a in range(g.h_kv):
+        for b in range(g.h_kv):
+            score[a, b] = (_best_trace(_qk_cross(local, anchor, g, a, b), g, qk_group)
+                           + _best_trace(_vo_cross(local, anchor, g, a, b), g, "free"))
+    return score
+
+
+def _qk_cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int) -> torch.Tensor:
+    ka, kb = heads(g.h_kv, g.d_h, a), heads(g.h_kv, g.d_h, b)
+    m = local["k"][ka] @ anchor["k"][kb].T
+    for t in range(g.group):
+        qa, qb = heads(g.h_q, g.d_h, a * g.group + t), heads(g.h_q, g.d_h, b * g.group + t)
+        m = m + local["q"][qa] @ anchor["q"][qb].T
+    return m
+
+
+def _vo_cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int) -> torch.Tensor:
+    va, vb = heads(g.h_kv, g.d_h, a), heads(g.h_kv, g.d_h, b)
+    m = local["v"][va] @ anchor["v"][vb].T
+    for t in range(g.group):
+        oa, ob = heads(g.h_q, g.d_h, a * g.group + t), heads(g.h_q, g.d_h, b * g.group + t)
+        m = m + local["o"][:, oa].T @ anchor["o"][:, ob]
+    return m
+
+
+def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
+    perm = assignment(_head_score(local, anchor, g)).tolist()
+    kv = torch.cat([torch.arange(g.d_h) + p * g.d_h for p in perm])
+    q = torch.cat([torch.arange(g.group * g.d_h) + p * g.group * g.d_h for p in perm])
+    for role, idx in (("q", q), ("q.b", q), ("k", kv), ("k.b", kv), ("v", kv), ("v.b", kv)):
+        if role in local:
+            local[role] = local[role][idx.to(local[role].device)]
+    local["o"] = local["o"][:, q.to(local["o"].device)]
+
+
+@align_step("permute", PermuteParams)
+def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams) -> None:
+    """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``."""
+    if p.heads:
+        permute_heads(local, anchor, g)
+    if p.ffn:
+        permute_ffn(local, anchor)

@@ -1,0 +1,51 @@
+"""One layer's alignable tensors in a canonical layout, and back.
+
+Canonical: float64, ``nn.Linear`` orientation (out, in): q (h_q*d_h, d), k and v (h_kv*d_h, d),
+o (d, h_q*d_h), up/gate (f, d), down (d, f); biases follow their rows. GPT-2's Conv1D weights
+are stored (in, out) and its c_attn fuses q, k, v along the output: both are undone here and
+redone on the way back, so the solvers never see a storage layout.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mergeflow.arch.spec import ArchSpec, LayerNames
+
+
+def to_canonical(
+    spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    conv = spec.family.conv1d
+    out: dict[str, torch.Tensor] = {}
+    for role, name in layer.names:
+        t = stored[name].to(torch.float64)
+        if conv and not role.endswith(".b"):
+            t = t.T  # (in, out) -> (out, in)
+        out[role] = t.contiguous()
+    if "qkv" in out:
+        g = spec.geometry
+        sizes = [g.h_q * g.d_h, g.h_kv * g.d_h, g.h_kv * g.d_h]
+        for role, part in zip(("q", "k", "v"), torch.split(out.pop("qkv"), sizes, dim=0), strict=True):
+            out[role] = part.contiguous()
+        if "qkv.b" in out:
+            for role, part in zip(("q.b", "k.b", "v.b"), torch.split(out.pop("qkv.b"), sizes), strict=True):
+                out[role] = part.contiguous()
+    return out
+
+
+def from_canonical(
+    spec: ArchSpec, layer: LayerNames, canon: dict[str, torch.Tensor], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    canon = dict(canon)
+    if layer.get("qkv") is not None:
+        canon["qkv"] = torch.cat([canon.pop("q"), canon.pop("k"), canon.pop("v")], dim=0)
+        if "q.b" in canon:
+            canon["qkv.b"] = torch.cat([canon.pop("q.b"), canon.pop("k.b"), canon.pop("v.b")])
+    out = {}
+    for role, name in layer.names:
+        t = canon[role]
+        if spec.family.conv1d and not role.endswith(".b"):
+            t = t.T
+        out[name] = t.to(dtype).contiguous()
+    return out

@@ -1,0 +1,136 @@
+"""What each supported family's tensors are, by their names as stored in checkpoint files.
+
+Paths are relative to a layer prefix (``model.layers.7.``); the prefix itself is found in the
+checkpoint, so ``bert.encoder.layer.N.`` and a headless ``encoder.layer.N.`` both match.
+File names differ from the module names some transformers releases use in memory (ViT's
+``vit.layers.N.attention.q_proj`` in ``state_dict()`` is ``vit.encoder.layer.N.attention.attention.query``
+in the files); only the file names appear here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from mergeflow.registry import Registry
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    layer_stack: str  # the word before the layer index: layers / layer / h
+    q: str
+    k: str
+    v: str
+    o: str
+    up: str
+    down: str
+    gate: str | None = None  # gated MLP (SwiGLU): gate and up rows move together
+    qkv: str | None = None  # fused q, k, v (GPT-2 c_attn); then q/k/v are unused
+    conv1d: bool = False  # GPT-2 Conv1D stores weights as (in, out)
+    rope: Literal["none", "half", "interleaved"] = "none"
+    qk_norm: bool = False
+    post_ln: bool = False
+    heads_key: str = "num_attention_heads"
+    kv_heads_key: str | None = None
+    hidden_key: str = "hidden_size"
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+_LLAMA = dict(
+    layer_stack="layers",
+    q="self_attn.q_proj",
+    k="self_attn.k_proj",
+    v="self_attn.v_proj",
+    o="self_attn.o_proj",
+    up="mlp.up_proj",
+    down="mlp.down_proj",
+    gate="mlp.gate_proj",
+    rope="half",
+    kv_heads_key="num_key_value_heads",
+)
+_BERT = dict(
+    layer_stack="layer",
+    q="attention.self.query",
+    k="attention.self.key",
+    v="attention.self.value",
+    o="attention.output.dense",
+    up="intermediate.dense",
+    down="output.dense",
+    post_ln=True,
+)
+
+FAMILIES.add("llama", Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
+FAMILIES.add("qwen3", Family("qwen3", ("qwen3",), qk_norm=True, **_LLAMA))
+FAMILIES.add(
+    "gpt2",
+    Family(
+        "gpt2",
+        ("gpt2",),
+        "h",
+        q="",
+        k="",
+        v="",
+        o="attn.c_proj",
+        up="mlp.c_fc",
+        down="mlp.c_proj",
+        qkv="attn.c_attn",
+        conv1d=True,
+        heads_key="n_head",
+        hidden_key="n_embd",
+    ),
+)
+FAMILIES.add("bert", Family("bert", ("bert", "roberta"), **_BERT))
+FAMILIES.add(
+    "deberta_v2",
+    Family(
+        "deberta_v2",
+        ("deberta-v2",),
+        **{
+            **_BERT,
+            "q": "attention.self.query_proj",
+            "k": "attention.self.key_proj",
+            "v": "attention.self.value_proj",
+        },
+    ),
+)
+FAMILIES.add(
+    "distilbert",
+    Family(
+        "distilbert",
+        ("distilbert",),
+        "layer",
+        q="attention.q_lin",
+        k="attention.k_lin",
+        v="attention.v_lin",
+        o="attention.out_lin",
+        up="ffn.lin1",
+        down="ffn.lin2",
+        post_ln=True,
+        heads_key="n_heads",
+        hidden_key="dim",
+    ),
+)
+FAMILIES.add(
+    "vit",
+    Family(
+        "vit",
+        ("vit",),
+        "layer",
+        q="attention.attention.query",
+        k="attention.attention.key",
+        v="attention.attention.value",
+        o="attention.output.dense",
+        up="intermediate.dense",
+        down="output.dense",
+    ),
+)
+
+
+def family_for(model_type: str | None) -> Family | None:
+    for fam in FAMILIES.values():
+        if model_type in fam.model_types:
+            return fam
+    return None

@@ -1,0 +1,50 @@
+"""``mergeflow align``: a two-model recipe (anchor + model, passthrough of the aligned model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mergeflow.align.catalog import STEPS
+from mergeflow.errors import RecipeError
+from mergeflow.merge.catalog import OPERATORS
+from mergeflow.recipe.schema import Recipe
+from mergeflow.recipe.validate import validate
+from mergeflow.recipe.yaml_source import YamlSource, read_yaml
+
+
+def default_steps(anchor: str) -> list[dict[str, Any]]:
+    """rotate (qk, vo), permute (ffn), rescale; QK-norm families keep their query/key heads unrotated."""
+    cfg = Path(anchor) / "config.json"
+    qk_norm = False
+    if cfg.is_file():
+        try:
+            qk_norm = json.loads(cfg.read_text()).get("model_type") in ("qwen3",)
+        except (OSError, json.JSONDecodeError):
+            pass
+    return [{"rotate": {"qk": not qk_norm, "vo": True}}, {"permute": {"ffn": True}}, {"rescale": {}}]
+
+
+def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recipe, str]:
+    if steps_file is not None:
+        src = read_yaml(steps_file)
+        if not isinstance(src.data, dict) or "align" not in src.data:
+            raise RecipeError([f"{steps_file}: expected a mapping with an 'align:' list"])
+        extra = sorted(set(src.data) - {"align"})
+        if extra:
+            raise RecipeError([f"{steps_file}: only 'align:' belongs in a steps file, not {', '.join(extra)}"])
+        steps = src.data["align"]
+    else:
+        src, steps = YamlSource(None, "<default steps>"), default_steps(anchor)
+    data = {
+        "models": {"anchor": str(Path(anchor).resolve()), "model": str(Path(model).resolve())},
+        "anchor": "anchor",
+        "align": steps,
+        "merge": {"passthrough": {"source": "model"}},
+        "output": {"config": "model", "tokenizer": "model"},
+    }
+    recipe = validate(YamlSource(data, src.name, src.locations), OPERATORS, STEPS, root=Path.cwd())
+    return recipe, yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,43 @@
+"""The alignment report: squared distance to the anchor per model, layer, module and step."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mergeflow.align.layer import MODULES, LayerReport
+
+
+def summarise(reports: Sequence[LayerReport]) -> dict[str, Any]:
+    """Totals per model and stage (before, then after each step), per module and overall."""
+    models: dict[str, dict[str, dict[str, float]]] = {}
+    for rep in sorted(reports, key=lambda r: (r.model, r.layer)):
+        stages = models.setdefault(rep.model, {})
+        for stage, d in rep.steps:
+            tot = stages.setdefault(stage, dict.fromkeys([*MODULES, "total"], 0.0))
+            for m, v in d.items():
+                tot[m] += v
+                tot["total"] += v
+    layers = [{"model": r.model, "layer": r.layer, "stages": [{"stage": s, **d} for s, d in r.steps]}
+              for r in sorted(reports, key=lambda r: (r.model, r.layer))]
+    return {"totals": models, "layers": layers}
+
+
+def write_report(out: Path, reports: Sequence[LayerReport]) -> dict[str, Any]:
+    summary = summarise(reports)
+    (out / "alignment.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def table(summary: dict[str, Any]) -> str:
+    """Console table: one row per model and stage, squared distances to the anchor."""
+    lines = [f"{'model':12s} {'stage':10s} " + " ".join(f"{m:>12s}" for m in [*MODULES, "total"]) + "   vs before"]
+    for model, stages in summary["totals"].items():
+        before = stages.get("before", {}).get("total", 0.0)
+        for stage, d in stages.items():
+            rel = f"{d['total'] / before:10.4f}" if before else " " * 10
+            lines.append(f"{model:12s} {stage:10s} " + " ".join(f"{d[m]:12.5g}" for m in [*MODULES, "total"])
+                         + f"   {rel}")
+    return "\n".join(lines)
