@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import yaml
 
 from mergeflow.align.catalog import STEPS
+from mergeflow.arch.families import family_for
 from mergeflow.errors import RecipeError
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.schema import Recipe
@@ -19,12 +21,11 @@ from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 def default_steps(anchor: str) -> list[dict[str, Any]]:
     """rotate (qk, vo), permute (ffn), rescale; QK-norm families keep their query/key heads unrotated."""
     cfg = Path(anchor) / "config.json"
-    qk_norm = False
-    if cfg.is_file():
-        try:
-            qk_norm = json.loads(cfg.read_text()).get("model_type") in ("qwen3",)
-        except (OSError, json.JSONDecodeError):
-            pass
+    model_type = None
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model_type = json.loads(cfg.read_text()).get("model_type")
+    fam = family_for(model_type)
+    qk_norm = fam is not None and fam.qk_norm
     return [{"rotate": {"qk": not qk_norm, "vo": True}}, {"permute": {"ffn": True}}, {"rescale": {}}]
 
 

@@ -1,0 +1,231 @@
+"""Alignment oracles: functional equivalence, recovery of a planted symmetry, never worse, idempotence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from mergeflow.align.base import heads
+from mergeflow.align.permute import assignment
+from mergeflow.align.procrustes import procrustes, rope_procrustes
+from mergeflow.align.rescale import best_scale
+from mergeflow.align.scramble import random_orthogonal, scramble_layer
+from mergeflow.arch.spec import Geometry
+from mergeflow.graph import run as runner
+from mergeflow.toymodels import scramble_model
+from tests.conftest import run_cli, write
+
+CAUSAL = {"llama", "gpt2", "mistral", "qwen2", "qwen3"}
+CLASSIFY = {"bert", "roberta", "distilbert", "deberta-v2"}
+FAMILIES = sorted(CAUSAL | CLASSIFY | {"vit"})
+STEPS = "[{permute: {ffn: true, heads: true}}, {rotate: {qk: QK, vo: true}}, {rescale: {}}]"
+
+
+def align(tmp_path, model, anchor, steps: str, name="aligned"):
+    rec = write(tmp_path / f"{name}.yml", f"models: {{anchor: {anchor}, model: {model}}}\nanchor: anchor\n"
+                f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n")
+    opts = runner.Options(device="cpu")
+    res = runner.run(runner.prepare(rec, opts), tmp_path / name, opts, progress=False)
+    return res.out, res.alignment
+
+
+def steps_for(family):
+    return STEPS.replace("QK", "false" if family == "qwen3" else "true")
+
+
+def outputs(path, family, dtype=torch.float64):
+    """Logits, every hidden state and (causal families) a KV-cache decoding step, in float64."""
+    import transformers
+
+    cls = {"vit": transformers.AutoModelForImageClassification}.get(
+        family, transformers.AutoModelForCausalLM if family in CAUSAL else transformers.AutoModelForSequenceClassification)
+    model = cls.from_pretrained(str(path), dtype=dtype).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if family == "vit":
+            out = model(pixel_values=torch.randn(2, 3, 16, 16, generator=gen, dtype=dtype), output_hidden_states=True)
+            return [out.logits, *out.hidden_states]
+        ids = torch.randint(4, 60, (2, 9), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0  # padding in the second sequence
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+        res = [out.logits, *out.hidden_states]
+        if family in CAUSAL:
+            first = model(ids[:, :5], use_cache=True)
+            step = model(ids[:, 5:6], past_key_values=first.past_key_values, use_cache=True)
+            res.append(step.logits)
+        return res
+
+
+def state(path):
+    from safetensors.torch import load_file
+
+    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scrambled_copy_is_recovered_exactly_and_function_is_kept(tmp_path, toy, family):
+    a = toy(family)
+    b = scramble_model(a, tmp_path / "scrambled", seed=3, heads_perm=True)
+    sa, sb = state(a), state(b)
+    assert max((sa[k] - sb[k]).abs().max().item() for k in sa) > 0.1  # the planted symmetry moved weights
+    c, report = align(tmp_path, b, a, steps_for(family))
+    for x, y in zip(outputs(b, family), outputs(c, family), strict=True):  # functional equivalence
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+    sc = state(c)
+    worst = max((sa[k] - sc[k]).abs().max().item() for k in sa)
+    assert worst < 1e-5, f"not recovered: max weight difference {worst}"
+    totals = report["totals"]["model"]
+    stages = list(totals)
+    assert totals[stages[-1]]["total"] < 1e-9 * totals["before"]["total"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen3"])
+def test_independent_models_distance_never_increases(tmp_path, toy, family):
+    """Each solver is at least as good as the identity it could have chosen: per layer and module, no
+    step raises the distance (head permutation is left out: it optimises the distance reachable
+    after rotation, so the distance right after it may rise)."""
+    a, b = toy(family, seed=0), toy(family, seed=1)
+    steps = steps_for(family).replace(", heads: true", "")
+    c, report = align(tmp_path, b, a, steps)
+    for x, y in zip(outputs(b, family), outputs(c, family), strict=True):
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+    for layer in report["layers"]:
+        stages = layer["stages"]
+        for module in ("qk", "vo", "ffn"):
+            vals = [s[module] for s in stages]
+            for before, after in zip(vals, vals[1:], strict=False):
+                assert after <= before * (1 + 1e-9) + 1e-12, (layer["layer"], module, vals)
+    t = report["totals"]["model"]
+    assert list(t.values())[-1]["total"] < 0.95 * t["before"]["total"]
+    assert json.loads((c / "alignment.json").read_text())["totals"] == report["totals"]
+
+
+def test_aligning_a_model_to_itself_returns_it(tmp_path, toy):
+    a = toy("llama")
+    c, _ = align(tmp_path, a, a, steps_for("llama"))
+    sa, sc = state(a), state(c)
+    assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-6
+
+
+def _geom(rope="none", rot=8, h_q=4, h_kv=2, qk_norm=False):
+    return Geometry(1, 16, h_q, h_kv, 8, rope, rot if rope != "none" else 0, qk_norm)
+
+
+def test_rope_procrustes_is_the_per_plane_optimum_and_commutes_with_rope():
+    gen = torch.Generator().manual_seed(0)
+    for rot in (8, 4):  # full and partial rotary
+        g = _geom("half", rot)
+        m = torch.randn(8, 8, generator=gen, dtype=torch.float64)
+        r = rope_procrustes(m, g)
+        torch.testing.assert_close(r @ r.T, torch.eye(8, dtype=torch.float64))
+        best = sum(math.hypot(m[p, p] + m[q, q], m[p, q] - m[q, p]) for p, q in g.planes())
+        if rot < 8:
+            best += float(torch.linalg.svdvals(m[rot:, rot:]).sum())
+        assert abs(float(torch.trace(r @ m)) - best) < 1e-10
+        for pos in (1, 7, 123):  # the RoPE rotation of a position, in the HF half layout
+            theta = 10000.0 ** (-torch.arange(rot // 2, dtype=torch.float64) * 2 / rot) * pos
+            rope = torch.eye(8, dtype=torch.float64)
+            for i, (p, q) in enumerate(g.planes()):
+                c, s = math.cos(theta[i]), math.sin(theta[i])
+                rope[p, p], rope[q, q], rope[p, q], rope[q, p] = c, c, -s, s
+            torch.testing.assert_close(r @ rope, rope @ r)
+
+
+def test_free_procrustes_recovers_a_planted_rotation():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 20, generator=gen, dtype=torch.float64)
+    q = random_orthogonal(8, gen)
+    r = procrustes((q @ x) @ x.T)
+    torch.testing.assert_close(r @ q, torch.eye(8, dtype=torch.float64))
+
+
+def test_best_scale_is_the_global_optimum_and_may_be_negative():
+    gen = torch.Generator().manual_seed(2)
+    for trial in range(20):
+        a, a2, b, b2 = (torch.randn(6, generator=gen, dtype=torch.float64) for _ in range(4))
+        if trial % 2:
+            a2, b2 = -2.5 * a + 0.1 * a2, -b / 2.5 + 0.1 * b2  # the optimum is near -2.5
+        s = best_scale([a], [a2], [b], [b2])
+
+        def f(x):
+            return float(((x * a - a2) ** 2).sum() + ((b / x - b2) ** 2).sum())
+
+        grid = [x for x in torch.linspace(-6, 6, 24001).tolist() if abs(x) > 1e-3]
+        assert f(s) <= min(f(x) for x in grid) + 1e-9 and f(s) <= f(1.0) + 1e-12
+        if trial % 2:
+            assert s < 0
+
+
+def test_planted_ffn_and_head_permutations_are_found():
+    gen = torch.Generator().manual_seed(4)
+    g = _geom("half")
+    layer = {"q": torch.randn(32, 16, generator=gen, dtype=torch.float64),
+             "k": torch.randn(16, 16, generator=gen, dtype=torch.float64),
+             "v": torch.randn(16, 16, generator=gen, dtype=torch.float64),
+             "o": torch.randn(16, 32, generator=gen, dtype=torch.float64),
+             "up": torch.randn(40, 16, generator=gen, dtype=torch.float64),
+             "gate": torch.randn(40, 16, generator=gen, dtype=torch.float64),
+             "down": torch.randn(16, 40, generator=gen, dtype=torch.float64)}
+    local = {k: v.clone() for k, v in layer.items()}
+    planted = scramble_layer(local, g, gen, rotate=True, permute=True, heads_perm=True, scale=False)
+    c = local["down"].T @ layer["down"] + local["up"] @ layer["up"].T + local["gate"] @ layer["gate"].T
+    p = assignment(c)
+    assert torch.equal(planted["ffn"][p], torch.arange(40))
+    from mergeflow.align.permute import permute_heads
+
+    permute_heads(local, layer, g)
+    for j in range(g.h_kv):  # after the head permutation, each KV group faces its own anchor group
+        kj = heads(g.h_kv, g.d_h, j)
+        torch.testing.assert_close(torch.linalg.svdvals(local["v"][kj]), torch.linalg.svdvals(layer["v"][kj]))
+
+
+def test_step_invalid_for_family_is_a_one_line_error(tmp_path, toy):
+    a, b = toy("qwen3"), toy("qwen3", seed=1)
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: [{{rotate: {{}}}}]\n"
+                "merge: linear\n")
+    res = run_cli("run", str(rec), str(tmp_path / "out"))
+    assert res.returncode == 2 and "align[0].rotate: not valid for this model" in res.stderr
+    assert "QK-norm" in res.stderr and "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+    bad = write(tmp_path / "bad.yml", f"models: {{a: {a}, b: {b}}}\nanchor: c\nalign: [{{spin: {{}}}}, "
+                "{permute: {ffn: maybe}}]\nmerge: linear\n")
+    res = run_cli("validate", str(bad))
+    assert res.returncode == 2
+    for frag in ("anchor: 'c' is not a key of models", "align[0].spin: unknown alignment step",
+                 "align[1].permute.ffn"):
+        assert frag in res.stderr
+
+
+def test_align_then_merge_end_to_end(tmp_path, toy):
+    a = toy("llama")
+    b = scramble_model(a, tmp_path / "b", seed=5, noise=0.01)
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nanchor: auto\n"
+                "align: [{rotate: {}}, {permute: {ffn: true}}, {rescale: {}}]\nmerge: linear\n")
+    out = tmp_path / "merged"
+    res = run_cli("run", str(rec), str(out))
+    assert res.returncode == 0, res.stderr
+    assert "alignment to anchor" in res.stdout and "rescale" in res.stdout
+    la, lm = outputs(a, "llama")[0], outputs(out, "llama")[0]
+    assert (lm - la).abs().max() < 0.05 * la.abs().max()  # the merge of A and an aligned noisy copy of A is near A
+    naive = write(tmp_path / "n.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
+    assert run_cli("run", str(naive), str(tmp_path / "naive"), "-q").returncode == 0
+    ln = outputs(tmp_path / "naive", "llama")[0]
+    assert (lm - la).abs().max() < 0.5 * (ln - la).abs().max()
+
+
+def test_align_command_writes_an_equivalent_model(tmp_path, toy):
+    a = toy("gpt2")
+    b = scramble_model(a, tmp_path / "b", seed=6)
+    res = run_cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"))
+    assert res.returncode == 0, res.stderr
+    assert "aligned to" in res.stdout and (tmp_path / "c" / "alignment.json").exists()
+    for x, y in zip(outputs(b, "gpt2"), outputs(tmp_path / "c", "gpt2"), strict=True):
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+    steps = write(tmp_path / "steps.yml", "align:\n  - permute: {ffn: true, layers: [0]}\n")
+    res = run_cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "d"), "--steps", str(steps))
+    assert res.returncode == 0, res.stderr
+    layers = json.loads((tmp_path / "d" / "alignment.json").read_text())["layers"]
+    assert [len(x["stages"]) for x in layers] == [2, 1, 1]  # the step ran on layer 0 only
