@@ -15,6 +15,9 @@ DEMO_RECIPES = (
     "llama-ties.yml",
     "llama-dare.yml",
     "llama-slerp.yml",
+    "llama-reference-linear.yml",
+    "llama-naive-linear.yml",
+    "llama-align-linear.yml",
 )
 
 
@@ -24,14 +27,19 @@ def build_models(models_dir: Path) -> dict[str, Path]:
 
     models_dir.mkdir(parents=True, exist_ok=True)
     base = build("llama", models_dir / "base", seed=0)
+    from mergeflow.toymodels import scramble_model
+
+    math = build("llama", models_dir / "math", seed=1, perturb_from=base, perturb_scale=0.005)
     return {
         "base": base,
-        "math": build("llama", models_dir / "math", seed=1, perturb_from=base),
-        "code": build("llama", models_dir / "code", seed=2, perturb_from=base),
+        "math": math,
+        "code": build("llama", models_dir / "code", seed=2, perturb_from=base, perturb_scale=0.005),
+        "math-scrambled": scramble_model(math, models_dir / "math-scrambled", seed=3, heads_perm=True),
     }
 
 
-def _loss(model_dir: Path, text: str) -> float:
+def _evaluate(model_dir: Path, text: str) -> tuple[float, object]:
+    """(language-model loss on ``text``, logits), refusing non-finite outputs."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -42,7 +50,15 @@ def _loss(model_dir: Path, text: str) -> float:
         out = model(ids, labels=ids)
     if not torch.isfinite(out.logits).all():
         raise SystemExit(f"{model_dir}: non-finite logits")
-    return float(out.loss)
+    return float(out.loss), out.logits
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,42 +74,40 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     work = Path(args.workdir).resolve()
     if work != (ROOT / "demo_out").resolve():
-        raise SystemExit(
-            "the shipped recipes refer to ../demo_out/models; run from the repository root "
-            "with the default --workdir"
-        )
+        raise SystemExit("the shipped recipes refer to ../demo_out/models; run from the repository root "
+                         "with the default --workdir")
     t0 = time.perf_counter()
     models = build_models(work / "models")
-    print(
-        f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}"
-    )
+    print(f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}"
+          " (math-scrambled: math with its heads, head rotations, scales and FFN neurons reshuffled)")
     text = "the quick brown fox jumps over the lazy dog. "
-    rows = [(name, "-", "-", f"{_loss(p, text):.4f}", str(p)) for name, p in models.items()]
+    rows = [("model / recipe", "operator", "tensors, time", "LM loss", "max |logits - reference|", "output")]
+    for name, p in models.items():
+        rows.append((name, "-", "-", f"{_evaluate(p, text)[0]:.4f}", "-", str(p)))
+    reference = None
+    alignment = None
     for recipe in DEMO_RECIPES:
         out = work / "merged" / Path(recipe).stem
         opts = runner.Options(device="cpu", force=True)
         prep = runner.prepare(ROOT / "recipes" / recipe, opts)
         res = runner.run(prep, out, opts, progress=False)
-        rows.append(
-            (
-                recipe,
-                prep.recipe.merge.name,
-                f"{res.plan.n_tensors} in {res.seconds * 1000:.0f} ms",
-                f"{_loss(res.out, text):.4f}",
-                str(res.out),
-            )
-        )
-    widths = [
-        max(len(r[i]) for r in rows + [("model / recipe", "operator", "tensors", "LM loss", "output")])
-        for i in range(5)
-    ]
-    header = ("model / recipe", "operator", "tensors", "LM loss", "output")
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(
-        f"done in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave finite "
-        "logits"
-    )
+        loss, logits = _evaluate(res.out, text)
+        if recipe == "llama-reference-linear.yml":
+            reference = logits
+        gap = f"{float((logits - reference).abs().max()):.2e}" if reference is not None else "-"
+        if res.alignment is not None:
+            alignment = res.alignment
+        rows.append((recipe, prep.recipe.merge.name + (" + align" if prep.recipe.align else ""),
+                     f"{res.plan.n_tensors}, {res.seconds * 1000:.0f} ms", f"{loss:.4f}", gap, str(res.out)))
+    _table(rows)
+    if alignment is not None:
+        from mergeflow.graph.align_report import table
+
+        print("\nalignment of math-scrambled to base (squared distance to the anchor after each step):")
+        print(table(alignment))
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave finite "
+          "logits. The reference is the average of base and the unscrambled math model: the aligned merge "
+          "reproduces it, the naive one does not.")
 
 
 if __name__ == "__main__":

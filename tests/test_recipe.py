@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
+from mergeflow.align.catalog import STEPS
 from mergeflow.errors import RecipeError
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.jsonschema import build_schema
@@ -26,7 +27,7 @@ def test_shipped_recipes_validate(demo_tree):
     recipes = sorted((demo_tree / "recipes").glob("*.yml"))
     assert len(recipes) >= 5
     for path in recipes:
-        r = load_recipe(path, OPERATORS)
+        r = load_recipe(path, OPERATORS, STEPS)
         assert all(Path(e.path).is_absolute() and Path(e.path).exists() for e in r.models.values())
 
 
