@@ -215,6 +215,7 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
     from mergeflow.align.scramble import scramble_layer
     from mergeflow.arch.canonical import from_canonical, to_canonical
     from mergeflow.arch.spec import arch_spec
+    from mergeflow.io.dtypes import ST_TO_TORCH
     from mergeflow.io.reader import ModelReader
 
     src, dst = Path(src), Path(dst)
@@ -231,7 +232,7 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
             if t.is_floating_point():
                 tensors[n] = t + noise * t.std().nan_to_num(0.0) * torch.randn(t.shape, generator=gen)
     dst.mkdir(parents=True, exist_ok=True)
-    dtypes = {n: reader.read(n).dtype for n in reader.tensors}
+    dtypes = {n: ST_TO_TORCH[info.dtype] for n, info in reader.tensors.items()}
     save_file({n: t.to(dtypes[n]).contiguous() for n, t in tensors.items()}, str(dst / "model.safetensors"),
               metadata={"format": "pt"})
     for f in src.iterdir():

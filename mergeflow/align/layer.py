@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +27,7 @@ class LayerReport:
     model: str
     layer: int
     steps: list[tuple[str, dict[str, float]]]  # ("before", d), (step name, d after it), ...
+    seconds: dict[str, float] = field(default_factory=dict)  # solve time per step
 
 
 def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch.Tensor],
@@ -38,6 +40,8 @@ def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch
     for name, params in steps:
         if params.layers is not None and layer.index not in params.layers:
             continue
+        start = time.perf_counter()
         STEPS[name].fn(local, anchor, spec.geometry, params)
+        report.seconds[name] = report.seconds.get(name, 0.0) + time.perf_counter() - start
         report.steps.append((name, distances(local, anchor)))
     return from_canonical(spec, layer, local, dtype), report

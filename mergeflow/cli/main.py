@@ -117,25 +117,7 @@ def run(
     )
     prep = runner.prepare(recipe, opts)
     result = runner.run(prep, out, opts, progress=not quiet)
-    if report:
-        Path(report).write_text(
-            json.dumps(
-                {
-                    "output": str(result.out),
-                    "seconds": result.seconds,
-                    "tensors": result.plan.n_tensors,
-                    "bytes_read": result.plan.bytes_read,
-                    "bytes_written": result.plan.bytes_written,
-                    "shards": len(result.plan.layouts),
-                    "peak_rss_bytes": runner.peak_rss_bytes(),
-                    "max_memory_bytes": prep.max_memory,
-                    "device": str(prep.device),
-                    "operators": result.plan.ops_used,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    _write_report(report, result, prep)
     if not quiet:
         plan = result.plan
         ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
@@ -147,6 +129,34 @@ def run(
             f"in {result.seconds:.2f} s; peak RSS {_human(runner.peak_rss_bytes())}"
         )
         _print_alignment(result)
+
+
+def _write_report(report: str | None, result: Any, prep: Any) -> None:
+    if report:
+        Path(report).write_text(
+            json.dumps(
+                {
+                    "output": str(result.out),
+                    "seconds": result.seconds,
+                    "tensors": result.plan.n_tensors,
+                    "bytes_read": result.plan.bytes_read,
+                    "bytes_written": result.plan.bytes_written,
+                    "shards": len(result.plan.layouts),
+                    "peak_rss_bytes": _peak_rss(),
+                    "max_memory_bytes": prep.max_memory,
+                    "device": str(prep.device),
+                    "operators": result.plan.ops_used,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+def _peak_rss() -> int:
+    from mergeflow.graph.run import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def _print_alignment(result: Any) -> None:
@@ -168,9 +178,11 @@ def _print_alignment(result: Any) -> None:
 @MEMORY
 @PICKLE
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Write a JSON report (time, bytes, peak RSS) to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 def align(model: str, anchor: str, out: str, steps_file: str | None, device: str, max_memory: str | None,
-          allow_pickle: bool, force: bool, quiet: bool) -> None:
+          allow_pickle: bool, force: bool, report: str | None, quiet: bool) -> None:
     """Write MODEL re-parameterised toward ANCHOR: the same function, weights as close as the symmetries allow."""
     from mergeflow.cli.align_cmd import align_recipe
     from mergeflow.graph import run as runner
@@ -179,6 +191,7 @@ def align(model: str, anchor: str, out: str, steps_file: str | None, device: str
     opts = runner.Options(device=device, max_memory=_bytes(max_memory), force=force, allow_pickle=allow_pickle)
     prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
     result = runner.run(prep, out, opts, progress=not quiet)
+    _write_report(report, result, prep)
     if not quiet:
         click.echo(f"wrote {result.out}: '{model}' aligned to '{anchor}' in {result.seconds:.2f} s")
         _print_alignment(result)

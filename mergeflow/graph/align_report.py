@@ -20,9 +20,13 @@ def summarise(reports: Sequence[LayerReport]) -> dict[str, Any]:
             for m, v in d.items():
                 tot[m] += v
                 tot["total"] += v
+    seconds: dict[str, float] = {}
+    for rep in reports:
+        for step, sec in rep.seconds.items():
+            seconds[step] = seconds.get(step, 0.0) + sec
     layers = [{"model": r.model, "layer": r.layer, "stages": [{"stage": s, **d} for s, d in r.steps]}
               for r in sorted(reports, key=lambda r: (r.model, r.layer))]
-    return {"totals": models, "layers": layers}
+    return {"totals": models, "seconds": seconds, "layers": layers}
 
 
 def write_report(out: Path, reports: Sequence[LayerReport]) -> dict[str, Any]:
@@ -40,4 +44,6 @@ def table(summary: dict[str, Any]) -> str:
             rel = f"{d['total'] / before:10.4f}" if before else " " * 10
             lines.append(f"{model:12s} {stage:10s} " + " ".join(f"{d[m]:12.5g}" for m in [*MODULES, "total"])
                          + f"   {rel}")
+    if summary.get("seconds"):
+        lines.append("solve time: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["seconds"].items()))
     return "\n".join(lines)
