@@ -87,7 +87,6 @@ def main() -> None:
     print(f"| reading both models once (same reader, warm cache) | {read_s:.2f} s |")
     print(f"| solves / reading both once | {solve / read_s:.2f}x |")
     print(f"| peak RSS | {run['peak_rss_bytes'] / 2**30:.2f} GiB (memory budget {rep['max_memory_bytes'] / 2**30:.1f} GiB) |")
-    del PEAK
 
 
 if __name__ == "__main__":
