@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--params", type=float, default=1e9)
     ap.add_argument("--workdir", default="bench_out")
     ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument("--similarity", default="float32", help="permute's similarity precision")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     dims = llama_dims(args.params)
@@ -54,14 +55,14 @@ def main() -> None:
     print(f"Llama-shaped pair: {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
           f"{dims['num_attention_heads']} query / {dims['num_key_value_heads']} key-value heads, FFN "
           f"{dims['intermediate_size']}, {size / 1e9:.2f} GB each (bf16); the second is a scrambled copy + "
-          f"{args.noise:.0%} noise")
+          f"{args.noise:.0%} noise; permute similarity in {args.similarity}")
     warm([a, b])
     read = subprocess.run([sys.executable, "-c", READ_BOTH, str(a), str(b)], capture_output=True, text=True,
                           check=True)
     read_s = float(read.stdout.strip())
     steps = work / "align-steps.yml"
-    steps.write_text("align:\n  - permute: {ffn: true, heads: true}\n  - rotate: {qk: true, vo: true}\n"
-                     "  - rescale: {}\n")
+    steps.write_text(f"align:\n  - permute: {{ffn: true, heads: true, similarity: {args.similarity}}}\n"
+                     "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n")
     out, report = work / "out" / f"aligned-{tag}", work / "align.report.json"
     warm([a, b])
     run = timed([str(Path(sys.executable).with_name("mergeflow")), "align", str(b), "--anchor", str(a), "-o",

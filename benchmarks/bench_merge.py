@@ -59,8 +59,9 @@ def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_00
     for i in range(dims["num_hidden_layers"]):
         p = f"model.layers.{i}."
         shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{n}.weight"] = (h, h)
+        kv = dims["num_key_value_heads"] * (h // dims["num_attention_heads"])
+        for n, rows in (("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)):
+            shapes[p + f"self_attn.{n}.weight"] = (rows, h)
         shapes.update(
             {
                 p + "mlp.gate_proj.weight": (f, h),

@@ -261,3 +261,19 @@ def test_real_pretrained_minilm_is_recovered(tmp_path):
     assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
     t = report["totals"]["model"]
     assert list(t.values())[-1]["total"] < 1e-9 * t["before"]["total"]
+
+
+def test_deberta_with_separate_position_projections_refuses_query_key_steps(tmp_path):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    cfg = DebertaV2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=64, relative_attention=True,
+                          pos_att_type=["p2c", "c2p"], share_att_key=False, position_buckets=8,
+                          max_relative_positions=16)
+    torch.manual_seed(0)
+    DebertaV2ForSequenceClassification(cfg).save_pretrained(str(tmp_path / "a"))
+    rec = write(tmp_path / "r.yml", f"models: {{a: {tmp_path / 'a'}, b: {tmp_path / 'a'}}}\nanchor: a\n"
+                "align: [{rotate: {}}, {rescale: {qk: false}}]\nmerge: linear\n")
+    res = run_cli("run", str(rec), str(tmp_path / "out"))
+    assert res.returncode == 2 and "align[0].rotate" in res.stderr and "share_att_key" in res.stderr
+    assert "align[1]" not in res.stderr

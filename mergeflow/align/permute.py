@@ -14,6 +14,8 @@ depend on the rotations the rotate step fits afterwards.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -28,6 +30,10 @@ FFN_ROWS = ("up", "up.b", "gate", "gate.b")
 class PermuteParams(StepParams):
     ffn: bool = Field(True, description="Permute FFN hidden units (gate and up rows together).")
     heads: bool = Field(False, description="Permute whole attention heads (key/value groups as units).")
+    similarity: Literal["float64", "float32", "bfloat16"] = Field(
+        "float32", description="Precision of the FFN similarity matrix (f x f x 3d multiply-adds, the step's whole "
+        "cost): float32 is exact for the assignment up to near-ties; bfloat16 is several times faster on CPUs "
+        "with bf16 matrix units and approximate. The assignment itself is solved in float64.")
 
 
 def assignment(score: torch.Tensor) -> torch.Tensor:
@@ -38,13 +44,20 @@ def assignment(score: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(perm, device=score.device)
 
 
-def permute_ffn(local: Layer, anchor: Layer) -> None:
-    c = local["down"].T @ anchor["down"]  # (f, f)
-    for role in FFN_ROWS:
-        if role in local:
-            x, y = local[role], anchor[role]
-            c += x.reshape(x.shape[0], -1) @ y.reshape(y.shape[0], -1).T
+def _unit_features(layer: Layer) -> torch.Tensor:
+    """One row per FFN hidden unit: its W_in (and gate) row, bias, and W_out column. (f, ~3d)"""
+    parts = [layer[r].reshape(layer[r].shape[0], -1) for r in FFN_ROWS if r in layer]
+    return torch.cat([*parts, layer["down"].T], dim=1)
+
+
+def permute_ffn(local: Layer, anchor: Layer, similarity: str = "float32") -> None:
+    x1, x2 = _unit_features(local), _unit_features(anchor)
+    dtype = getattr(torch, similarity)
+    c = (x1.to(dtype) @ x2.to(dtype).T).to(torch.float64)  # (f, f): <unit a of local, unit b of anchor>
     perm = assignment(c)
+    # a reduced-precision similarity could in principle pick a worse matching than none: check in float64
+    if float((x1[perm] * x2).sum()) < float((x1 * x2).sum()):
+        return
     for role in FFN_ROWS:
         if role in local:
             local[role] = local[role][perm]
@@ -58,10 +71,10 @@ def _best_trace(m: torch.Tensor, g: Geometry, group: str) -> float:
         return float(torch.linalg.matrix_norm(m, ord="nuc"))
     if group == "none":
         return float(torch.trace(m))
-    total = 0.0
     planes = g.planes()
-    for p, q in planes:
-        total += float(torch.hypot(m[p, p] + m[q, q], m[p, q] - m[q, p]))
+    p = torch.tensor([a for a, _ in planes], device=m.device)
+    q = torch.tensor([b for _, b in planes], device=m.device)
+    total = float(torch.hypot(m[p, p] + m[q, q], m[p, q] - m[q, p]).sum())
     rest = sorted(set(range(g.d_h)) - {i for pl in planes for i in pl})
     if rest:
         idx = torch.tensor(rest, device=m.device)
@@ -108,10 +121,16 @@ def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
     local["o"] = local["o"][:, q.to(local["o"].device)]
 
 
-@align_step("permute", PermuteParams)
+def _check(geom: Geometry, p: PermuteParams, family: str) -> str | None:
+    if p.heads and geom.qk_fixed:
+        return f"{family}: {geom.qk_fixed}; use permute: {{heads: false}}"
+    return None
+
+
+@align_step("permute", PermuteParams, _check)
 def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams) -> None:
     """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``."""
     if p.heads:
         permute_heads(local, anchor, g)
     if p.ffn:
-        permute_ffn(local, anchor)
+        permute_ffn(local, anchor, p.similarity)

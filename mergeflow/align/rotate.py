@@ -23,6 +23,8 @@ class RotateParams(StepParams):
 
 
 def _check(geom: Geometry, p: RotateParams, family: str) -> str | None:
+    if p.qk and geom.qk_fixed:
+        return f"{family}: {geom.qk_fixed}; use rotate: {{qk: false, vo: true}}"
     if p.qk and geom.qk_norm:
         return (
             f"{family} normalises queries and keys per head (QK-norm), which a general rotation does not "

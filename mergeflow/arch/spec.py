@@ -24,6 +24,7 @@ class Geometry:
     rope: str  # none | half | interleaved
     rot_dims: int  # rotary dims per head (even); the rest pass through
     qk_norm: bool
+    qk_fixed: str = ""  # why no query/key transform is exact for this model ("" when some are)
 
     @property
     def group(self) -> int:
@@ -134,7 +135,11 @@ def arch_spec(
             if b in present:
                 roles.append((f"{role}.b", b))
         layers.append(LayerNames(i, tuple(roles)))
-    geom = Geometry(len(layers), d, h_q, h_kv, d_h, fam.rope, rot, fam.qk_norm)
+    fixed = ""
+    if mt == "deberta-v2" and config.get("relative_attention") and not config.get("share_att_key", False):
+        fixed = ("its relative-position terms project with separate pos_query_proj/pos_key_proj weights "
+                 "(share_att_key is false), which a query/key transform would also have to change")
+    geom = Geometry(len(layers), d, h_q, h_kv, d_h, fam.rope, rot, fam.qk_norm, fixed)
     if shapes is not None:
         _check_shapes(fam, geom, layers[0], shapes)
     return ArchSpec(fam, geom, tuple(layers))
