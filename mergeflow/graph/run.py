@@ -159,7 +159,8 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch
         )
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
-        prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch else 0
+        # reading ahead competes with the solves for the cores: alignment runs are compute-bound
+        prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0
         _malloc_returns_large_blocks(prep.max_memory)
         try:
             execute(plan.writes, ctx, prefetch_bytes=prefetch, on_done=on_done)
