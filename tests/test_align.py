@@ -277,3 +277,21 @@ def test_deberta_with_separate_position_projections_refuses_query_key_steps(tmp_
     res = run_cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "align[0].rotate" in res.stderr and "share_att_key" in res.stderr
     assert "align[1]" not in res.stderr
+
+
+@pytest.mark.parametrize("similarity", ["float64", "float32", "bfloat16"])
+def test_ffn_permutation_recovered_at_every_similarity_precision(similarity):
+    from mergeflow.align.permute import permute_ffn
+
+    gen = torch.Generator().manual_seed(8)
+    anchor = {"up": torch.randn(300, 24, generator=gen, dtype=torch.float64),
+              "gate": torch.randn(300, 24, generator=gen, dtype=torch.float64),
+              "up.b": torch.randn(300, generator=gen, dtype=torch.float64),
+              "down": torch.randn(24, 300, generator=gen, dtype=torch.float64)}
+    perm = torch.randperm(300, generator=gen)
+    local = {k: (v[:, perm] if k == "down" else v[perm]) + 0.01 * torch.randn(v.shape, generator=gen,
+                                                                               dtype=torch.float64)
+             for k, v in anchor.items()}
+    permute_ffn(local, anchor, similarity)
+    for k in anchor:
+        assert (local[k] - anchor[k]).abs().max() < 0.1, k

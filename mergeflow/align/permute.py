@@ -19,7 +19,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.optimize import linear_sum_assignment
 
 from mergeflow.align.base import Layer, StepParams, align_step, heads
 from mergeflow.arch.spec import Geometry
@@ -38,25 +37,37 @@ class PermuteParams(StepParams):
 
 def assignment(score: torch.Tensor) -> torch.Tensor:
     """perm with new[c] = old[perm[c]] maximising sum_c score[perm[c], c] (rows: local, columns: anchor)."""
+    from scipy.optimize import linear_sum_assignment  # imported here: it costs every run 0.3 s of start-up
+
     rows, cols = linear_sum_assignment(score.detach().cpu().numpy(), maximize=True)
     perm = np.empty_like(rows)
     perm[cols] = rows
     return torch.as_tensor(perm, device=score.device)
 
 
-def _unit_features(layer: Layer) -> torch.Tensor:
+def _unit_features(layer: Layer, dtype: torch.dtype) -> torch.Tensor:
     """One row per FFN hidden unit: its W_in (and gate) row, bias, and W_out column. (f, ~3d)"""
-    parts = [layer[r].reshape(layer[r].shape[0], -1) for r in FFN_ROWS if r in layer]
-    return torch.cat([*parts, layer["down"].T], dim=1)
+    parts = [layer[r].reshape(layer[r].shape[0], -1).to(dtype) for r in FFN_ROWS if r in layer]
+    return torch.cat([*parts, layer["down"].T.to(dtype)], dim=1)
+
+
+def _agreement(local: Layer, anchor: Layer, perm: torch.Tensor | None) -> float:
+    """sum over units of <local unit perm[c], anchor unit c>, in float64."""
+    total = 0.0
+    for role in FFN_ROWS:
+        if role in local:
+            x = local[role] if perm is None else local[role][perm]
+            total += float(torch.dot(x.reshape(-1), anchor[role].reshape(-1)))
+    x = local["down"] if perm is None else local["down"][:, perm]
+    return total + float(torch.dot(x.reshape(-1), anchor["down"].reshape(-1)))
 
 
 def permute_ffn(local: Layer, anchor: Layer, similarity: str = "float32") -> None:
-    x1, x2 = _unit_features(local), _unit_features(anchor)
     dtype = getattr(torch, similarity)
-    c = (x1.to(dtype) @ x2.to(dtype).T).to(torch.float64)  # (f, f): <unit a of local, unit b of anchor>
+    c = (_unit_features(local, dtype) @ _unit_features(anchor, dtype).T).to(torch.float64)  # (f, f)
     perm = assignment(c)
-    # a reduced-precision similarity could in principle pick a worse matching than none: check in float64
-    if float((x1[perm] * x2).sum()) < float((x1 * x2).sum()):
+    # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
+    if dtype == torch.bfloat16 and _agreement(local, anchor, perm) < _agreement(local, anchor, None):
         return
     for role in FFN_ROWS:
         if role in local:

@@ -234,6 +234,12 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
         f"read: {_human(p.bytes_read)}   write: {_human(p.bytes_written)} in {len(p.layouts)} shard(s)"
     )
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
+    if p.arch is not None:
+        steps = ", ".join(step.name for step in prep.recipe.align)
+        aligned = len(prep.readers) - 1
+        click.echo(f"align: {steps} on {len(p.arch.layers)} layers of {aligned} model(s) to anchor '{p.anchor}' "
+                   f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
+                   f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})")
     click.echo(f"largest working set: {_human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     ahead = min(max(runner.tensor_budget(prep.max_memory) - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
     click.echo(
