@@ -8,7 +8,6 @@ is downloaded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,126 +16,40 @@ import torch
 CHARS = list("abcdefghijklmnopqrstuvwxyz .,!?'\n")
 
 
-def _llama() -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg)
-
-
-def _gpt2() -> Any:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    return GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=3
-        )
-    )
-
-
-def _bert() -> Any:
-    from transformers import BertConfig, BertForSequenceClassification
-
-    cfg = BertConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=3,
-    )
-    return BertForSequenceClassification(cfg)
-
-
-def _roberta() -> Any:
-    from transformers import RobertaConfig, RobertaForSequenceClassification
-
-    cfg = RobertaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=66,
-        num_labels=3,
-        pad_token_id=1,
-    )
-    return RobertaForSequenceClassification(cfg)
-
-
-def _vit() -> Any:
-    from transformers import ViTConfig, ViTForImageClassification
-
-    cfg = ViTConfig(
-        image_size=16,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=10,
-    )
-    return ViTForImageClassification(cfg)
-
-
-def _mistral() -> Any:
-    from transformers import MistralConfig, MistralForCausalLM
-
-    return MistralForCausalLM(MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
-                                            max_position_embeddings=64, sliding_window=None))
-
-
-def _qwen2() -> Any:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                        tie_word_embeddings=True))
-
-
-def _qwen3() -> Any:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    return Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                        max_position_embeddings=64))
-
-
-def _distilbert() -> Any:
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    return DistilBertForSequenceClassification(DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4,
-                                                                hidden_dim=64, max_position_embeddings=64,
-                                                                num_labels=3))
-
-
-def _deberta() -> Any:
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
-
-    cfg = DebertaV2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=64, max_position_embeddings=64, relative_attention=True,
-                          pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=8,
-                          max_relative_positions=16, num_labels=3)
-    return DebertaV2ForSequenceClassification(cfg)
-
-
-FAMILIES: dict[str, Callable[[], Any]] = {
-    "llama": _llama, "gpt2": _gpt2, "bert": _bert, "roberta": _roberta, "vit": _vit, "mistral": _mistral,
-    "qwen2": _qwen2, "qwen3": _qwen3, "distilbert": _distilbert, "deberta-v2": _deberta,
+_SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+              max_position_embeddings=64)
+_DECODER = {**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": False}
+# family -> (config class, model class, config arguments); names resolved in transformers at build time
+SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", _DECODER),
+    "mistral": ("MistralConfig", "MistralForCausalLM", {**_DECODER, "num_key_value_heads": 1,
+                                                        "sliding_window": None}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {**_DECODER, "tie_word_embeddings": True}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**_DECODER, "head_dim": 8}),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64,
+                                                   bos_token_id=2, eos_token_id=3)),
+    "bert": ("BertConfig", "BertForSequenceClassification", {**_SMALL, "num_labels": 3}),
+    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_SMALL, "num_labels": 3,
+                                                                       "max_position_embeddings": 66,
+                                                                       "pad_token_id": 1}),
+    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
+                   dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64,
+                        num_labels=3)),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
+                   {**_SMALL, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
+                    "position_buckets": 8, "max_relative_positions": 16, "num_labels": 3}),
+    "vit": ("ViTConfig", "ViTForImageClassification",
+            {**_SMALL, "image_size": 16, "patch_size": 4, "num_channels": 3, "num_labels": 10}),
 }
-TEXT = {"llama", "gpt2", "bert", "roberta", "mistral", "qwen2", "qwen3", "distilbert", "deberta-v2"}
+FAMILIES = tuple(SPECS)
+TEXT = set(FAMILIES) - {"vit"}
+
+
+def _model(family: str) -> Any:
+    import transformers
+
+    config_cls, model_cls, kwargs = SPECS[family]
+    return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs))
 
 
 def save_tokenizer(path: Path) -> None:
@@ -170,7 +83,7 @@ def build(
     hf_logging.disable_progress_bar()
     path = Path(path)
     torch.manual_seed(seed)
-    model = FAMILIES[family]()
+    model = _model(family)
     if perturb_from is not None:
         from safetensors.torch import load_file
 

@@ -74,3 +74,10 @@ def sq(t: torch.Tensor) -> float:
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum())
+
+
+def qk_fixed(geom: Geometry, touches_qk: bool, family: str, instead: str) -> str | None:
+    """The refusal for a step that would transform queries/keys of a model that allows none."""
+    if touches_qk and geom.qk_fixed:
+        return f"{family}: {geom.qk_fixed}; use {instead}"
+    return None

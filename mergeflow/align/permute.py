@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import Layer, StepParams, align_step, heads
+from mergeflow.align.base import Layer, StepParams, align_step, heads, qk_fixed
 from mergeflow.arch.spec import Geometry
 
 FFN_ROWS = ("up", "up.b", "gate", "gate.b")
@@ -99,26 +99,20 @@ def _head_score(local: Layer, anchor: Layer, g: Geometry) -> torch.Tensor:
     score = torch.zeros(g.h_kv, g.h_kv, dtype=local["v"].dtype, device=local["v"].device)
     for a in range(g.h_kv):
         for b in range(g.h_kv):
-            score[a, b] = (_best_trace(_qk_cross(local, anchor, g, a, b), g, qk_group)
-                           + _best_trace(_vo_cross(local, anchor, g, a, b), g, "free"))
+            score[a, b] = (_best_trace(_cross(local, anchor, g, a, b, "qk"), g, qk_group)
+                           + _best_trace(_cross(local, anchor, g, a, b, "vo"), g, "free"))
     return score
 
 
-def _qk_cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int) -> torch.Tensor:
+def _cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int, circuit: str) -> torch.Tensor:
+    """Summed cross-products of local KV group a and anchor KV group b on one circuit (d_h x d_h):
+    key (value) rows, plus the group's query rows (output columns)."""
+    kv, q = ("k", "q") if circuit == "qk" else ("v", "o")
     ka, kb = heads(g.h_kv, g.d_h, a), heads(g.h_kv, g.d_h, b)
-    m = local["k"][ka] @ anchor["k"][kb].T
+    m = local[kv][ka] @ anchor[kv][kb].T
     for t in range(g.group):
         qa, qb = heads(g.h_q, g.d_h, a * g.group + t), heads(g.h_q, g.d_h, b * g.group + t)
-        m = m + local["q"][qa] @ anchor["q"][qb].T
-    return m
-
-
-def _vo_cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int) -> torch.Tensor:
-    va, vb = heads(g.h_kv, g.d_h, a), heads(g.h_kv, g.d_h, b)
-    m = local["v"][va] @ anchor["v"][vb].T
-    for t in range(g.group):
-        oa, ob = heads(g.h_q, g.d_h, a * g.group + t), heads(g.h_q, g.d_h, b * g.group + t)
-        m = m + local["o"][:, oa].T @ anchor["o"][:, ob]
+        m = m + (local[q][qa] @ anchor[q][qb].T if q == "q" else local[q][:, qa].T @ anchor[q][:, qb])
     return m
 
 
@@ -132,13 +126,7 @@ def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
     local["o"] = local["o"][:, q.to(local["o"].device)]
 
 
-def _check(geom: Geometry, p: PermuteParams, family: str) -> str | None:
-    if p.heads and geom.qk_fixed:
-        return f"{family}: {geom.qk_fixed}; use permute: {{heads: false}}"
-    return None
-
-
-@align_step("permute", PermuteParams, _check)
+@align_step("permute", PermuteParams, lambda g, p, fam: qk_fixed(g, p.heads, fam, "permute: {heads: false}"))
 def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams) -> None:
     """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``."""
     if p.heads:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import Layer, StepParams, align_step, heads
+from mergeflow.align.base import Layer, StepParams, align_step, heads, qk_fixed
 from mergeflow.align.procrustes import procrustes, rope_procrustes
 from mergeflow.arch.spec import Geometry
 
@@ -23,8 +23,9 @@ class RotateParams(StepParams):
 
 
 def _check(geom: Geometry, p: RotateParams, family: str) -> str | None:
-    if p.qk and geom.qk_fixed:
-        return f"{family}: {geom.qk_fixed}; use rotate: {{qk: false, vo: true}}"
+    fixed = qk_fixed(geom, p.qk, family, "rotate: {qk: false, vo: true}")
+    if fixed:
+        return fixed
     if p.qk and geom.qk_norm:
         return (
             f"{family} normalises queries and keys per head (QK-norm), which a general rotation does not "

@@ -9,31 +9,12 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
+from mergeflow.cli.output import human, parse_size, print_alignment, write_report
 from mergeflow.errors import InputError, MergeflowError, RecipeError
-
-
-def _bytes(value: str | None) -> int | None:
-    if value is None:
-        return None
-    from pydantic import ByteSize, TypeAdapter, ValidationError
-
-    try:
-        return int(TypeAdapter(ByteSize).validate_python(value))
-    except ValidationError:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)") from None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _sigterm(_signum: int, _frame: Any) -> None:
@@ -109,7 +90,7 @@ def run(
         raise InputError("no output directory: give it as OUT or with -o/--out")
     opts = runner.Options(
         device=device,
-        max_memory=_bytes(max_memory),
+        max_memory=parse_size(max_memory),
         force=force,
         allow_pickle=allow_pickle,
         check_finite=check_finite,
@@ -117,7 +98,7 @@ def run(
     )
     prep = runner.prepare(recipe, opts)
     result = runner.run(prep, out, opts, progress=not quiet)
-    _write_report(report, result, prep)
+    write_report(report, result, prep)
     if not quiet:
         plan = result.plan
         ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
@@ -125,46 +106,10 @@ def run(
             f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}"
         )
         click.echo(
-            f"wrote {result.out} ({len(plan.layouts)} shard(s), {_human(plan.bytes_written)}) "
-            f"in {result.seconds:.2f} s; peak RSS {_human(runner.peak_rss_bytes())}"
+            f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
+            f"in {result.seconds:.2f} s; peak RSS {human(runner.peak_rss_bytes())}"
         )
-        _print_alignment(result)
-
-
-def _write_report(report: str | None, result: Any, prep: Any) -> None:
-    if report:
-        Path(report).write_text(
-            json.dumps(
-                {
-                    "output": str(result.out),
-                    "seconds": result.seconds,
-                    "tensors": result.plan.n_tensors,
-                    "bytes_read": result.plan.bytes_read,
-                    "bytes_written": result.plan.bytes_written,
-                    "shards": len(result.plan.layouts),
-                    "peak_rss_bytes": _peak_rss(),
-                    "max_memory_bytes": prep.max_memory,
-                    "device": str(prep.device),
-                    "operators": result.plan.ops_used,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-
-
-def _peak_rss() -> int:
-    from mergeflow.graph.run import peak_rss_bytes
-
-    return peak_rss_bytes()
-
-
-def _print_alignment(result: Any) -> None:
-    if result.alignment is not None:
-        from mergeflow.graph.align_report import table
-
-        click.echo(f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):")
-        click.echo(table(result.alignment))
+        print_alignment(result)
 
 
 @cli.command()
@@ -188,13 +133,13 @@ def align(model: str, anchor: str, out: str, steps_file: str | None, device: str
     from mergeflow.graph import run as runner
 
     recipe, text = align_recipe(model, anchor, steps_file)
-    opts = runner.Options(device=device, max_memory=_bytes(max_memory), force=force, allow_pickle=allow_pickle)
+    opts = runner.Options(device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle)
     prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
     result = runner.run(prep, out, opts, progress=not quiet)
-    _write_report(report, result, prep)
+    write_report(report, result, prep)
     if not quiet:
         click.echo(f"wrote {result.out}: '{model}' aligned to '{anchor}' in {result.seconds:.2f} s")
-        _print_alignment(result)
+        print_alignment(result)
 
 
 @cli.command()
@@ -218,7 +163,7 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
     """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
     from mergeflow.graph import run as runner
 
-    opts = runner.Options(device=device, max_memory=_bytes(max_memory), allow_pickle=allow_pickle)
+    opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle)
     prep = runner.prepare(recipe, opts)
     p = prep.plan
     click.echo(f"recipe: {recipe}")
@@ -226,12 +171,12 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
     for name, r in prep.readers.items():
         click.echo(
             f"  {name}: {r.path} ({r.model_type or 'no config'}, {len(r.tensors)} tensors, "
-            f"{_human(r.total_bytes)})"
+            f"{human(r.total_bytes)})"
         )
     click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
     click.echo(f"tensors: {p.n_tensors}")
     click.echo(
-        f"read: {_human(p.bytes_read)}   write: {_human(p.bytes_written)} in {len(p.layouts)} shard(s)"
+        f"read: {human(p.bytes_read)}   write: {human(p.bytes_written)} in {len(p.layouts)} shard(s)"
     )
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     if p.arch is not None:
@@ -240,11 +185,11 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
         click.echo(f"align: {steps} on {len(p.arch.layers)} layers of {aligned} model(s) to anchor '{p.anchor}' "
                    f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
                    f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})")
-    click.echo(f"largest working set: {_human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
+    click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     ahead = min(max(runner.tensor_budget(prep.max_memory) - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
     click.echo(
-        f"memory budget: {_human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
-        f"included: {_human(p.peak_task_bytes + min(ahead, p.bytes_read))})"
+        f"memory budget: {human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
+        f"included: {human(p.peak_task_bytes + min(ahead, p.bytes_read))})"
     )
 
 

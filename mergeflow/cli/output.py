@@ -1,0 +1,64 @@
+"""Console and report output of the CLI: sizes, summaries, the alignment table, JSON run reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def parse_size(value: str | None) -> int | None:
+    if value is None:
+        return None
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(value))
+    except ValidationError:
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)") from None
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def write_report(report: str | None, result: Any, prep: Any) -> None:
+    if report:
+        Path(report).write_text(
+            json.dumps(
+                {
+                    "output": str(result.out),
+                    "seconds": result.seconds,
+                    "tensors": result.plan.n_tensors,
+                    "bytes_read": result.plan.bytes_read,
+                    "bytes_written": result.plan.bytes_written,
+                    "shards": len(result.plan.layouts),
+                    "peak_rss_bytes": peak_rss(),
+                    "max_memory_bytes": prep.max_memory,
+                    "device": str(prep.device),
+                    "operators": result.plan.ops_used,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+def peak_rss() -> int:
+    from mergeflow.graph.run import peak_rss_bytes
+
+    return peak_rss_bytes()
+
+
+def print_alignment(result: Any) -> None:
+    if result.alignment is not None:
+        from mergeflow.graph.align_report import table
+
+        click.echo(f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):")
+        click.echo(table(result.alignment))
