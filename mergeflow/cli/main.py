@@ -60,6 +60,8 @@ def cli() -> None:
 @click.option(
     "--no-prefetch", is_flag=True, help="Do not read the next tensors while merging the current one."
 )
+@click.option("--resume", is_flag=True, help="Continue an interrupted run into OUT: shards it completed are kept "
+              "if their checksums still match and the recipe and inputs are unchanged.")
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
@@ -77,6 +79,7 @@ def run(
     force: bool,
     check_finite: bool,
     no_prefetch: bool,
+    resume: bool,
     report: str | None,
     quiet: bool,
 ) -> None:
@@ -95,6 +98,7 @@ def run(
         allow_pickle=allow_pickle,
         check_finite=check_finite,
         prefetch=not no_prefetch,
+        resume=resume,
     )
     prep = runner.prepare(recipe, opts)
     result = runner.run(prep, out, opts, progress=not quiet)
@@ -102,6 +106,8 @@ def run(
     if not quiet:
         plan = result.plan
         ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
+        if resume:
+            click.echo(f"resumed: kept {result.resumed_shards} of {len(plan.layouts)} shard(s) already written")
         click.echo(
             f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}"
         )
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+        click.echo("interrupted; completed shards were kept: rerun with --resume to continue", err=True)
         sys.exit(130)
     except MemoryError:
         click.echo("error: out of memory; lower --max-memory or use a smaller compute dtype", err=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import psutil
 import torch
 
+import mergeflow
 from mergeflow.align.catalog import STEPS
 from mergeflow.errors import InputError
 from mergeflow.graph.align_report import write_report
@@ -20,6 +22,7 @@ from mergeflow.graph.plan import Plan, build_plan, model_dir
 from mergeflow.graph.tasks import Write
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
+from mergeflow.io.journal import Journal, fingerprint
 from mergeflow.io.output_dir import OutputDir, check_output_path, copy_support_files
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
@@ -83,6 +86,7 @@ class Options:
     allow_pickle: bool = False
     check_finite: bool = False
     prefetch: bool = True
+    resume: bool = False
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Result:
     files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     alignment: dict | None = None  # summary of the alignment report, when the recipe aligns
+    resumed_shards: int = 0  # shards kept from an interrupted run (--resume)
 
 
 def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
@@ -153,8 +158,12 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             bar.update(task.nbytes)
             bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
 
-    with OutputDir(final, opts.force) as tmp:
-        writer = ShardedWriter(tmp, plan.layouts)
+    with OutputDir(final, opts.force, opts.resume) as tmp:
+        journal = Journal(tmp, run_fingerprint(prep))
+        kept = journal.load_verified() if opts.resume else set()
+        writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)
+        todo = [w for w in plan.writes if not writer.is_done(w.out.name)]
+        bar.total = sum(w.nbytes for w in todo)
         ctx = ExecContext(
             prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch
         )
@@ -163,7 +172,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0
         _malloc_returns_large_blocks(prep.max_memory)
         try:
-            execute(plan.writes, ctx, prefetch_bytes=prefetch, on_done=on_done)
+            execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done)
         finally:
             writer.close()
             bar.close()
@@ -196,7 +205,19 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
                 },
             )
             files.append("README.md")
-    return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment)
+    return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept))
+
+
+def run_fingerprint(prep: Prepared) -> str:
+    """What must not change for a resumed run to continue an interrupted one."""
+    parts = [mergeflow.__version__, prep.recipe.model_dump_json(), str(prep.recipe_text)]
+    for name, reader in sorted(prep.readers.items()):
+        for file in sorted({t.file for t in reader.tensors.values()}):
+            st = os.stat(file)
+            parts.append(f"{name}:{file}:{st.st_size}:{st.st_mtime_ns}")
+    for lay in prep.plan.layouts:
+        parts.append(lay.filename + ":" + hashlib.sha256(lay.header).hexdigest())
+    return fingerprint(parts)
 
 
 def peak_rss_bytes() -> int:

@@ -5,6 +5,7 @@ A run that fails, is interrupted or killed never leaves a directory under the fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,9 @@ from pathlib import Path
 from types import TracebackType
 
 from mergeflow.errors import OutputError
+from mergeflow.io.journal import NAME as JOURNAL
+
+LOCK = ".mergeflow-lock"
 
 CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
@@ -51,29 +55,64 @@ def check_output_path(final: Path, force: bool, inputs: list[Path]) -> None:
 
 
 class OutputDir:
-    """``with OutputDir(final, force) as tmp:`` write into ``tmp``; renamed to ``final`` on success."""
+    """``with OutputDir(final, force, resume) as tmp:`` write into ``tmp``; renamed to ``final`` on success.
 
-    def __init__(self, final: str | Path, force: bool = False) -> None:
+    ``tmp`` is a hidden sibling with a fixed name, so an interrupted run can be resumed: after Ctrl-C,
+    SIGTERM or SIGKILL it stays (never under the final name); after any other error it is removed.
+    A lock file keeps two runs from writing the same output at once.
+    """
+
+    def __init__(self, final: str | Path, force: bool = False, resume: bool = False) -> None:
         self.final = Path(final).resolve()
-        self.force = force
-        self.tmp = self.final.parent / f".{self.final.name}.mergeflow-partial-{os.getpid()}"
+        self.force, self.resume = force, resume
+        self.tmp = self.final.parent / f".{self.final.name}.mergeflow-partial"
+        self.found_partial = False
+        self._lock: int | None = None
 
     def __enter__(self) -> Path:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            if self.tmp.exists():
+            self.found_partial = self.tmp.is_dir()
+            if self.found_partial and not self.resume:
+                self._take_lock()  # refuse to delete another live run's work
+                self._release_lock()
                 shutil.rmtree(self.tmp)
-            self.tmp.mkdir()
+            self.tmp.mkdir(exist_ok=True)
+            self._take_lock()
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc.strerror or exc}") from None
         return self.tmp
+
+    def _take_lock(self) -> None:
+        import fcntl
+
+        fd = os.open(self.tmp / LOCK, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputError(f"another mergeflow run is writing {self.final} (lock held on {self.tmp})") from None
+        self._lock = fd
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            with contextlib.suppress(OSError):
+                (self.tmp / LOCK).unlink()
+            os.close(self._lock)
+            self._lock = None
 
     def __exit__(
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if typ is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._release_lock()
+            if not issubclass(typ, (KeyboardInterrupt, SystemExit)):
+                shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        for internal in (JOURNAL,):
+            with contextlib.suppress(OSError):
+                (self.tmp / internal).unlink()
+        self._release_lock()
         old = None
         if self.final.exists():
             if not self.force:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 
 from mergeflow.io.dtypes import ITEMSIZE, TORCH_TO_ST
+from mergeflow.io.journal import file_crc
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -87,13 +90,20 @@ def plan_shards(
 class ShardedWriter:
     """Writes tensors into pre-laid-out shards in ``directory``; ``finish`` writes the index last."""
 
-    def __init__(self, directory: str | Path, layouts: list[ShardLayout]) -> None:
+    def __init__(self, directory: str | Path, layouts: list[ShardLayout], done: Iterable[str] = (),
+                 on_shard: Callable[[str, int, int], None] | None = None) -> None:
+        """``done``: shard files already complete (resumed), never touched; ``on_shard(name, size, crc32)``
+        is called when a shard is complete."""
         self.dir = Path(directory)
         self.layouts = layouts
+        self.done = set(done)
+        self.on_shard = on_shard
         self._where = {t.name: (i, t) for i, lay in enumerate(layouts) for t in lay.tensors}
         self._fds: dict[int, int] = {}
         self._started: set[int] = set()
-        self._left = [sum(t.nbytes for t in lay.tensors) for lay in layouts]  # data bytes still to write
+        self._left = [0 if lay.filename in self.done else sum(t.nbytes for t in lay.tensors) for lay in layouts]
+        # running CRC-32 of each shard while writes arrive in file order (they do: the plan is in layout order)
+        self._crc: dict[int, tuple[int, int] | None] = {}
         self.bytes_written = 0
 
     def _fd(self, i: int) -> int:
@@ -108,6 +118,7 @@ class ShardedWriter:
                 os.ftruncate(fd, lay.size)
                 os.pwrite(fd, lay.header, 0)
                 self._started.add(i)
+                self._crc[i] = (zlib.crc32(lay.header), len(lay.header))
             self._fds[i] = fd
         return fd
 
@@ -134,16 +145,31 @@ class ShardedWriter:
             view, pos = view[n:], pos + n
         assert pos == end
         self.bytes_written += end - begin
+        running = self._crc.get(i)
+        self._crc[i] = (zlib.crc32(data, running[0]), end) if running and running[1] == begin else None
         self._left[i] -= end - begin
         if self._left[i] == 0:
-            os.close(self._fds.pop(i))
+            self._complete(i)
+
+    def is_done(self, name: str) -> bool:
+        return self.layouts[self._where[name][0]].filename in self.done
+
+    def _complete(self, i: int) -> None:
+        os.close(self._fds.pop(i))
+        lay = self.layouts[i]
+        running = self._crc.get(i)
+        crc = running[0] if running and running[1] == lay.size else file_crc(self.dir / lay.filename)
+        self.done.add(lay.filename)
+        if self.on_shard is not None:
+            self.on_shard(lay.filename, lay.size, crc)
 
     def finish(self) -> list[str]:
         for i, lay in enumerate(self.layouts):
             if self._left[i]:
                 raise RuntimeError(f"{lay.filename}: {self._left[i]} bytes never written")
-            if i not in self._started:
+            if i not in self._started and lay.filename not in self.done:
                 self._fd(i)
+                self._complete(i)
         self.close()
         names = [lay.filename for lay in self.layouts]
         if len(self.layouts) > 1:

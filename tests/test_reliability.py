@@ -1,0 +1,137 @@
+"""Faults: interrupted and killed runs resume to byte-identical output; disk full and concurrent runs."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import run_cli, write
+from tests.test_memory import make_model
+
+
+@pytest.fixture(scope="module")
+def big_recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    models = [make_model(root / f"m{i}", 24, 1 << 20, i, shards=3) for i in range(3)]  # 3 x 96 MiB
+    rec = write(root / "r.yml", "models:\n" + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
+                + "base: m0\nmerge: {dare_ties: {density: 0.5}}\nseed: 3\noutput: {shard_size: 8MiB}\n")
+    ref = root / "reference"
+    assert run_cli("run", str(rec), str(ref), "-q").returncode == 0
+    return rec, ref
+
+
+def files(path):
+    return {f.name: f.read_bytes() for f in sorted(path.iterdir())}
+
+
+def _kill_after(rec, out, shards: int, sig=signal.SIGKILL) -> int:
+    """Start a real CLI run and send ``sig`` once its journal lists ``shards`` completed shards."""
+    journal = out.parent / f".{out.name}.mergeflow-partial" / ".mergeflow-journal.json"
+    proc = subprocess.Popen([sys.executable, "-m", "mergeflow.cli.main", "run", str(rec), str(out), "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = 0
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if shards == 0 and journal.parent.exists():
+            break
+        try:
+            seen = len(json.loads(journal.read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            seen = 0
+        if seen >= shards:
+            break
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    proc.wait()
+    proc.stderr.close()
+    return seen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [0, 2, 7, 11])
+def test_killed_run_resumes_to_identical_output(tmp_path, big_recipe, kill_at):
+    rec, ref = big_recipe
+    out = tmp_path / "out"
+    _kill_after(rec, out, kill_at)
+    assert not out.exists(), "a killed run must leave nothing under the final name"
+    res = run_cli("run", str(rec), str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    kept = int(res.stdout.split("kept ")[1].split(" ")[0])
+    assert kept >= min(kill_at, 12) - 1  # the shard being finished at the kill may or may not have been kept
+    assert files(out) == files(ref)
+    assert not list(tmp_path.glob(".out.mergeflow-*"))
+
+
+def test_sigterm_keeps_partial_work_and_resume_skips_it(tmp_path, big_recipe):
+    rec, ref = big_recipe
+    out = tmp_path / "out"
+    seen = _kill_after(rec, out, 4, signal.SIGTERM)
+    assert not out.exists() and (tmp_path / ".out.mergeflow-partial").is_dir()
+    res = run_cli("run", str(rec), str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    kept = int(res.stdout.split("kept ")[1].split(" ")[0])
+    assert kept >= max(seen - 1, 1)
+    assert files(out) == files(ref)
+
+
+def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe):
+    rec, ref = big_recipe
+    out = tmp_path / "out"
+    _kill_after(rec, out, 6)
+    partial = tmp_path / ".out.mergeflow-partial"
+    first = sorted(partial.glob("model-*.safetensors"))[0]
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    first.write_bytes(bytes(data))
+    res = run_cli("run", str(rec), str(out), "--resume")
+    assert res.returncode == 0 and files(out) == files(ref)
+    # a different recipe must not reuse shards of another
+    out2 = tmp_path / "out2"
+    _kill_after(rec, out2, 6)
+    rec2 = write(tmp_path / "r2.yml", rec.read_text().replace("seed: 3", "seed: 4"))
+    res = run_cli("run", str(rec2), str(out2), "--resume")
+    assert res.returncode == 0 and "kept 0 of" in res.stdout
+
+
+def test_disk_full_is_one_line_exit_2_and_cleans_up(tmp_path, big_recipe, monkeypatch, capsys):
+    from mergeflow.cli import main as cli_main
+
+    rec, _ref = big_recipe
+    calls = [0]
+    real = os.pwrite
+
+    def full(fd, data, offset):
+        calls[0] += 1
+        if calls[0] > 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main.main(["run", str(rec), str(tmp_path / "out"), "-q"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path, big_recipe):
+    import fcntl
+
+    rec, _ref = big_recipe
+    partial = tmp_path / ".out.mergeflow-partial"
+    partial.mkdir()
+    fd = os.open(partial / ".mergeflow-lock", os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        res = run_cli("run", str(rec), str(tmp_path / "out"))
+        assert res.returncode == 2 and "another mergeflow run is writing" in res.stderr
+    finally:
+        os.close(fd)
