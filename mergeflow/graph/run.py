@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import safetensors
 import torch
 
 import mergeflow
@@ -198,7 +199,9 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
                 recipe.merge.name,
                 plan.n_tensors,
                 {
+                    "mergeflow": mergeflow.__version__,
                     "torch": torch.__version__,
+                    "safetensors": safetensors.__version__,
                     "python": platform.python_version(),
                     "seed": str(recipe.seed),
                     "device": str(prep.device),

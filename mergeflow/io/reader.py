@@ -110,6 +110,8 @@ class ModelReader:
             weight_map = data["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not an object")
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise TypeError("weight_map must map tensor names to file names")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ModelError(f"model '{self.name}': {index}: invalid index ({exc})") from None
         files: dict[str, Path] = {}

@@ -60,8 +60,9 @@ def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budg
 def parse_yaml(text: str, name: str) -> YamlSource:
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise RecipeError([f"{name}: file is larger than {MAX_BYTES // 1024 // 1024} MiB"])
-    loader = yaml.SafeLoader(text)
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             raise RecipeError([f"{name}: the file is empty"])
@@ -73,11 +74,12 @@ def parse_yaml(text: str, name: str) -> YamlSource:
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
         raise RecipeError([f"{where}: invalid YAML: {exc.problem}"]) from None
     except yaml.YAMLError as exc:
-        raise RecipeError([f"{name}: invalid YAML: {exc}"]) from None
+        raise RecipeError([f"{name}: invalid YAML: {' '.join(str(exc).split())}"]) from None
     except (ValueError, RecursionError) as exc:
         raise RecipeError([f"{name}: refused: {exc}"]) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return YamlSource(data=data, name=name, locations=locs)
 
 
