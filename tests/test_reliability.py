@@ -135,3 +135,29 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, big_recipe):
         assert res.returncode == 2 and "another mergeflow run is writing" in res.stderr
     finally:
         os.close(fd)
+
+
+def test_check_finite_names_the_tensor(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"ok": torch.ones(3), "bad": torch.tensor([1.0, float("inf"), 2.0])}, str(tmp_path / "a.safetensors"))
+    save_file({"ok": torch.ones(3), "bad": torch.ones(3)}, str(tmp_path / "b.safetensors"))
+    rec = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\nmerge: linear\n")
+    assert run_cli("run", str(rec), str(tmp_path / "plain"), "-q").returncode == 0  # not checked by default
+    res = run_cli("run", str(rec), str(tmp_path / "out"), "--check-finite")
+    assert res.returncode == 2 and "tensor 'bad' has NaN or Inf" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unusable_output_location(tmp_path, big_recipe):
+    rec, _ref = big_recipe
+    (tmp_path / "a-file").write_text("x")
+    res = run_cli("run", str(rec), str(tmp_path / "a-file" / "out"))  # parent is a file, not a directory
+    assert res.returncode == 2 and "not a writable directory" in res.stderr and "Traceback" not in res.stderr
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        res = run_cli("run", str(rec), str(locked / "out"))
+        assert res.returncode == 2 and "not a writable directory" in res.stderr

@@ -18,7 +18,7 @@ from mergeflow.io.writer import OutTensor
 from mergeflow.merge.base import OPERATORS, MergeContext, OpParams
 
 
-class NonFiniteTensor(MergeflowError):
+class NonFiniteTensor(InputError):  # the inputs or the recipe's parameters produce NaN/Inf
     pass
 
 
