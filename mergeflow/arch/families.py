@@ -39,6 +39,11 @@ class Family:
 
 FAMILIES: Registry[Family] = Registry("model family")
 
+
+def _add(family: Family) -> None:
+    FAMILIES.add(family.name, family)
+
+
 _LLAMA = dict(
     layer_stack="layers",
     q="self_attn.q_proj",
@@ -62,10 +67,9 @@ _BERT = dict(
     post_ln=True,
 )
 
-FAMILIES.add("llama", Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
-FAMILIES.add("qwen3", Family("qwen3", ("qwen3",), qk_norm=True, **_LLAMA))
-FAMILIES.add(
-    "gpt2",
+_add(Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
+_add(Family("qwen3", ("qwen3",), qk_norm=True, **_LLAMA))
+_add(
     Family(
         "gpt2",
         ("gpt2",),
@@ -82,9 +86,8 @@ FAMILIES.add(
         hidden_key="n_embd",
     ),
 )
-FAMILIES.add("bert", Family("bert", ("bert", "roberta"), **_BERT))
-FAMILIES.add(
-    "deberta_v2",
+_add(Family("bert", ("bert", "roberta"), **_BERT))
+_add(
     Family(
         "deberta_v2",
         ("deberta-v2",),
@@ -96,8 +99,7 @@ FAMILIES.add(
         },
     ),
 )
-FAMILIES.add(
-    "distilbert",
+_add(
     Family(
         "distilbert",
         ("distilbert",),
@@ -113,8 +115,7 @@ FAMILIES.add(
         hidden_key="dim",
     ),
 )
-FAMILIES.add(
-    "vit",
+_add(
     Family(
         "vit",
         ("vit",),

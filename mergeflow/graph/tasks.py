@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from mergeflow.errors import InputError, MergeflowError
+from mergeflow.errors import InputError
 from mergeflow.io.dtypes import ST_TO_TORCH
 from mergeflow.io.writer import OutTensor
 from mergeflow.merge.base import OPERATORS, MergeContext, OpParams
