@@ -295,3 +295,43 @@ def test_ffn_permutation_recovered_at_every_similarity_precision(similarity):
     permute_ffn(local, anchor, similarity)
     for k in anchor:
         assert (local[k] - anchor[k]).abs().max() < 0.1, k
+
+
+@pytest.mark.parametrize("rope", ["none", "half"])
+def test_no_head_and_no_ffn_gets_further_from_the_anchor(rope):
+    """Per key/value head (QK and VO blocks) and per FFN, each step is at least as good as doing nothing."""
+    from mergeflow.align.permute import PermuteParams, permute
+    from mergeflow.align.rescale import RescaleParams, rescale
+    from mergeflow.align.rotate import RotateParams, rotate
+
+    g = _geom(rope, rot=8)
+    gen = torch.Generator().manual_seed(9)
+
+    def layer():
+        shapes = {"q": (32, 16), "q.b": (32,), "k": (16, 16), "k.b": (16,), "v": (16, 16), "v.b": (16,),
+                  "o": (16, 32), "up": (40, 16), "gate": (40, 16), "down": (16, 40)}
+        return {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
+
+    def blocks(lay):
+        out = {}
+        for j in range(g.h_kv):
+            kj = heads(g.h_kv, g.d_h, j)
+            qs = [heads(g.h_q, g.d_h, i) for i in range(j * g.group, (j + 1) * g.group)]
+            out[("qk", j)] = [lay["k"][kj], lay["k.b"][kj], *[lay[r][q] for q in qs for r in ("q", "q.b")]]
+            out[("vo", j)] = [lay["v"][kj], lay["v.b"][kj], *[lay["o"][:, q] for q in qs]]
+        out[("ffn", 0)] = [lay["up"], lay["gate"], lay["down"]]
+        return out
+
+    def dist(lay, anchor):
+        bl, ba = blocks(lay), blocks(anchor)
+        return {k: sum(float(((x - y) ** 2).sum()) for x, y in zip(bl[k], ba[k], strict=True)) for k in bl}
+
+    for _trial in range(5):
+        local, anchor = layer(), layer()
+        before = dist(local, anchor)
+        for fn, params in ((permute, PermuteParams()), (rotate, RotateParams()), (rescale, RescaleParams())):
+            fn(local, anchor, g, params)
+            after = dist(local, anchor)
+            for key in before:
+                assert after[key] <= before[key] * (1 + 1e-12) + 1e-12, (fn.__name__, key)
+            before = after
