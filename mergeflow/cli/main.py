@@ -199,6 +199,24 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
     )
 
 
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+def convert(config: str) -> None:
+    """Print the native recipe equivalent to a mergekit CONFIG (paths as written, relative to the working
+    directory in mergekit; put the recipe where they resolve, or make them absolute)."""
+    import yaml
+
+    from mergeflow.recipe.mergekit import convert as convert_mergekit
+    from mergeflow.recipe.mergekit import is_mergekit
+    from mergeflow.recipe.yaml_source import read_yaml
+
+    src = read_yaml(config)
+    if not is_mergekit(src.data):
+        raise InputError(f"{config}: not a mergekit config (it has no merge_method)")
+    click.echo(f"# converted from {config} by mergeflow convert", nl=True)
+    click.echo(yaml.safe_dump(convert_mergekit(src), sort_keys=False), nl=False)
+
+
 @cli.group(name="eval")
 def eval_group() -> None:
     """Measure models: distances between them (more evaluations come with later releases)."""
