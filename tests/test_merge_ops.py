@@ -159,3 +159,56 @@ def test_kth_largest_is_exact(layout):
         v = torch.randint(0, 7, (n,), generator=gen).float()
     for k in (1, 17, n // 3, n // 2, n - 5, n):
         assert kth_largest(v, k).item() == torch.kthvalue(v, n - k + 1).values.item(), (layout, k)
+
+
+def test_breadcrumbs_masks_both_tails():
+    base = torch.zeros(10)
+    x = torch.tensor([1.0, -2, 3, -4, 5, -6, 7, -8, 9, -10])
+    # n 10, density 0.5 -> k 5, gamma 0.2 -> 2 outliers, 3 smallest dropped: magnitudes 4..8 stay
+    got = call("breadcrumbs", [x], base, {}, [{"density": 0.5, "gamma": 0.2}])
+    assert_close(got, torch.tensor([0.0, 0, 0, -4, 5, -6, 7, -8, 0, 0]))
+    # density + gamma > 1: fewer outliers go so that density holds (only the largest is dropped)
+    got = call("breadcrumbs", [x], base, {"lambda": 2.0}, [{"density": 0.9, "gamma": 0.2}])
+    assert_close(got, 2 * torch.tensor([1.0, -2, 3, -4, 5, -6, 7, -8, 9, 0]))
+
+
+def test_breadcrumbs_ties_elects_signs_after_masking():
+    base = torch.zeros(4)
+    a = torch.tensor([1.0, 2.0, -3.0, 4.0])
+    b = torch.tensor([-2.0, 1.0, 3.5, -0.5])
+    mp = [{"density": 1.0, "gamma": 0.0}] * 2
+    # no masking: sum [-1, 3, 0.5, 3.5] -> signs [-, +, +, +]; agreeing sums (normalize false): [-2, 3, 3.5, 4]
+    assert_close(call("breadcrumbs_ties", [a, b], base, {}, mp), torch.tensor([-2.0, 3.0, 3.5, 4.0]))
+
+
+def test_della_with_zero_spread_is_dare_and_rescales_by_keep_probability():
+    base = torch.zeros(64, 50)
+    x = torch.randn(64, 50, generator=torch.Generator().manual_seed(3))
+    dare = call("dare_linear", [x], base, {}, [{"density": 0.4}], tensor="w")
+    della = call("della_linear", [x], base, {}, [{"density": 0.4, "epsilon": 0.0}], tensor="w")
+    assert_close(della, dare)
+    got = call("della_linear", [x], base, {}, [{"density": 0.5, "epsilon": 0.4}], tensor="w")
+    rank = x.abs().argsort(dim=1, stable=True).argsort(dim=1).float()
+    prob = 0.1 + 0.8 * rank / 49
+    kept = got != 0
+    assert_close(got[kept], (x / prob)[kept])  # survivors scaled by 1 / their keep probability
+    top, bottom = rank >= 45, rank <= 4
+    assert kept[top].float().mean() > 0.75 and kept[bottom].float().mean() < 0.25
+
+
+def test_model_stock_interpolates_by_the_angle():
+    base = torch.zeros(2)
+    e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert_close(call("model_stock", [e0, e1], base), base)  # orthogonal task vectors: t = 0
+    assert_close(call("model_stock", [e0, e0], base), e0)  # parallel: t = 1
+    b = torch.tensor([0.5, 3**0.5 / 2])  # cos 0.5 -> t = 2 * 0.5 / 1.5
+    assert_close(call("model_stock", [e0, b], base), (2 / 3) * (e0 + b) / 2)
+    rows = torch.stack([e0, e0]), torch.stack([e1, e0])  # filter-wise: row 0 orthogonal, row 1 parallel
+    got = call("model_stock", list(rows), torch.zeros(2, 2), {"filter_wise": True})
+    assert_close(got, torch.stack([torch.zeros(2), e0]))
+
+
+def test_nearswap_weights_by_closeness():
+    base = torch.zeros(3)
+    other = torch.tensor([0.0005, 0.002, -0.01])
+    assert_close(call("nearswap", [other], base, {"t": 0.001}), torch.tensor([0.0005, 0.001, -0.001]))

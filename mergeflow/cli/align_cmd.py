@@ -36,7 +36,9 @@ def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recip
             raise RecipeError([f"{steps_file}: expected a mapping with an 'align:' list"])
         extra = sorted(set(src.data) - {"align"})
         if extra:
-            raise RecipeError([f"{steps_file}: only 'align:' belongs in a steps file, not {', '.join(extra)}"])
+            raise RecipeError(
+                [f"{steps_file}: only 'align:' belongs in a steps file, not {', '.join(extra)}"]
+            )
         steps = src.data["align"]
     else:
         src, steps = YamlSource(None, "<default steps>"), default_steps(anchor)

@@ -129,9 +129,22 @@ def generate(operators: dict[str, MergeOperator]) -> str:
             out += ["No parameters.", ""]
     from mergeflow.align.catalog import STEPS
 
-    out += ["## Alignment steps", "", "Written as a list under `align:`, run in order on every model except the "
-            "`anchor`; see docs/alignment.md.", ""]
+    out += [
+        "## Alignment steps",
+        "",
+        "Written as a list under `align:`, run in order on every model except the "
+        "`anchor`; see docs/alignment.md.",
+        "",
+    ]
     for name, step in sorted(STEPS.items()):
-        out += [f"### `{name}`", "", step.doc, "", "| key | type | default | scope | description |",
-                "|---|---|---|---|---|", *model_table(step.params, "global")[2:], ""]
+        out += [
+            f"### `{name}`",
+            "",
+            step.doc,
+            "",
+            "| key | type | default | scope | description |",
+            "|---|---|---|---|---|",
+            *model_table(step.params, "global")[2:],
+            "",
+        ]
     return "\n".join(out).rstrip() + "\n"

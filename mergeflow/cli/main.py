@@ -13,31 +13,14 @@ from typing import Any
 
 import click
 
+from mergeflow.cli.extra import convert, eval_group
+from mergeflow.cli.options import DEVICE, MEMORY, PICKLE
 from mergeflow.cli.output import human, parse_size, print_alignment, write_report
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
 
 def _sigterm(_signum: int, _frame: Any) -> None:
     raise SystemExit(143)  # unwinds like an error, so partial output is removed
-
-
-DEVICE = click.option(
-    "--device",
-    default="auto",
-    show_default=True,
-    help="Where matching and merging run: cpu, cuda, cuda:N, or auto (cuda when available).",
-)
-MEMORY = click.option(
-    "--max-memory",
-    default=None,
-    metavar="SIZE",
-    help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.",
-)
-PICKLE = click.option(
-    "--allow-pickle",
-    is_flag=True,
-    help="Accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True).",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,8 +43,12 @@ def cli() -> None:
 @click.option(
     "--no-prefetch", is_flag=True, help="Do not read the next tensors while merging the current one."
 )
-@click.option("--resume", is_flag=True, help="Continue an interrupted run into OUT: shards it completed are kept "
-              "if their checksums still match and the recipe and inputs are unchanged.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue an interrupted run into OUT: shards it completed are kept "
+    "if their checksums still match and the recipe and inputs are unchanged.",
+)
 @click.option(
     "--report",
     type=click.Path(dir_okay=False),
@@ -107,7 +94,9 @@ def run(
         plan = result.plan
         ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
         if resume:
-            click.echo(f"resumed: kept {result.resumed_shards} of {len(plan.layouts)} shard(s) already written")
+            click.echo(
+                f"resumed: kept {result.resumed_shards} of {len(plan.layouts)} shard(s) already written"
+            )
         click.echo(
             f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}"
         )
@@ -122,24 +111,45 @@ def run(
 @click.argument("model", type=click.Path())
 @click.option("--anchor", required=True, type=click.Path(), help="Model to align MODEL to (left unchanged).")
 @click.option("-o", "--out", required=True, help="Output directory for the aligned model.")
-@click.option("--steps", "steps_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file with an 'align:' list in recipe syntax. Default: rotate (qk, vo), permute (ffn), "
-              "rescale; without QK rotation for QK-norm families.")
+@click.option(
+    "--steps",
+    "steps_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML file with an 'align:' list in recipe syntax. Default: rotate (qk, vo), permute (ffn), "
+    "rescale; without QK rotation for QK-norm families.",
+)
 @DEVICE
 @MEMORY
 @PICKLE
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option("--report", type=click.Path(dir_okay=False), default=None,
-              help="Write a JSON report (time, bytes, peak RSS) to this file.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a JSON report (time, bytes, peak RSS) to this file.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-def align(model: str, anchor: str, out: str, steps_file: str | None, device: str, max_memory: str | None,
-          allow_pickle: bool, force: bool, report: str | None, quiet: bool) -> None:
+def align(
+    model: str,
+    anchor: str,
+    out: str,
+    steps_file: str | None,
+    device: str,
+    max_memory: str | None,
+    allow_pickle: bool,
+    force: bool,
+    report: str | None,
+    quiet: bool,
+) -> None:
     """Write MODEL re-parameterised toward ANCHOR: the same function, weights as close as the symmetries allow."""
     from mergeflow.cli.align_cmd import align_recipe
     from mergeflow.graph import run as runner
 
     recipe, text = align_recipe(model, anchor, steps_file)
-    opts = runner.Options(device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle)
+    opts = runner.Options(
+        device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle
+    )
     prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
     result = runner.run(prep, out, opts, progress=not quiet)
     write_report(report, result, prep)
@@ -181,70 +191,22 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -
         )
     click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
     click.echo(f"tensors: {p.n_tensors}")
-    click.echo(
-        f"read: {human(p.bytes_read)}   write: {human(p.bytes_written)} in {len(p.layouts)} shard(s)"
-    )
+    click.echo(f"read: {human(p.bytes_read)}   write: {human(p.bytes_written)} in {len(p.layouts)} shard(s)")
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     if p.arch is not None:
         steps = ", ".join(step.name for step in prep.recipe.align)
         aligned = len(prep.readers) - 1
-        click.echo(f"align: {steps} on {len(p.arch.layers)} layers of {aligned} model(s) to anchor '{p.anchor}' "
-                   f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
-                   f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})")
+        click.echo(
+            f"align: {steps} on {len(p.arch.layers)} layers of {aligned} model(s) to anchor '{p.anchor}' "
+            f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
+            f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})"
+        )
     click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     ahead = min(max(runner.tensor_budget(prep.max_memory) - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
     click.echo(
         f"memory budget: {human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
         f"included: {human(p.peak_task_bytes + min(ahead, p.bytes_read))})"
     )
-
-
-@cli.command()
-@click.argument("config", type=click.Path(dir_okay=False))
-def convert(config: str) -> None:
-    """Print the native recipe equivalent to a mergekit CONFIG (paths as written, relative to the working
-    directory in mergekit; put the recipe where they resolve, or make them absolute)."""
-    import yaml
-
-    from mergeflow.recipe.mergekit import convert as convert_mergekit
-    from mergeflow.recipe.mergekit import is_mergekit
-    from mergeflow.recipe.yaml_source import read_yaml
-
-    src = read_yaml(config)
-    if not is_mergekit(src.data):
-        raise InputError(f"{config}: not a mergekit config (it has no merge_method)")
-    click.echo(f"# converted from {config} by mergeflow convert", nl=True)
-    click.echo(yaml.safe_dump(convert_mergekit(src), sort_keys=False), nl=False)
-
-
-@cli.group(name="eval")
-def eval_group() -> None:
-    """Measure models: distances between them (more evaluations come with later releases)."""
-
-
-@eval_group.command()
-@click.argument("model_a", type=click.Path())
-@click.argument("model_b", type=click.Path())
-@click.option("--by", type=click.Choice(["total", "module"]), default="module", show_default=True,
-              help="Report the total only, or per module type (qk, vo, ffn, norms, embeddings, other).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@PICKLE
-def distance(model_a: str, model_b: str, by: str, as_json: bool, allow_pickle: bool) -> None:
-    """Squared L2 distance between MODEL_A and MODEL_B, absolute and relative to ||A||^2."""
-    from mergeflow.eval.distance import model_distance
-    from mergeflow.io.reader import ModelReader
-
-    a = ModelReader("A", model_a, allow_pickle=allow_pickle)
-    b = ModelReader("B", model_b, allow_pickle=allow_pickle)
-    rows = model_distance(a, b).rows()
-    if by == "total":
-        rows = rows[-1:]
-    if as_json:
-        click.echo(json.dumps({m: {"squared": d, "relative": r} for m, d, r in rows}, indent=2))
-        return
-    click.echo(f"{'module':12s} {'squared L2':>14s} {'relative to |A|^2':>18s}")
-    for m, d, r in rows:
-        click.echo(f"{m:12s} {d:14.6g} {r:18.6g}")
 
 
 @cli.command()
@@ -263,6 +225,10 @@ def docs() -> None:
     from mergeflow.merge.catalog import OPERATORS
 
     click.echo(generate(dict(OPERATORS.items())), nl=False)
+
+
+cli.add_command(convert)
+cli.add_command(eval_group)
 
 
 def main(argv: list[str] | None = None) -> None:

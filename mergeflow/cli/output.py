@@ -60,5 +60,7 @@ def print_alignment(result: Any) -> None:
     if result.alignment is not None:
         from mergeflow.graph.align_report import table
 
-        click.echo(f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):")
+        click.echo(
+            f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):"
+        )
         click.echo(table(result.alignment))

@@ -1,6 +1,20 @@
 """Every merge operator that ships: one import line each registers it in OPERATORS."""
 
-from mergeflow.merge import dare_linear, dare_ties, linear, passthrough, slerp, task_arithmetic, ties  # noqa: F401
+from mergeflow.merge import (  # noqa: F401
+    breadcrumbs,
+    breadcrumbs_ties,
+    dare_linear,
+    dare_ties,
+    della,
+    della_linear,
+    linear,
+    model_stock,
+    nearswap,
+    passthrough,
+    slerp,
+    task_arithmetic,
+    ties,
+)
 from mergeflow.merge.base import OPERATORS, MergeOperator
 
 __all__ = ["OPERATORS", "MergeOperator"]

@@ -49,15 +49,36 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.kthvalue(values, n - k + 1).values
 
 
+def top_mask(mag: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of exactly the ``k`` largest entries of a 1-D magnitude tensor.
+
+    The threshold is one k-th value (linear time), not a sort. Checkpoints stored in bfloat16 repeat
+    magnitudes a lot, so many entries can tie with the threshold: the first of them in storage order
+    are kept, which makes the count exact, the result deterministic, and masks nested
+    (top_mask(m, j) is inside top_mask(m, k) for j <= k).
+    """
+    n = mag.numel()
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=mag.device)
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=mag.device)
+    threshold = kth_largest(mag, k)
+    keep = mag >= threshold
+    surplus = int(torch.count_nonzero(keep)) - k
+    if surplus > 0:  # drop the last `surplus` entries tied with the threshold
+        tied = torch.nonzero(mag == threshold).squeeze(1)  # ascending positions
+        keep[tied[-surplus:]] = False
+    return keep
+
+
+def magnitudes(delta: torch.Tensor) -> torch.Tensor:
+    mag = delta.abs().reshape(-1)
+    return mag.float() if mag.element_size() < 4 else mag
+
+
 def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) -> list[torch.Tensor]:
     """Keep exactly the k = max(1, floor(density * n)) entries of each tensor largest in magnitude and
-    zero the rest, in place.
-
-    The threshold is one k-th value per tensor (linear time), not a sort. Checkpoints stored in
-    bfloat16 repeat magnitudes a lot, so many entries can tie with the threshold: the first of
-    them in storage order are kept, which makes the count exact and the result deterministic.
-    """
-    mag: torch.Tensor | None = None
+    zero the rest, in place (TIES' trim)."""
     for delta, density in zip(deltas, densities, strict=True):
         n = delta.numel()
         if density >= 1.0 or n == 0:
@@ -65,20 +86,22 @@ def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) 
         if density <= 0.0:
             delta.zero_()
             continue
-        k = max(1, int(density * n))
-        if mag is None:
-            mag = torch.empty(
-                n, dtype=torch.float32 if delta.element_size() < 4 else delta.dtype, device=delta.device
-            )
-        torch.abs(delta.reshape(-1), out=mag)
-        threshold = kth_largest(mag, k)
-        keep = mag >= threshold
-        surplus = int(torch.count_nonzero(keep)) - k
-        if surplus > 0:  # drop the last `surplus` entries tied with the threshold
-            tied = torch.nonzero(mag == threshold).squeeze(1)  # ascending positions
-            keep[tied[-surplus:]] = False
-        delta.mul_(keep.view(delta.shape))
+        delta.mul_(top_mask(magnitudes(delta), max(1, int(density * n))).view(delta.shape))
     return list(deltas)
+
+
+def outlier_trim_(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Model Breadcrumbs' mask, in place: drop the ``gamma`` fraction largest in magnitude (outliers) and
+    the smallest, keeping ``density``. When density + gamma > 1 fewer outliers go, so that density holds.
+    Kept: magnitude ranks (ascending) in [n_bot, n_bot + k) with k = floor(density n)."""
+    n = delta.numel()
+    if density >= 1.0 or n == 0:
+        return delta
+    k = int(density * n)
+    n_bot = max(0, n - k - int(gamma * n))
+    mag = magnitudes(delta)
+    keep = top_mask(mag, n - n_bot).logical_and_(~top_mask(mag, n - n_bot - k))
+    return delta.mul_(keep.view(delta.shape))
 
 
 def random_drop_(

@@ -1,0 +1,23 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+import click
+
+DEVICE = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where matching and merging run: cpu, cuda, cuda:N, or auto (cuda when available).",
+)
+MEMORY = click.option(
+    "--max-memory",
+    default=None,
+    metavar="SIZE",
+    help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.",
+)
+PICKLE = click.option(
+    "--allow-pickle",
+    is_flag=True,
+    help="Accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True).",
+)
