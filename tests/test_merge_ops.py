@@ -212,3 +212,21 @@ def test_nearswap_weights_by_closeness():
     base = torch.zeros(3)
     other = torch.tensor([0.0005, 0.002, -0.01])
     assert_close(call("nearswap", [other], base, {"t": 0.001}), torch.tensor([0.0005, 0.001, -0.001]))
+
+
+def test_karcher_of_two_unit_vectors_is_slerp_and_scales_by_mean_norm():
+    gen = torch.Generator().manual_seed(6)
+    a, b = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, generator=gen, dtype=torch.float64)
+    a, b = a / a.norm(), b / b.norm()
+    for t in (0.25, 0.5, 0.8):
+        got = call("karcher", [a, b], model_params=[{"weight": 1 - t}, {"weight": t}])
+        assert_close(got, call("slerp", [a, b], params={"t": t}), rtol=1e-6, atol=1e-9)
+    got = call("karcher", [3 * a, a], model_params=[{"weight": 1.0}, {"weight": 1.0}])
+    assert_close(got, 2 * a)  # same direction, mean norm 2
+    # three directions: the result is a fixed point (its weighted log maps cancel)
+    c = torch.randn(50, generator=gen, dtype=torch.float64)
+    mu = call("karcher", [a, b, c / c.norm()], model_params=[{"weight": 1.0}] * 3, params={"max_iter": 200})
+    mu = mu / mu.norm()
+    g = sum((u - torch.dot(mu, u) * mu) * torch.arccos(torch.dot(mu, u)) / torch.sqrt(1 - torch.dot(mu, u) ** 2)
+            for u in (a, b, c / c.norm()))
+    assert g.norm() < 1e-6

@@ -7,6 +7,7 @@ from mergeflow.merge import (  # noqa: F401
     dare_ties,
     della,
     della_linear,
+    karcher,
     linear,
     model_stock,
     nearswap,
