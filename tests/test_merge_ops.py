@@ -230,3 +230,19 @@ def test_karcher_of_two_unit_vectors_is_slerp_and_scales_by_mean_norm():
     g = sum((u - torch.dot(mu, u) * mu) * torch.arccos(torch.dot(mu, u)) / torch.sqrt(1 - torch.dot(mu, u) ** 2)
             for u in (a, b, c / c.norm()))
     assert g.norm() < 1e-6
+
+
+def test_sce_selects_weights_and_erases():
+    base = torch.zeros(4)
+    d1 = torch.tensor([1.0, 2.0, -1.0, 0.5])
+    d2 = torch.tensor([3.0, -2.0, -1.0, 1.5])
+    # no selection: energies mean(d^2) 6.25/4 and 16.25/4 -> weights 6.25/22.5 and 16.25/22.5
+    w1, w2 = 6.25 / 22.5, 16.25 / 22.5
+    # elected signs of d1 + d2 = [4, 0, -2, 2]: entry 1 has no elected sign, so nothing agrees there
+    want = torch.tensor([(w1 * 1 + w2 * 3) / (w1 + w2), 0.0, -1.0, (w1 * 0.5 + w2 * 1.5) / (w1 + w2)])
+    assert_close(call("sce", [d1, d2], base), want)
+    # variances across models [1, 4, 0, 0.25]: 3 nonzero, select_topk 0.67 keeps k = 2 (entries 1 and 0)
+    got = call("sce", [d1, d2], base, {"select_topk": 0.67})
+    e1, e2 = (1 + 4) / 4, (9 + 4) / 4  # energies of the selected task vectors
+    v1, v2 = e1 / (e1 + e2), e2 / (e1 + e2)
+    assert_close(got, torch.tensor([(v1 * 1 + v2 * 3) / (v1 + v2), 0.0, 0.0, 0.0]))

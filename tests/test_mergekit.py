@@ -98,13 +98,13 @@ slices:
   - sources:
       - model: {a}
         layer_range: [0, 2]
-merge_method: sce
+merge_method: nuslerp
 tokenizer_source: union
 models:
   - model: {a}+some/lora
 """)
     res = run_cli("validate", str(mk))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    for frag in ("slices: slices and modules", "merge_method: 'sce' is not supported",
+    for frag in ("slices: slices and modules", "merge_method: 'nuslerp' is not supported",
                  "tokenizer_source: 'union' is not supported", "LoRA adapters"):
         assert frag in res.stderr, frag

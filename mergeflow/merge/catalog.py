@@ -12,6 +12,7 @@ from mergeflow.merge import (  # noqa: F401
     model_stock,
     nearswap,
     passthrough,
+    sce,
     slerp,
     task_arithmetic,
     ties,

@@ -21,7 +21,7 @@ from mergeflow.errors import RecipeError
 from mergeflow.recipe.yaml_source import YamlSource
 
 METHODS = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp", "passthrough", "breadcrumbs",
-           "breadcrumbs_ties", "della", "della_linear", "model_stock", "nearswap", "karcher"}
+           "breadcrumbs_ties", "della", "della_linear", "model_stock", "nearswap", "karcher", "sce"}
 # mergekit's defaults where they differ from mergeflow's (mergekit GeneralizedTaskArithmetic registry)
 DEFAULTS = {"dare_ties": {"normalize": False}}
 TOP_KEYS = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype", "tokenizer_source",
