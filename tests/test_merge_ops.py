@@ -246,3 +246,34 @@ def test_sce_selects_weights_and_erases():
     e1, e2 = (1 + 4) / 4, (9 + 4) / 4  # energies of the selected task vectors
     v1, v2 = e1 / (e1 + e2), e2 / (e1 + e2)
     assert_close(got, torch.tensor([(v1 * 1 + v2 * 3) / (v1 + v2), 0.0, 0.0, 0.0]))
+
+
+def test_nuslerp_flat_rowwise_and_with_base():
+    e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    assert_close(call("nuslerp", [e0, 2 * e1], model_params=[{"weight": 1.0}, {"weight": 3.0}]),
+                 call("slerp", [e0, 2 * e1], params={"t": 0.75}))
+    rows_a, rows_b = torch.stack([e0, e1]), torch.stack([e1, e0])
+    half = (e0 + e1) / 2**0.5
+    got = call("nuslerp", [rows_a, rows_b], params={"flatten": False}, model_params=[{"weight": 1.0}] * 2)
+    assert_close(got, torch.stack([half, half]))
+    gen = torch.Generator().manual_seed(7)
+    a, b = torch.randn(3, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    cols = call("nuslerp", [a, b], params={"flatten": False, "row_wise": True}, model_params=[{"weight": 1.0}] * 2)
+    rows = call("nuslerp", [a.T.contiguous(), b.T.contiguous()], params={"flatten": False},
+                model_params=[{"weight": 1.0}] * 2)
+    assert_close(cols, rows.T)  # column-wise is row-wise on the transposes
+    base = torch.tensor([5.0, 5.0])
+    got = call("nuslerp", [base + e0, base + e1], base, model_params=[{"weight": 1.0}] * 2)
+    assert_close(got, base + half)
+
+
+def test_multislerp_is_the_normalised_weighted_direction_times_mean_norm():
+    e0, e1 = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    two = call("multislerp", [e0, e1], model_params=[{"weight": 1.0}] * 2)
+    assert_close(two, call("slerp", [e0, e1], params={"t": 0.5}))
+    e2 = torch.tensor([0.0, 0.0, 1.0])
+    got = call("multislerp", [2 * e0, e1, 3 * e2], model_params=[{"weight": 1.0}, {"weight": 1.0}, {"weight": 2.0}])
+    direction = torch.tensor([0.25, 0.25, 0.5]) / torch.tensor([0.25, 0.25, 0.5]).norm()
+    assert_close(got, direction * (0.25 * 2 + 0.25 * 1 + 0.5 * 3))
+    base = torch.ones(3)
+    assert_close(call("multislerp", [base + e0, base + e1], base, model_params=[{"weight": 1.0}] * 2), base + two)

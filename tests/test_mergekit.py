@@ -64,6 +64,17 @@ merge_method: dare_ties
 dtype: float32
 """, "models: {{a: {a}, b: {{path: {b}, params: {{density: 0.5, weight: 0.7}}}}}}\nbase: a\n"
          "merge: {{dare_ties: {{normalize: false}}}}\ndtype: float32\nout_dtype: float32\n"),
+    "nuslerp": ("""\
+models:
+  - model: {a}
+    parameters: {{weight: 1.0}}
+  - model: {b}
+    parameters: {{weight: 2.0}}
+merge_method: nuslerp
+parameters: {{nuslerp_flatten: false}}
+dtype: float32
+""", "models: {{a: {{path: {a}, params: {{weight: 1.0}}}}, b: {{path: {b}, params: {{weight: 2.0}}}}}}\n"
+         "merge: {{nuslerp: {{flatten: false}}}}\ndtype: float32\nout_dtype: float32\n"),
 }
 
 
@@ -98,13 +109,13 @@ slices:
   - sources:
       - model: {a}
         layer_range: [0, 2]
-merge_method: nuslerp
+merge_method: arcee_fusion
 tokenizer_source: union
 models:
   - model: {a}+some/lora
 """)
     res = run_cli("validate", str(mk))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    for frag in ("slices: slices and modules", "merge_method: 'nuslerp' is not supported",
+    for frag in ("slices: slices and modules", "merge_method: 'arcee_fusion' is not supported",
                  "tokenizer_source: 'union' is not supported", "LoRA adapters"):
         assert frag in res.stderr, frag

@@ -137,7 +137,8 @@ def build_plan(
             settings = type(settings)("passthrough", {}, {m: {} for m in order})
         try:
             params = op.params.model_validate(settings.params)
-            members = [m for m in order if not (op.needs_base and m == recipe.base)]
+            with_base = op.uses_base(recipe.base)
+            members = [m for m in order if not (with_base and m == recipe.base)]
             if op.select is not None:
                 members = op.select(params, members)
             mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
@@ -152,7 +153,7 @@ def build_plan(
         outs.append(out)
         blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
         for part, rows in enumerate(blocks):
-            base = source(recipe.base, tname, rows) if op.needs_base else None
+            base = source(recipe.base, tname, rows) if with_base else None
             inputs = tuple(source(m, tname, rows) for m in members)
             merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part)
             writes.append(Write(out, merge, rows))

@@ -70,6 +70,11 @@ class MergeOperator:
     select: Callable[[OpParams, Sequence[str]], list[str]] | None = None
     # each output entry depends only on the same entry of the inputs: large tensors may run in row blocks
     elementwise: bool = False
+    # works relative to the base when the recipe names one, on the models themselves otherwise
+    optional_base: bool = False
+
+    def uses_base(self, base: str | None) -> bool:
+        return self.needs_base or (self.optional_base and base is not None)
 
 
 OPERATORS: Registry[MergeOperator] = Registry("merge operator")
@@ -86,6 +91,7 @@ def merge_operator(
     work: float = 2.0,
     select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
     elementwise: bool = False,
+    optional_base: bool = False,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
 
@@ -111,6 +117,7 @@ def merge_operator(
                 doc,
                 select,
                 elementwise,
+                optional_base,
             ),
         )
         return fn

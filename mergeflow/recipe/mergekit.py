@@ -21,9 +21,11 @@ from mergeflow.errors import RecipeError
 from mergeflow.recipe.yaml_source import YamlSource
 
 METHODS = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp", "passthrough", "breadcrumbs",
-           "breadcrumbs_ties", "della", "della_linear", "model_stock", "nearswap", "karcher", "sce"}
+           "breadcrumbs_ties", "della", "della_linear", "model_stock", "nearswap", "karcher", "sce", "nuslerp", "multislerp"}
 # mergekit's defaults where they differ from mergeflow's (mergekit GeneralizedTaskArithmetic registry)
 DEFAULTS = {"dare_ties": {"normalize": False}}
+# mergekit names some parameters after the method
+RENAMES = {"nuslerp": {"nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}}
 TOP_KEYS = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype", "tokenizer_source",
             "slices", "tokenizer", "chat_template", "name", "modules"}
 
@@ -122,7 +124,9 @@ class _Converter:
                     self.fail(("models", i), f"unknown key(s): {', '.join(sorted(extra))}")
                 self.models[name]["params"].update(self.params(entry.get("parameters"), ("models", i, "parameters"),
                                                                name))
-        op_params = {**DEFAULTS.get(method, {}), **self.params(data.get("parameters"), ("parameters",), None)}
+        given = self.params(data.get("parameters"), ("parameters",), None)
+        given = {RENAMES.get(method, {}).get(k, k): v for k, v in given.items()}
+        op_params = {**DEFAULTS.get(method, {}), **given}
         recipe: dict[str, Any] = {"models": self.models, "merge": {method: op_params}}
         if base is not None:
             recipe["base"] = base

@@ -165,7 +165,8 @@ def validate(
         base = sec.get("base")
         if op.needs_base and base is None and "base" not in src.data:
             probs.add(("merge", sec["merge"].name), "this operator needs a 'base' model")
-        n = len(models) - (1 if op.needs_base and base in models else 0)
+        with_base = op.needs_base or getattr(op, "optional_base", False)
+        n = len(models) - (1 if with_base and base in models else 0)
         if models and n < op.min_models:
             probs.add(
                 ("merge", sec["merge"].name), f"needs at least {op.min_models} model(s) to merge, got {n}"
