@@ -277,3 +277,13 @@ def test_multislerp_is_the_normalised_weighted_direction_times_mean_norm():
     assert_close(got, direction * (0.25 * 2 + 0.25 * 1 + 0.5 * 3))
     base = torch.ones(3)
     assert_close(call("multislerp", [base + e0, base + e1], base, model_params=[{"weight": 1.0}] * 2), base + two)
+
+
+def test_l1_rescale_restores_each_task_vectors_l1_norm():
+    base = torch.zeros(1000)
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(11))
+    for op, mp in (("dare_linear", {"density": 0.3}), ("della_linear", {"density": 0.5, "epsilon": 0.3})):
+        got = call(op, [x], base, {"rescale": "l1"}, [mp], tensor="w")
+        assert abs(float(got.abs().sum()) - float(x.abs().sum())) < 1e-3 * float(x.abs().sum())
+        plain = call(op, [x], base, {"rescale": False}, [mp], tensor="w")
+        assert torch.equal(got != 0, plain != 0)  # same draws, only the scale differs

@@ -63,7 +63,7 @@ base_model: {a}
 merge_method: dare_ties
 dtype: float32
 """, "models: {{a: {a}, b: {{path: {b}, params: {{density: 0.5, weight: 0.7}}}}}}\nbase: a\n"
-         "merge: {{dare_ties: {{normalize: false}}}}\ndtype: float32\nout_dtype: float32\n"),
+         "merge: {{dare_ties: {{normalize: false, rescale: l1}}}}\ndtype: float32\nout_dtype: float32\n"),
     "nuslerp": ("""\
 models:
   - model: {a}

@@ -6,7 +6,7 @@ import torch
 from pydantic import Field, model_validator
 
 from mergeflow.merge.base import MergeContext, deltas_
-from mergeflow.merge.sparsify import SparseModelParams
+from mergeflow.merge.sparsify import Rescale, SparseModelParams, l1_match_
 
 
 class DellaModelParams(SparseModelParams):
@@ -21,7 +21,7 @@ class DellaModelParams(SparseModelParams):
 
 
 def magprune_(delta: torch.Tensor, density: float, epsilon: float, gen: torch.Generator,
-              rescale: bool = True) -> torch.Tensor:
+              rescale: Rescale = True) -> torch.Tensor:
     """Within each row, rank entries by magnitude; keep each with probability density - epsilon + 2 epsilon
     rank / (n - 1) (seeded) and scale survivors by 1/probability, in place."""
     if density >= 1.0:
@@ -33,10 +33,12 @@ def magprune_(delta: torch.Tensor, density: float, epsilon: float, gen: torch.Ge
     rank.scatter_(1, order, torch.arange(c, device=delta.device).expand_as(order))
     prob = (density - epsilon) + (2 * epsilon / max(c - 1, 1)) * rank.to(torch.float32)
     keep = torch.rand(rows.shape, generator=gen, device=delta.device, dtype=torch.float32) < prob
-    scale = keep / prob if rescale else keep.to(torch.float32)
-    return delta.mul_(scale.reshape(delta.shape).to(delta.dtype))
+    l1 = delta.abs().sum() if rescale == "l1" else None
+    scale = keep / prob if rescale is True else keep.to(torch.float32)
+    delta.mul_(scale.reshape(delta.shape).to(delta.dtype))
+    return l1_match_(delta, l1) if l1 is not None else delta
 
 
-def della_deltas(tensors, base, mp, ctx: MergeContext, rescale: bool) -> list[torch.Tensor]:
+def della_deltas(tensors, base, mp, ctx: MergeContext, rescale: Rescale) -> list[torch.Tensor]:
     gen = ctx.generator(base.device)
     return [magprune_(d, m.density, m.epsilon, gen, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)]

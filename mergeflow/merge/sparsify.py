@@ -17,8 +17,21 @@ class SparseModelParams(OpParams):
     density: float = Field(1.0, ge=0.0, le=1.0, description="Fraction of the task vector's entries kept.")
 
 
+Rescale = bool | Literal["l1"]
+
+
 class DropParams(OpParams):
-    rescale: bool = Field(True, description="Scale surviving entries by 1/density (DARE's 1/(1-p)).")
+    rescale: Rescale = Field(True, description="true: scale each surviving entry by 1/its keep probability (the "
+                             "papers'; unbiased); 'l1': scale each task vector back to its L1 norm before the drop "
+                             "(mergekit's); false: no rescale.")
+
+
+def l1_match_(masked: torch.Tensor, l1_before: torch.Tensor) -> torch.Tensor:
+    """Scale a sparsified task vector back to its L1 norm before sparsification (mergekit's rescale)."""
+    after = masked.abs().sum()
+    if float(after) < 1e-7:
+        return masked
+    return masked.mul_(l1_before / after)
 
 
 class SignParams(OpParams):
@@ -105,16 +118,19 @@ def outlier_trim_(delta: torch.Tensor, density: float, gamma: float) -> torch.Te
 
 
 def random_drop_(
-    delta: torch.Tensor, density: float, gen: torch.Generator, rescale: bool = True
+    delta: torch.Tensor, density: float, gen: torch.Generator, rescale: Rescale = True
 ) -> torch.Tensor:
-    """Keep each entry with probability ``density`` (DARE), in place; survivors scaled by 1/density."""
+    """Keep each entry with probability ``density`` (DARE), in place, then rescale (see DropParams)."""
     if density >= 1.0:
         return delta
     if density <= 0.0:
         return delta.zero_()
+    l1 = delta.abs().sum() if rescale == "l1" else None
     keep = torch.rand(delta.shape, generator=gen, device=delta.device, dtype=torch.float32) < density
     delta.mul_(keep)
-    return delta.div_(density) if rescale else delta
+    if l1 is not None:
+        return l1_match_(delta, l1)
+    return delta.div_(density) if rescale is True else delta
 
 
 def dare_deltas(
@@ -122,7 +138,7 @@ def dare_deltas(
     base: torch.Tensor,
     mp: Sequence[SparseModelParams],
     ctx: MergeContext,
-    rescale: bool,
+    rescale: Rescale,
 ) -> list[torch.Tensor]:
     """Task vectors with DARE's seeded random drop, in place in the (operator-owned) inputs."""
     gen = ctx.generator(base.device)

@@ -24,6 +24,8 @@ METHODS = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "sle
            "breadcrumbs_ties", "della", "della_linear", "model_stock", "nearswap", "karcher", "sce", "nuslerp", "multislerp"}
 # mergekit's defaults where they differ from mergeflow's (mergekit GeneralizedTaskArithmetic registry)
 DEFAULTS = {"dare_ties": {"normalize": False}}
+# methods whose random drop mergekit rescales to the task vector's L1 norm by default
+L1_RESCALE = {"dare_ties", "dare_linear", "della", "della_linear"}
 # mergekit names some parameters after the method
 RENAMES = {"nuslerp": {"nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}}
 TOP_KEYS = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype", "tokenizer_source",
@@ -127,6 +129,8 @@ class _Converter:
         given = self.params(data.get("parameters"), ("parameters",), None)
         given = {RENAMES.get(method, {}).get(k, k): v for k, v in given.items()}
         op_params = {**DEFAULTS.get(method, {}), **given}
+        if method in L1_RESCALE and op_params.get("rescale", True) is not False:
+            op_params["rescale"] = "l1"  # mergekit's rescale matches L1 norms (its default for these methods)
         recipe: dict[str, Any] = {"models": self.models, "merge": {method: op_params}}
         if base is not None:
             recipe["base"] = base
