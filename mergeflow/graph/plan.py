@@ -4,7 +4,7 @@ output tensor, in the order the reference model stores them (so reads run shard 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from mergeflow.errors import (
     ShapeMismatch,
     UnsupportedArchitecture,
 )
+from mergeflow.graph.slices import plain_items, slice_items
 from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
 from mergeflow.io.reader import ModelReader
@@ -54,6 +55,7 @@ class Plan:
     n_tensors: int
     arch: object = None  # ArchSpec when the recipe aligns
     anchor: str | None = None
+    layer_origin: list[tuple[str, int]] = field(default_factory=list)  # with slices: (model, layer) per output layer
 
 
 def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) -> None:
@@ -92,7 +94,8 @@ def build_plan(
     """One load -> (align) -> merge -> write chain per output tensor. ``anchor_name`` resolves
     ``anchor: auto`` (see graph.anchor)."""
     ref = recipe.config_source
-    _check_models(recipe, readers, ref)
+    if not recipe.slices:
+        _check_models(recipe, readers, ref)
     ref_reader = readers[ref]
     compute = NAMES[recipe.dtype]
     csize = torch.empty((), dtype=compute).element_size()
@@ -129,16 +132,26 @@ def build_plan(
         aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load)
     source = aligner.input if aligner is not None else load
 
-    for tname, info in ref_reader.tensors.items():
+    origin: list[tuple[str, int]] = []
+    if recipe.slices:
+        items, origin = slice_items(recipe, readers, ref, order)
+        n_layers = len(origin)
+    else:
+        items = plain_items(ref_reader, order)
+    for item in items:
+        tname, info = item.out, item.info
         settings = resolve(tname, position(tname, n_layers))
         op = operators[settings.op]
         if not is_float(info.dtype):  # integer buffers (ids, masks) are copied, never averaged
             op = operators["passthrough"]
-            settings = type(settings)("passthrough", {}, {m: {} for m in order})
+            settings = type(settings)("passthrough", {}, {m: {} for m in item.models})
         try:
             params = op.params.model_validate(settings.params)
             with_base = op.uses_base(recipe.base)
-            members = [m for m in order if not (with_base and m == recipe.base)]
+            if with_base and recipe.base not in item.names:
+                raise RecipeError([f"tensor {tname!r}: {op.name} needs the base model '{recipe.base}' among the "
+                                   "sources of this slice"])
+            members = [m for m in item.models if not (with_base and m == recipe.base)]
             if op.select is not None:
                 members = op.select(params, members)
             mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
@@ -153,8 +166,8 @@ def build_plan(
         outs.append(out)
         blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
         for part, rows in enumerate(blocks):
-            base = source(recipe.base, tname, rows) if with_base else None
-            inputs = tuple(source(m, tname, rows) for m in members)
+            base = source(recipe.base, item.names[recipe.base], rows) if with_base else None
+            inputs = tuple(source(m, item.names[m], rows) for m in members)
             merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part)
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
@@ -174,7 +187,8 @@ def build_plan(
     layouts = plan_shards(outs, int(recipe.output.shard_size))
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
     total_out = sum(o.nbytes for o in outs)
-    return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor)
+    return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
+                origin)
 
 
 def model_dir(path: str) -> Path | None:

@@ -126,7 +126,8 @@ class OutputDir:
 
 
 def copy_support_files(
-    out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None
+    out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None,
+    layer_origin: list[int] | None = None,
 ) -> list[str]:
     """Copy config/generation config and tokenizer files (regular files only). Returns the names copied."""
     copied = []
@@ -134,11 +135,20 @@ def copy_support_files(
         for name in CONFIG_FILES:
             src = config_dir / name
             if src.is_file() and not src.is_symlink():
-                if name == "config.json" and out_dtype is not None:
+                if name == "config.json" and (out_dtype is not None or layer_origin):
                     cfg = json.loads(src.read_text(encoding="utf-8"))
-                    for key in ("torch_dtype", "dtype"):
-                        if key in cfg or key == "dtype":
-                            cfg[key] = out_dtype
+                    if out_dtype is not None:
+                        for key in ("torch_dtype", "dtype"):
+                            if key in cfg or key == "dtype":
+                                cfg[key] = out_dtype
+                    if layer_origin:  # a rebuilt layer stack: new depth, per-layer lists follow their layers
+                        old_n = None
+                        for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+                            if isinstance(cfg.get(key), int):
+                                old_n, cfg[key] = cfg[key], len(layer_origin)
+                        for key, value in list(cfg.items()):
+                            if isinstance(value, list) and len(value) == old_n and key != "architectures":
+                                cfg[key] = [value[i] for i in layer_origin]
                     (out / name).write_text(json.dumps(cfg, indent=2) + "\n")
                 else:
                     shutil.copyfile(src, out / name)

@@ -79,6 +79,29 @@ class Override(Strict):
         return self
 
 
+class SliceSource(Strict):
+    model: str = Field(description="A key of models.")
+    layers: tuple[int, int] = Field(description="Layer range [start, end) taken from that model.")
+
+    @model_validator(mode="after")
+    def _range(self) -> SliceSource:
+        if not 0 <= self.layers[0] < self.layers[1]:
+            raise ValueError("layers must be [start, end) with 0 <= start < end")
+        return self
+
+
+class Slice(Strict):
+    """Output layers built from layer ranges of one model (stacked as is) or of several (merged)."""
+
+    sources: list[SliceSource] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Slice:
+        if len({s.layers[1] - s.layers[0] for s in self.sources}) > 1:
+            raise ValueError("every source of a slice must span the same number of layers")
+        return self
+
+
 class OutputOptions(Strict):
     """How the output directory is written."""
 
@@ -104,6 +127,8 @@ SECTIONS: dict[str, tuple[Any, Any, str]] = {
     "align": (list[AlignStep], [], "Alignment steps, run in order on each non-anchor model."),
     "merge": (MergeSpec, ..., "Merge operator: {NAME: {PARAM: VALUE}}."),
     "overrides": (list[Override], [], "Per-tensor parameter overrides, applied in order (later wins)."),
+    "slices": (list[Slice], [], "Build the layer stack from layer ranges of the models, in order (a "
+               "'frankenmerge' when each slice has one source); layers are renumbered."),
     "dtype": (DType, "float32", "Compute dtype."),
     "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
     "seed": (int, 0, "Seed for randomised operators (DARE). Same seed, same output."),
@@ -120,6 +145,7 @@ class Recipe(Strict):
     align: list[AlignStep] = []
     merge: MergeSpec
     overrides: list[Override] = []
+    slices: list[Slice] = []
     dtype: DType = "float32"
     out_dtype: DType | None = None
     seed: int = 0

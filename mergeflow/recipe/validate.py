@@ -191,6 +191,13 @@ def validate(
                 else:
                     _check_params(probs, ("overrides", i, "models", name), raw, ov_op, True, models)
 
+    for i, sl in enumerate(sec.get("slices") or []):
+        for k, source in enumerate(sl.sources):
+            if source.model not in models:
+                probs.add(("slices", i, "sources", k, "model"), f"'{source.model}' is not a key of models")
+    if sec.get("slices") and sec.get("align"):
+        probs.add(("slices",), "slices and align cannot be combined yet")
+
     resolved: dict[str, ModelEntry] = {}
     for name, entry in models.items():
         path = _model_path(name, entry, root or Path.cwd(), probs) if check_paths else entry.path
