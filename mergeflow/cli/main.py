@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mergeflow.cli.extra import convert, eval_group
-from mergeflow.cli.options import DEVICE, MEMORY, PICKLE
+from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, QUIET, REPORT
 from mergeflow.cli.output import human, parse_size, print_alignment, write_report
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
@@ -49,13 +49,8 @@ def cli() -> None:
     help="Continue an interrupted run into OUT: shards it completed are kept "
     "if their checksums still match and the recipe and inputs are unchanged.",
 )
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a JSON report (time, bytes, tensors, peak RSS) to this file.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@REPORT
+@QUIET
 def run(
     recipe: str,
     out_pos: str | None,
@@ -123,13 +118,8 @@ def run(
 @MEMORY
 @PICKLE
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-@click.option(
-    "--report",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Write a JSON report (time, bytes, peak RSS) to this file.",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@REPORT
+@QUIET
 def align(
     model: str,
     anchor: str,

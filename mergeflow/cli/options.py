@@ -21,3 +21,10 @@ PICKLE = click.option(
     is_flag=True,
     help="Accept pytorch_model.bin checkpoints, loaded with torch.load(weights_only=True).",
 )
+REPORT = click.option(
+    "--report",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a JSON report (time, bytes, tensors, peak RSS) to this file.",
+)
+QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
