@@ -45,11 +45,11 @@ FAMILIES = tuple(SPECS)
 TEXT = set(FAMILIES) - {"vit"}
 
 
-def _model(family: str) -> Any:
+def _model(family: str, overrides: dict[str, Any] | None = None) -> Any:
     import transformers
 
     config_cls, model_cls, kwargs = SPECS[family]
-    return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs))
+    return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**{**kwargs, **(overrides or {})}))
 
 
 def save_tokenizer(path: Path) -> None:
@@ -75,15 +75,17 @@ def build(
     perturb_from: str | Path | None = None,
     perturb_scale: float = 0.02,
     dtype: torch.dtype = torch.float32,
+    config: dict[str, Any] | None = None,
 ) -> Path:
-    """Build a random ``family`` model at ``path``. With ``perturb_from``, start from that model's
-    weights and add seeded noise, like a fine-tune of a shared base."""
+    """Build a random ``family`` model at ``path`` (``config`` overrides the family's small config).
+    With ``perturb_from``, start from that model's weights and add seeded noise, like a fine-tune of a
+    shared base."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = Path(path)
     torch.manual_seed(seed)
-    model = _model(family)
+    model = _model(family, config)
     if perturb_from is not None:
         from safetensors.torch import load_file
 

@@ -287,3 +287,16 @@ def test_l1_rescale_restores_each_task_vectors_l1_norm():
         assert abs(float(got.abs().sum()) - float(x.abs().sum())) < 1e-3 * float(x.abs().sum())
         plain = call(op, [x], base, {"rescale": False}, [mp], tensor="w")
         assert torch.equal(got != 0, plain != 0)  # same draws, only the scale differs
+
+
+def test_trim_rescale_restores_l1_norm_for_ties_and_breadcrumbs():
+    base = torch.zeros(4)
+    d1 = torch.tensor([4.0, -1.0, 0.2, 3.0])  # L1 8.2; density 0.5 keeps [4, 0, 0, 3] (L1 7) -> x 8.2/7
+    got = call("ties", [d1], base, {"rescale": True}, [{"density": 0.5}])
+    assert_close(got, torch.tensor([4.0, 0, 0, 3.0]) * (8.2 / 7))
+    assert_close(call("ties", [d1], base, {}, [{"density": 0.5}]), torch.tensor([4.0, 0, 0, 3.0]))
+    x = torch.tensor([1.0, -2, 3, -4, 5, -6, 7, -8, 9, -10])  # L1 55; kept magnitudes 4..8 (L1 30)
+    got = call("breadcrumbs", [x], torch.zeros(10), {"rescale": True}, [{"density": 0.5, "gamma": 0.2}])
+    assert_close(got, torch.tensor([0.0, 0, 0, -4, 5, -6, 7, -8, 0, 0]) * (55 / 30))
+    got = call("breadcrumbs_ties", [x], torch.zeros(10), {"rescale": True}, [{"density": 0.5, "gamma": 0.2}])
+    assert_close(got, torch.tensor([0.0, 0, 0, -4, 5, -6, 7, -8, 0, 0]) * (55 / 30))

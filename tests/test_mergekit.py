@@ -17,7 +17,7 @@ models:
 merge_method: linear
 dtype: float32
 """, "models: {{a: {a}, b: {{path: {b}, params: {{weight: [0.2, 0.8]}}}}}}\nmerge: {{linear: {{}}}}\n"
-         "models_params_a: 1\ndtype: float32\nout_dtype: float32\n"),
+         "models_params_a: 1\noutside_position: 0.0\ndtype: float32\nout_dtype: float32\n"),
     "ties": ("""\
 models:
   - model: {a}
@@ -36,7 +36,7 @@ out_dtype: bfloat16
 tokenizer_source: base
 """, "models: {{a: {a}, b: {{path: {b}, params: {{density: [1.0, 0.7, 0.1], weight: 1.0}}}}}}\nbase: a\n"
          "merge: {{ties: {{normalize: true}}}}\noverrides: [{{regex: mlp, models: {{b: {{weight: 0.5}}}}}}]\n"
-         "dtype: float32\nout_dtype: bfloat16\noutput: {{tokenizer: a}}\n"),
+         "outside_position: 0.0\ndtype: float32\nout_dtype: bfloat16\noutput: {{tokenizer: a}}\n"),
     "slerp": ("""\
 models:
   - model: {a}
@@ -53,7 +53,8 @@ parameters:
 dtype: float32
 """, "models: {{a: {a}, b: {b}}}\nbase: a\nmerge: {{slerp: {{t: 0.5}}}}\noverrides:\n"
          "  - {{regex: self_attn, params: {{t: [0, 0.5, 0.3, 0.7, 1]}}}}\n"
-         "  - {{regex: mlp, params: {{t: [1, 0.5, 0.7, 0.3, 0]}}}}\ndtype: float32\nout_dtype: float32\n"),
+         "  - {{regex: mlp, params: {{t: [1, 0.5, 0.7, 0.3, 0]}}}}\noutside_position: 0.0\ndtype: float32\n"
+         "out_dtype: float32\n"),
     "dare_ties": ("""\
 models:
   - model: {a}
@@ -75,6 +76,33 @@ parameters: {{nuslerp_flatten: false}}
 dtype: float32
 """, "models: {{a: {{path: {a}, params: {{weight: 1.0}}}}, b: {{path: {b}, params: {{weight: 2.0}}}}}}\n"
          "merge: {{nuslerp: {{flatten: false}}}}\ndtype: float32\nout_dtype: float32\n"),
+    "frankenmerge": ("""\
+slices:
+  - sources:
+      - model: {a}
+        layer_range: [0, 2]
+  - sources:
+      - model: {b}
+        layer_range: [1, 2]
+merge_method: passthrough
+dtype: bfloat16
+""", "models: {{a: {a}, b: {b}}}\nslices:\n  - sources: [{{model: a, layers: [0, 2]}}]\n"
+         "  - sources: [{{model: b, layers: [1, 2]}}]\nmerge: {{passthrough: {{}}}}\ndtype: bfloat16\n"
+         "out_dtype: bfloat16\n"),
+    "slerp_one_slice": ("""\
+slices:
+  - sources:
+      - model: {a}
+        layer_range: [0, 2]
+      - model: {b}
+        layer_range: [0, 2]
+merge_method: slerp
+base_model: {a}
+parameters:
+  t: [0, 1]
+dtype: float32
+""", "models: {{a: {a}, b: {b}}}\nslices:\n  - sources: [{{model: a, layers: [0, 2]}}, {{model: b, layers: [0, 2]}}]\n"
+         "base: a\nmerge: {{slerp: {{t: [0, 1]}}}}\noutside_position: 0.0\ndtype: float32\nout_dtype: float32\n"),
 }
 
 
@@ -116,6 +144,6 @@ models:
 """)
     res = run_cli("validate", str(mk))
     assert res.returncode == 2 and "Traceback" not in res.stderr
-    for frag in ("slices: slices and modules", "merge_method: 'arcee_fusion' is not supported",
+    for frag in ("models: give exactly one of models: or slices:", "merge_method: 'arcee_fusion' is not supported",
                  "tokenizer_source: 'union' is not supported", "LoRA adapters"):
         assert frag in res.stderr, frag

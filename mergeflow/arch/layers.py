@@ -28,9 +28,12 @@ def num_layers(names: Iterable[str], config: Mapping[str, Any] | None) -> int:
     return max(found) + 1 if found else 0
 
 
-def position(name: str, n_layers: int) -> float:
-    """0 for the first layer, 1 for the last; embeddings 0, other tensors outside the stack 1."""
+def position(name: str, n_layers: int, outside: float | None = None) -> float:
+    """0 for the first layer, 1 for the last; outside the stack ``outside``, by default embeddings 0
+    and other tensors (final norms, heads) 1."""
     i = layer_index(name)
     if i is None:
+        if outside is not None:
+            return outside
         return 0.0 if PRE_RE.search(name) else 1.0
     return i / (n_layers - 1) if n_layers > 1 else 0.0

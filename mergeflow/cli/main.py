@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from typing import Any
 
 import click
@@ -221,8 +222,13 @@ cli.add_command(convert)
 cli.add_command(eval_group)
 
 
+def _warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
+    warnings.formatwarning = _warning
     try:
         cli.main(args=argv, prog_name="mergeflow", standalone_mode=False)
     except click.exceptions.Abort:

@@ -20,6 +20,7 @@ from mergeflow.errors import (
 )
 from mergeflow.graph.slices import plain_items, slice_items
 from mergeflow.graph.tasks import Load, Merge, Write
+from mergeflow.graph.vocab import VocabRows, vocab_rows
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import OutTensor, ShardLayout, plan_shards
@@ -56,9 +57,11 @@ class Plan:
     arch: object = None  # ArchSpec when the recipe aligns
     anchor: str | None = None
     layer_origin: list[tuple[str, int]] = field(default_factory=list)  # with slices: (model, layer) per output layer
+    vocab_size: int | None = None  # rows of the embeddings when the models' vocabularies differ in size
 
 
-def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) -> None:
+def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, VocabRows],
+                  ) -> None:
     types = {n: r.model_type for n, r in readers.items() if r.model_type is not None}
     if len(set(types.values())) > 1:
         desc = ", ".join(f"{n} is {t}" for n, t in types.items())
@@ -69,7 +72,7 @@ def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str) 
             other = r.tensors.get(t)
             if other is None:
                 raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has")
-            if other.shape != info.shape:
+            if other.shape != info.shape and t not in vocab:
                 raise ShapeMismatch(
                     f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
                     f"{list(info.shape)} in model '{ref}'"
@@ -94,8 +97,11 @@ def build_plan(
     """One load -> (align) -> merge -> write chain per output tensor. ``anchor_name`` resolves
     ``anchor: auto`` (see graph.anchor)."""
     ref = recipe.config_source
+    vocab: dict[str, VocabRows] = {}
     if not recipe.slices:
-        _check_models(recipe, readers, ref)
+        tok = recipe.output.tokenizer
+        vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
+        _check_models(recipe, readers, ref, vocab)
     ref_reader = readers[ref]
     compute = NAMES[recipe.dtype]
     csize = torch.empty((), dtype=compute).element_size()
@@ -140,7 +146,10 @@ def build_plan(
         items = plain_items(ref_reader, order)
     for item in items:
         tname, info = item.out, item.info
-        settings = resolve(tname, position(tname, n_layers))
+        vrows = vocab.get(tname)
+        if vrows is not None:  # output rows as in the tokenizer's model; merged on the shared ones
+            info = readers[vrows.source].info(tname)
+        settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
         op = operators[settings.op]
         if not is_float(info.dtype):  # integer buffers (ids, masks) are copied, never averaged
             op = operators["passthrough"]
@@ -165,6 +174,10 @@ def build_plan(
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
         blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
+        if vrows is not None:
+            blocks = ([(0, vrows.shared) if b is None else b
+                       for b in row_blocks((vrows.shared, *info.shape[1:]), chunk_elems)]
+                      if op.elementwise else [(0, vrows.shared)])
         for part, rows in enumerate(blocks):
             base = source(recipe.base, item.names[recipe.base], rows) if with_base else None
             inputs = tuple(source(m, item.names[m], rows) for m in members)
@@ -174,6 +187,12 @@ def build_plan(
             task_bytes = int(numel * csize * (len(merge.deps()) + op.work) + writes[-1].nbytes)
             if task_bytes > peak:
                 peak, peak_name = task_bytes, tname
+        if vrows is not None and vrows.rows > vrows.shared:  # the tokenizer model's extra rows, copied
+            extra = (vrows.shared, vrows.rows)
+            pt = operators["passthrough"]
+            merge = Merge(tname, pt.name, pt.params(), (pt.model_params(),), (vrows.source,),
+                          (source(vrows.source, tname, extra),), None, len(blocks))
+            writes.append(Write(out, merge, extra))
         ops_used[op.name] = ops_used.get(op.name, 0) + 1
 
     if aligner is not None and aligner.tasks:
@@ -187,8 +206,9 @@ def build_plan(
     layouts = plan_shards(outs, int(recipe.output.shard_size))
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
     total_out = sum(o.nbytes for o in outs)
+    vocab_size = max((v.rows for v in vocab.values()), default=None)
     return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
-                origin)
+                origin, vocab_size)
 
 
 def model_dir(path: str) -> Path | None:

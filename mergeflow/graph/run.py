@@ -188,7 +188,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             else model_dir(recipe.models[recipe.config_source if tok is True else tok].path)
         )
         files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype,
-                                    [layer for _m, layer in plan.layer_origin])
+                                    [layer for _m, layer in plan.layer_origin], plan.vocab_size)
         alignment = write_report(tmp, ctx.align_reports) if ctx.align_reports else None
         if alignment is not None:
             files.append("alignment.json")

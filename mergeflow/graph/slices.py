@@ -40,8 +40,13 @@ def slice_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, or
         raise MissingTensor(f"model '{ref}' has no layer stack to slice")
     template = [t for t in tensors if layer_index(t) == first]
     outside = [t for t in tensors if layer_index(t) is None]
-    pre = [Item(t, tensors[t], dict.fromkeys(order, t), tuple(order)) for t in outside if PRE_RE.search(t)]
-    post = [Item(t, tensors[t], dict.fromkeys(order, t), tuple(order)) for t in outside if not PRE_RE.search(t)]
+    # embeddings from the models of the first slice, final norm and head from those of the last (as mergekit)
+    first_models = [m for m in order if m in {s.model for s in recipe.slices[0].sources}]
+    last_models = [m for m in order if m in {s.model for s in recipe.slices[-1].sources}]
+    pre = [Item(t, tensors[t], dict.fromkeys(first_models, t), tuple(first_models))
+           for t in outside if PRE_RE.search(t)]
+    post = [Item(t, tensors[t], dict.fromkeys(last_models, t), tuple(last_models))
+            for t in outside if not PRE_RE.search(t)]
     items, origin, j = [], [], 0
     for sl in recipe.slices:
         for o in range(sl.sources[0].layers[1] - sl.sources[0].layers[0]):

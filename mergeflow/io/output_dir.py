@@ -127,16 +127,21 @@ class OutputDir:
 
 def copy_support_files(
     out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None,
-    layer_origin: list[int] | None = None,
+    layer_origin: list[int] | None = None, vocab_size: int | None = None,
 ) -> list[str]:
-    """Copy config/generation config and tokenizer files (regular files only). Returns the names copied."""
+    """Copy config/generation config and tokenizer files (regular files only), updating the config's
+    dtype, depth (``layer_origin``) and ``vocab_size`` when given. Returns the names copied."""
     copied = []
     if config_dir is not None and config_dir.is_dir():
         for name in CONFIG_FILES:
             src = config_dir / name
             if src.is_file() and not src.is_symlink():
-                if name == "config.json" and (out_dtype is not None or layer_origin):
+                if name == "config.json" and (out_dtype is not None or layer_origin or vocab_size):
                     cfg = json.loads(src.read_text(encoding="utf-8"))
+                    if vocab_size is not None:
+                        for key in ("vocab_size", "n_vocab"):
+                            if isinstance(cfg.get(key), int):
+                                cfg[key] = vocab_size
                     if out_dtype is not None:
                         for key in ("torch_dtype", "dtype"):
                             if key in cfg or key == "dtype":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from mergeflow.merge.base import deltas_, merge_operator, model_weights, weighted_sum
-from mergeflow.merge.sparsify import SparseModelParams, outlier_trim_
+from mergeflow.merge.sparsify import SparseModelParams, TrimRescaleParams, outlier_trim_
 from mergeflow.merge.task_arithmetic import TaskArithmeticParams
 
 
@@ -14,18 +14,18 @@ class BreadcrumbsModelParams(SparseModelParams):
                          "outliers (fewer when density + gamma > 1).")
 
 
-class BreadcrumbsParams(TaskArithmeticParams):
+class BreadcrumbsParams(TaskArithmeticParams, TrimRescaleParams):
     pass
 
 
-def outlier_deltas(tensors, base, mp) -> list:
-    return [outlier_trim_(d, m.density, m.gamma) for d, m in zip(deltas_(tensors, base), mp, strict=True)]
+def outlier_deltas(tensors, base, mp, rescale: bool = False) -> list:
+    return [outlier_trim_(d, m.density, m.gamma, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)]
 
 
 @merge_operator("breadcrumbs", params=BreadcrumbsParams, model_params=BreadcrumbsModelParams, needs_base=True,
                 work=3.0)
 def breadcrumbs(tensors, base, p: BreadcrumbsParams, mp, ctx):
     """base + lambda * sum_i w_i mask_i(x_i - base), each mask dropping the gamma largest and the smallest entries."""
-    trimmed = outlier_deltas(tensors, base, mp)
+    trimmed = outlier_deltas(tensors, base, mp, p.rescale)
     return weighted_sum(trimmed, model_weights(mp, p.normalize, ctx)).mul_(p.lambda_).add_(base)
 

@@ -26,6 +26,11 @@ class DropParams(OpParams):
                              "(mergekit's); false: no rescale.")
 
 
+class TrimRescaleParams(OpParams):
+    rescale: bool = Field(False, description="Scale each trimmed task vector back to its L1 norm before the trim "
+                          "(mergekit's rescale option).")
+
+
 def l1_match_(masked: torch.Tensor, l1_before: torch.Tensor) -> torch.Tensor:
     """Scale a sparsified task vector back to its L1 norm before sparsification (mergekit's rescale)."""
     after = masked.abs().sum()
@@ -89,9 +94,10 @@ def magnitudes(delta: torch.Tensor) -> torch.Tensor:
     return mag.float() if mag.element_size() < 4 else mag
 
 
-def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) -> list[torch.Tensor]:
+def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float], rescale: bool = False,
+                    ) -> list[torch.Tensor]:
     """Keep exactly the k = max(1, floor(density * n)) entries of each tensor largest in magnitude and
-    zero the rest, in place (TIES' trim)."""
+    zero the rest, in place (TIES' trim); ``rescale`` restores each tensor's L1 norm afterwards."""
     for delta, density in zip(deltas, densities, strict=True):
         n = delta.numel()
         if density >= 1.0 or n == 0:
@@ -99,11 +105,14 @@ def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float]) 
         if density <= 0.0:
             delta.zero_()
             continue
+        l1 = delta.abs().sum() if rescale else None
         delta.mul_(top_mask(magnitudes(delta), max(1, int(density * n))).view(delta.shape))
+        if l1 is not None:
+            l1_match_(delta, l1)
     return list(deltas)
 
 
-def outlier_trim_(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+def outlier_trim_(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
     """Model Breadcrumbs' mask, in place: drop the ``gamma`` fraction largest in magnitude (outliers) and
     the smallest, keeping ``density``. When density + gamma > 1 fewer outliers go, so that density holds.
     Kept: magnitude ranks (ascending) in [n_bot, n_bot + k) with k = floor(density n)."""
@@ -114,7 +123,9 @@ def outlier_trim_(delta: torch.Tensor, density: float, gamma: float) -> torch.Te
     n_bot = max(0, n - k - int(gamma * n))
     mag = magnitudes(delta)
     keep = top_mask(mag, n - n_bot).logical_and_(~top_mask(mag, n - n_bot - k))
-    return delta.mul_(keep.view(delta.shape))
+    l1 = delta.abs().sum() if rescale else None
+    delta.mul_(keep.view(delta.shape))
+    return delta if l1 is None else l1_match_(delta, l1)
 
 
 def random_drop_(

@@ -1,14 +1,13 @@
 """Accept mergekit's YAML schema: convert a mergekit config into a native recipe (pure data).
 
-Supported: ``models`` (paths or ``{model, parameters}``), ``base_model``, ``merge_method`` among the
-operators mergeflow has, ``parameters`` (global and per model) with mergekit's ``filter:`` lists and
-gradients, ``dtype``, ``out_dtype``, ``tokenizer_source`` (``base`` or ``model:PATH``). mergekit's
-defaults that differ from mergeflow's are written out explicitly. Anything else is an error naming
-the key; nothing is silently ignored except ``int8_mask``, which only changes mergekit's memory use.
-
-Semantics that still differ (documented in docs/mergekit.md): DARE rescaling (mergekit matches the
-L1 norm of each task vector, mergeflow scales by 1/density as in the paper) and TIES' sign election
-where task vectors cancel exactly (mergekit elects +, mergeflow sign(0) = 0).
+Supported: ``models`` (paths or ``{model, parameters}``) or ``slices`` (layer ranges; parameters
+with one slice only), ``base_model``, ``merge_method`` among the operators mergeflow has,
+``parameters`` at every scope with mergekit's ``filter:`` lists and gradients (emitted so the same
+value wins as in mergekit), ``dtype``, ``out_dtype``, ``tokenizer_source`` (``base`` or
+``model:PATH``). mergekit's defaults that differ from mergeflow's are written out explicitly.
+Anything else is an error naming the key; nothing is silently ignored except ``int8_mask``, which
+only changes mergekit's memory use. Remaining differences in what operators compute are listed in
+docs/mergekit.md.
 """
 
 from __future__ import annotations
@@ -46,11 +45,18 @@ def _name(path: str, taken: set[str]) -> str:
 
 
 class _Converter:
+    """Builds the native recipe. mergekit resolves a parameter from the most specific scope that
+    gives it (slice source / model, then slice, then top level); inside one scope the first matching
+    ``filter`` wins. Native overrides apply in order and the last match wins, so scopes are emitted
+    from the least to the most specific and each scope's conditions in reverse order."""
+
     def __init__(self, src: YamlSource) -> None:
         self.src, self.problems = src, []
         self.models: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, str] = {}
         self.overrides: list[dict[str, Any]] = []
+        self.glob: dict[str, Any] = {}
+        self.gradients = False
 
     def fail(self, path: tuple[Any, ...], msg: str) -> None:
         dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
@@ -69,43 +75,95 @@ class _Converter:
             self.models[name] = {"path": path, "params": {}}
         return self.by_path[path]
 
-    def params(self, raw: Any, where: tuple[Any, ...], model: str | None) -> dict[str, Any]:
-        """Unfiltered values; filtered ones become overrides (regex on the filter substring)."""
+    def _set(self, model: str | None, key: str, value: Any, regex: str | None) -> None:
+        self.gradients |= isinstance(value, list)
+        target = self.glob if model is None else self.models[model]["params"]
+        if regex is None and key not in target and not any(_sets(ov, model, key) for ov in self.overrides):
+            target[key] = value  # nothing less specific to beat: a plain value
+            return
+        ov: dict[str, Any] = {"regex": "" if regex is None else regex}
+        if model is None:
+            ov["params"] = {key: value}
+        else:
+            ov["models"] = {model: {key: value}}
+        self.overrides.append(ov)
+
+    def scope(self, raw: Any, where: tuple[Any, ...], model: str | None, method: Any = None) -> None:
+        """Add one mergekit ``parameters`` mapping (a scope) on top of what is already there."""
         if raw is None:
-            return {}
+            return
         if not isinstance(raw, dict):
             self.fail(where, "parameters must be a mapping")
-            return {}
-        plain: dict[str, Any] = {}
+            return
         for key, value in raw.items():
             if key == "int8_mask":
                 continue
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                for i, cond in enumerate(value):
-                    if "value" not in cond or set(cond) - {"filter", "value"}:
-                        self.fail((*where, key, i), "expected {filter: TEXT, value: VALUE}")
-                        continue
-                    if cond.get("filter") is None:
-                        plain[key] = cond["value"]
-                        continue
-                    ov: dict[str, Any] = {"regex": re.escape(str(cond["filter"]))}
-                    if model is None:
-                        ov["params"] = {key: cond["value"]}
-                    else:
-                        ov["models"] = {model: {key: cond["value"]}}
-                    self.overrides.append(ov)
-            else:
-                plain[key] = value
-        return plain
+            name = RENAMES.get(method, {}).get(key, key)
+            if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
+                self._set(model, name, value, None)
+                continue
+            conds: list[tuple[str | None, Any]] = []
+            for i, cond in enumerate(value):
+                if "value" not in cond or set(cond) - {"filter", "value"}:
+                    self.fail((*where, key, i), "expected {filter: TEXT, value: VALUE}")
+                    continue
+                filt = cond.get("filter")
+                conds.append((None if filt in (None, "*") else re.escape(str(filt)), cond["value"]))
+                if conds[-1][0] is None:
+                    break  # mergekit never looks past an unfiltered condition
+            for regex, val in reversed(conds):
+                self._set(model, name, val, regex)
+
+    def slices(self, data: dict[str, Any], base: str | None) -> list[dict[str, Any]]:
+        out = []
+        raw = data["slices"]
+        if not isinstance(raw, list) or not raw:
+            self.fail(("slices",), "a non-empty list of {sources: [...]}")
+            return out
+        for i, sl in enumerate(raw):
+            if not isinstance(sl, dict) or not isinstance(sl.get("sources"), list):
+                self.fail(("slices", i), "expected {sources: [{model, layer_range}, ...]}")
+                continue
+            extra = set(sl) - {"sources", "parameters", "base_model"}
+            if extra:
+                self.fail(("slices", i), f"unknown or unsupported key(s): {', '.join(sorted(extra))}")
+            if sl.get("base_model") is not None and self.by_path.get(sl["base_model"]) != base:
+                self.fail(("slices", i, "base_model"), "a per-slice base model differing from base_model is not "
+                          "supported")
+            sources, scoped = [], []
+            for j, src in enumerate(sl["sources"]):
+                where = ("slices", i, "sources", j)
+                if not isinstance(src, dict) or set(src) - {"model", "layer_range", "parameters"}:
+                    self.fail(where, "expected {model, layer_range, parameters}")
+                    continue
+                name = self.model(src.get("model"), (*where, "model"))
+                rng = src.get("layer_range")
+                if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, int) for x in rng)):
+                    self.fail((*where, "layer_range"), "expected [start, end]")
+                    continue
+                if name is not None:
+                    sources.append({"model": name, "layers": rng})
+                    if src.get("parameters") is not None:
+                        scoped.append((src["parameters"], (*where, "parameters"), name))
+            if len(raw) == 1:  # the slice's scope first: the sources' are more specific
+                self.scope(sl.get("parameters"), ("slices", i, "parameters"), None, data.get("merge_method"))
+                for params, where, name in scoped:
+                    self.scope(params, where, name, data.get("merge_method"))
+            elif sl.get("parameters") or scoped:
+                self.fail(("slices", i), "per-slice and per-source parameters are supported with one slice only; "
+                          "give them under top-level parameters")
+            out.append({"sources": sources})
+        return out
 
     def convert(self) -> dict[str, Any]:
         data = self.src.data
         for key in data:
             if key not in TOP_KEYS:
                 self.fail((key,), "unknown mergekit key")
-        for key in ("slices", "modules"):
-            if key in data:
-                self.fail((key,), "slices and modules (layer stacking) are not supported yet; use models:")
+        if "modules" in data:
+            self.fail(("modules",), "modules (multi-module architectures) are not supported; use models: or slices:")
+        if ("models" in data) == ("slices" in data):
+            self.fail(("models",), "give exactly one of models: or slices:")
         for key in ("tokenizer", "chat_template"):
             if key in data:
                 self.fail((key,), "not supported yet; use tokenizer_source: base or model:PATH")
@@ -113,6 +171,8 @@ class _Converter:
         if method not in METHODS:
             self.fail(("merge_method",), f"'{method}' is not supported; supported: {', '.join(sorted(METHODS))}")
         base = self.model(data["base_model"], ("base_model",)) if data.get("base_model") is not None else None
+        self.scope(data.get("parameters"), ("parameters",), None, method)
+        slices = self.slices(data, base) if "slices" in data else []
         entries = data.get("models") or []
         if not isinstance(entries, list):
             self.fail(("models",), "a list of models")
@@ -124,18 +184,25 @@ class _Converter:
                 extra = set(entry) - {"model", "parameters"}
                 if extra:
                     self.fail(("models", i), f"unknown key(s): {', '.join(sorted(extra))}")
-                self.models[name]["params"].update(self.params(entry.get("parameters"), ("models", i, "parameters"),
-                                                               name))
-        given = self.params(data.get("parameters"), ("parameters",), None)
-        given = {RENAMES.get(method, {}).get(k, k): v for k, v in given.items()}
-        op_params = {**DEFAULTS.get(method, {}), **given}
+                self.scope(entry.get("parameters"), ("models", i, "parameters"), name, method)
+        if len(slices) > 1 and self.gradients:
+            self.fail(("slices",), "gradients with several slices are not supported (mergekit evaluates them per "
+                      "slice, mergeflow over the output layer stack)")
+        op_params = {**DEFAULTS.get(method, {}), **self.glob}
+        if method == "task_arithmetic":
+            op_params.pop("rescale", None)  # mergekit's rescale only acts after a sparsification: none here
         if method in L1_RESCALE and op_params.get("rescale", True) is not False:
             op_params["rescale"] = "l1"  # mergekit's rescale matches L1 norms (its default for these methods)
-        recipe: dict[str, Any] = {"models": self.models, "merge": {method: op_params}}
+        models = {n: (m if m["params"] else m["path"]) for n, m in self.models.items()}
+        recipe: dict[str, Any] = {"models": models, "merge": {method: op_params}}
         if base is not None:
             recipe["base"] = base
+        if slices:
+            recipe["slices"] = slices
         if self.overrides:
             recipe["overrides"] = self.overrides
+        if self.gradients:
+            recipe["outside_position"] = 0.0  # mergekit evaluates gradients at t=0 outside the layer stack
         if "dtype" in data:
             recipe["dtype"] = data["dtype"]
         out = data.get("out_dtype", data.get("dtype"))  # mergekit writes in dtype unless out_dtype is given
@@ -156,6 +223,10 @@ class _Converter:
         if self.problems:
             raise RecipeError(self.problems, self.src.name)
         return recipe
+
+
+def _sets(ov: dict[str, Any], model: str | None, key: str) -> bool:
+    return key in ov.get("params", {}) or (model is not None and key in ov.get("models", {}).get(model, {}))
 
 
 def convert(src: YamlSource) -> dict[str, Any]:

@@ -128,7 +128,11 @@ SECTIONS: dict[str, tuple[Any, Any, str]] = {
     "merge": (MergeSpec, ..., "Merge operator: {NAME: {PARAM: VALUE}}."),
     "overrides": (list[Override], [], "Per-tensor parameter overrides, applied in order (later wins)."),
     "slices": (list[Slice], [], "Build the layer stack from layer ranges of the models, in order (a "
-               "'frankenmerge' when each slice has one source); layers are renumbered."),
+               "'frankenmerge' when each slice has one source); layers are renumbered. Embeddings come from "
+               "the models of the first slice, final norm and head from those of the last."),
+    "outside_position": (float | None, None, "Gradient position (0 = first layer, 1 = last) of the tensors "
+                         "outside the layer stack. Default: 0 for embeddings, 1 for final norms and heads "
+                         "(converted mergekit configs use 0, as mergekit does)."),
     "dtype": (DType, "float32", "Compute dtype."),
     "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
     "seed": (int, 0, "Seed for randomised operators (DARE). Same seed, same output."),
@@ -146,6 +150,7 @@ class Recipe(Strict):
     merge: MergeSpec
     overrides: list[Override] = []
     slices: list[Slice] = []
+    outside_position: float | None = Field(None, ge=0.0, le=1.0)
     dtype: DType = "float32"
     out_dtype: DType | None = None
     seed: int = 0
