@@ -13,6 +13,7 @@ ALLOWED = {
     "arch": {"arch", "registry", "errors"},
     "io": {"io", "errors", ""},
     "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", ""},
+    "stats": {"stats", "io", "errors"},
 }
 
 

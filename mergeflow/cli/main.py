@@ -17,6 +17,7 @@ import click
 from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, QUIET, REPORT
 from mergeflow.cli.output import human, parse_size, print_alignment, write_report
+from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
 
@@ -220,6 +221,7 @@ def docs() -> None:
 
 cli.add_command(convert)
 cli.add_command(eval_group)
+cli.add_command(stats)
 
 
 def _warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001

@@ -19,6 +19,8 @@ from mergeflow.errors import (
     UnsupportedArchitecture,
 )
 from mergeflow.graph.slices import plain_items, slice_items
+from mergeflow.graph.stats_inputs import Stats, stats_loads
+from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.graph.vocab import VocabRows, vocab_rows
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
@@ -93,6 +95,7 @@ def build_plan(
     max_memory: int | None = None,
     chunk_elems: int = CHUNK_ELEMS,
     anchor_name: str | None = None,
+    stats: Mapping[str, Stats] | None = None,
 ) -> Plan:
     """One load -> (align) -> merge -> write chain per output tensor. ``anchor_name`` resolves
     ``anchor: auto`` (see graph.anchor)."""
@@ -120,10 +123,13 @@ def build_plan(
     peak_name = ""
     ops_used: dict[str, int] = {}
 
+    stats = stats or {}
+    all_readers = {**readers, **{stats_key(m): st.reader for m, st in stats.items()}}
+
     def load(model: str, tensor: str, rows: tuple[int, int] | None) -> Load:
         key = (model, tensor, rows)
         if key not in loads:
-            info = readers[model].info(tensor)
+            info = all_readers[model].info(tensor)
             frac = 1.0 if rows is None else (rows[1] - rows[0]) / info.shape[0]
             loads[key] = Load(
                 model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype), rows
@@ -163,6 +169,13 @@ def build_plan(
             members = [m for m in item.models if not (with_base and m == recipe.base)]
             if op.select is not None:
                 members = op.select(params, members)
+            if op.stats is not None and stats_loads(op.stats, tname, info.shape, members, item.names, stats, None,
+                                                    lambda *a: None) is None:
+                fallback = operators[params.fallback]  # type: ignore[attr-defined]
+                known = fallback.model_params.model_fields
+                op, params = fallback, fallback.params.model_validate({})
+                settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
+                                                            if k in known} for m in settings.model_params})
             mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
         except ValidationError as exc:
             raise RecipeError(
@@ -181,7 +194,12 @@ def build_plan(
         for part, rows in enumerate(blocks):
             base = source(recipe.base, item.names[recipe.base], rows) if with_base else None
             inputs = tuple(source(m, item.names[m], rows) for m in members)
-            merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part)
+            extra = {}
+            if op.stats is not None:
+                got = stats_loads(op.stats, tname, info.shape, members, item.names, stats, rows, load)
+                assert got is not None
+                extra = dict(zip(("stats", "stats_scale", "transposed"), got, strict=True))
+            merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part, **extra)
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
             task_bytes = int(numel * csize * (len(merge.deps()) + op.work) + writes[-1].nbytes)

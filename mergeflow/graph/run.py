@@ -20,6 +20,8 @@ from mergeflow.graph.align_report import write_report
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.plan import Plan, build_plan, model_dir
+from mergeflow.graph.stats_inputs import key as stats_key
+from mergeflow.graph.stats_inputs import open_stats
 from mergeflow.graph.tasks import Write
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
@@ -129,7 +131,9 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     anchor = None
     if recipe.align and recipe.anchor == "auto":
         anchor, _dist = auto_anchor(readers, recipe.config_source)
-    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor)
+    stats = open_stats(recipe, readers)
+    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats)
+    readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
     text = recipe_text if recipe_text is not None else Path(recipe_path).read_text(encoding="utf-8")
     return Prepared(recipe, text, readers, plan, device, budget)
 

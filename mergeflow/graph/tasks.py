@@ -49,15 +49,20 @@ class Merge:
     inputs: tuple[Load, ...]
     base: Load | None
     part: int = 0
+    stats: tuple[Load, ...] = ()  # per merged model, for operators that take statistics
+    stats_scale: tuple[float, ...] = ()
+    transposed: bool = False
 
     def deps(self) -> tuple[Any, ...]:
-        return self.inputs + ((self.base,) if self.base is not None else ())
+        return self.inputs + ((self.base,) if self.base is not None else ()) + self.stats
 
     def run(self, ctx: Any, *values: torch.Tensor) -> torch.Tensor:
-        tensors = list(values[: len(self.inputs)])
-        base = values[len(self.inputs)] if self.base is not None else None
+        n = len(self.inputs)
+        tensors = list(values[:n])
+        base = values[n] if self.base is not None else None
+        stats = tuple(values[n + (self.base is not None):])
         op = OPERATORS.get(self.op)
-        mctx = MergeContext(self.out, ctx.seed, self.models, self.part)
+        mctx = MergeContext(self.out, ctx.seed, self.models, self.part, stats, self.stats_scale, self.transposed)
         try:
             return op.fn(tensors, base, self.params, self.model_params, mctx)
         except ValueError as exc:  # operators raise ValueError for parameter values that cannot work here

@@ -38,6 +38,9 @@ class MergeContext:
     seed: int = 0
     model_names: tuple[str, ...] = ()
     part: int = 0  # which row block of the tensor, when an elementwise operator runs block by block
+    stats: tuple[torch.Tensor, ...] = ()  # per merged model, for operators that take statistics
+    stats_scale: tuple[float, ...] = ()  # per model: the mean of its whole statistics file
+    transposed: bool = False  # the weight is stored [in, out] (GPT-2 Conv1D), for Gram statistics
 
     def generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded from (recipe seed, tensor name, row block): the same output whatever the
@@ -72,6 +75,9 @@ class MergeOperator:
     elementwise: bool = False
     # works relative to the base when the recipe names one, on the models themselves otherwise
     optional_base: bool = False
+    # the statistics each merged model must provide ("fisher" or "gram"), and the operator that
+    # merges tensors for which there are none
+    stats: str | None = None
 
     def uses_base(self, base: str | None) -> bool:
         return self.needs_base or (self.optional_base and base is not None)
@@ -92,6 +98,7 @@ def merge_operator(
     select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
     elementwise: bool = False,
     optional_base: bool = False,
+    stats: str | None = None,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
 
@@ -118,6 +125,7 @@ def merge_operator(
                 select,
                 elementwise,
                 optional_base,
+                stats,
             ),
         )
         return fn

@@ -130,6 +130,8 @@ SECTIONS: dict[str, tuple[Any, Any, str]] = {
     "slices": (list[Slice], [], "Build the layer stack from layer ranges of the models, in order (a "
                "'frankenmerge' when each slice has one source); layers are renumbered. Embeddings come from "
                "the models of the first slice, final norm and head from those of the last."),
+    "stats": (dict[str, str], {}, "Statistics file per model (from `mergeflow stats`), for operators that "
+              "need them (fisher, regmean): {MODEL: PATH}."),
     "outside_position": (float | None, None, "Gradient position (0 = first layer, 1 = last) of the tensors "
                          "outside the layer stack. Default: 0 for embeddings, 1 for final norms and heads "
                          "(converted mergekit configs use 0, as mergekit does)."),
@@ -151,6 +153,7 @@ class Recipe(Strict):
     overrides: list[Override] = []
     slices: list[Slice] = []
     outside_position: float | None = Field(None, ge=0.0, le=1.0)
+    stats: dict[str, str] = {}
     dtype: DType = "float32"
     out_dtype: DType | None = None
     seed: int = 0

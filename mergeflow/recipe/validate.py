@@ -12,6 +12,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from mergeflow.errors import RecipeError
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
+from mergeflow.recipe.stats_check import check_stats
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 
 WEIGHT_FILES = (
@@ -198,13 +199,16 @@ def validate(
     if sec.get("slices") and sec.get("align"):
         probs.add(("slices",), "slices and align cannot be combined yet")
 
+    ops = [(("merge",), sec["merge"])] if "merge" in sec else []
+    ops += [(("overrides", i, "merge"), ov.merge) for i, ov in enumerate(sec.get("overrides") or []) if ov.merge]
+    stats = check_stats(sec, ops, operators, root or Path.cwd(), check_paths, probs.add)
     resolved: dict[str, ModelEntry] = {}
     for name, entry in models.items():
         path = _model_path(name, entry, root or Path.cwd(), probs) if check_paths else entry.path
         resolved[name] = entry.model_copy(update={"path": path})
     if probs.items:
         raise RecipeError(probs.items, src.name)
-    return Recipe(**{**sec, "models": resolved})
+    return Recipe(**{**sec, "models": resolved, **({"stats": stats} if stats else {})})
 
 
 def load_recipe(

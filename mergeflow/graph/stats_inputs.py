@@ -1,0 +1,66 @@
+"""Statistics files as merge inputs: opened and checked against their models, then read lazily
+tensor by tensor like any model tensor (loads keyed ``stats.MODEL``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from mergeflow.io.header import TensorInfo
+from mergeflow.io.reader import ModelReader
+from mergeflow.io.stats_file import StatsError, StatsInfo, stats_info
+from mergeflow.recipe.schema import Recipe
+
+
+@dataclass
+class Stats:
+    info: StatsInfo
+    reader: ModelReader
+
+
+def open_stats(recipe: Recipe, readers: Mapping[str, ModelReader]) -> dict[str, Stats]:
+    out = {}
+    for model, path in recipe.stats.items():
+        who = f"stats.{model}"
+        info = stats_info(path, who)
+        reader = ModelReader(who, path)
+        if not set(reader.tensors) & set(readers[model].tensors):
+            raise StatsError(f"{who}: {path} has no tensor named like a parameter of model '{model}' "
+                             f"({readers[model].path}): statistics of another model?")
+        out[model] = Stats(info, reader)
+    return out
+
+
+def key(model: str) -> str:
+    return f"stats.{model}"
+
+
+def stats_loads(kind: str, tensor: str, shape: tuple[int, ...], members: list[str], names: Mapping[str, str],
+                stats: Mapping[str, Stats], rows: tuple[int, int] | None, load: Callable,
+                ) -> tuple[tuple, tuple[float, ...], bool] | None:
+    """(loads, per-model means, transposed) of the statistics of ``tensor``, or None when a model has
+    none for it (the operator's fallback merges it). Wrong kind or shape is an error naming the file."""
+    infos: list[TensorInfo] = []
+    transposed = False
+    for m in members:
+        st = stats[m]
+        if st.info.kind != kind:
+            raise StatsError(f"stats.{m}: {st.info.path} holds {st.info.kind} statistics; this operator needs {kind}")
+        info = st.reader.tensors.get(names[m])
+        if info is None:
+            return None
+        t = names[m] in st.info.transposed
+        if kind == "gram":
+            if len(shape) != 2:
+                return None
+            n_in = shape[0] if t else shape[1]
+            want: tuple[int, ...] = (n_in, n_in)
+        else:
+            want = tuple(shape)
+        if tuple(info.shape) != want:
+            raise StatsError(f"stats.{m}: {st.info.path}: tensor {names[m]!r} has shape {list(info.shape)}, but "
+                             f"model '{m}' needs {list(want)} for {tensor!r}: statistics of another model?")
+        infos.append(info)
+        transposed = t
+    loads = tuple(load(key(m), names[m], rows if kind == "fisher" else None) for m in members)
+    return loads, tuple(stats[m].info.mean for m in members), transposed

@@ -1,0 +1,35 @@
+"""fisher: Fisher-weighted averaging (Matena & Raffel, 2022, "Merging Models with Fisher Weighting")."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mergeflow.merge.base import OpParams, merge_operator
+
+
+class FisherParams(OpParams):
+    epsilon: float = Field(1e-8, ge=0.0, description="Floor under every Fisher entry, so that parameters no "
+                           "model is informative about fall back to the weighted average.")
+    normalize: bool = Field(False, description="Divide each model's Fisher by its mean over the whole model "
+                            "(from its statistics file), so models whose Fishers differ in scale count alike.")
+    fallback: str = Field("linear", description="Operator for tensors without statistics.")
+
+
+class FisherModelParams(OpParams):
+    weight: float = Field(1.0, ge=0.0, description="Weight of this model.")
+
+
+@merge_operator("fisher", params=FisherParams, model_params=FisherModelParams, elementwise=True, work=3.0,
+                stats="fisher")
+def fisher(tensors, base, p: FisherParams, mp, ctx):
+    """sum_i w_i F_i x_i / sum_i w_i F_i, with F_i floored at epsilon (statistics: fisher)."""
+    num = None
+    den = None
+    for i, (x, m, f) in enumerate(zip(tensors, mp, ctx.stats, strict=True)):
+        scale = ctx.stats_scale[i] if p.normalize and ctx.stats_scale and ctx.stats_scale[i] > 0 else 1.0
+        wf = f.div(scale).clamp_(min=p.epsilon).mul_(m.weight)
+        num = x.mul_(wf) if num is None else num.add_(x.mul_(wf))
+        den = wf if den is None else den.add_(wf)
+    if float(den.min()) <= 0.0:
+        raise ValueError("the weighted Fishers sum to 0 somewhere (all weights 0, or epsilon 0)")
+    return num.div_(den)

@@ -1,0 +1,1 @@
+"""Data-dependent statistics of a model (diagonal Fisher, Gram matrices of linear-layer inputs)."""

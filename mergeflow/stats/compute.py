@@ -1,0 +1,47 @@
+"""``mergeflow stats``: run a model over a dataset and write its statistics file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mergeflow.errors import InputError
+from mergeflow.io.stats_file import write_stats
+from mergeflow.stats.data import batches, check_labels, load_data
+from mergeflow.stats.model import load_model, stored_names
+
+
+def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: str | Path, device: torch.device,
+                  batch_size: int = 16, max_length: int = 128, max_examples: int | None = None,
+                  samples: int = 1, seed: int = 0, progress: bool = True) -> dict[str, object]:
+    from tqdm import tqdm
+
+    data = load_data(data_path).subset(max_examples)
+    loaded = load_model(model_dir, device)
+    check_labels(data, loaded.num_labels)
+    if data.texts is not None and loaded.tokenizer is None:
+        raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
+    if data.x is not None and loaded.image_shape is None:
+        raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")
+    bar = tqdm(total=len(data), desc=f"{kind} statistics", unit="ex", disable=not progress, dynamic_ncols=True)
+    it = batches(data, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
+    try:
+        if kind == "gram":
+            from mergeflow.stats.gram import gram
+
+            tensors, counts, transposed = gram(loaded, it, bar.update)
+            extra = {"tokens": max(counts.values(), default=0)}
+        else:
+            from mergeflow.stats.fisher import fisher
+
+            torch.manual_seed(seed)
+            tensors, _n = fisher(loaded, it, bar.update, samples=samples, seed=seed)
+            transposed, extra = set(), {"samples": samples if loaded.task == "causal-lm" else "exact"}
+    finally:
+        bar.close()
+    names = stored_names(loaded.model)
+    tensors = {names[n]: t for n, t in tensors.items() if n in names}
+    transposed = {names[n] for n in transposed if n in names}
+    path = write_stats(out, tensors, kind, len(data), str(Path(model_dir).resolve()), transposed, extra)
+    return {"path": str(path), "kind": kind, "examples": len(data), "tensors": len(tensors)}

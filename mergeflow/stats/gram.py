@@ -1,0 +1,54 @@
+"""Gram matrices X^T X of the inputs of every linear layer (nn.Linear and GPT-2's Conv1D), float32,
+averaged over the rows that reach the layer (tokens; padding masked out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mergeflow.stats.model import Loaded
+
+
+def linear_layers(model: Any) -> dict[str, tuple[Any, bool]]:
+    """Weight name -> (module, stored transposed [in, out])."""
+    out = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            out[f"{name}.weight"] = (mod, False)
+        elif type(mod).__name__ == "Conv1D" and hasattr(mod, "nf"):
+            out[f"{name}.weight"] = (mod, True)
+    return out
+
+
+def gram(loaded: Loaded, batches: Any, progress: Any) -> tuple[dict[str, torch.Tensor], dict[str, int], set[str]]:
+    """(weight name -> averaged Gram, weight name -> rows counted, transposed weight names)."""
+    layers = linear_layers(loaded.model)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = dict.fromkeys(layers, 0)
+    state: dict[str, torch.Tensor | None] = {"mask": None}
+
+    def hook(name: str):
+        def fn(_mod: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            mask = state["mask"]
+            if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask.bool()]
+            x = x.reshape(-1, x.shape[-1]).float()
+            g = x.T @ x
+            sums[name] = sums[name].add_(g) if name in sums else g
+            counts[name] += x.shape[0]
+        return fn
+
+    handles = [mod.register_forward_pre_hook(hook(n)) for n, (mod, _t) in layers.items()]
+    try:
+        with torch.no_grad():
+            for inputs, _labels, mask in batches:
+                state["mask"] = mask
+                loaded.model(**inputs)
+                progress(len(next(iter(inputs.values()))))
+    finally:
+        for h in handles:
+            h.remove()
+    grams = {n: s / max(counts[n], 1) for n, s in sums.items()}
+    return grams, counts, {n for n, (_m, t) in layers.items() if t and n in grams}

@@ -1,0 +1,103 @@
+"""Load a Hugging Face model directory for evaluation: its transformers class from config.json, eval
+mode, float32, on the chosen device, with its tokenizer when it has one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergeflow.errors import InputError, ModelError
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    task: str  # "causal-lm" or "classifier"
+    num_labels: int | None
+    image_shape: tuple[int, int, int] | None  # (channels, height, width) for vision models
+
+
+def load_model(path: str | Path, device: torch.device) -> Loaded:
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    p = Path(path)
+    cfg_path = p / "config.json"
+    if not cfg_path.is_file():
+        raise ModelError(f"{p}: not a Hugging Face model directory (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        arch = cfg["architectures"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ModelError(f"{cfg_path}: no 'architectures' entry naming the model class") from None
+    cls = getattr(transformers, arch, None)
+    if cls is None:
+        raise ModelError(f"{cfg_path}: transformers has no class {arch!r}")
+    if arch.endswith(("ForCausalLM", "LMHeadModel")):
+        task = "causal-lm"
+    elif arch.endswith(("ForSequenceClassification", "ForImageClassification")):
+        task = "classifier"
+    else:
+        raise ModelError(f"{p}: {arch} is neither a causal LM nor a classifier; statistics and evaluation "
+                         "need one of those heads")
+    try:
+        model = cls.from_pretrained(str(p), attn_implementation="eager", dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{p}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    model.to(device).eval()
+    tokenizer = None
+    if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(p))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    image = None
+    c = model.config
+    if hasattr(c, "image_size") and hasattr(c, "num_channels"):
+        size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
+        image = (int(c.num_channels), int(size), int(size))
+    return Loaded(model, tokenizer, task, getattr(c, "num_labels", None) if task == "classifier" else None, image)
+
+
+def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
+                    params: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits, mask of positions that count): causal LMs predict token t+1 at position t."""
+    if params is None:
+        out = loaded.model(**inputs)
+    else:
+        out = torch.func.functional_call(loaded.model, params, args=(), kwargs=inputs)
+    logits = out.logits
+    if loaded.task == "causal-lm":
+        ids = inputs["input_ids"]
+        keep = torch.ones_like(ids[:, 1:], dtype=torch.bool) if mask is None else mask[:, 1:].bool()
+        return logits[:, :-1], keep
+    return logits, None
+
+
+def stored_names(model: Any) -> dict[str, str]:
+    """In-memory parameter name -> the name it is stored under in checkpoints. transformers 5 renames
+    some modules when loading (e.g. ViT's ``encoder.layer.N.attention.attention.query`` becomes
+    ``layers.N.attention.q_proj``) and reverts that when saving; statistics must use stored names.
+    Parameters that saving would transform rather than rename (fused or split weights) are left out."""
+    state = {n: t.detach() for n, t in model.state_dict().items()}
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4: names are stored as they are
+        return {n: n for n in state}
+    reverted = revert_weight_conversion(model, dict(state))
+    by_storage = {}
+    for name, t in reverted.items():
+        t = t[0] if isinstance(t, list) else t
+        by_storage.setdefault((t.data_ptr(), tuple(t.shape)), name)
+    out = {}
+    for name, t in state.items():
+        stored = by_storage.get((t.data_ptr(), tuple(t.shape)))
+        if stored is not None:
+            out[name] = stored
+    return out

@@ -1,0 +1,68 @@
+"""Tiny models trained in seconds on data that ships with scikit-learn (the 8x8 digits), saved as
+Hugging Face directories, for tests, the demo and benchmarks. Nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VIT = {"image_size": 16, "patch_size": 4, "num_channels": 1, "num_labels": 10, "hidden_size": 32,
+       "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+
+
+def digits(split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(x [N, 1, 16, 16] in [0, 1], y [N]): scikit-learn's digits, upsampled 2x; a fixed 80/20 split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.astype(np.float32) / 16.0
+    x = x.repeat(2, axis=1).repeat(2, axis=2)[:, None]
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    idx = order[:cut] if split == "train" else order[cut:]
+    return x[idx], d.target[idx].astype(np.int64)
+
+
+def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, x=x, y=y)
+    return path
+
+
+def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 10,
+              init_from: str | Path | None = None, lr: float = 3e-3, config: dict | None = None) -> Path:
+    """Train a tiny ViT classifier (from ``seed``'s random init, or from ``init_from``) and save it."""
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    if init_from is not None:
+        model = transformers.ViTForImageClassification.from_pretrained(str(init_from))
+    else:
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(**{**VIT, **(config or {})}))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(64):
+            loss = model(pixel_values=xt[idx], labels=yt[idx]).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    model.save_pretrained(str(path))
+    return Path(path)
+
+
+def accuracy(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
+    import transformers
+
+    model = transformers.ViTForImageClassification.from_pretrained(str(path)).eval()
+    with torch.no_grad():
+        pred = model(pixel_values=torch.as_tensor(x)).logits.argmax(-1).numpy()
+    return float((pred == y).mean())
