@@ -24,6 +24,9 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
         raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
     if data.x is not None and loaded.image_shape is None:
         raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")
+    # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     bar = tqdm(total=len(data), desc=f"{kind} statistics", unit="ex", disable=not progress, dynamic_ncols=True)
     it = batches(data, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
     try:
