@@ -75,3 +75,22 @@ def test_other_shape_differences_are_still_errors(tmp_path, pair):
     recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, w: {wide}}}\nmerge: {{linear: {{}}}}\n")
     res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 2 and "shape" in res.stderr
+
+
+def test_classifier_heads_with_different_label_sets_are_taken_from_one_model(tmp_path):
+    a = build("bert", tmp_path / "a", seed=0)
+    b = build("bert", tmp_path / "b", seed=1, config={"num_labels": 5})
+    recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n"
+                   "overrides: [{match: 'classifier.*', merge: {passthrough: {source: b}}}]\noutput: {config: b}\n")
+    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "out"
+    assert torch.equal(tensor(out, "classifier.weight"), tensor(b, "classifier.weight"))
+    emb = "bert.embeddings.word_embeddings.weight"
+    torch.testing.assert_close(tensor(out, emb), (tensor(a, emb) + tensor(b, emb)) / 2)
+    from transformers import AutoModelForSequenceClassification
+
+    assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 5
+    plain = write(tmp_path / "p.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n")
+    res = run_cli("run", str(plain), str(tmp_path / "out2"), "-q")
+    assert res.returncode == 2 and "classifier" in res.stderr

@@ -3,7 +3,7 @@ output tensor, in the order the reference model stores them (so reads run shard 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,7 +63,7 @@ class Plan:
 
 
 def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, VocabRows],
-                  ) -> None:
+                  copied: Callable[[str], bool]) -> None:
     types = {n: r.model_type for n, r in readers.items() if r.model_type is not None}
     if len(set(types.values())) > 1:
         desc = ", ".join(f"{n} is {t}" for n, t in types.items())
@@ -74,7 +74,7 @@ def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, 
             other = r.tensors.get(t)
             if other is None:
                 raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has")
-            if other.shape != info.shape and t not in vocab:
+            if other.shape != info.shape and t not in vocab and not copied(t):
                 raise ShapeMismatch(
                     f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
                     f"{list(info.shape)} in model '{ref}'"
@@ -100,15 +100,16 @@ def build_plan(
     """One load -> (align) -> merge -> write chain per output tensor. ``anchor_name`` resolves
     ``anchor: auto`` (see graph.anchor)."""
     ref = recipe.config_source
+    resolve = Resolver(recipe, operators)
     vocab: dict[str, VocabRows] = {}
     if not recipe.slices:
         tok = recipe.output.tokenizer
         vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
-        _check_models(recipe, readers, ref, vocab)
+        # tensors copied from one model (passthrough) may differ in shape, e.g. classifier heads
+        _check_models(recipe, readers, ref, vocab, lambda t: resolve(t, 0.0).op == "passthrough")
     ref_reader = readers[ref]
     compute = NAMES[recipe.dtype]
     csize = torch.empty((), dtype=compute).element_size()
-    resolve = Resolver(recipe, operators)
     aligner = None
     n_layers = num_layers(ref_reader.tensors, ref_reader.config)
     order = list(recipe.models)
@@ -169,6 +170,8 @@ def build_plan(
             members = [m for m in item.models if not (with_base and m == recipe.base)]
             if op.select is not None:
                 members = op.select(params, members)
+                if vrows is None:  # the selected model's own shape
+                    info = readers[members[0]].info(item.names[members[0]])
             if op.stats is not None and stats_loads(op.stats, tname, info.shape, members, item.names, stats, None,
                                                     lambda *a: None) is None:
                 fallback = operators[params.fallback]  # type: ignore[attr-defined]
