@@ -7,7 +7,24 @@ from mergeflow.merge.base import MergeContext
 from mergeflow.merge.catalog import OPERATORS
 
 
-def run(name, tensors, base, dtype=torch.float32):
+def stats_for(op, tensors, dtype):
+    """Synthetic statistics for operators that take them: positive Fishers, SPD Gram matrices."""
+    gen = torch.Generator().manual_seed(9)
+    if op.stats == "fisher":
+        return tuple(torch.rand(t.shape, generator=gen).to(dtype) + 0.1 for t in tensors)
+    if op.stats == "gram":
+        if tensors[0].dim() != 2:
+            pytest.skip("Gram statistics exist for 2-D weights only (others take the fallback operator)")
+        n = tensors[0].shape[1]
+        out = []
+        for _ in tensors:
+            x = torch.randn(4 * n, n, generator=gen)
+            out.append((x.T @ x / (4 * n)).to(dtype))
+        return tuple(out)
+    return ()
+
+
+def run(name, tensors, base, dtype=torch.float32, model_params=None):
     op = OPERATORS[name]
     names = [f"m{i}" for i in range(len(tensors))]
     if op.select is not None:
@@ -17,8 +34,8 @@ def run(name, tensors, base, dtype=torch.float32):
         [t.to(dtype).clone() for t in tensors],
         None if base is None else base.to(dtype),
         op.params(),
-        [op.model_params() for _ in tensors],
-        MergeContext("x", 0, tuple(names)),
+        model_params or [op.model_params() for _ in tensors],
+        MergeContext("x", 0, tuple(names), 0, stats_for(op, tensors, dtype)),
     )
 
 
@@ -78,5 +95,5 @@ def test_weight_one_on_one_model_returns_it(name):
     xs = [torch.randn(33, generator=gen) for _ in range(n_models(op))]
     base = torch.randn(33, generator=gen) if op.needs_base else None
     mp = [op.model_params(weight=1.0 if i == 0 else 0.0) for i in range(len(xs))]
-    out = op.fn([x.clone() for x in xs], base, op.params(), mp, MergeContext("x", 0, ()))
+    out = run(name, xs, base, model_params=mp)
     torch.testing.assert_close(out, xs[0], rtol=1e-6, atol=1e-6)

@@ -130,7 +130,9 @@ def test_row_blocks_give_the_same_bytes(tmp_path, demo_tree, recipe_name, monkey
     outs = []
     for k, chunk in enumerate([plan_mod.CHUNK_ELEMS, 100]):
         monkeypatch.setattr(plan_mod, "CHUNK_ELEMS", chunk)
-        monkeypatch.setattr(plan_mod.build_plan, "__defaults__", (None, chunk, None))
+        defaults = list(plan_mod.build_plan.__defaults__)
+        defaults[1] = chunk  # (max_memory, chunk_elems, anchor_name, stats)
+        monkeypatch.setattr(plan_mod.build_plan, "__defaults__", tuple(defaults))
         opts = runner.Options(device="cpu")
         prep = runner.prepare(demo_tree / "recipes" / recipe_name, opts)
         blocked = sum(w.rows is not None for w in prep.plan.writes)

@@ -30,7 +30,7 @@ def convert(config: str) -> None:
 
 @click.group(name="eval")
 def eval_group() -> None:
-    """Measure models: distances between them (more evaluations come with later releases)."""
+    """Measure models: parameter distance, loss barrier along the linear path, functional equivalence."""
 
 
 @eval_group.command()

@@ -222,6 +222,7 @@ def docs() -> None:
 cli.add_command(convert)
 cli.add_command(eval_group)
 cli.add_command(stats)
+import mergeflow.cli.eval_cmds  # noqa: E402,F401  (registers eval barrier/equivalence)
 
 
 def _warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001

@@ -24,12 +24,12 @@ def check_stats(sec: dict[str, Any], ops: list[tuple[tuple[Any, ...], Any]], ope
         out[name] = str(p.resolve()) if check_paths else raw
     base = sec.get("base")
     for where, spec in ops:
-        op = operators.get(spec.name)
+        op = operators[spec.name] if spec.name in operators else None  # noqa: SIM401 (Registry.get raises)
         kind = getattr(op, "stats", None)
         if kind is None:
             continue
         fb = spec.params.get("fallback", "linear")
-        fb_op = operators.get(fb) if isinstance(fb, str) else None
+        fb_op = operators[fb] if isinstance(fb, str) and fb in operators else None
         if fb_op is None or getattr(fb_op, "stats", None) is not None or fb_op.needs_base:
             add((*where, spec.name, "fallback"), f"'{fb}' is not an operator that merges without statistics "
                 "or a base model")

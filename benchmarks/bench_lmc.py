@@ -1,0 +1,143 @@
+"""Linear mode connectivity on offline test beds: how much each alignment variant reduces the
+distance between two models and the loss barrier on the path between them.
+
+    python benchmarks/bench_lmc.py [--workdir bench_out/lmc] [--device cpu]
+
+Test beds (all built here, nothing downloaded):
+- vision: ViT classifiers on scikit-learn's digits: two trained from different seeds ("independent"),
+  and two fine-tunes of one trained ViT on digits 0-4 and 5-9 ("fine-tunes").
+- language: GPT-2 character models on Python's own standard-library source text (lower-cased to the
+  toy tokenizer's characters): two from different seeds, and two fine-tunes of one on different files.
+Prints a markdown table (docs/results.md holds a copy with the commands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = {
+    "naive": [],
+    "permute": [{"permute": {"ffn": True, "heads": True}}],
+    "rotate": [{"rotate": {}}],
+    "rotate+permute": [{"rotate": {}}, {"permute": {"ffn": True}}],
+    "rotate+permute+rescale": [{"rotate": {}}, {"permute": {"ffn": True}}, {"rescale": {}}],
+}
+GPT2 = {"vocab_size": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}
+
+
+def corpus(modules: list[str]) -> str:
+    import importlib
+
+    from mergeflow.toymodels import CHARS
+
+    ok = set(CHARS)
+    text = "\n".join(inspect.getsource(importlib.import_module(m)) for m in modules).lower()
+    return "".join(c for c in text if c in ok)
+
+
+def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | None = None) -> Path:
+    import transformers
+
+    from mergeflow.toymodels import save_tokenizer
+
+    torch.manual_seed(seed)
+    if init_from is None:
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2, bos_token_id=2, eos_token_id=3))
+        save_tokenizer(path)
+    else:
+        model = transformers.GPT2LMHeadModel.from_pretrained(str(init_from))
+        save_tokenizer(path)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path))
+    ids = torch.tensor(tok(text)["input_ids"])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3 if init_from is None else 1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - 65, (32,), generator=gen)
+        batch = torch.stack([ids[s:s + 64] for s in starts])
+        loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(str(path))
+    return path
+
+
+def beds(work: Path) -> dict[str, tuple[Path, Path, Path]]:
+    """name -> (A, B, held-out data)."""
+    from mergeflow import toytrain as tt
+
+    out = {}
+    x, y = tt.digits("train")
+    xt, yt = tt.digits("test")
+    data = tt.save_npz(work / "digits-test.npz", xt, yt)
+    v = work / "vit"
+    if not (v / "b2" / "config.json").exists():
+        tt.train_vit(v / "a1", x, y, seed=11, epochs=20)
+        tt.train_vit(v / "b1", x, y, seed=12, epochs=20)
+        init = tt.train_vit(v / "init", x, y, seed=0, epochs=8)
+        tt.train_vit(v / "a2", x[y < 5], y[y < 5], seed=1, epochs=4, init_from=init, lr=1e-3)
+        tt.train_vit(v / "b2", x[y >= 5], y[y >= 5], seed=2, epochs=4, init_from=init, lr=1e-3)
+    out["ViT digits, independent"] = (v / "a1", v / "b1", data)
+    out["ViT digits, fine-tunes"] = (v / "a2", v / "b2", data)
+    g = work / "gpt2"
+    train_text = corpus(["argparse", "json.decoder", "textwrap"])
+    heldout = corpus(["string", "shlex"])
+    lines = [heldout[i:i + 60] for i in range(0, min(len(heldout), 60 * 200), 60)]
+    gdata = work / "text-heldout.txt"
+    gdata.write_text("\n".join(ln.replace("\n", " ") for ln in lines) + "\n")
+    if not (g / "b2" / "config.json").exists():
+        train_gpt2(g / "a1", train_text, seed=11, steps=400)
+        train_gpt2(g / "b1", train_text, seed=12, steps=400)
+        init = train_gpt2(g / "init", train_text, seed=0, steps=300)
+        train_gpt2(g / "a2", corpus(["argparse"]), seed=1, steps=100, init_from=init)
+        train_gpt2(g / "b2", corpus(["json.decoder", "textwrap"]), seed=2, steps=100, init_from=init)
+    out["GPT-2 chars, independent"] = (g / "a1", g / "b1", gdata)
+    out["GPT-2 chars, fine-tunes"] = (g / "a2", g / "b2", gdata)
+    return out
+
+
+def main() -> None:
+    from mergeflow.eval.barrier import aligned_copy, curve
+    from mergeflow.eval.distance import model_distance
+    from mergeflow.io.reader import ModelReader
+    from mergeflow.stats.data import load_data
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default="bench_out/lmc")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--points", type=int, default=11)
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    results = {}
+    print("| test bed | variant | distance (rel. to ‖A‖²) | barrier | midpoint loss | midpoint acc | align s |")
+    print("|---|---|---|---|---|---|---|")
+    for bed, (a, b, data_path) in beds(work).items():
+        data = load_data(data_path)
+        for name, steps in VARIANTS.items():
+            t0 = time.perf_counter()
+            bb = aligned_copy(a, b, steps, work / "aligned" / bed.replace(" ", "_").replace(",", ""), args.device) \
+                if steps else b
+            secs = time.perf_counter() - t0 if steps else 0.0
+            dist = model_distance(ModelReader("A", a), ModelReader("B", bb)).rows()[-1][2]
+            c = curve(a, bb, data, args.points, torch.device(args.device))
+            acc = f"{c['midpoint_accuracy']:.3f}" if "midpoint_accuracy" in c else "-"
+            results[f"{bed} / {name}"] = {"distance": dist, "seconds": secs, **c}
+            print(f"| {bed} | {name} | {dist:.4f} | {c['barrier']:.3f} | {c['midpoint_loss']:.3f} | {acc} | "
+                  f"{secs:.1f} |", flush=True)
+        print(f"|  | endpoints: loss(A) {c['loss_a']:.3f}, loss(B) {c['loss_b']:.3f} | | | | | |", flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

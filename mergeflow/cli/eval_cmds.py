@@ -1,0 +1,96 @@
+"""``mergeflow eval barrier`` and ``mergeflow eval equivalence``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mergeflow.cli.extra import eval_group
+from mergeflow.cli.options import DEVICE, QUIET
+
+
+def _steps(spec: str | None, anchor: str) -> list | None:
+    if spec is None:
+        return None
+    if spec == "default":
+        from mergeflow.cli.align_cmd import default_steps
+
+        return default_steps(anchor)
+    from mergeflow.errors import RecipeError
+    from mergeflow.recipe.yaml_source import read_yaml
+
+    src = read_yaml(spec)
+    if not isinstance(src.data, dict) or not isinstance(src.data.get("align"), list) or not src.data["align"]:
+        raise RecipeError([f"{spec}: --align takes a steps file or recipe with a non-empty 'align:' list"])
+    return src.data["align"]
+
+
+@eval_group.command()
+@click.argument("model_a", type=click.Path(file_okay=False))
+@click.argument("model_b", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out set (text, JSONL or .npz).")
+@click.option("--align", "align_spec", default=None, metavar="STEPS|default",
+              help="A steps file or recipe whose 'align:' steps are added one at a time (a curve each), or "
+                   "'default' (rotate, permute, rescale).")
+@click.option("--points", default=11, show_default=True, type=click.IntRange(3), help="Grid of lambda in [0, 1].")
+@click.option("--max-examples", default=None, type=click.IntRange(1))
+@click.option("-o", "--out", default="barrier", show_default=True,
+              help="Write OUT.json (every point) and OUT.png (the curves).")
+@DEVICE
+@QUIET
+def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, points: int, max_examples: int | None,
+            out: str, device: str, quiet: bool) -> None:
+    """Loss of (1-l) A + l B over a grid of l, naive and after each alignment step; the barrier of each."""
+    from tqdm import tqdm
+
+    from mergeflow.eval.barrier import barrier_report, plot
+    from mergeflow.graph.run import resolve_device
+    from mergeflow.stats.data import load_data
+
+    steps = _steps(align_spec, model_a)
+    ds = load_data(data).subset(max_examples)
+    bar = tqdm(total=points * (1 + len(steps or [])), desc="barrier", unit="pt", disable=quiet, dynamic_ncols=True)
+    try:
+        report = barrier_report(model_a, model_b, ds, steps, points, resolve_device(device), bar.update)
+    finally:
+        bar.close()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, f"{out}.png")
+    if quiet:
+        return
+    click.echo(f"{'variant':10s} {'barrier':>9s} {'loss(0)':>9s} {'loss(1)':>9s} {'loss(.5)':>9s} {'acc(.5)':>8s}")
+    for name, v in report["variants"].items():
+        acc = f"{v['midpoint_accuracy']:8.3f}" if "midpoint_accuracy" in v else f"{'':8s}"
+        click.echo(f"{name:10s} {v['barrier']:9.4f} {v['loss_a']:9.4f} {v['loss_b']:9.4f} {v['midpoint_loss']:9.4f} "
+                   f"{acc}")
+    click.echo(f"wrote {out}.json and {out}.png")
+
+
+@eval_group.command()
+@click.argument("model_a", type=click.Path(file_okay=False))
+@click.argument("model_b", type=click.Path(file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False))
+@click.option("--max-examples", default=None, type=click.IntRange(1))
+@click.option("--tolerance", default=1e-4, show_default=True, type=float,
+              help="Largest logit difference, relative to the largest logit, that counts as equal.")
+@DEVICE
+def equivalence(model_a: str, model_b: str, data: str, max_examples: int | None, tolerance: float,
+                device: str) -> None:
+    """Max |difference| of logits and hidden states of MODEL_A and MODEL_B on DATA; exit 1 if they differ."""
+    import sys
+
+    from mergeflow.eval.equivalence import equivalence as run_equivalence
+    from mergeflow.graph.run import resolve_device
+    from mergeflow.stats.data import load_data
+
+    res = run_equivalence(model_a, model_b, load_data(data).subset(max_examples), resolve_device(device))
+    rel = res["logits"] / max(res["logits_scale"], 1e-30)
+    click.echo(f"max |logits difference|: {res['logits']:.3g} (relative {rel:.3g}); "
+               f"max |hidden-state difference|: {res['hidden_states']:.3g}")
+    if rel > tolerance:
+        click.echo(f"not equivalent: relative logit difference {rel:.3g} > {tolerance:g}", err=True)
+        sys.exit(1)
+    click.echo("equivalent")

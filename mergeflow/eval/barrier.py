@@ -1,0 +1,94 @@
+"""Linear-mode-connectivity measurements: the loss along (1 - l) A + l B on a grid of l, before and
+after aligning B to A, and the barrier max_l [L(l) - ((1 - l) L(0) + l L(1))]."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from mergeflow.eval.loss import evaluate, interpolate_into, state_of
+from mergeflow.stats.data import Data
+from mergeflow.stats.model import load_model
+
+
+def curve(a_dir: str | Path, b_dir: str | Path, data: Data, points: int, device: torch.device,
+          progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    la, lb = load_model(a_dir, device), load_model(b_dir, device)
+    sa, sb = state_of(la), state_of(lb)
+    if set(sa) != set(sb) or any(sa[k].shape != sb[k].shape for k in sa):
+        raise ValueError(f"{a_dir} and {b_dir} do not have the same parameters and shapes")
+    del lb
+    lams = [i / (points - 1) for i in range(points)]
+    rows = []
+    for lam in lams:
+        interpolate_into(la, sa, sb, lam)
+        rows.append({"lambda": lam, **evaluate(la, data)})
+        progress(1)
+    l0, l1 = rows[0]["loss"], rows[-1]["loss"]
+    gaps = [r["loss"] - ((1 - r["lambda"]) * l0 + r["lambda"] * l1) for r in rows]
+    mid = min(rows, key=lambda r: abs(r["lambda"] - 0.5))
+    return {"points": rows, "barrier": max(gaps), "midpoint_loss": mid["loss"], "loss_a": l0, "loss_b": l1,
+            **({"midpoint_accuracy": mid["accuracy"]} if "accuracy" in mid else {})}
+
+
+def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[str, Any]]]]:
+    """naive, then the alignment steps added one at a time: +permute, +rotate, ..."""
+    out: list[tuple[str, list[dict[str, Any]]]] = [("naive", [])]
+    for i, step in enumerate(steps or []):
+        out.append(("+" + next(iter(step)), list(steps[: i + 1])))  # type: ignore[index]
+    return out
+
+
+def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
+                 device: str) -> Path:
+    """B aligned to A with ``steps`` (through the same code as `mergeflow align`)."""
+    from mergeflow.cli.align_cmd import align_recipe
+    from mergeflow.graph import run as runner
+
+    work.mkdir(parents=True, exist_ok=True)
+    steps_file = work / f"steps{len(steps)}.yml"
+    steps_file.write_text(yaml.safe_dump({"align": steps}))
+    recipe, text = align_recipe(str(b_dir), str(a_dir), str(steps_file))
+    opts = runner.Options(device=device, force=True)
+    prep = runner.prepare(str(steps_file), opts, recipe=recipe, recipe_text=text)
+    out = work / f"aligned{len(steps)}"
+    runner.run(prep, out, opts, progress=False)
+    return out
+
+
+def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list[dict[str, Any]] | None,
+                   points: int, device: torch.device, progress: Callable[[int], None] = lambda n: None,
+                   ) -> dict[str, Any]:
+    out: dict[str, Any] = {"a": str(a_dir), "b": str(b_dir), "data": str(data.path), "examples": len(data),
+                           "variants": {}}
+    with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
+        for name, prefix in variants(steps):
+            b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
+            out["variants"][name] = {"steps": prefix, **curve(a_dir, b, data, points, device, progress)}
+    return out
+
+
+def plot(report: dict[str, Any], path: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, v in report["variants"].items():
+        xs = [p["lambda"] for p in v["points"]]
+        ax.plot(xs, [p["loss"] for p in v["points"]], marker="o", ms=3, label=f"{name} (barrier {v['barrier']:.3g})")
+    ax.set_xlabel("lambda: (1 - lambda) A + lambda B")
+    ax.set_ylabel("loss")
+    ax.set_title("loss along the linear path")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(str(path))
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,27 @@
+"""Is B the same function as A on this data? Max |difference| of logits and of every hidden state."""
+
+from __future__ import annotations
+
+import torch
+
+from mergeflow.stats.data import Data, batches
+from mergeflow.stats.model import load_model
+
+
+def equivalence(a_dir: str, b_dir: str, data: Data, device: torch.device, batch_size: int = 32,
+                max_length: int = 128) -> dict[str, float]:
+    la, lb = load_model(a_dir, device), load_model(b_dir, device)
+    worst = {"logits": 0.0, "hidden_states": 0.0, "logits_scale": 0.0}
+    with torch.no_grad():
+        for inputs, _labels, mask in batches(data, la.tokenizer, batch_size, max_length, device, la.image_shape):
+            oa = la.model(**inputs, output_hidden_states=True)
+            ob = lb.model(**inputs, output_hidden_states=True)
+            sel = None if mask is None or oa.logits.dim() < 3 else mask.bool()
+
+            def keep(t: torch.Tensor, sel: torch.Tensor | None = sel) -> torch.Tensor:
+                return t if sel is None else t[sel]
+            worst["logits"] = max(worst["logits"], float((keep(oa.logits) - keep(ob.logits)).abs().max()))
+            worst["logits_scale"] = max(worst["logits_scale"], float(keep(oa.logits).abs().max()))
+            for ha, hb in zip(oa.hidden_states or (), ob.hidden_states or (), strict=True):
+                worst["hidden_states"] = max(worst["hidden_states"], float((keep(ha) - keep(hb)).abs().max()))
+    return worst

@@ -1,0 +1,67 @@
+"""eval barrier / eval equivalence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mergeflow.toymodels import scramble_model
+from tests.conftest import run_cli, write
+
+TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nalign then merge\n" * 3
+
+
+@pytest.fixture(scope="module")
+def pair(toy, tmp_path_factory):
+    root = tmp_path_factory.mktemp("barrier")
+    a = toy("llama")
+    scrambled = scramble_model(a, root / "scrambled", seed=4)
+    other = toy("llama", seed=7)
+    return root, a, scrambled, other, write(root / "d.txt", TEXT)
+
+
+def barrier(root, a, b, data, *extra, out="bar"):
+    res = run_cli("eval", "barrier", str(a), str(b), "--data", str(data), "--points", "5", "-o", str(root / out),
+                  "--device", "cpu", *extra)
+    assert res.returncode == 0, res.stderr
+    return json.loads((root / f"{out}.json").read_text()), res
+
+
+def test_barrier_of_a_model_with_itself_is_zero(pair):
+    root, a, _s, _o, data = pair
+    rep, _ = barrier(root, a, a, data, out="self")
+    v = rep["variants"]["naive"]
+    assert abs(v["barrier"]) < 1e-6 and len(v["points"]) == 5
+    assert (root / "self.png").stat().st_size > 1000
+
+
+def test_alignment_removes_the_barrier_of_an_exact_reparameterisation(pair):
+    root, a, scrambled, _o, data = pair
+    rep, res = barrier(root, a, scrambled, data, "--align", "default", out="scr")
+    v = rep["variants"]
+    assert set(v) == {"naive", "+rotate", "+permute", "+rescale"}
+    assert v["naive"]["barrier"] > 0.01
+    assert abs(v["+rescale"]["barrier"]) < 1e-3, v["+rescale"]["barrier"]
+    assert "+rescale" in res.stdout
+    again, _ = barrier(root, a, scrambled, data, "--align", "default", out="scr2")
+    assert again["variants"] == rep["variants"]  # deterministic
+
+
+def test_equivalence(pair):
+    root, a, scrambled, other, data = pair
+    res = run_cli("eval", "equivalence", str(a), str(scrambled), "--data", str(data), "--device", "cpu")
+    assert res.returncode == 0 and "equivalent" in res.stdout, res.stderr
+    res = run_cli("eval", "equivalence", str(a), str(other), "--data", str(data), "--device", "cpu")
+    assert res.returncode == 1 and "not equivalent" in res.stderr
+
+
+def test_barrier_bad_input(pair, tmp_path):
+    root, a, _s, _o, data = pair
+    vit = tmp_path / "steps.yml"
+    vit.write_text("models: {}\n")
+    res = run_cli("eval", "barrier", str(a), str(a), "--data", str(data), "--align", str(vit), "-o",
+                  str(tmp_path / "b"))
+    assert res.returncode == 2 and "align:" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b"))
+    assert res.returncode == 2 and "does not exist" in res.stderr
