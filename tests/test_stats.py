@@ -184,3 +184,22 @@ def test_bad_statistics_and_data_get_one_line_errors(tmp_path, toy):
         assert res.returncode == 2 and frag in res.stderr and "Traceback" not in res.stderr, (name, res.stderr)
         assert not (tmp_path / f"out_{name}").exists()
     assert json.loads("{}") == {}
+
+
+def test_gpt2_conv1d_grams_are_marked_transposed_and_regmean_runs(tmp_path, toy):
+    a, b = toy("gpt2"), toy("gpt2", seed=1, perturb_from=toy("gpt2"))
+    data = write(tmp_path / "d.jsonl", '{"text": "hello world"}\n{"text": "merge the models, please"}\n')
+    for name, m in (("a", a), ("b", b)):
+        res = run_cli("stats", str(m), "--data", str(data), "--kind", "gram", "-o",
+                      str(tmp_path / f"{name}.safetensors"), "-q", "--device", "cpu")
+        assert res.returncode == 0, res.stderr
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), "pt") as h:
+        meta = h.metadata()
+        assert h.get_slice("transformer.h.0.mlp.c_proj.weight").get_shape() == [128, 128]  # input: 4 x n_embd
+    assert "transformer.h.0.attn.c_attn.weight" in json.loads(meta["transposed"])
+    recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{regmean: {{}}}}\n"
+                   "stats: {a: a.safetensors, b: b.safetensors}\n")
+    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    assert res.returncode == 0, res.stderr
