@@ -137,7 +137,7 @@ SECTIONS: dict[str, tuple[Any, Any, str]] = {
                          "(converted mergekit configs use 0, as mergekit does)."),
     "dtype": (DType, "float32", "Compute dtype."),
     "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
-    "seed": (int, 0, "Seed for randomised operators (DARE). Same seed, same output."),
+    "seed": (int, 0, "Seed for randomised operators (DARE, DELLA). Same seed, same output on the same device type (CPU and CUDA draw different masks)."),
     "output": (OutputOptions, OutputOptions(), "Output options."),
 }
 
