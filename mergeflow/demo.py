@@ -105,9 +105,13 @@ def main(argv: list[str] | None = None) -> None:
 
         print("\nalignment of math-scrambled to base (squared distance to the anchor after each step):")
         print(table(alignment))
-    print(f"\ndone in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave finite "
-          "logits. The reference is the average of base and the unscrambled math model: the aligned merge "
-          "reproduces it, the naive one does not.")
+    print("The reference is the average of base and the unscrambled math model: the aligned merge reproduces it, "
+          "the naive one does not.")
+    from mergeflow.demo_trained import run_trained
+
+    run_trained(work, _table)
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave "
+          "finite outputs.")
 
 
 if __name__ == "__main__":
