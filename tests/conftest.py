@@ -50,12 +50,17 @@ def toy(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def demo_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of recipes/ beside demo_out/models/{base,math,code}, as `make demo` lays them out."""
+    """A copy of recipes/ beside demo_out/models/{base,math,code,vit-*}, as `make demo` lays them out."""
     from mergeflow.demo import build_models
 
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(ROOT / "recipes", root / "recipes")
     build_models(root / "demo_out" / "models")
+    from mergeflow.toymodels import build
+    from mergeflow.toytrain import VIT
+
+    for seed in (11, 12):  # the demo trains these; untrained ones of the same shape serve the recipes here
+        build("vit", root / "demo_out" / "models" / f"vit-seed{seed}", seed=seed, config=VIT)
     return root
 
 
