@@ -50,10 +50,9 @@ def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | N
     torch.manual_seed(seed)
     if init_from is None:
         model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2, bos_token_id=2, eos_token_id=3))
-        save_tokenizer(path)
     else:
         model = transformers.GPT2LMHeadModel.from_pretrained(str(init_from))
-        save_tokenizer(path)
+    save_tokenizer(path)
     tok = transformers.AutoTokenizer.from_pretrained(str(path))
     ids = torch.tensor(tok(text)["input_ids"])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3 if init_from is None else 1e-3)
@@ -105,7 +104,7 @@ def beds(work: Path) -> dict[str, tuple[Path, Path, Path]]:
 
 
 def main() -> None:
-    from mergeflow.eval.barrier import aligned_copy, curve
+    from mergeflow.eval.barrier import aligned_copy, curve, load_endpoint
     from mergeflow.eval.distance import model_distance
     from mergeflow.io.reader import ModelReader
     from mergeflow.stats.data import load_data
@@ -124,13 +123,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for bed, (a, b, data_path) in beds(work).items():
         data = load_data(data_path)
+        a_end = load_endpoint(a, torch.device(args.device))
         for name, steps in VARIANTS.items():
             t0 = time.perf_counter()
             bb = aligned_copy(a, b, steps, work / "aligned" / bed.replace(" ", "_").replace(",", ""), args.device) \
                 if steps else b
             secs = time.perf_counter() - t0 if steps else 0.0
             dist = model_distance(ModelReader("A", a), ModelReader("B", bb)).rows()[-1][2]
-            c = curve(a, bb, data, args.points, torch.device(args.device))
+            c = curve(a_end, bb, data, args.points)
             acc = f"{c['midpoint_accuracy']:.3f}" if "midpoint_accuracy" in c else "-"
             results[f"{bed} / {name}"] = {"distance": dist, "seconds": secs, **c}
             print(f"| {bed} | {name} | {dist:.4f} | {c['barrier']:.3f} | {c['midpoint_loss']:.3f} | {acc} | "

@@ -39,7 +39,9 @@ def run_trained(work: Path, table) -> None:  # noqa: ANN001  (table: demo._table
         res = runner.run(prep, work / "merged" / Path(recipe).stem, opts, progress=False)
         rows.append((recipe, f"{tt.accuracy(res.out, xt, yt):.3f}", f"{res.seconds * 1000:.0f} ms", "-"))
     table(rows)
-    steps = [{"permute": {"ffn": True, "heads": True}}, {"rotate": {"qk": True, "vo": True}}, {"rescale": {}}]
+    from mergeflow.graph.align_recipe import read_steps
+
+    _src, steps = read_steps(str(ROOT / "recipes" / RECIPES[1]), recipe_ok=True)  # the aligned recipe's steps
     t1 = time.perf_counter()
     rep = barrier_report(a, models[12], load_data(data), steps, 11, torch.device("cpu"))
     plot(rep, work / "barrier.png")

@@ -60,9 +60,9 @@ def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epo
 
 
 def accuracy(path: str | Path, x: np.ndarray, y: np.ndarray) -> float:
-    import transformers
+    """Test accuracy of the classifier in ``path`` (through the evaluation code of `mergeflow eval`)."""
+    from mergeflow.eval.loss import evaluate
+    from mergeflow.stats.data import Data
+    from mergeflow.stats.model import load_model
 
-    model = transformers.ViTForImageClassification.from_pretrained(str(path)).eval()
-    with torch.no_grad():
-        pred = model(pixel_values=torch.as_tensor(x)).logits.argmax(-1).numpy()
-    return float((pred == y).mean())
+    return evaluate(load_model(path, torch.device("cpu")), Data(Path(path), x=x, labels=y))["accuracy"]

@@ -58,9 +58,8 @@ def test_equivalence(pair):
 
 def test_barrier_bad_input(pair, tmp_path):
     root, a, _s, _o, data = pair
-    vit = tmp_path / "steps.yml"
-    vit.write_text("models: {}\n")
-    res = run_cli("eval", "barrier", str(a), str(a), "--data", str(data), "--align", str(vit), "-o",
+    steps = write(tmp_path / "steps.yml", "models: {}\n")  # no align: list
+    res = run_cli("eval", "barrier", str(a), str(a), "--data", str(data), "--align", str(steps), "-o",
                   str(tmp_path / "b"))
     assert res.returncode == 2 and "align:" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b"))

@@ -14,17 +14,9 @@ from mergeflow.cli.options import DEVICE, QUIET
 def _steps(spec: str | None, anchor: str) -> list | None:
     if spec is None:
         return None
-    if spec == "default":
-        from mergeflow.cli.align_cmd import default_steps
+    from mergeflow.graph.align_recipe import default_steps, read_steps
 
-        return default_steps(anchor)
-    from mergeflow.errors import RecipeError
-    from mergeflow.recipe.yaml_source import read_yaml
-
-    src = read_yaml(spec)
-    if not isinstance(src.data, dict) or not isinstance(src.data.get("align"), list) or not src.data["align"]:
-        raise RecipeError([f"{spec}: --align takes a steps file or recipe with a non-empty 'align:' list"])
-    return src.data["align"]
+    return default_steps(anchor) if spec == "default" else read_steps(spec, recipe_ok=True)[1]
 
 
 @eval_group.command()

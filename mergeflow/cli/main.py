@@ -135,8 +135,8 @@ def align(
     quiet: bool,
 ) -> None:
     """Write MODEL re-parameterised toward ANCHOR: the same function, weights as close as the symmetries allow."""
-    from mergeflow.cli.align_cmd import align_recipe
     from mergeflow.graph import run as runner
+    from mergeflow.graph.align_recipe import align_recipe
 
     recipe, text = align_recipe(model, anchor, steps_file)
     opts = runner.Options(

@@ -13,16 +13,22 @@ import yaml
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import load_model
+from mergeflow.stats.model import Loaded, load_model
 
 
-def curve(a_dir: str | Path, b_dir: str | Path, data: Data, points: int, device: torch.device,
+def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
+    """Model A, loaded once for every curve from it, and a copy of its weights."""
+    la = load_model(a_dir, device)
+    return la, state_of(la)
+
+
+def curve(a: tuple[Loaded, dict[str, torch.Tensor]], b_dir: str | Path, data: Data, points: int,
           progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
-    la, lb = load_model(a_dir, device), load_model(b_dir, device)
-    sa, sb = state_of(la), state_of(lb)
+    """The path from A (see load_endpoint; its model is overwritten along the way) to the model in b_dir."""
+    la, sa = a
+    sb = state_of(load_model(b_dir, next(la.model.parameters()).device))
     if set(sa) != set(sb) or any(sa[k].shape != sb[k].shape for k in sa):
-        raise ValueError(f"{a_dir} and {b_dir} do not have the same parameters and shapes")
-    del lb
+        raise ValueError(f"{b_dir} does not have the same parameters and shapes as model A")
     lams = [i / (points - 1) for i in range(points)]
     rows = []
     for lam in lams:
@@ -47,8 +53,8 @@ def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[st
 def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
                  device: str) -> Path:
     """B aligned to A with ``steps`` (through the same code as `mergeflow align`)."""
-    from mergeflow.cli.align_cmd import align_recipe
     from mergeflow.graph import run as runner
+    from mergeflow.graph.align_recipe import align_recipe
 
     work.mkdir(parents=True, exist_ok=True)
     steps_file = work / f"steps{len(steps)}.yml"
@@ -66,10 +72,11 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
                    ) -> dict[str, Any]:
     out: dict[str, Any] = {"a": str(a_dir), "b": str(b_dir), "data": str(data.path), "examples": len(data),
                            "variants": {}}
+    a = load_endpoint(a_dir, device)
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
         for name, prefix in variants(steps):
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
-            out["variants"][name] = {"steps": prefix, **curve(a_dir, b, data, points, device, progress)}
+            out["variants"][name] = {"steps": prefix, **curve(a, b, data, points, progress)}
     return out
 
 

@@ -19,7 +19,7 @@ from mergeflow.errors import (
     UnsupportedArchitecture,
 )
 from mergeflow.graph.slices import plain_items, slice_items
-from mergeflow.graph.stats_inputs import Stats, stats_loads
+from mergeflow.graph.stats_inputs import Stats, tensor_stats
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.graph.vocab import VocabRows, vocab_rows
@@ -172,9 +172,10 @@ def build_plan(
                 members = op.select(params, members)
                 if vrows is None:  # the selected model's own shape
                     info = readers[members[0]].info(item.names[members[0]])
-            if op.stats is not None and stats_loads(op.stats, tname, info.shape, members, item.names, stats, None,
-                                                    lambda *a: None) is None:
-                fallback = operators[params.fallback]  # type: ignore[attr-defined]
+            tstats = None if op.stats is None else tensor_stats(op.stats, tname, info.shape, members, item.names,
+                                                                 stats)
+            if op.stats is not None and tstats is None:
+                fallback = operators[params.fallback]  # type: ignore[attr-defined]  (StatsFallbackParams)
                 known = fallback.model_params.model_fields
                 op, params = fallback, fallback.params.model_validate({})
                 settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
@@ -197,11 +198,7 @@ def build_plan(
         for part, rows in enumerate(blocks):
             base = source(recipe.base, item.names[recipe.base], rows) if with_base else None
             inputs = tuple(source(m, item.names[m], rows) for m in members)
-            extra = {}
-            if op.stats is not None:
-                got = stats_loads(op.stats, tname, info.shape, members, item.names, stats, rows, load)
-                assert got is not None
-                extra = dict(zip(("stats", "stats_scale", "transposed"), got, strict=True))
+            extra = tstats.merge_fields(rows, load) if tstats is not None else {}
             merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part, **extra)
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from mergeflow.io.header import TensorInfo
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.stats_file import StatsError, StatsInfo, stats_info
 from mergeflow.recipe.schema import Recipe
@@ -35,12 +34,27 @@ def key(model: str) -> str:
     return f"stats.{model}"
 
 
-def stats_loads(kind: str, tensor: str, shape: tuple[int, ...], members: list[str], names: Mapping[str, str],
-                stats: Mapping[str, Stats], rows: tuple[int, int] | None, load: Callable,
-                ) -> tuple[tuple, tuple[float, ...], bool] | None:
-    """(loads, per-model means, transposed) of the statistics of ``tensor``, or None when a model has
-    none for it (the operator's fallback merges it). Wrong kind or shape is an error naming the file."""
-    infos: list[TensorInfo] = []
+@dataclass(frozen=True)
+class TensorStats:
+    """The statistics of one tensor, checked: where to read them and how to use them."""
+
+    kind: str
+    names: tuple[str, ...]  # stats tensor name, per merged model
+    models: tuple[str, ...]
+    scale: tuple[float, ...]  # per model: the mean of its whole statistics file
+    transposed: bool  # the weight is stored [in, out] (GPT-2 Conv1D)
+
+    def merge_fields(self, rows: tuple[int, int] | None, load: Callable) -> dict[str, object]:
+        """The Merge task's statistics fields for one row block (Fisher follows the rows; Gram is whole)."""
+        rows = rows if self.kind == "fisher" else None
+        loads = tuple(load(key(m), n, rows) for m, n in zip(self.models, self.names, strict=True))
+        return {"stats": loads, "stats_scale": self.scale, "transposed": self.transposed}
+
+
+def tensor_stats(kind: str, tensor: str, shape: tuple[int, ...], members: list[str], names: Mapping[str, str],
+                 stats: Mapping[str, Stats]) -> TensorStats | None:
+    """The checked statistics of ``tensor``, or None when a model has none for it (the operator's
+    fallback merges it). Wrong kind or shape is an error naming the file."""
     transposed = False
     for m in members:
         st = stats[m]
@@ -49,18 +63,16 @@ def stats_loads(kind: str, tensor: str, shape: tuple[int, ...], members: list[st
         info = st.reader.tensors.get(names[m])
         if info is None:
             return None
-        t = names[m] in st.info.transposed
+        transposed = names[m] in st.info.transposed
         if kind == "gram":
             if len(shape) != 2:
                 return None
-            n_in = shape[0] if t else shape[1]
+            n_in = shape[0] if transposed else shape[1]
             want: tuple[int, ...] = (n_in, n_in)
         else:
             want = tuple(shape)
         if tuple(info.shape) != want:
             raise StatsError(f"stats.{m}: {st.info.path}: tensor {names[m]!r} has shape {list(info.shape)}, but "
                              f"model '{m}' needs {list(want)} for {tensor!r}: statistics of another model?")
-        infos.append(info)
-        transposed = t
-    loads = tuple(load(key(m), names[m], rows if kind == "fisher" else None) for m in members)
-    return loads, tuple(stats[m].info.mean for m in members), transposed
+    return TensorStats(kind, tuple(names[m] for m in members), tuple(members),
+                       tuple(stats[m].info.mean for m in members), transposed)

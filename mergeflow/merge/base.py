@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mergeflow.registry import Registry
 
@@ -50,6 +50,13 @@ class MergeContext:
         gen = torch.Generator(device=device)
         gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
         return gen
+
+
+class StatsFallbackParams(OpParams):
+    """Parameters every operator that takes statistics has."""
+
+    fallback: str = Field("linear", description="Operator for tensors without statistics (norms, embeddings, "
+                          "biases where there are none).")
 
 
 MergeFn = Callable[

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mergeflow.merge.base import OpParams, merge_operator
+from mergeflow.merge.base import OpParams, StatsFallbackParams, merge_operator
 
 
-class FisherParams(OpParams):
+class FisherParams(StatsFallbackParams):
     epsilon: float = Field(1e-8, ge=0.0, description="Floor under every Fisher entry, so that parameters no "
                            "model is informative about fall back to the weighted average.")
     normalize: bool = Field(False, description="Divide each model's Fisher by its mean over the whole model "
                             "(from its statistics file), so models whose Fishers differ in scale count alike.")
-    fallback: str = Field("linear", description="Operator for tensors without statistics.")
 
 
 class FisherModelParams(OpParams):
@@ -30,6 +29,7 @@ def fisher(tensors, base, p: FisherParams, mp, ctx):
         wf = f.div(scale).clamp_(min=p.epsilon).mul_(m.weight)
         num = x.mul_(wf) if num is None else num.add_(x.mul_(wf))
         den = wf if den is None else den.add_(wf)
-    if float(den.min()) <= 0.0:
+    # den > 0 everywhere when epsilon > 0 and some weight > 0: check (a device sync) only otherwise
+    if (p.epsilon <= 0.0 or not any(m.weight > 0 for m in mp)) and float(den.min()) <= 0.0:
         raise ValueError("the weighted Fishers sum to 0 somewhere (all weights 0, or epsilon 0)")
     return num.div_(den)

@@ -28,7 +28,7 @@ def check_stats(sec: dict[str, Any], ops: list[tuple[tuple[Any, ...], Any]], ope
         kind = getattr(op, "stats", None)
         if kind is None:
             continue
-        fb = spec.params.get("fallback", "linear")
+        fb = spec.params.get("fallback", op.params.model_fields["fallback"].default)
         fb_op = operators[fb] if isinstance(fb, str) and fb in operators else None
         if fb_op is None or getattr(fb_op, "stats", None) is not None or fb_op.needs_base:
             add((*where, spec.name, "fallback"), f"'{fb}' is not an operator that merges without statistics "

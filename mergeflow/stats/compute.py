@@ -25,8 +25,8 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
     if data.x is not None and loaded.image_shape is None:
         raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     bar = tqdm(total=len(data), desc=f"{kind} statistics", unit="ex", disable=not progress, dynamic_ncols=True)
     it = batches(data, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
     try:
@@ -43,6 +43,7 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
             transposed, extra = set(), {"samples": samples if loaded.task == "causal-lm" else "exact"}
     finally:
         bar.close()
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     names = stored_names(loaded.model)
     tensors = {names[n]: t for n, t in tensors.items() if n in names}
     transposed = {names[n] for n in transposed if n in names}

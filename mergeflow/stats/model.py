@@ -66,13 +66,9 @@ def load_model(path: str | Path, device: torch.device) -> Loaded:
 
 
 def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
-                    params: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, mask of positions that count): causal LMs predict token t+1 at position t."""
-    if params is None:
-        out = loaded.model(**inputs)
-    else:
-        out = torch.func.functional_call(loaded.model, params, args=(), kwargs=inputs)
-    logits = out.logits
+    logits = loaded.model(**inputs).logits
     if loaded.task == "causal-lm":
         ids = inputs["input_ids"]
         keep = torch.ones_like(ids[:, 1:], dtype=torch.bool) if mask is None else mask[:, 1:].bool()

@@ -1,4 +1,4 @@
-"""``mergeflow align``: a two-model recipe (anchor + model, passthrough of the aligned model)."""
+"""The recipe behind `mergeflow align` and aligned copies: anchor + model, passthrough of the aligned model."""
 
 from __future__ import annotations
 
@@ -29,17 +29,20 @@ def default_steps(anchor: str) -> list[dict[str, Any]]:
     return [{"rotate": {"qk": not qk_norm, "vo": True}}, {"permute": {"ffn": True}}, {"rescale": {}}]
 
 
+def read_steps(steps_file: str, recipe_ok: bool = False) -> tuple[YamlSource, list[Any]]:
+    """The ``align:`` list of a steps file (or, with ``recipe_ok``, of a whole recipe)."""
+    src = read_yaml(steps_file)
+    if not isinstance(src.data, dict) or not isinstance(src.data.get("align"), list) or not src.data["align"]:
+        raise RecipeError([f"{steps_file}: expected a mapping with a non-empty 'align:' list"])
+    extra = sorted(set(src.data) - {"align"})
+    if extra and not recipe_ok:
+        raise RecipeError([f"{steps_file}: only 'align:' belongs in a steps file, not {', '.join(extra)}"])
+    return src, src.data["align"]
+
+
 def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recipe, str]:
     if steps_file is not None:
-        src = read_yaml(steps_file)
-        if not isinstance(src.data, dict) or "align" not in src.data:
-            raise RecipeError([f"{steps_file}: expected a mapping with an 'align:' list"])
-        extra = sorted(set(src.data) - {"align"})
-        if extra:
-            raise RecipeError(
-                [f"{steps_file}: only 'align:' belongs in a steps file, not {', '.join(extra)}"]
-            )
-        steps = src.data["align"]
+        src, steps = read_steps(steps_file)
     else:
         src, steps = YamlSource(None, "<default steps>"), default_steps(anchor)
     data = {
