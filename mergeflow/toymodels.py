@@ -120,9 +120,11 @@ def _stored_name(name: str, state: dict[str, torch.Tensor]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float = 0.0, **which: bool) -> Path:
+def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float = 0.0, residual: str | None = None,
+                   **which: bool) -> Path:
     """Copy a model with a random exact symmetry applied to every layer (see align.scramble), plus
-    optional Gaussian noise of relative size ``noise`` on every tensor. Returns ``dst``."""
+    optional Gaussian noise of relative size ``noise`` on every tensor. ``residual``: also map the residual
+    stream by a random ``permutation`` or ``orthogonal`` matrix (norm scales folded). Returns ``dst``."""
     import shutil
 
     from safetensors.torch import save_file
@@ -138,10 +140,39 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
     spec = arch_spec(reader.config, reader.tensors, {n: t.shape for n, t in reader.tensors.items()})
     gen = torch.Generator().manual_seed(seed)
     tensors = {n: reader.read(n) for n in reader.tensors}
+    rmap = layout = None
+    if residual is not None:  # one map of the stream; orthogonal maps fold the norm scales first
+        from mergeflow.align.residual import ResidualMap, solve
+        from mergeflow.align.scramble import random_orthogonal
+        from mergeflow.arch.residual import residual_layout
+
+        layout = residual_layout(spec, {n: t.shape for n, t in reader.tensors.items()}, reader.config or {})
+        d = spec.geometry.d_model
+        if residual == "permutation":
+            rmap = ResidualMap(perm=torch.randperm(d, generator=gen))
+        else:  # a random orthogonal map, projected to the group the norms allow
+            group = "orthogonal" if layout.norm == "rms" else "orthogonal_centred"
+            rmap = solve(random_orthogonal(d, gen), group)
+    fold = residual is not None and residual != "permutation"
     for layer in spec.layers:
         canon = to_canonical(spec, layer, tensors)
         scramble_layer(canon, spec.geometry, gen, **which)
+        if rmap is not None:
+            from mergeflow.align.residual import apply_layer, fold_layer
+
+            if fold:
+                fold_layer(canon)
+            apply_layer(canon, rmap, fold)
         tensors.update(from_canonical(spec, layer, canon, torch.float32))
+    if rmap is not None and layout is not None:
+        from mergeflow.align.residual import stream_value
+
+        gamma = tensors[layout.final_norm].double() if layout.final_norm else None
+        for st in layout.tensors:
+            t = stream_value(tensors[st.name].double(), st.kind, fold, gamma)
+            if not (fold and st.kind == "final_norm"):
+                t = rmap.apply(t, st.axis)
+            tensors[st.name] = t.float()
     if noise:
         for n, t in tensors.items():
             if t.is_floating_point():

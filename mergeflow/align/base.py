@@ -81,3 +81,13 @@ def qk_fixed(geom: Geometry, touches_qk: bool, family: str, instead: str) -> str
     if touches_qk and geom.qk_fixed:
         return f"{family}: {geom.qk_fixed}; use {instead}"
     return None
+
+
+class CoupledParams(StepParams):
+    """Parameters of the coordinate descent that couples a residual-stream map with the per-layer steps."""
+
+    residual: bool = Field(False, description="Also map the residual stream (one map shared by every layer, the "
+                           "embeddings and the head), solved jointly with the per-layer steps.")
+    iterations: int = Field(10, ge=1, le=1000, description="Most coordinate-descent passes per residual group.")
+    tolerance: float = Field(1e-4, ge=0.0, description="Stop when a pass improves the distance by less than this "
+                             "fraction.")

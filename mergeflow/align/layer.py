@@ -10,6 +10,7 @@ import torch
 
 from mergeflow.align.base import Layer, StepParams
 from mergeflow.align.catalog import STEPS
+from mergeflow.align.residual import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 
@@ -28,6 +29,24 @@ def distances(local: Layer, anchor: Layer) -> dict[str, float]:
     return {m: sum(_sq_dist(local[r], anchor[r]) for r in roles if r in local) for m, roles in MODULES.items()}
 
 
+def full_distance(local: Layer, anchor: Layer) -> float:
+    """Squared distance over every role of the layer (norms and stream biases included)."""
+    return sum(_sq_dist(local[r], anchor[r]) for r in local)
+
+
+def run_steps(local: Layer, anchor: Layer, spec: ArchSpec, index: int, steps: Sequence[tuple[str, StepParams]],
+              report: LayerReport | None = None) -> None:
+    """The recipe's per-layer steps in order, on canonical tensors, in place."""
+    for name, params in steps:
+        if params.layers is not None and index not in params.layers:
+            continue
+        start = time.perf_counter()
+        STEPS[name].fn(local, anchor, spec.geometry, params)
+        if report is not None:
+            report.seconds[name] = report.seconds.get(name, 0.0) + time.perf_counter() - start
+            report.steps.append((name, distances(local, anchor)))
+
+
 @dataclass
 class LayerReport:
     model: str
@@ -38,16 +57,27 @@ class LayerReport:
 
 def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch.Tensor],
                 anchor_stored: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]],
-                dtype: torch.dtype, model: str = "") -> tuple[dict[str, torch.Tensor], LayerReport]:
-    """The layer's tensors re-parameterised toward the anchor (same function), and the distances."""
+                dtype: torch.dtype, model: str = "", residual: ResidualMap | None = None,
+                fold: bool = False) -> tuple[dict[str, torch.Tensor], LayerReport]:
+    """The layer's tensors re-parameterised toward the anchor (same function), and the distances.
+    ``fold``: norm scales folded into their readers first (both models); ``residual``: the stream's map,
+    applied before the steps."""
     local = to_canonical(spec, layer, local_stored)
     anchor = to_canonical(spec, layer, anchor_stored)
+    if fold:
+        fold_layer(local)
+        fold_layer(anchor)
     report = LayerReport(model, layer.index, [("before", distances(local, anchor))])
-    for name, params in steps:
-        if params.layers is not None and layer.index not in params.layers:
-            continue
-        start = time.perf_counter()
-        STEPS[name].fn(local, anchor, spec.geometry, params)
-        report.seconds[name] = report.seconds.get(name, 0.0) + time.perf_counter() - start
-        report.steps.append((name, distances(local, anchor)))
+    if residual is not None:
+        apply_layer(local, residual, fold)
+        report.steps.append(("residual", distances(local, anchor)))
+    run_steps(local, anchor, spec, layer.index, steps, report)
     return from_canonical(spec, layer, local, dtype), report
+
+
+def fold_only(spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor],
+              dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The anchor's layer with its norm scales folded (the same re-parameterisation its sources get)."""
+    canon = to_canonical(spec, layer, stored)
+    fold_layer(canon)
+    return from_canonical(spec, layer, canon, dtype)

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import Layer, StepParams, align_step, heads, qk_fixed
+from mergeflow.align.base import CoupledParams, Layer, align_step, heads, qk_fixed
+from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 
 FFN_ROWS = ("up", "up.b", "gate", "gate.b")
 
 
-class PermuteParams(StepParams):
+class PermuteParams(CoupledParams):
     ffn: bool = Field(True, description="Permute FFN hidden units (gate and up rows together).")
     heads: bool = Field(False, description="Permute whole attention heads (key/value groups as units).")
     similarity: Literal["float64", "float32", "bfloat16"] = Field(
@@ -126,9 +127,16 @@ def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
     local["o"] = local["o"][:, q.to(local["o"].device)]
 
 
-@align_step("permute", PermuteParams, lambda g, p, fam: qk_fixed(g, p.heads, fam, "permute: {heads: false}"))
+def _check(g: Geometry, p: PermuteParams, family: str) -> str | None:
+    if p.residual and FAMILIES[family].n1 is None:
+        return f"{family}: its norms are not described, so the residual stream cannot be permuted"
+    return qk_fixed(g, p.heads, family, "permute: {heads: false}")
+
+
+@align_step("permute", PermuteParams, _check)
 def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams) -> None:
-    """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``."""
+    """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``; the residual stream
+    with ``residual: true`` (solved jointly with the layers by coordinate descent)."""
     if p.heads:
         permute_heads(local, anchor, g)
     if p.ffn:

@@ -20,7 +20,7 @@ def to_canonical(
     out: dict[str, torch.Tensor] = {}
     for role, name in layer.names:
         t = stored[name].to(torch.float64)
-        if conv and not role.endswith(".b"):
+        if conv and t.ndim == 2:
             t = t.T  # (in, out) -> (out, in)
         out[role] = t.contiguous()
     if "qkv" in out:
@@ -45,7 +45,7 @@ def from_canonical(
     out = {}
     for role, name in layer.names:
         t = canon[role]
-        if spec.family.conv1d and not role.endswith(".b"):
+        if spec.family.conv1d and t.ndim == 2:
             t = t.T
         out[name] = t.to(dtype).contiguous()
     return out

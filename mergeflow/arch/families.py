@@ -35,6 +35,14 @@ class Family:
     heads_key: str = "num_attention_heads"
     kv_heads_key: str | None = None
     hidden_key: str = "hidden_size"
+    # the residual stream (see mergeflow.arch.residual): per-layer norms (pre-norm: n1 feeds q/k/v, n2 feeds
+    # up/gate; post-norm: their outputs are the stream), the kind of norm, and the tensors outside the stack
+    n1: str | None = None
+    n2: str | None = None
+    norm: Literal["layer", "rms"] = "layer"
+    stream: tuple[tuple[str, int], ...] = ()  # (name suffix, axis of the stream): embeddings, their norms
+    final_norm: str | None = None  # the norm before the head (pre-norm families)
+    head: tuple[str, ...] = ()  # weights that read the final norm's output (stream on their last axis)
 
 
 FAMILIES: Registry[Family] = Registry("model family")
@@ -55,6 +63,12 @@ _LLAMA = dict(
     gate="mlp.gate_proj",
     rope="half",
     kv_heads_key="num_key_value_heads",
+    n1="input_layernorm",
+    n2="post_attention_layernorm",
+    norm="rms",
+    stream=(("embed_tokens.weight", 1),),
+    final_norm="norm",
+    head=("lm_head.weight",),
 )
 _BERT = dict(
     layer_stack="layer",
@@ -65,6 +79,12 @@ _BERT = dict(
     up="intermediate.dense",
     down="output.dense",
     post_ln=True,
+    n1="attention.output.LayerNorm",
+    n2="output.LayerNorm",
+    stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
+            ("embeddings.token_type_embeddings.weight", 1), ("embeddings.LayerNorm.weight", 0),
+            ("embeddings.LayerNorm.bias", 0)),
+    head=("pooler.dense.weight",),
 )
 
 _add(Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
@@ -84,6 +104,11 @@ _add(
         conv1d=True,
         heads_key="n_head",
         hidden_key="n_embd",
+        n1="ln_1",
+        n2="ln_2",
+        stream=(("wte.weight", 1), ("wpe.weight", 1)),
+        final_norm="ln_f",
+        head=("lm_head.weight", "score.weight"),
     ),
 )
 _add(Family("bert", ("bert", "roberta"), **_BERT))
@@ -113,6 +138,11 @@ _add(
         post_ln=True,
         heads_key="n_heads",
         hidden_key="dim",
+        n1="sa_layer_norm",
+        n2="output_layer_norm",
+        stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
+                ("embeddings.LayerNorm.weight", 0), ("embeddings.LayerNorm.bias", 0)),
+        head=("pre_classifier.weight",),
     ),
 )
 _add(
@@ -126,6 +156,13 @@ _add(
         o="attention.output.dense",
         up="intermediate.dense",
         down="output.dense",
+        n1="layernorm_before",
+        n2="layernorm_after",
+        stream=(("embeddings.cls_token", 2), ("embeddings.position_embeddings", 2),
+                ("embeddings.patch_embeddings.projection.weight", 0),
+                ("embeddings.patch_embeddings.projection.bias", 0), ("embeddings.mask_token", 2)),
+        final_norm="layernorm",
+        head=("classifier.weight", "pooler.dense.weight"),
     ),
 )
 

@@ -134,6 +134,10 @@ def arch_spec(
             roles.append((role, w))
             if b in present:
                 roles.append((f"{role}.b", b))
+        for role, path in (("n1", fam.n1), ("n2", fam.n2)):  # norms: optional, only residual maps change them
+            for suffix, r in (("weight", role), ("bias", f"{role}.b")):
+                if path is not None and f"{base}{path}.{suffix}" in present:
+                    roles.append((r, f"{base}{path}.{suffix}"))
         layers.append(LayerNames(i, tuple(roles)))
     fixed = ""
     if mt == "deberta-v2" and config.get("relative_attention") and not config.get("share_att_key", False):

@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from mergeflow.align.layer import MODULES, LayerReport
+from mergeflow.align.residual_solve import ResidualReport
 
 
-def summarise(reports: Sequence[LayerReport]) -> dict[str, Any]:
-    """Totals per model and stage (before, then after each step), per module and overall."""
+def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
+    """Totals per model and stage (before, then after each step), per module and overall; with a residual
+    map, the coordinate descent's passes per model."""
+    reports = [r for r in all_reports if isinstance(r, LayerReport)]
+    residual = [r.summary() for r in all_reports if isinstance(r, ResidualReport)]
     models: dict[str, dict[str, dict[str, float]]] = {}
     for rep in sorted(reports, key=lambda r: (r.model, r.layer)):
         stages = models.setdefault(rep.model, {})
@@ -26,10 +30,16 @@ def summarise(reports: Sequence[LayerReport]) -> dict[str, Any]:
             seconds[step] = seconds.get(step, 0.0) + sec
     layers = [{"model": r.model, "layer": r.layer, "stages": [{"stage": s, **d} for s, d in r.steps]}
               for r in sorted(reports, key=lambda r: (r.model, r.layer))]
-    return {"totals": models, "seconds": seconds, "layers": layers}
+    for r in all_reports:
+        if isinstance(r, ResidualReport):
+            seconds["residual"] = seconds.get("residual", 0.0) + r.seconds
+    out = {"totals": models, "seconds": seconds, "layers": layers}
+    if residual:
+        out["residual"] = residual
+    return out
 
 
-def write_report(out: Path, reports: Sequence[LayerReport]) -> dict[str, Any]:
+def write_report(out: Path, reports: Sequence[Any]) -> dict[str, Any]:
     summary = summarise(reports)
     (out / "alignment.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
@@ -44,6 +54,9 @@ def table(summary: dict[str, Any]) -> str:
             rel = f"{d['total'] / before:10.4f}" if before else " " * 10
             lines.append(f"{model:12s} {stage:10s} " + " ".join(f"{d[m]:12.5g}" for m in [*MODULES, "total"])
                          + f"   {rel}")
+    for r in summary.get("residual", []):
+        lines.append(f"residual map of {r['model']}: {r['passes']} passes, whole-model distance "
+                     f"{r['distance_start']:.5g} -> {r['distance_best']:.5g}" + (" (identity)" if r["identity"] else ""))
     if summary.get("seconds"):
         lines.append("solve time: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["seconds"].items()))
     return "\n".join(lines)

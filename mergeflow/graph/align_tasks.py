@@ -11,9 +11,11 @@ import torch
 
 from mergeflow.align.base import StepParams
 from mergeflow.align.catalog import STEPS
-from mergeflow.align.layer import align_layer
+from mergeflow.align.layer import align_layer, fold_only
+from mergeflow.arch.residual import residual_layout
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.errors import RecipeError
+from mergeflow.graph.residual_tasks import MapStream, SolveResidual, residual_plan
 from mergeflow.graph.tasks import Load
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.schema import Recipe
@@ -26,17 +28,23 @@ class AlignLayer:
     local: tuple[Load, ...]
     anchor: tuple[Load, ...]
     steps: tuple[tuple[str, StepParams], ...]
+    residual: SolveResidual | None = None  # the stream's map of this model
+    fold: bool = False  # norm scales folded into their readers (orthogonal stream maps); alone for the anchor
 
     def deps(self) -> tuple[Any, ...]:
-        return self.local + self.anchor
+        return self.local + self.anchor + ((self.residual,) if self.residual is not None else ())
 
-    def run(self, ctx: Any, *values: torch.Tensor) -> dict[str, torch.Tensor]:
-        n = len(self.local)
+    def run(self, ctx: Any, *values: Any) -> dict[str, torch.Tensor]:
+        n, k = len(self.local), len(self.anchor)
         local = {ld.tensor: v for ld, v in zip(self.local, values[:n], strict=True)}
-        anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n:], strict=True)}
         spec: ArchSpec = ctx.arch
-        out, report = align_layer(spec, spec.layers[self.position], local, anchor, self.steps, ctx.compute_dtype,
-                                  self.model)
+        layer = spec.layers[self.position]
+        if not self.anchor:  # the anchor itself, folded
+            return fold_only(spec, layer, local, ctx.compute_dtype)
+        anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n:n + k], strict=True)}
+        rmap = values[n + k] if self.residual is not None else None
+        out, report = align_layer(spec, layer, local, anchor, self.steps, ctx.compute_dtype, self.model, rmap,
+                                  self.fold)
         ctx.align_reports.append(report)
         return out
 
@@ -76,26 +84,62 @@ def model_spec(readers: Mapping[str, ModelReader], anchor: str) -> ArchSpec:
 
 
 class AlignPlanner:
-    """Makes (and shares) the AlignLayer tasks of a plan."""
+    """Makes (and shares) the AlignLayer tasks of a plan, and with a residual map its solve per model and the
+    tasks that map the tensors outside the layer stack."""
 
-    def __init__(self, recipe: Recipe, spec: ArchSpec, anchor: str, load: Any) -> None:
+    def __init__(self, recipe: Recipe, spec: ArchSpec, anchor: str, load: Any, reader: ModelReader) -> None:
         self.spec, self.anchor, self.load = spec, anchor, load
         self.steps = check_steps(recipe, spec)
         self.where = spec.layer_of()
         self.position = {lay.index: k for k, lay in enumerate(spec.layers)}
         self.tasks: dict[tuple[str, int], AlignLayer] = {}
+        self.layout = self.residual = None
+        if any(getattr(p, "residual", False) for _n, p in self.steps):
+            shapes = {n: t.shape for n, t in reader.tensors.items()}
+            self.layout = residual_layout(spec, shapes, reader.config or {})
+            self.residual = residual_plan(self.steps, self.layout)
+            if self.residual is not None and self.residual.fold and self.layout.no_orthogonal:
+                i = next(i for i, (n, _p) in enumerate(self.steps) if n == "orthogonal")
+                raise RecipeError([f"align[{i}].orthogonal: not valid for this model: {self.layout.no_orthogonal}; "
+                                   "use permute: {residual: true}"])
+        self.solves: dict[str, SolveResidual] = {}
+
+    def _solve(self, model: str) -> SolveResidual | None:
+        if self.residual is None or self.layout is None:
+            return None
+        if model not in self.solves:
+            self.solves[model] = SolveResidual(model, self.anchor, self.spec, self.layout, self.residual, self.steps)
+        return self.solves[model]
 
     def input(self, model: str, tensor: str, rows: tuple[int, int] | None) -> Any:
         """What a merge reads for ``tensor`` of ``model``: the aligned tensor, or the file's."""
-        if model == self.anchor or tensor not in self.where:
+        fold = self.residual is not None and self.residual.fold
+        st = self.layout.get(tensor) if self.layout is not None else None
+        if st is not None:
+            return self._stream(model, st, fold, rows)
+        if tensor not in self.where or (model == self.anchor and not fold):
             return self.load(model, tensor, rows)
         pos = self.position[self.where[tensor]]
         key = (model, pos)
         if key not in self.tasks:
             names = self.spec.layers[pos].tensors()
-            self.tasks[key] = AlignLayer(model, pos, tuple(self.load(model, n, None) for n in names),
-                                         tuple(self.load(self.anchor, n, None) for n in names), self.steps)
+            mine = tuple(self.load(model, n, None) for n in names)
+            if model == self.anchor:
+                self.tasks[key] = AlignLayer(model, pos, mine, (), (), None, True)
+            else:
+                self.tasks[key] = AlignLayer(model, pos, mine, tuple(self.load(self.anchor, n, None) for n in names),
+                                             self.steps, self._solve(model), fold)
         return Aligned(self.tasks[key], tensor, rows)
+
+    def _stream(self, model: str, st: Any, fold: bool, rows: tuple[int, int] | None) -> Any:
+        solve = None if model == self.anchor else self._solve(model)
+        if solve is None and not (fold and st.kind in ("final_norm", "head")):
+            return self.load(model, st.name, rows)
+        gamma = (self.load(model, self.layout.final_norm, None)  # type: ignore[union-attr]
+                 if fold and st.kind == "head" and self.layout.final_norm else None)  # type: ignore[union-attr]
+        whole = st.axis == 0  # rows of the stream itself: map the whole tensor, then cut
+        return MapStream(self.load(model, st.name, None if whole else rows), st.axis, st.kind, fold, solve, gamma,
+                         rows if whole else None)
 
     def layer_bytes(self) -> int:
         """Working set of one AlignLayer: both models' layer tensors in float64, plus copies."""

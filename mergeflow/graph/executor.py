@@ -26,6 +26,7 @@ class ExecContext:
     check_finite: bool = False
     arch: Any = None  # ArchSpec, when aligning
     align_reports: list[Any] = field(default_factory=list)
+    note: Callable[[str], None] | None = None  # shows what a long task is doing (the progress bar's caption)
 
 
 def schedule(roots: list[Any]) -> list[Any]:

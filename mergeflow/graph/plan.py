@@ -142,7 +142,7 @@ def build_plan(
 
         anchor = recipe.anchor if recipe.anchor != "auto" else anchor_name
         assert anchor is not None
-        aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load)
+        aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load, readers[anchor])
     source = aligner.input if aligner is not None else load
 
     origin: list[tuple[str, int]] = []

@@ -1,0 +1,37 @@
+"""orthogonal: an orthogonal map of the residual stream (GLMC-style), solved jointly with the per-layer steps.
+
+The stream of a pre-norm transformer can be rotated by any orthogonal R once each norm's scale is
+folded into the weights that read it: RMSNorm(R x) = R RMSNorm(x). LayerNorm also centres, which
+commutes with R exactly when R keeps the all-ones vector (R 1 = 1): those are the maps used for
+LayerNorm families (GPT-2, ViT), solved on the complement of 1. Post-norm blocks (BERT) normalise the
+stream itself, so only permutations are exact there. The step does nothing per layer: the map is
+solved before the layers by coordinate descent (``mergeflow.align.residual_solve``), and the other steps
+of the recipe run inside that loop.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mergeflow.align.base import CoupledParams, Layer, align_step
+from mergeflow.arch.families import FAMILIES
+from mergeflow.arch.spec import Geometry
+
+
+class OrthogonalParams(CoupledParams):
+    residual: bool = Field(True, description="Map the residual stream by an orthogonal matrix (the only map "
+                           "this step makes; false turns the step off).")
+
+
+def _check(geom: Geometry, p: OrthogonalParams, family: str) -> str | None:
+    if p.residual and FAMILIES[family].post_ln:
+        return (f"{family} is post-norm: its residual stream is a LayerNorm output, which only permutations "
+                "map exactly; use permute: {residual: true}")
+    if p.residual and FAMILIES[family].n1 is None:
+        return f"{family}: its norms are not described, so the stream cannot be mapped"
+    return None
+
+
+@align_step("orthogonal", OrthogonalParams, _check)
+def orthogonal(local: Layer, anchor: Layer, g: Geometry, p: OrthogonalParams) -> None:
+    """Residual stream by an orthogonal map (pre-norm families; norm scales folded into their readers)."""

@@ -1,0 +1,123 @@
+"""Residual-stream alignment in the task graph.
+
+``SolveResidual`` (one per source model) runs the coordinate descent, reading both models layer by layer
+straight from their readers on every pass, and yields the stream's map. ``StreamTensor`` tasks apply it
+to the tensors outside the layer stack (embeddings, final norm, head); the layers get it through their
+``AlignLayer`` tasks. With an orthogonal map every model, the anchor included, has its norm scales folded
+into the weights that read them (the anchor's tensors change, not its function).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mergeflow.align.base import StepParams
+from mergeflow.align.residual import ResidualMap, fold_layer, stream_value
+from mergeflow.align.residual_solve import coordinate_descent
+from mergeflow.arch.canonical import to_canonical
+from mergeflow.arch.residual import ResidualLayout
+from mergeflow.arch.spec import ArchSpec
+from mergeflow.graph.tasks import Load
+
+
+@dataclass(frozen=True)
+class ResidualPlan:
+    groups: tuple[str, ...]  # permutation, then orthogonal / orthogonal_centred
+    fold: bool
+    iterations: int
+    tolerance: float
+
+
+def residual_plan(steps: tuple[tuple[str, StepParams], ...], layout: ResidualLayout) -> ResidualPlan | None:
+    groups: list[str] = []
+    iterations, tol = 0, 0.0
+    for name, params in steps:
+        if getattr(params, "residual", False):
+            groups.append("permutation" if name == "permute" else
+                          ("orthogonal" if layout.norm == "rms" else "orthogonal_centred"))
+            iterations, tol = max(iterations, params.iterations), max(tol, params.tolerance)  # type: ignore[attr-defined]
+    if not groups:
+        return None
+    groups.sort(key=lambda g: g != "permutation")  # the combinatorial map first, refined by the continuous one
+    return ResidualPlan(tuple(groups), any(g != "permutation" for g in groups), iterations, tol)
+
+
+def _read(ctx: Any, model: str, name: str) -> torch.Tensor:
+    return ctx.readers[model].read(name, dtype=torch.float64, device=ctx.device)
+
+
+@dataclass(frozen=True)
+class SolveResidual:
+    model: str
+    anchor: str
+    spec: ArchSpec
+    layout: ResidualLayout
+    plan: ResidualPlan
+    steps: tuple[tuple[str, StepParams], ...]
+
+    def deps(self) -> tuple[Any, ...]:
+        return ()
+
+    def run(self, ctx: Any) -> ResidualMap:
+        fold = self.plan.fold
+        gammas = {m: (_read(ctx, m, self.layout.final_norm) if fold and self.layout.final_norm else None)
+                  for m in (self.model, self.anchor)}
+
+        def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+            for st in self.layout.tensors:
+                if fold and st.kind == "final_norm":
+                    continue  # 1 in both
+                a, b = (stream_value(_read(ctx, m, st.name), st.kind, fold, gammas[m]) for m in (self.anchor, self.model))
+                yield a, b, st.axis
+
+        def layers() -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+            for lay in self.spec.layers:
+                canon = []
+                for m in (self.model, self.anchor):
+                    c = to_canonical(self.spec, lay, {n: _read(ctx, m, n) for n in lay.tensors()})
+                    if fold:
+                        fold_layer(c)
+                    canon.append(c)
+                yield lay.index, canon[0], canon[1]
+
+        def on_pass(group: str, i: int, dist: float) -> None:
+            if ctx.note is not None:
+                ctx.note(f"residual map of {self.model}: {group} pass {i + 1}, distance {dist:.4g}")
+
+        rmap, report = coordinate_descent(self.model, stream, layers, self.spec, self.steps, self.plan.groups, fold,
+                                          self.plan.iterations, self.plan.tolerance, ctx.device, on_pass)
+        ctx.align_reports.append(report)
+        return rmap
+
+
+@dataclass(frozen=True)
+class MapStream:
+    """One tensor outside the stack of one model: folded (with an orthogonal map) and mapped (sources)."""
+
+    tensor: Load
+    axis: int
+    kind: str
+    fold: bool
+    solve: SolveResidual | None  # None for the anchor: folded only
+    gamma: Load | None  # the final norm's scale, for a head when folding
+    rows: tuple[int, int] | None = None
+
+    def deps(self) -> tuple[Any, ...]:
+        return (self.tensor,) + ((self.gamma,) if self.gamma is not None else ()) + \
+            ((self.solve,) if self.solve is not None else ())
+
+    def run(self, ctx: Any, t: torch.Tensor, *rest: Any) -> torch.Tensor:
+        rest_l = list(rest)
+        gamma = rest_l.pop(0) if self.gamma is not None else None
+        rmap: ResidualMap | None = rest_l.pop(0) if self.solve is not None else None
+        dtype = t.dtype
+        out = stream_value(t.to(torch.float64), self.kind, self.fold, gamma)
+        if rmap is not None and not (self.fold and self.kind == "final_norm"):
+            out = rmap.apply(out, self.axis)
+        if self.rows is not None:
+            out = out[self.rows[0]:self.rows[1]]
+        return out.to(dtype).contiguous()
