@@ -33,7 +33,8 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
 
 
 def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 10,
-              init_from: str | Path | None = None, lr: float = 3e-3, config: dict | None = None) -> Path:
+              init_from: str | Path | None = None, lr: float = 3e-3, config: dict | None = None,
+              weight_decay: float = 0.01) -> Path:
     """Train a tiny ViT classifier (from ``seed``'s random init, or from ``init_from``) and save it."""
     import transformers
     from transformers.utils import logging as hf_logging
@@ -44,7 +45,7 @@ def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epo
         model = transformers.ViTForImageClassification.from_pretrained(str(init_from))
     else:
         model = transformers.ViTForImageClassification(transformers.ViTConfig(**{**VIT, **(config or {})}))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     xt, yt = torch.as_tensor(x), torch.as_tensor(y)
     gen = torch.Generator().manual_seed(seed)
     model.train()

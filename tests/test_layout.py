@@ -12,7 +12,8 @@ ALLOWED = {
     "align": {"align", "arch", "registry", "errors"},
     "arch": {"arch", "registry", "errors"},
     "io": {"io", "errors", ""},
-    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", ""},
+    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats"},
+    "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors"},
 }
 

@@ -28,6 +28,7 @@ LayerPairs = Callable[[], Iterable[tuple[int, Layer, Layer]]]  # (layer index, s
 
 @dataclass
 class ResidualReport:
+    section = "residual"  # where the alignment report lists it
     model: str
     history: list[tuple[str, int, float]] = field(default_factory=list)  # (group, pass, distance at its R)
     seconds: float = 0.0

@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from mergeflow.align.layer import MODULES, LayerReport
-from mergeflow.align.residual_solve import ResidualReport
 
 
 def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     """Totals per model and stage (before, then after each step), per module and overall; with a residual
     map, the coordinate descent's passes per model."""
     reports = [r for r in all_reports if isinstance(r, LayerReport)]
-    residual = [r.summary() for r in all_reports if isinstance(r, ResidualReport)]
+    sections: dict[str, list[Any]] = {}  # whole-model solves: residual maps, refinements
+    for r in all_reports:
+        if not isinstance(r, LayerReport):
+            sections.setdefault(r.section, []).append(r.summary())
     models: dict[str, dict[str, dict[str, float]]] = {}
     for rep in sorted(reports, key=lambda r: (r.model, r.layer)):
         stages = models.setdefault(rep.model, {})
@@ -31,12 +33,9 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     layers = [{"model": r.model, "layer": r.layer, "stages": [{"stage": s, **d} for s, d in r.steps]}
               for r in sorted(reports, key=lambda r: (r.model, r.layer))]
     for r in all_reports:
-        if isinstance(r, ResidualReport):
-            seconds["residual"] = seconds.get("residual", 0.0) + r.seconds
-    out = {"totals": models, "seconds": seconds, "layers": layers}
-    if residual:
-        out["residual"] = residual
-    return out
+        if not isinstance(r, LayerReport):
+            seconds[r.section] = seconds.get(r.section, 0.0) + r.seconds
+    return {"totals": models, "seconds": seconds, "layers": layers, **sections}
 
 
 def write_report(out: Path, reports: Sequence[Any]) -> dict[str, Any]:
@@ -57,6 +56,10 @@ def table(summary: dict[str, Any]) -> str:
     for r in summary.get("residual", []):
         lines.append(f"residual map of {r['model']}: {r['passes']} passes, whole-model distance "
                      f"{r['distance_start']:.5g} -> {r['distance_best']:.5g}" + (" (identity)" if r["identity"] else ""))
+    for r in summary.get("refine", []):
+        lines.append(f"refine {r['model']}: {r['steps']} steps, interpolated-model loss {r['loss_first']:.4g} -> "
+                     f"{r['loss_last']:.4g}, residual map moved {r['residual_change']:.3g}, "
+                     f"{r['ffn_units_moved']} FFN units moved")
     if summary.get("seconds"):
         lines.append("solve time: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["seconds"].items()))
     return "\n".join(lines)

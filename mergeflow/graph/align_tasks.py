@@ -15,6 +15,7 @@ from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.arch.residual import residual_layout
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.errors import RecipeError
+from mergeflow.graph.refine_task import Refined, RefineModel
 from mergeflow.graph.residual_tasks import MapStream, SolveResidual, residual_plan
 from mergeflow.graph.tasks import Load
 from mergeflow.io.reader import ModelReader
@@ -103,6 +104,24 @@ class AlignPlanner:
                 raise RecipeError([f"align[{i}].orthogonal: not valid for this model: {self.layout.no_orthogonal}; "
                                    "use permute: {residual: true}"])
         self.solves: dict[str, SolveResidual] = {}
+        self.refines: dict[str, RefineModel] = {}
+        self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if n == "refine"), None)
+        if self.refine is not None:
+            i = self.refine[0]
+            if self.residual is None:
+                raise RecipeError([f"align[{i}].refine: needs a residual step before it (permute: {{residual: true}} "
+                                   "or orthogonal: {residual: true}) to start from"])
+            if i != len(self.steps) - 1:
+                raise RecipeError([f"align[{i}].refine: must be the last alignment step"])
+        self.anchor_dir = str(reader.path)
+
+    def _refined(self, model: str) -> RefineModel:
+        if model not in self.refines:
+            solve = self._solve(model)
+            assert self.refine is not None and self.layout is not None and self.residual is not None and solve
+            self.refines[model] = RefineModel(model, self.anchor, self.anchor_dir, self.spec, self.layout,
+                                              self.steps, self.refine[1], self.residual, solve)  # type: ignore[arg-type]
+        return self.refines[model]
 
     def _solve(self, model: str) -> SolveResidual | None:
         if self.residual is None or self.layout is None:
@@ -115,6 +134,8 @@ class AlignPlanner:
         """What a merge reads for ``tensor`` of ``model``: the aligned tensor, or the file's."""
         fold = self.residual is not None and self.residual.fold
         st = self.layout.get(tensor) if self.layout is not None else None
+        if self.refine is not None and model != self.anchor and (st is not None or tensor in self.where):
+            return Refined(self._refined(model), tensor, rows)
         if st is not None:
             return self._stream(model, st, fold, rows)
         if tensor not in self.where or (model == self.anchor and not fold):

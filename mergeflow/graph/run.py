@@ -172,7 +172,8 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         ctx = ExecContext(
             prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch
         )
-        ctx.note = lambda text: bar.set_description_str(text, refresh=True)
+        if progress:
+            ctx.note = lambda text: bar.set_description_str(text, refresh=True)
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         # reading ahead competes with the solves for the cores: alignment runs are compute-bound
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0

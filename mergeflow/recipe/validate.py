@@ -160,6 +160,12 @@ def validate(
                 probs.add(("align", i, step.name), f"unknown alignment step; known: {known}")
             else:
                 _check_params(probs, ("align", i, step.name), step.params, steps[step.name], False, models)
+                data = step.params.get("data")
+                if isinstance(data, str):  # a data file (refine): relative to the recipe
+                    path = Path(data) if Path(data).is_absolute() else (root or Path.cwd()) / data
+                    if check_paths and not path.is_file():
+                        probs.add(("align", i, step.name, "data"), f"data file {path} does not exist")
+                    sec["align"][i] = step.model_copy(update={"params": {**step.params, "data": str(path)}})
 
     op = _check_op(probs, ("merge",), sec["merge"], operators, models) if "merge" in sec else None
     if op is not None:

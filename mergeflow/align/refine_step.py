@@ -1,0 +1,46 @@
+"""refine: learned refinement of the residual map and the FFN permutations, on data (GLMC-style).
+
+Starting from the weight-matched alignment of the steps before it, the orthogonal map of the stream
+(kept orthogonal by projecting it through its SVD after every optimiser step) and one permutation per
+layer's FFN (a straight-through estimator over linear-assignment projections of a latent matrix) are
+trained to lower the task loss of the interpolated model (1 - l) anchor + l source at l drawn from
+``lambda_range``. The result is still an exact re-parameterisation of the source. The training itself
+runs in ``mergeflow.learn.refine``; this file declares the step and its parameters.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from mergeflow.align.base import Layer, StepParams, align_step
+from mergeflow.arch.spec import Geometry
+
+
+class RefineParams(StepParams):
+    data: str | None = Field(None, description="Training data (required) for the refinement (.npz with x, y; JSONL with text; or text), "
+                      "relative to the recipe.")
+    steps: int = Field(200, ge=1, le=100_000, description="Optimiser steps.")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate of the residual map.")
+    perm_lr: float = Field(2e-2, gt=0.0, description="Adam learning rate of the permutations' latent matrices.")
+    batch_size: int = Field(64, ge=1, description="Examples per step.")
+    lambda_range: tuple[float, float] = Field((0.4, 0.6), description="Interpolation weights are drawn uniformly "
+                                              "from this range.")
+    permutations: bool = Field(True, description="Also learn the FFN permutations (straight-through estimator).")
+    seed: int = Field(0, description="Seed of the batches and interpolation weights.")
+    max_length: int = Field(128, ge=2, description="Tokens per text example.")
+
+    @model_validator(mode="after")
+    def _range(self) -> RefineParams:
+        lo, hi = self.lambda_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError("lambda_range must be [low, high] with 0 <= low <= high <= 1")
+        return self
+
+
+def _check(g: Geometry, p: RefineParams, family: str) -> str | None:
+    return "needs 'data: PATH', the examples it trains on" if p.data is None else None
+
+
+@align_step("refine", RefineParams, _check)
+def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams) -> None:
+    """Learned refinement of the residual map and FFN permutations on data (after a residual step)."""

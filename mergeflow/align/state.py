@@ -1,0 +1,45 @@
+"""Part-1 alignment of a whole model held in memory (stored names -> tensors): the same per-layer and
+stream transforms the task graph applies tensor by tensor, for steps that need the whole model at once
+(learned refinement)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mergeflow.align.base import StepParams
+from mergeflow.align.layer import LayerReport, align_layer, fold_only
+from mergeflow.align.residual import ResidualMap, stream_value
+from mergeflow.arch.residual import ResidualLayout
+from mergeflow.arch.spec import ArchSpec
+
+
+def fold_state(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The anchor with its norm scales folded into their readers."""
+    out = dict(state)
+    for lay in spec.layers:
+        out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, torch.float64))
+    gamma = state[layout.final_norm].double() if layout.final_norm else None
+    for st in layout.tensors:
+        out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma)
+    return out
+
+
+def align_state(spec: ArchSpec, layout: ResidualLayout, local: dict[str, torch.Tensor],
+                anchor: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]], rmap: ResidualMap,
+                fold: bool, model: str) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
+    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), in float64."""
+    out = dict(local)
+    reports = []
+    for lay in spec.layers:
+        names = lay.tensors()
+        aligned, rep = align_layer(spec, lay, {n: local[n] for n in names}, {n: anchor[n] for n in names}, steps,
+                                   torch.float64, model, rmap, fold)
+        out.update(aligned)
+        reports.append(rep)
+    gamma = local[layout.final_norm].double() if fold and layout.final_norm else None
+    for st in layout.tensors:
+        t = stream_value(local[st.name].double(), st.kind, fold, gamma)
+        out[st.name] = t if fold and st.kind == "final_norm" else rmap.apply(t, st.axis)
+    return out, reports

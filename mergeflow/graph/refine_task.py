@@ -1,0 +1,83 @@
+"""The ``refine`` step in the task graph: one task per source model holds both models in memory, applies
+the weight-matching steps before it, trains the refinement (``mergeflow.learn.refine``) and hands out the
+source's re-parameterised tensors. Memory is two models, not one layer: refinement is meant for models
+of evaluation size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mergeflow.align.base import StepParams
+from mergeflow.align.refine_step import RefineParams
+from mergeflow.align.residual import ResidualMap
+from mergeflow.align.state import align_state, fold_state
+from mergeflow.arch.residual import ResidualLayout
+from mergeflow.arch.spec import ArchSpec
+from mergeflow.graph.residual_tasks import ResidualPlan, SolveResidual
+from mergeflow.io.dtypes import is_float
+
+
+@dataclass(frozen=True)
+class RefineModel:
+    model: str
+    anchor: str
+    anchor_dir: str
+    spec: ArchSpec
+    layout: ResidualLayout
+    steps: tuple[tuple[str, StepParams], ...]
+    params: RefineParams
+    plan: ResidualPlan
+    solve: SolveResidual
+
+    def deps(self) -> tuple[Any, ...]:
+        return (self.solve,)
+
+    def run(self, ctx: Any, rmap: ResidualMap) -> dict[str, torch.Tensor]:
+        from tqdm import tqdm
+
+        from mergeflow.learn.refine import refine
+        from mergeflow.stats.data import load_data
+        from mergeflow.stats.model import load_model
+
+        def read_all(m: str) -> dict[str, torch.Tensor]:
+            r = ctx.readers[m]
+            return {n: r.read(n, dtype=torch.float64, device=ctx.device) for n, t in r.tensors.items()
+                    if is_float(t.dtype)}
+
+        a, b = read_all(self.anchor), read_all(self.model)
+        b1, reports = align_state(self.spec, self.layout, b, a, self.steps, rmap, self.plan.fold, self.model)
+        ctx.align_reports.extend(reports)
+        if self.plan.fold:
+            a = fold_state(self.spec, self.layout, a)
+        group = next((g for g in self.plan.groups if g != "permutation"), None)
+        data = load_data(self.params.data)
+        loaded = load_model(Path(self.anchor_dir), ctx.device)
+        with tqdm(total=self.params.steps, desc=f"refine {self.model}", leave=False, dynamic_ncols=True,
+                  disable=ctx.note is None) as bar:
+            def progress(n: int, loss: float) -> None:
+                bar.update(n)
+                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+
+            out, report = refine(loaded, self.spec, self.layout, a, b1, data, self.params, group, self.plan.fold,
+                                 self.model, ctx.device, progress)
+        ctx.align_reports.append(report)
+        changed = set(self.spec.layer_of()) | {t.name for t in self.layout.tensors}
+        return {n: out[n].to(ctx.compute_dtype) for n in changed}
+
+
+@dataclass(frozen=True)
+class Refined:
+    source: RefineModel
+    tensor: str
+    rows: tuple[int, int] | None = None
+
+    def deps(self) -> tuple[Any, ...]:
+        return (self.source,)
+
+    def run(self, ctx: Any, state: dict[str, torch.Tensor]) -> torch.Tensor:
+        t = state[self.tensor]
+        return (t if self.rows is None else t[self.rows[0]:self.rows[1]]).clone()

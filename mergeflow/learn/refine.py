@@ -1,0 +1,172 @@
+"""Learned refinement (the ``refine`` step): train the residual map and FFN permutations on data so that
+the interpolated model (1 - l) anchor + l source has a low loss, then apply them exactly.
+
+Both models are held in memory as stored-name state dicts (the anchor folded when the stream map is
+orthogonal, the source already aligned by the weight-matching steps). Each step draws a batch and
+l ~ U(lambda_range), builds the source's weights under the current transforms (differentiably, through
+the same canonical-layer code as alignment), interpolates and runs the anchor's transformers class on
+them with ``torch.func.functional_call``. The residual map is an orthogonal matrix updated by Adam and
+projected back to its group (an SVD) after each step; a permutation is a latent matrix whose linear
+assignment is used forward while gradients pass straight through to the latent matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from mergeflow.align.permute import assignment
+from mergeflow.align.refine_step import RefineParams
+from mergeflow.align.residual import ResidualMap, apply_layer, solve
+from mergeflow.arch.canonical import from_canonical, to_canonical
+from mergeflow.arch.residual import ResidualLayout
+from mergeflow.arch.spec import ArchSpec
+from mergeflow.errors import InputError
+from mergeflow.stats.data import Data, batches
+from mergeflow.stats.model import Loaded, logits_and_mask, stored_names
+
+FFN_ROWS = ("up", "up.b", "gate", "gate.b")
+
+
+@dataclass
+class RefineReport:
+    section = "refine"  # where the alignment report lists it
+    model: str
+    losses: list[float] = field(default_factory=list)  # training loss per step (interpolated model)
+    seconds: float = 0.0
+    moved: dict[str, float] = field(default_factory=dict)  # ||O - I||_F and FFN units that changed
+
+    def summary(self) -> dict[str, Any]:
+        k = max(1, len(self.losses) // 10)
+        return {"model": self.model, "steps": len(self.losses), "loss_first": float(np.mean(self.losses[:k])),
+                "loss_last": float(np.mean(self.losses[-k:])), "seconds": round(self.seconds, 3), **self.moved}
+
+
+def transform(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor], omat: torch.Tensor | None,
+              perms: list[torch.Tensor | None], fold: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``state`` with the stream map ``omat`` (x' = O x) and per-layer FFN maps (new units = P old units)."""
+    out = {k: v.to(dtype) for k, v in state.items()}
+    rmap = ResidualMap(matrix=omat) if omat is not None else None
+    for lay, p in zip(spec.layers, perms, strict=True):
+        canon = to_canonical(spec, lay, {n: state[n] for n in lay.tensors()})
+        if p is not None:
+            p = p.to(canon["down"])
+            for role in FFN_ROWS:
+                if role in canon:
+                    canon[role] = p @ canon[role]
+            canon["down"] = canon["down"] @ p.T
+        if rmap is not None:
+            apply_layer(canon, rmap, fold)
+        out.update(from_canonical(spec, lay, canon, dtype))
+    for st in layout.tensors:
+        t = state[st.name]
+        if rmap is not None and not (fold and st.kind == "final_norm"):
+            t = rmap.apply(t.to(torch.float64), st.axis)
+        out[st.name] = t.to(dtype)
+    return out
+
+
+def _batch(data: Data, idx: np.ndarray) -> Data:
+    return Data(data.path, None if data.texts is None else [data.texts[i] for i in idx],
+                None if data.x is None else data.x[idx], None if data.labels is None else data.labels[idx])
+
+
+def _loss(loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: RefineParams,
+          device: torch.device) -> torch.Tensor:
+    inputs, labels, mask = next(iter(batches(data, loaded.tokenizer, len(data), p.max_length, device,
+                                             loaded.image_shape)))
+
+    class _Call:  # logits_and_mask calls loaded.model(**inputs)
+        def __call__(self, **kw: Any) -> Any:
+            return torch.func.functional_call(loaded.model, params, args=(), kwargs=kw)
+
+    logits, keep = logits_and_mask(Loaded(_Call(), loaded.tokenizer, loaded.task, loaded.num_labels,
+                                          loaded.image_shape), inputs, mask)
+    if loaded.task == "classifier":
+        if labels is None:
+            raise InputError(f"{data.path}: refining a classifier needs labels (.npz 'y' or JSONL 'label')")
+        return torch.nn.functional.cross_entropy(logits.float(), labels)
+    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), inputs["input_ids"][:, 1:],
+                                           reduction="none")
+    return ce[keep].mean()
+
+
+def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """In-memory parameter name -> stored name, for every float parameter of the model."""
+    names = stored_names(loaded.model)
+    out = {}
+    for mod, t in loaded.model.state_dict().items():
+        stored = names.get(mod, mod)
+        if stored in state:
+            out[mod] = stored
+        elif t.is_floating_point() and mod in dict(loaded.model.named_parameters()):
+            raise InputError(f"refine: parameter {mod!r} of the model class has no stored tensor to learn from")
+    return out
+
+
+def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[str, torch.Tensor],
+           source: dict[str, torch.Tensor], data: Data, p: RefineParams, group: str | None, fold: bool,
+           model: str, device: torch.device, progress: Callable[[int, float], None] | None = None,
+           ) -> tuple[dict[str, torch.Tensor], RefineReport]:
+    """``source`` (aligned, stored names, float64) refined toward ``anchor``; ``group``: the stream map's
+    group (orthogonal or orthogonal_centred), or None to learn permutations only."""
+    import time
+
+    start = time.perf_counter()
+    report = RefineReport(model)
+    names = module_names(loaded, anchor)
+    a32 = {k: v.to(device=device, dtype=torch.float32) for k, v in anchor.items()}
+    b64 = {k: v.to(device=device, dtype=torch.float64) for k, v in source.items()}
+    d = spec.geometry.d_model
+    omat = torch.eye(d, dtype=torch.float64, device=device, requires_grad=group is not None)
+    latents = [torch.eye(int(b64[lay.get("up") or ""].shape[1 if spec.family.conv1d else 0]), dtype=torch.float64,
+                         device=device, requires_grad=True) if p.permutations else None for lay in spec.layers]
+    groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
+    if p.permutations:
+        groups.append({"params": [z for z in latents if z is not None], "lr": p.perm_lr})
+    if not groups:
+        raise InputError("refine: nothing to learn (no orthogonal stream map and permutations: false)")
+    opt = torch.optim.Adam(groups)
+    rng = np.random.default_rng(p.seed)
+    for param in loaded.model.parameters():
+        param.requires_grad_(False)
+    for _step in range(p.steps):
+        perms = [None if z is None else _ste(z) for z in latents]
+        tb = transform(spec, layout, b64, omat if group is not None else None, perms, fold, torch.float32)
+        lam = float(rng.uniform(*p.lambda_range))
+        params = {mod: torch.lerp(a32[st], tb[st], lam) for mod, st in names.items()}
+        idx = rng.choice(len(data), size=min(p.batch_size, len(data)), replace=False)
+        loss = _loss(loaded, params, _batch(data, idx), p, device)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if group is not None:
+            with torch.no_grad():
+                omat.copy_(solve(omat.detach(), group).matrix)
+        report.losses.append(float(loss))
+        if progress is not None:
+            progress(1, float(loss))
+    with torch.no_grad():
+        final_o = solve(omat.detach(), group).matrix if group is not None else None
+        hard = [None if z is None else _hard(z) for z in latents]
+        out = transform(spec, layout, b64, final_o, hard, fold, torch.float64)
+        eye = torch.eye(d, dtype=torch.float64, device=device)
+        report.moved = {"residual_change": 0.0 if final_o is None else float(torch.linalg.norm(final_o - eye)),
+                        "ffn_units_moved": int(sum(int((h.argmax(1) != torch.arange(len(h), device=h.device)).sum())
+                                                   for h in hard if h is not None))}
+    report.seconds = time.perf_counter() - start
+    return {k: v.detach() for k, v in out.items()}, report
+
+
+def _hard(z: torch.Tensor) -> torch.Tensor:
+    perm = assignment(z.detach().T)  # new unit i takes old unit perm[i], maximising sum_i z[i, perm[i]]
+    return torch.eye(len(perm), dtype=z.dtype, device=z.device)[perm]
+
+
+def _ste(z: torch.Tensor) -> torch.Tensor:
+    """The assignment forward, the identity's gradient backward (straight-through)."""
+    return z + (_hard(z) - z).detach()
