@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from mergeflow.align.base import Layer
+from mergeflow.errors import InputError
 
 # canonical roles that touch the stream, and the axis they touch it on
 LAYER_AXES = {"q": 1, "k": 1, "v": 1, "up": 1, "gate": 1, "o": 0, "o.b": 0, "down": 0, "down.b": 0,
@@ -105,9 +106,19 @@ def centred_basis(d: int, dtype: torch.dtype = torch.float64, device: torch.devi
     return q[:, 1:]
 
 
+def fold_bias(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """A norm's shift once its scale moves into the readers: gamma * xhat + beta = gamma * (xhat + beta / gamma)."""
+    live = beta != 0
+    if bool((gamma[live] == 0).any()):
+        raise InputError("a norm has a zero scale where its shift is not zero; its scale cannot be folded into "
+                         "its readers (use permute: {residual: true})")
+    return torch.where(live, beta / torch.where(live, gamma, torch.ones_like(gamma)), torch.zeros_like(beta))
+
+
 def fold_layer(layer: Layer) -> None:
     """Pre-norm layer: the norms' scales into the weights that read them (q/k/v and up/gate columns),
-    leaving scales of 1, so that any orthogonal map of the stream commutes with the norms."""
+    leaving scales of 1 (and shifts divided by the scales), so that any orthogonal map of the stream
+    commutes with the norms."""
     for norm, readers in (("n1", ("q", "k", "v")), ("n2", ("up", "gate"))):
         if norm not in layer:
             continue
@@ -115,6 +126,8 @@ def fold_layer(layer: Layer) -> None:
         for r in readers:
             if r in layer:
                 layer[r] = layer[r] * gamma
+        if f"{norm}.b" in layer:
+            layer[f"{norm}.b"] = fold_bias(layer[f"{norm}.b"], gamma)
         layer[norm] = torch.ones_like(gamma)
 
 
@@ -139,4 +152,6 @@ def stream_value(t: torch.Tensor, kind: str, fold: bool, gamma: torch.Tensor | N
         return torch.ones_like(t)
     if fold and kind == "head" and gamma is not None:
         return t * gamma.to(t)
+    if fold and kind == "final_norm.b" and gamma is not None:
+        return fold_bias(t, gamma.to(t))
     return t

@@ -154,10 +154,11 @@ class AlignPlanner:
 
     def _stream(self, model: str, st: Any, fold: bool, rows: tuple[int, int] | None) -> Any:
         solve = None if model == self.anchor else self._solve(model)
-        if solve is None and not (fold and st.kind in ("final_norm", "head")):
+        if solve is None and not (fold and st.kind in ("final_norm", "final_norm.b", "head")):
             return self.load(model, st.name, rows)
         gamma = (self.load(model, self.layout.final_norm, None)  # type: ignore[union-attr]
-                 if fold and st.kind == "head" and self.layout.final_norm else None)  # type: ignore[union-attr]
+                 if fold and st.kind in ("head", "final_norm.b") and self.layout.final_norm  # type: ignore[union-attr]
+                 else None)
         whole = st.axis == 0  # rows of the stream itself: map the whole tensor, then cut
         return MapStream(self.load(model, st.name, None if whole else rows), st.axis, st.kind, fold, solve, gamma,
                          rows if whole else None)
