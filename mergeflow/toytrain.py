@@ -10,6 +10,10 @@ import torch
 
 VIT = {"image_size": 16, "patch_size": 4, "num_channels": 1, "num_labels": 10, "hidden_size": 32,
        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+# the demo's independently trained pair: wider, and weight decay strong enough that training, not the random
+# initialisation, shapes the weights (weight matching has nothing to match in init noise)
+DEMO_VIT = {**VIT, "hidden_size": 64, "intermediate_size": 128}
+DEMO_TRAIN = {"epochs": 40, "weight_decay": 0.5, "config": DEMO_VIT}
 
 
 def digits(split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -57,10 +57,11 @@ def demo_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "recipes", root / "recipes")
     build_models(root / "demo_out" / "models")
     from mergeflow.toymodels import build
-    from mergeflow.toytrain import VIT
+    from mergeflow.toytrain import DEMO_VIT, digits, save_npz
 
     for seed in (11, 12):  # the demo trains these; untrained ones of the same shape serve the recipes here
-        build("vit", root / "demo_out" / "models" / f"vit-seed{seed}", seed=seed, config=VIT)
+        build("vit", root / "demo_out" / "models" / f"vit-seed{seed}", seed=seed, config=DEMO_VIT)
+    save_npz(root / "demo_out" / "digits-train.npz", *digits("train"))
     return root
 
 

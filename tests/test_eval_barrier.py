@@ -45,7 +45,10 @@ def test_alignment_removes_the_barrier_of_an_exact_reparameterisation(pair):
     assert abs(v["+rescale"]["barrier"]) < 1e-3, v["+rescale"]["barrier"]
     assert "+rescale" in res.stdout
     again, _ = barrier(root, a, scrambled, data, "--align", "default", out="scr2")
-    assert again["variants"] == rep["variants"]  # deterministic
+    def curves(r):  # everything but the (measured) alignment time
+        return {k: {f: x for f, x in d.items() if f != "align_seconds"} for k, d in r["variants"].items()}
+
+    assert curves(again) == curves(rep)  # deterministic
 
 
 def test_equivalence(pair):

@@ -4,6 +4,7 @@ after aligning B to A, and the barrier max_l [L(l) - ((1 - l) L(0) + l L(1))].""
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,11 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
     a = load_endpoint(a_dir, device)
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
         for name, prefix in variants(steps):
+            start = time.perf_counter()
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
-            out["variants"][name] = {"steps": prefix, **curve(a, b, data, points, progress)}
+            seconds = time.perf_counter() - start if prefix else 0.0
+            out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3),
+                                     **curve(a, b, data, points, progress)}
     return out
 
 

@@ -101,6 +101,8 @@ def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, st
     out = {}
     for mod, t in loaded.model.state_dict().items():
         stored = names.get(mod, mod)
+        if stored not in state and mod in state:  # tied weights: the stored name is the module's own
+            stored = mod
         if stored in state:
             out[mod] = stored
         elif t.is_floating_point() and mod in dict(loaded.model.named_parameters()):
@@ -147,9 +149,9 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
         if group is not None:
             with torch.no_grad():
                 omat.copy_(solve(omat.detach(), group).matrix)
-        report.losses.append(float(loss))
+        report.losses.append(float(loss.detach()))
         if progress is not None:
-            progress(1, float(loss))
+            progress(1, report.losses[-1])
     with torch.no_grad():
         final_o = solve(omat.detach(), group).matrix if group is not None else None
         hard = [None if z is None else _hard(z) for z in latents]
