@@ -22,14 +22,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-VARIANTS = {
-    "naive": [],
-    "permute": [{"permute": {"ffn": True, "heads": True}}],
-    "rotate": [{"rotate": {}}],
-    "rotate+permute": [{"rotate": {}}, {"permute": {"ffn": True}}],
-    "rotate+permute+rescale": [{"rotate": {}}, {"permute": {"ffn": True}}, {"rescale": {}}],
-}
-GPT2 = {"vocab_size": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64}
+PART1 = [{"permute": {"residual": True, "heads": True, "ffn": True}}, {"orthogonal": {"residual": True}},
+         {"rotate": {}}, {"rescale": {}}]
+
+
+def variants(train_data: Path) -> dict[str, list[dict]]:
+    """Per-layer steps (the rotation-symmetry paper's ablation), then residual-stream weight matching
+    (issue 8 part 1) and the learned refinement on ``train_data`` (part 2)."""
+    return {
+        "naive": [],
+        "permute": [{"permute": {"ffn": True, "heads": True}}],
+        "rotate": [{"rotate": {}}],
+        "rotate+permute": [{"rotate": {}}, {"permute": {"ffn": True}}],
+        "rotate+permute+rescale": [{"rotate": {}}, {"permute": {"ffn": True}}, {"rescale": {}}],
+        "residual permute": PART1[:1],
+        "part 1: residual permute+orthogonal+rotate+rescale": PART1,
+        "part 2: part 1 + refine": [*PART1, {"refine": {"data": str(train_data), "steps": 500, "lr": 0.005}}],
+    }
+
+
+# untied head: an orthogonal map of the stream folds the final norm's scale into it
+GPT2 = {"vocab_size": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "tie_word_embeddings": False}
 
 
 def corpus(modules: list[str]) -> str:
@@ -69,37 +82,40 @@ def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | N
     return path
 
 
-def beds(work: Path) -> dict[str, tuple[Path, Path, Path]]:
-    """name -> (A, B, held-out data)."""
+def beds(work: Path) -> dict[str, tuple[Path, Path, Path, Path]]:
+    """name -> (A, B, held-out data, training data)."""
     from mergeflow import toytrain as tt
 
     out = {}
     x, y = tt.digits("train")
     xt, yt = tt.digits("test")
     data = tt.save_npz(work / "digits-test.npz", xt, yt)
+    train = tt.save_npz(work / "digits-train.npz", x, y)
     v = work / "vit"
     if not (v / "b2" / "config.json").exists():
-        tt.train_vit(v / "a1", x, y, seed=11, epochs=20)
-        tt.train_vit(v / "b1", x, y, seed=12, epochs=20)
+        tt.train_vit(v / "a1", x, y, seed=11, **tt.DEMO_TRAIN)  # the demo's pair
+        tt.train_vit(v / "b1", x, y, seed=12, **tt.DEMO_TRAIN)
         init = tt.train_vit(v / "init", x, y, seed=0, epochs=8)
         tt.train_vit(v / "a2", x[y < 5], y[y < 5], seed=1, epochs=4, init_from=init, lr=1e-3)
         tt.train_vit(v / "b2", x[y >= 5], y[y >= 5], seed=2, epochs=4, init_from=init, lr=1e-3)
-    out["ViT digits, independent"] = (v / "a1", v / "b1", data)
-    out["ViT digits, fine-tunes"] = (v / "a2", v / "b2", data)
+    out["ViT digits, independent"] = (v / "a1", v / "b1", data, train)
+    out["ViT digits, fine-tunes"] = (v / "a2", v / "b2", data, train)
     g = work / "gpt2"
     train_text = corpus(["argparse", "json.decoder", "textwrap"])
     heldout = corpus(["string", "shlex"])
     lines = [heldout[i:i + 60] for i in range(0, min(len(heldout), 60 * 200), 60)]
     gdata = work / "text-heldout.txt"
     gdata.write_text("\n".join(ln.replace("\n", " ") for ln in lines) + "\n")
+    gtrain = work / "text-train.txt"
+    gtrain.write_text("\n".join(train_text[i:i + 60].replace("\n", " ") for i in range(0, len(train_text), 60)) + "\n")
     if not (g / "b2" / "config.json").exists():
         train_gpt2(g / "a1", train_text, seed=11, steps=400)
         train_gpt2(g / "b1", train_text, seed=12, steps=400)
         init = train_gpt2(g / "init", train_text, seed=0, steps=300)
         train_gpt2(g / "a2", corpus(["argparse"]), seed=1, steps=100, init_from=init)
         train_gpt2(g / "b2", corpus(["json.decoder", "textwrap"]), seed=2, steps=100, init_from=init)
-    out["GPT-2 chars, independent"] = (g / "a1", g / "b1", gdata)
-    out["GPT-2 chars, fine-tunes"] = (g / "a2", g / "b2", gdata)
+    out["GPT-2 chars, independent"] = (g / "a1", g / "b1", gdata, gtrain)
+    out["GPT-2 chars, fine-tunes"] = (g / "a2", g / "b2", gdata, gtrain)
     return out
 
 
@@ -119,23 +135,25 @@ def main() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     results = {}
-    print("| test bed | variant | distance (rel. to ‖A‖²) | barrier | midpoint loss | midpoint acc | align s |")
-    print("|---|---|---|---|---|---|---|")
-    for bed, (a, b, data_path) in beds(work).items():
+    print("| test bed | variant | distance (rel. to ‖A‖²) | barrier | vs naive | midpoint loss | midpoint acc | align s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for bed, (a, b, data_path, train_path) in beds(work).items():
         data = load_data(data_path)
         a_end = load_endpoint(a, torch.device(args.device))
-        for name, steps in VARIANTS.items():
+        for k, (name, steps) in enumerate(variants(train_path).items()):
             t0 = time.perf_counter()
-            bb = aligned_copy(a, b, steps, work / "aligned" / bed.replace(" ", "_").replace(",", ""), args.device) \
-                if steps else b
+            bb = aligned_copy(a, b, steps, work / "aligned" / bed.replace(" ", "_").replace(",", "") / str(k),
+                              args.device) if steps else b
             secs = time.perf_counter() - t0 if steps else 0.0
             dist = model_distance(ModelReader("A", a), ModelReader("B", bb)).rows()[-1][2]
             c = curve(a_end, bb, data, args.points)
             acc = f"{c['midpoint_accuracy']:.3f}" if "midpoint_accuracy" in c else "-"
             results[f"{bed} / {name}"] = {"distance": dist, "seconds": secs, **c}
-            print(f"| {bed} | {name} | {dist:.4f} | {c['barrier']:.3f} | {c['midpoint_loss']:.3f} | {acc} | "
+            naive = results[f"{bed} / naive"]["barrier"]
+            ratio = f"{c['barrier'] / naive:.2f}" if naive > 1e-6 else "-"
+            print(f"| {bed} | {name} | {dist:.4f} | {c['barrier']:.3f} | {ratio} | {c['midpoint_loss']:.3f} | {acc} | "
                   f"{secs:.1f} |", flush=True)
-        print(f"|  | endpoints: loss(A) {c['loss_a']:.3f}, loss(B) {c['loss_b']:.3f} | | | | | |", flush=True)
+        print(f"|  | endpoints: loss(A) {c['loss_a']:.3f}, loss(B) {c['loss_b']:.3f} | | | | | | |", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
