@@ -10,6 +10,9 @@ moves with its whole group of query heads. Two heads are compared by how well th
 rotation can align them (for a free rotation, the nuclear norm of their cross-product; per RoPE
 plane, the modulus of a complex inner product), summed over QK and VO, so the matching does not
 depend on the rotations the rotate step fits afterwards.
+
+``residual: true`` also permutes the residual stream, one permutation shared by every layer; it is
+solved before the layers, jointly with them (``mergeflow.align.residual_solve``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.arch.residual import residual_layout
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.errors import RecipeError
-from mergeflow.graph.refine_task import Refined, RefineModel
+from mergeflow.graph.refine_task import RefineModel
 from mergeflow.graph.residual_tasks import MapStream, SolveResidual, residual_plan
 from mergeflow.graph.tasks import Load
 from mergeflow.io.reader import ModelReader
@@ -52,7 +52,9 @@ class AlignLayer:
 
 @dataclass(frozen=True)
 class Aligned:
-    source: AlignLayer
+    """One tensor of a task that re-parameterises several at once (a layer, or a whole refined model)."""
+
+    source: AlignLayer | RefineModel
     tensor: str
     rows: tuple[int, int] | None = None
 
@@ -135,7 +137,7 @@ class AlignPlanner:
         fold = self.residual is not None and self.residual.fold
         st = self.layout.get(tensor) if self.layout is not None else None
         if self.refine is not None and model != self.anchor and (st is not None or tensor in self.where):
-            return Refined(self._refined(model), tensor, rows)
+            return Aligned(self._refined(model), tensor, rows)
         if st is not None:
             return self._stream(model, st, fold, rows)
         if tensor not in self.where or (model == self.anchor and not fold):

@@ -67,17 +67,3 @@ class RefineModel:
         ctx.align_reports.append(report)
         changed = set(self.spec.layer_of()) | {t.name for t in self.layout.tensors}
         return {n: out[n].to(ctx.compute_dtype) for n in changed}
-
-
-@dataclass(frozen=True)
-class Refined:
-    source: RefineModel
-    tensor: str
-    rows: tuple[int, int] | None = None
-
-    def deps(self) -> tuple[Any, ...]:
-        return (self.source,)
-
-    def run(self, ctx: Any, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        t = state[self.tensor]
-        return (t if self.rows is None else t[self.rows[0]:self.rows[1]]).clone()
