@@ -38,7 +38,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory):
     cache: dict[tuple, Path] = {}
 
     def make(family: str, seed: int = 0, perturb_from: Path | None = None, **kw: object) -> Path:
-        key = (family, seed, str(perturb_from), tuple(sorted(kw.items())))
+        key = (family, seed, str(perturb_from), repr(sorted(kw.items())))
         if key not in cache:
             cache[key] = build(
                 family, root / f"{family}-{seed}-{len(cache)}", seed=seed, perturb_from=perturb_from, **kw
