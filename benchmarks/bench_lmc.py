@@ -37,7 +37,7 @@ def variants(train_data: Path) -> dict[str, list[dict]]:
         "rotate+permute+rescale": [{"rotate": {}}, {"permute": {"ffn": True}}, {"rescale": {}}],
         "residual permute": PART1[:1],
         "part 1: residual permute+orthogonal+rotate+rescale": PART1,
-        "part 2: part 1 + refine": [*PART1, {"refine": {"data": str(train_data), "steps": 500, "lr": 0.005}}],
+        "part 2: part 1 + refine": [*PART1, {"refine": {"data": str(train_data.resolve()), "steps": 500, "lr": 0.005}}],
     }
 
 

@@ -46,7 +46,7 @@ def run_trained(work: Path, table) -> None:  # noqa: ANN001  (table: demo._table
     _src, steps = read_steps(str(ROOT / "recipes" / RECIPES[2]), recipe_ok=True)  # the refined recipe's steps
     for step in steps:  # its data path is relative to the recipe
         if "refine" in step:
-            step["refine"] = {**step["refine"], "data": str(work / "digits-train.npz")}
+            step["refine"] = {**step["refine"], "data": str((work / "digits-train.npz").resolve())}
     t1 = time.perf_counter()
     rep = barrier_report(a, models[12], load_data(data), steps, 11, torch.device("cpu"))
     plot(rep, work / "barrier.png")

@@ -52,5 +52,6 @@ def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recip
         "merge": {"passthrough": {"source": "model"}},
         "output": {"config": "model", "tokenizer": "model"},
     }
-    recipe = validate(YamlSource(data, src.name, src.locations), OPERATORS, STEPS, root=Path.cwd())
+    root = Path(steps_file).resolve().parent if steps_file is not None else Path.cwd()  # data paths: as in recipes
+    recipe = validate(YamlSource(data, src.name, src.locations), OPERATORS, STEPS, root=root)
     return recipe, yaml.safe_dump(data, sort_keys=False)
