@@ -129,6 +129,7 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
 
     from safetensors.torch import save_file
 
+    from mergeflow.align.residual import ResidualMap, apply_layer, fold_layer, map_stream, solve
     from mergeflow.align.scramble import scramble_layer
     from mergeflow.arch.canonical import from_canonical, to_canonical
     from mergeflow.arch.spec import arch_spec
@@ -142,7 +143,6 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
     tensors = {n: reader.read(n) for n in reader.tensors}
     rmap = layout = None
     if residual is not None:  # one map of the stream; orthogonal maps fold the norm scales first
-        from mergeflow.align.residual import ResidualMap, solve
         from mergeflow.align.scramble import random_orthogonal
         from mergeflow.arch.residual import residual_layout
 
@@ -158,21 +158,14 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
         canon = to_canonical(spec, layer, tensors)
         scramble_layer(canon, spec.geometry, gen, **which)
         if rmap is not None:
-            from mergeflow.align.residual import apply_layer, fold_layer
-
             if fold:
                 fold_layer(canon)
             apply_layer(canon, rmap, fold)
         tensors.update(from_canonical(spec, layer, canon, torch.float32))
     if rmap is not None and layout is not None:
-        from mergeflow.align.residual import stream_value
-
         gamma = tensors[layout.final_norm].double() if layout.final_norm else None
         for st in layout.tensors:
-            t = stream_value(tensors[st.name].double(), st.kind, fold, gamma)
-            if not (fold and st.kind == "final_norm"):
-                t = rmap.apply(t, st.axis)
-            tensors[st.name] = t.float()
+            tensors[st.name] = map_stream(tensors[st.name].double(), st.kind, st.axis, rmap, fold, gamma).float()
     if noise:
         for n, t in tensors.items():
             if t.is_floating_point():

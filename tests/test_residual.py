@@ -86,8 +86,8 @@ def test_independent_models_get_closer_and_never_worse(tmp_path, toy):
     a, b = trained_norms(toy("vit", seed=1), tmp_path / "a", 1), trained_norms(toy("vit", seed=2), tmp_path / "b", 2)
     c, report = align(tmp_path, b, a, ORTH)
     res = report["residual"][0]
-    distances = [h["distance"] for h in res["history"]]
-    assert res["distance_best"] == min(distances) <= distances[0]
+    distances = [h["distance"] for h in res["history"]]  # the first is at the identity map
+    assert res["distance_best"] < 0.99 * distances[0] and not res["identity"]
     torch.testing.assert_close(outputs(c, "vit")[0], outputs(b, "vit")[0], atol=1e-6, rtol=1e-6)
 
 

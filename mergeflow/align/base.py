@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 from mergeflow.registry import Registry
 
@@ -80,6 +81,13 @@ def qk_fixed(geom: Geometry, touches_qk: bool, family: str, instead: str) -> str
     """The refusal for a step that would transform queries/keys of a model that allows none."""
     if touches_qk and geom.qk_fixed:
         return f"{family}: {geom.qk_fixed}; use {instead}"
+    return None
+
+
+def stream_described(family: str, params: StepParams) -> str | None:
+    """The refusal for a residual map on a family whose norms (hence stream) are not described."""
+    if getattr(params, "residual", False) and FAMILIES[family].n1 is None:
+        return f"{family}: its norms are not described, so the residual stream cannot be mapped"
     return None
 
 

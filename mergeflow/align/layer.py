@@ -17,7 +17,7 @@ from mergeflow.arch.spec import ArchSpec, LayerNames
 MODULES = {"qk": ("q", "q.b", "k", "k.b"), "vo": ("v", "v.b", "o"), "ffn": ("up", "up.b", "gate", "gate.b", "down")}
 
 
-def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
+def sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b||^2 as ||a||^2 + ||b||^2 - 2<a, b>: three reductions, no difference tensor (float64 keeps
     the cancellation error near 1e-16 of the norms)."""
     a, b = a.reshape(-1), b.reshape(-1)
@@ -26,12 +26,12 @@ def _sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def distances(local: Layer, anchor: Layer) -> dict[str, float]:
     """Squared Frobenius distance to the anchor per module (qk, vo, ffn) of one layer."""
-    return {m: sum(_sq_dist(local[r], anchor[r]) for r in roles if r in local) for m, roles in MODULES.items()}
+    return {m: sum(sq_dist(local[r], anchor[r]) for r in roles if r in local) for m, roles in MODULES.items()}
 
 
 def full_distance(local: Layer, anchor: Layer) -> float:
     """Squared distance over every role of the layer (norms and stream biases included)."""
-    return sum(_sq_dist(local[r], anchor[r]) for r in local)
+    return sum(sq_dist(local[r], anchor[r]) for r in local)
 
 
 def run_steps(local: Layer, anchor: Layer, spec: ArchSpec, index: int, steps: Sequence[tuple[str, StepParams]],

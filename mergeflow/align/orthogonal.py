@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from mergeflow.align.base import CoupledParams, Layer, align_step
+from mergeflow.align.base import CoupledParams, Layer, align_step, stream_described
 from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 
@@ -27,9 +27,7 @@ def _check(geom: Geometry, p: OrthogonalParams, family: str) -> str | None:
     if p.residual and FAMILIES[family].post_ln:
         return (f"{family} is post-norm: its residual stream is a LayerNorm output, which only permutations "
                 "map exactly; use permute: {residual: true}")
-    if p.residual and FAMILIES[family].n1 is None:
-        return f"{family}: its norms are not described, so the stream cannot be mapped"
-    return None
+    return stream_described(family, p)
 
 
 @align_step("orthogonal", OrthogonalParams, _check)

@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import CoupledParams, Layer, align_step, heads, qk_fixed
-from mergeflow.arch.families import FAMILIES
+from mergeflow.align.base import CoupledParams, Layer, align_step, heads, qk_fixed, stream_described
 from mergeflow.arch.spec import Geometry
 
 FFN_ROWS = ("up", "up.b", "gate", "gate.b")
@@ -131,9 +130,7 @@ def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
 
 
 def _check(g: Geometry, p: PermuteParams, family: str) -> str | None:
-    if p.residual and FAMILIES[family].n1 is None:
-        return f"{family}: its norms are not described, so the residual stream cannot be permuted"
-    return qk_fixed(g, p.heads, family, "permute: {heads: false}")
+    return stream_described(family, p) or qk_fixed(g, p.heads, family, "permute: {heads: false}")
 
 
 @align_step("permute", PermuteParams, _check)

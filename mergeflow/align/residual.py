@@ -146,6 +146,13 @@ def layer_cross(local: Layer, anchor: Layer, folded: bool) -> torch.Tensor | Non
     return total
 
 
+def map_stream(t: torch.Tensor, kind: str, axis: int, rmap: ResidualMap | None, fold: bool,
+               gamma: torch.Tensor | None) -> torch.Tensor:
+    """A tensor outside the stack folded (see stream_value) and mapped (a folded final scale stays 1)."""
+    t = stream_value(t, kind, fold, gamma)
+    return t if rmap is None or (fold and kind == "final_norm") else rmap.apply(t, axis)
+
+
 def stream_value(t: torch.Tensor, kind: str, fold: bool, gamma: torch.Tensor | None) -> torch.Tensor:
     """A tensor outside the stack, folded: final-norm scale into the head, the scale itself to 1."""
     if fold and kind == "final_norm":

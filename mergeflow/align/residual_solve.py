@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mergeflow.align.base import Layer, StepParams
-from mergeflow.align.layer import full_distance, run_steps
+from mergeflow.align.layer import full_distance, run_steps, sq_dist
 from mergeflow.align.residual import ResidualMap, apply_layer, cross, layer_cross, solve
 from mergeflow.arch.spec import ArchSpec
 
@@ -42,10 +42,6 @@ class ResidualReport:
                 "history": [{"group": g, "pass": i, "distance": d} for g, i, d in self.history]}
 
 
-def _sq(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(((a.to(torch.float64) - b.to(torch.float64)) ** 2).sum())
-
-
 def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: ArchSpec,
              steps: Sequence[tuple[str, StepParams]], folded: bool) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Distance to the anchor with R and every layer solved under it; M for the next R from the tensors
@@ -54,7 +50,7 @@ def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: A
     m = torch.zeros(d, d, dtype=torch.float64)
     total = 0.0
     for anchor, local, axis in stream():
-        total += _sq(anchor, rmap.apply(local, axis))
+        total += sq_dist(anchor, rmap.apply(local, axis))
         m = m.to(anchor.device) + cross(anchor, local, axis)
     outside = m.clone()
     for index, local, anchor in layers():

@@ -10,7 +10,7 @@ import torch
 
 from mergeflow.align.base import StepParams
 from mergeflow.align.layer import LayerReport, align_layer, fold_only
-from mergeflow.align.residual import ResidualMap, stream_value
+from mergeflow.align.residual import ResidualMap, map_stream, stream_value
 from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
 
@@ -40,6 +40,5 @@ def align_state(spec: ArchSpec, layout: ResidualLayout, local: dict[str, torch.T
         reports.append(rep)
     gamma = local[layout.final_norm].double() if fold and layout.final_norm else None
     for st in layout.tensors:
-        t = stream_value(local[st.name].double(), st.kind, fold, gamma)
-        out[st.name] = t if fold and st.kind == "final_norm" else rmap.apply(t, st.axis)
+        out[st.name] = map_stream(local[st.name].double(), st.kind, st.axis, rmap, fold, gamma)
     return out, reports

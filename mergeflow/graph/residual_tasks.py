@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from mergeflow.align.base import StepParams
-from mergeflow.align.residual import ResidualMap, fold_layer, stream_value
+from mergeflow.align.residual import ResidualMap, fold_layer, map_stream, stream_value
 from mergeflow.align.residual_solve import coordinate_descent
 from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.residual import ResidualLayout
@@ -115,9 +115,7 @@ class MapStream:
         gamma = rest_l.pop(0) if self.gamma is not None else None
         rmap: ResidualMap | None = rest_l.pop(0) if self.solve is not None else None
         dtype = t.dtype
-        out = stream_value(t.to(torch.float64), self.kind, self.fold, gamma)
-        if rmap is not None and not (self.fold and self.kind == "final_norm"):
-            out = rmap.apply(out, self.axis)
+        out = map_stream(t.to(torch.float64), self.kind, self.axis, rmap, self.fold, gamma)
         if self.rows is not None:
             out = out[self.rows[0]:self.rows[1]]
         return out.to(dtype).contiguous()

@@ -12,24 +12,23 @@ assignment is used forward while gradients pass straight through to the latent m
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from mergeflow.align.permute import assignment
+from mergeflow.align.permute import FFN_ROWS, assignment
 from mergeflow.align.refine_step import RefineParams
-from mergeflow.align.residual import ResidualMap, apply_layer, solve
+from mergeflow.align.residual import ResidualMap, apply_layer, map_stream, solve
 from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import InputError
 from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import Loaded, logits_and_mask, stored_names
-
-FFN_ROWS = ("up", "up.b", "gate", "gate.b")
 
 
 @dataclass
@@ -62,11 +61,8 @@ def transform(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Ten
         if rmap is not None:
             apply_layer(canon, rmap, fold)
         out.update(from_canonical(spec, lay, canon, dtype))
-    for st in layout.tensors:
-        t = state[st.name]
-        if rmap is not None and not (fold and st.kind == "final_norm"):
-            t = rmap.apply(t.to(torch.float64), st.axis)
-        out[st.name] = t.to(dtype)
+    for st in layout.tensors:  # already folded: only mapped here
+        out[st.name] = map_stream(state[st.name].to(torch.float64), st.kind, st.axis, rmap, fold, None).to(dtype)
     return out
 
 
@@ -79,13 +75,9 @@ def _loss(loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: Refine
           device: torch.device) -> torch.Tensor:
     inputs, labels, mask = next(iter(batches(data, loaded.tokenizer, len(data), p.max_length, device,
                                              loaded.image_shape)))
-
-    class _Call:  # logits_and_mask calls loaded.model(**inputs)
-        def __call__(self, **kw: Any) -> Any:
-            return torch.func.functional_call(loaded.model, params, args=(), kwargs=kw)
-
-    logits, keep = logits_and_mask(Loaded(_Call(), loaded.tokenizer, loaded.task, loaded.num_labels,
-                                          loaded.image_shape), inputs, mask)
+    # the model's forward on ``params`` instead of its own weights (logits_and_mask calls model(**inputs))
+    functional = replace(loaded, model=lambda **kw: torch.func.functional_call(loaded.model, params, (), kw))
+    logits, keep = logits_and_mask(functional, inputs, mask)
     if loaded.task == "classifier":
         if labels is None:
             raise InputError(f"{data.path}: refining a classifier needs labels (.npz 'y' or JSONL 'label')")
@@ -98,6 +90,7 @@ def _loss(loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: Refine
 def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, str]:
     """In-memory parameter name -> stored name, for every float parameter of the model."""
     names = stored_names(loaded.model)
+    params = dict(loaded.model.named_parameters())
     out = {}
     for mod, t in loaded.model.state_dict().items():
         stored = names.get(mod, mod)
@@ -105,7 +98,7 @@ def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, st
             stored = mod
         if stored in state:
             out[mod] = stored
-        elif t.is_floating_point() and mod in dict(loaded.model.named_parameters()):
+        elif t.is_floating_point() and mod in params:
             raise InputError(f"refine: parameter {mod!r} of the model class has no stored tensor to learn from")
     return out
 
@@ -116,8 +109,6 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
            ) -> tuple[dict[str, torch.Tensor], RefineReport]:
     """``source`` (aligned, stored names, float64) refined toward ``anchor``; ``group``: the stream map's
     group (orthogonal or orthogonal_centred), or None to learn permutations only."""
-    import time
-
     start = time.perf_counter()
     report = RefineReport(model)
     names = module_names(loaded, anchor)
