@@ -189,16 +189,18 @@ def test_existing_output_refused_unless_force(tmp_path, toy):
         tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
     )
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("x")
+    assert run_cli("run", str(rec), str(out), "-q").returncode == 0
+    first = (out / "model.safetensors").stat().st_ino
     res = run_cli("run", str(rec), str(out))
-    assert (
-        res.returncode == 2 and "already exists; pass --force" in res.stderr and (out / "keep.txt").exists()
-    )
+    assert res.returncode == 2 and "already exists (written by mergeflow); pass --force" in res.stderr
+    assert (out / "model.safetensors").stat().st_ino == first
     res = run_cli("run", str(rec), str(out), "--force", "-q")
-    assert res.returncode == 0 and not (out / "keep.txt").exists() and (out / "model.safetensors").exists()
+    assert res.returncode == 0 and (out / "model.safetensors").stat().st_ino != first
+    (out / "keep.txt").write_text("x")  # a user's file: the folder is no longer mergeflow's to replace
+    res = run_cli("run", str(rec), str(out), "--force", "-q")
+    assert res.returncode == 2 and "did not write (keep.txt)" in res.stderr and (out / "keep.txt").exists()
     res = run_cli("run", str(rec), str(toy("llama")), "--force")
-    assert res.returncode == 2 and "overlaps input model" in res.stderr
+    assert res.returncode == 2 and "overlaps input" in res.stderr
 
 
 def test_cli_usage_errors_exit_2(tmp_path, demo_tree):

@@ -151,10 +151,11 @@ def test_output_over_an_input_and_existing_output_are_refused(tmp_path, toy, cap
     good = toy("llama")
     rec = tmp_path / "r.yml"
     rec.write_text(f"models: {{a: {good}, b: {good}}}\nmerge: linear\n")
-    assert "overlaps input model" in clean_failure(capsys, ["run", str(rec), str(good), "--force"])
-    assert "overlaps input model" in clean_failure(capsys, ["run", str(rec), str(good.parent), "--force"])
+    assert "overlaps input" in clean_failure(capsys, ["run", str(rec), str(good), "--force"])
+    assert "overlaps input" in clean_failure(capsys, ["run", str(rec), str(good.parent), "--force"])
     (tmp_path / "exists").mkdir()
-    assert "already exists" in clean_failure(capsys, ["run", str(rec), str(tmp_path / "exists")])
+    (tmp_path / "exists" / "x").write_text("")
+    assert "not written by mergeflow" in clean_failure(capsys, ["run", str(rec), str(tmp_path / "exists")])
 
 
 # ---------------------------------------------------------------------------------------------- fuzzing

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from mergeflow.io.ownership import write_marker
 from tests.conftest import run_cli, write
 from tests.test_memory import make_model
 
@@ -128,6 +129,7 @@ def test_a_second_run_on_the_same_output_is_refused(tmp_path, big_recipe):
     rec, _ref = big_recipe
     partial = tmp_path / ".out.mergeflow-partial"
     partial.mkdir()
+    write_marker(partial, [], kind="partial")  # as a live run's partial output carries
     fd = os.open(partial / ".mergeflow-lock", os.O_WRONLY | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:

@@ -39,8 +39,13 @@ def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, point
 
     from mergeflow.eval.barrier import barrier_report, plot
     from mergeflow.graph.run import resolve_device
+    from mergeflow.io.ownership import atomic_write, check_file_target
     from mergeflow.stats.data import load_data
 
+    inputs = [Path(model_a), Path(model_b), Path(data)]
+    if align_spec not in (None, "default"):
+        inputs.append(Path(align_spec))
+    json_out, png_out = (check_file_target(f"{out}.{ext}", inputs, "eval barrier -o") for ext in ("json", "png"))
     steps = _steps(align_spec, model_a)
     ds = load_data(data).subset(max_examples)
     bar = tqdm(total=points * (1 + len(steps or [])), desc="barrier", unit="pt", disable=quiet, dynamic_ncols=True)
@@ -48,9 +53,9 @@ def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, point
         report = barrier_report(model_a, model_b, ds, steps, points, resolve_device(device), bar.update)
     finally:
         bar.close()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{out}.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(report, f"{out}.png")
+    text = json.dumps({"written_by": "mergeflow", **report}, indent=2) + "\n"
+    atomic_write(json_out, lambda tmp: tmp.write_text(text))
+    atomic_write(png_out, lambda tmp: plot(report, tmp))
     if quiet:
         return
     click.echo(f"{'variant':10s} {'barrier':>9s} {'loss(0)':>9s} {'loss(1)':>9s} {'loss(.5)':>9s} {'acc(.5)':>8s}")

@@ -16,7 +16,7 @@ import click
 
 from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, QUIET, REPORT
-from mergeflow.cli.output import human, parse_size, print_alignment, write_report
+from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
@@ -85,6 +85,7 @@ def run(
         resume=resume,
     )
     prep = runner.prepare(recipe, opts)
+    check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=not quiet)
     write_report(report, result, prep)
     if not quiet:
@@ -143,6 +144,7 @@ def align(
         device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle
     )
     prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
+    check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=not quiet)
     write_report(report, result, prep)
     if not quiet:

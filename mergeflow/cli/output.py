@@ -28,11 +28,26 @@ def human(n: float) -> str:
     return str(n)
 
 
+def check_report(report: str | None, prep: Any, out: str | Path) -> None:
+    """Refuse a --report path over an input or a file mergeflow did not write, before any work."""
+    if report:
+        from mergeflow.errors import OutputError
+        from mergeflow.io.ownership import check_file_target, lexical
+
+        target = check_file_target(report, prep.inputs, "--report")
+        final = lexical(out).resolve()
+        if target.resolve() == final or final in target.resolve().parents:
+            raise OutputError(f"--report {target} lies inside the output {final}; write it elsewhere")
+
+
 def write_report(report: str | None, result: Any, prep: Any) -> None:
     if report:
-        Path(report).write_text(
+        from mergeflow.io.ownership import atomic_write, lexical
+
+        text = (
             json.dumps(
                 {
+                    "written_by": "mergeflow",
                     "output": str(result.out),
                     "seconds": result.seconds,
                     "tensors": result.plan.n_tensors,
@@ -48,6 +63,7 @@ def write_report(report: str | None, result: Any, prep: Any) -> None:
             )
             + "\n"
         )
+        atomic_write(lexical(report), lambda tmp: tmp.write_text(text))
 
 
 def peak_rss() -> int:

@@ -100,6 +100,6 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(str(path))
+    fig.savefig(str(path), format="png", metadata={"Software": "mergeflow"})  # marks the file as mergeflow's
     plt.close(fig)
     return Path(path)

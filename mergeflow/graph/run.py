@@ -100,6 +100,7 @@ class Prepared:
     plan: Plan
     device: torch.device
     max_memory: int
+    inputs: list[Path] = field(default_factory=list)  # every file or folder read: nothing is written over them
 
 
 @dataclass
@@ -135,7 +136,16 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats)
     readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
     text = recipe_text if recipe_text is not None else Path(recipe_path).read_text(encoding="utf-8")
-    return Prepared(recipe, text, readers, plan, device, budget)
+    return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path))
+
+
+def recipe_inputs(recipe: Recipe, recipe_path: str | Path | None) -> list[Path]:
+    """Everything a run reads: the recipe file, models, statistics files and step data files."""
+    paths = [Path(e.path) for e in recipe.models.values()] + [Path(p) for p in recipe.stats.values()]
+    paths += [Path(str(s.params["data"])) for s in recipe.align if isinstance(s.params.get("data"), str)]
+    if recipe_path is not None and Path(recipe_path).is_file():
+        paths.append(Path(recipe_path))
+    return paths
 
 
 def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -> Result:
@@ -144,7 +154,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
 
     recipe, plan = prep.recipe, prep.plan
     final = Path(out)
-    check_output_path(final, opts.force, [Path(e.path) for e in recipe.models.values()])
+    check_output_path(final, opts.force, prep.inputs)
     start = time.perf_counter()
     bar = tqdm(
         total=plan.bytes_written,
@@ -163,7 +173,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             bar.update(task.nbytes)
             bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
 
-    with OutputDir(final, opts.force, opts.resume) as tmp:
+    with OutputDir(final, opts.force, opts.resume, prep.inputs) as tmp:
         journal = Journal(tmp, run_fingerprint(prep))
         kept = journal.load_verified() if opts.resume else set()
         writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)

@@ -9,44 +9,47 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
 from mergeflow.errors import OutputError
 from mergeflow.io.journal import NAME as JOURNAL
+from mergeflow.io.names import CONFIG_FILES, TOKENIZER_FILES
+from mergeflow.io.ownership import check_replaceable, lexical, listed_files, remove_owned, write_marker
 
 LOCK = ".mergeflow-lock"
 
-CONFIG_FILES = ("config.json", "generation_config.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "chat_template.jinja",
-    "preprocessor_config.json",
-    "processor_config.json",
-)
+
+def partial_path(final: Path) -> Path:
+    """The hidden sibling an output is built in (fixed, so that --resume finds it)."""
+    return final.parent / f".{final.name}.mergeflow-partial"
 
 
-def check_output_path(final: Path, force: bool, inputs: list[Path]) -> None:
-    final = final.resolve()
+def check_partial(tmp: Path) -> None:
+    """A folder under the partial output's name must be one mergeflow made (it carries the marker)."""
+    if os.path.lexists(tmp) and (tmp.is_symlink() or not tmp.is_dir() or listed_files(tmp) is None):
+        raise OutputError(f"{tmp} is in the way of the partial output and mergeflow did not create it; "
+                          "move it or choose another OUT")
+
+
+def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path]) -> None:
+    """Refuse an output that overlaps an input or that mergeflow may not replace, before any work."""
+    final = lexical(final)
+    if final.parent == final:
+        raise OutputError(f"output {final} is the root directory; choose a new directory for OUT")
+    real = final.resolve()
     for src in inputs:
-        src = src.resolve()
+        src = Path(src).resolve()
         # never write into, over, or around an input (a --force replace would delete it)
-        inside_input = src.is_dir() and src in final.parents
-        if final == src or final in src.parents or inside_input:
-            raise OutputError(f"output {final} overlaps input model {src}; choose another output directory")
-    if final.exists() and not force:
-        raise OutputError(f"output {final} already exists; pass --force to replace it")
-    if final.exists() and not final.is_dir():
-        raise OutputError(f"output {final} exists and is not a directory")
+        inside_input = src.is_dir() and src in real.parents
+        if real == src or real in src.parents or inside_input:
+            raise OutputError(f"output {final} overlaps input {src}; choose another output directory")
+    check_partial(partial_path(final))
+    if os.path.lexists(final):
+        check_replaceable(final, inputs)
+        if not force and any(final.iterdir()):
+            raise OutputError(f"output {final} already exists (written by mergeflow); pass --force to replace it")
     parent = final.parent
     while not parent.exists():  # missing parents are created; the nearest existing one must be writable
         parent = parent.parent
@@ -55,29 +58,39 @@ def check_output_path(final: Path, force: bool, inputs: list[Path]) -> None:
 
 
 class OutputDir:
-    """``with OutputDir(final, force, resume) as tmp:`` write into ``tmp``; renamed to ``final`` on success.
+    """``with OutputDir(final, force, resume, inputs) as tmp:`` write into ``tmp``; renamed to ``final``
+    on success.
 
     ``tmp`` is a hidden sibling with a fixed name, so an interrupted run can be resumed: after Ctrl-C,
     SIGTERM or SIGKILL it stays (never under the final name); after any other error it is removed.
-    A lock file keeps two runs from writing the same output at once.
+    A lock file keeps two runs from writing the same output at once. The finished directory gets a
+    marker listing its files; an existing ``final`` is replaced only under ``force`` and only when
+    :func:`check_replaceable` allows it, and then only its listed files are deleted.
     """
 
-    def __init__(self, final: str | Path, force: bool = False, resume: bool = False) -> None:
-        self.final = Path(final).resolve()
+    def __init__(self, final: str | Path, force: bool = False, resume: bool = False,
+                 inputs: Iterable[Path] = ()) -> None:
+        self.final = lexical(final)
         self.force, self.resume = force, resume
-        self.tmp = self.final.parent / f".{self.final.name}.mergeflow-partial"
+        self.inputs = list(inputs)
+        self.tmp = partial_path(self.final)
         self.found_partial = False
+        self.left_behind: list[str] = []  # files of a replaced output that mergeflow did not write
         self._lock: int | None = None
 
     def __enter__(self) -> Path:
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            self.found_partial = self.tmp.is_dir()
-            if self.found_partial and not self.resume:
-                self._take_lock()  # refuse to delete another live run's work
-                self._release_lock()
-                shutil.rmtree(self.tmp)
-            self.tmp.mkdir(exist_ok=True)
+            self.found_partial = os.path.lexists(self.tmp)
+            if self.found_partial:
+                check_partial(self.tmp)
+                if not self.resume:
+                    self._take_lock()  # refuse to delete another live run's work
+                    self._release_lock()
+                    shutil.rmtree(self.tmp)
+            if not self.tmp.is_dir():
+                self.tmp.mkdir()
+                write_marker(self.tmp, [], kind="partial")
             self._take_lock()
         except OSError as exc:
             raise OutputError(f"cannot create {self.tmp}: {exc.strerror or exc}") from None
@@ -86,7 +99,7 @@ class OutputDir:
     def _take_lock(self) -> None:
         import fcntl
 
-        fd = os.open(self.tmp / LOCK, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(self.tmp / LOCK, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -113,16 +126,22 @@ class OutputDir:
             with contextlib.suppress(OSError):
                 (self.tmp / internal).unlink()
         self._release_lock()
+        written = [str(Path(root, f).relative_to(self.tmp)) for root, _d, fs in os.walk(self.tmp) for f in fs]
+        write_marker(self.tmp, written)
         old = None
-        if self.final.exists():
-            if not self.force:
+        if os.path.lexists(self.final):
+            try:
+                check_replaceable(self.final, self.inputs)
+                if not self.force and any(self.final.iterdir()):
+                    raise OutputError(f"output {self.final} appeared while merging; pass --force to replace it")
+            except OutputError:
                 shutil.rmtree(self.tmp, ignore_errors=True)
-                raise OutputError(f"output {self.final} appeared while merging; pass --force to replace it")
+                raise
             old = self.final.parent / f".{self.final.name}.mergeflow-old-{os.getpid()}"
             self.final.rename(old)
         self.tmp.rename(self.final)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self.left_behind = [str(old / n) for n in remove_owned(old)]
 
 
 def copy_support_files(

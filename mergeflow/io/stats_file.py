@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mergeflow.errors import InputError
+from mergeflow.io.ownership import atomic_write, lexical
 
 KINDS = ("fisher", "gram")
 
@@ -47,11 +48,8 @@ def write_stats(path: str | Path, tensors: dict[str, torch.Tensor], kind: str, e
     meta = {"format": "pt", "mergeflow_stats": kind, "examples": str(examples), "model": str(model),
             "mean": repr(total / max(numel, 1)), "transposed": json.dumps(sorted(transposed or ()))}
     meta.update({k: str(v) for k, v in (extra or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    save_file({k: v.contiguous().float().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    tmp.replace(path)
-    return path
+    host = {k: v.contiguous().float().cpu() for k, v in tensors.items()}
+    return atomic_write(lexical(path), lambda tmp: save_file(host, str(tmp), metadata=meta))
 
 
 def stats_info(path: str | Path, who: str) -> StatsInfo:

@@ -20,8 +20,7 @@ import torch
 
 from mergeflow.io.dtypes import ITEMSIZE, TORCH_TO_ST
 from mergeflow.io.journal import file_crc
-
-INDEX_NAME = "model.safetensors.index.json"
+from mergeflow.io.names import INDEX_NAME
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
                   samples: int = 1, seed: int = 0, progress: bool = True) -> dict[str, object]:
     from tqdm import tqdm
 
+    from mergeflow.io.ownership import check_file_target
+
+    check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
     data = load_data(data_path).subset(max_examples)
     loaded = load_model(model_dir, device)
     check_labels(data, loaded.num_labels)
