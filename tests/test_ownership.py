@@ -197,3 +197,56 @@ def test_an_output_of_an_earlier_version_without_marker_is_recognised(project, c
     write(out / "notes.md", "mine\n")  # anything else in it: not recognised
     assert "not written by mergeflow" in clean_failure(capsys, ["run", str(rec), str(out), "--force"])
     assert (out / "notes.md").read_text() == "mine\n"
+
+
+# ------------------------------------------------------------------ class 2: outputs never written over inputs
+def test_resume_never_writes_through_links_planted_in_the_partial_output(project):
+    """Every name mergeflow writes in the partial directory is a link to a victim file (or a hard link to
+    an input shard); --resume replaces the names and leaves every victim byte-identical."""
+    from mergeflow.io.names import CONFIG_FILES, INDEX_NAME
+    from mergeflow.io.ownership import MARKER as M
+
+    root, _proj, rec = project
+    ref = root / "reference"
+    assert run_cli("run", str(rec), str(ref), "-q").returncode == 0
+    partial = root / ".out.mergeflow-partial"
+    partial.mkdir()
+    write_marker(partial, [], kind="partial")
+    victims = root / "victims"
+    names = [*(p.name for p in ref.iterdir() if p.name != M), INDEX_NAME, *CONFIG_FILES, ".mergeflow-journal.json",
+             ".mergeflow-journal.tmp", "alignment.json"]
+    for name in names:
+        v = write(victims / name, f"victim {name}\n")
+        (partial / name).unlink(missing_ok=True)
+        (partial / name).symlink_to(v)
+    before = snapshot(victims)
+    res = run_cli("run", str(rec), str(root / "out"), "--resume", "-q")
+    assert res.returncode == 0, res.stderr
+    assert snapshot(victims) == before
+    out = root / "out"
+    assert not any(p.is_symlink() for p in out.iterdir())
+    for f in ref.iterdir():
+        if f.name not in ("README.md", M):
+            assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_a_hard_link_to_an_input_in_the_partial_output_is_not_written_through(project, toy):
+    root, _proj, rec = project
+    shard = sorted(toy("llama").glob("model-*.safetensors"))[0]
+    data = shard.read_bytes()
+    partial = root / ".out.mergeflow-partial"
+    partial.mkdir()
+    write_marker(partial, [], kind="partial")
+    os.link(shard, partial / "model.safetensors")
+    res = run_cli("run", str(rec), str(root / "out"), "--resume", "-q")
+    assert res.returncode == 0, res.stderr
+    assert shard.read_bytes() == data
+
+
+def test_report_over_a_hard_link_of_an_input_is_refused(project, toy, capsys):
+    root, _proj, rec = project
+    shard = sorted(toy("llama").glob("model-*.safetensors"))[0]
+    os.link(shard, root / "looks-harmless.json")
+    err = clean_failure(capsys, ["run", str(rec), str(root / "o"), "--report", str(root / "looks-harmless.json")],
+                        root / "o")
+    assert "input" in err

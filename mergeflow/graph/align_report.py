@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mergeflow.align.layer import MODULES, LayerReport
+from mergeflow.io.ownership import write_new
 
 
 def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
 
 def write_report(out: Path, reports: Sequence[Any]) -> dict[str, Any]:
     summary = summarise(reports)
-    (out / "alignment.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_new(out / "alignment.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

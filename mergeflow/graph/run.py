@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +174,8 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             bar.update(task.nbytes)
             bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
 
-    with OutputDir(final, opts.force, opts.resume, prep.inputs) as tmp:
+    out_dir = OutputDir(final, opts.force, opts.resume, prep.inputs)
+    with out_dir as tmp:
         journal = Journal(tmp, run_fingerprint(prep))
         kept = journal.load_verified() if opts.resume else set()
         writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)
@@ -225,6 +227,10 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
                 },
             )
             files.append("README.md")
+        out_dir.written = files
+    if out_dir.left_behind:
+        warnings.warn(f"the replaced output's files that mergeflow did not write were kept: "
+                      f"{', '.join(out_dir.left_behind[:4])}", stacklevel=2)
     return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept))
 
 

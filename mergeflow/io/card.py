@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mergeflow
+from mergeflow.io.ownership import write_new
 
 
 def write_card(
@@ -39,4 +40,4 @@ def write_card(
     while fence in recipe_text:
         fence += "`"
     lines += ["## Recipe", "", f"{fence}yaml", recipe_text.rstrip("\n"), fence, ""]
-    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    write_new(out / "README.md", "\n".join(lines))

@@ -11,11 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from mergeflow.io.ownership import write_new
+
 NAME = ".mergeflow-journal.json"
+MAX_BYTES = 64 << 20
 
 
 def fingerprint(parts: Iterable[str]) -> str:
@@ -28,7 +32,7 @@ def fingerprint(parts: Iterable[str]) -> str:
 
 def file_crc(path: Path) -> int:
     crc = 0
-    with open(path, "rb") as fh:
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as fh:
         while chunk := fh.read(1 << 24):
             crc = zlib.crc32(chunk, crc)
     return crc
@@ -43,6 +47,8 @@ class Journal:
     def load_verified(self) -> set[str]:
         """Shard files of a previous run of the same plan that are intact on disk."""
         try:
+            if not stat.S_ISREG(os.lstat(self.path).st_mode) or os.lstat(self.path).st_size > MAX_BYTES:
+                return set()  # a link or special file planted in the partial directory is never read
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return set()
@@ -52,7 +58,8 @@ class Journal:
         for name, rec in data["shards"].items():
             p = self.path.parent / name
             try:
-                if p.stat().st_size == rec["size"] and file_crc(p) == rec["crc32"]:
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode) and st.st_size == rec["size"] and file_crc(p) == rec["crc32"]:
                     ok.add(name)
                     self.shards[name] = rec
             except (OSError, KeyError, TypeError):
@@ -62,5 +69,5 @@ class Journal:
     def record(self, name: str, size: int, crc: int) -> None:
         self.shards[name] = {"size": size, "crc32": crc}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": self.fp, "shards": self.shards}))
+        write_new(tmp, json.dumps({"fingerprint": self.fp, "shards": self.shards}))
         os.replace(tmp, self.path)  # atomic: a kill leaves the old or the new journal, never half of one

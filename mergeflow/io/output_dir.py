@@ -14,9 +14,16 @@ from pathlib import Path
 from types import TracebackType
 
 from mergeflow.errors import OutputError
-from mergeflow.io.journal import NAME as JOURNAL
 from mergeflow.io.names import CONFIG_FILES, TOKENIZER_FILES
-from mergeflow.io.ownership import check_replaceable, lexical, listed_files, remove_owned, write_marker
+from mergeflow.io.ownership import (
+    check_replaceable,
+    copy_new,
+    lexical,
+    listed_files,
+    remove_owned,
+    write_marker,
+    write_new,
+)
 
 LOCK = ".mergeflow-lock"
 
@@ -61,7 +68,8 @@ class OutputDir:
     """``with OutputDir(final, force, resume, inputs) as tmp:`` write into ``tmp``; renamed to ``final``
     on success.
 
-    ``tmp`` is a hidden sibling with a fixed name, so an interrupted run can be resumed: after Ctrl-C,
+    Before leaving the block, set ``written`` to the names of the files written into ``tmp``: nothing
+    else is carried into ``final``. ``tmp`` is a hidden sibling with a fixed name, so an interrupted run can be resumed: after Ctrl-C,
     SIGTERM or SIGKILL it stays (never under the final name); after any other error it is removed.
     A lock file keeps two runs from writing the same output at once. The finished directory gets a
     marker listing its files; an existing ``final`` is replaced only under ``force`` and only when
@@ -76,6 +84,7 @@ class OutputDir:
         self.tmp = partial_path(self.final)
         self.found_partial = False
         self.left_behind: list[str] = []  # files of a replaced output that mergeflow did not write
+        self.written: list[str] = []  # the run sets the names of the files it wrote before leaving the block
         self._lock: int | None = None
 
     def __enter__(self) -> Path:
@@ -122,12 +131,16 @@ class OutputDir:
             if not issubclass(typ, (KeyboardInterrupt, SystemExit)):
                 shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        for internal in (JOURNAL,):
-            with contextlib.suppress(OSError):
-                (self.tmp / internal).unlink()
         self._release_lock()
-        written = [str(Path(root, f).relative_to(self.tmp)) for root, _d, fs in os.walk(self.tmp) for f in fs]
-        write_marker(self.tmp, written)
+        # what this run wrote, nothing else: stale files of an earlier attempt, the journal and anything
+        # planted in the partial directory (links included) do not reach the output
+        for entry in os.scandir(self.tmp):
+            if entry.name not in self.written:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+        write_marker(self.tmp, self.written)
         old = None
         if os.path.lexists(self.final):
             try:
@@ -173,14 +186,14 @@ def copy_support_files(
                         for key, value in list(cfg.items()):
                             if isinstance(value, list) and len(value) == old_n and key != "architectures":
                                 cfg[key] = [value[i] for i in layer_origin]
-                    (out / name).write_text(json.dumps(cfg, indent=2) + "\n")
+                    write_new(out / name, json.dumps(cfg, indent=2) + "\n")
                 else:
-                    shutil.copyfile(src, out / name)
+                    copy_new(src, out / name)
                 copied.append(name)
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
         for name in TOKENIZER_FILES:
             src = tokenizer_dir / name
             if src.is_file() and not src.is_symlink():
-                shutil.copyfile(src, out / name)
+                copy_new(src, out / name)
                 copied.append(name)
     return copied

@@ -34,7 +34,7 @@ def write_marker(directory: Path, files: Iterable[str], kind: str = "model") -> 
 
     names = sorted({*files, MARKER})
     data = {"written_by": "mergeflow", "version": __version__, "kind": kind, "files": names}
-    (directory / MARKER).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    write_new(directory / MARKER, json.dumps(data, indent=1) + "\n")
 
 
 def listed_files(directory: Path) -> set[str] | None:
@@ -171,6 +171,19 @@ def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
+def input_inodes(inputs: Iterable[Path]) -> dict[tuple[int, int], Path]:
+    """(device, inode) of every input file and of every file directly inside an input folder."""
+    found: dict[tuple[int, int], Path] = {}
+    for src in inputs:
+        with contextlib.suppress(OSError):
+            entries = [src] if not src.is_dir() else [src / n for n in sorted(os.listdir(src))[:10_000]]
+            for p in entries:
+                with contextlib.suppress(OSError):
+                    st = os.stat(p)
+                    found.setdefault((st.st_dev, st.st_ino), p)
+    return found
+
+
 def check_file_target(path: str | Path, inputs: Iterable[Path] = (), what: str = "output file") -> Path:
     """Refuse to write the file ``path`` over an input, a link, a folder, a special file or a file
     mergeflow did not write; returns the path to write (parents resolved, the name itself not)."""
@@ -179,12 +192,17 @@ def check_file_target(path: str | Path, inputs: Iterable[Path] = (), what: str =
         raise OutputError(f"{what} {target} is a symbolic link; mergeflow never writes through a link: "
                           "give another path")
     real = target.resolve()
+    inputs = [Path(src).resolve() for src in inputs]
+    inodes = input_inodes(inputs)
     for src in inputs:
-        src = Path(src).resolve()
-        same = os.path.exists(target) and os.path.exists(src) and os.path.samefile(target, src)
-        if same or real == src or src in real.parents:
+        if real == src or src in real.parents:
             raise OutputError(f"{what} {target} would be written over or inside the input {src}; "
                               "choose another path")
+    with contextlib.suppress(OSError):
+        st = os.stat(target)
+        if (st.st_dev, st.st_ino) in inodes:
+            raise OutputError(f"{what} {target} is the same file as the input {inodes[st.st_dev, st.st_ino]} "
+                              "(a hard link); choose another path")
     if os.path.lexists(target):
         if not target.is_file():
             raise OutputError(f"{what} {target} exists and is not a regular file; choose another path")

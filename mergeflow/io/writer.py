@@ -21,6 +21,7 @@ import torch
 from mergeflow.io.dtypes import ITEMSIZE, TORCH_TO_ST
 from mergeflow.io.journal import file_crc
 from mergeflow.io.names import INDEX_NAME
+from mergeflow.io.ownership import open_new, write_new
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ class ShardedWriter:
             lay = self.layouts[i]
             path = self.dir / lay.filename
             if i in self._started:
-                fd = os.open(path, os.O_WRONLY)
-            else:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+            else:  # a new file: whatever stood under the name (a planted link) is not written through
+                fd = open_new(path)
                 os.ftruncate(fd, lay.size)
                 os.pwrite(fd, lay.header, 0)
                 self._started.add(i)
@@ -176,7 +177,7 @@ class ShardedWriter:
                 "metadata": {"total_size": sum(t.nbytes for lay in self.layouts for t in lay.tensors)},
                 "weight_map": {n: self.layouts[i].filename for n, (i, _t) in sorted(self._where.items())},
             }
-            (self.dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+            write_new(self.dir / INDEX_NAME, json.dumps(index, indent=2) + "\n")
             names.append(INDEX_NAME)
         return names
 
