@@ -7,14 +7,14 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mergeflow"
 ALLOWED = {
-    "recipe": {"recipe", "errors"},
+    "recipe": {"recipe", "errors", "files"},
     "merge": {"merge", "registry", "errors"},
     "align": {"align", "arch", "registry", "errors"},
     "arch": {"arch", "registry", "errors"},
-    "io": {"io", "errors", ""},
-    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats"},
+    "io": {"io", "errors", "", "files"},
+    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
-    "stats": {"stats", "io", "errors"},
+    "stats": {"stats", "io", "errors", "files"},
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from mergeflow.cli.extra import convert, eval_group
-from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, QUIET, REPORT
+from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
@@ -51,6 +51,7 @@ def cli() -> None:
     help="Continue an interrupted run into OUT: shards it completed are kept "
     "if their checksums still match and the recipe and inputs are unchanged.",
 )
+@STRICT
 @REPORT
 @QUIET
 def run(
@@ -64,6 +65,7 @@ def run(
     check_finite: bool,
     no_prefetch: bool,
     resume: bool,
+    strict: bool,
     report: str | None,
     quiet: bool,
 ) -> None:
@@ -83,6 +85,7 @@ def run(
         check_finite=check_finite,
         prefetch=not no_prefetch,
         resume=resume,
+        strict=strict,
     )
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
@@ -169,11 +172,13 @@ def validate(recipe: str) -> None:
 @DEVICE
 @MEMORY
 @PICKLE
-def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool) -> None:
+@STRICT
+def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, strict: bool) -> None:
     """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
     from mergeflow.graph import run as runner
 
-    opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle)
+    opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
+                          strict=strict)
     prep = runner.prepare(recipe, opts)
     p = prep.plan
     click.echo(f"recipe: {recipe}")

@@ -28,3 +28,6 @@ REPORT = click.option(
     help="Write a JSON report (time, bytes, tensors, peak RSS) to this file.",
 )
 QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+STRICT = click.option(
+    "--strict", is_flag=True, help="Treat warnings about the recipe (an override that selects no tensor) as errors."
+)

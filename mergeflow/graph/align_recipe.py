@@ -11,7 +11,8 @@ import yaml
 
 from mergeflow.align.catalog import STEPS
 from mergeflow.arch.families import family_for
-from mergeflow.errors import RecipeError
+from mergeflow.errors import InputError, RecipeError
+from mergeflow.files import read_text_capped
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import validate
@@ -22,8 +23,8 @@ def default_steps(anchor: str) -> list[dict[str, Any]]:
     """rotate (qk, vo), permute (ffn), rescale; QK-norm families keep their query/key heads unrotated."""
     cfg = Path(anchor) / "config.json"
     model_type = None
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        model_type = json.loads(cfg.read_text()).get("model_type")
+    with contextlib.suppress(OSError, ValueError, AttributeError, InputError):
+        model_type = json.loads(read_text_capped(cfg, "config", 64 << 20)).get("model_type")
     fam = family_for(model_type)
     qk_norm = fam is not None and fam.qk_norm
     return [{"rotate": {"qk": not qk_norm, "vo": True}}, {"permute": {"ffn": True}}, {"rescale": {}}]

@@ -3,7 +3,7 @@ output tensor, in the order the reference model stores them (so reads run shard 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,11 +13,9 @@ from pydantic import ValidationError
 from mergeflow.arch.layers import num_layers, position
 from mergeflow.errors import (
     MemoryBudgetError,
-    MissingTensor,
     RecipeError,
-    ShapeMismatch,
-    UnsupportedArchitecture,
 )
+from mergeflow.graph.checks import check_finite, check_kinds, check_models, describe_override
 from mergeflow.graph.slices import plain_items, slice_items
 from mergeflow.graph.stats_inputs import Stats, tensor_stats
 from mergeflow.graph.stats_inputs import key as stats_key
@@ -60,32 +58,7 @@ class Plan:
     anchor: str | None = None
     layer_origin: list[tuple[str, int]] = field(default_factory=list)  # with slices: (model, layer) per output layer
     vocab_size: int | None = None  # rows of the embeddings when the models' vocabularies differ in size
-
-
-def _check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, VocabRows],
-                  copied: Callable[[str], bool]) -> None:
-    types = {n: r.model_type for n, r in readers.items() if r.model_type is not None}
-    if len(set(types.values())) > 1:
-        desc = ", ".join(f"{n} is {t}" for n, t in types.items())
-        raise UnsupportedArchitecture(f"models have different architectures ({desc})")
-    ref_tensors = readers[ref].tensors
-    for name, r in readers.items():
-        for t, info in ref_tensors.items():
-            other = r.tensors.get(t)
-            if other is None:
-                raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has")
-            if other.shape != info.shape and t not in vocab and not copied(t):
-                raise ShapeMismatch(
-                    f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
-                    f"{list(info.shape)} in model '{ref}'"
-                )
-        extra = [t for t in r.tensors if t not in ref_tensors]
-        if extra:
-            more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
-            raise MissingTensor(
-                f"model '{name}' has tensor(s) {', '.join(map(repr, extra[:3]))}{more} that "
-                f"model '{ref}' lacks"
-            )
+    unused_overrides: list[str] = field(default_factory=list)  # overrides that selected no tensor
 
 
 def build_plan(
@@ -106,7 +79,7 @@ def build_plan(
         tok = recipe.output.tokenizer
         vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
         # tensors copied from one model (passthrough) may differ in shape, e.g. classifier heads
-        _check_models(recipe, readers, ref, vocab, lambda t: resolve(t, 0.0).op == "passthrough")
+        check_models(recipe, readers, ref, vocab, lambda t: resolve(t, 0.0).op == "passthrough")
     ref_reader = readers[ref]
     compute = NAMES[recipe.dtype]
     csize = torch.empty((), dtype=compute).element_size()
@@ -157,6 +130,7 @@ def build_plan(
         if vrows is not None:  # output rows as in the tokenizer's model; merged on the shared ones
             info = readers[vrows.source].info(tname)
         settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
+        check_kinds(tname, {m: all_readers[m].info(item.names[m]).dtype for m in item.models}, settings.op)
         op = operators[settings.op]
         if not is_float(info.dtype):  # integer buffers (ids, masks) are copied, never averaged
             op = operators["passthrough"]
@@ -181,6 +155,7 @@ def build_plan(
                 settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
                                                             if k in known} for m in settings.model_params})
             mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
+            check_finite(tname, op.name, params, dict(zip(members, mparams, strict=True)))
         except ValidationError as exc:
             raise RecipeError(
                 [f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]
@@ -225,8 +200,9 @@ def build_plan(
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
     total_out = sum(o.nbytes for o in outs)
     vocab_size = max((v.rows for v in vocab.values()), default=None)
+    unused = [describe_override(recipe, i) for i, n in enumerate(resolve.hits) if n == 0]
     return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
-                origin, vocab_size)
+                origin, vocab_size, unused)
 
 
 def model_dir(path: str) -> Path | None:

@@ -16,7 +16,8 @@ import torch
 
 import mergeflow
 from mergeflow.align.catalog import STEPS
-from mergeflow.errors import InputError
+from mergeflow.errors import InputError, RecipeError
+from mergeflow.files import read_text_capped
 from mergeflow.graph.align_report import write_report
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
@@ -33,6 +34,7 @@ from mergeflow.io.writer import ShardedWriter
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import load_recipe
+from mergeflow.recipe.yaml_source import MAX_BYTES
 
 MAPPED_SHARE = 8
 PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
@@ -91,6 +93,7 @@ class Options:
     check_finite: bool = False
     prefetch: bool = True
     resume: bool = False
+    strict: bool = False  # warnings about the recipe (an override that selects nothing) become errors
 
 
 @dataclass
@@ -135,8 +138,13 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         anchor, _dist = auto_anchor(readers, recipe.config_source)
     stats = open_stats(recipe, readers)
     plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats)
+    unused = [f"{recipe_path}: {d} matches no tensor of the models" for d in plan.unused_overrides]
+    if unused and opts.strict:
+        raise RecipeError(unused, str(recipe_path))
+    for line in unused:
+        warnings.warn(line + " (--strict makes this an error)", stacklevel=2)
     readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
-    text = recipe_text if recipe_text is not None else Path(recipe_path).read_text(encoding="utf-8")
+    text = recipe_text if recipe_text is not None else read_text_capped(recipe_path, "recipe file", MAX_BYTES)
     return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path))
 
 
@@ -239,11 +247,23 @@ def run_fingerprint(prep: Prepared) -> str:
     parts = [mergeflow.__version__, prep.recipe.model_dump_json(), str(prep.recipe_text)]
     for name, reader in sorted(prep.readers.items()):
         for file in sorted({t.file for t in reader.tensors.values()}):
+            # size and mtime survive `cp -p` / `rsync -a` over the file; inode, ctime (which no user can
+            # set) and the header bytes (tensor names, shapes, offsets and metadata) do not
             st = os.stat(file)
-            parts.append(f"{name}:{file}:{st.st_size}:{st.st_mtime_ns}")
+            parts.append(f"{name}:{file}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}:"
+                         f"{header_digest(file)}")
     for lay in prep.plan.layouts:
         parts.append(lay.filename + ":" + hashlib.sha256(lay.header).hexdigest())
     return fingerprint(parts)
+
+
+def header_digest(path: str | Path) -> str:
+    """SHA-256 of a safetensors file's length prefix and header (other files: of their first 1 MiB)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        size = int.from_bytes(head, "little") if str(path).endswith(".safetensors") and len(head) == 8 else 0
+        body = fh.read(min(size, 100 << 20) if size else 1 << 20)
+    return hashlib.sha256(head + body).hexdigest()
 
 
 def peak_rss_bytes() -> int:

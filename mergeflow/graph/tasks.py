@@ -61,6 +61,10 @@ class Merge:
         tensors = list(values[:n])
         base = values[n] if self.base is not None else None
         stats = tuple(values[n + (self.base is not None):])
+        for i, (load, value) in enumerate(zip(self.stats, stats, strict=True)):  # one NaN spreads everywhere
+            if not bool(torch.isfinite(value).all()):
+                raise NonFiniteTensor(f"statistics of model '{self.models[i]}' for tensor "
+                                      f"{load.tensor!r} have NaN or Inf; recompute them with `mergeflow stats`")
         op = OPERATORS.get(self.op)
         mctx = MergeContext(self.out, ctx.seed, self.models, self.part, stats, self.stats_scale, self.transposed)
         try:

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergeflow.errors import InputError
+from mergeflow.files import read_text_capped
 from mergeflow.io.reader import ModelReader
 
+MAX_TOKENIZER = 512 << 20
 VOCAB_RE = re.compile(r"embed_tokens|lm_head|\bwte\b|word_embeddings|embed_out|shared\.weight")
 
 
@@ -36,7 +38,7 @@ def vocabulary(model_dir: Path) -> dict[int, str] | None:
     tj = model_dir / "tokenizer.json"
     try:
         if tj.is_file():
-            data = json.loads(tj.read_text(encoding="utf-8"))
+            data = json.loads(read_text_capped(tj, "tokenizer file", MAX_TOKENIZER))
             vocab = (data.get("model") or {}).get("vocab")
             out: dict[int, str] = {}
             if isinstance(vocab, dict):
@@ -48,10 +50,10 @@ def vocabulary(model_dir: Path) -> dict[int, str] | None:
             return out
         vj = model_dir / "vocab.json"
         if vj.is_file():
-            return {int(i): str(t) for t, i in json.loads(vj.read_text(encoding="utf-8")).items()}
+            return {int(i): str(t) for t, i in json.loads(read_text_capped(vj, "tokenizer file", MAX_TOKENIZER)).items()}
         vt = model_dir / "vocab.txt"
         if vt.is_file():
-            return dict(enumerate(vt.read_text(encoding="utf-8").splitlines()))
+            return dict(enumerate(read_text_capped(vt, "tokenizer file", MAX_TOKENIZER).splitlines()))
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise TokenizerMismatch(f"{model_dir}: unreadable tokenizer files ({exc})") from None
     return None

@@ -9,13 +9,13 @@ its shape, lies inside the file, and that ranges neither overlap nor leave holes
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
 
-from mergeflow.errors import ModelError
+from mergeflow.errors import InputError, ModelError
+from mergeflow.files import check_regular
 from mergeflow.io.dtypes import ITEMSIZE
 
 MAX_HEADER = 100 * 1024 * 1024
@@ -43,7 +43,10 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict[str, str]
     """(tensors by name, __metadata__) of one safetensors file; ModelError when anything is off."""
     path = str(path)
     try:
-        size = os.path.getsize(path)
+        size = check_regular(path, "checkpoint file").st_size  # a FIFO or device would block or never end
+    except InputError as exc:
+        raise ModelError(str(exc)) from None
+    try:
         with open(path, "rb") as fh:
             raw = fh.read(8)
             if len(raw) < 8:

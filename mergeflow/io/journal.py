@@ -1,8 +1,8 @@
 """The resume journal of an output directory under construction.
 
 Each completed shard is recorded with its size and CRC-32 (computed while it was written) under a
-fingerprint of the run: mergeflow's version, the validated recipe, every input file's size and
-modification time, and the output layout. ``--resume`` trusts a shard only if the fingerprint is
+fingerprint of the run: mergeflow's version, the validated recipe, every input file's size,
+modification and change times, inode and header bytes, and the output layout. ``--resume`` trusts a shard only if the fingerprint is
 the same and the file on disk still has the recorded size and checksum; anything else is redone.
 """
 

@@ -18,10 +18,13 @@ import torch
 from safetensors import safe_open
 
 from mergeflow.errors import MissingTensor, ModelError
+from mergeflow.files import read_text_capped
 from mergeflow.io.dtypes import TORCH_TO_ST
 from mergeflow.io.header import TensorInfo, read_header
 
 RECYCLE_BYTES = 64 * 1024 * 1024
+
+MAX_JSON = 64 << 20  # config and index files; real ones are kilobytes
 
 
 def _inside(directory: Path, name: str, what: str) -> Path:
@@ -64,7 +67,7 @@ class ModelReader:
         cfg = p / "config.json"
         if cfg.is_file():
             try:
-                config = json.loads(cfg.read_text(encoding="utf-8"))
+                config = json.loads(read_text_capped(cfg, f"model '{self.name}':", MAX_JSON))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise ModelError(f"model '{self.name}': {cfg}: invalid JSON: {exc}") from None
             if not isinstance(config, dict):
@@ -106,7 +109,7 @@ class ModelReader:
     def _from_index(self, d: Path, index_name: str, add: Any) -> None:
         index = d / index_name
         try:
-            data = json.loads(index.read_text(encoding="utf-8"))
+            data = json.loads(read_text_capped(index, f"model '{self.name}':", MAX_JSON))
             weight_map = data["weight_map"]
             if not isinstance(weight_map, dict):
                 raise TypeError("weight_map is not an object")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from mergeflow.errors import InputError
+from mergeflow.files import check_regular
 from mergeflow.io.ownership import atomic_write, lexical
 
 KINDS = ("fisher", "gram")
@@ -57,8 +58,10 @@ def stats_info(path: str | Path, who: str) -> StatsInfo:
     from safetensors import safe_open
 
     p = Path(path)
-    if not p.is_file():
-        raise StatsError(f"{who}: statistics file {p} does not exist")
+    try:
+        check_regular(p, f"{who}: statistics file")
+    except InputError as exc:
+        raise StatsError(str(exc)) from None
     if p.suffix != ".safetensors":
         raise StatsError(f"{who}: {p}: statistics files are .safetensors files")
     try:

@@ -3,6 +3,7 @@ scalars or gradients (a list of numbers interpolated across layers). No torch he
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -51,9 +52,12 @@ def check_value(cls: type[BaseModel], key: str, value: Any) -> list[str]:
             out += [f"[{i}]: {msg}" for msg in check_value(cls, key, v)]
         return out
     try:
-        cls.model_validate({key: value})
+        parsed = cls.model_validate({key: value})
     except ValidationError as exc:
         return [e["msg"] for e in exc.errors()]
+    got = getattr(parsed, field_names(cls)[key], None)
+    if isinstance(got, float) and not math.isfinite(got):
+        return [f"must be a finite number, got {got}"]
     return []
 
 

@@ -8,13 +8,12 @@ Gradients are evaluated at the tensor's layer position (0 = first layer, 1 = las
 
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mergeflow.recipe.params import OperatorLike, interpolate, split_params
+from mergeflow.recipe.patterns import compile_glob, compile_regex
 from mergeflow.recipe.schema import Recipe
 
 
@@ -29,17 +28,18 @@ class Resolver:
     def __init__(self, recipe: Recipe, operators: Mapping[str, OperatorLike]) -> None:
         self.recipe, self.operators = recipe, operators
         self._matchers = [
-            re.compile(ov.regex if ov.regex is not None else fnmatch.translate(ov.match or ""))
+            compile_regex(ov.regex) if ov.regex is not None else compile_glob(ov.match or "")
             for ov in recipe.overrides
         ]
+        self.hits = [0] * len(recipe.overrides)  # tensors each override selected (unused overrides are reported)
 
     def matching(self, name: str) -> list[int]:
         """Indices of the overrides that select ``name`` (glob: whole name; regex: searched)."""
         out = []
-        for i, (ov, rx) in enumerate(zip(self.recipe.overrides, self._matchers, strict=True)):
-            hit = rx.search(name) if ov.regex is not None else rx.match(name)
-            if hit:
+        for i, matches in enumerate(self._matchers):
+            if matches(name):
                 out.append(i)
+                self.hits[i] += 1
         return out
 
     def __call__(self, name: str, position: float) -> TensorSettings:

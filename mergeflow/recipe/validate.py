@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mergeflow.errors import RecipeError
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
+from mergeflow.recipe.patterns import PatternError, compile_regex
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
@@ -186,8 +186,8 @@ def validate(
     for i, ov in enumerate(sec.get("overrides") or []):
         if ov.regex is not None:
             try:
-                re.compile(ov.regex)
-            except re.error as exc:
+                compile_regex(ov.regex)
+            except PatternError as exc:
                 probs.add(("overrides", i, "regex"), f"invalid regular expression: {exc}")
         ov_op = _check_op(probs, ("overrides", i, "merge"), ov.merge, operators, models) if ov.merge else op
         if ov_op is not None:

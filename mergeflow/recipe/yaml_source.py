@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from mergeflow.errors import RecipeError
+from mergeflow.errors import InputError, RecipeError
+from mergeflow.files import read_text_capped
 
 MAX_NODES = 100_000
 MAX_DEPTH = 64
@@ -41,7 +42,8 @@ class YamlSource:
         return self.name
 
 
-def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budget: list[int]) -> None:
+def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budget: list[int],
+          dups: list[tuple[Path_, yaml.Node, int]]) -> None:
     budget[0] -= 1
     if budget[0] < 0:
         raise ValueError(f"more than {MAX_NODES} YAML nodes (alias expansion?)")
@@ -49,12 +51,16 @@ def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budg
         raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
     locs.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
-            _walk(value_node, (*path, key), locs, budget)
+            if key in seen and key != "<<":  # YAML would keep the last one without a word
+                dups.append(((*path, key), key_node, seen[key]))
+            seen.setdefault(key, key_node.start_mark.line + 1)
+            _walk(value_node, (*path, key), locs, budget, dups)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, (*path, i), locs, budget)
+            _walk(item, (*path, i), locs, budget, dups)
 
 
 def parse_yaml(text: str, name: str) -> YamlSource:
@@ -67,7 +73,13 @@ def parse_yaml(text: str, name: str) -> YamlSource:
         if node is None:
             raise RecipeError([f"{name}: the file is empty"])
         locs: dict[Path_, tuple[int, int]] = {}
-        _walk(node, (), locs, [MAX_NODES])
+        dups: list[tuple[Path_, yaml.Node, int]] = []
+        _walk(node, (), locs, [MAX_NODES], dups)
+        if dups:
+            raise RecipeError([
+                f"{name}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: {'.'.join(map(str, p))}: duplicate key "
+                f"(first at line {first}); write each key once" for p, k, first in dups
+            ])
         data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
@@ -86,9 +98,7 @@ def parse_yaml(text: str, name: str) -> YamlSource:
 def read_yaml(path: str | Path) -> YamlSource:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecipeError([f"{p}: recipe file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError([f"{p}: cannot read recipe: {exc}"]) from None
+        text = read_text_capped(p, "recipe file", MAX_BYTES)
+    except InputError as exc:
+        raise RecipeError([str(exc)]) from None
     return parse_yaml(text, str(p))

@@ -47,6 +47,10 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
     finally:
         bar.close()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    for n, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(f"{kind} statistics of {n!r} came out NaN or Inf over {data.path}; check the data "
+                             "and the model's outputs for non-finite values")
     names = stored_names(loaded.model)
     tensors = {names[n]: t for n, t in tensors.items() if n in names}
     transposed = {names[n] for n in transposed if n in names}

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 
 from mergeflow.errors import InputError
+from mergeflow.files import check_regular, read_text_capped
+
+MAX_TEXT = 1 << 30  # text and JSONL data files: held in memory whole
 
 
 class DataError(InputError):
@@ -38,14 +41,15 @@ class Data:
 
 def load_data(path: str | Path) -> Data:
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"data file {p} does not exist")
-    if p.suffix == ".npz":
-        return _npz(p)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not UTF-8 text ({exc})") from None
+        check_regular(p, "data file")
+        if p.suffix == ".npz":
+            return _npz(p)
+        lines = read_text_capped(p, "data file", MAX_TEXT).splitlines()
+    except DataError:
+        raise
+    except InputError as exc:
+        raise DataError(str(exc)) from None
     if p.suffix == ".jsonl":
         return _jsonl(p, lines)
     texts = [ln for ln in lines if ln.strip()]
@@ -67,6 +71,9 @@ def _jsonl(p: Path, lines: list[str]) -> Data:
             raise DataError(f"{p}:{i}: each line must be an object with a string 'text'")
         if "label" in rec and not (isinstance(rec["label"], int) and not isinstance(rec["label"], bool)):
             raise DataError(f"{p}:{i}: 'label' must be an integer")
+        if "label" in rec and not 0 <= rec["label"] < 2**31:
+            raise DataError(f"{p}:{i}: 'label' {rec['label']} is out of range (class indices are 0 or more, "
+                            "below 2**31)")
         texts.append(rec["text"])
         labels.append(rec.get("label"))
     if not texts:
@@ -77,11 +84,14 @@ def _jsonl(p: Path, lines: list[str]) -> Data:
 
 
 def _npz(p: Path) -> Data:
+    import zipfile
+
     try:
         with np.load(p, allow_pickle=False) as f:
+            _check_npz_sizes(p, f.zip)
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{p}: not a readable .npz ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{p}: not a readable .npz ({exc or type(exc).__name__})") from None
     if "x" not in arrays:
         raise DataError(f"{p}: no array 'x' (found: {', '.join(arrays) or 'none'})")
     x = arrays["x"]
@@ -90,7 +100,29 @@ def _npz(p: Path) -> Data:
     y = arrays.get("y")
     if y is not None and (y.dtype.kind not in "iu" or y.shape != (len(x),)):
         raise DataError(f"{p}: 'y' must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
-    return Data(p, x=x.astype(np.float32), labels=None if y is None else y.astype(np.int64))
+    x = x.astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if len(bad):
+        raise DataError(f"{p}: example {int(bad[0])} of 'x' has NaN or Inf ({len(bad)} example(s) in all)")
+    return Data(p, x=x, labels=None if y is None else y.astype(np.int64))
+
+
+def _check_npz_sizes(p: Path, archive: Any) -> None:
+    """Read each array's declared shape from its header before loading it: a header may declare
+    terabytes (a zip holds them in a few bytes), which must be refused, not allocated."""
+    import psutil
+
+    room = psutil.virtual_memory().available // 2
+    for info in archive.infolist():
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read(fh)
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > room:
+            raise DataError(f"{p}: array {info.filename.removesuffix('.npy')!r} declares shape {tuple(shape)} "
+                            f"({nbytes / 2**30:.3g} GiB), more than half the memory available "
+                            f"({room / 2**30:.3g} GiB); use a smaller data file or --max-examples")
 
 
 def check_labels(data: Data, num_labels: int | None) -> None:

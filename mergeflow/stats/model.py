@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from mergeflow.errors import InputError, ModelError
+from mergeflow.files import read_text_capped
 
 
 @dataclass
@@ -33,7 +34,7 @@ def load_model(path: str | Path, device: torch.device) -> Loaded:
     if not cfg_path.is_file():
         raise ModelError(f"{p}: not a Hugging Face model directory (no config.json)")
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = json.loads(read_text_capped(cfg_path, "config", 64 << 20))
         arch = cfg["architectures"][0]
     except (ValueError, KeyError, IndexError, TypeError):
         raise ModelError(f"{cfg_path}: no 'architectures' entry naming the model class") from None

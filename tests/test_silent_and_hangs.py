@@ -1,0 +1,192 @@
+"""Inputs that used to give silently wrong models or hang: non-finite data and statistics, integer
+tensors among floats, overrides that select nothing, catastrophic regexes, special and huge files.
+Each goes through the real CLI (exit 2, one `error:` line, no output) or, for hangs, a subprocess
+with a deadline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.conftest import run_cli, write
+from tests.test_hostile import clean_failure
+
+
+def _pair(tmp_path, a: dict, b: dict):
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    return tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+
+
+def test_integer_tensor_among_floats_is_refused_unless_copied(tmp_path, capsys):
+    a, b = _pair(tmp_path, {"w": torch.ones(4), "ids": torch.arange(4)}, {"w": torch.ones(4), "ids": torch.ones(4)})
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
+    err = clean_failure(capsys, ["run", str(rec), str(tmp_path / "out")], tmp_path / "out")
+    assert "tensor 'ids' holds floats in 'b' (F32) but I64 in 'a'" in err
+    ok = write(tmp_path / "ok.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n"
+                                    "overrides: [{match: ids, merge: {passthrough: {source: a}}}]\n")
+    res = run_cli("run", str(ok), str(tmp_path / "copied"), "-q")
+    assert res.returncode == 0, res.stderr
+
+
+def test_override_that_selects_nothing_warns_and_fails_under_strict(tmp_path, capsys):
+    a, b = _pair(tmp_path, {"w": torch.ones(4)}, {"w": torch.zeros(4)})
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n"
+                                    "overrides:\n  - match: '*.mlp.*'\n    params: {weight: 2}\n"
+                                    "  - match: w\n    params: {weight: 1}\n")
+    res = run_cli("run", str(rec), str(tmp_path / "out"), "-q")
+    assert res.returncode == 0 and "warning:" in res.stderr and "overrides[0] (match: '*.mlp.*') matches no tensor" \
+        in res.stderr and "overrides[1]" not in res.stderr
+    err = clean_failure(capsys, ["plan", str(rec), "--strict"])
+    assert "overrides[0]" in err
+    clean_failure(capsys, ["run", str(rec), str(tmp_path / "strict"), "--strict"], tmp_path / "strict")
+
+
+@pytest.mark.parametrize("kind", ["x-nan", "x-inf"])
+def test_non_finite_data_is_refused_by_example(tmp_path, toy, capsys, kind):
+    x = np.zeros((6, 3, 8, 8), np.float32)
+    x[4, 0, 1, 2] = np.nan if kind == "x-nan" else np.inf
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(6, np.int64))
+    err = clean_failure(capsys, ["stats", str(toy("vit")), "--data", str(tmp_path / "d.npz"), "--kind", "gram",
+                                 "-o", str(tmp_path / "g.safetensors")])
+    assert "example 4 of 'x' has NaN or Inf" in err and not (tmp_path / "g.safetensors").exists()
+
+
+def test_non_finite_statistics_are_refused_when_merging(tmp_path, capsys):
+    from mergeflow.io.stats_file import write_stats
+
+    a, b = _pair(tmp_path, {"fc.weight": torch.ones(2, 3)}, {"fc.weight": torch.zeros(2, 3)})
+    for name in ("a", "b"):
+        g = torch.eye(3)
+        if name == "b":
+            g[1, 1] = float("nan")
+        write_stats(tmp_path / f"{name}.safetensors", {"fc.weight": g}, "gram", 4, name)
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: regmean\n"
+                                    f"stats: {{a: {tmp_path / 'a.safetensors'}, b: {tmp_path / 'b.safetensors'}}}\n")
+    err = clean_failure(capsys, ["run", str(rec), str(tmp_path / "out"), "-q"], tmp_path / "out")
+    assert "statistics of model 'b' for tensor 'fc.weight' have NaN or Inf" in err
+
+
+def test_jsonl_label_too_large_is_one_line(tmp_path, toy, capsys):
+    data = write(tmp_path / "d.jsonl", '{"text": "a", "label": 0}\n{"text": "b", "label": 1180591620717411303424}\n')
+    err = clean_failure(capsys, ["stats", str(toy("llama")), "--data", str(data), "--kind", "gram", "-o",
+                                 str(tmp_path / "g.safetensors")])
+    assert "d.jsonl:2: 'label' 1180591620717411303424 is out of range" in err
+
+
+def test_resume_notices_an_input_rewritten_with_the_same_size_and_mtime(tmp_path, capsys):
+    """`cp -p` / `rsync -a` keep size and mtime; the fingerprint's ctime and inode do not survive."""
+    a, b = _pair(tmp_path, {"w": torch.ones(64)}, {"w": torch.zeros(64)})
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
+    out = tmp_path / "out"
+    # an interrupted run: the partial output with a journal of its completed shard
+    from mergeflow.graph import run as runner
+
+    opts = runner.Options(device="cpu")
+    prep = runner.prepare(rec, opts)
+    with pytest.raises(KeyboardInterrupt):
+        def interrupt(*_a, **_k):
+            raise KeyboardInterrupt
+        orig = runner.copy_support_files
+        runner.copy_support_files = interrupt
+        try:
+            runner.run(prep, out, opts, progress=False)
+        finally:
+            runner.copy_support_files = orig
+    st = os.stat(b)
+    save_file({"w": torch.full((64,), 3.0)}, str(tmp_path / "new.safetensors"))
+    assert os.path.getsize(tmp_path / "new.safetensors") == st.st_size
+    with open(b, "r+b") as fh:  # in place, as cp -p does, then the old times put back
+        fh.write((tmp_path / "new.safetensors").read_bytes())
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
+    res = run_cli("run", str(rec), str(out), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert "kept 0 of 1 shard(s)" in res.stdout
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(out / "model.safetensors"))["w"], torch.full((64,), 2.0))  # (1 + 3) / 2: the new bytes
+
+
+# ------------------------------------------------------------------------------------------------ hangs
+def _deadline(args: list[str], seconds: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "mergeflow.cli.main", *args], capture_output=True, text=True,
+                          timeout=seconds, env=env)
+
+
+def test_catastrophic_regex_does_not_hang(tmp_path, toy):
+    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
+                                    "overrides:\n  - regex: '^(([a-z_.0-9])+)+X$'\n    params: {weight: 2}\n")
+    res = _deadline(["run", str(rec), str(tmp_path / "out"), "-q"])  # Python's re takes hours on these names
+    assert res.returncode == 0, res.stderr
+    assert "matches no tensor" in res.stderr
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+@pytest.mark.parametrize("command", ["validate", "convert", "align-steps", "plan", "data"])
+def test_special_files_are_refused_by_name(tmp_path, toy, special, command):
+    path = special
+    if special == "fifo":
+        path = str(tmp_path / "pipe.yml")
+        os.mkfifo(path)
+    argv = {"validate": ["validate", path], "convert": ["convert", path], "plan": ["plan", path],
+            "align-steps": ["align", str(toy("llama", seed=1)), "--anchor", str(toy("llama")), "--steps", path,
+                            "-o", str(tmp_path / "out")],
+            "data": ["stats", str(toy("llama")), "--data", path, "--kind", "gram", "-o", str(tmp_path / "g.safetensors")],
+            }[command]
+    res = _deadline(argv)
+    assert res.returncode == 2, res.stderr
+    assert ("is a FIFO" if special == "fifo" else "is a character device") in res.stderr, res.stderr
+    assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_fifo_named_by_an_index_is_refused(tmp_path, toy, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(toy("llama"), bad)
+    shard = sorted(bad.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    os.mkfifo(shard)
+    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {bad}}}\nmerge: linear\n")
+    res = _deadline(["run", str(rec), str(tmp_path / "out")])
+    assert res.returncode == 2 and "is a FIFO" in res.stderr, res.stderr
+
+
+def test_huge_sparse_recipe_is_refused_without_reading_it(tmp_path, capsys):
+    big = tmp_path / "big.yml"
+    with open(big, "wb") as fh:
+        fh.truncate(1 << 30)  # 1 GiB of holes: reading it whole would take seconds and a GiB of memory
+    err = clean_failure(capsys, ["validate", str(big)])
+    assert "larger than 4 MiB" in err
+
+
+def test_huge_npz_declaration_is_refused_before_allocation(tmp_path, toy, capsys):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:  # 300 TB declared in a few hundred bytes
+        z.writestr("x.npy", _npy_header((1 << 40, 3, 8, 8)))
+    err = clean_failure(capsys, ["stats", str(toy("vit")), "--data", str(tmp_path / "d.npz"), "--kind", "gram",
+                                 "-o", str(tmp_path / "g.safetensors")])
+    assert "declares shape" in err and "more than half the memory available" in err and "max-memory" not in err
+
+
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue()  # magic string and header, no data
+
+
+def test_empty_npz_is_an_error_not_an_interruption(tmp_path, toy, capsys):
+    (tmp_path / "e.npz").write_bytes(b"")
+    err = clean_failure(capsys, ["stats", str(toy("vit")), "--data", str(tmp_path / "e.npz"), "--kind", "gram",
+                                 "-o", str(tmp_path / "g.safetensors")])
+    assert "not a readable .npz" in err
