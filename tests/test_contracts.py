@@ -97,3 +97,12 @@ def test_weight_one_on_one_model_returns_it(name):
     mp = [op.model_params(weight=1.0 if i == 0 else 0.0) for i in range(len(xs))]
     out = run(name, xs, base, model_params=mp)
     torch.testing.assert_close(out, xs[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("shape", [(0,), (0, 4), (3, 0)])
+def test_zero_size_tensors_merge_to_an_empty_tensor_of_their_shape(name, shape):
+    op = OPERATORS[name]
+    x = torch.zeros(shape)
+    out = run(name, [x] * n_models(op), x.clone() if op.needs_base else None)
+    assert out.shape == x.shape and out.dtype == x.dtype

@@ -119,7 +119,7 @@ def test_disk_full_is_one_line_exit_2_and_cleans_up(tmp_path, big_recipe, monkey
         cli_main.main(["run", str(rec), str(tmp_path / "out"), "-q"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "No space left on device" in err[0]
+    assert len(err) == 1 and "No space left on device" in err[0] and ".safetensors" in err[0]  # names the file
     assert list(tmp_path.iterdir()) == []
 
 

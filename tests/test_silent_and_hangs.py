@@ -190,3 +190,77 @@ def test_empty_npz_is_an_error_not_an_interruption(tmp_path, toy, capsys):
     err = clean_failure(capsys, ["stats", str(toy("vit")), "--data", str(tmp_path / "e.npz"), "--kind", "gram",
                                  "-o", str(tmp_path / "g.safetensors")])
     assert "not a readable .npz" in err
+
+
+# ------------------------------------------------------------------------------- errors in one clean line
+def test_shape_beyond_int64_is_one_line(tmp_path, capsys):
+    import json
+    import struct
+
+    raw = json.dumps({"w": {"dtype": "F32", "shape": [2**63, 0], "data_offsets": [0, 0]},
+                      "v": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
+    rec = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\nmerge: linear\n")
+    assert "invalid shape" in clean_failure(capsys, ["run", str(rec), str(tmp_path / "o")], tmp_path / "o")
+
+
+def test_header_over_safetensors_limit_is_refused_by_mergeflow(tmp_path):
+    import struct
+
+    from mergeflow.errors import ModelError
+    from mergeflow.io.header import read_header
+
+    p = tmp_path / "h.safetensors"
+    with open(p, "wb") as fh:
+        fh.write(struct.pack("<Q", 100_000_001))
+        fh.truncate(8 + 100_000_001)
+    with pytest.raises(ModelError, match="corrupt safetensors header"):
+        read_header(p)
+
+
+@pytest.mark.parametrize("device,message", [("tpu", "not a device"), ("mps", "runs on cpu or cuda"),
+                                            ("cuda:x", "not a device")])
+def test_bad_device_is_one_line(tmp_path, capsys, device, message):
+    a, b = _pair(tmp_path, {"w": torch.ones(4)}, {"w": torch.zeros(4)})
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
+    assert message in clean_failure(capsys, ["run", str(rec), str(tmp_path / "o"), "--device", device])
+
+
+@pytest.mark.parametrize("op", ["della", "della_linear", "ties", "dare_ties", "breadcrumbs", "sce", "model_stock"])
+def test_zero_size_tensors_merge_through_the_cli(tmp_path, op):
+    tensors = [{"w": torch.zeros(0, 4), "v": torch.full((3,), float(i))} for i in range(3)]
+    for i, t in enumerate(tensors):
+        save_file(t, str(tmp_path / f"m{i}.safetensors"))
+    rec = write(tmp_path / "r.yml", "models: {m0: m0.safetensors, m1: m1.safetensors, m2: m2.safetensors}\n"
+                                    f"base: m0\nmerge: {op}\n")
+    res = run_cli("run", str(rec), str(tmp_path / "o"), "-q")
+    assert res.returncode == 0, res.stderr
+
+
+def test_barrier_labels_out_of_range_is_one_line(tmp_path, toy, capsys):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 3, 8, 8), np.float32), y=np.array([0, 1, 99, 2]))
+    vit = toy("vit")
+    err = clean_failure(capsys, ["eval", "barrier", str(vit), str(vit), "--data", str(tmp_path / "d.npz"),
+                                 "-o", str(tmp_path / "b"), "-q"])
+    assert "label 99 of example 2 is out of range" in err
+
+
+def test_memory_budgets_are_explained_and_tiny_ones_refused_when_parsed(tmp_path, capsys):
+    a, b = _pair(tmp_path, {"w": torch.ones(4)}, {"w": torch.zeros(4)})
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
+    assert "below the smallest budget" in clean_failure(capsys, ["plan", str(rec), "--max-memory", "1KB"])
+    res = run_cli("plan", str(rec), "--max-memory", "256MB")
+    assert res.returncode == 0, res.stderr
+    assert "memory budget: 244.14 MiB (--max-memory 256MB); tensors in flight may use 183.11 MiB" in res.stdout
+
+
+def test_tiny_budget_error_names_the_share_and_the_size_to_ask_for(tmp_path):
+    from mergeflow.errors import MemoryBudgetError
+    from mergeflow.graph import run as runner
+
+    a, b = _pair(tmp_path, {"w": torch.ones(1 << 20)}, {"w": torch.zeros(1 << 20)})
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
+    with pytest.raises(MemoryBudgetError, match=r"more than the 0\.8 MiB that tensors in flight may use .* "
+                                                r"raise --max-memory to at least \d+MiB"):
+        runner.prepare(rec, runner.Options(device="cpu", max_memory=1 << 20))

@@ -201,11 +201,15 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, s
             f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})"
         )
     click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
-    ahead = min(max(runner.tensor_budget(prep.max_memory) - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
+    share = runner.tensor_budget(prep.max_memory)
+    ahead = min(max(share - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
+    given = f"--max-memory {max_memory}" if max_memory else "default: half the available memory"
     click.echo(
-        f"memory budget: {human(prep.max_memory)} (estimated peak for tensors in flight, read-ahead "
-        f"included: {human(p.peak_task_bytes + min(ahead, p.bytes_read))})"
+        f"memory budget: {human(prep.max_memory)} ({given}); tensors in flight may use {human(share)} of it, "
+        f"the rest is kept for mapped file pages and headroom"
     )
+    click.echo(f"estimated peak for tensors in flight, read-ahead included: "
+               f"{human(p.peak_task_bytes + min(ahead, p.bytes_read))}")
 
 
 @cli.command()
@@ -244,8 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:  # one line, as every other bad input
+        where = exc.ctx.command_path if exc.ctx is not None else "mergeflow"
+        click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(2)
     except RecipeError as exc:
         click.echo("\n".join(f"error: {p}" for p in exc.problems), err=True)

@@ -8,16 +8,23 @@ from typing import Any
 
 import click
 
+MIN_BUDGET = 64 << 20  # below this not even the interpreter and one small tensor fit
+
 
 def parse_size(value: str | None) -> int | None:
+    """A --max-memory value in bytes; sizes too small to run anything are refused here, not mid-run."""
     if value is None:
         return None
     from pydantic import ByteSize, TypeAdapter, ValidationError
 
     try:
-        return int(TypeAdapter(ByteSize).validate_python(value))
+        n = int(TypeAdapter(ByteSize).validate_python(value))
     except ValidationError:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)") from None
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)", param_hint="--max-memory") from None
+    if n < MIN_BUDGET:
+        raise click.BadParameter(f"{value} is below the smallest budget mergeflow runs in ({human(MIN_BUDGET)})",
+                                 param_hint="--max-memory")
+    return n
 
 
 def human(n: float) -> str:

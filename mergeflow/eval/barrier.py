@@ -14,7 +14,7 @@ import yaml
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, load_model
+from mergeflow.stats.model import Loaded, check_fits, load_model
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -74,6 +74,7 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
     out: dict[str, Any] = {"a": str(a_dir), "b": str(b_dir), "data": str(data.path), "examples": len(data),
                            "variants": {}}
     a = load_endpoint(a_dir, device)
+    check_fits(a[0], data, a_dir)
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
         for name, prefix in variants(steps):
             start = time.perf_counter()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 
 from mergeflow.stats.data import Data, batches
-from mergeflow.stats.model import load_model
+from mergeflow.stats.model import check_fits, load_model
 
 
 def equivalence(a_dir: str, b_dir: str, data: Data, device: torch.device, batch_size: int = 32,
                 max_length: int = 128) -> dict[str, float]:
     la, lb = load_model(a_dir, device), load_model(b_dir, device)
+    check_fits(la, data, a_dir)
     worst = {"logits": 0.0, "hidden_states": 0.0, "logits_scale": 0.0}
     with torch.no_grad():
         for inputs, _labels, mask in batches(data, la.tokenizer, batch_size, max_length, device, la.image_shape):

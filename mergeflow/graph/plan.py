@@ -193,8 +193,10 @@ def build_plan(
     bytes_read = sum(ld.stored_bytes for ld in loads.values())
     if max_memory is not None and peak > max_memory:
         raise MemoryBudgetError(
-            f"tensor {peak_name!r} needs about {peak / 2**20:.0f} MiB to merge, more than the "
-            f"memory budget of {max_memory / 2**20:.0f} MiB; raise --max-memory"
+            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB to merge, more than the "
+            f"{max_memory / 2**20:.1f} MiB that tensors in flight may use (three quarters of the memory budget; "
+            f"the rest is kept for mapped file pages and headroom); raise --max-memory to at least "
+            f"{peak * 4 / 3 / 2**20 + 1:.0f}MiB"
         )
     layouts = plan_shards(outs, int(recipe.output.shard_size))
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)

@@ -137,12 +137,15 @@ class ShardedWriter:
         if end == begin:
             return
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        fd = self._fd(i)
         view = memoryview(data)
         pos = begin
-        while view:  # pwrite may write less than asked
-            n = os.pwrite(fd, view, pos)
-            view, pos = view[n:], pos + n
+        try:
+            fd = self._fd(i)
+            while view:  # pwrite may write less than asked
+                n = os.pwrite(fd, view, pos)
+                view, pos = view[n:], pos + n
+        except OSError as exc:  # name the file (disk full says nothing of where)
+            raise OSError(exc.errno, exc.strerror, str(self.dir / self.layouts[i].filename)) from None
         assert pos == end
         self.bytes_written += end - begin
         running = self._crc.get(i)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -93,6 +93,20 @@ class MergeOperator:
 OPERATORS: Registry[MergeOperator] = Registry("merge operator")
 
 
+def _empty_safe(fn: MergeFn) -> MergeFn:
+    """A tensor with no elements (a dimension of 0) merges to an empty tensor of its shape: operators
+    that rank, sample or reshape to (rows, -1) need not handle it."""
+
+    def run(tensors: list[torch.Tensor], base: torch.Tensor | None, params: Any, model_params: Any,
+            ctx: Any) -> torch.Tensor:
+        if tensors and tensors[0].numel() == 0:
+            return tensors[0]
+        return fn(tensors, base, params, model_params, ctx)
+
+    run.__doc__, run.__name__ = fn.__doc__, getattr(fn, "__name__", "merge")
+    return run
+
+
 def merge_operator(
     name: str,
     *,
@@ -120,7 +134,7 @@ def merge_operator(
             name,
             MergeOperator(
                 name,
-                fn,
+                _empty_safe(fn),
                 params,
                 model_params,
                 needs_base,

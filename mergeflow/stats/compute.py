@@ -8,8 +8,8 @@ import torch
 
 from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
-from mergeflow.stats.data import batches, check_labels, load_data
-from mergeflow.stats.model import load_model, stored_names
+from mergeflow.stats.data import batches, load_data
+from mergeflow.stats.model import check_fits, load_model, stored_names
 
 
 def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: str | Path, device: torch.device,
@@ -22,11 +22,7 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
     check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
     data = load_data(data_path).subset(max_examples)
     loaded = load_model(model_dir, device)
-    check_labels(data, loaded.num_labels)
-    if data.texts is not None and loaded.tokenizer is None:
-        raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
-    if data.x is not None and loaded.image_shape is None:
-        raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")
+    check_fits(loaded, data, model_dir)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False

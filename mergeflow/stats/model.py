@@ -12,6 +12,7 @@ import torch
 
 from mergeflow.errors import InputError, ModelError
 from mergeflow.files import read_text_capped
+from mergeflow.stats.data import Data, check_labels
 
 
 @dataclass
@@ -98,3 +99,12 @@ def stored_names(model: Any) -> dict[str, str]:
         if stored is not None:
             out[name] = stored
     return out
+
+
+def check_fits(loaded: Loaded, data: Data, model_dir: str | Path) -> None:
+    """The data suits the model: labels in range, text for models with a tokenizer, arrays for vision."""
+    check_labels(data, loaded.num_labels)
+    if data.texts is not None and loaded.tokenizer is None:
+        raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
+    if data.x is not None and loaded.image_shape is None:
+        raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")
