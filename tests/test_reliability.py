@@ -32,7 +32,7 @@ def files(path):
     return {f.name: f.read_bytes() for f in sorted(path.iterdir())}
 
 
-def _kill_after(rec, out, shards: int, sig=signal.SIGKILL) -> int:
+def _kill_after(rec, out, shards: int, sig=signal.SIGKILL, stderr: list | None = None) -> int:
     """Start a real CLI run and send ``sig`` once its journal lists ``shards`` completed shards."""
     journal = out.parent / f".{out.name}.mergeflow-partial" / ".mergeflow-journal.json"
     proc = subprocess.Popen([sys.executable, "-m", "mergeflow.cli.main", "run", str(rec), str(out), "-q"],
@@ -50,8 +50,11 @@ def _kill_after(rec, out, shards: int, sig=signal.SIGKILL) -> int:
             break
         time.sleep(0.002)
     proc.send_signal(sig)
+    text = proc.stderr.read().decode()
     proc.wait()
     proc.stderr.close()
+    if stderr is not None:
+        stderr += [text, proc.returncode]
     return seen
 
 
@@ -80,6 +83,21 @@ def test_sigterm_keeps_partial_work_and_resume_skips_it(tmp_path, big_recipe):
     kept = int(res.stdout.split("kept ")[1].split(" ")[0])
     assert kept >= max(seen - 1, 1)
     assert files(out) == files(ref)
+
+
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(tmp_path, big_recipe, sig, code,
+                                                                                 word):
+    rec, _ref = big_recipe
+    out = tmp_path / "out"
+    got: list = []
+    _kill_after(rec, out, 2, sig, got)
+    err, rc = got
+    assert rc == code, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{word}; the partial output was kept in ") and "--resume" in last, err
+    res = run_cli("run", str(rec), str(out), "-q")
+    assert res.returncode == 0 and "warning: discarded the partial output of an earlier interrupted run" in res.stderr
 
 
 def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe):

@@ -264,3 +264,42 @@ def test_tiny_budget_error_names_the_share_and_the_size_to_ask_for(tmp_path):
     with pytest.raises(MemoryBudgetError, match=r"more than the 0\.8 MiB that tensors in flight may use .* "
                                                 r"raise --max-memory to at least \d+MiB"):
         runner.prepare(rec, runner.Options(device="cpu", max_memory=1 << 20))
+
+
+# ------------------------------------------------------------------------------------ the Hugging Face cache
+def _cache_snapshot(root, model, repo="models--org--name", rev="abc123"):
+    """Lay ``model`` out as the Hugging Face cache does: blobs by hash, snapshot files as relative links."""
+    import hashlib
+
+    blobs = root / repo / "blobs"
+    snap = root / repo / "snapshots" / rev
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in model.iterdir():
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        (blobs / digest).write_bytes(f.read_bytes())
+        (snap / f.name).symlink_to(os.path.join("..", "..", "blobs", digest))
+    return snap
+
+
+def test_a_sharded_cache_snapshot_is_accepted_and_links_out_of_it_refused(tmp_path, toy, capsys):
+    snap = _cache_snapshot(tmp_path / "hub", toy("llama"))
+    assert len(list(snap.glob("model-*.safetensors"))) > 1 and all(p.is_symlink() for p in snap.iterdir())
+    rec = write(tmp_path / "r.yml", f"models: {{a: {snap}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
+                                    "output: {config: a, tokenizer: a}\n")
+    res = run_cli("run", str(rec), str(tmp_path / "out"), "-q")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "tokenizer.json").is_file()
+    # a link that leaves the cache repository is refused, whether named by the index or not
+    other = _cache_snapshot(tmp_path / "hub2", toy("llama"), repo="models--org--other")
+    shard = sorted(snap.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    shard.symlink_to(next((other.parent.parent / "blobs").iterdir()))
+    err = clean_failure(capsys, ["run", str(rec), str(tmp_path / "out2")], tmp_path / "out2")
+    assert "lies outside the model directory" in err
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "model.safetensors").symlink_to(sorted(toy("llama").glob("model-*.safetensors"))[0])
+    rec2 = write(tmp_path / "r2.yml", f"models: {{a: {single}, b: {single}}}\nmerge: linear\n")
+    err = clean_failure(capsys, ["run", str(rec2), str(tmp_path / "out3")], tmp_path / "out3")
+    assert "lies outside the model directory" in err

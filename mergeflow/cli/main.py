@@ -240,14 +240,24 @@ def _warning(message, category, filename, lineno, line=None) -> str:  # noqa: AN
     return f"warning: {message}\n"
 
 
+def _interrupted(exc: BaseException | None) -> None:
+    from mergeflow.io.output_dir import Interrupted
+
+    if isinstance(exc, Interrupted):
+        click.echo(f"{'terminated' if exc.terminated else 'interrupted'}; the partial output was kept in "
+                   f"{exc.partial}: run the same command with --resume to continue it into {exc.final}", err=True)
+        sys.exit(143 if exc.terminated else 130)
+    click.echo("interrupted; nothing was written", err=True)
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     warnings.formatwarning = _warning
     try:
         cli.main(args=argv, prog_name="mergeflow", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort; what was interrupted is its cause
+        _interrupted(exc.__cause__ or exc.__context__)
     except click.UsageError as exc:  # one line, as every other bad input
         where = exc.ctx.command_path if exc.ctx is not None else "mergeflow"
         click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
@@ -264,9 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     except MergeflowError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo("interrupted; completed shards were kept: rerun with --resume to continue", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc)
     except MemoryError:
         click.echo("error: out of memory; lower --max-memory or use a smaller compute dtype", err=True)
         sys.exit(1)

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -24,8 +25,17 @@ from mergeflow.io.ownership import (
     write_marker,
     write_new,
 )
+from mergeflow.io.reader import is_inside
 
 LOCK = ".mergeflow-lock"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while an output was being written: its partial directory was kept."""
+
+    def __init__(self, final: Path, partial: Path, terminated: bool) -> None:
+        super().__init__(f"{final}")
+        self.final, self.partial, self.terminated = final, partial, terminated
 
 
 def partial_path(final: Path) -> Path:
@@ -97,6 +107,8 @@ class OutputDir:
                     self._take_lock()  # refuse to delete another live run's work
                     self._release_lock()
                     shutil.rmtree(self.tmp)
+                    warnings.warn(f"discarded the partial output of an earlier interrupted run ({self.tmp}); "
+                                  "pass --resume instead to continue it", stacklevel=2)
             if not self.tmp.is_dir():
                 self.tmp.mkdir()
                 write_marker(self.tmp, [], kind="partial")
@@ -130,7 +142,8 @@ class OutputDir:
             self._release_lock()
             if not issubclass(typ, (KeyboardInterrupt, SystemExit)):
                 shutil.rmtree(self.tmp, ignore_errors=True)
-            return
+                return
+            raise Interrupted(self.final, self.tmp, typ is SystemExit) from exc
         self._release_lock()
         # what this run wrote, nothing else: stale files of an earlier attempt, the journal and anything
         # planted in the partial directory (links included) do not reach the output
@@ -167,7 +180,7 @@ def copy_support_files(
     if config_dir is not None and config_dir.is_dir():
         for name in CONFIG_FILES:
             src = config_dir / name
-            if src.is_file() and not src.is_symlink():
+            if src.is_file() and is_inside(config_dir, src):  # links only within a cache repository
                 if name == "config.json" and (out_dtype is not None or layer_origin or vocab_size):
                     cfg = json.loads(src.read_text(encoding="utf-8"))
                     if vocab_size is not None:
@@ -193,7 +206,7 @@ def copy_support_files(
     if tokenizer_dir is not None and tokenizer_dir.is_dir():
         for name in TOKENIZER_FILES:
             src = tokenizer_dir / name
-            if src.is_file() and not src.is_symlink():
+            if src.is_file() and is_inside(tokenizer_dir, src):
                 copy_new(src, out / name)
                 copied.append(name)
     return copied

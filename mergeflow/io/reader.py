@@ -10,6 +10,7 @@ to the tensors in flight rather than to the shard size.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -27,16 +28,32 @@ RECYCLE_BYTES = 64 * 1024 * 1024
 MAX_JSON = 64 << 20  # config and index files; real ones are kilobytes
 
 
+def trusted_root(directory: Path) -> Path:
+    """Where the files of a model directory may really live: the directory itself or, for a snapshot
+    in the Hugging Face cache (``models--ORG--NAME/snapshots/REV``, whose files are links into
+    ``../../blobs``), that cache repository's folder."""
+    d = directory.resolve()
+    if d.parent.name == "snapshots" and d.parent.parent.name.startswith("models--"):
+        return d.parent.parent
+    return d
+
+
+def is_inside(directory: Path, path: Path) -> bool:
+    """Whether ``path`` (links followed) is a file under :func:`trusted_root` of ``directory``."""
+    try:
+        return trusted_root(directory) in path.resolve(strict=True).parents
+    except (OSError, RuntimeError):
+        return False
+
+
 def _inside(directory: Path, name: str, what: str) -> Path:
     """``directory / name``, refusing names that leave the directory (``../``, absolute, symlinks out)."""
     if not isinstance(name, str) or not name or Path(name).is_absolute() or "\\" in name:
         raise ModelError(f"{directory}: {what} names an invalid file {name!r}")
     p = directory / name
-    try:
-        real, root = p.resolve(strict=True), directory.resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise ModelError(f"{directory}: {what} names a missing file {name!r}") from None
-    if root not in real.parents:
+    if not os.path.exists(p):
+        raise ModelError(f"{directory}: {what} names a missing file {name!r}")
+    if not is_inside(directory, p):
         raise ModelError(f"{directory}: {what} names {name!r}, which lies outside the model directory")
     return p
 
@@ -66,6 +83,7 @@ class ModelReader:
             raise ModelError(f"model '{self.name}': {p} does not exist")
         cfg = p / "config.json"
         if cfg.is_file():
+            cfg = _inside(p, "config.json", "the model directory")
             try:
                 config = json.loads(read_text_capped(cfg, f"model '{self.name}':", MAX_JSON))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -76,14 +94,14 @@ class ModelReader:
         if (p / "model.safetensors.index.json").is_file():
             self._from_index(p, "model.safetensors.index.json", self._add_safetensors)
         elif (p / "model.safetensors").is_file():
-            self._add_safetensors(p / "model.safetensors")
+            self._add_safetensors(_inside(p, "model.safetensors", "the model directory"))
         elif (p / "pytorch_model.bin.index.json").is_file() or (p / "pytorch_model.bin").is_file():
             if not allow_pickle:
                 self._refuse_pickle(p)
             if (p / "pytorch_model.bin.index.json").is_file():
                 self._from_index(p, "pytorch_model.bin.index.json", self._add_pickle)
             else:
-                self._add_pickle(p / "pytorch_model.bin")
+                self._add_pickle(_inside(p, "pytorch_model.bin", "the model directory"))
         else:
             raise ModelError(
                 f"model '{self.name}': no model.safetensors or model.safetensors.index.json in {p}"
