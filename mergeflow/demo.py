@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     alignment = None
     for recipe in DEMO_RECIPES:
         out = work / "merged" / Path(recipe).stem
-        opts = runner.Options(device="cpu", force=True)
+        opts = runner.Options(device="cpu", force=True, parents=True)
         prep = runner.prepare(ROOT / "recipes" / recipe, opts)
         res = runner.run(prep, out, opts, progress=False)
         loss, logits = _evaluate(res.out, text)

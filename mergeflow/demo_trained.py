@@ -36,7 +36,7 @@ def run_trained(work: Path, table) -> None:  # noqa: ANN001  (table: demo._table
         dist = model_distance(ModelReader("a", a), ModelReader("m", p)).rows()[-1][2]
         rows.append((f"vit-seed{seed}", f"{tt.accuracy(p, xt, yt):.3f}", "-", f"{dist:.3f}"))
     for recipe in RECIPES:
-        opts = runner.Options(device="cpu", force=True)
+        opts = runner.Options(device="cpu", force=True, parents=True)
         prep = runner.prepare(ROOT / "recipes" / recipe, opts)
         res = runner.run(prep, work / "merged" / Path(recipe).stem, opts, progress=False)
         rows.append((recipe, f"{tt.accuracy(res.out, xt, yt):.3f}", f"{res.seconds * 1000:.0f} ms", "-"))

@@ -25,7 +25,7 @@ def _steps(spec: str | None, anchor: str) -> list | None:
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out set (text, JSONL or .npz).")
 @click.option("--align", "align_spec", default=None, metavar="STEPS|default",
               help="A steps file or recipe whose 'align:' steps are added one at a time (a curve each), or "
-                   "'default' (rotate, permute, rescale).")
+                   "'default' (permute heads and FFN, rotate, rescale).")
 @click.option("--points", default=11, show_default=True, type=click.IntRange(3), help="Grid of lambda in [0, 1].")
 @click.option("--max-examples", default=None, type=click.IntRange(1))
 @click.option("-o", "--out", default="barrier", show_default=True,
@@ -85,9 +85,9 @@ def equivalence(model_a: str, model_b: str, data: str, max_examples: int | None,
 
     res = run_equivalence(model_a, model_b, load_data(data).subset(max_examples), resolve_device(device))
     rel = res["logits"] / max(res["logits_scale"], 1e-30)
-    click.echo(f"max |logits difference|: {res['logits']:.3g} (relative {rel:.3g}); "
+    click.echo(f"max |{res['output']} difference|: {res['logits']:.3g} (relative {rel:.3g}); "
                f"max |hidden-state difference|: {res['hidden_states']:.3g}")
     if rel > tolerance:
-        click.echo(f"not equivalent: relative logit difference {rel:.3g} > {tolerance:g}", err=True)
+        click.echo(f"not equivalent: relative {res['output']} difference {rel:.3g} > {tolerance:g}", err=True)
         sys.exit(1)
     click.echo("equivalent")

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from mergeflow.cli.extra import convert, eval_group
-from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, QUIET, REPORT, STRICT
+from mergeflow.cli.options import DEVICE, MEMORY, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
@@ -38,7 +38,8 @@ def cli() -> None:
 @DEVICE
 @MEMORY
 @PICKLE
-@click.option("--force", is_flag=True, help="Replace OUT if it exists (only once the new merge is complete).")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an output mergeflow wrote (only once the new "
+              "merge is complete); nothing else is ever replaced.")
 @click.option(
     "--check-finite", is_flag=True, help="Stop with the tensor's name if a merged tensor has NaN/Inf."
 )
@@ -52,6 +53,7 @@ def cli() -> None:
     "if their checksums still match and the recipe and inputs are unchanged.",
 )
 @STRICT
+@PARENTS
 @REPORT
 @QUIET
 def run(
@@ -66,6 +68,7 @@ def run(
     no_prefetch: bool,
     resume: bool,
     strict: bool,
+    parents: bool,
     report: str | None,
     quiet: bool,
 ) -> None:
@@ -86,6 +89,7 @@ def run(
         prefetch=not no_prefetch,
         resume=resume,
         strict=strict,
+        parents=parents,
     )
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
@@ -117,13 +121,14 @@ def run(
     "steps_file",
     type=click.Path(dir_okay=False),
     default=None,
-    help="YAML file with an 'align:' list in recipe syntax. Default: rotate (qk, vo), permute (ffn), "
+    help="YAML file with an 'align:' list in recipe syntax. Default: permute (heads, ffn), rotate (qk, vo), "
     "rescale; without QK rotation for QK-norm families.",
 )
 @DEVICE
 @MEMORY
 @PICKLE
-@click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--force", is_flag=True, help="Replace OUT if it is an output mergeflow wrote.")
+@PARENTS
 @REPORT
 @QUIET
 def align(
@@ -135,6 +140,7 @@ def align(
     max_memory: str | None,
     allow_pickle: bool,
     force: bool,
+    parents: bool,
     report: str | None,
     quiet: bool,
 ) -> None:
@@ -144,7 +150,8 @@ def align(
 
     recipe, text = align_recipe(model, anchor, steps_file)
     opts = runner.Options(
-        device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle
+        device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle, parents=parents,
+        label="aligning",
     )
     prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
     check_report(report, prep, out)

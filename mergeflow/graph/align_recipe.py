@@ -20,14 +20,15 @@ from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 
 
 def default_steps(anchor: str) -> list[dict[str, Any]]:
-    """rotate (qk, vo), permute (ffn), rescale; QK-norm families keep their query/key heads unrotated."""
+    """Every per-layer symmetry, in the order that recovers them: permute (heads, FFN units), then rotate
+    (qk, vo) within the paired heads, then rescale; QK-norm families keep their query/key heads unrotated."""
     cfg = Path(anchor) / "config.json"
     model_type = None
     with contextlib.suppress(OSError, ValueError, AttributeError, InputError):
         model_type = json.loads(read_text_capped(cfg, "config", 64 << 20)).get("model_type")
     fam = family_for(model_type)
     qk_norm = fam is not None and fam.qk_norm
-    return [{"rotate": {"qk": not qk_norm, "vo": True}}, {"permute": {"ffn": True}}, {"rescale": {}}]
+    return [{"permute": {"heads": True, "ffn": True}}, {"rotate": {"qk": not qk_norm, "vo": True}}, {"rescale": {}}]
 
 
 def read_steps(steps_file: str, recipe_ok: bool = False) -> tuple[YamlSource, list[Any]]:
@@ -41,17 +42,26 @@ def read_steps(steps_file: str, recipe_ok: bool = False) -> tuple[YamlSource, li
     return src, src.data["align"]
 
 
+def model_names(anchor: str, model: str) -> tuple[str, str]:
+    """Names for reports: the folders' names (``org/name`` style paths keep their last part), made distinct."""
+    a, m = Path(anchor).resolve().name or "anchor", Path(model).resolve().name or "model"
+    if a == m:
+        a, m = f"{a} (anchor)", f"{m} (aligned)"
+    return a, m
+
+
 def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recipe, str]:
     if steps_file is not None:
         src, steps = read_steps(steps_file)
     else:
         src, steps = YamlSource(None, "<default steps>"), default_steps(anchor)
+    a_name, m_name = model_names(anchor, model)
     data = {
-        "models": {"anchor": str(Path(anchor).resolve()), "model": str(Path(model).resolve())},
-        "anchor": "anchor",
+        "models": {a_name: str(Path(anchor).resolve()), m_name: str(Path(model).resolve())},
+        "anchor": a_name,
         "align": steps,
-        "merge": {"passthrough": {"source": "model"}},
-        "output": {"config": "model", "tokenizer": "model"},
+        "merge": {"passthrough": {"source": m_name}},
+        "output": {"config": m_name, "tokenizer": m_name},
     }
     root = Path(steps_file).resolve().parent if steps_file is not None else Path.cwd()  # data paths: as in recipes
     recipe = validate(YamlSource(data, src.name, src.locations), OPERATORS, STEPS, root=root)

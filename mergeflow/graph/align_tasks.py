@@ -105,6 +105,12 @@ class AlignPlanner:
                 i = next(i for i, (n, _p) in enumerate(self.steps) if n == "orthogonal")
                 raise RecipeError([f"align[{i}].orthogonal: not valid for this model: {self.layout.no_orthogonal}; "
                                    "use permute: {residual: true}"])
+        first_rotate = next((i for i, (n, _p) in enumerate(self.steps) if n == "rotate"), None)
+        for i, (n, p) in enumerate(self.steps):
+            if n == "permute" and getattr(p, "heads", False) and first_rotate is not None and first_rotate < i:
+                raise RecipeError([f"align[{i}].permute: heads are paired before they are rotated (a rotation solved "
+                                   "between unpaired heads is meaningless); move this step before "
+                                   f"align[{first_rotate}].rotate"])
         self.solves: dict[str, SolveResidual] = {}
         self.refines: dict[str, RefineModel] = {}
         self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if n == "refine"), None)

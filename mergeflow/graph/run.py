@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
@@ -21,13 +20,15 @@ from mergeflow.files import read_text_capped
 from mergeflow.graph.align_report import write_report
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
+from mergeflow.graph.fingerprint import run_fingerprint
 from mergeflow.graph.plan import Plan, build_plan, model_dir
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.stats_inputs import open_stats
 from mergeflow.graph.tasks import Write
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
-from mergeflow.io.journal import Journal, fingerprint
+from mergeflow.io.journal import Journal
+from mergeflow.io.module_files import copy_module_files
 from mergeflow.io.output_dir import OutputDir, check_output_path, copy_support_files
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
@@ -98,6 +99,8 @@ class Options:
     check_finite: bool = False
     prefetch: bool = True
     resume: bool = False
+    parents: bool = False  # create missing parent folders of the output (else only the output itself)
+    label: str = "merging"  # what the progress bar calls the work
     strict: bool = False  # warnings about the recipe (an override that selects nothing) become errors
 
 
@@ -168,14 +171,14 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
 
     recipe, plan = prep.recipe, prep.plan
     final = Path(out)
-    check_output_path(final, opts.force, prep.inputs)
+    check_output_path(final, opts.force, prep.inputs, opts.parents)
     start = time.perf_counter()
     bar = tqdm(
         total=plan.bytes_written,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        desc="merging",
+        desc=opts.label,
         disable=not progress,
         dynamic_ncols=True,
     )
@@ -187,7 +190,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             bar.update(task.nbytes)
             bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
 
-    out_dir = OutputDir(final, opts.force, opts.resume, prep.inputs)
+    out_dir = OutputDir(final, opts.force, opts.resume, prep.inputs, opts.parents)
     with out_dir as tmp:
         journal = Journal(tmp, run_fingerprint(prep))
         kept = journal.load_verified() if opts.resume else set()
@@ -220,6 +223,12 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         )
         files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype,
                                     [layer for _m, layer in plan.layer_origin], plan.vocab_size)
+        if recipe.output.module_files and cfg_dir is not None:
+            copied, skipped = copy_module_files(tmp, cfg_dir)
+            files += copied
+            for folder in skipped:
+                warnings.warn(f"{cfg_dir / folder} holds weights of its own, which mergeflow does not merge: they "
+                              "were left out of the output", stacklevel=2)
         alignment = write_report(tmp, ctx.align_reports) if ctx.align_reports else None
         if alignment is not None:
             files.append("alignment.json")
@@ -245,30 +254,6 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         warnings.warn(f"the replaced output's files that mergeflow did not write were kept: "
                       f"{', '.join(out_dir.left_behind[:4])}", stacklevel=2)
     return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept))
-
-
-def run_fingerprint(prep: Prepared) -> str:
-    """What must not change for a resumed run to continue an interrupted one."""
-    parts = [mergeflow.__version__, prep.recipe.model_dump_json(), str(prep.recipe_text)]
-    for name, reader in sorted(prep.readers.items()):
-        for file in sorted({t.file for t in reader.tensors.values()}):
-            # size and mtime survive `cp -p` / `rsync -a` over the file; inode, ctime (which no user can
-            # set) and the header bytes (tensor names, shapes, offsets and metadata) do not
-            st = os.stat(file)
-            parts.append(f"{name}:{file}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}:"
-                         f"{header_digest(file)}")
-    for lay in prep.plan.layouts:
-        parts.append(lay.filename + ":" + hashlib.sha256(lay.header).hexdigest())
-    return fingerprint(parts)
-
-
-def header_digest(path: str | Path) -> str:
-    """SHA-256 of a safetensors file's length prefix and header (other files: of their first 1 MiB)."""
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        size = int.from_bytes(head, "little") if str(path).endswith(".safetensors") and len(head) == 8 else 0
-        body = fh.read(min(size, 100 << 20) if size else 1 << 20)
-    return hashlib.sha256(head + body).hexdigest()
 
 
 def peak_rss_bytes() -> int:

@@ -50,7 +50,7 @@ def check_partial(tmp: Path) -> None:
                           "move it or choose another OUT")
 
 
-def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path]) -> None:
+def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path], parents: bool = False) -> None:
     """Refuse an output that overlaps an input or that mergeflow may not replace, before any work."""
     final = lexical(final)
     if final.parent == final:
@@ -67,6 +67,9 @@ def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path]) ->
         check_replaceable(final, inputs)
         if not force and any(final.iterdir()):
             raise OutputError(f"output {final} already exists (written by mergeflow); pass --force to replace it")
+    if not parents and not final.parent.is_dir():  # a typo or an unset variable must not create a tree
+        raise OutputError(f"cannot create output {final}: its folder {final.parent} does not exist; create it or "
+                          "pass --parents")
     parent = final.parent
     while not parent.exists():  # missing parents are created; the nearest existing one must be writable
         parent = parent.parent
@@ -87,10 +90,10 @@ class OutputDir:
     """
 
     def __init__(self, final: str | Path, force: bool = False, resume: bool = False,
-                 inputs: Iterable[Path] = ()) -> None:
+                 inputs: Iterable[Path] = (), parents: bool = False) -> None:
         self.final = lexical(final)
         self.force, self.resume = force, resume
-        self.inputs = list(inputs)
+        self.inputs, self.parents = list(inputs), parents
         self.tmp = partial_path(self.final)
         self.found_partial = False
         self.left_behind: list[str] = []  # files of a replaced output that mergeflow did not write
@@ -99,7 +102,7 @@ class OutputDir:
 
     def __enter__(self) -> Path:
         try:
-            self.final.parent.mkdir(parents=True, exist_ok=True)
+            self.final.parent.mkdir(parents=self.parents, exist_ok=True)
             self.found_partial = os.path.lexists(self.tmp)
             if self.found_partial:
                 check_partial(self.tmp)
@@ -147,8 +150,9 @@ class OutputDir:
         self._release_lock()
         # what this run wrote, nothing else: stale files of an earlier attempt, the journal and anything
         # planted in the partial directory (links included) do not reach the output
+        top = {w.split("/")[0] for w in self.written}
         for entry in os.scandir(self.tmp):
-            if entry.name not in self.written:
+            if entry.name not in top:
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path)
                 else:

@@ -70,7 +70,7 @@ def legacy_files(directory: Path) -> set[str] | None:
 
 def foreign_entries(directory: Path, listed: set[str]) -> list[str]:
     """Entries below ``directory`` that the marker does not list (links and special files always count)."""
-    wanted_dirs = {str(Path(f).parent) for f in listed} - {"."}
+    wanted_dirs = {str(Path(f).parent) for f in listed} - {"."} | {f.rstrip("/") for f in listed if f.endswith("/")}
     wanted_dirs |= {str(p) for f in wanted_dirs for p in Path(f).parents if str(p) != "."}
     found = []
     for root, dirs, files in os.walk(directory, followlinks=False):
@@ -128,9 +128,12 @@ def remove_owned(directory: Path) -> list[str]:
     listed = listed_files(directory) or set()
     for name in sorted(listed - {MARKER}) + [MARKER]:
         path = directory / name
+        if name.endswith("/"):
+            continue
         if path.is_symlink() or path.is_file():  # a listed name that became a folder is left alone
             path.unlink(missing_ok=True)
-    folders = {str(p) for f in listed for p in Path(f).parents} - {"."}
+    folders = {str(p) for f in listed for p in Path(f).parents} - {"."} | {f.rstrip("/") for f in listed
+                                                                             if f.endswith("/")}
     for name in sorted(folders, key=len, reverse=True):
         with contextlib.suppress(OSError):  # not empty: something mergeflow did not write is in it
             (directory / name).rmdir()
@@ -203,6 +206,8 @@ def check_file_target(path: str | Path, inputs: Iterable[Path] = (), what: str =
         if (st.st_dev, st.st_ino) in inodes:
             raise OutputError(f"{what} {target} is the same file as the input {inodes[st.st_dev, st.st_ino]} "
                               "(a hard link); choose another path")
+    if not target.parent.is_dir() and not target.parent.parent.is_dir():
+        raise OutputError(f"{what} {target}: the folder {target.parent.parent} does not exist; create it first")
     if os.path.lexists(target):
         if not target.is_file():
             raise OutputError(f"{what} {target} exists and is not a regular file; choose another path")
@@ -239,7 +244,7 @@ def atomic_write(target: Path, write: Callable[[Path], object]) -> Path:
     ``target``: a reader never sees half a file, and no link planted beside it is followed."""
     import tempfile
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(exist_ok=True)  # the last folder at most (see check_file_target)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".mergeflow-tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)

@@ -117,6 +117,10 @@ class OutputOptions(Strict):
         True, description="Copy tokenizer files: true (from the config model), false, or a model name."
     )
     card: bool = Field(True, description="Write a README.md model card that embeds the recipe.")
+    module_files: bool = Field(
+        True, description="Copy the files a sentence-transformers model needs beside its weights (modules.json, "
+        "sentence_bert_config.json, config_sentence_transformers.json and the non-weight files of the module "
+        "folders modules.json lists, e.g. 1_Pooling/) from the config model.")
 
 
 SECTIONS: dict[str, tuple[Any, Any, str]] = {

@@ -4,6 +4,7 @@ mode, float32, on the chosen device, with its tokenizer when it has one."""
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ class Loaded:
     image_shape: tuple[int, int, int] | None  # (channels, height, width) for vision models
 
 
-def load_model(path: str | Path, device: torch.device) -> Loaded:
+def load_model(path: str | Path, device: torch.device, headless: bool = False) -> Loaded:
+    """The model of a Hugging Face folder with its tokenizer; ``headless`` also accepts a bare encoder
+    (``BertModel``, ``ViTModel``: task "encoder")."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -46,13 +49,21 @@ def load_model(path: str | Path, device: torch.device) -> Loaded:
         task = "causal-lm"
     elif arch.endswith(("ForSequenceClassification", "ForImageClassification")):
         task = "classifier"
+    elif headless and arch.endswith("Model"):
+        task = "encoder"  # no head: compared by its last hidden state
     else:
         raise ModelError(f"{p}: {arch} is neither a causal LM nor a classifier; statistics and evaluation "
                          "need one of those heads")
     try:
-        model = cls.from_pretrained(str(p), attn_implementation="eager", dtype=torch.float32)
+        model, info = cls.from_pretrained(str(p), attn_implementation="eager", dtype=torch.float32,
+                                          output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        warnings.warn(f"{p}: {len(missing)} weight(s) of {arch} are not in the checkpoint and were newly "
+                      f"initialised ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); what depends "
+                      "on them is random", stacklevel=2)
     model.to(device).eval()
     tokenizer = None
     if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
