@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install demo test lint bench docs clean
+.PHONY: install demo demo-docs test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m mergeflow.demo --workdir demo_out
+
+demo-docs: $(STAMP)
+	$(BIN)/python -m mergeflow.demo --workdir demo_out --write-docs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -4,6 +4,7 @@ what was merged, where it went, and that every merged model loads and gives fini
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -64,6 +65,9 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workdir", default="demo_out", help="where models and merges are written")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="also write the results to docs/demo-results.json and the numbers blocks of README.md and "
+                         "docs/results.md (see mergeflow.demo_docs)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((name, "-", "-", f"{_evaluate(p, text)[0]:.4f}", "-", str(p)))
     reference = None
     alignment = None
+    llama: list[dict[str, str]] = []
     for recipe in DEMO_RECIPES:
         out = work / "merged" / Path(recipe).stem
         opts = runner.Options(device="cpu", force=True, parents=True)
@@ -97,8 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         gap = f"{float((logits - reference).abs().max()):.2e}" if reference is not None else "-"
         if res.alignment is not None:
             alignment = res.alignment
-        rows.append((recipe, prep.recipe.merge.name + (" + align" if prep.recipe.align else ""),
-                     f"{res.plan.n_tensors}, {res.seconds * 1000:.0f} ms", f"{loss:.4f}", gap, str(res.out)))
+        op = prep.recipe.merge.name + (" + align" if prep.recipe.align else "")
+        rows.append((recipe, op, f"{res.plan.n_tensors}, {res.seconds * 1000:.0f} ms", f"{loss:.4f}", gap,
+                     str(res.out)))
+        llama.append({"recipe": recipe, "operator": op, "loss": f"{loss:.4f}", "gap": gap})
     _table(rows)
     if alignment is not None:
         from mergeflow.graph.align_report import table
@@ -109,9 +116,37 @@ def main(argv: list[str] | None = None) -> None:
           "the naive one does not.")
     from mergeflow.demo_trained import run_trained
 
-    run_trained(work, _table)
-    print(f"\ndone in {time.perf_counter() - t0:.1f} s; every merged model loaded with transformers and gave "
-          "finite outputs.")
+    vit, barrier = run_trained(work, _table)
+    seconds = time.perf_counter() - t0
+    print(f"\ndone in {seconds:.1f} s; every merged model loaded with transformers and gave finite outputs.")
+    results = {"environment": _environment(), "seconds": round(seconds, 1), "llama": llama,
+               "alignment": _distances(alignment), "vit": vit, "barrier": barrier}
+    (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if args.write_docs:
+        from mergeflow.demo_docs import write_docs
+
+        for path in write_docs(results, ROOT):
+            print(f"wrote {path}")
+
+
+def _environment() -> dict[str, object]:
+    import platform
+
+    import torch
+
+    import mergeflow
+    from mergeflow.toytrain import TRAIN_THREADS
+
+    return {"mergeflow": mergeflow.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
+            "machine": platform.machine(), "train_threads": TRAIN_THREADS}
+
+
+def _distances(summary: dict | None) -> dict[str, float]:
+    """Whole-model squared distance of the aligned model to the anchor, before and after alignment."""
+    stages = next(iter((summary or {}).get("totals", {}).values()), {})
+    if not stages:
+        return {"before": 0.0, "after": 0.0}
+    return {"before": stages["before"]["total"], "after": list(stages.values())[-1]["total"]}
 
 
 if __name__ == "__main__":

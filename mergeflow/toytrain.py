@@ -3,6 +3,8 @@ Hugging Face directories, for tests, the demo and benchmarks. Nothing is downloa
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,23 @@ VIT = {"image_size": 16, "patch_size": 4, "num_channels": 1, "num_labels": 10, "
 # initialisation, shapes the weights (weight matching has nothing to match in init noise)
 DEMO_VIT = {**VIT, "hidden_size": 64, "intermediate_size": 128}
 DEMO_TRAIN = {"epochs": 40, "weight_decay": 0.5, "config": DEMO_VIT}
+
+
+TRAIN_THREADS = 2  # fixed, so that reductions split the same way on every machine
+
+
+@contextlib.contextmanager
+def deterministic(threads: int = TRAIN_THREADS) -> Iterator[None]:
+    """Fixed thread count and deterministic kernels for training, restored afterwards: the same seed
+    gives the same weights on machines with the same CPU instruction set, whatever their core count."""
+    old = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old[0])
+        torch.use_deterministic_algorithms(old[1])
 
 
 def digits(split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -40,10 +59,17 @@ def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epo
               init_from: str | Path | None = None, lr: float = 3e-3, config: dict | None = None,
               weight_decay: float = 0.01) -> Path:
     """Train a tiny ViT classifier (from ``seed``'s random init, or from ``init_from``) and save it."""
-    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    with deterministic():
+        return _train(path, x, y, seed, epochs, init_from, lr, config, weight_decay)
+
+
+def _train(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int, epochs: int, init_from: str | Path | None,
+           lr: float, config: dict | None, weight_decay: float) -> Path:
+    import transformers
+
     torch.manual_seed(seed)
     if init_from is not None:
         model = transformers.ViTForImageClassification.from_pretrained(str(init_from))

@@ -83,3 +83,24 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``mergeflow`` command in this process (no interpreter start-up): exit code, stdout and
+    stderr as ``run_cli`` gives them, warnings printed to stderr as the command prints them."""
+    import contextlib
+    import io
+    import warnings
+
+    from mergeflow.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda m, c, f, n, file=None, line=None: err.write(f"warning: {m}\n")
+        try:
+            main(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["mergeflow", *args], code, out.getvalue(), err.getvalue())

@@ -16,7 +16,7 @@ from mergeflow.align.scramble import random_orthogonal, scramble_layer
 from mergeflow.arch.spec import Geometry
 from mergeflow.graph import run as runner
 from mergeflow.toymodels import scramble_model
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 
 CAUSAL = {"llama", "gpt2", "mistral", "qwen2", "qwen3"}
 CLASSIFY = {"bert", "roberta", "distilbert", "deberta-v2"}
@@ -187,12 +187,12 @@ def test_step_invalid_for_family_is_a_one_line_error(tmp_path, toy):
     a, b = toy("qwen3"), toy("qwen3", seed=1)
     rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: [{{rotate: {{}}}}]\n"
                 "merge: linear\n")
-    res = run_cli("run", str(rec), str(tmp_path / "out"))
+    res = cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "align[0].rotate: not valid for this model" in res.stderr
     assert "QK-norm" in res.stderr and "Traceback" not in res.stderr and not (tmp_path / "out").exists()
     bad = write(tmp_path / "bad.yml", f"models: {{a: {a}, b: {b}}}\nanchor: c\nalign: [{{spin: {{}}}}, "
                 "{permute: {ffn: maybe}}]\nmerge: linear\n")
-    res = run_cli("validate", str(bad))
+    res = cli("validate", str(bad))
     assert res.returncode == 2
     for frag in ("anchor: 'c' is not a key of models", "align[0].spin: unknown alignment step",
                  "align[1].permute.ffn"):
@@ -205,13 +205,13 @@ def test_align_then_merge_end_to_end(tmp_path, toy):
     rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nanchor: auto\n"
                 "align: [{rotate: {}}, {permute: {ffn: true}}, {rescale: {}}]\nmerge: linear\n")
     out = tmp_path / "merged"
-    res = run_cli("run", str(rec), str(out))
+    res = cli("run", str(rec), str(out))
     assert res.returncode == 0, res.stderr
     assert "alignment to anchor" in res.stdout and "rescale" in res.stdout
     la, lm = outputs(a, "llama")[0], outputs(out, "llama")[0]
     assert (lm - la).abs().max() < 0.05 * la.abs().max()  # the merge of A and an aligned noisy copy of A is near A
     naive = write(tmp_path / "n.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
-    assert run_cli("run", str(naive), str(tmp_path / "naive"), "-q").returncode == 0
+    assert cli("run", str(naive), str(tmp_path / "naive"), "-q").returncode == 0
     ln = outputs(tmp_path / "naive", "llama")[0]
     assert (lm - la).abs().max() < 0.5 * (ln - la).abs().max()
 
@@ -219,13 +219,13 @@ def test_align_then_merge_end_to_end(tmp_path, toy):
 def test_align_command_writes_an_equivalent_model(tmp_path, toy):
     a = toy("gpt2")
     b = scramble_model(a, tmp_path / "b", seed=6)
-    res = run_cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"))
+    res = cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"))
     assert res.returncode == 0, res.stderr
     assert "aligned to" in res.stdout and (tmp_path / "c" / "alignment.json").exists()
     for x, y in zip(outputs(b, "gpt2"), outputs(tmp_path / "c", "gpt2"), strict=True):
         torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
     steps = write(tmp_path / "steps.yml", "align:\n  - permute: {ffn: true, layers: [0]}\n")
-    res = run_cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "d"), "--steps", str(steps))
+    res = cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "d"), "--steps", str(steps))
     assert res.returncode == 0, res.stderr
     layers = json.loads((tmp_path / "d" / "alignment.json").read_text())["layers"]
     assert [len(x["stages"]) for x in layers] == [2, 1, 1]  # the step ran on layer 0 only
@@ -274,7 +274,7 @@ def test_deberta_with_separate_position_projections_refuses_query_key_steps(tmp_
     DebertaV2ForSequenceClassification(cfg).save_pretrained(str(tmp_path / "a"))
     rec = write(tmp_path / "r.yml", f"models: {{a: {tmp_path / 'a'}, b: {tmp_path / 'a'}}}\nanchor: a\n"
                 "align: [{rotate: {}}, {rescale: {qk: false}}]\nmerge: linear\n")
-    res = run_cli("run", str(rec), str(tmp_path / "out"))
+    res = cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "align[0].rotate" in res.stderr and "share_att_key" in res.stderr
     assert "align[1]" not in res.stderr
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import ROOT, run_cli, write
+from tests.conftest import ROOT, cli, write
 
 AUTO = {
     "llama": "AutoModelForCausalLM",
@@ -31,7 +31,7 @@ def forward(path, family):
 
 def test_shipped_recipe_end_to_end(demo_tree, tmp_path):
     out = tmp_path / "merged"
-    res = run_cli("run", str(demo_tree / "recipes" / "llama-ties.yml"), "-o", str(out))
+    res = cli("run", str(demo_tree / "recipes" / "llama-ties.yml"), "-o", str(out))
     assert res.returncode == 0, res.stderr
     assert "merged 30 tensors" in res.stdout and str(out) in res.stdout
     files = {p.name for p in out.iterdir()}
@@ -54,7 +54,7 @@ def test_every_family_merges_and_loads(toy, tmp_path, family):
         f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\noutput: {{shard_size: 40KB}}\n",
     )
     out = tmp_path / "out"
-    res = run_cli("run", str(rec), str(out), "-q")
+    res = cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
     assert (out / "model.safetensors.index.json").exists()
     merged = {k: v for f in out.glob("*.safetensors") for k, v in load_file(str(f)).items()}
@@ -74,29 +74,29 @@ def test_copies_of_one_model_merge_to_an_identical_model(toy, tmp_path):
         f"models: {{a: {a}, b: {a}, c: {a}}}\nbase: a\nmerge: {{ties: {{density: 0.4}}}}\n",
     )
     out = tmp_path / "out"
-    assert run_cli("run", str(rec), str(out), "-q").returncode == 0
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
     torch.testing.assert_close(forward(out, "gpt2"), forward(a, "gpt2"), rtol=0, atol=0)
 
 
 def test_validate_plan_schema_docs(demo_tree):
     rec = str(demo_tree / "recipes" / "llama-ties.yml")
-    res = run_cli("validate", rec)
+    res = cli("validate", rec)
     assert res.returncode == 0 and res.stdout.startswith("ok")
-    res = run_cli("plan", rec)
+    res = cli("plan", rec)
     assert res.returncode == 0
     for frag in ("tensors: 30", "read:", "write:", "largest working set", "memory budget"):
         assert frag in res.stdout
-    schema = json.loads(run_cli("schema").stdout)
+    schema = json.loads(cli("schema").stdout)
     assert "ties" in json.dumps(schema["properties"]["merge"])
-    docs = run_cli("docs").stdout
+    docs = cli("docs").stdout
     assert docs == (ROOT / "docs" / "recipes.md").read_text(), "docs/recipes.md is stale: run `make docs`"
     for cmd in ("run", "validate", "plan", "schema", "docs"):
-        assert run_cli(cmd, "--help").returncode == 0
+        assert cli(cmd, "--help").returncode == 0
 
 
 def test_validate_prints_every_problem_and_exits_2(tmp_path):
     rec = write(tmp_path / "r.yml", "models: {a: nowhere}\nmerge: {blend: {}}\ndtype: f32\n")
-    res = run_cli("validate", str(rec))
+    res = cli("validate", str(rec))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("error: ") and "r.yml:" in line for line in lines)
@@ -176,7 +176,7 @@ def _bad_cases(tmp_path, toy):
 def test_bad_inputs_give_one_line_exit_2_and_no_output(tmp_path, toy):
     for what, (recipe, fragment) in _bad_cases(tmp_path, toy).items():
         out = tmp_path / f"out-{recipe.stem}"
-        res = run_cli("run", str(recipe), str(out))
+        res = cli("run", str(recipe), str(out))
         assert res.returncode == 2, (what, res.stderr)
         assert fragment in res.stderr, (what, res.stderr)
         assert "Traceback" not in res.stderr and res.stderr.startswith("error: "), (what, res.stderr)
@@ -189,23 +189,23 @@ def test_existing_output_refused_unless_force(tmp_path, toy):
         tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
     )
     out = tmp_path / "out"
-    assert run_cli("run", str(rec), str(out), "-q").returncode == 0
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
     first = (out / "model.safetensors").stat().st_ino
-    res = run_cli("run", str(rec), str(out))
+    res = cli("run", str(rec), str(out))
     assert res.returncode == 2 and "already exists (written by mergeflow); pass --force" in res.stderr
     assert (out / "model.safetensors").stat().st_ino == first
-    res = run_cli("run", str(rec), str(out), "--force", "-q")
+    res = cli("run", str(rec), str(out), "--force", "-q")
     assert res.returncode == 0 and (out / "model.safetensors").stat().st_ino != first
     (out / "keep.txt").write_text("x")  # a user's file: the folder is no longer mergeflow's to replace
-    res = run_cli("run", str(rec), str(out), "--force", "-q")
+    res = cli("run", str(rec), str(out), "--force", "-q")
     assert res.returncode == 2 and "did not write (keep.txt)" in res.stderr and (out / "keep.txt").exists()
-    res = run_cli("run", str(rec), str(toy("llama")), "--force")
+    res = cli("run", str(rec), str(toy("llama")), "--force")
     assert res.returncode == 2 and "overlaps input" in res.stderr
 
 
 def test_cli_usage_errors_exit_2(tmp_path, demo_tree):
     rec = str(demo_tree / "recipes" / "llama-linear.yml")
-    assert run_cli("run", rec).returncode == 2
-    assert run_cli("run", rec, str(tmp_path / "x"), "--max-memory", "lots").returncode == 2
-    res = run_cli("run", rec, str(tmp_path / "y"), "--device", "cuda")
+    assert cli("run", rec).returncode == 2
+    assert cli("run", rec, str(tmp_path / "x"), "--max-memory", "lots").returncode == 2
+    res = cli("run", rec, str(tmp_path / "y"), "--device", "cuda")
     assert res.returncode in (0, 2) and (res.returncode == 0 or "CUDA is not available" in res.stderr)

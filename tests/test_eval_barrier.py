@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mergeflow.toymodels import scramble_model
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 
 TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nalign then merge\n" * 3
 
@@ -22,7 +22,7 @@ def pair(toy, tmp_path_factory):
 
 
 def barrier(root, a, b, data, *extra, out="bar"):
-    res = run_cli("eval", "barrier", str(a), str(b), "--data", str(data), "--points", "5", "-o", str(root / out),
+    res = cli("eval", "barrier", str(a), str(b), "--data", str(data), "--points", "5", "-o", str(root / out),
                   "--device", "cpu", *extra)
     assert res.returncode == 0, res.stderr
     return json.loads((root / f"{out}.json").read_text()), res
@@ -53,17 +53,17 @@ def test_alignment_removes_the_barrier_of_an_exact_reparameterisation(pair):
 
 def test_equivalence(pair):
     root, a, scrambled, other, data = pair
-    res = run_cli("eval", "equivalence", str(a), str(scrambled), "--data", str(data), "--device", "cpu")
+    res = cli("eval", "equivalence", str(a), str(scrambled), "--data", str(data), "--device", "cpu")
     assert res.returncode == 0 and "equivalent" in res.stdout, res.stderr
-    res = run_cli("eval", "equivalence", str(a), str(other), "--data", str(data), "--device", "cpu")
+    res = cli("eval", "equivalence", str(a), str(other), "--data", str(data), "--device", "cpu")
     assert res.returncode == 1 and "not equivalent" in res.stderr
 
 
 def test_barrier_bad_input(pair, tmp_path):
     root, a, _s, _o, data = pair
     steps = write(tmp_path / "steps.yml", "models: {}\n")  # no align: list
-    res = run_cli("eval", "barrier", str(a), str(a), "--data", str(data), "--align", str(steps), "-o",
+    res = cli("eval", "barrier", str(a), str(a), "--data", str(data), "--align", str(steps), "-o",
                   str(tmp_path / "b"))
     assert res.returncode == 2 and "align:" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b"))
+    res = cli("eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b"))
     assert res.returncode == 2 and "does not exist" in res.stderr

@@ -7,7 +7,7 @@ import pytest
 from mergeflow.eval.distance import model_distance
 from mergeflow.io.reader import ModelReader
 from mergeflow.toymodels import scramble_model
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
@@ -26,13 +26,13 @@ def test_distance_modules_and_symmetry(tmp_path, toy, family):
 def test_cli_matches_the_alignment_report(tmp_path, toy):
     a = toy("llama")
     b = scramble_model(a, tmp_path / "b", seed=4)
-    res = run_cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"), "-q")
+    res = cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"), "-q")
     assert res.returncode == 0, res.stderr
-    before = json.loads((tmp_path / "c" / "alignment.json").read_text())["totals"]["model"]["before"]
-    out = json.loads(run_cli("eval", "distance", str(a), str(b), "--json").stdout)
+    before = json.loads((tmp_path / "c" / "alignment.json").read_text())["totals"]["b"]["before"]  # named after its folder
+    out = json.loads(cli("eval", "distance", str(a), str(b), "--json").stdout)
     for m in ("qk", "vo", "ffn"):
         assert out[m]["squared"] == pytest.approx(before[m], rel=1e-6)
-    after = json.loads(run_cli("eval", "distance", str(a), str(tmp_path / "c"), "--json", "--by", "total").stdout)
+    after = json.loads(cli("eval", "distance", str(a), str(tmp_path / "c"), "--json", "--by", "total").stdout)
     assert list(after) == ["total"] and after["total"]["squared"] < 1e-8
-    res = run_cli("eval", "distance", str(a), str(toy("gpt2")))
+    res = cli("eval", "distance", str(a), str(toy("gpt2")))
     assert res.returncode == 2 and "Traceback" not in res.stderr

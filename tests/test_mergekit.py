@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 
 CASES = {
     "linear": ("""\
@@ -119,14 +119,14 @@ def test_mergekit_config_equals_native_recipe(tmp_path, toy, case):
     native = yaml.safe_load(native_text.format(a=a, b=b))
     native.pop("models_params_a", None)
     nat = write(tmp_path / "native.yml", yaml.safe_dump(native))
-    assert run_cli("run", str(mk), str(tmp_path / "o_mk"), "-q").returncode == 0
-    res = run_cli("run", str(nat), str(tmp_path / "o_native"), "-q")
+    assert cli("run", str(mk), str(tmp_path / "o_mk"), "-q").returncode == 0
+    res = cli("run", str(nat), str(tmp_path / "o_native"), "-q")
     assert res.returncode == 0, res.stderr
     assert shards(tmp_path / "o_mk") == shards(tmp_path / "o_native")
-    converted = run_cli("convert", str(mk))
+    converted = cli("convert", str(mk))
     assert converted.returncode == 0
     again = write(tmp_path / "converted.yml", converted.stdout)
-    assert run_cli("run", str(again), str(tmp_path / "o_conv"), "-q").returncode == 0
+    assert cli("run", str(again), str(tmp_path / "o_conv"), "-q").returncode == 0
     assert shards(tmp_path / "o_conv") == shards(tmp_path / "o_native")
 
 
@@ -142,7 +142,7 @@ tokenizer_source: union
 models:
   - model: {a}+some/lora
 """)
-    res = run_cli("validate", str(mk))
+    res = cli("validate", str(mk))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     for frag in ("models: give exactly one of models: or slices:", "merge_method: 'arcee_fusion' is not supported",
                  "tokenizer_source: 'union' is not supported", "LoRA adapters"):

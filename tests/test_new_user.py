@@ -10,7 +10,7 @@ import pytest
 from mergeflow.io.ownership import MARKER
 from mergeflow.io.reader import ModelReader
 from mergeflow.toymodels import scramble_model
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 from tests.test_hostile import clean_failure
 
 
@@ -18,7 +18,7 @@ from tests.test_hostile import clean_failure
 def test_default_steps_undo_a_head_permutation_with_rotations_and_scales(tmp_path, toy, family):
     a = toy(family)
     scrambled = scramble_model(a, tmp_path / "scrambled", seed=5, heads_perm=True)
-    res = run_cli("align", str(scrambled), "--anchor", str(a), "-o", str(tmp_path / "aligned"), "-q")
+    res = cli("align", str(scrambled), "--anchor", str(a), "-o", str(tmp_path / "aligned"), "-q")
     assert res.returncode == 0, res.stderr
     ra, rb = ModelReader("a", a), ModelReader("b", tmp_path / "aligned")
     worst = max(float((ra.read(n) - rb.read(n)).abs().max()) for n in ra.tensors if ra.info(n).dtype in ("F32",))
@@ -33,7 +33,7 @@ def test_a_head_permutation_after_rotate_is_refused(tmp_path, toy, capsys):
 
 
 def test_align_report_and_progress_use_the_models_names(tmp_path, toy):
-    res = run_cli("align", str(toy("llama", seed=1)), "--anchor", str(toy("llama")), "-o", str(tmp_path / "o"))
+    res = cli("align", str(toy("llama", seed=1)), "--anchor", str(toy("llama")), "-o", str(tmp_path / "o"))
     assert res.returncode == 0, res.stderr
     assert "aligning" in res.stderr and "merging" not in res.stderr
     assert "alignment to anchor 'llama-0-" in res.stdout and "llama-1-" in res.stdout
@@ -59,7 +59,7 @@ def test_equivalence_compares_headless_encoders_by_their_last_hidden_state(tmp_p
                         if k.startswith("bert.")})
     save_file(tensors, str(enc / "model.safetensors"))
     data = write(tmp_path / "d.txt", "hello world\nthe quick brown fox\n")
-    res = run_cli("eval", "equivalence", str(enc), str(enc), "--data", str(data), "--device", "cpu")
+    res = cli("eval", "equivalence", str(enc), str(enc), "--data", str(data), "--device", "cpu")
     assert res.returncode == 0, res.stderr
     assert "max |last hidden state difference|: 0" in res.stdout and "equivalent" in res.stdout
     # a classifier whose head is not in the checkpoint is newly initialised: said, not hidden
@@ -69,7 +69,7 @@ def test_equivalence_compares_headless_encoders_by_their_last_hidden_state(tmp_p
         (cls / f.name).write_bytes(f.read_bytes())
     cfg["architectures"] = ["BertForSequenceClassification"]
     (cls / "config.json").write_text(json.dumps(cfg))
-    res = run_cli("eval", "equivalence", str(cls), str(cls), "--data", str(data), "--device", "cpu")
+    res = cli("eval", "equivalence", str(cls), str(cls), "--data", str(data), "--device", "cpu")
     assert "newly initialised" in res.stderr and "classifier.weight" in res.stderr
 
 
@@ -87,7 +87,7 @@ def test_sentence_transformers_files_are_copied_and_can_be_left_out(tmp_path, to
     write(src / "1_Pooling" / "config.json", '{"pooling_mode_mean_tokens": true}')
     (src / "2_Normalize").mkdir()
     rec = write(tmp_path / "r.yml", f"models: {{a: {src}, b: {toy('bert', seed=1)}}}\nmerge: linear\n")
-    res = run_cli("run", str(rec), str(tmp_path / "out"), "-q")
+    res = cli("run", str(rec), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
     for name in ("modules.json", "sentence_bert_config.json", "1_Pooling/config.json"):
@@ -95,9 +95,9 @@ def test_sentence_transformers_files_are_copied_and_can_be_left_out(tmp_path, to
     assert (out / "2_Normalize").is_dir() and not (tmp_path / "escape").exists()
     listed = set(json.loads((out / MARKER).read_text())["files"])
     assert {"1_Pooling/config.json", "2_Normalize/"} <= listed
-    assert run_cli("run", str(rec), str(out), "--force", "-q").returncode == 0  # its own folders: replaceable
+    assert cli("run", str(rec), str(out), "--force", "-q").returncode == 0  # its own folders: replaceable
     rec2 = write(tmp_path / "r2.yml", rec.read_text() + "output: {module_files: false}\n")
-    assert run_cli("run", str(rec2), str(tmp_path / "bare"), "-q").returncode == 0
+    assert cli("run", str(rec2), str(tmp_path / "bare"), "-q").returncode == 0
     assert not (tmp_path / "bare" / "modules.json").exists()
 
 
@@ -106,7 +106,7 @@ def test_run_creates_only_the_last_folder_unless_parents(tmp_path, toy, capsys):
     deep = tmp_path / "unset" / "models" / "base"
     err = clean_failure(capsys, ["run", str(rec), str(deep)])
     assert "does not exist; create it or pass --parents" in err and not (tmp_path / "unset").exists()
-    assert run_cli("run", str(rec), str(deep), "--parents", "-q").returncode == 0
+    assert cli("run", str(rec), str(deep), "--parents", "-q").returncode == 0
     err = clean_failure(capsys, ["run", str(rec), str(tmp_path), "--report", str(tmp_path / "a" / "b" / "r.json")])
     assert "does not exist; create it first" in err
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mergeflow.io.ownership import MARKER, remove_owned, write_marker
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 from tests.test_hostile import clean_failure
 
 
@@ -65,7 +65,7 @@ def test_force_refuses_home_root_and_folders_with_other_files(project, capsys, m
 
 def test_symlinked_output_is_refused_and_its_target_kept(project, capsys):
     root, proj, rec = project
-    assert run_cli("run", str(rec), str(root / "merged"), "-q").returncode == 0
+    assert cli("run", str(rec), str(root / "merged"), "-q").returncode == 0
     (root / "link").symlink_to(root / "merged")
     (root / "link-to-sibling").symlink_to(root / "sibling")
     before = snapshot(root)
@@ -77,12 +77,12 @@ def test_symlinked_output_is_refused_and_its_target_kept(project, capsys):
 def test_force_replaces_a_mergeflow_output_but_not_once_a_user_file_is_added(project, capsys):
     root, proj, rec = project
     out = root / "merged"
-    assert run_cli("run", str(rec), str(out), "-q").returncode == 0
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
     marker = json.loads((out / MARKER).read_text())
     assert marker["written_by"] == "mergeflow" and "model.safetensors" in " ".join(marker["files"])
     assert set(marker["files"]) == {p.name for p in out.iterdir()}
     assert "already exists" in clean_failure(capsys, ["run", str(rec), str(out)])
-    assert run_cli("run", str(rec), str(out), "--force", "-q").returncode == 0
+    assert cli("run", str(rec), str(out), "--force", "-q").returncode == 0
     write(out / "my-eval-results.txt", "precious\n")
     before = snapshot(root)
     err = clean_failure(capsys, ["run", str(rec), str(out), "--force"])
@@ -109,7 +109,7 @@ def test_a_forged_marker_does_not_make_a_folder_replaceable(project, capsys):
 def test_an_empty_folder_made_ahead_is_filled(project):
     root, _proj, rec = project
     (root / "empty").mkdir()
-    res = run_cli("run", str(rec), str(root / "empty"), "-q")
+    res = cli("run", str(rec), str(root / "empty"), "-q")
     assert res.returncode == 0, res.stderr
     assert (root / "empty" / MARKER).is_file()
 
@@ -157,7 +157,7 @@ def test_report_never_overwrites_a_user_file_or_an_input(project, capsys, toy):
     assert snapshot(root) == before and shard.read_bytes() == shard_bytes
     report = root / "report.json"
     for force in ([], ["--force"]):  # its own report is replaced on the next run
-        res = run_cli("run", str(rec), str(root / "m3"), "--report", str(report), "-q", *force)
+        res = cli("run", str(rec), str(root / "m3"), "--report", str(report), "-q", *force)
         assert res.returncode == 0, res.stderr
     assert json.loads(report.read_text())["written_by"] == "mergeflow"
 
@@ -178,10 +178,10 @@ def test_stats_and_barrier_outputs_refuse_user_files_and_inputs(tmp_path, toy, c
     assert (tmp_path / "bar.png").read_text() == "my picture" and data.read_text().startswith("hello")
     # mergeflow's own files are replaced on the next run
     for _ in range(2):
-        res = run_cli("stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(tmp_path / "g.safetensors"),
+        res = cli("stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(tmp_path / "g.safetensors"),
                       "-q", "--device", "cpu")
         assert res.returncode == 0, res.stderr
-        res = run_cli("eval", "barrier", str(a), str(a), "--data", str(data), "--points", "3", "-o",
+        res = cli("eval", "barrier", str(a), str(a), "--data", str(data), "--points", "3", "-o",
                       str(tmp_path / "b2"), "--device", "cpu", "-q")
         assert res.returncode == 0, res.stderr
 
@@ -189,9 +189,9 @@ def test_stats_and_barrier_outputs_refuse_user_files_and_inputs(tmp_path, toy, c
 def test_an_output_of_an_earlier_version_without_marker_is_recognised(project, capsys):
     root, _proj, rec = project
     out = root / "merged"
-    assert run_cli("run", str(rec), str(out), "-q").returncode == 0
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
     (out / MARKER).unlink()  # as written before the marker existed
-    res = run_cli("run", str(rec), str(out), "--force", "-q")
+    res = cli("run", str(rec), str(out), "--force", "-q")
     assert res.returncode == 0, res.stderr
     (out / MARKER).unlink()
     write(out / "notes.md", "mine\n")  # anything else in it: not recognised
@@ -208,7 +208,7 @@ def test_resume_never_writes_through_links_planted_in_the_partial_output(project
 
     root, _proj, rec = project
     ref = root / "reference"
-    assert run_cli("run", str(rec), str(ref), "-q").returncode == 0
+    assert cli("run", str(rec), str(ref), "-q").returncode == 0
     partial = root / ".out.mergeflow-partial"
     partial.mkdir()
     write_marker(partial, [], kind="partial")
@@ -220,7 +220,7 @@ def test_resume_never_writes_through_links_planted_in_the_partial_output(project
         (partial / name).unlink(missing_ok=True)
         (partial / name).symlink_to(v)
     before = snapshot(victims)
-    res = run_cli("run", str(rec), str(root / "out"), "--resume", "-q")
+    res = cli("run", str(rec), str(root / "out"), "--resume", "-q")
     assert res.returncode == 0, res.stderr
     assert snapshot(victims) == before
     out = root / "out"
@@ -238,7 +238,7 @@ def test_a_hard_link_to_an_input_in_the_partial_output_is_not_written_through(pr
     partial.mkdir()
     write_marker(partial, [], kind="partial")
     os.link(shard, partial / "model.safetensors")
-    res = run_cli("run", str(rec), str(root / "out"), "--resume", "-q")
+    res = cli("run", str(rec), str(root / "out"), "--resume", "-q")
     assert res.returncode == 0, res.stderr
     assert shard.read_bytes() == data
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 from tests.test_align import align, outputs
 from tests.test_residual import trained_norms
 
@@ -55,7 +55,7 @@ def test_bad_refine_requests_are_one_line_errors(tmp_path, toy, align_steps, msg
     data = vision_data(tmp_path / "d.npz")
     rec = write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
                 f"align: {align_steps.replace('DATA', str(data))}\nmerge: {{passthrough: {{source: model}}}}\n")
-    proc = run_cli("run", str(rec), "-o", str(tmp_path / "out"))
+    proc = cli("run", str(rec), "-o", str(tmp_path / "out"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert msg in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import torch
 from mergeflow.align.residual import ResidualMap, centred_basis, solve
 from mergeflow.align.scramble import random_orthogonal
 from mergeflow.toymodels import scramble_model
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 from tests.test_align import align, outputs, state
 
 PERM = "[{permute: {residual: true, heads: true, ffn: true}}, {rotate: {qk: true, vo: true}}, {rescale: {}}]"
@@ -96,7 +96,7 @@ def test_orthogonal_map_refused_where_not_exact(tmp_path, toy, family, why):
     a = toy(family)
     rec = write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
                 f"align: [{{orthogonal: {{residual: true}}}}]\nmerge: {{passthrough: {{source: model}}}}\n")
-    proc = run_cli("run", str(rec), "-o", str(tmp_path / "out"))
+    proc = cli("run", str(rec), "-o", str(tmp_path / "out"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "align[0].orthogonal" in proc.stderr and why in proc.stderr
     assert not (tmp_path / "out").exists()

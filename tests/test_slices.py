@@ -5,7 +5,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 
 
 def state(path):
@@ -22,7 +22,7 @@ slices:
 merge: {{passthrough: {{}}}}
 """)
     out = tmp_path / "out"
-    res = run_cli("run", str(rec), str(out), "-q")
+    res = cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
     so, sa, sb = state(out), state(a), state(b)
@@ -46,11 +46,11 @@ slices:
 merge: linear
 """)
     out = tmp_path / "out"
-    assert run_cli("run", str(rec), str(out), "-q").returncode == 0
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
     so, sa, sb = state(out), state(a), state(b)
     n = "model.layers.{}.mlp.up_proj.weight"
     torch.testing.assert_close(so[n.format(0)], (sa[n.format(0)] + sb[n.format(2)]) / 2)
     bad = write(tmp_path / "bad.yml", f"models: {{a: {a}}}\nslices: [{{sources: [{{model: z, layers: [2, 1]}}]}}]\n"
                 "merge: linear\n")
-    res = run_cli("validate", str(bad))
+    res = cli("validate", str(bad))
     assert res.returncode == 2 and "slices[0].sources[0]" in res.stderr

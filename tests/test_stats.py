@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from mergeflow.io.stats_file import write_stats
 from mergeflow.merge.base import MergeContext
 from mergeflow.merge.catalog import OPERATORS
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 
 
 def call(name, tensors, stats, params=None, model_params=None, transposed=False, scale=()):
@@ -71,7 +71,7 @@ def test_regmean_end_to_end_with_fallback(tmp_path):
     recipe = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\n"
                    "merge: {regmean: {alpha: 1.0, ridge: 0.0}}\n"
                    "stats: {a: a.gram.safetensors, b: b.gram.safetensors}\n")
-    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = load_file(str(tmp_path / "out" / "model.safetensors"))
     assert_close(out["fc.weight"].double(), joint, rtol=2e-5, atol=2e-5)
@@ -100,7 +100,7 @@ def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
     root, a, b = digits_pair
     for m in ("a", "b"):
         for kind in ("fisher", "gram"):
-            res = run_cli("stats", str(root / m), "--data", str(root / f"{m}.npz"), "--kind", kind, "-o",
+            res = cli("stats", str(root / m), "--data", str(root / f"{m}.npz"), "--kind", kind, "-o",
                           str(root / f"{m}.{kind}.safetensors"), "-q", "--device", "cpu")
             assert res.returncode == 0, res.stderr
     fisher = load_file(str(root / "a.fisher.safetensors"))
@@ -113,7 +113,7 @@ def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
     for op, kind in (("linear", None), ("fisher", "fisher"), ("regmean", "gram")):
         stats = f"stats: {{a: a.{kind}.safetensors, b: b.{kind}.safetensors}}\n" if kind else ""
         recipe = write(root / f"{op}.yml", f"models: {{a: a, b: b}}\nmerge: {{{op}: {{}}}}\n{stats}")
-        res = run_cli("run", str(recipe), str(root / f"out_{op}"), "-q", "--force")
+        res = cli("run", str(recipe), str(root / f"out_{op}"), "-q", "--force")
         assert res.returncode == 0, res.stderr
         acc[op] = tt.accuracy(root / f"out_{op}", xt, yt)
     worst_source = min(tt.accuracy(a, xt, yt), tt.accuracy(b, xt, yt))
@@ -131,7 +131,7 @@ def test_gram_of_a_permuted_model_is_the_permuted_gram(tmp_path, toy):
     data = write(tmp_path / "d.txt", "hello world\nthe quick brown fox\njumps over the lazy dog\nmerge me\n")
     grams = {}
     for name, m in (("src", src), ("dst", dst)):
-        res = run_cli("stats", str(m), "--data", str(data), "--kind", "gram", "-o", str(tmp_path / f"{name}.safetensors"),
+        res = cli("stats", str(m), "--data", str(data), "--kind", "gram", "-o", str(tmp_path / f"{name}.safetensors"),
                       "-q", "--device", "cpu")
         assert res.returncode == 0, res.stderr
         grams[name] = load_file(str(tmp_path / f"{name}.safetensors"))
@@ -162,10 +162,10 @@ def test_bad_statistics_and_data_get_one_line_errors(tmp_path, toy):
     }
     np.savez(tmp_path / "l.npz", x=np.zeros((2, 3, 16, 16), np.float32), y=np.array([1, 12]))
     for name, (args, frag) in cases.items():
-        res = run_cli(*args, "-o", str(tmp_path / f"{name}.safetensors"), "-q", "--device", "cpu")
+        res = cli(*args, "-o", str(tmp_path / f"{name}.safetensors"), "-q", "--device", "cpu")
         assert res.returncode == 2 and frag in res.stderr and "Traceback" not in res.stderr, (name, res.stderr)
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
-    res = run_cli("stats", str(a), "--data", str(good), "--kind", "fisher", "-o", str(tmp_path / "a.fisher.safetensors"), "-q")
+    res = cli("stats", str(a), "--data", str(good), "--kind", "fisher", "-o", str(tmp_path / "a.fisher.safetensors"), "-q")
     assert res.returncode == 0, res.stderr
     save_file({"nothing.weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"),
               metadata={"mergeflow_stats": "fisher", "examples": "1"})
@@ -179,7 +179,7 @@ def test_bad_statistics_and_data_get_one_line_errors(tmp_path, toy):
     for name, (extra, frag) in recipes.items():
         merge = "" if "merge:" in extra else "merge: {fisher: {}}\n"
         r = write(tmp_path / f"{name}.yml", f"models: {{a: {a}, b: {b}}}\n{merge}{extra}")
-        res = run_cli("run", str(r), str(tmp_path / f"out_{name}"), "-q")
+        res = cli("run", str(r), str(tmp_path / f"out_{name}"), "-q")
         assert res.returncode == 2 and frag in res.stderr and "Traceback" not in res.stderr, (name, res.stderr)
         assert not (tmp_path / f"out_{name}").exists()
 
@@ -188,7 +188,7 @@ def test_gpt2_conv1d_grams_are_marked_transposed_and_regmean_runs(tmp_path, toy)
     a, b = toy("gpt2"), toy("gpt2", seed=1, perturb_from=toy("gpt2"))
     data = write(tmp_path / "d.jsonl", '{"text": "hello world"}\n{"text": "merge the models, please"}\n')
     for name, m in (("a", a), ("b", b)):
-        res = run_cli("stats", str(m), "--data", str(data), "--kind", "gram", "-o",
+        res = cli("stats", str(m), "--data", str(data), "--kind", "gram", "-o",
                       str(tmp_path / f"{name}.safetensors"), "-q", "--device", "cpu")
         assert res.returncode == 0, res.stderr
     from safetensors import safe_open
@@ -199,5 +199,5 @@ def test_gpt2_conv1d_grams_are_marked_transposed_and_regmean_runs(tmp_path, toy)
     assert "transformer.h.0.attn.c_attn.weight" in json.loads(meta["transposed"])
     recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{regmean: {{}}}}\n"
                    "stats: {a: a.safetensors, b: b.safetensors}\n")
-    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr

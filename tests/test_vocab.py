@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from mergeflow.toymodels import build
-from tests.conftest import run_cli, write
+from tests.conftest import cli, write
 
 
 def tensor(out, name):
@@ -36,7 +36,7 @@ def test_shared_rows_merged_extra_rows_from_the_tokenizer_model(tmp_path, pair, 
     a, b = pair
     recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n"
                                        f"output: {{tokenizer: {tok}, config: {tok}}}\n")
-    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
@@ -63,7 +63,7 @@ def test_tokenizers_that_disagree_on_shared_ids_are_refused(tmp_path, pair):
     vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
     (c / "tokenizer.json").write_text(json.dumps(data))
     recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, c: {c}}}\nmerge: {{linear: {{}}}}\n")
-    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "tokenizers of models 'a' and 'c' differ at token id" in res.stderr
     assert not (tmp_path / "out").exists()
@@ -73,7 +73,7 @@ def test_other_shape_differences_are_still_errors(tmp_path, pair):
     a, _ = pair
     wide = build("llama", tmp_path / "wide", seed=2, config={"intermediate_size": 96})
     recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, w: {wide}}}\nmerge: {{linear: {{}}}}\n")
-    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 2 and "shape" in res.stderr
 
 
@@ -82,7 +82,7 @@ def test_classifier_heads_with_different_label_sets_are_taken_from_one_model(tmp
     b = build("bert", tmp_path / "b", seed=1, config={"num_labels": 5})
     recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n"
                    "overrides: [{match: 'classifier.*', merge: {passthrough: {source: b}}}]\noutput: {config: b}\n")
-    res = run_cli("run", str(recipe), str(tmp_path / "out"), "-q")
+    res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
     assert torch.equal(tensor(out, "classifier.weight"), tensor(b, "classifier.weight"))
@@ -92,5 +92,5 @@ def test_classifier_heads_with_different_label_sets_are_taken_from_one_model(tmp
 
     assert AutoModelForSequenceClassification.from_pretrained(str(out)).config.num_labels == 5
     plain = write(tmp_path / "p.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n")
-    res = run_cli("run", str(plain), str(tmp_path / "out2"), "-q")
+    res = cli("run", str(plain), str(tmp_path / "out2"), "-q")
     assert res.returncode == 2 and "classifier" in res.stderr
