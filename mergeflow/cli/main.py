@@ -17,6 +17,7 @@ import click
 from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.options import DEVICE, MEMORY, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
+from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
@@ -175,51 +176,6 @@ def validate(recipe: str) -> None:
 
 
 @cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@DEVICE
-@MEMORY
-@PICKLE
-@STRICT
-def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, strict: bool) -> None:
-    """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
-    from mergeflow.graph import run as runner
-
-    opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
-                          strict=strict)
-    prep = runner.prepare(recipe, opts)
-    p = prep.plan
-    click.echo(f"recipe: {recipe}")
-    click.echo("models:")
-    for name, r in prep.readers.items():
-        click.echo(
-            f"  {name}: {r.path} ({r.model_type or 'no config'}, {len(r.tensors)} tensors, "
-            f"{human(r.total_bytes)})"
-        )
-    click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
-    click.echo(f"tensors: {p.n_tensors}")
-    click.echo(f"read: {human(p.bytes_read)}   write: {human(p.bytes_written)} in {len(p.layouts)} shard(s)")
-    click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
-    if p.arch is not None:
-        steps = ", ".join(step.name for step in prep.recipe.align)
-        aligned = len(prep.readers) - 1
-        click.echo(
-            f"align: {steps} on {len(p.arch.layers)} layers of {aligned} model(s) to anchor '{p.anchor}' "
-            f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
-            f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})"
-        )
-    click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
-    share = runner.tensor_budget(prep.max_memory)
-    ahead = min(max(share - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
-    given = f"--max-memory {max_memory}" if max_memory else "default: half the available memory"
-    click.echo(
-        f"memory budget: {human(prep.max_memory)} ({given}); tensors in flight may use {human(share)} of it, "
-        f"the rest is kept for mapped file pages and headroom"
-    )
-    click.echo(f"estimated peak for tensors in flight, read-ahead included: "
-               f"{human(p.peak_task_bytes + min(ahead, p.bytes_read))}")
-
-
-@cli.command()
 def schema() -> None:
     """Print the JSON Schema of recipes (for editor completion)."""
     from mergeflow.merge.catalog import OPERATORS
@@ -240,6 +196,7 @@ def docs() -> None:
 cli.add_command(convert)
 cli.add_command(eval_group)
 cli.add_command(stats)
+cli.add_command(plan)
 import mergeflow.cli.eval_cmds  # noqa: E402,F401  (registers eval barrier/equivalence)
 
 

@@ -67,7 +67,7 @@ def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path], pa
         check_replaceable(final, inputs)
         if not force and any(final.iterdir()):
             raise OutputError(f"output {final} already exists (written by mergeflow); pass --force to replace it")
-    if not parents and not final.parent.is_dir():  # a typo or an unset variable must not create a tree
+    if not parents and not os.path.lexists(final.parent):  # a typo or an unset variable must not create a tree
         raise OutputError(f"cannot create output {final}: its folder {final.parent} does not exist; create it or "
                           "pass --parents")
     parent = final.parent
