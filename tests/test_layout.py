@@ -7,11 +7,11 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mergeflow"
 ALLOWED = {
-    "recipe": {"recipe", "errors", "files"},
+    "recipe": {"recipe", "errors", "files", "patterns"},
     "merge": {"merge", "registry", "errors"},
     "align": {"align", "arch", "registry", "errors"},
     "arch": {"arch", "registry", "errors"},
-    "io": {"io", "errors", "", "files"},
+    "io": {"io", "errors", "", "files", "patterns"},
     "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors", "files"},

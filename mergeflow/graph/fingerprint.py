@@ -15,7 +15,7 @@ def run_fingerprint(prep: Any) -> str:
     """What must not change for a resumed run to continue an interrupted one."""
     parts = [mergeflow.__version__, prep.recipe.model_dump_json(), str(prep.recipe_text)]
     for name, reader in sorted(prep.readers.items()):
-        for file in sorted({t.file for t in reader.tensors.values()}):
+        for file in sorted({t.file for t in reader.tensors.values()} | set(reader.extra_files)):
             # size and mtime survive `cp -p` / `rsync -a` over the file; inode, ctime (which no user can
             # set) and the header bytes (tensor names, shapes, offsets and metadata) do not
             st = os.stat(file)

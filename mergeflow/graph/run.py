@@ -133,7 +133,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
     readers = {
-        name: ModelReader(name, e.path, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()
+        name: open_model(name, e.path, e.lora, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()
     }
     budget = opts.max_memory if opts.max_memory is not None else default_max_memory()
     # pages touched through open file mappings count as resident: they get an eighth of the budget,
@@ -156,9 +156,19 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path))
 
 
+def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool = False) -> ModelReader:
+    """The one place a recipe's model becomes a reader: a folder or file, with a LoRA adapter applied."""
+    if lora:
+        from mergeflow.io.lora import LoraReader
+
+        return LoraReader(name, path, lora, allow_pickle=allow_pickle)
+    return ModelReader(name, path, allow_pickle=allow_pickle)
+
+
 def recipe_inputs(recipe: Recipe, recipe_path: str | Path | None) -> list[Path]:
     """Everything a run reads: the recipe file, models, statistics files and step data files."""
     paths = [Path(e.path) for e in recipe.models.values()] + [Path(p) for p in recipe.stats.values()]
+    paths += [Path(e.lora) for e in recipe.models.values() if e.lora]
     paths += [Path(str(s.params["data"])) for s in recipe.align if isinstance(s.params.get("data"), str)]
     if recipe_path is not None and Path(recipe_path).is_file():
         paths.append(Path(recipe_path))
@@ -236,7 +246,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             write_card(
                 tmp,
                 prep.recipe_text,
-                {n: e.path for n, e in recipe.models.items()},
+                {n: e.path + (f" with LoRA adapter {e.lora}" if e.lora else "") for n, e in recipe.models.items()},
                 recipe.merge.name,
                 plan.n_tensors,
                 {

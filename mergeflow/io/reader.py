@@ -69,6 +69,7 @@ class ModelReader:
         self.config: dict[str, Any] | None = None
         self.tensors: dict[str, TensorInfo] = {}
         self._pickled: dict[str, torch.Tensor] = {}
+        self.extra_files: list[str] = []  # files read besides the tensors' own (a LoRA adapter's)
         self._handles: dict[str, list[Any]] = {}  # file -> [handle, bytes read through it]
         self._lock = threading.Lock()
         self._discover(allow_pickle)

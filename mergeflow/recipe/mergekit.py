@@ -66,13 +66,15 @@ class _Converter:
         if not isinstance(path, str) or not path:
             self.fail(where, "a model is a path string")
             return None
-        if "+" in path:
-            self.fail(where, "LoRA adapters ('model+lora') are not supported")
+        base, _plus, adapter = path.partition("+")  # mergekit's "model+lora"
+        if not base or (_plus and not adapter):
+            self.fail(where, f"{path!r}: write a model, or a model and a LoRA adapter as MODEL+ADAPTER")
             return None
         if path not in self.by_path:
-            name = _name(path, set(self.models))
+            name = _name(base if not adapter else f"{PurePath(base).name}+{PurePath(adapter).name}",
+                         set(self.models))
             self.by_path[path] = name
-            self.models[name] = {"path": path, "params": {}}
+            self.models[name] = {"path": base, "params": {}, **({"lora": adapter} if adapter else {})}
         return self.by_path[path]
 
     def _set(self, model: str | None, key: str, value: Any, regex: str | None) -> None:

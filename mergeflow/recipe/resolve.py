@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mergeflow.patterns import compile_glob, compile_regex
 from mergeflow.recipe.params import OperatorLike, interpolate, split_params
-from mergeflow.recipe.patterns import compile_glob, compile_regex
 from mergeflow.recipe.schema import Recipe
 
 

@@ -30,6 +30,12 @@ class ModelEntry(Strict):
         description="Per-model operator parameters "
         "(e.g. weight, density) for this model; scalars or gradients.",
     )
+    lora: str | None = Field(
+        None,
+        description="A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) applied to "
+        "this model's weights as they are read: W + s·B·A per target, modules_to_save replacing tensors. "
+        "Relative paths as for path. mergekit's `base+adapter` means the same.",
+    )
 
 
 class _Named(Strict):

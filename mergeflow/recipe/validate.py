@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mergeflow.errors import RecipeError
+from mergeflow.patterns import PatternError, compile_regex
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
-from mergeflow.recipe.patterns import PatternError, compile_regex
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
@@ -125,6 +125,18 @@ def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems) -> s
     return str(p.resolve())
 
 
+def _lora_path(name: str, lora: str | None, root: Path, probs: _Problems, check: bool) -> str | None:
+    if lora is None or not check:
+        return lora
+    p = Path(lora).expanduser()
+    p = p if p.is_absolute() else root / p
+    if not p.is_dir():
+        probs.add(("models", name, "lora"), f"adapter folder does not exist: {p}")
+    elif not (p / "adapter_config.json").is_file():
+        probs.add(("models", name, "lora"), f"not a PEFT adapter (no adapter_config.json in {p})")
+    return str(p.resolve())
+
+
 def validate(
     src: YamlSource,
     operators: Mapping[str, OperatorLike],
@@ -211,7 +223,8 @@ def validate(
     resolved: dict[str, ModelEntry] = {}
     for name, entry in models.items():
         path = _model_path(name, entry, root or Path.cwd(), probs) if check_paths else entry.path
-        resolved[name] = entry.model_copy(update={"path": path})
+        lora = _lora_path(name, entry.lora, root or Path.cwd(), probs, check_paths)
+        resolved[name] = entry.model_copy(update={"path": path, "lora": lora})
     if probs.items:
         raise RecipeError(probs.items, src.name)
     return Recipe(**{**sec, "models": resolved, **({"stats": stats} if stats else {})})
