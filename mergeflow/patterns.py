@@ -13,6 +13,7 @@ import re
 from typing import Protocol
 
 MAX_PATTERN = 4096
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9_.-]{1,96}")
 
 
 class Matcher(Protocol):
@@ -51,3 +52,11 @@ def compile_glob(pattern: str) -> Matcher:
         raise PatternError(f"longer than {MAX_PATTERN} characters")
     rx = re.compile(fnmatch.translate(pattern))
     return lambda name: rx.match(name) is not None
+
+
+def parse_repo_ref(ref: str) -> tuple[str, str | None] | None:
+    """(repo id, revision or None) when ``ref`` is written as a repo id, else None."""
+    repo, _at, rev = ref.partition("@")
+    if not REPO_ID.fullmatch(repo) or ".." in repo or (_at and not rev):
+        return None
+    return repo, rev or None

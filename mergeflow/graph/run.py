@@ -22,6 +22,7 @@ from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.fingerprint import run_fingerprint
 from mergeflow.graph.plan import Plan, build_plan, model_dir
+from mergeflow.graph.sources import open_model, recipe_inputs
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.stats_inputs import open_stats
 from mergeflow.graph.tasks import Write
@@ -153,26 +154,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         warnings.warn(line + " (--strict makes this an error)", stacklevel=2)
     readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
     text = recipe_text if recipe_text is not None else read_text_capped(recipe_path, "recipe file", MAX_BYTES)
-    return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path))
-
-
-def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool = False) -> ModelReader:
-    """The one place a recipe's model becomes a reader: a folder or file, with a LoRA adapter applied."""
-    if lora:
-        from mergeflow.io.lora import LoraReader
-
-        return LoraReader(name, path, lora, allow_pickle=allow_pickle)
-    return ModelReader(name, path, allow_pickle=allow_pickle)
-
-
-def recipe_inputs(recipe: Recipe, recipe_path: str | Path | None) -> list[Path]:
-    """Everything a run reads: the recipe file, models, statistics files and step data files."""
-    paths = [Path(e.path) for e in recipe.models.values()] + [Path(p) for p in recipe.stats.values()]
-    paths += [Path(e.lora) for e in recipe.models.values() if e.lora]
-    paths += [Path(str(s.params["data"])) for s in recipe.align if isinstance(s.params.get("data"), str)]
-    if recipe_path is not None and Path(recipe_path).is_file():
-        paths.append(Path(recipe_path))
-    return paths
+    return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers))
 
 
 def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -> Result:
@@ -224,12 +206,12 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             for r in prep.readers.values():
                 r.close()
         files = writer.finish()
-        cfg_dir = model_dir(recipe.models[recipe.config_source].path)
+        cfg_dir = model_dir(str(prep.readers[recipe.config_source].path))
         tok = recipe.output.tokenizer
         tok_dir = (
             None
             if tok is False
-            else model_dir(recipe.models[recipe.config_source if tok is True else tok].path)
+            else model_dir(str(prep.readers[recipe.config_source if tok is True else tok].path))
         )
         files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype,
                                     [layer for _m, layer in plan.layer_origin], plan.vocab_size)
@@ -246,7 +228,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             write_card(
                 tmp,
                 prep.recipe_text,
-                {n: e.path + (f" with LoRA adapter {e.lora}" if e.lora else "") for n, e in recipe.models.items()},
+                {n: prep.readers[n].source for n in recipe.models},
                 recipe.merge.name,
                 plan.n_tensors,
                 {

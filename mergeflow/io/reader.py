@@ -70,6 +70,7 @@ class ModelReader:
         self.tensors: dict[str, TensorInfo] = {}
         self._pickled: dict[str, torch.Tensor] = {}
         self.extra_files: list[str] = []  # files read besides the tensors' own (a LoRA adapter's)
+        self.source = str(self.path)  # how the model card names it (a repo id @ commit, a path)
         self._handles: dict[str, list[Any]] = {}  # file -> [handle, bytes read through it]
         self._lock = threading.Lock()
         self._discover(allow_pickle)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mergeflow.errors import RecipeError
-from mergeflow.patterns import PatternError, compile_regex
+from mergeflow.patterns import PatternError, compile_regex, parse_repo_ref
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
@@ -113,8 +113,10 @@ def _check_op(
 def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems) -> str:
     p = Path(entry.path).expanduser()
     p = p if p.is_absolute() else (root / p)
+    if not p.exists() and parse_repo_ref(entry.path) is not None:
+        return entry.path  # a Hugging Face repo id: resolved (cache or download) when the run is prepared
     if not p.exists():
-        probs.add(("models", name), f"path does not exist: {p}")
+        probs.add(("models", name), f"path does not exist: {p} (nor is it a repo id org/name[@revision])")
     elif p.is_dir() and not any((p / f).exists() for f in WEIGHT_FILES):
         probs.add(
             ("models", name),
@@ -130,6 +132,8 @@ def _lora_path(name: str, lora: str | None, root: Path, probs: _Problems, check:
         return lora
     p = Path(lora).expanduser()
     p = p if p.is_absolute() else root / p
+    if not p.exists() and parse_repo_ref(lora) is not None:
+        return lora
     if not p.is_dir():
         probs.add(("models", name, "lora"), f"adapter folder does not exist: {p}")
     elif not (p / "adapter_config.json").is_file():
