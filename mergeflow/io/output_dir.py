@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from mergeflow.errors import OutputError
+from mergeflow.io.journal import NAME as JOURNAL
 from mergeflow.io.names import CONFIG_FILES, TOKENIZER_FILES
 from mergeflow.io.ownership import (
     check_replaceable,
@@ -97,7 +98,7 @@ class OutputDir:
         self.tmp = partial_path(self.final)
         self.found_partial = False
         self.left_behind: list[str] = []  # files of a replaced output that mergeflow did not write
-        self.written: list[str] = []  # the run sets the names of the files it wrote before leaving the block
+        self.written: list[str] | None = None  # set by the run: the files it wrote (None: whatever is there)
         self._lock: int | None = None
 
     def __enter__(self) -> Path:
@@ -150,6 +151,9 @@ class OutputDir:
         self._release_lock()
         # what this run wrote, nothing else: stale files of an earlier attempt, the journal and anything
         # planted in the partial directory (links included) do not reach the output
+        if self.written is None:
+            self.written = [str(Path(r, f).relative_to(self.tmp)) for r, _d, fs in os.walk(self.tmp) for f in fs
+                            if f not in (JOURNAL, LOCK)]
         top = {w.split("/")[0] for w in self.written}
         for entry in os.scandir(self.tmp):
             if entry.name not in top:
