@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 
@@ -109,3 +110,16 @@ def test_lora_adapter_by_repo_id(hub, toy):
     assert res.returncode == 0, res.stderr
     out = tensors(root / "out")
     assert all(torch.allclose(out[k], merged[k], atol=1e-5) for k in out)
+
+
+def test_commands_taking_model_arguments_accept_repo_ids(hub):
+    root, _commits = hub
+    res = cli("eval", "distance", "org/base", "org/tuned", "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["total"]["squared"] > 0
+    res = cli("align", "org/tuned", "--anchor", "org/base", "-o", str(root / "aligned"), "-q")
+    assert res.returncode == 0, res.stderr
+    data = write(root / "d.txt", "hello world\n")
+    res = cli("stats", "org/base", "--data", str(data), "--kind", "gram", "-o", str(root / "g.safetensors"), "-q",
+              "--device", "cpu")
+    assert res.returncode == 0, res.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mergeflow.cli.extra import eval_group
-from mergeflow.cli.options import DEVICE, QUIET
+from mergeflow.cli.options import DEVICE, MODEL, QUIET
 
 
 def _steps(spec: str | None, anchor: str) -> list | None:
@@ -20,8 +20,8 @@ def _steps(spec: str | None, anchor: str) -> list | None:
 
 
 @eval_group.command()
-@click.argument("model_a", type=click.Path(file_okay=False))
-@click.argument("model_b", type=click.Path(file_okay=False))
+@click.argument("model_a", type=MODEL)
+@click.argument("model_b", type=MODEL)
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out set (text, JSONL or .npz).")
 @click.option("--align", "align_spec", default=None, metavar="STEPS|default",
               help="A steps file or recipe whose 'align:' steps are added one at a time (a curve each), or "
@@ -67,8 +67,8 @@ def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, point
 
 
 @eval_group.command()
-@click.argument("model_a", type=click.Path(file_okay=False))
-@click.argument("model_b", type=click.Path(file_okay=False))
+@click.argument("model_a", type=MODEL)
+@click.argument("model_b", type=MODEL)
 @click.option("--data", required=True, type=click.Path(dir_okay=False))
 @click.option("--max-examples", default=None, type=click.IntRange(1))
 @click.option("--tolerance", default=1e-4, show_default=True, type=float,

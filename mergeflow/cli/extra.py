@@ -6,7 +6,7 @@ import json
 
 import click
 
-from mergeflow.cli.options import PICKLE
+from mergeflow.cli.options import MODEL, PICKLE
 from mergeflow.errors import InputError
 
 
@@ -34,8 +34,8 @@ def eval_group() -> None:
 
 
 @eval_group.command()
-@click.argument("model_a", type=click.Path())
-@click.argument("model_b", type=click.Path())
+@click.argument("model_a", type=MODEL)
+@click.argument("model_b", type=MODEL)
 @click.option(
     "--by",
     type=click.Choice(["total", "module"]),

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from mergeflow.cli.options import DEVICE, PARENTS, QUIET
+from mergeflow.cli.options import DEVICE, MODEL, PARENTS, QUIET
 
 
 @click.command("extract-lora")
-@click.argument("base")
-@click.argument("tuned")
+@click.argument("base", type=MODEL)
+@click.argument("tuned", type=MODEL)
 @click.option("-o", "--out", required=True, help="Adapter folder to write (adapter_config.json, adapter_model.safetensors).")
 @click.option("--rank", default=16, show_default=True, type=click.IntRange(1), help="Rank of each module's update "
               "(the most, with --energy).")

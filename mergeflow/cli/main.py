@@ -16,7 +16,7 @@ import click
 
 from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.lora_cmd import extract_lora
-from mergeflow.cli.options import DEVICE, MEMORY, PARENTS, PICKLE, QUIET, REPORT, STRICT
+from mergeflow.cli.options import DEVICE, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.stats_cmd import stats
@@ -115,8 +115,8 @@ def run(
 
 
 @cli.command()
-@click.argument("model", type=click.Path())
-@click.option("--anchor", required=True, type=click.Path(), help="Model to align MODEL to (left unchanged).")
+@click.argument("model", type=MODEL)
+@click.option("--anchor", required=True, type=MODEL, help="Model to align MODEL to (left unchanged).")
 @click.option("-o", "--out", required=True, help="Output directory for the aligned model.")
 @click.option(
     "--steps",

@@ -34,3 +34,21 @@ STRICT = click.option(
 PARENTS = click.option(
     "--parents", is_flag=True, help="Create missing parent folders of OUT (by default only OUT itself is created)."
 )
+
+
+class ModelRef(click.ParamType):
+    """A model argument: a local folder or file, or a Hugging Face repo id (``org/name[@revision]``) taken
+    from the cache or downloaded into it; converted to the local path."""
+
+    name = "MODEL"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from pathlib import Path
+
+        from mergeflow.io.hub import resolve_model
+
+        who = param.human_readable_name if param is not None else "model"
+        return resolve_model(str(value), Path.cwd(), who).path
+
+
+MODEL = ModelRef()

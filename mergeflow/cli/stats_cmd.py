@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from mergeflow.cli.options import DEVICE, QUIET
+from mergeflow.cli.options import DEVICE, MODEL, QUIET
 
 
 @click.command("stats")
-@click.argument("model", type=click.Path(file_okay=False))
+@click.argument("model", type=MODEL)
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Text file (one example per line), JSONL with 'text' (and 'label'), or .npz with x (and y).")
 @click.option("--kind", required=True, type=click.Choice(["fisher", "gram"]),
