@@ -123,3 +123,5 @@ def test_commands_taking_model_arguments_accept_repo_ids(hub):
     res = cli("stats", "org/base", "--data", str(data), "--kind", "gram", "-o", str(root / "g.safetensors"), "-q",
               "--device", "cpu")
     assert res.returncode == 0, res.stderr
+    summary = json.loads((root / "aligned" / "alignment.json").read_text())
+    assert list(summary["totals"]) == ["tuned"]  # named after the repo, not the snapshot's commit

@@ -42,9 +42,17 @@ def read_steps(steps_file: str, recipe_ok: bool = False) -> tuple[YamlSource, li
     return src, src.data["align"]
 
 
+def display_name(path: str) -> str:
+    """A folder's name; for a Hugging Face cache snapshot (models--ORG--NAME/snapshots/COMMIT), NAME."""
+    p = Path(path).resolve()
+    if p.parent.name == "snapshots" and p.parent.parent.name.startswith("models--"):
+        return p.parent.parent.name.split("--")[-1]
+    return p.name
+
+
 def model_names(anchor: str, model: str) -> tuple[str, str]:
     """Names for reports: the folders' names (``org/name`` style paths keep their last part), made distinct."""
-    a, m = Path(anchor).resolve().name or "anchor", Path(model).resolve().name or "model"
+    a, m = display_name(anchor) or "anchor", display_name(model) or "model"
     if a == m:
         a, m = f"{a} (anchor)", f"{m} (aligned)"
     return a, m
