@@ -250,3 +250,18 @@ def test_report_over_a_hard_link_of_an_input_is_refused(project, toy, capsys):
     err = clean_failure(capsys, ["run", str(rec), str(root / "o"), "--report", str(root / "looks-harmless.json")],
                         root / "o")
     assert "input" in err
+
+
+def test_own_files_are_recognised_whatever_their_header_size(tmp_path):
+    import torch
+
+    from mergeflow.io.ownership import file_written_by_mergeflow
+    from mergeflow.io.stats_file import write_stats
+
+    big = write_stats(tmp_path / "big.safetensors", {f"model.layers.{i}.w": torch.ones(1) for i in range(3000)},
+                      "fisher", 1, "m")  # a header of well over 64 KiB, as a 70B model's statistics have
+    assert big.stat().st_size > 1 << 17 and file_written_by_mergeflow(big)
+    write(tmp_path / "r.json", json.dumps({"written_by": "mergeflow", "pad": "x" * (1 << 17)}))
+    assert file_written_by_mergeflow(tmp_path / "r.json")
+    for foreign in ('{"a": 1}', "plain text", ""):
+        assert not file_written_by_mergeflow(write(tmp_path / "f", foreign))

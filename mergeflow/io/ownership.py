@@ -154,20 +154,18 @@ def file_written_by_mergeflow(path: Path) -> bool:
     try:
         with open(path, "rb", opener=_nofollow) as fh:
             head = fh.read(1 << 16)
-    except OSError:
+            if head.startswith(b"\x89PNG"):
+                return PNG_SIGNATURE in head
+            if head.lstrip().startswith(b"{"):
+                data = json.loads(head + fh.read(1 << 26)) if path.stat().st_size < 1 << 26 else None
+                return isinstance(data, dict) and data.get("written_by") == "mergeflow"
+            size = int.from_bytes(head[:8], "little") if len(head) >= 8 else 1 << 62
+            if size > 100_000_000:  # not a safetensors header (same limit as safetensors)
+                return False
+            header = head[8:] + fh.read(max(size - len(head) + 8, 0))
+            return b'"mergeflow_stats"' in header[:size]
+    except (OSError, ValueError):
         return False
-    if head.startswith(b"\x89PNG"):
-        return PNG_SIGNATURE in head
-    if head.lstrip().startswith(b"{"):
-        try:
-            data = json.loads(path.read_bytes()) if path.stat().st_size < 1 << 26 else None
-        except (OSError, ValueError):
-            return False
-        return isinstance(data, dict) and data.get("written_by") == "mergeflow"
-    if len(head) >= 8:
-        size = int.from_bytes(head[:8], "little")
-        return size < len(head) and b'"mergeflow_stats"' in head[8 : 8 + size]
-    return False
 
 
 def _nofollow(path: str, flags: int) -> int:
