@@ -19,10 +19,25 @@ ROOT = Path(__file__).resolve().parents[1]
 _real_connect = socket.socket.connect
 
 
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+_strict = [False]  # set by the no_network fixture: not even loopback
+
+
 def _guarded_connect(self: socket.socket, address: object) -> None:
     if self.family == socket.AF_UNIX:
         return _real_connect(self, address)
+    host = address[0] if isinstance(address, tuple) else None
+    if host in LOOPBACK and not _strict[0]:  # a local server standing in for the Hub
+        return _real_connect(self, address)
     raise OSError(f"network access is blocked in tests (tried {address!r})")
+
+
+@pytest.fixture
+def no_network():
+    """Refuse every connection, loopback included, for the length of a test."""
+    _strict[0] = True
+    yield
+    _strict[0] = False
 
 
 socket.socket.connect = _guarded_connect  # type: ignore[method-assign]

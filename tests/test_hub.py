@@ -36,7 +36,7 @@ def cache_repo(cache, repo: str, model, commit_seed: str = "1") -> str:
 
 
 @pytest.fixture
-def hub(tmp_path, toy, monkeypatch):
+def hub(tmp_path, toy, monkeypatch, no_network):
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -58,7 +58,8 @@ def resolve_model(ref: str, root: Path, who: str) -> Resolved:
     named = f"{repo}@{rev}" if rev else repo
     try:
         path = snapshot_download(repo, revision=rev, allow_patterns=NEEDED, cache_dir=str(hub_cache()),
-                                 local_files_only=offline(), token=os.environ.get("HF_TOKEN") or None)
+                                 local_files_only=offline(), token=os.environ.get("HF_TOKEN") or None,
+                                 endpoint=os.environ.get("HF_ENDPOINT") or None)
     except errors.GatedRepoError:
         raise ModelError(f"{who}: {named} is gated: accept its terms on the Hub, then log in "
                          "(`hf auth login`) or set HF_TOKEN") from None

@@ -1,0 +1,69 @@
+"""The real huggingface_hub client against a local stand-in for the Hub (tests/hub_server.py, on
+127.0.0.1, HF_ENDPOINT pointed at it): cold downloads of only the needed files, the warm cache offline
+with the server gone, revision pinning, gated and missing repos as one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import cli, write
+from tests.hub_server import FakeHub
+from tests.test_hostile import clean_failure
+
+
+@pytest.fixture
+def online(tmp_path, toy, monkeypatch):
+    hub = FakeHub()
+    base = toy("llama")
+    (tmp_path / "extra").mkdir()
+    commits = {"org/base": hub.add("org/base", base), "org/tuned": hub.add("org/tuned", toy("llama", seed=1)),
+               "org/gated": hub.add("org/gated", base, gated=True)}
+    server, url = hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import (conftest set it for the whole suite); a real
+    # `mergeflow` process imports it with the environment it is started in
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path, hub, commits, server
+    server.shutdown()
+
+
+def test_cold_download_then_warm_cache_offline_without_the_server(online, monkeypatch):
+    root, hub, commits, server = online
+    hub.repos["org/tuned"].files["pytorch_model.bin"] = b"x" * 1000  # never fetched: not needed
+    rec = write(root / "r.yml", f"models:\n  a: org/base\n  b: org/tuned@{commits['org/tuned']}\nmerge: linear\n")
+    res = cli("run", str(rec), str(root / "out"), "-q")
+    assert res.returncode == 0, res.stderr
+    assert not any(k.endswith(".bin") for k in hub.served)
+    shards = sum(n for k, n in hub.served.items() if k.endswith(".safetensors"))
+    assert shards > 0
+    card = (root / "out" / "README.md").read_text()
+    assert f"org/base@{commits['org/base']}" in card
+    first = load_file(str(next((root / "out").glob("model*.safetensors"))))
+    server.shutdown()
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    res = cli("run", str(rec), str(root / "out2"), "-q")
+    assert res.returncode == 0, res.stderr
+    again = load_file(str(next((root / "out2").glob("model*.safetensors"))))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+@pytest.mark.parametrize("ref,message", [
+    ("org/base@v9", "org/base has no revision 'v9'"),
+    ("org/nothing", "org/nothing: no such repository"),
+    ("org/gated", "org/gated is gated")])
+def test_hub_errors_are_one_line(online, capsys, ref, message):
+    root, _hub, _commits, _server = online
+    rec = write(root / "r.yml", f"models: {{a: org/base, b: {ref}}}\nmerge: linear\n")
+    err = clean_failure(capsys, ["run", str(rec), str(root / "out")], root / "out")
+    assert message in err, err
