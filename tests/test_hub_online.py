@@ -67,3 +67,35 @@ def test_hub_errors_are_one_line(online, capsys, ref, message):
     rec = write(root / "r.yml", f"models: {{a: org/base, b: {ref}}}\nmerge: linear\n")
     err = clean_failure(capsys, ["run", str(rec), str(root / "out")], root / "out")
     assert message in err, err
+
+
+def _big(root, name: str, shape: tuple[int, ...], toy_cfg):
+    """A model of one 2 MiB-class tensor (larger than a header request) with a Llama config."""
+    from safetensors.torch import save_file
+
+    d = root / "src" / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_bytes(toy_cfg.read_bytes())
+    save_file({"w": torch.zeros(shape)}, str(d / "model.safetensors"))
+    return d
+
+
+def test_plan_and_preflight_read_headers_only(online, toy):
+    root, hub, _commits, _server = online
+    cfg = toy("llama") / "config.json"
+    hub.add("org/big", _big(root, "big", (512, 1024), cfg))
+    hub.add("org/big2", _big(root, "big2", (512, 1024), cfg))
+    hub.add("org/odd", _big(root, "odd", (1024, 512), cfg))
+    weights = 512 * 1024 * 4
+    rec = write(root / "r.yml", "models: {a: org/big, b: org/big2}\nmerge: linear\n")
+    res = cli("plan", str(rec))
+    assert res.returncode == 0, res.stderr
+    assert "download from the Hub: 4.00 MiB of weights" in res.stdout
+    served = {k: n for k, n in hub.served.items() if k.endswith(".safetensors")}
+    assert served and all(n < weights / 4 for n in served.values()), served  # headers, not weights
+    hub.served.clear()
+    bad = write(root / "bad.yml", "models: {a: org/big, b: org/odd}\nmerge: linear\n")
+    err = cli("run", str(bad), str(root / "out"), "-q")
+    assert err.returncode == 2 and "shape [1024, 512] in model 'b'" in err.stderr, err.stderr
+    assert all(n < weights / 4 for k, n in hub.served.items() if k.endswith(".safetensors")), hub.served
+    assert not (root / "out").exists()

@@ -19,8 +19,11 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, s
     from mergeflow.graph import run as runner
 
     opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
-                          strict=strict)
+                          strict=strict, headers_only=True)
     prep = runner.prepare(recipe, opts)
+    from mergeflow.graph.sources import download_bytes, preflight
+
+    preflight(prep)
     p = prep.plan
     click.echo(f"recipe: {recipe}")
     click.echo("models:")
@@ -32,6 +35,9 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, s
     click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
     click.echo(f"tensors: {p.n_tensors}")
     click.echo(f"read: {human(p.bytes_read)}   write: {human(p.bytes_written)} in {len(p.layouts)} shard(s)")
+    if download_bytes(prep):
+        click.echo(f"download from the Hub: {human(download_bytes(prep))} of weights (checked from config and "
+                   "safetensors headers only; nothing downloaded yet)")
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     if p.arch is not None:
         steps = ", ".join(step.name for step in prep.recipe.align)

@@ -6,7 +6,7 @@ import os
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import psutil
@@ -22,7 +22,7 @@ from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.fingerprint import run_fingerprint
 from mergeflow.graph.plan import Plan, build_plan, model_dir
-from mergeflow.graph.sources import open_model, recipe_inputs
+from mergeflow.graph.sources import not_local, open_model, preflight, recipe_inputs
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.stats_inputs import open_stats
 from mergeflow.graph.tasks import Write
@@ -103,6 +103,7 @@ class Options:
     parents: bool = False  # create missing parent folders of the output (else only the output itself)
     label: str = "merging"  # what the progress bar calls the work
     strict: bool = False  # warnings about the recipe (an override that selects nothing) become errors
+    headers_only: bool = False  # Hub models from config and headers only (pre-flight): plan, never run
 
 
 @dataclass
@@ -133,8 +134,11 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
+    if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
+        preflight(prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text))
     readers = {
-        name: open_model(name, e.path, e.lora, allow_pickle=opts.allow_pickle) for name, e in recipe.models.items()
+        name: open_model(name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only)
+        for name, e in recipe.models.items()
     }
     budget = opts.max_memory if opts.max_memory is not None else default_max_memory()
     # pages touched through open file mappings count as resident: they get an eighth of the budget,
