@@ -11,7 +11,9 @@ is, and a missing one is one clear error. The environment is read at each call, 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +47,38 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").upper() in TRUE
 
 
+def client_options() -> dict[str, str | None]:
+    """Token and endpoint for huggingface_hub calls, from the environment as it is now."""
+    return {"token": os.environ.get("HF_TOKEN") or None, "endpoint": os.environ.get("HF_ENDPOINT") or None}
+
+
+@contextlib.contextmanager
+def hub_errors(who: str, repo: str, rev: str | None) -> Iterator[None]:
+    """huggingface_hub's errors as one line each, naming the repo and what to do."""
+    from huggingface_hub import errors
+
+    named = f"{repo}@{rev}" if rev else repo
+    try:
+        yield
+    except errors.GatedRepoError:
+        raise ModelError(f"{who}: {named} is gated: accept its terms on the Hub, then log in "
+                         "(`hf auth login`) or set HF_TOKEN") from None
+    except errors.RepositoryNotFoundError:
+        raise ModelError(f"{who}: {named}: no such repository on the Hub (a private one needs HF_TOKEN)") from None
+    except errors.RevisionNotFoundError:
+        raise ModelError(f"{who}: {repo} has no revision {rev!r}") from None
+    except errors.NotASafetensorsRepoError:
+        raise ModelError(f"{who}: {named} has no safetensors weights") from None
+    except errors.LocalEntryNotFoundError:
+        if offline():
+            raise ModelError(f"{who}: {named} is not in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE "
+                             "is set: download it once with the network on, or unset HF_HUB_OFFLINE") from None
+        raise ModelError(f"{who}: {named}: the Hub could not be reached and the cache ({hub_cache()}) does not "
+                         "hold it") from None
+    except (errors.HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelError(f"{who}: {named}: {str(exc).splitlines()[0]}") from None
+
+
 def resolve_model(ref: str, root: Path, who: str) -> Resolved:
     """A recipe's model (or adapter) reference as a local path; ``who`` names it in errors."""
     local = Path(ref).expanduser()
@@ -53,26 +87,9 @@ def resolve_model(ref: str, root: Path, who: str) -> Resolved:
     if local.exists() or parsed is None:
         return Resolved(str(local.resolve()) if local.exists() else str(local))
     repo, rev = parsed
-    from huggingface_hub import errors, snapshot_download
+    from huggingface_hub import snapshot_download
 
-    named = f"{repo}@{rev}" if rev else repo
-    try:
+    with hub_errors(who, repo, rev):
         path = snapshot_download(repo, revision=rev, allow_patterns=NEEDED, cache_dir=str(hub_cache()),
-                                 local_files_only=offline(), token=os.environ.get("HF_TOKEN") or None,
-                                 endpoint=os.environ.get("HF_ENDPOINT") or None)
-    except errors.GatedRepoError:
-        raise ModelError(f"{who}: {named} is gated: accept its terms on the Hub, then log in "
-                         "(`hf auth login`) or set HF_TOKEN") from None
-    except errors.RepositoryNotFoundError:
-        raise ModelError(f"{who}: {named}: no such repository on the Hub (a private one needs HF_TOKEN)") from None
-    except errors.RevisionNotFoundError:
-        raise ModelError(f"{who}: {repo} has no revision {rev!r}") from None
-    except errors.LocalEntryNotFoundError:
-        if offline():
-            raise ModelError(f"{who}: {named} is not in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE "
-                             "is set: download it once with the network on, or unset HF_HUB_OFFLINE") from None
-        raise ModelError(f"{who}: {named}: the Hub could not be reached and the cache ({hub_cache()}) does not "
-                         "hold it") from None
-    except (errors.HfHubHTTPError, OSError) as exc:
-        raise ModelError(f"{who}: {named}: {str(exc).splitlines()[0]}") from None
+                                 local_files_only=offline(), **client_options())
     return Resolved(str(path), repo, Path(path).name)

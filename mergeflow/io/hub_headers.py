@@ -6,14 +6,13 @@ tensor from it is an error by design."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from mergeflow.errors import ModelError
 from mergeflow.io.header import TensorInfo
-from mergeflow.io.hub import hub_cache
+from mergeflow.io.hub import client_options, hub_cache, hub_errors
 from mergeflow.io.reader import ModelReader
 
 
@@ -23,26 +22,13 @@ class HubHeaderReader(ModelReader):
         super().__init__(name, repo)
 
     def _discover(self, allow_pickle: bool) -> None:
-        from huggingface_hub import HfApi, errors, hf_hub_download
+        from huggingface_hub import HfApi, hf_hub_download
 
-        named = f"{self.repo}@{self.revision}" if self.revision else self.repo
-        token, endpoint = os.environ.get("HF_TOKEN") or None, os.environ.get("HF_ENDPOINT") or None
-        try:
-            cfg = hf_hub_download(self.repo, "config.json", revision=self.revision, cache_dir=str(hub_cache()),
-                                  token=token, endpoint=endpoint)
+        opts = client_options()
+        with hub_errors(f"model '{self.name}'", self.repo, self.revision):
+            cfg = hf_hub_download(self.repo, "config.json", revision=self.revision, cache_dir=str(hub_cache()), **opts)
             self.config = json.loads(Path(cfg).read_text(encoding="utf-8"))
-            meta = HfApi(endpoint=endpoint, token=token).get_safetensors_metadata(self.repo, revision=self.revision)
-        except errors.GatedRepoError:
-            raise ModelError(f"model '{self.name}': {named} is gated: accept its terms on the Hub, then log in "
-                             "(`hf auth login`) or set HF_TOKEN") from None
-        except errors.RepositoryNotFoundError:
-            raise ModelError(f"model '{self.name}': {named}: no such repository on the Hub") from None
-        except errors.RevisionNotFoundError:
-            raise ModelError(f"model '{self.name}': {self.repo} has no revision {self.revision!r}") from None
-        except errors.NotASafetensorsRepoError:
-            raise ModelError(f"model '{self.name}': {named} has no safetensors weights") from None
-        except (errors.HfHubHTTPError, OSError, ValueError) as exc:
-            raise ModelError(f"model '{self.name}': {named}: {str(exc).splitlines()[0]}") from None
+            meta = HfApi(**opts).get_safetensors_metadata(self.repo, revision=self.revision)
         for fname, fmeta in meta.files_metadata.items():
             for tname, t in fmeta.tensors.items():
                 begin, end = t.data_offsets
