@@ -12,7 +12,8 @@ ALLOWED = {
     "align": {"align", "arch", "registry", "errors"},
     "arch": {"arch", "registry", "errors"},
     "io": {"io", "errors", "", "files", "patterns"},
-    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files"},
+    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files",
+              "patterns"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors", "files"},
 }
