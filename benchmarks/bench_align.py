@@ -66,7 +66,7 @@ def main() -> None:
     out, report = work / "out" / f"aligned-{tag}", work / "align.report.json"
     warm([a, b])
     run = timed([str(Path(sys.executable).with_name("mergeflow")), "align", str(b), "--anchor", str(a), "-o",
-                 str(out), "--steps", str(steps), "--force", "-q", "--device", "cpu", "--report", str(report)])
+                 str(out), "--steps", str(steps), "--force", "--parents", "-q", "--device", "cpu", "--report", str(report)])
     rep = json.loads(report.read_text())
     summary = json.loads((out / "alignment.json").read_text())
     solve = sum(summary["seconds"].values())

@@ -211,6 +211,7 @@ def main() -> None:
             str(work / f"{op}.mergeflow.yml"),
             str(out_mf),
             "--force",
+            "--parents",
             "-q",
             "--device",
             "cpu",

@@ -113,7 +113,7 @@ def main() -> None:
     mk = Path(args.mergekit) if args.mergekit else ROOT / "bench_out" / "mergekit-venv" / "bin" / "mergekit-yaml"
     if not mk.exists():
         raise SystemExit(f"mergekit-yaml not found at {mk}; see the docstring to install it")
-    mf = [sys.executable, "-m", "mergeflow.cli.main", "run"]
+    mf = [sys.executable, "-m", "mergeflow.cli.main", "run", "--parents"]
     configs = sorted(CONFIGS.glob("*.yml"))
     if args.only:
         configs = [c for c in configs if c.stem in args.only.split(",")]

@@ -84,7 +84,6 @@ def test_force_replaces_a_mergeflow_output_but_not_once_a_user_file_is_added(pro
     assert "already exists" in clean_failure(capsys, ["run", str(rec), str(out)])
     assert cli("run", str(rec), str(out), "--force", "-q").returncode == 0
     write(out / "my-eval-results.txt", "precious\n")
-    before = snapshot(root)
     err = clean_failure(capsys, ["run", str(rec), str(out), "--force"])
     assert "did not write (my-eval-results.txt)" in err
     (out / "my-eval-results.txt").unlink()
@@ -94,7 +93,6 @@ def test_force_replaces_a_mergeflow_output_but_not_once_a_user_file_is_added(pro
     (out / "evil").symlink_to(root / "sibling")
     assert "did not write (evil/)" in clean_failure(capsys, ["run", str(rec), str(out), "--force"])
     (out / "evil").unlink()
-    del before
 
 
 def test_a_forged_marker_does_not_make_a_folder_replaceable(project, capsys):

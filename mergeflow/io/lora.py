@@ -24,6 +24,7 @@ import torch
 
 from mergeflow.errors import ModelError
 from mergeflow.files import read_text_capped
+from mergeflow.io.dtypes import ST_TO_TORCH
 from mergeflow.io.reader import ModelReader
 
 PREFIX = "base_model.model."
@@ -143,14 +144,9 @@ class LoraReader(ModelReader):
             raise ModelError(f"model '{self.name}': the adapter's update of {tensor!r} has shape "
                              f"{list(delta.shape)}, the weight {list(w.shape)}")
         out = w.add_(delta, alpha=up.scale)
-        return out.to(dtype if dtype is not None else _stored(self.info(tensor).dtype))
+        return out.to(dtype if dtype is not None else ST_TO_TORCH[self.info(tensor).dtype])
 
     def close(self) -> None:
         super().close()
         self.adapter.close()
 
-
-def _stored(st_dtype: str) -> torch.dtype:
-    from mergeflow.io.dtypes import ST_TO_TORCH
-
-    return ST_TO_TORCH[st_dtype]

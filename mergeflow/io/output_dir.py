@@ -82,9 +82,10 @@ class OutputDir:
     """``with OutputDir(final, force, resume, inputs) as tmp:`` write into ``tmp``; renamed to ``final``
     on success.
 
-    Before leaving the block, set ``written`` to the names of the files written into ``tmp``: nothing
-    else is carried into ``final``. ``tmp`` is a hidden sibling with a fixed name, so an interrupted run can be resumed: after Ctrl-C,
-    SIGTERM or SIGKILL it stays (never under the final name); after any other error it is removed.
+    A caller that sets ``written`` (names relative to ``tmp``, folders as ``NAME/``) carries only those
+    into ``final``. ``tmp`` is a hidden sibling with a fixed name, so an interrupted run can be resumed:
+    after Ctrl-C, SIGTERM or SIGKILL it stays (never under the final name); after any other error it is
+    removed.
     A lock file keeps two runs from writing the same output at once. The finished directory gets a
     marker listing its files; an existing ``final`` is replaced only under ``force`` and only when
     :func:`check_replaceable` allows it, and then only its listed files are deleted.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -231,9 +232,8 @@ def write_new(path: Path, data: str | bytes) -> None:
 
 
 def copy_new(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new file at ``dst`` (see :func:`open_new`)."""
     with open(src, "rb") as fin, os.fdopen(open_new(dst), "wb") as fout:
-        import shutil
-
         shutil.copyfileobj(fin, fout, 1 << 20)
 
 
