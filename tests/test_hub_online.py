@@ -99,3 +99,18 @@ def test_plan_and_preflight_read_headers_only(online, toy):
     assert err.returncode == 2 and "shape [1024, 512] in model 'b'" in err.stderr, err.stderr
     assert all(n < weights / 4 for k, n in hub.served.items() if k.endswith(".safetensors")), hub.served
     assert not (root / "out").exists()
+
+
+def test_preflight_plans_auto_anchors_and_vocabularies_of_different_sizes(online, toy, tmp_path):
+    from mergeflow.toymodels import build
+
+    root, hub, _commits, _server = online
+    hub.add("org/wide-vocab", build("llama", tmp_path / "wide", seed=3, config={"vocab_size": 70}))
+    rec = write(root / "v.yml", "models: {a: org/base, b: org/wide-vocab}\nmerge: linear\n"
+                                "output: {tokenizer: b, config: b}\n")
+    res = cli("run", str(rec), str(root / "vocab"), "-q")  # rows 64..69 from b's tokenizer, as for local models
+    assert res.returncode == 0, res.stderr
+    rec = write(root / "a.yml", "models: {a: org/base, b: org/tuned}\nanchor: auto\nalign: [{rescale: {}}]\n"
+                                "merge: linear\n")
+    res = cli("run", str(rec), str(root / "aligned"), "-q")
+    assert res.returncode == 0, res.stderr

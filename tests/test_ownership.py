@@ -263,3 +263,14 @@ def test_own_files_are_recognised_whatever_their_header_size(tmp_path):
     assert file_written_by_mergeflow(tmp_path / "r.json")
     for foreign in ('{"a": 1}', "plain text", ""):
         assert not file_written_by_mergeflow(write(tmp_path / "f", foreign))
+
+
+def test_reports_and_barrier_json_of_earlier_versions_are_recognised(tmp_path):
+    from mergeflow.io.ownership import file_written_by_mergeflow
+
+    old_report = {k: 0 for k in ("output", "seconds", "tensors", "bytes_read", "bytes_written", "shards",
+                                 "peak_rss_bytes", "max_memory_bytes", "device", "operators")}
+    old_barrier = {"a": "A", "b": "B", "data": "d.txt", "examples": 3, "variants": {}}
+    for i, data in enumerate((old_report, old_barrier)):
+        assert file_written_by_mergeflow(write(tmp_path / f"{i}.json", json.dumps(data)))
+    assert not file_written_by_mergeflow(write(tmp_path / "x.json", json.dumps({**old_barrier, "mine": 1})))

@@ -134,7 +134,10 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
-    if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
+    # pre-flight when Hub models must be fetched; an adapter may replace whole tensors (a new head), which
+    # headers of the base alone cannot show, so recipes with adapters skip it
+    if (not opts.headers_only and any(not_local(e.path) for e in recipe.models.values())
+            and not any(e.lora for e in recipe.models.values())):
         preflight(prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text))
     readers = {
         name: open_model(name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only)
@@ -148,7 +151,8 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         r.recycle_bytes = min(max(budget // MAPPED_SHARE // max(n_files, 1), 1 << 20), MAPPED_CAP)
     anchor = None
     if recipe.align and recipe.anchor == "auto":
-        anchor, _dist = auto_anchor(readers, recipe.config_source)
+        # pre-flight knows no weights: any model stands in (the models' shapes agree, or planning says so)
+        anchor = recipe.config_source if opts.headers_only else auto_anchor(readers, recipe.config_source)[0]
     stats = open_stats(recipe, readers)
     plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats)
     unused = [f"{recipe_path}: {d} matches no tensor of the models" for d in plan.unused_overrides]

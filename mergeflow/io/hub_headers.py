@@ -13,7 +13,10 @@ import torch
 from mergeflow.errors import ModelError
 from mergeflow.io.header import TensorInfo
 from mergeflow.io.hub import client_options, hub_cache, hub_errors
+from mergeflow.io.names import CONFIG_FILES, TOKENIZER_FILES
 from mergeflow.io.reader import ModelReader
+
+SMALL = [*CONFIG_FILES, *TOKENIZER_FILES]
 
 
 class HubHeaderReader(ModelReader):
@@ -22,13 +25,17 @@ class HubHeaderReader(ModelReader):
         super().__init__(name, repo)
 
     def _discover(self, allow_pickle: bool) -> None:
-        from huggingface_hub import HfApi, hf_hub_download
+        from huggingface_hub import HfApi, snapshot_download
 
         opts = client_options()
         with hub_errors(f"model '{self.name}'", self.repo, self.revision):
-            cfg = hf_hub_download(self.repo, "config.json", revision=self.revision, cache_dir=str(hub_cache()), **opts)
-            self.config = json.loads(Path(cfg).read_text(encoding="utf-8"))
+            # the small files (config, tokenizer: vocabularies of different sizes are planned from them) into
+            # the cache, where the run will find them; the weights are known from their headers only
+            self.path = Path(snapshot_download(self.repo, revision=self.revision, allow_patterns=SMALL,
+                                               cache_dir=str(hub_cache()), **opts))
             meta = HfApi(**opts).get_safetensors_metadata(self.repo, revision=self.revision)
+        if (self.path / "config.json").is_file():
+            self.config = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
         for fname, fmeta in meta.files_metadata.items():
             for tname, t in fmeta.tensors.items():
                 begin, end = t.data_offsets

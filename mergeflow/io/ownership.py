@@ -147,6 +147,9 @@ def remove_owned(directory: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- single files
 PNG_SIGNATURE = b"Software\x00mergeflow"
+# reports and barrier JSON of versions before `written_by`, recognised by their exact keys
+LEGACY_JSON = ({"output", "seconds", "tensors", "bytes_read", "bytes_written", "shards", "peak_rss_bytes",
+                "max_memory_bytes", "device", "operators"}, {"a", "b", "data", "examples", "variants"})
 
 
 def file_written_by_mergeflow(path: Path) -> bool:
@@ -159,7 +162,7 @@ def file_written_by_mergeflow(path: Path) -> bool:
                 return PNG_SIGNATURE in head
             if head.lstrip().startswith(b"{"):
                 data = json.loads(head + fh.read(1 << 26)) if path.stat().st_size < 1 << 26 else None
-                return isinstance(data, dict) and data.get("written_by") == "mergeflow"
+                return isinstance(data, dict) and (data.get("written_by") == "mergeflow" or set(data) in LEGACY_JSON)
             size = int.from_bytes(head[:8], "little") if len(head) >= 8 else 1 << 62
             if size > 100_000_000:  # not a safetensors header (same limit as safetensors)
                 return False
