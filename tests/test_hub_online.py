@@ -114,3 +114,13 @@ def test_preflight_plans_auto_anchors_and_vocabularies_of_different_sizes(online
                                 "merge: linear\n")
     res = cli("run", str(rec), str(root / "aligned"), "-q")
     assert res.returncode == 0, res.stderr
+
+
+def test_plan_counts_only_what_the_cache_lacks(online):
+    root, _hub, _commits, _server = online
+    rec = write(root / "r.yml", "models: {a: org/base, b: org/tuned}\nmerge: linear\n")
+    first = cli("plan", str(rec))
+    assert first.returncode == 0 and "download from the Hub:" in first.stdout, first.stderr
+    assert cli("run", str(rec), str(root / "out"), "-q").returncode == 0
+    again = cli("plan", str(rec))
+    assert again.returncode == 0 and "download from the Hub" not in again.stdout

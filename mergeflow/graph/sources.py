@@ -56,10 +56,11 @@ def recipe_inputs(recipe: Recipe, recipe_path: str | Path | None, readers: dict[
 
 
 def download_bytes(prep: Any) -> int:
-    """Weight bytes of the Hub models known from their headers only (what a run would download)."""
+    """Weight bytes of the Hub models known from their headers only that the cache lacks (what a run
+    would download)."""
     from mergeflow.io.hub_headers import HubHeaderReader
 
-    return sum(r.total_bytes for r in prep.readers.values() if isinstance(r, HubHeaderReader))
+    return sum(r.missing_bytes for r in prep.readers.values() if isinstance(r, HubHeaderReader))
 
 
 def preflight(prep: Any) -> None:

@@ -41,6 +41,11 @@ class HubHeaderReader(ModelReader):
                 begin, end = t.data_offsets
                 self.tensors[tname] = TensorInfo(tname, t.dtype, tuple(t.shape), f"{self.repo}/{fname}", begin, end)
 
+    @property
+    def missing_bytes(self) -> int:
+        """Weight bytes of the shards not yet in the cache's snapshot (what fetching it would download)."""
+        return sum(t.nbytes for t in self.tensors.values() if not (self.path / t.file.split("/", 2)[-1]).is_file())
+
     def read(self, tensor: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
              rows: tuple[int, int] | None = None) -> torch.Tensor:
         raise ModelError(f"model '{self.name}': {self.repo} is known from its headers only (pre-flight)")
