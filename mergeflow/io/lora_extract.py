@@ -3,7 +3,8 @@
 For each 2-D weight the two models store with one shape, D = TUNED − BASE (out × in; GPT-2's Conv1D
 stores in × out, so D is transposed first and the adapter says ``fan_in_fan_out``) is factored as
 D ≈ B·A with B = U_k·S_k (out × k) and A = V_kᵀ (k × in), k the given rank or, with ``energy``, the
-smallest k whose singular values hold that share of ||D||² (at most the rank). Each module's alpha
+smallest k whose singular values hold that share of ||D||² (at most the rank). Ranks well below the
+weight's size use a randomized SVD (see :func:`top_singular`). Each module's alpha
 equals its rank, so PEFT's scale is 1. Tensors are read one pair at a time: memory holds one
 weight pair and the factors, never a model. Embeddings and the head, when asked, are saved whole
 (``modules_to_save``). Other tensors that differ (norms, biases) cannot be a LoRA update: they are
@@ -44,12 +45,31 @@ class Extracted:
                 "bias": "none", "task_type": None, "inference_mode": True, "init_lora_weights": True}
 
 
-def _rank(s: torch.Tensor, rank: int, energy: float | None) -> int:
+def _rank(s: torch.Tensor, rank: int, energy: float | None, total_sq: float | None) -> int:
+    """``rank``, or with ``energy`` the fewest leading singular values holding that share of ||D||²
+    (``total_sq``; None when ``s`` is the whole spectrum, whose own sum is then used)."""
     if energy is None:
         return min(rank, len(s))
     cum = torch.cumsum(s.double() ** 2, 0)
-    need = int(torch.searchsorted(cum, energy * cum[-1]).item()) + 1
+    need = int(torch.searchsorted(cum, energy * (cum[-1] if total_sq is None else total_sq)).item()) + 1
     return max(1, min(rank, need, len(s)))
+
+
+OVERSAMPLE = 8
+
+
+def top_singular(d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U, S, Vh) of at least the ``rank`` leading singular triplets of ``d``. A full SVD of a 7B model's
+    FFN weight (4096 x 14336) takes minutes on a CPU; for ranks well below the size a randomized SVD
+    (seeded, so reproducible) gives the leading triplets in about a second, exactly when ``d`` has rank
+    at most ``rank`` + OVERSAMPLE and to within the power iterations' accuracy otherwise."""
+    small = min(d.shape)
+    if rank + OVERSAMPLE >= small // 2:
+        return torch.linalg.svd(d, full_matrices=False)
+    with torch.random.fork_rng(devices=[d.device] if d.device.type == "cuda" else []):
+        torch.manual_seed(0)
+        u, s, v = torch.svd_lowrank(d, q=rank + OVERSAMPLE, niter=4)
+    return u, s, v.T
 
 
 def extract(base: ModelReader, tuned: ModelReader, rank: int, device: torch.device, energy: float | None = None,
@@ -81,8 +101,8 @@ def extract(base: ModelReader, tuned: ModelReader, rank: int, device: torch.devi
         sq = float(d.double().pow(2).sum())
         if sq == 0.0:
             continue
-        u, s, vh = torch.linalg.svd(d, full_matrices=False)
-        k = _rank(s, rank, energy)
+        u, s, vh = top_singular(d, rank)
+        k = _rank(s, rank, energy, None if len(s) == min(d.shape) else sq)
         b_factor, a_factor = u[:, :k] * s[:k], vh[:k]
         res = float((d - b_factor @ a_factor).double().pow(2).sum())
         out.tensors[f"{PREFIX}{module}.lora_A.weight"] = a_factor.contiguous().cpu()
