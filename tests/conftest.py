@@ -119,3 +119,29 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
     return subprocess.CompletedProcess(["mergeflow", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def online(tmp_path, toy, monkeypatch):
+    """A stand-in Hub (tests/hub_server.py) serving org/base, org/tuned and a gated copy, HF_ENDPOINT pointed at
+    it, an empty cache, the network allowed: (root, hub, commits, server)."""
+    from tests.hub_server import FakeHub
+
+    hub = FakeHub()
+    base = toy("llama")
+    (tmp_path / "extra").mkdir()
+    commits = {"org/base": hub.add("org/base", base), "org/tuned": hub.add("org/tuned", toy("llama", seed=1)),
+               "org/gated": hub.add("org/gated", base, gated=True)}
+    server, url = hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import (conftest set it for the whole suite); a real
+    # `mergeflow` process imports it with the environment it is started in
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path, hub, commits, server
+    server.shutdown()

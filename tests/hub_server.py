@@ -1,13 +1,15 @@
-"""A local HTTP server on 127.0.0.1 standing in for the Hugging Face Hub, for tests of the real
-``huggingface_hub`` client: repo info, the file tree and ``resolve`` downloads (HEAD and GET, with
-``Range``, ``ETag`` and commit headers), a gated repo (401), missing repos (404), and a byte count so a
-test can tell how much weight data was served."""
+"""A local HTTP server on 127.0.0.1 standing in for the Hugging Face Hub, for tests and benchmarks of the
+real ``huggingface_hub`` client: repo info, the file tree and ``resolve`` downloads (HEAD and GET, with
+``Range``, ``ETag`` and commit headers), a gated repo (401), missing repos (404), a byte count and a log
+of the ranges asked for, so a test can tell how much weight data was served and whether a download
+resumed, and a throttled mode (``rate``: bytes per second for each download)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +27,12 @@ class Repo:
 class FakeHub:
     repos: dict[str, Repo] = field(default_factory=dict)
     served: dict[str, int] = field(default_factory=dict)  # path -> bytes of file content sent
+    ranges: list[tuple[str, int]] = field(default_factory=list)  # (path, first byte) of each GET of a file
+    # path -> bytes sent by downloads (GETs of the whole file or of its rest, "bytes=N-"), header reads
+    # (closed ranges such as "bytes=0-99999") not counted
+    downloaded: dict[str, int] = field(default_factory=dict)
+    rate: float | None = None  # bytes per second per download, None: as fast as it goes
+    cut: dict[str, int] = field(default_factory=dict)  # path -> drop the connection after this many bytes, once
 
     def add(self, repo: str, folder: Path, gated: bool = False) -> str:
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -110,9 +118,11 @@ class FakeHub:
                         return
                     start, end = 0, len(data)
                     rng = self.headers.get("Range")
+                    download = True
                     if rng and rng.startswith("bytes="):
                         a, _dash, b = rng[6:].partition("-")
-                        start, end = int(a or 0), (int(b) + 1 if b else len(data))
+                        start, end = int(a or 0), (min(int(b) + 1, len(data)) if b else len(data))
+                        download = not b
                     body = data[start:end]
                     self.send_response(206 if rng else 200)
                     self.send_header("ETag", f'"{hashlib.sha1(data).hexdigest()}"')
@@ -122,8 +132,25 @@ class FakeHub:
                         self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
                     self.end_headers()
                     if not head:
-                        self.wfile.write(body)
-                        hub.served[f"{name}/{fname}"] = hub.served.get(f"{name}/{fname}", 0) + len(body)
+                        key = f"{name}/{fname}"
+                        hub.ranges.append((key, start))
+                        step = len(body) if hub.rate is None else max(int(hub.rate / 50), 1)
+                        stop = hub.cut.pop(key, None) if download else None
+                        if stop is not None:
+                            step = min(step, stop)
+                        for at in range(0, len(body), step):
+                            if stop is not None and at >= stop:
+                                self.close_connection = True  # the rest never comes: a dropped connection
+                                return
+                            try:
+                                self.wfile.write(body[at:at + step])
+                            except OSError:  # the client went away (killed): what it got is counted
+                                return
+                            hub.served[key] = hub.served.get(key, 0) + len(body[at:at + step])
+                            if download:
+                                hub.downloaded[key] = hub.downloaded.get(key, 0) + len(body[at:at + step])
+                            if hub.rate is not None:
+                                time.sleep(step / hub.rate)
                     return
                 self._error(404, f"no route {path}")
 

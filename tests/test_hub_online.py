@@ -9,30 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import cli, write
-from tests.hub_server import FakeHub
 from tests.test_hostile import clean_failure
-
-
-@pytest.fixture
-def online(tmp_path, toy, monkeypatch):
-    hub = FakeHub()
-    base = toy("llama")
-    (tmp_path / "extra").mkdir()
-    commits = {"org/base": hub.add("org/base", base), "org/tuned": hub.add("org/tuned", toy("llama", seed=1)),
-               "org/gated": hub.add("org/gated", base, gated=True)}
-    server, url = hub.start()
-    monkeypatch.setenv("HF_ENDPOINT", url)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    # huggingface_hub reads HF_HUB_OFFLINE once, at import (conftest set it for the whole suite); a real
-    # `mergeflow` process imports it with the environment it is started in
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path, hub, commits, server
-    server.shutdown()
 
 
 def test_cold_download_then_warm_cache_offline_without_the_server(online, monkeypatch):

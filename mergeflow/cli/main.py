@@ -16,7 +16,7 @@ import click
 
 from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.lora_cmd import extract_lora
-from mergeflow.cli.options import DEVICE, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
+from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.stats_cmd import stats
@@ -39,6 +39,7 @@ def cli() -> None:
 @click.option("-o", "--out", "out_opt", default=None, help="Output model directory (or give it as OUT).")
 @DEVICE
 @MEMORY
+@DISK
 @PICKLE
 @click.option("--force", is_flag=True, help="Replace OUT if it is an output mergeflow wrote (only once the new "
               "merge is complete); nothing else is ever replaced.")
@@ -64,6 +65,7 @@ def run(
     out_opt: str | None,
     device: str,
     max_memory: str | None,
+    disk_budget: str | None,
     allow_pickle: bool,
     force: bool,
     check_finite: bool,
@@ -92,6 +94,7 @@ def run(
         resume=resume,
         strict=strict,
         parents=parents,
+        disk_budget=parse_size(disk_budget, "--disk-budget", 1),
     )
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
@@ -111,6 +114,9 @@ def run(
             f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
             f"in {result.seconds:.2f} s; peak RSS {human(runner.peak_rss_bytes())}"
         )
+        if result.downloaded:
+            held = f", at most {human(result.download_peak)} held at once" if result.download_peak else ""
+            click.echo(f"downloaded {human(result.downloaded)} of shards from the Hub{held}")
         print_alignment(result)
 
 
@@ -166,14 +172,26 @@ def align(
 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-def validate(recipe: str) -> None:
-    """Check RECIPE without reading any weight; print every problem (exit 2) or 'ok'."""
+@click.option("--recipe-only", is_flag=True, help="Check the recipe file alone, without opening the models.")
+@PICKLE
+def validate(recipe: str, recipe_only: bool, allow_pickle: bool) -> None:
+    """Check RECIPE without reading any weight; print every problem (exit 2) or 'ok'.
+
+    The models are checked against each other from their config files and safetensors headers (for Hub
+    models, fetched by HTTP range requests): names, shapes, dtypes, layers, vocabularies, alignment."""
     from mergeflow.align.catalog import STEPS
+    from mergeflow.graph import run as runner
     from mergeflow.merge.catalog import OPERATORS
     from mergeflow.recipe.validate import load_recipe
 
     r = load_recipe(recipe, OPERATORS, STEPS)
-    click.echo(f"ok: {len(r.models)} model(s), operator {r.merge.name}, {len(r.overrides)} override(s)")
+    if not recipe_only:
+        from mergeflow.graph.sources import preflight
+
+        opts = runner.Options(device="cpu", allow_pickle=allow_pickle, headers_only=True)
+        preflight(runner.prepare(recipe, opts, recipe=r))
+    checked = "" if recipe_only else ", models checked from their headers"
+    click.echo(f"ok: {len(r.models)} model(s), operator {r.merge.name}, {len(r.overrides)} override(s){checked}")
 
 
 @cli.command()

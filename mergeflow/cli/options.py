@@ -16,6 +16,14 @@ MEMORY = click.option(
     metavar="SIZE",
     help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.",
 )
+DISK = click.option(
+    "--disk-budget",
+    default=None,
+    metavar="SIZE",
+    help="Fetch the shards of Hub models into the partial output instead of the shared cache, and delete each "
+    "once the merge has passed it, holding at most SIZE of them at once (e.g. 20GB). Default: no budget, "
+    "downloads stay in the Hugging Face cache.",
+)
 PICKLE = click.option(
     "--allow-pickle",
     is_flag=True,

@@ -11,8 +11,8 @@ import click
 MIN_BUDGET = 64 << 20  # below this not even the interpreter and one small tensor fit
 
 
-def parse_size(value: str | None) -> int | None:
-    """A --max-memory value in bytes; sizes too small to run anything are refused here, not mid-run."""
+def parse_size(value: str | None, option: str = "--max-memory", least: int = MIN_BUDGET) -> int | None:
+    """A size option's value in bytes; sizes too small to run anything are refused here, not mid-run."""
     if value is None:
         return None
     from pydantic import ByteSize, TypeAdapter, ValidationError
@@ -20,10 +20,10 @@ def parse_size(value: str | None) -> int | None:
     try:
         n = int(TypeAdapter(ByteSize).validate_python(value))
     except ValidationError:
-        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)", param_hint="--max-memory") from None
-    if n < MIN_BUDGET:
-        raise click.BadParameter(f"{value} is below the smallest budget mergeflow runs in ({human(MIN_BUDGET)})",
-                                 param_hint="--max-memory")
+        raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)", param_hint=option) from None
+    if n < least:
+        raise click.BadParameter(f"{value} is below the smallest budget mergeflow runs in ({human(least)})",
+                                 param_hint=option)
     return n
 
 

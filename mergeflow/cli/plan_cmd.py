@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mergeflow.cli.options import DEVICE, MEMORY, PICKLE, STRICT
+from mergeflow.cli.options import DEVICE, DISK, MEMORY, PICKLE, STRICT
 from mergeflow.cli.output import human, parse_size
 
 
@@ -12,18 +12,21 @@ from mergeflow.cli.output import human, parse_size
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @DEVICE
 @MEMORY
+@DISK
 @PICKLE
 @STRICT
-def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, strict: bool) -> None:
+def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | None, allow_pickle: bool,
+         strict: bool) -> None:
     """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
     from mergeflow.graph import run as runner
 
     opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
                           strict=strict, headers_only=True)
     prep = runner.prepare(recipe, opts)
-    from mergeflow.graph.sources import download_bytes, preflight
+    from mergeflow.graph.sources import disk_held, download_bytes, preflight
 
-    preflight(prep)
+    budget = parse_size(disk_budget, "--disk-budget", 1)
+    preflight(prep, budget)
     p = prep.plan
     click.echo(f"recipe: {recipe}")
     click.echo("models:")
@@ -38,6 +41,10 @@ def plan(recipe: str, device: str, max_memory: str | None, allow_pickle: bool, s
     if download_bytes(prep):
         click.echo(f"download from the Hub: {human(download_bytes(prep))} of weights (checked from config and "
                    "safetensors headers only; nothing downloaded yet)")
+        click.echo(f"disk held by downloads: {human(download_bytes(prep))} in the Hugging Face cache"
+                   if budget is None else
+                   f"disk held by downloads: at most {human(disk_held(prep))} at once (--disk-budget "
+                   f"{disk_budget}), deleted as the merge passes them")
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     if p.arch is not None:
         steps = ", ".join(step.name for step in prep.recipe.align)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -23,6 +23,7 @@ from mergeflow.io.dtypes import is_float
 
 @dataclass(frozen=True)
 class RefineModel:
+    reads_whole_models: ClassVar[bool] = True  # its shards are read outside the plan's loads
     model: str
     anchor: str
     anchor_dir: str

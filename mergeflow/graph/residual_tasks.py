@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -52,6 +52,7 @@ def _read(ctx: Any, model: str, name: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SolveResidual:
+    reads_whole_models: ClassVar[bool] = True  # its shards are read outside the plan's loads
     model: str
     anchor: str
     spec: ArchSpec

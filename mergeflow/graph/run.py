@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import psutil
 import safetensors
 import torch
 
@@ -21,13 +19,29 @@ from mergeflow.graph.align_report import write_report
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.fingerprint import run_fingerprint
+from mergeflow.graph.memory import (
+    MAPPED_SHARE,
+    default_max_memory,
+    malloc_returns_large_blocks,
+    peak_rss_bytes,
+    tensor_budget,
+)
 from mergeflow.graph.plan import Plan, build_plan, model_dir
-from mergeflow.graph.sources import not_local, open_model, preflight, recipe_inputs
+from mergeflow.graph.shard_uses import shard_uses
+from mergeflow.graph.sources import (
+    check_room,
+    not_local,
+    open_model,
+    preflight,
+    recipe_inputs,
+    start_downloads,
+)
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.stats_inputs import open_stats
-from mergeflow.graph.tasks import Write
+from mergeflow.graph.tasks import Load, Write
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
+from mergeflow.io.hub_reader import HubReader
 from mergeflow.io.journal import Journal
 from mergeflow.io.module_files import copy_module_files
 from mergeflow.io.output_dir import OutputDir, check_output_path, copy_support_files
@@ -38,43 +52,8 @@ from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import load_recipe
 from mergeflow.recipe.yaml_source import MAX_BYTES
 
-MAPPED_SHARE = 8
 PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
 MAPPED_CAP = 4 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
-
-
-def _malloc_returns_large_blocks(budget: int) -> None:
-    """Ask glibc to serve blocks above a fixed size from their own mappings, returned to the OS on free.
-
-    By default glibc raises that threshold (up to 32 MiB) as tensors are freed, then serves tensors
-    below it from its heaps, whose freed holes stay resident: resident memory drifts to about twice
-    the tensors in flight. A fixed threshold keeps it at what is live, but every fresh mapping costs
-    page faults (a third of TIES' time with a 1 MiB threshold). So the threshold follows the budget:
-    budget/64, between 1 MiB and 32 MiB: tight budgets get exact accounting, roomy ones speed.
-    """
-    import ctypes
-    import ctypes.util
-
-    if platform.system() != "Linux" or os.environ.get("MERGEFLOW_MALLOC") == "default":
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        threshold = int(os.environ.get("MERGEFLOW_MMAP_THRESHOLD", 0)) or min(
-            max(budget // 64, 1 << 20), 32 << 20
-        )
-        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def tensor_budget(budget: int) -> int:
-    """The part of the memory budget that tensors in flight (including read-ahead) may use."""
-    return budget - 2 * (budget // MAPPED_SHARE)
-
-
-def default_max_memory() -> int:
-    """Half of the memory available now: leaves room for the page cache that streaming relies on."""
-    return int(psutil.virtual_memory().available * 0.5)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,6 +83,7 @@ class Options:
     label: str = "merging"  # what the progress bar calls the work
     strict: bool = False  # warnings about the recipe (an override that selects nothing) become errors
     headers_only: bool = False  # Hub models from config and headers only (pre-flight): plan, never run
+    disk_budget: int | None = None  # Hub shards fetched into the partial output and deleted after their last use
 
 
 @dataclass
@@ -125,6 +105,8 @@ class Result:
     seconds: float = 0.0
     alignment: dict | None = None  # summary of the alignment report, when the recipe aligns
     resumed_shards: int = 0  # shards kept from an interrupted run (--resume)
+    downloaded: int = 0  # bytes of Hub shards fetched during the run
+    download_peak: int = 0  # with --disk-budget: the most bytes of them held at once
 
 
 def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
@@ -134,15 +116,23 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
-    # pre-flight when Hub models must be fetched; an adapter may replace whole tensors (a new head), which
-    # headers of the base alone cannot show, so recipes with adapters skip it
+    # pre-flight when Hub models must be fetched: the whole plan from config files and headers first; an
+    # adapter may replace whole tensors (a new head), which headers of the base alone cannot show, so
+    # recipes with adapters skip it
+    pre = None
     if (not opts.headers_only and any(not_local(e.path) for e in recipe.models.values())
             and not any(e.lora for e in recipe.models.values())):
-        preflight(prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text))
+        pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text)
+        preflight(pre, opts.disk_budget)
     readers = {
-        name: open_model(name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only)
+        name: pre.readers[name] if pre is not None else open_model(
+            name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only,
+            subfolder=e.subfolder)
         for name, e in recipe.models.items()
     }
+    for r in readers.values():
+        if isinstance(r, HubReader):
+            r.headers_only = opts.headers_only
     budget = opts.max_memory if opts.max_memory is not None else default_max_memory()
     # pages touched through open file mappings count as resident: they get an eighth of the budget,
     # and another eighth is headroom (allocator, threads); tensors in flight get the rest
@@ -172,6 +162,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
     recipe, plan = prep.recipe, prep.plan
     final = Path(out)
     check_output_path(final, opts.force, prep.inputs, opts.parents)
+    check_room(prep, final, opts.disk_budget)
     start = time.perf_counter()
     bar = tqdm(
         total=plan.bytes_written,
@@ -184,7 +175,16 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
     )
     done = [0]
 
+    left: dict[tuple[str, str], int] = {}  # loads still to come per downloaded shard (deleted at zero)
+    fetcher = None
+
     def on_done(task: object) -> None:
+        if isinstance(task, Load) and left:
+            key = (task.model, prep.readers[task.model].info(task.tensor).file)
+            if key in left:
+                left[key] -= 1
+                if left[key] == 0 and fetcher is not None:
+                    fetcher.release(prep.readers[task.model], key[1])
         if isinstance(task, Write):
             done[0] += task.rows is None or task.rows[1] == task.out.shape[0]
             bar.update(task.nbytes)
@@ -205,15 +205,21 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         # reading ahead competes with the solves for the cores: alignment runs are compute-bound
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0
-        _malloc_returns_large_blocks(prep.max_memory)
+        malloc_returns_large_blocks(prep.max_memory)
         try:
+            fetcher = start_downloads(prep, todo, tmp, opts.disk_budget, progress)
+            if fetcher is not None and fetcher.folder is not None:
+                left.update({(u.model, u.file): u.loads for u in shard_uses(todo, prep.readers)})
             execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done)
         finally:
+            if fetcher is not None:
+                fetcher.close()
             writer.close()
             bar.close()
             for r in prep.readers.values():
                 r.close()
         files = writer.finish()
+        downloaded = (fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0) if fetcher else (0, 0)
         cfg_dir = model_dir(str(prep.readers[recipe.config_source].path))
         tok = recipe.output.tokenizer
         tok_dir = (
@@ -253,23 +259,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
     if out_dir.left_behind:
         warnings.warn(f"the replaced output's files that mergeflow did not write were kept: "
                       f"{', '.join(out_dir.left_behind[:4])}", stacklevel=2)
-    return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept))
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process since it started (Linux: VmHWM, which, unlike ru_maxrss,
-    does not include the parent's memory inherited across fork and exec)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if platform.system() == "Darwin" else peak * 1024
+    return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept), *downloaded)
 
 
 __all__ = ["Options", "prepare", "run", "default_max_memory", "peak_rss_bytes"]

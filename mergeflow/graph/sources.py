@@ -3,28 +3,42 @@ of everything a run reads (which no output may overlap)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mergeflow.errors import InputError
+from mergeflow.graph.shard_uses import ShardUse, disk_needed, shard_uses, whole_model_reads
 from mergeflow.io.reader import ModelReader
+from mergeflow.patterns import parse_repo_ref
 from mergeflow.recipe.schema import Recipe
+
+if TYPE_CHECKING:
+    from mergeflow.io.fetcher import Fetcher
+    from mergeflow.io.hub_reader import HubReader
 
 
 def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool = False,
-               headers_only: bool = False) -> ModelReader:
-    """The one place a recipe's model becomes a reader: a folder or file, or a Hugging Face repo id (from
-    the cache or downloaded), with a LoRA adapter (likewise) applied. ``reader.source`` says which."""
+               headers_only: bool = False, subfolder: str | None = None) -> ModelReader:
+    """The one place a recipe's model becomes a reader: a folder or file, or a Hugging Face repo id, with
+    a LoRA adapter (likewise) applied. A repo id the Hub must be asked about becomes a :class:`HubReader`
+    (config and headers now, shards when read); one in the cache (offline) or with an adapter, a local
+    snapshot. ``reader.source`` says which."""
     from mergeflow.io.hub import resolve_model
 
     who = f"model '{name}'"
-    if headers_only and not_local(path):  # pre-flight: config and headers over HTTP, no weight byte
-        from mergeflow.io.hub_headers import HubHeaderReader
-        from mergeflow.patterns import parse_repo_ref
+    pickle = False  # .bin weights are fetched only for a repository that has no safetensors
+    if not_local(path) and not lora:
+        from mergeflow.io.hub_reader import HubReader, NoSafetensors
 
         repo, rev = parse_repo_ref(path)  # type: ignore[misc]
-        return HubHeaderReader(name, repo, rev)
-    model = resolve_model(path, Path.cwd(), who)
+        try:
+            return HubReader(name, repo, rev, subfolder, headers_only=headers_only)
+        except NoSafetensors:
+            if not allow_pickle:
+                raise
+            pickle = True
+    model = resolve_model(path, Path.cwd(), who, pickle=pickle, subfolder=subfolder)
     if lora:
         from mergeflow.io.lora import LoraReader
 
@@ -40,7 +54,6 @@ def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool
 def not_local(ref: str) -> bool:
     """A repo id that is neither a local path nor (offline) to be fetched: the Hub must be asked."""
     from mergeflow.io.hub import offline
-    from mergeflow.patterns import parse_repo_ref
 
     return parse_repo_ref(ref) is not None and not Path(ref).exists() and not offline()
 
@@ -55,25 +68,94 @@ def recipe_inputs(recipe: Recipe, recipe_path: str | Path | None, readers: dict[
     return paths
 
 
+def hub_shards(prep: Any, roots: list[Any] | None = None) -> list[tuple[HubReader, str, ShardUse]]:
+    """The shards of Hub models the plan (or the tasks under ``roots``) reads that are not on disk yet, in
+    order of first use."""
+    from mergeflow.io.hub_reader import HubReader
+
+    uses = shard_uses(prep.plan.writes if roots is None else roots, prep.readers)
+    return [(r, u.file, u) for u in uses if isinstance(r := prep.readers[u.model], HubReader) and r.missing(u.file)]
+
+
 def download_bytes(prep: Any) -> int:
-    """Weight bytes of the Hub models known from their headers only that the cache lacks (what a run
-    would download)."""
-    from mergeflow.io.hub_headers import HubHeaderReader
-
-    return sum(r.missing_bytes for r in prep.readers.values() if isinstance(r, HubHeaderReader))
+    """Bytes of the shards of Hub models the plan reads that the cache lacks (what a run downloads)."""
+    return sum(r.shard_size(f) for r, f, _u in hub_shards(prep))
 
 
-def preflight(prep: Any) -> None:
-    """Checks made on headers before any weight byte is fetched: the plan (already built) and the room in
-    the Hugging Face cache for the downloads."""
-    import shutil
+def disk_held(prep: Any, roots: list[Any] | None = None) -> int:
+    """The most bytes of downloaded shards held at once when each is deleted after its last use."""
+    shards = hub_shards(prep, roots)
+    return disk_needed([u for _r, _f, u in shards], {(u.model, u.file): r.shard_size(f) for r, f, u in shards})
 
-    from mergeflow.io.hub import hub_cache
 
-    need, where = download_bytes(prep), hub_cache()
+def _existing(path: Path) -> Path:
+    """``path`` or, when it does not exist yet, its nearest existing parent (where it would be created)."""
+    where = Path(path).absolute()
     while not where.exists():
         where = where.parent
-    free = shutil.disk_usage(where).free
+    return where
+
+
+def nearest_free(path: Path) -> int:
+    """Free bytes on the file system that holds ``path`` (or would)."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def preflight(prep: Any, disk_budget: int | None = None) -> None:
+    """Checks made on headers before any weight byte is fetched: the plan (already built), and room for
+    the downloads: in the Hugging Face cache, or within ``disk_budget`` when shards are fetched into a
+    private folder and deleted as the merge passes them."""
+    from mergeflow.io.hub import hub_cache
+
+    if disk_budget is None:
+        need = download_bytes(prep)
+        free = nearest_free(hub_cache())
+        if need > free:
+            raise InputError(f"the Hub models need {need / 2**30:.2f} GiB in the cache ({hub_cache()}), which has "
+                             f"{free / 2**30:.2f} GiB free; free space, point HF_HUB_CACHE elsewhere or pass "
+                             "--disk-budget")
+        return
+    whole = whole_model_reads(prep.plan.writes)
+    if whole or (prep.recipe.align and prep.recipe.anchor == "auto"):
+        what = "anchor: auto compares whole models" if not whole else "its residual or refine steps read whole models"
+        raise InputError(f"--disk-budget: this recipe cannot drop shards as it goes ({what}); "
+                         "run it without --disk-budget")
+    need = disk_held(prep)
+    if need > disk_budget:
+        raise InputError(f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the {need / 2**30:.2f} GiB of "
+                         "downloaded shards this merge holds at once; raise it")
+
+
+def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
+    """Room at the output location for what the run writes there: the merged model, and the downloaded
+    shards too when they go to the partial output (``disk_budget``) or to a cache on the same disk."""
+    from mergeflow.io.hub import hub_cache
+
+    down = download_bytes(prep)
+    parent = Path(out).absolute().parent
+    need = prep.plan.bytes_written
+    if disk_budget is not None:
+        need += min(disk_budget, down)
+    elif down and _existing(hub_cache()).stat().st_dev == _existing(parent).stat().st_dev:
+        need += down
+    free = nearest_free(parent)
     if need > free:
-        raise InputError(f"the Hub models need {need / 2**30:.2f} GiB in the cache ({hub_cache()}), which has "
-                         f"{free / 2**30:.2f} GiB free; free space or point HF_HUB_CACHE elsewhere")
+        raise InputError(f"output {out}: the run needs {need / 2**30:.2f} GiB on that disk (the merged model"
+                         f"{' and the downloads' if need > prep.plan.bytes_written else ''}), which has "
+                         f"{free / 2**30:.2f} GiB free")
+
+
+def start_downloads(prep: Any, roots: list[Any], partial: Path, disk_budget: int | None,
+                    progress: bool) -> Fetcher | None:
+    """Start fetching the shards of Hub models the tasks under ``roots`` read, in order of first use: into
+    the shared cache, or (``disk_budget``) into the partial output, each deleted after its last use."""
+    from mergeflow.io.fetcher import Fetcher
+
+    shards = hub_shards(prep, roots)
+    if not shards:
+        return None
+    if disk_budget is not None and disk_held(prep, roots) > disk_budget:
+        raise InputError(f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the "
+                         f"{disk_held(prep, roots) / 2**30:.2f} GiB of shards this merge holds at once; raise it")
+    folder = partial / "downloads" if disk_budget is not None else None
+    return Fetcher([(r, f) for r, f, _u in shards], folder, disk_budget, progress).start()

@@ -8,6 +8,7 @@ its shape, lies inside the file, and that ranges neither overlap nor leave holes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -115,3 +116,12 @@ def _tensor(path: str, name: str, info: object, data_start: int, data_len: int) 
             f"shape {shape} of {dtype} needs {prod(shape) * ITEMSIZE[dtype]} bytes, offsets give {end - begin}"
         )
     return TensorInfo(name, dtype, tuple(shape), path, data_start + begin, data_start + end)
+
+
+def header_digest(path: str | Path) -> str:
+    """SHA-256 of a safetensors file's length prefix and header (other files: of their first 1 MiB)."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        size = int.from_bytes(head, "little") if str(path).endswith(".safetensors") and len(head) == 8 else 0
+        body = fh.read(min(size, 100 << 20) if size else 1 << 20)
+    return hashlib.sha256(head + body).hexdigest()

@@ -23,6 +23,7 @@ from mergeflow.patterns import parse_repo_ref
 
 NEEDED = ["*.safetensors", INDEX_NAME, *CONFIG_FILES, *TOKENIZER_FILES, "adapter_config.json", "modules.json",
           "sentence_bert_config.json", "config_sentence_transformers.json", "*/config.json"]
+PICKLED = ["pytorch_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json"]
 TRUE = ("1", "ON", "YES", "TRUE")
 
 
@@ -79,17 +80,22 @@ def hub_errors(who: str, repo: str, rev: str | None) -> Iterator[None]:
         raise ModelError(f"{who}: {named}: {str(exc).splitlines()[0]}") from None
 
 
-def resolve_model(ref: str, root: Path, who: str) -> Resolved:
-    """A recipe's model (or adapter) reference as a local path; ``who`` names it in errors."""
+def resolve_model(ref: str, root: Path, who: str, pickle: bool = False, subfolder: str | None = None) -> Resolved:
+    """A model (or adapter) reference as a local path; ``who`` names it in errors. ``pickle``: fetch
+    ``.bin`` weights too (a repository without safetensors, read under --allow-pickle)."""
     local = Path(ref).expanduser()
     local = local if local.is_absolute() else root / local
     parsed = parse_repo_ref(ref)
     if local.exists() or parsed is None:
+        local = local / subfolder if subfolder else local
         return Resolved(str(local.resolve()) if local.exists() else str(local))
     repo, rev = parsed
     from huggingface_hub import snapshot_download
 
+    patterns = NEEDED + (PICKLED if pickle else [])
+    if subfolder:
+        patterns = [f"{subfolder.strip('/')}/{p}" for p in patterns]
     with hub_errors(who, repo, rev):
-        path = snapshot_download(repo, revision=rev, allow_patterns=NEEDED, cache_dir=str(hub_cache()),
+        path = snapshot_download(repo, revision=rev, allow_patterns=patterns, cache_dir=str(hub_cache()),
                                  local_files_only=offline(), **client_options())
-    return Resolved(str(path), repo, Path(path).name)
+    return Resolved(str(Path(path) / subfolder) if subfolder else str(path), repo, Path(path).name)

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from mergeflow.errors import MissingTensor, ModelError
 from mergeflow.files import read_text_capped
 from mergeflow.io.dtypes import TORCH_TO_ST
-from mergeflow.io.header import TensorInfo, read_header
+from mergeflow.io.header import TensorInfo, header_digest, read_header
 
 RECYCLE_BYTES = 64 * 1024 * 1024
 
@@ -227,6 +227,13 @@ class ModelReader:
     def close(self) -> None:
         with self._lock:
             self._handles.clear()
+
+    def file_identity(self, file: str) -> str:
+        """What must not change about one of the model's files for ``--resume`` to trust it: size and mtime
+        survive `cp -p` / `rsync -a` over the file; inode, ctime (which no user can set) and the header bytes
+        (tensor names, shapes, offsets and metadata) do not."""
+        st = os.stat(file)
+        return f"{file}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}:{header_digest(file)}"
 
     @property
     def model_type(self) -> str | None:

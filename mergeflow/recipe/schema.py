@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
 
+from mergeflow.patterns import parse_repo_ref
+
 DType = Literal["float32", "float64", "bfloat16", "float16"]
 ParamValue = Any  # a scalar, or a list of numbers (a gradient over layers); checked per operator
 
@@ -36,6 +38,29 @@ class ModelEntry(Strict):
         "this model's weights as they are read: W + s·B·A per target, modules_to_save replacing tensors. "
         "Relative paths as for path. mergekit's `base+adapter` means the same.",
     )
+    subfolder: str | None = Field(
+        None, description="The folder inside the model's directory or Hub repository that holds its weights and "
+        "config (e.g. a sentence-transformers module or one model of several in a repository).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hub_long_form(cls, value: Any) -> Any:
+        """``{hub: org/name, revision: REV}`` is the long form of ``path: org/name@REV``."""
+        if not isinstance(value, dict) or ("hub" not in value and "revision" not in value):
+            return value
+        if "hub" not in value:
+            raise ValueError("revision goes with hub: (a Hugging Face repo id)")
+        if "path" in value:
+            raise ValueError("give path or hub, not both")
+        value = dict(value)
+        repo, rev = value.pop("hub"), value.pop("revision", None)
+        if not isinstance(repo, str) or "@" in repo or parse_repo_ref(repo) is None:
+            raise ValueError(f"hub: {repo!r} is not a Hugging Face repo id (org/name); give the revision as revision:")
+        if rev is not None and (not isinstance(rev, str) or not rev or "@" in rev):
+            raise ValueError(f"revision: {rev!r} is not a branch, tag or commit")
+        value["path"] = f"{repo}@{rev}" if rev else repo
+        return value
 
 
 class _Named(Strict):
@@ -131,7 +156,7 @@ class OutputOptions(Strict):
 
 SECTIONS: dict[str, tuple[Any, Any, str]] = {
     # key: (type, default, description)
-    "models": (dict[str, str | ModelEntry], ..., "Source models by name: a path, or {path, params}."),
+    "models": (dict[str, str | ModelEntry], ..., "Source models by name: a path or repo id, or {path | hub, revision, subfolder, params, lora}."),
     "base": (str | None, None, "Name of the base model for task-vector operators (a key of models)."),
     "anchor": (str | None, None, "Model every other model is aligned to (a key of models), or 'auto'."),
     "align": (list[AlignStep], [], "Alignment steps, run in order on each non-anchor model."),

@@ -115,6 +115,8 @@ def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems) -> s
     p = p if p.is_absolute() else (root / p)
     if not p.exists() and parse_repo_ref(entry.path) is not None:
         return entry.path  # a Hugging Face repo id: resolved (cache or download) when the run is prepared
+    if entry.subfolder and p.exists():
+        p = p / entry.subfolder
     if not p.exists():
         probs.add(("models", name), f"path does not exist: {p} (nor is it a repo id org/name[@revision])")
     elif p.is_dir() and not any((p / f).exists() for f in WEIGHT_FILES):
@@ -228,7 +230,10 @@ def validate(
     for name, entry in models.items():
         path = _model_path(name, entry, root or Path.cwd(), probs) if check_paths else entry.path
         lora = _lora_path(name, entry.lora, root or Path.cwd(), probs, check_paths)
-        resolved[name] = entry.model_copy(update={"path": path, "lora": lora})
+        # a local folder's subfolder is part of its resolved path; a repo id keeps it for the Hub
+        keep = not check_paths or (path == entry.path and parse_repo_ref(entry.path) is not None)
+        resolved[name] = entry.model_copy(update={"path": path, "lora": lora,
+                                                  "subfolder": entry.subfolder if keep else None})
     if probs.items:
         raise RecipeError(probs.items, src.name)
     return Recipe(**{**sec, "models": resolved, **({"stats": stats} if stats else {})})

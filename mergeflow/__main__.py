@@ -1,0 +1,5 @@
+"""``python -m mergeflow``: the same as the ``mergeflow`` command."""
+
+from mergeflow.cli.main import main
+
+main()
