@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -161,3 +162,32 @@ def test_validate_checks_hub_models_from_their_headers(online, toy, capsys):
     assert "model 'b'" in err and "shape" in err, err
     assert not _weights_served(hub), hub.downloaded
     assert cli("validate", str(bad), "--recipe-only").returncode == 0
+
+
+def test_an_adapter_on_a_hub_base_is_preflighted_and_its_base_streamed(online, toy, capsys):
+    """Base and adapter by repo id: the adapter (small) is fetched for the pre-flight, the base's shards
+    stream into a disk budget; the result is peft's merge_and_unload. An adapter of another model fails on
+    the headers, before any weight byte of the base."""
+    pytest.importorskip("peft")
+    from tests.test_lora import make_adapter
+
+    root, hub, _commits, _server = online
+    merged = make_adapter(toy("llama"), root / "adapter", "llama", r=2, lora_alpha=4, target_modules=["q_proj"])
+    hub.add("org/chat-lora", root / "adapter")
+    rec = write(root / "r.yml", "models:\n  a: {path: org/base, lora: org/chat-lora}\n  b: org/base\n"
+                                "base: b\nmerge: {task_arithmetic: {lambda: 1.0}}\n")
+    res = cli("run", str(rec), str(root / "out"), "--disk-budget", "200KB")
+    assert res.returncode == 0, res.stderr
+    assert "held at once" in res.stdout, res.stdout
+    out = _tensors(root / "out")
+    assert all(torch.allclose(out[k], merged[k], atol=1e-5) for k in out)
+    assert "with LoRA adapter org/chat-lora@" in (root / "out" / "README.md").read_text()
+    from mergeflow.toymodels import build
+
+    hub.add("org/other", build("gpt2", root / "other", seed=1))
+    hub.downloaded.clear()
+    bad = write(root / "bad.yml", "models:\n  a: {path: org/other, lora: org/chat-lora}\n  b: org/other\n"
+                                  "merge: linear\n")
+    err = clean_failure(capsys, ["run", str(bad), str(root / "bad")], root / "bad")
+    assert "an adapter of another model?" in err, err
+    assert not _weights_served(hub), hub.downloaded

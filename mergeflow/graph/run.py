@@ -30,6 +30,7 @@ from mergeflow.graph.plan import Plan, build_plan, model_dir
 from mergeflow.graph.shard_uses import shard_uses
 from mergeflow.graph.sources import (
     check_room,
+    hub_of,
     not_local,
     open_model,
     preflight,
@@ -116,12 +117,10 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
-    # pre-flight when Hub models must be fetched: the whole plan from config files and headers first; an
-    # adapter may replace whole tensors (a new head), which headers of the base alone cannot show, so
-    # recipes with adapters skip it
+    # pre-flight when Hub models must be fetched: the whole plan from config files and headers first (LoRA
+    # adapters, which are small, are fetched whole for it)
     pre = None
-    if (not opts.headers_only and any(not_local(e.path) for e in recipe.models.values())
-            and not any(e.lora for e in recipe.models.values())):
+    if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
         pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text)
         preflight(pre, opts.disk_budget)
     readers = {
@@ -131,8 +130,8 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         for name, e in recipe.models.items()
     }
     for r in readers.values():
-        if isinstance(r, HubReader):
-            r.headers_only = opts.headers_only
+        if isinstance(hub := hub_of(r), HubReader):
+            hub.headers_only = opts.headers_only
     budget = opts.max_memory if opts.max_memory is not None else default_max_memory()
     # pages touched through open file mappings count as resident: they get an eighth of the budget,
     # and another eighth is headroom (allocator, threads); tensors in flight get the rest
@@ -184,7 +183,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             if key in left:
                 left[key] -= 1
                 if left[key] == 0 and fetcher is not None:
-                    fetcher.release(prep.readers[task.model], key[1])
+                    fetcher.release(hub_of(prep.readers[task.model]), key[1])
         if isinstance(task, Write):
             done[0] += task.rows is None or task.rows[1] == task.out.shape[0]
             bar.update(task.nbytes)

@@ -27,27 +27,29 @@ def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool
     from mergeflow.io.hub import resolve_model
 
     who = f"model '{name}'"
+    reader: ModelReader | None = None
     pickle = False  # .bin weights are fetched only for a repository that has no safetensors
-    if not_local(path) and not lora:
+    if not_local(path):
         from mergeflow.io.hub_reader import HubReader, NoSafetensors
 
         repo, rev = parse_repo_ref(path)  # type: ignore[misc]
         try:
-            return HubReader(name, repo, rev, subfolder, headers_only=headers_only)
+            reader = HubReader(name, repo, rev, subfolder, headers_only=headers_only)
         except NoSafetensors:
             if not allow_pickle:
                 raise
             pickle = True
-    model = resolve_model(path, Path.cwd(), who, pickle=pickle, subfolder=subfolder)
+    if reader is None:
+        model = resolve_model(path, Path.cwd(), who, pickle=pickle, subfolder=subfolder)
+        reader = ModelReader(name, model.path, allow_pickle=allow_pickle)
+        reader.source = model.describe()
     if lora:
         from mergeflow.io.lora import LoraReader
 
-        adapter = resolve_model(lora, Path.cwd(), f"{who} (LoRA adapter)")
-        reader: ModelReader = LoraReader(name, model.path, adapter.path, allow_pickle=allow_pickle)
-        reader.source = f"{model.describe()} with LoRA adapter {adapter.describe()}"
-    else:
-        reader = ModelReader(name, model.path, allow_pickle=allow_pickle)
-        reader.source = model.describe()
+        adapter = resolve_model(lora, Path.cwd(), f"{who} (LoRA adapter)")  # small: fetched whole, even in pre-flight
+        base_source = reader.source
+        reader = LoraReader(name, reader, adapter.path, allow_pickle=allow_pickle)
+        reader.source = f"{base_source} with LoRA adapter {adapter.describe()}"
     return reader
 
 
@@ -74,7 +76,13 @@ def hub_shards(prep: Any, roots: list[Any] | None = None) -> list[tuple[HubReade
     from mergeflow.io.hub_reader import HubReader
 
     uses = shard_uses(prep.plan.writes if roots is None else roots, prep.readers)
-    return [(r, u.file, u) for u in uses if isinstance(r := prep.readers[u.model], HubReader) and r.missing(u.file)]
+    return [(r, u.file, u) for u in uses
+            if isinstance(r := hub_of(prep.readers[u.model]), HubReader) and u.file in r.repo_file and r.missing(u.file)]
+
+
+def hub_of(reader: ModelReader) -> ModelReader:
+    """The reader that holds a model's own shards (the base under a LoRA adapter)."""
+    return getattr(reader, "base", reader)
 
 
 def download_bytes(prep: Any) -> int:

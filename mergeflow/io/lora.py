@@ -25,6 +25,7 @@ import torch
 from mergeflow.errors import ModelError
 from mergeflow.files import read_text_capped
 from mergeflow.io.dtypes import ST_TO_TORCH
+from mergeflow.io.header import TensorInfo
 from mergeflow.io.reader import ModelReader
 
 PREFIX = "base_model.model."
@@ -76,16 +77,41 @@ def read_adapter(adapter: Path, who: str) -> tuple[dict[str, Any], ModelReader]:
 
 
 class LoraReader(ModelReader):
-    """The tensors of ``path`` as ``adapter`` changes them (same interface as ModelReader)."""
+    """The tensors of a base model's reader as ``adapter`` changes them (same interface as ModelReader).
+    ``base``: a reader (a folder's, a Hub model's that fetches shards as they are read), or a path."""
 
-    def __init__(self, name: str, path: str | Path, adapter: str | Path, allow_pickle: bool = False) -> None:
-        super().__init__(name, path, allow_pickle=allow_pickle)
+    def __init__(self, name: str, base: ModelReader | str | Path, adapter: str | Path,
+                 allow_pickle: bool = False) -> None:
+        self.base = base if isinstance(base, ModelReader) else ModelReader(name, base, allow_pickle=allow_pickle)
+        super().__init__(name, self.base.path)
+        self.source = self.base.source
         self.adapter_path = Path(adapter)
         cfg, self.adapter = read_adapter(self.adapter_path, f"model '{name}'")
         self.updates: dict[str, Update] = {}
         self.replaced: dict[str, str] = {}
         self._plan(cfg)
         self.extra_files = [str(self.adapter_path / CONFIG), str(self.adapter_path / WEIGHTS)]
+
+    def _discover(self, allow_pickle: bool) -> None:
+        self.config = self.base.config
+
+    @property  # type: ignore[override]
+    def tensors(self) -> dict[str, TensorInfo]:
+        """The base's tensors (as they are now: a Hub model's shards may move to a run's folder), with the
+        ones the adapter stores whole in their place."""
+        return {**self.base.tensors, **self._own}
+
+    @tensors.setter
+    def tensors(self, value: dict[str, TensorInfo]) -> None:
+        self._own = dict(value)
+
+    def info(self, tensor: str) -> TensorInfo:
+        own = self._own.get(tensor)
+        return own if own is not None else self.base.info(tensor)
+
+    def file_identity(self, file: str) -> str:
+        ours = any(t.file == file for t in self._own.values()) or file in self.extra_files
+        return super().file_identity(file) if ours else self.base.file_identity(file)
 
     def _plan(self, cfg: dict[str, Any]) -> None:
         names = list(self.adapter.tensors)
@@ -116,7 +142,7 @@ class LoraReader(ModelReader):
                 target = rest.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
                 self._target(target, key)
                 self.replaced[target] = key
-                self.tensors[target] = self.adapter.info(key)
+                self._own[target] = self.adapter.info(key)
 
     def _target(self, tensor: str, key: str) -> None:
         if tensor not in self.tensors:
@@ -130,7 +156,7 @@ class LoraReader(ModelReader):
         if tensor in self.replaced:
             w = self.adapter.read(self.replaced[tensor], dtype=want, device=device, rows=rows)
         else:
-            w = super().read(tensor, dtype=want, device=device, rows=rows)
+            w = self.base.read(tensor, dtype=want, device=device, rows=rows)
         if up is None:
             return w
         a = self.adapter.read(up.a, dtype=torch.float32, device=device)  # (r, in) or (r, vocab)
@@ -147,6 +173,6 @@ class LoraReader(ModelReader):
         return out.to(dtype if dtype is not None else ST_TO_TORCH[self.info(tensor).dtype])
 
     def close(self) -> None:
-        super().close()
+        self.base.close()
         self.adapter.close()
 
