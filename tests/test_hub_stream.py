@@ -191,3 +191,16 @@ def test_an_adapter_on_a_hub_base_is_preflighted_and_its_base_streamed(online, t
     err = clean_failure(capsys, ["run", str(bad), str(root / "bad")], root / "bad")
     assert "an adapter of another model?" in err, err
     assert not _weights_served(hub), hub.downloaded
+
+
+def test_shards_an_interrupted_attempt_left_in_the_private_folder_are_dropped(tmp_path):
+    from mergeflow.io.fetcher import Fetcher
+
+    stale = tmp_path / "downloads" / "model-0" / "model-00001-of-00002.safetensors"
+    meta = tmp_path / "downloads" / "model-0" / ".cache" / "huggingface" / "download" / "x.safetensors"
+    for p in (stale, meta):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"0" * 10)
+    fetcher = Fetcher([], tmp_path / "downloads", budget=100)
+    fetcher.close()
+    assert not stale.exists() and meta.exists()

@@ -53,6 +53,7 @@ class Fetcher:
             for reader, m in moves.items():
                 reader.relocate(m)
             shards = [(r, moves[r][f]) for r, f in shards]
+            self._drop_stale(folder, {f for _r, f in shards})
         self.jobs = {(id(r), f): Job(r, f, r.shard_size(f)) for r, f in shards}
         self.held = self.peak_held = self.downloaded = 0
         self.deleted: list[str] = []
@@ -64,6 +65,15 @@ class Fetcher:
         self._thread = threading.Thread(target=self._work, name="mergeflow-download", daemon=True)
         for reader in {id(j.reader): j.reader for j in self.jobs.values()}.values():
             reader.fetcher = self
+
+    @staticmethod
+    def _drop_stale(folder: Path, planned: set[str]) -> None:
+        """Shards an interrupted attempt left in the (private) folder that this run no longer reads (--resume
+        after the shards they fed were written): deleted, so they do not count against the budget."""
+        if folder.is_dir():
+            for path in folder.rglob("*.safetensors"):
+                if ".cache" not in path.relative_to(folder).parts and str(path) not in planned:
+                    path.unlink()
 
     def start(self) -> Fetcher:
         if self.jobs:
