@@ -10,7 +10,9 @@ bytes per second per download, and measures in one run, side by side:
   merge only      `mergeflow run` with every shard already in the cache (HF_HUB_OFFLINE=1)
   streamed        `mergeflow run` from an empty cache: shards fetched in plan order while merging
   disk budget     the same with --disk-budget of two shards per model (downloads deleted as they are passed)
-and prints wall times, peak RSS and the ratios streamed / (download + merge) and streamed / max(...).
+and prints wall times, peak RSS and the ratios streamed / (download + merge) and streamed / max(...);
+for the streamed runs also where the time went, from mergeflow's own summary: before the run starts
+(interpreter, imports, pre-flight), downloading, and merging after the last shard arrived.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -105,9 +108,13 @@ def main() -> None:
         ratio = (f"{st['seconds'] / (down + merged):15.2f} {st['seconds'] / max(down, merged):17.2f}"
                  if label.startswith("streamed") else f"{'':15} {'':17}")
         print(f"{label:28} {st['seconds']:8.1f} {st['peak_rss_bytes'] / 2**20:8.0f} MiB {ratio}")
-        held = [line for line in st["stdout"].splitlines() if line.startswith("downloaded")]
-        if held:
-            print(f"{'':28} {held[0]}")
+        run = re.search(r" in ([0-9.]+) s; peak RSS", st["stdout"])
+        fetched = re.search(r"^(downloaded .* in ([0-9.]+) s.*)$", st["stdout"], re.M)
+        if run and fetched:
+            inside, dl = float(run[1]), float(fetched[2])
+            print(f"{'':28} {fetched[1]}")
+            print(f"{'':28} {st['seconds'] - inside:.1f} s before the run (imports, pre-flight), {dl:.1f} s "
+                  f"downloading, {inside - dl:.1f} s merging after the last shard")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ def run(
         )
         if result.downloaded:
             held = f", at most {human(result.download_peak)} held at once" if result.download_peak else ""
-            click.echo(f"downloaded {human(result.downloaded)} of shards from the Hub{held}")
+            click.echo(f"downloaded {human(result.downloaded)} of shards from the Hub in {result.download_seconds:.1f} s"
+                       f"{held}")
         print_alignment(result)
 
 

@@ -19,14 +19,13 @@ def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | No
          strict: bool) -> None:
     """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
     from mergeflow.graph import run as runner
+    from mergeflow.graph.sources import preflight
 
+    budget = parse_size(disk_budget, "--disk-budget", 1)
     opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
                           strict=strict, headers_only=True)
     prep = runner.prepare(recipe, opts)
-    from mergeflow.graph.sources import disk_held, download_bytes, preflight
-
-    budget = parse_size(disk_budget, "--disk-budget", 1)
-    preflight(prep, budget)
+    download, held = preflight(prep, budget)
     p = prep.plan
     click.echo(f"recipe: {recipe}")
     click.echo("models:")
@@ -38,13 +37,12 @@ def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | No
     click.echo(f"operators: {', '.join(f'{k} x{v}' for k, v in p.ops_used.items())}")
     click.echo(f"tensors: {p.n_tensors}")
     click.echo(f"read: {human(p.bytes_read)}   write: {human(p.bytes_written)} in {len(p.layouts)} shard(s)")
-    if download_bytes(prep):
-        click.echo(f"download from the Hub: {human(download_bytes(prep))} of weights (checked from config and "
+    if download:
+        click.echo(f"download from the Hub: {human(download)} of weights (checked from config and "
                    "safetensors headers only; nothing downloaded yet)")
-        click.echo(f"disk held by downloads: {human(download_bytes(prep))} in the Hugging Face cache"
-                   if budget is None else
-                   f"disk held by downloads: at most {human(disk_held(prep))} at once (--disk-budget "
-                   f"{disk_budget}), deleted as the merge passes them")
+        click.echo(f"disk held by downloads: {human(held)} in the Hugging Face cache" if budget is None else
+                   f"disk held by downloads: at most {human(held)} at once (--disk-budget {disk_budget}), "
+                   "deleted as the merge passes them")
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     if p.arch is not None:
         steps = ", ".join(step.name for step in prep.recipe.align)

@@ -27,7 +27,6 @@ from mergeflow.graph.memory import (
     tensor_budget,
 )
 from mergeflow.graph.plan import Plan, build_plan, model_dir
-from mergeflow.graph.shard_uses import shard_uses
 from mergeflow.graph.sources import (
     check_room,
     hub_of,
@@ -108,6 +107,7 @@ class Result:
     resumed_shards: int = 0  # shards kept from an interrupted run (--resume)
     downloaded: int = 0  # bytes of Hub shards fetched during the run
     download_peak: int = 0  # with --disk-budget: the most bytes of them held at once
+    download_seconds: float = 0.0  # from the run's start of downloads to the last shard on disk
 
 
 def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
@@ -123,6 +123,11 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
         pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text)
         preflight(pre, opts.disk_budget)
+        if not (recipe.align and recipe.anchor == "auto"):  # the pre-flight's plan is the run's: reads allowed now
+            for r in pre.readers.values():
+                if isinstance(hub := hub_of(r), HubReader):
+                    hub.headers_only = False
+            return pre
     readers = {
         name: pre.readers[name] if pre is not None else open_model(
             name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only,
@@ -174,16 +179,12 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
     )
     done = [0]
 
-    left: dict[tuple[str, str], int] = {}  # loads still to come per downloaded shard (deleted at zero)
     fetcher = None
 
     def on_done(task: object) -> None:
-        if isinstance(task, Load) and left:
-            key = (task.model, prep.readers[task.model].info(task.tensor).file)
-            if key in left:
-                left[key] -= 1
-                if left[key] == 0 and fetcher is not None:
-                    fetcher.release(hub_of(prep.readers[task.model]), key[1])
+        if isinstance(task, Load) and fetcher is not None and fetcher.folder is not None:
+            reader = prep.readers[task.model]
+            fetcher.loaded(hub_of(reader), reader.info(task.tensor).file)  # deletes a shard after its last load
         if isinstance(task, Write):
             done[0] += task.rows is None or task.rows[1] == task.out.shape[0]
             bar.update(task.nbytes)
@@ -207,8 +208,6 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         malloc_returns_large_blocks(prep.max_memory)
         try:
             fetcher = start_downloads(prep, todo, tmp, opts.disk_budget, progress)
-            if fetcher is not None and fetcher.folder is not None:
-                left.update({(u.model, u.file): u.loads for u in shard_uses(todo, prep.readers)})
             execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done)
         finally:
             if fetcher is not None:
@@ -218,7 +217,8 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
             for r in prep.readers.values():
                 r.close()
         files = writer.finish()
-        downloaded = (fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0) if fetcher else (0, 0)
+        downloaded = ((fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0, fetcher.seconds) if fetcher
+                      else (0, 0, 0.0))
         cfg_dir = model_dir(str(prep.readers[recipe.config_source].path))
         tok = recipe.output.tokenizer
         tok_dir = (

@@ -75,6 +75,8 @@ def hub_shards(prep: Any, roots: list[Any] | None = None) -> list[tuple[HubReade
     order of first use."""
     from mergeflow.io.hub_reader import HubReader
 
+    if not any(isinstance(hub_of(r), HubReader) for r in prep.readers.values()):
+        return []  # local models: no need to walk the plan
     uses = shard_uses(prep.plan.writes if roots is None else roots, prep.readers)
     return [(r, u.file, u) for u in uses
             if isinstance(r := hub_of(prep.readers[u.model]), HubReader) and u.file in r.repo_file and r.missing(u.file)]
@@ -85,14 +87,13 @@ def hub_of(reader: ModelReader) -> ModelReader:
     return getattr(reader, "base", reader)
 
 
-def download_bytes(prep: Any) -> int:
-    """Bytes of the shards of Hub models the plan reads that the cache lacks (what a run downloads)."""
-    return sum(r.shard_size(f) for r, f, _u in hub_shards(prep))
+def download_bytes(shards: list[tuple[HubReader, str, ShardUse]]) -> int:
+    """Bytes of the shards (of :func:`hub_shards`) the cache lacks: what a run downloads."""
+    return sum(r.shard_size(f) for r, f, _u in shards)
 
 
-def disk_held(prep: Any, roots: list[Any] | None = None) -> int:
-    """The most bytes of downloaded shards held at once when each is deleted after its last use."""
-    shards = hub_shards(prep, roots)
+def disk_held(shards: list[tuple[HubReader, str, ShardUse]]) -> int:
+    """The most bytes of those shards held at once when each is deleted after its last use."""
     return disk_needed([u for _r, _f, u in shards], {(u.model, u.file): r.shard_size(f) for r, f, u in shards})
 
 
@@ -109,28 +110,35 @@ def nearest_free(path: Path) -> int:
     return shutil.disk_usage(_existing(path)).free
 
 
-def preflight(prep: Any, disk_budget: int | None = None) -> None:
+def preflight(prep: Any, disk_budget: int | None = None) -> tuple[int, int]:
     """Checks made on headers before any weight byte is fetched: the plan (already built), and room for
     the downloads: in the Hugging Face cache, or within ``disk_budget`` when shards are fetched into a
-    private folder and deleted as the merge passes them."""
+    private folder and deleted as the merge passes them. Returns (bytes to download, the most of them
+    held at once under the budget)."""
     from mergeflow.io.hub import hub_cache
 
+    shards = hub_shards(prep)
+    need = download_bytes(shards)
     if disk_budget is None:
-        need = download_bytes(prep)
         free = nearest_free(hub_cache())
         if need > free:
             raise InputError(f"the Hub models need {need / 2**30:.2f} GiB in the cache ({hub_cache()}), which has "
                              f"{free / 2**30:.2f} GiB free; free space, point HF_HUB_CACHE elsewhere or pass "
                              "--disk-budget")
-        return
+        return need, need
     whole = whole_model_reads(prep.plan.writes)
     if whole or (prep.recipe.align and prep.recipe.anchor == "auto"):
         what = "anchor: auto compares whole models" if not whole else "its residual or refine steps read whole models"
         raise InputError(f"--disk-budget: this recipe cannot drop shards as it goes ({what}); "
                          "run it without --disk-budget")
-    need = disk_held(prep)
-    if need > disk_budget:
-        raise InputError(f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the {need / 2**30:.2f} GiB of "
+    held = disk_held(shards)
+    _check_budget(held, disk_budget)
+    return need, held
+
+
+def _check_budget(held: int, disk_budget: int) -> None:
+    if held > disk_budget:
+        raise InputError(f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the {held / 2**30:.2f} GiB of "
                          "downloaded shards this merge holds at once; raise it")
 
 
@@ -139,7 +147,7 @@ def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
     shards too when they go to the partial output (``disk_budget``) or to a cache on the same disk."""
     from mergeflow.io.hub import hub_cache
 
-    down = download_bytes(prep)
+    down = download_bytes(hub_shards(prep))
     parent = Path(out).absolute().parent
     need = prep.plan.bytes_written
     if disk_budget is not None:
@@ -156,14 +164,14 @@ def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
 def start_downloads(prep: Any, roots: list[Any], partial: Path, disk_budget: int | None,
                     progress: bool) -> Fetcher | None:
     """Start fetching the shards of Hub models the tasks under ``roots`` read, in order of first use: into
-    the shared cache, or (``disk_budget``) into the partial output, each deleted after its last use."""
+    the shared cache, or (``disk_budget``) into the partial output, each deleted after its last load
+    (which the run reports to :meth:`Fetcher.loaded`)."""
     from mergeflow.io.fetcher import Fetcher
 
     shards = hub_shards(prep, roots)
     if not shards:
         return None
-    if disk_budget is not None and disk_held(prep, roots) > disk_budget:
-        raise InputError(f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the "
-                         f"{disk_held(prep, roots) / 2**30:.2f} GiB of shards this merge holds at once; raise it")
+    if disk_budget is not None:
+        _check_budget(disk_held(shards), disk_budget)
     folder = partial / "downloads" if disk_budget is not None else None
-    return Fetcher([(r, f) for r, f, _u in shards], folder, disk_budget, progress).start()
+    return Fetcher([(r, f, u.loads) for r, f, u in shards], folder, disk_budget, progress).start()

@@ -6,8 +6,8 @@ works on the shards already there, so a merge takes about max(download, merge) r
 A reader that needs a shard waits for it (:meth:`wait`).
 
 With a disk budget the shards go to a private folder instead of the shared cache, a download starts
-only when it fits in the budget beside the shards still held, and the run :meth:`release` s each shard
-once the merge has passed its last use, which deletes it. The plan checks beforehand that the shards
+only when it fits in the budget beside the shards still held, and the run reports each load it has
+done (:meth:`loaded`): after a shard's last load it is deleted. The plan checks beforehand that the shards
 the merge holds at once fit (:func:`mergeflow.graph.shard_uses.disk_needed`), so the wait always ends.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,29 +35,31 @@ class Job:
     reader: Any  # HubReader
     file: str  # its local path, as the reader's tensors name it
     size: int
+    loads: int  # loads of the plan still to read it
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    held: bool = False  # counted in the bytes held on disk
 
 
 class Fetcher:
-    def __init__(self, shards: list[tuple[Any, str]], folder: Path | None = None, budget: int | None = None,
+    def __init__(self, shards: list[tuple[Any, str, int]], folder: Path | None = None, budget: int | None = None,
                  progress: bool = False) -> None:
-        """``shards``: (HubReader, local path) in order of first use. ``folder``: a private folder (with
-        ``budget``, in bytes) instead of the shared cache."""
+        """``shards``: (HubReader, local path, loads that read it) in order of first use. ``folder``: a
+        private folder (with ``budget``, in bytes) instead of the shared cache."""
         self.folder, self.budget = folder, budget
+        self._dirs: dict[int, Path] = {}
         if folder is not None:
             moves: dict[Any, dict[str, str]] = {}
-            self._dirs: dict[int, Path] = {}
-            for reader, file in shards:
+            for reader, file, _n in shards:
                 where = self._dirs.setdefault(id(reader), folder / f"model-{len(self._dirs)}")
                 moves.setdefault(reader, {})[file] = str(where / reader.repo_file[file])
             for reader, m in moves.items():
                 reader.relocate(m)
-            shards = [(r, moves[r][f]) for r, f in shards]
-            self._drop_stale(folder, {f for _r, f in shards})
-        self.jobs = {(id(r), f): Job(r, f, r.shard_size(f)) for r, f in shards}
+            shards = [(r, moves[r][f], n) for r, f, n in shards]
+            self._drop_stale(folder, {f for _r, f, _n in shards})
+        self.jobs = {(id(r), f): Job(r, f, r.shard_size(f), n) for r, f, n in shards}
         self.held = self.peak_held = self.downloaded = 0
-        self.deleted: list[str] = []
+        self.seconds = 0.0  # from start() to the last shard on disk
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self.bar = tqdm(total=sum(j.size for j in self.jobs.values()), unit="B", unit_scale=True,
@@ -77,6 +80,7 @@ class Fetcher:
 
     def start(self) -> Fetcher:
         if self.jobs:
+            self._started = time.perf_counter()
             self._thread.start()
         return self
 
@@ -117,6 +121,7 @@ class Fetcher:
                 else:
                     self.held += job.size
                     self.peak_held = max(self.peak_held, self.held)
+                    job.held = True
             if job.error is None:
                 r = job.reader
                 where = ({"local_dir": str(self._dirs[id(r)])} if self.folder is not None
@@ -125,6 +130,7 @@ class Fetcher:
                     hf_hub_download(r.repo, r.repo_file[job.file], revision=r.commit, tqdm_class=feed,
                                     **where, **client_options())
                     self.downloaded += job.size
+                    self.seconds = time.perf_counter() - self._started
                 except BaseException as exc:  # handed to the reader that waits for this shard
                     job.error = exc
             job.done.set()
@@ -145,17 +151,22 @@ class Fetcher:
             with hub_errors(reader.who, reader.repo, reader.commit):
                 raise job.error
 
-    def release(self, reader: Any, file: str) -> None:
-        """The merge has passed the shard's last use: with a budget, delete it and make room."""
+    def loaded(self, reader: Any, file: str) -> None:
+        """The merge has read one of its loads from the shard. With a budget, after the last one the shard
+        is deleted and its room given to the downloads still to come."""
         job = self.jobs.get((id(reader), file))
-        if self.folder is None or job is None or not job.done.is_set():
+        if self.folder is None or job is None:
+            return
+        job.loads -= 1
+        if job.loads > 0:
             return
         reader.forget(file)
-        if job.error is None and os.path.isfile(file):
+        if os.path.isfile(file):
             os.unlink(file)
-            self.deleted.append(file)
         with self._cond:
-            self.held -= job.size
+            if job.held:
+                self.held -= job.size
+                job.held = False
             self._cond.notify_all()
 
     def close(self) -> None:

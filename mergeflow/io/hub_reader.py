@@ -124,12 +124,12 @@ class HubReader(ModelReader):
             return
         if self.headers_only:
             raise ModelError(f"{self.who}: {self.repo} is known from its headers only (pre-flight)")
+        if self.fetcher is not None and self.fetcher.has(self, file):
+            self.fetcher.wait(self, file)  # outside the lock: other shards of this model stay readable
         with self._fetch_lock:
             if file in self._checked:
                 return
-            if self.fetcher is not None and self.fetcher.has(self, file):
-                self.fetcher.wait(self, file)
-            elif not Path(file).is_file():
+            if not Path(file).is_file():
                 from huggingface_hub import hf_hub_download
 
                 with hub_errors(self.who, self.repo, self.commit):

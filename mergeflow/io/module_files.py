@@ -24,7 +24,7 @@ def module_folders(src: Path) -> list[str]:
     """The module folders ``modules.json`` names (plain relative names only; the transformer's "" excluded)."""
     try:
         modules = json.loads(read_text_capped(src / "modules.json", "modules.json of", 1 << 20))
-    except (ValueError, OSError, Exception):  # noqa: BLE001  (a malformed file just copies nothing more)
+    except Exception:  # noqa: BLE001  (a malformed or unreadable file just copies nothing more)
         return []
     out = []
     for m in modules if isinstance(modules, list) else []:
