@@ -52,17 +52,23 @@ def _model(family: str, overrides: dict[str, Any] | None = None) -> Any:
     return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**{**kwargs, **(overrides or {})}))
 
 
-def save_tokenizer(path: Path) -> None:
-    """A character-level fast tokenizer (tokenizer.json etc.), built without any download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def save_tokenizer(path: Path, chars: list[str] | str = CHARS, words: tuple[str, ...] = (),
+                   special: tuple[str, ...] = ()) -> None:
+    """A character-level fast tokenizer (tokenizer.json etc.), built without any download: ``chars`` in
+    order after four special tokens, then ``words`` (whole-word entries, reached only as added tokens of
+    another tokenizer) and ``special`` (added special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<pad>": 0, "<unk>": 1, "<s>": 2, "</s>": 3, **{c: i + 4 for i, c in enumerate(CHARS)}}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    pieces = ["<pad>", "<unk>", "<s>", "</s>", *chars, *words]
+    tok = Tokenizer(models.WordLevel(vocab={p: i for i, p in enumerate(pieces)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters decode back to the text
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+    if special:
+        fast.add_special_tokens({"additional_special_tokens": list(special)})
     fast.save_pretrained(str(path))
 
 

@@ -13,7 +13,8 @@ ALLOWED = {
     "arch": {"arch", "registry", "errors"},
     "io": {"io", "errors", "", "files", "patterns"},
     "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files",
-              "patterns"},
+              "patterns", "tokenizer"},
+    "tokenizer": {"tokenizer", "io", "arch", "recipe", "errors", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors", "files"},
 }

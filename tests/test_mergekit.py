@@ -36,7 +36,7 @@ out_dtype: bfloat16
 tokenizer_source: base
 """, "models: {{a: {a}, b: {{path: {b}, params: {{density: [1.0, 0.7, 0.1], weight: 1.0}}}}}}\nbase: a\n"
          "merge: {{ties: {{normalize: true}}}}\noverrides: [{{regex: mlp, models: {{b: {{weight: 0.5}}}}}}]\n"
-         "outside_position: 0.0\ndtype: float32\nout_dtype: bfloat16\noutput: {{tokenizer: a}}\n"),
+         "outside_position: 0.0\ndtype: float32\nout_dtype: bfloat16\ntokenizer: {{source: base}}\n"),
     "slerp": ("""\
 models:
   - model: {a}
@@ -138,13 +138,13 @@ slices:
       - model: {a}
         layer_range: [0, 2]
 merge_method: arcee_fusion
-tokenizer_source: union
+tokenizer: 12
 models:
   - model: {a}+some/lora
 """)
     res = cli("validate", str(mk))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     for frag in ("models: give exactly one of models: or slices:", "merge_method: 'arcee_fusion' is not supported",
-                 "tokenizer_source: 'union' is not supported"):
+                 "tokenizer: expected {source, tokens, pad_to_multiple_of}"):
         assert frag in res.stderr, frag
     assert "lora" not in res.stderr.lower()  # model+adapter is accepted (the adapter a repo id, resolved at run)

@@ -9,10 +9,14 @@ in the files); only the file names appear here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from mergeflow.registry import Registry
+
+# tensors indexed by token id in their first dimension (embeddings, LM heads), in every family
+VOCAB_RE = re.compile(r"embed_tokens|lm_head|\bwte\b|word_embeddings|embed_out|shared\.weight")
 
 
 @dataclass(frozen=True)

@@ -13,19 +13,22 @@ from mergeflow.errors import InputError
 @click.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 def convert(config: str) -> None:
-    """Print the native recipe equivalent to a mergekit CONFIG (paths as written, relative to the working
+    """Print the native recipe equivalent to a mergekit CONFIG, or to a mergekit-multi file (documents separated
+    by ---) as a stages: list (paths as written, relative to the working
     directory in mergekit; put the recipe where they resolve, or make them absolute)."""
     import yaml
 
     from mergeflow.recipe.mergekit import convert as convert_mergekit
     from mergeflow.recipe.mergekit import is_mergekit
-    from mergeflow.recipe.yaml_source import read_yaml
+    from mergeflow.recipe.stages import convert_file
+    from mergeflow.recipe.yaml_source import read_yaml_docs
 
-    src = read_yaml(config)
-    if not is_mergekit(src.data):
+    docs = read_yaml_docs(config)
+    if not any(is_mergekit(d.data) for d in docs):
         raise InputError(f"{config}: not a mergekit config (it has no merge_method)")
+    native = convert_file(docs) if len(docs) > 1 else convert_mergekit(docs[0])
     click.echo(f"# converted from {config} by mergeflow convert", nl=True)
-    click.echo(yaml.safe_dump(convert_mergekit(src), sort_keys=False), nl=False)
+    click.echo(yaml.safe_dump(native, sort_keys=False), nl=False)
 
 
 @click.group(name="eval")

@@ -19,6 +19,7 @@ from mergeflow.cli.lora_cmd import extract_lora
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.plan_cmd import plan
+from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file, validate_file
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
@@ -59,6 +60,8 @@ def cli() -> None:
 @PARENTS
 @REPORT
 @QUIET
+@INTERMEDIATE
+@STAGE
 def run(
     recipe: str,
     out_pos: str | None,
@@ -75,8 +78,11 @@ def run(
     parents: bool,
     report: str | None,
     quiet: bool,
+    intermediate_dir: str | None,
+    upto: str | None,
 ) -> None:
-    """Merge the models of RECIPE into the directory OUT."""
+    """Merge the models of RECIPE into the directory OUT. A multi-stage RECIPE (mergekit-multi's documents
+    separated by ---, or a stages: list) runs its stages in order, the final one into OUT."""
     from mergeflow.graph import run as runner
 
     if out_pos and out_opt and out_pos != out_opt:
@@ -96,6 +102,13 @@ def run(
         parents=parents,
         disk_budget=parse_size(disk_budget, "--disk-budget", 1),
     )
+    if is_multistage_file(recipe):
+        if report:
+            raise InputError("--report: not available for multi-stage files yet")
+        run_file(recipe, out, opts, intermediate_dir, upto, quiet)
+        return
+    if upto is not None or intermediate_dir is not None:
+        raise InputError("--stage and --intermediate-dir are for multi-stage files; this recipe has one stage")
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=not quiet)
@@ -185,6 +198,9 @@ def validate(recipe: str, recipe_only: bool, allow_pickle: bool) -> None:
     from mergeflow.merge.catalog import OPERATORS
     from mergeflow.recipe.validate import load_recipe
 
+    if is_multistage_file(recipe):
+        validate_file(recipe, recipe_only, runner.Options(device="cpu", allow_pickle=allow_pickle))
+        return
     r = load_recipe(recipe, OPERATORS, STEPS)
     if not recipe_only:
         from mergeflow.graph.sources import preflight

@@ -6,6 +6,7 @@ import click
 
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, PICKLE, STRICT
 from mergeflow.cli.output import human, parse_size
+from mergeflow.cli.stages_cmd import INTERMEDIATE, is_multistage_file, plan_file
 
 
 @click.command()
@@ -15,13 +16,18 @@ from mergeflow.cli.output import human, parse_size
 @DISK
 @PICKLE
 @STRICT
+@INTERMEDIATE
 def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | None, allow_pickle: bool,
-         strict: bool) -> None:
+         strict: bool, intermediate_dir: str | None) -> None:
     """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
     from mergeflow.graph import run as runner
     from mergeflow.graph.sources import preflight
 
     budget = parse_size(disk_budget, "--disk-budget", 1)
+    if is_multistage_file(recipe):
+        plan_file(recipe, runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
+                                         strict=strict), intermediate_dir)
+        return
     opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
                           strict=strict, headers_only=True)
     prep = runner.prepare(recipe, opts)

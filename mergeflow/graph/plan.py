@@ -4,7 +4,7 @@ output tensor, in the order the reference model stores them (so reads run shard 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,8 @@ from mergeflow.io.writer import OutTensor, ShardLayout, plan_shards
 from mergeflow.merge.base import MergeOperator
 from mergeflow.recipe.resolve import Resolver
 from mergeflow.recipe.schema import Recipe
+from mergeflow.tokenizer.build import VocabMap
+from mergeflow.tokenizer.remap import reindexed
 
 CHUNK_ELEMS = 1 << 22  # elementwise merges of larger tensors run in row blocks of about this many entries
 
@@ -59,6 +61,7 @@ class Plan:
     layer_origin: list[tuple[str, int]] = field(default_factory=list)  # with slices: (model, layer) per output layer
     vocab_size: int | None = None  # rows of the embeddings when the models' vocabularies differ in size
     unused_overrides: list[str] = field(default_factory=list)  # overrides that selected no tensor
+    vmap: VocabMap | None = None  # the output tokenizer, when the recipe has a tokenizer section
 
 
 def build_plan(
@@ -69,17 +72,21 @@ def build_plan(
     chunk_elems: int = CHUNK_ELEMS,
     anchor_name: str | None = None,
     stats: Mapping[str, Stats] | None = None,
+    vmap: VocabMap | None = None,
 ) -> Plan:
     """One load -> (align) -> merge -> write chain per output tensor. ``anchor_name`` resolves
-    ``anchor: auto`` (see graph.anchor)."""
+    ``anchor: auto`` (see graph.anchor). ``vmap``: the recipe's tokenizer section, built (embedding and
+    head rows re-indexed to the output tokenizer)."""
     ref = recipe.config_source
     resolve = Resolver(recipe, operators)
     vocab: dict[str, VocabRows] = {}
     if not recipe.slices:
         tok = recipe.output.tokenizer
-        vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
+        if vmap is None:
+            vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
         # tensors copied from one model (passthrough) may differ in shape, e.g. classifier heads
-        check_models(recipe, readers, ref, vocab, lambda t: resolve(t, 0.0).op == "passthrough")
+        check_models(recipe, readers, ref, vmap.tensors if vmap is not None else vocab,
+                     lambda t: resolve(t, 0.0).op == "passthrough")
     ref_reader = readers[ref]
     compute = NAMES[recipe.dtype]
     csize = torch.empty((), dtype=compute).element_size()
@@ -129,6 +136,9 @@ def build_plan(
         vrows = vocab.get(tname)
         if vrows is not None:  # output rows as in the tokenizer's model; merged on the shared ones
             info = readers[vrows.source].info(tname)
+        remap = vmap is not None and tname in vmap.tensors
+        if remap:  # every model's rows re-indexed to the output tokenizer, then merged whole
+            info = replace(info, shape=vmap.tensors[tname])
         settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
         check_kinds(tname, {m: all_readers[m].info(item.names[m]).dtype for m in item.models}, settings.op)
         op = operators[settings.op]
@@ -144,7 +154,7 @@ def build_plan(
             members = [m for m in item.models if not (with_base and m == recipe.base)]
             if op.select is not None:
                 members = op.select(params, members)
-                if vrows is None:  # the selected model's own shape
+                if vrows is None and not remap:  # the selected model's own shape
                     info = readers[members[0]].info(item.names[members[0]])
             tstats = None if op.stats is None else tensor_stats(op.stats, tname, info.shape, members, item.names,
                                                                  stats)
@@ -165,19 +175,23 @@ def build_plan(
         )
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
-        blocks = row_blocks(info.shape, chunk_elems) if op.elementwise else [None]
+        blocks = row_blocks(info.shape, chunk_elems) if op.elementwise and not remap else [None]
+        src = source
+        if remap:
+            tasks = reindexed(vmap, tname, members, recipe.base if with_base else None, source)
+            src = lambda m, _t, _rows, tasks=tasks: tasks[m]  # noqa: E731
         if vrows is not None:
             blocks = ([(0, vrows.shared) if b is None else b
                        for b in row_blocks((vrows.shared, *info.shape[1:]), chunk_elems)]
                       if op.elementwise else [(0, vrows.shared)])
         for part, rows in enumerate(blocks):
-            base = source(recipe.base, item.names[recipe.base], rows) if with_base else None
-            inputs = tuple(source(m, item.names[m], rows) for m in members)
+            base = src(recipe.base, item.names[recipe.base], rows) if with_base else None
+            inputs = tuple(src(m, item.names[m], rows) for m in members)
             extra = tstats.merge_fields(rows, load) if tstats is not None else {}
             merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part, **extra)
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
-            task_bytes = int(numel * csize * (len(merge.deps()) + op.work) + writes[-1].nbytes)
+            task_bytes = int(numel * csize * (len(merge.deps()) * (2 if remap else 1) + op.work) + writes[-1].nbytes)
             if task_bytes > peak:
                 peak, peak_name = task_bytes, tname
         if vrows is not None and vrows.rows > vrows.shared:  # the tokenizer model's extra rows, copied
@@ -201,10 +215,10 @@ def build_plan(
     layouts = plan_shards(outs, int(recipe.output.shard_size))
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
     total_out = sum(o.nbytes for o in outs)
-    vocab_size = max((v.rows for v in vocab.values()), default=None)
+    vocab_size = vmap.rows if vmap is not None else max((v.rows for v in vocab.values()), default=None)
     unused = [describe_override(recipe, i) for i, n in enumerate(resolve.hits) if n == 0]
     return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
-                origin, vocab_size, unused)
+                origin, vocab_size, unused, vmap)
 
 
 def model_dir(path: str) -> Path | None:

@@ -26,7 +26,7 @@ from mergeflow.graph.memory import (
     peak_rss_bytes,
     tensor_budget,
 )
-from mergeflow.graph.plan import Plan, build_plan, model_dir
+from mergeflow.graph.plan import Plan, build_plan
 from mergeflow.graph.sources import (
     check_room,
     hub_of,
@@ -38,19 +38,20 @@ from mergeflow.graph.sources import (
 )
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.stats_inputs import open_stats
+from mergeflow.graph.support import write_support
 from mergeflow.graph.tasks import Load, Write
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
 from mergeflow.io.hub_reader import HubReader
 from mergeflow.io.journal import Journal
-from mergeflow.io.module_files import copy_module_files
-from mergeflow.io.output_dir import OutputDir, check_output_path, copy_support_files
+from mergeflow.io.output_dir import OutputDir, check_output_path
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import load_recipe
 from mergeflow.recipe.yaml_source import MAX_BYTES
+from mergeflow.tokenizer.recipe import recipe_tokenizer
 
 PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
 MAPPED_CAP = 4 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
@@ -95,6 +96,7 @@ class Prepared:
     device: torch.device
     max_memory: int
     inputs: list[Path] = field(default_factory=list)  # every file or folder read: nothing is written over them
+    chat_template: str | None = None  # the Jinja text written into the output's tokenizer config
 
 
 @dataclass
@@ -111,9 +113,11 @@ class Result:
 
 
 def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
-            recipe_text: str | None = None) -> Prepared:
+            recipe_text: str | None = None, given: dict[str, ModelReader] | None = None) -> Prepared:
     """Validate the recipe, open every model's headers, check them against each other and plan.
-    ``recipe``/``recipe_text`` stand in for the file when a command builds the recipe itself."""
+    ``recipe``/``recipe_text`` stand in for the file when a command builds the recipe itself; ``given``:
+    readers for some models, opened by the caller (a stage's output not yet written)."""
+    given = given or {}
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
     device = resolve_device(opts.device)
@@ -121,7 +125,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     # adapters, which are small, are fetched whole for it)
     pre = None
     if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
-        pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text)
+        pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text, given)
         preflight(pre, opts.disk_budget)
         if not (recipe.align and recipe.anchor == "auto"):  # the pre-flight's plan is the run's: reads allowed now
             for r in pre.readers.values():
@@ -129,7 +133,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
                     hub.headers_only = False
             return pre
     readers = {
-        name: pre.readers[name] if pre is not None else open_model(
+        name: given[name] if name in given else pre.readers[name] if pre is not None else open_model(
             name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only,
             subfolder=e.subfolder)
         for name, e in recipe.models.items()
@@ -148,7 +152,9 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         # pre-flight knows no weights: any model stands in (the models' shapes agree, or planning says so)
         anchor = recipe.config_source if opts.headers_only else auto_anchor(readers, recipe.config_source)[0]
     stats = open_stats(recipe, readers)
-    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats)
+    vmap, template = recipe_tokenizer(recipe, readers)
+    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats,
+                      vmap=vmap)
     unused = [f"{recipe_path}: {d} matches no tensor of the models" for d in plan.unused_overrides]
     if unused and opts.strict:
         raise RecipeError(unused, str(recipe_path))
@@ -156,7 +162,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         warnings.warn(line + " (--strict makes this an error)", stacklevel=2)
     readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
     text = recipe_text if recipe_text is not None else read_text_capped(recipe_path, "recipe file", MAX_BYTES)
-    return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers))
+    return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers), template)
 
 
 def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -> Result:
@@ -219,21 +225,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         files = writer.finish()
         downloaded = ((fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0, fetcher.seconds) if fetcher
                       else (0, 0, 0.0))
-        cfg_dir = model_dir(str(prep.readers[recipe.config_source].path))
-        tok = recipe.output.tokenizer
-        tok_dir = (
-            None
-            if tok is False
-            else model_dir(str(prep.readers[recipe.config_source if tok is True else tok].path))
-        )
-        files += copy_support_files(tmp, cfg_dir, tok_dir, recipe.out_dtype,
-                                    [layer for _m, layer in plan.layer_origin], plan.vocab_size)
-        if recipe.output.module_files and cfg_dir is not None:
-            copied, skipped = copy_module_files(tmp, cfg_dir)
-            files += copied
-            for folder in skipped:
-                warnings.warn(f"{cfg_dir / folder} holds weights of its own, which mergeflow does not merge: they "
-                              "were left out of the output", stacklevel=2)
+        files += write_support(prep, tmp)
         alignment = write_report(tmp, ctx.align_reports) if ctx.align_reports else None
         if alignment is not None:
             files.append("alignment.json")

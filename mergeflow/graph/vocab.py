@@ -8,18 +8,17 @@ tokenizers' vocabularies are compared first; ids that disagree are an error nami
 from __future__ import annotations
 
 import json
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from mergeflow.arch.families import VOCAB_RE
 from mergeflow.errors import InputError
 from mergeflow.files import read_text_capped
 from mergeflow.io.reader import ModelReader
 
 MAX_TOKENIZER = 512 << 20
-VOCAB_RE = re.compile(r"embed_tokens|lm_head|\bwte\b|word_embeddings|embed_out|shared\.weight")
 
 
 class TokenizerMismatch(InputError):

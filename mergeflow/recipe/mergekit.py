@@ -3,8 +3,8 @@
 Supported: ``models`` (paths or ``{model, parameters}``) or ``slices`` (layer ranges; parameters
 with one slice only), ``base_model``, ``merge_method`` among the operators mergeflow has,
 ``parameters`` at every scope with mergekit's ``filter:`` lists and gradients (emitted so the same
-value wins as in mergekit), ``dtype``, ``out_dtype``, ``tokenizer_source`` (``base`` or
-``model:PATH``). mergekit's defaults that differ from mergeflow's are written out explicitly.
+value wins as in mergekit), ``dtype``, ``out_dtype``, ``tokenizer_source`` (``base``,
+``union``, ``model:PATH``), the ``tokenizer`` block and ``chat_template``. mergekit's defaults that differ from mergeflow's are written out explicitly.
 Anything else is an error naming the key; nothing is silently ignored except ``int8_mask``, which
 only changes mergekit's memory use. Remaining differences in what operators compute are listed in
 docs/mergekit.md.
@@ -166,9 +166,8 @@ class _Converter:
             self.fail(("modules",), "modules (multi-module architectures) are not supported; use models: or slices:")
         if ("models" in data) == ("slices" in data):
             self.fail(("models",), "give exactly one of models: or slices:")
-        for key in ("tokenizer", "chat_template"):
-            if key in data:
-                self.fail((key,), "not supported yet; use tokenizer_source: base or model:PATH")
+        if "tokenizer" in data and "tokenizer_source" in data:
+            self.fail(("tokenizer",), "give tokenizer or tokenizer_source, not both")
         method = data.get("merge_method")
         if method not in METHODS:
             self.fail(("merge_method",), f"'{method}' is not supported; supported: {', '.join(sorted(METHODS))}")
@@ -210,21 +209,55 @@ class _Converter:
         out = data.get("out_dtype", data.get("dtype"))  # mergekit writes in dtype unless out_dtype is given
         if out is not None:
             recipe["out_dtype"] = out
-        tok = data.get("tokenizer_source")
-        if tok is not None:
-            if tok == "base" and base is not None:
-                recipe["output"] = {"tokenizer": base}
-            elif isinstance(tok, str) and tok.startswith("model:"):
-                name = self.by_path.get(tok[len("model:"):])
-                if name is None:
-                    self.fail(("tokenizer_source",), f"{tok[6:]} is not one of the models")
-                else:
-                    recipe["output"] = {"tokenizer": name}
-            else:
-                self.fail(("tokenizer_source",), f"'{tok}' is not supported (base or model:PATH)")
+        self.tokenizer(data, base, recipe)
         if self.problems:
             raise RecipeError(self.problems, self.src.name)
         return recipe
+
+
+    def ref(self, value: Any, where: tuple[Any, ...]) -> str | None:
+        """A mergekit model reference (a path, as in models:) as the native model name."""
+        name = self.by_path.get(value) if isinstance(value, str) else None
+        if name is None:
+            self.fail(where, f"{value!r} is not one of the models")
+        return name
+
+    def tokenizer(self, data: dict[str, Any], base: str | None, recipe: dict[str, Any]) -> None:
+        """tokenizer_source (base, union, model:PATH, PATH) and the tokenizer block, as the native
+        tokenizer section; chat_template as is."""
+        if data.get("chat_template") is not None:
+            recipe["chat_template"] = data["chat_template"]
+        legacy = data.get("tokenizer_source")
+        block = data.get("tokenizer")
+        if legacy is not None:
+            if isinstance(legacy, str) and legacy.startswith("model:"):
+                legacy = legacy[len("model:"):]
+            block = {"source": legacy}
+        if block is None:
+            return
+        if not isinstance(block, dict) or set(block) - {"source", "tokens", "pad_to_multiple_of"}:
+            self.fail(("tokenizer",), "expected {source, tokens, pad_to_multiple_of}")
+            return
+        where = ("tokenizer_source",) if legacy is not None else ("tokenizer", "source")
+        src = block.get("source", "union")
+        out: dict[str, Any] = {"source": src if src in ("union", "base") else self.ref(src, where)}
+        tokens = {}
+        for tok, cfg in (block.get("tokens") or {}).items():
+            if not isinstance(cfg, dict):
+                self.fail(("tokenizer", "tokens", tok), "expected {source, force}")
+                continue
+            cfg = dict(cfg)
+            s = cfg.get("source")
+            if isinstance(s, str):
+                cfg["source"] = self.ref(s, ("tokenizer", "tokens", tok, "source"))
+            elif isinstance(s, dict) and "model" in s:
+                cfg["source"] = {**s, "model": self.ref(s["model"], ("tokenizer", "tokens", tok, "source", "model"))}
+            tokens[tok] = cfg
+        if tokens:
+            out["tokens"] = tokens
+        if block.get("pad_to_multiple_of") is not None:
+            out["pad_to_multiple_of"] = block["pad_to_multiple_of"]
+        recipe["tokenizer"] = out
 
 
 def _sets(ov: dict[str, Any], model: str | None, key: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
 
 from mergeflow.patterns import parse_repo_ref
+from mergeflow.recipe.tokenizer_schema import TokenizerSpec
 
 DType = Literal["float32", "float64", "bfloat16", "float16"]
 ParamValue = Any  # a scalar, or a list of numbers (a gradient over layers); checked per operator
@@ -43,10 +44,18 @@ class ModelEntry(Strict):
         "config (e.g. a sentence-transformers module or one model of several in a repository).",
     )
 
+    stage: str | None = Field(
+        None, description="In a multi-stage recipe: the output of an earlier stage, by its name (instead of path).")
+
     @model_validator(mode="before")
     @classmethod
     def _hub_long_form(cls, value: Any) -> Any:
-        """``{hub: org/name, revision: REV}`` is the long form of ``path: org/name@REV``."""
+        """``{hub: org/name, revision: REV}`` is the long form of ``path: org/name@REV``; a stage's output
+        has its path filled in when the stages are loaded."""
+        if isinstance(value, dict) and "stage" in value:
+            if "path" in value or "hub" in value:
+                raise ValueError("give path, hub or stage, not several")
+            return {**value, "path": ""}
         if not isinstance(value, dict) or ("hub" not in value and "revision" not in value):
             return value
         if "hub" not in value:
@@ -173,6 +182,11 @@ SECTIONS: dict[str, tuple[Any, Any, str]] = {
     "dtype": (DType, "float32", "Compute dtype."),
     "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
     "seed": (int, 0, "Seed for randomised operators (DARE, DELLA). Same seed, same output on the same device type (CPU and CUDA draw different masks)."),
+    "tokenizer": (TokenizerSpec | None, None, "Build the output's tokenizer ('union', 'base' or a model name, or "
+                  "{source, tokens, pad_to_multiple_of}); every model's embedding and head rows are re-indexed to "
+                  "it by token text before merging. Replaces output.tokenizer."),
+    "chat_template": (str | None, None, "Chat template of the output tokenizer: auto (the most common among the "
+                      "models), chatml, llama3, mistral, alpaca, or a Jinja template."),
     "output": (OutputOptions, OutputOptions(), "Output options."),
 }
 
@@ -192,6 +206,8 @@ class Recipe(Strict):
     dtype: DType = "float32"
     out_dtype: DType | None = None
     seed: int = 0
+    tokenizer: TokenizerSpec | None = None
+    chat_template: str | None = None
     output: OutputOptions = OutputOptions()
 
     @property

@@ -13,6 +13,7 @@ from mergeflow.patterns import PatternError, compile_regex, parse_repo_ref
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
+from mergeflow.recipe.tokenizer_schema import NAMED_TEMPLATES, is_template_text, token_models
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 
 WEIGHT_FILES = (
@@ -110,7 +111,14 @@ def _check_op(
     return op
 
 
-def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems) -> str:
+def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems,
+                stages: Mapping[str, Path] | None = None) -> str:
+    if entry.stage is not None:
+        if stages is None or entry.stage not in stages:
+            known = f"its other stages: {', '.join(stages)}" if stages else "a single recipe has no stages"
+            probs.add(("models", name, "stage"), f"'{entry.stage}' is not another stage of this file ({known})")
+            return entry.path
+        return str(stages[entry.stage])
     p = Path(entry.path).expanduser()
     p = p if p.is_absolute() else (root / p)
     if not p.exists() and parse_repo_ref(entry.path) is not None:
@@ -149,8 +157,10 @@ def validate(
     steps: Mapping[str, Any] | None = None,
     root: Path | None = None,
     check_paths: bool = True,
+    stages: Mapping[str, Path] | None = None,
 ) -> Recipe:
-    """Validate parsed YAML; raise RecipeError listing every problem."""
+    """Validate parsed YAML; raise RecipeError listing every problem. ``stages``: the output folders of
+    the stages a model may name (``{stage: NAME}``), in a multi-stage file."""
     probs = _Problems(src)
     steps = steps or {}
     if not isinstance(src.data, dict):
@@ -169,6 +179,20 @@ def validate(
             probs.add(("output", "config"), f"'{out.config}' is not a key of models")
         if isinstance(out.tokenizer, str) and out.tokenizer not in models:
             probs.add(("output", "tokenizer"), f"'{out.tokenizer}' is not a key of models")
+    tok = sec.get("tokenizer")
+    if tok is not None:
+        for where, ref in token_models(tok):
+            if ref not in models:
+                probs.add(("tokenizer", *where), f"'{ref}' is not a key of models ({', '.join(names)})")
+        if out is not None and "tokenizer" in (src.data.get("output") or {}):
+            probs.add(("output", "tokenizer"), "give the output's tokenizer in tokenizer: or output.tokenizer, "
+                      "not both")
+        if sec.get("slices"):
+            probs.add(("tokenizer",), "a tokenizer section cannot be combined with slices yet")
+    template = sec.get("chat_template")
+    if template is not None and not is_template_text(template):
+        probs.add(("chat_template",), f"{template[:40]!r} is neither a template name (auto, "
+                  f"{', '.join(NAMED_TEMPLATES)}) nor a Jinja template")
     if sec.get("align"):
         if sec.get("anchor") is None and "anchor" not in src.data:
             probs.add(("align",), "alignment steps need an 'anchor' model")
@@ -228,10 +252,12 @@ def validate(
     stats = check_stats(sec, ops, operators, root or Path.cwd(), check_paths, probs.add)
     resolved: dict[str, ModelEntry] = {}
     for name, entry in models.items():
-        path = _model_path(name, entry, root or Path.cwd(), probs) if check_paths else entry.path
+        path = (_model_path(name, entry, root or Path.cwd(), probs, stages)
+                if check_paths or entry.stage is not None else entry.path)
         lora = _lora_path(name, entry.lora, root or Path.cwd(), probs, check_paths)
         # a local folder's subfolder is part of its resolved path; a repo id keeps it for the Hub
-        keep = not check_paths or (path == entry.path and parse_repo_ref(entry.path) is not None)
+        keep = entry.stage is None and (not check_paths or (path == entry.path and parse_repo_ref(entry.path)
+                                                                is not None))
         resolved[name] = entry.model_copy(update={"path": path, "lora": lora,
                                                   "subfolder": entry.subfolder if keep else None})
     if probs.items:

@@ -64,23 +64,33 @@ def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budg
 
 
 def parse_yaml(text: str, name: str) -> YamlSource:
+    docs = parse_yaml_docs(text, name)
+    if len(docs) > 1:
+        raise RecipeError([f"{name}: {len(docs)} YAML documents (separated by ---); a recipe is one, a "
+                           "multi-stage file is read by mergeflow run/plan/validate"])
+    return docs[0]
+
+
+def parse_yaml_docs(text: str, name: str) -> list[YamlSource]:
+    """Every YAML document of ``text`` (separated by ``---``), each with its value locations."""
     if len(text.encode("utf-8", "replace")) > MAX_BYTES:
         raise RecipeError([f"{name}: file is larger than {MAX_BYTES // 1024 // 1024} MiB"])
     loader = None
+    out: list[YamlSource] = []
+    budget = [MAX_NODES]
     try:
         loader = yaml.SafeLoader(text)
-        node = loader.get_single_node()
-        if node is None:
-            raise RecipeError([f"{name}: the file is empty"])
-        locs: dict[Path_, tuple[int, int]] = {}
-        dups: list[tuple[Path_, yaml.Node, int]] = []
-        _walk(node, (), locs, [MAX_NODES], dups)
-        if dups:
-            raise RecipeError([
-                f"{name}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: {'.'.join(map(str, p))}: duplicate key "
-                f"(first at line {first}); write each key once" for p, k, first in dups
-            ])
-        data = loader.construct_document(node)
+        while loader.check_node():
+            node = loader.get_node()
+            locs: dict[Path_, tuple[int, int]] = {}
+            dups: list[tuple[Path_, yaml.Node, int]] = []
+            _walk(node, (), locs, budget, dups)
+            if dups:
+                raise RecipeError([
+                    f"{name}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: {'.'.join(map(str, p))}: duplicate "
+                    f"key (first at line {first}); write each key once" for p, k, first in dups
+                ])
+            out.append(YamlSource(data=loader.construct_document(node), name=name, locations=locs))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
@@ -92,7 +102,29 @@ def parse_yaml(text: str, name: str) -> YamlSource:
     finally:
         if loader is not None:
             loader.dispose()
-    return YamlSource(data=data, name=name, locations=locs)
+    out = [d for d in out if d.data is not None]  # an empty document (a trailing ---) is nothing
+    if not out:
+        raise RecipeError([f"{name}: the file is empty"])
+    return out
+
+
+def sub_source(src: YamlSource, prefix: Path_, label: str | None = None) -> YamlSource:
+    """The part of ``src`` under ``prefix``, its locations re-rooted (a stage of a stages: list)."""
+    data = src.data
+    for key in prefix:
+        data = data[key]
+    n = len(prefix)
+    locs = {p[n:]: loc for p, loc in src.locations.items() if p[:n] == prefix}
+    return YamlSource(data=data, name=label or src.name, locations=locs)
+
+
+def read_yaml_docs(path: str | Path) -> list[YamlSource]:
+    p = Path(path)
+    try:
+        text = read_text_capped(p, "recipe file", MAX_BYTES)
+    except InputError as exc:
+        raise RecipeError([str(exc)]) from None
+    return parse_yaml_docs(text, str(p))
 
 
 def read_yaml(path: str | Path) -> YamlSource:
