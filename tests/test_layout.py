@@ -15,6 +15,7 @@ ALLOWED = {
     "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files",
               "patterns", "tokenizer"},
     "tokenizer": {"tokenizer", "io", "arch", "recipe", "errors", "files"},
+    "moe": {"moe", "graph", "io", "recipe", "merge", "align", "stats", "tokenizer", "errors", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors", "files"},
 }

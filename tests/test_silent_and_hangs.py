@@ -95,12 +95,12 @@ def test_resume_notices_an_input_rewritten_with_the_same_size_and_mtime(tmp_path
     with pytest.raises(KeyboardInterrupt):
         def interrupt(*_a, **_k):
             raise KeyboardInterrupt
-        orig = runner.copy_support_files
-        runner.copy_support_files = interrupt
+        orig = runner.write_support
+        runner.write_support = interrupt
         try:
             runner.run(prep, out, opts, progress=False)
         finally:
-            runner.copy_support_files = orig
+            runner.write_support = orig
     st = os.stat(b)
     save_file({"w": torch.full((64,), 3.0)}, str(tmp_path / "new.safetensors"))
     assert os.path.getsize(tmp_path / "new.safetensors") == st.st_size

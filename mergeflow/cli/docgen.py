@@ -8,8 +8,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from mergeflow.merge.base import MergeOperator
+from mergeflow.recipe.moe_schema import Expert, MoeConfig
 from mergeflow.recipe.params import takes_gradient
 from mergeflow.recipe.schema import SECTIONS, ModelEntry, OutputOptions, Override
+from mergeflow.recipe.tokenizer_schema import TokenizerSpec, TokenRows
 
 INTRO = """\
 # Recipe reference
@@ -56,6 +58,21 @@ embeddings and the last value otherwise (final norm, LM head, pooler, classifier
 
 Integer tensors (position ids and similar buffers) are copied from the first model, never averaged.
 """
+
+STAGES = """\
+## Multi-stage files
+
+One file may hold several merges, later ones using earlier ones' outputs (see docs/stages.md):
+either mergekit-multi's YAML documents separated by `---`, each with a `name:` (a model path equal
+to a stage's name is that stage's output; the one document without a name is the final merge), or
+one document with a `stages:` list of recipes, each with a `name:`, a model naming a stage as
+`{stage: NAME}`. `mergeflow run FILE OUT` plans every stage before running any, writes named stages
+to `--intermediate-dir` (default `OUT.stages`) and reuses them while their recipe and inputs are
+unchanged; `--stage NAME` runs one stage and those it uses."""
+
+MOE = """\
+A separate config, mergekit-moe's format read unchanged (relative paths: the working directory,
+else the config's folder). See docs/moe.md."""
 
 
 def _type(prop: dict[str, Any]) -> str:
@@ -111,8 +128,12 @@ def generate(operators: dict[str, MergeOperator]) -> str:
         ("models.NAME (long form)", ModelEntry),
         ("overrides[]", Override),
         ("output", OutputOptions),
+        ("tokenizer", TokenizerSpec),
+        ("tokenizer.tokens.TOKEN", TokenRows),
     ):
         out += ["", f"### `{title}`", "", *model_table(cls)]
+    out += ["", STAGES, "", "## Mixture of experts (`mergeflow moe CONFIG OUT`)", "", MOE, "", *model_table(MoeConfig),
+            "", "### `experts[]`, `shared_experts[]`", "", *model_table(Expert)]
     out += ["", "## Merge operators", ""]
     for name, op in sorted(operators.items()):
         out += [f"### `{name}`", "", op.doc, ""]

@@ -16,6 +16,7 @@ import click
 
 from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.lora_cmd import extract_lora
+from mergeflow.cli.moe_cmd import moe
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
 from mergeflow.cli.plan_cmd import plan
@@ -234,6 +235,7 @@ cli.add_command(eval_group)
 cli.add_command(stats)
 cli.add_command(plan)
 cli.add_command(extract_lora)
+cli.add_command(moe)
 import mergeflow.cli.eval_cmds  # noqa: E402,F401  (registers eval barrier/equivalence)
 
 

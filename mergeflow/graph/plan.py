@@ -62,6 +62,7 @@ class Plan:
     vocab_size: int | None = None  # rows of the embeddings when the models' vocabularies differ in size
     unused_overrides: list[str] = field(default_factory=list)  # overrides that selected no tensor
     vmap: VocabMap | None = None  # the output tokenizer, when the recipe has a tokenizer section
+    config_json: dict | None = None  # the output's config.json, when it is not the config model's (a MoE)
 
 
 def build_plan(

@@ -7,6 +7,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import torch
@@ -113,10 +114,12 @@ class Result:
 
 
 def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
-            recipe_text: str | None = None, given: dict[str, ModelReader] | None = None) -> Prepared:
+            recipe_text: str | None = None, given: dict[str, ModelReader] | None = None,
+            planner: Any = None) -> Prepared:
     """Validate the recipe, open every model's headers, check them against each other and plan.
     ``recipe``/``recipe_text`` stand in for the file when a command builds the recipe itself; ``given``:
-    readers for some models, opened by the caller (a stage's output not yet written)."""
+    readers for some models, opened by the caller (a stage's output not yet written); ``planner(recipe,
+    readers, max_memory)`` builds the plan instead of the merge planner (a mixture of experts)."""
     given = given or {}
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
@@ -125,7 +128,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     # adapters, which are small, are fetched whole for it)
     pre = None
     if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
-        pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text, given)
+        pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text, given, planner)
         preflight(pre, opts.disk_budget)
         if not (recipe.align and recipe.anchor == "auto"):  # the pre-flight's plan is the run's: reads allowed now
             for r in pre.readers.values():
@@ -153,8 +156,9 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         anchor = recipe.config_source if opts.headers_only else auto_anchor(readers, recipe.config_source)[0]
     stats = open_stats(recipe, readers)
     vmap, template = recipe_tokenizer(recipe, readers)
-    plan = build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats,
-                      vmap=vmap)
+    plan = (planner(recipe, readers, tensor_budget(budget)) if planner is not None else
+            build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats,
+                       vmap=vmap))
     unused = [f"{recipe_path}: {d} matches no tensor of the models" for d in plan.unused_overrides]
     if unused and opts.strict:
         raise RecipeError(unused, str(recipe_path))

@@ -181,14 +181,20 @@ class OutputDir:
 
 def copy_support_files(
     out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None,
-    layer_origin: list[int] | None = None, vocab_size: int | None = None,
+    layer_origin: list[int] | None = None, vocab_size: int | None = None, config: dict | None = None,
 ) -> list[str]:
     """Copy config/generation config and tokenizer files (regular files only), updating the config's
-    dtype, depth (``layer_origin``) and ``vocab_size`` when given. Returns the names copied."""
+    dtype, depth (``layer_origin``) and ``vocab_size`` when given; ``config`` replaces config.json's
+    contents. Returns the names copied."""
     copied = []
+    if config is not None:
+        write_new(out / "config.json", json.dumps(config, indent=2) + "\n")
+        copied.append("config.json")
     if config_dir is not None and config_dir.is_dir():
         for name in CONFIG_FILES:
             src = config_dir / name
+            if config is not None and name == "config.json":
+                continue
             if src.is_file() and is_inside(config_dir, src):  # links only within a cache repository
                 if name == "config.json" and (out_dtype is not None or layer_origin or vocab_size):
                     cfg = json.loads(src.read_text(encoding="utf-8"))
