@@ -120,6 +120,16 @@ def test_up_to_date_stages_are_reused_and_stale_ones_rerun(tmp_path, models):
     assert "stage first-merge: up to date" in res.stdout and "ran 2 of 3" in res.stdout
 
 
+def test_an_unusable_out_is_refused_before_any_stage_runs(tmp_path, models):
+    rec = write(tmp_path / "multi.yml", multi(models))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("user data")
+    res = cli("run", str(rec), str(out))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "out.stages").exists() and (out / "mine.txt").read_text() == "user data"
+
+
 def test_stage_option_runs_up_to_one_stage(tmp_path, models):
     rec = write(tmp_path / "multi.yml", multi(models))
     out = tmp_path / "out"

@@ -21,6 +21,7 @@ from typing import Any
 from mergeflow.graph.fingerprint import run_fingerprint
 from mergeflow.graph.support import write_support
 from mergeflow.io.header import TensorInfo
+from mergeflow.io.output_dir import check_output_path
 from mergeflow.io.ownership import atomic_write
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.stages import Stage, StageFile
@@ -100,6 +101,9 @@ def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: 
     only = sf.needed_for(upto) if upto is not None else None
     with tempfile.TemporaryDirectory(prefix="mergeflow-stages-") as scratch:
         plans = plan_stages(sf, recipe_path, out, opts, Path(scratch), only)
+    for sp in plans:  # OUT unusable: say so before the first stage runs, not after the last
+        if sp.stage is sf.final:
+            check_output_path(out, opts.force, sp.prep.inputs, opts.parents)
     done: list[tuple[StagePlan, Any]] = []
     for sp in plans:
         st = sp.stage
