@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from bench_mergekit import FEW, SIZES, compare, load  # noqa: E402
+from bench_mergekit import FEW, SIZES, compare, load, report  # noqa: E402
 
 PROMPTS = [["hello, how are you?", "tell me a story."], ["two plus two is four.", "add them, then divide."],
            ["define a function that returns x.", "print the list."]]
@@ -190,13 +190,8 @@ def main() -> None:
             print(rows[-1], flush=True)
             if not ok:
                 failed.append(f"{size}/{case}")
-    print("\n| size | case | mergeflow s | mergekit s | mergeflow peak MiB | mergekit peak MiB | max abs diff | "
-          "what | agree |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    if failed:
-        print(f"\ndisagree or failed: {', '.join(failed)}")
-        sys.exit(1)
+    report(["size", "case", "mergeflow s", "mergekit s", "mergeflow peak MiB", "mergekit peak MiB", "max abs diff",
+            "what", "agree"], rows, failed)
 
 
 if __name__ == "__main__":

@@ -150,9 +150,14 @@ def main() -> None:
             rows.append(f"| {size} | {cfg.stem} | {t_mf:.2f} | {t_mk:.2f} | {t_mk / t_mf:.1f}x | {c['worst']:.2e} | "
                         f"{c['rel']:.1e} | {c['frac']:.1e} | {c['l2']:.1e} | {c['norms']:.3f} | {ok} |")
             print(rows[-1], flush=True)
-    print("\n| size | config | mergeflow s | mergekit s | speed-up | max abs diff | rel | entries differing | rel L2 "
-          "| norm ratio | agree |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    report(["size", "config", "mergeflow s", "mergekit s", "speed-up", "max abs diff", "rel", "entries differing",
+            "rel L2", "norm ratio", "agree"], rows, failed)
+
+
+def report(header: list[str], rows: list[str], failed: list[str]) -> None:
+    """The table (exit 1 naming the cases that disagree or failed)."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     print("\n".join(rows))
     if failed:
         print(f"\ndisagree or failed: {', '.join(failed)}")

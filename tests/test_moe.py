@@ -8,11 +8,9 @@ import json
 import pytest
 import torch
 
+from benchmarks.bench_moe_routing import PROMPTS, shares
 from tests.conftest import cli, write
 from tests.test_vocab import tensor
-
-PROMPTS = {0: ["aaaa aaaa aaaa", "aa aaa aaaa"], 1: ["zzzz zzzz zzz", "zz zzzz zz"],
-           2: ["?!?! ?!?! ?!", "!!?? ?!"], 3: ["hello hello", "hell oh hello"]}
 
 
 def config(base, experts, mode="hidden", extra=""):
@@ -65,25 +63,12 @@ def test_mixtral_tensors_config_and_generation(tmp_path, dense):
     assert ids.shape[1] > 1
 
 
-def routing(out, text):
-    """Fraction of (layer, token) pairs whose top expert is each expert."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(out))
-    tok = AutoTokenizer.from_pretrained(str(out))
-    with torch.no_grad():
-        res = model(**tok(tok.bos_token + text, return_tensors="pt", add_special_tokens=False),
-                    output_router_logits=True)
-    top = torch.cat([r.reshape(-1, r.shape[-1]).argmax(-1) for r in res.router_logits])
-    return torch.bincount(top, minlength=4).float() / top.numel()
-
-
 @pytest.mark.parametrize("mode", ["hidden", "cheap_embed"])
 def test_prompts_route_to_their_expert(tmp_path, dense, mode):
     base, experts = dense
     out = run_moe(tmp_path, config(base, experts, mode))
     for k, text in ((0, "aaa aaaa aaa aaaa"), (1, "zzz zzzz zz zzzz"), (3, "hello hell hello")):
-        share = routing(out, text)
+        share = torch.tensor(shares(out, text))
         assert int(share.argmax()) == k and share[k] > 0.5, (k, share)
 
 

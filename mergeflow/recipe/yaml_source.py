@@ -118,19 +118,16 @@ def sub_source(src: YamlSource, prefix: Path_, label: str | None = None) -> Yaml
     return YamlSource(data=data, name=label or src.name, locations=locs)
 
 
-def read_yaml_docs(path: str | Path) -> list[YamlSource]:
-    p = Path(path)
+def _read(path: str | Path) -> str:
     try:
-        text = read_text_capped(p, "recipe file", MAX_BYTES)
+        return read_text_capped(Path(path), "recipe file", MAX_BYTES)
     except InputError as exc:
         raise RecipeError([str(exc)]) from None
-    return parse_yaml_docs(text, str(p))
+
+
+def read_yaml_docs(path: str | Path) -> list[YamlSource]:
+    return parse_yaml_docs(_read(path), str(path))
 
 
 def read_yaml(path: str | Path) -> YamlSource:
-    p = Path(path)
-    try:
-        text = read_text_capped(p, "recipe file", MAX_BYTES)
-    except InputError as exc:
-        raise RecipeError([str(exc)]) from None
-    return parse_yaml(text, str(p))
+    return parse_yaml(_read(path), str(path))
