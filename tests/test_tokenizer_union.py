@@ -68,6 +68,17 @@ def test_union_rows_token_by_token(tmp_path, pair):
     assert model(torch.tensor([tok("hello")["input_ids"]])).logits.shape[-1] == len(vo)
 
 
+def test_plan_describes_the_tokenizer(tmp_path, pair):
+    a, b = pair
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\ntokenizer: union\n"
+                                    "chat_template: chatml\n")
+    res = cli("plan", str(rec))
+    assert res.returncode == 0, res.stderr
+    assert "tokenizer: union, 40 tokens (40 rows)" in res.stdout and "b adds 'hello', 'world'" in res.stdout
+    assert "chat template: chatml" in res.stdout
+    assert "chatml writes <|im_end|>, which the output tokenizer does not have" in res.stderr  # b has <|im_start|>
+
+
 def test_base_rows_win_padding_and_token_sources(tmp_path, pair):
     a, b = pair
     out = run(tmp_path, f"""\

@@ -49,6 +49,13 @@ def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | No
         click.echo(f"disk held by downloads: {human(held)} in the Hugging Face cache" if budget is None else
                    f"disk held by downloads: at most {human(held)} at once (--disk-budget {disk_budget}), "
                    "deleted as the merge passes them")
+    if p.vmap is not None:
+        new = "; ".join(f"{m} adds {', '.join(map(repr, toks))}{'...' if len(toks) == 5 else ''}"
+                        for m, toks in p.vmap.added.items())
+        click.echo(f"tokenizer: {prep.recipe.tokenizer.source}, {p.vmap.summary()}; embedding and head rows "
+                   f"re-indexed by token text{'; ' + new if new else ''}")
+    if prep.chat_template is not None:
+        click.echo(f"chat template: {prep.recipe.chat_template} ({len(prep.chat_template)} characters)")
     click.echo(f"device: {prep.device}   compute dtype: {prep.recipe.dtype}")
     if p.arch is not None:
         steps = ", ".join(step.name for step in prep.recipe.align)
