@@ -18,7 +18,7 @@ from mergeflow.cli.extra import convert, eval_group
 from mergeflow.cli.lora_cmd import extract_lora
 from mergeflow.cli.moe_cmd import moe
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
-from mergeflow.cli.output import check_report, human, parse_size, print_alignment, write_report
+from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_report
 from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file, validate_file
 from mergeflow.cli.stats_cmd import stats
@@ -114,25 +114,13 @@ def run(
     check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=not quiet)
     write_report(report, result, prep)
+    tasks = []
+    if prep.recipe.output.task_models:
+        from mergeflow.graph.task_models import write_task_models
+
+        tasks = write_task_models(prep, result.out, opts, progress=not quiet)
     if not quiet:
-        plan = result.plan
-        ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
-        if resume:
-            click.echo(
-                f"resumed: kept {result.resumed_shards} of {len(plan.layouts)} shard(s) already written"
-            )
-        click.echo(
-            f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}"
-        )
-        click.echo(
-            f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
-            f"in {result.seconds:.2f} s; peak RSS {human(runner.peak_rss_bytes())}"
-        )
-        if result.downloaded:
-            held = f", at most {human(result.download_peak)} held at once" if result.download_peak else ""
-            click.echo(f"downloaded {human(result.downloaded)} of shards from the Hub in {result.download_seconds:.1f} s"
-                       f"{held}")
-        print_alignment(result)
+        print_summary(result, prep, resume, runner.peak_rss_bytes(), tasks)
 
 
 @cli.command()

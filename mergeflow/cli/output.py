@@ -87,3 +87,24 @@ def print_alignment(result: Any) -> None:
             f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):"
         )
         click.echo(table(result.alignment))
+
+
+def print_summary(result: Any, prep: Any, resume: bool, peak_rss: int, tasks: list[Path]) -> None:
+    """What a run did: tensors, operators, output, time, downloads, task models, alignment."""
+    plan = result.plan
+    ops = ", ".join(f"{k} x{v}" for k, v in plan.ops_used.items())
+    if resume:
+        click.echo(f"resumed: kept {result.resumed_shards} of {len(plan.layouts)} shard(s) already written")
+    click.echo(f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}")
+    click.echo(f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
+               f"in {result.seconds:.2f} s; peak RSS {human(peak_rss)}")
+    if plan.left_out:
+        more = f" and {len(plan.left_out) - 4} more" if len(plan.left_out) > 4 else ""
+        click.echo(f"left out: {', '.join(plan.left_out[:4])}{more} (not in every model: partial)")
+    if result.downloaded:
+        held = f", at most {human(result.download_peak)} held at once" if result.download_peak else ""
+        click.echo(f"downloaded {human(result.downloaded)} of shards from the Hub in {result.download_seconds:.1f} s"
+                   f"{held}")
+    for folder in tasks:
+        click.echo(f"wrote task model {folder}")
+    print_alignment(result)

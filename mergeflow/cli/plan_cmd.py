@@ -49,6 +49,14 @@ def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | No
         click.echo(f"disk held by downloads: {human(held)} in the Hugging Face cache" if budget is None else
                    f"disk held by downloads: at most {human(held)} at once (--disk-budget {disk_budget}), "
                    "deleted as the merge passes them")
+    if prep.recipe.merge_only != "all" or p.left_out:
+        arch = p.config_updates.get("architectures")
+        click.echo(f"merged part: {prep.recipe.merge_only if isinstance(prep.recipe.merge_only, str) else 'patterns'}"
+                   f"{f' (output: {arch[0]})' if arch else ''}; left out: {', '.join(p.left_out[:6]) or 'nothing'}"
+                   f"{' ...' if len(p.left_out) > 6 else ''}")
+    if prep.recipe.output.task_models:
+        others = [m for m in prep.recipe.models if m != prep.recipe.base]
+        click.echo(f"task models: {', '.join(others)} (OUT.tasks/NAME: the merged part with each one's own head)")
     if p.vmap is not None:
         new = "; ".join(f"{m} adds {', '.join(map(repr, toks))}{'...' if len(toks) == 5 else ''}"
                         for m, toks in p.vmap.added.items())

@@ -13,6 +13,9 @@ from mergeflow.io.dtypes import is_float
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.schema import Recipe
 
+HINT = ("; to merge the rest, say what to do with tensors only some models have (partial: drop, or "
+        "partial: {keep: MODEL}), or merge the backbone only (merge_only: backbone)")
+
 
 def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, VocabRows],
                   copied: Callable[[str], bool]) -> None:
@@ -25,7 +28,7 @@ def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, v
         for t, info in ref_tensors.items():
             other = r.tensors.get(t)
             if other is None:
-                raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has")
+                raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has{HINT}")
             if other.shape != info.shape and t not in vocab and not copied(t):
                 raise ShapeMismatch(
                     f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
@@ -36,7 +39,7 @@ def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, v
             more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
             raise MissingTensor(
                 f"model '{name}' has tensor(s) {', '.join(map(repr, extra[:3]))}{more} that "
-                f"model '{ref}' lacks"
+                f"model '{ref}' lacks{HINT}"
             )
 
 

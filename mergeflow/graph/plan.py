@@ -16,6 +16,7 @@ from mergeflow.errors import (
     RecipeError,
 )
 from mergeflow.graph.checks import check_finite, check_kinds, check_models, describe_override
+from mergeflow.graph.parts import needs_parts, part_items
 from mergeflow.graph.slices import plain_items, slice_items
 from mergeflow.graph.stats_inputs import Stats, tensor_stats
 from mergeflow.graph.stats_inputs import key as stats_key
@@ -63,6 +64,8 @@ class Plan:
     unused_overrides: list[str] = field(default_factory=list)  # overrides that selected no tensor
     vmap: VocabMap | None = None  # the output tokenizer, when the recipe has a tokenizer section
     config_json: dict | None = None  # the output's config.json, when it is not the config model's (a MoE)
+    config_updates: dict = field(default_factory=dict)  # keys set in the config model's config.json
+    left_out: list[str] = field(default_factory=list)  # tensors of the models that no output tensor holds
 
 
 def build_plan(
@@ -81,7 +84,12 @@ def build_plan(
     ref = recipe.config_source
     resolve = Resolver(recipe, operators)
     vocab: dict[str, VocabRows] = {}
-    if not recipe.slices:
+    order = list(recipe.models)
+    if recipe.base is not None:
+        order.remove(recipe.base)
+        order.insert(0, recipe.base)
+    parts = part_items(recipe, readers, ref, order) if not recipe.slices and needs_parts(recipe, readers) else None
+    if not recipe.slices and parts is None:
         tok = recipe.output.tokenizer
         if vmap is None:
             vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
@@ -93,10 +101,6 @@ def build_plan(
     csize = torch.empty((), dtype=compute).element_size()
     aligner = None
     n_layers = num_layers(ref_reader.tensors, ref_reader.config)
-    order = list(recipe.models)
-    if recipe.base is not None:
-        order.remove(recipe.base)
-        order.insert(0, recipe.base)
 
     writes: list[Write] = []
     outs: list[OutTensor] = []
@@ -131,7 +135,7 @@ def build_plan(
         items, origin = slice_items(recipe, readers, ref, order)
         n_layers = len(origin)
     else:
-        items = plain_items(ref_reader, order)
+        items = parts.items if parts is not None else plain_items(ref_reader, order)
     for item in items:
         tname, info = item.out, item.info
         vrows = vocab.get(tname)
@@ -143,7 +147,7 @@ def build_plan(
         settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
         check_kinds(tname, {m: all_readers[m].info(item.names[m]).dtype for m in item.models}, settings.op)
         op = operators[settings.op]
-        if not is_float(info.dtype):  # integer buffers (ids, masks) are copied, never averaged
+        if not is_float(info.dtype) or item.copy:  # integer buffers (ids, masks) are copied, never averaged
             op = operators["passthrough"]
             settings = type(settings)("passthrough", {}, {m: {} for m in item.models})
         try:
@@ -219,7 +223,9 @@ def build_plan(
     vocab_size = vmap.rows if vmap is not None else max((v.rows for v in vocab.values()), default=None)
     unused = [describe_override(recipe, i) for i, n in enumerate(resolve.hits) if n == 0]
     return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
-                origin, vocab_size, unused, vmap)
+                origin, vocab_size, unused, vmap,
+                config_updates={"architectures": parts.architectures} if parts and parts.architectures else {},
+                left_out=parts.left_out if parts else [])
 
 
 def model_dir(path: str) -> Path | None:

@@ -19,6 +19,7 @@ class Item:
     info: TensorInfo  # dtype and shape of the output (from the first source)
     names: dict[str, str]  # model -> input tensor name
     models: tuple[str, ...]  # models merged, in order
+    copy: bool = False  # copied from its one model (partial: keep), never merged
 
 
 def with_layer(name: str, i: int) -> str:

@@ -25,7 +25,8 @@ def write_support(prep: Any, dest: Path) -> list[str]:
         else model_dir(str(prep.readers[recipe.config_source if tok is True else tok].path))
     )
     files = copy_support_files(dest, cfg_dir, tok_dir, recipe.out_dtype,
-                               [layer for _m, layer in plan.layer_origin], plan.vocab_size, plan.config_json)
+                               [layer for _m, layer in plan.layer_origin], plan.vocab_size, plan.config_json,
+                               plan.config_updates)
     if plan.vmap is not None or prep.chat_template is not None:
         copied = [f for f in files if f in TOKENIZER_FILES]
         files = [f for f in files if f not in copied] + write_tokenizer(dest, plan.vmap, prep.chat_template, copied)

@@ -182,10 +182,11 @@ class OutputDir:
 def copy_support_files(
     out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None,
     layer_origin: list[int] | None = None, vocab_size: int | None = None, config: dict | None = None,
+    updates: dict | None = None,
 ) -> list[str]:
     """Copy config/generation config and tokenizer files (regular files only), updating the config's
     dtype, depth (``layer_origin``) and ``vocab_size`` when given; ``config`` replaces config.json's
-    contents. Returns the names copied."""
+    contents, ``updates`` sets keys in it. Returns the names copied."""
     copied = []
     if config is not None:
         write_new(out / "config.json", json.dumps(config, indent=2) + "\n")
@@ -196,8 +197,9 @@ def copy_support_files(
             if config is not None and name == "config.json":
                 continue
             if src.is_file() and is_inside(config_dir, src):  # links only within a cache repository
-                if name == "config.json" and (out_dtype is not None or layer_origin or vocab_size):
+                if name == "config.json" and (out_dtype is not None or layer_origin or vocab_size or updates):
                     cfg = json.loads(src.read_text(encoding="utf-8"))
+                    cfg.update(updates or {})
                     if vocab_size is not None:
                         for key in ("vocab_size", "n_vocab"):
                             if isinstance(cfg.get(key), int):

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
 
 from mergeflow.patterns import parse_repo_ref
+from mergeflow.recipe.parts_schema import MergeOnly, Partial
 from mergeflow.recipe.tokenizer_schema import TokenizerSpec
 
 DType = Literal["float32", "float64", "bfloat16", "float16"]
@@ -157,6 +158,10 @@ class OutputOptions(Strict):
         True, description="Copy tokenizer files: true (from the config model), false, or a model name."
     )
     card: bool = Field(True, description="Write a README.md model card that embeds the recipe.")
+    task_models: bool = Field(
+        False, description="With merge_only: also write, for each model but the base, a full model (the merged "
+        "backbone with that model's own head and extras, its config and tokenizer) to OUT.tasks/NAME, loadable "
+        "with its own AutoModelFor... class.")
     module_files: bool = Field(
         True, description="Copy the files a sentence-transformers model needs beside its weights (modules.json, "
         "sentence_bert_config.json, config_sentence_transformers.json and the non-weight files of the module "
@@ -182,6 +187,13 @@ SECTIONS: dict[str, tuple[Any, Any, str]] = {
     "dtype": (DType, "float32", "Compute dtype."),
     "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
     "seed": (int, 0, "Seed for randomised operators (DARE, DELLA). Same seed, same output on the same device type (CPU and CUDA draw different masks)."),
+    "merge_only": (MergeOnly, "all", "Which tensors are merged: all; backbone (those under the family's base-model "
+                   "prefix, e.g. bert.*, model.*: heads, classifiers and LM heads are left out of the output); or "
+                   "{include: [GLOB], exclude: [GLOB]} on names without that prefix. Names are matched across models "
+                   "with or without the prefix, so a bare pretrained encoder can be the base of fine-tunes with heads."),
+    "partial": (Partial, "error", "Tensors of the merged part that only some models have: error (listing them), "
+                "drop, or {keep: MODEL} (that model's copy). Integer buffers (position_ids) only some models "
+                "have are always left out."),
     "tokenizer": (TokenizerSpec | None, None, "Build the output's tokenizer ('union', 'base' or a model name, or "
                   "{source, tokens, pad_to_multiple_of}); every model's embedding and head rows are re-indexed to "
                   "it by token text before merging. Replaces output.tokenizer."),
@@ -206,6 +218,8 @@ class Recipe(Strict):
     dtype: DType = "float32"
     out_dtype: DType | None = None
     seed: int = 0
+    merge_only: MergeOnly = "all"
+    partial: Partial = "error"
     tokenizer: TokenizerSpec | None = None
     chat_template: str | None = None
     output: OutputOptions = OutputOptions()

@@ -10,10 +10,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mergeflow.errors import RecipeError
 from mergeflow.patterns import PatternError, compile_regex, parse_repo_ref
+from mergeflow.recipe.output_checks import check_outputs
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
-from mergeflow.recipe.tokenizer_schema import NAMED_TEMPLATES, is_template_text, token_models
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 
 WEIGHT_FILES = (
@@ -173,26 +173,7 @@ def validate(
         ref = sec.get(key)
         if ref is not None and ref not in models and not (key == "anchor" and ref == "auto"):
             probs.add((key,), f"'{ref}' is not a key of models ({', '.join(names)})")
-    out = sec.get("output")
-    if out is not None:
-        if out.config is not None and out.config not in models:
-            probs.add(("output", "config"), f"'{out.config}' is not a key of models")
-        if isinstance(out.tokenizer, str) and out.tokenizer not in models:
-            probs.add(("output", "tokenizer"), f"'{out.tokenizer}' is not a key of models")
-    tok = sec.get("tokenizer")
-    if tok is not None:
-        for where, ref in token_models(tok):
-            if ref not in models:
-                probs.add(("tokenizer", *where), f"'{ref}' is not a key of models ({', '.join(names)})")
-        if out is not None and "tokenizer" in (src.data.get("output") or {}):
-            probs.add(("output", "tokenizer"), "give the output's tokenizer in tokenizer: or output.tokenizer, "
-                      "not both")
-        if sec.get("slices"):
-            probs.add(("tokenizer",), "a tokenizer section cannot be combined with slices yet")
-    template = sec.get("chat_template")
-    if template is not None and not is_template_text(template):
-        probs.add(("chat_template",), f"{template[:40]!r} is neither a template name (auto, "
-                  f"{', '.join(NAMED_TEMPLATES)}) nor a Jinja template")
+    check_outputs(sec, src.data, models, probs.add)
     if sec.get("align"):
         if sec.get("anchor") is None and "anchor" not in src.data:
             probs.add(("align",), "alignment steps need an 'anchor' model")
