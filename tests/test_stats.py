@@ -116,6 +116,9 @@ def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
         res = cli("run", str(recipe), str(root / f"out_{op}"), "-q", "--force")
         assert res.returncode == 0, res.stderr
         acc[op] = tt.accuracy(root / f"out_{op}", xt, yt)
+        if op == "fisher":  # plan tells how far apart the models' Fisher scales are
+            plan = cli("plan", str(recipe))
+            assert "statistics: mean a " in plan.stdout and "x apart; fisher's normalize" in plan.stdout
     worst_source = min(tt.accuracy(a, xt, yt), tt.accuracy(b, xt, yt))
     # each fine-tune knows half the classes (<= ~65% test accuracy); the merges recover most of both
     assert min(acc.values()) > worst_source + 0.15, (acc, worst_source)

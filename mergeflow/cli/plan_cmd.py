@@ -49,6 +49,11 @@ def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | No
         click.echo(f"disk held by downloads: {human(held)} in the Hugging Face cache" if budget is None else
                    f"disk held by downloads: at most {human(held)} at once (--disk-budget {disk_budget}), "
                    "deleted as the merge passes them")
+    if p.stats_means:
+        means = p.stats_means.values()
+        spread = max(means) / min(means) if min(means) > 0 else float("inf")
+        click.echo(f"statistics: mean {', '.join(f'{m} {v:.3g}' for m, v in p.stats_means.items())} "
+                   f"({spread:.3g}x apart; fisher's normalize divides each model's by its mean)")
     if prep.recipe.merge_only != "all" or p.left_out:
         arch = p.config_updates.get("architectures")
         click.echo(f"merged part: {prep.recipe.merge_only if isinstance(prep.recipe.merge_only, str) else 'patterns'}"

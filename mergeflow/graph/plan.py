@@ -66,6 +66,7 @@ class Plan:
     config_json: dict | None = None  # the output's config.json, when it is not the config model's (a MoE)
     config_updates: dict = field(default_factory=dict)  # keys set in the config model's config.json
     left_out: list[str] = field(default_factory=list)  # tensors of the models that no output tensor holds
+    stats_means: dict[str, float] = field(default_factory=dict)  # model -> mean of its statistics file
 
 
 def build_plan(
@@ -225,7 +226,8 @@ def build_plan(
     return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
                 origin, vocab_size, unused, vmap,
                 config_updates={"architectures": parts.architectures} if parts and parts.architectures else {},
-                left_out=parts.left_out if parts else [])
+                left_out=parts.left_out if parts else [],
+                stats_means={m: st.info.mean for m, st in stats.items() if st.info.kind == "fisher"})
 
 
 def model_dir(path: str) -> Path | None:
