@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import cli, write
 from tests.test_vocab import tensor
 
+NER = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
            max_position_embeddings=64)
 
@@ -32,21 +33,26 @@ def trio(tmp_path_factory):
     5 labels)."""
     import transformers
 
+    from mergeflow.toymodels import save_tokenizer
+
     root = tmp_path_factory.mktemp("backbone")
     torch.manual_seed(0)
     base = transformers.BertModel(transformers.BertConfig(**CFG))
     _save(base, root / "base", {"embeddings.position_ids": torch.arange(64)[None]})
+    save_tokenizer(root / "base")
     state = base.state_dict()
     out = {}
-    for name, cls, labels, seed in (("sent", "BertForSequenceClassification", 3, 1),
-                                    ("ner", "BertForTokenClassification", 5, 2)):
+    for name, cls, labels, seed in (("sent", "BertForSequenceClassification", {0: "neg", 1: "neu", 2: "pos"}, 1),
+                                    ("ner", "BertForTokenClassification", dict(enumerate(NER)), 2)):
         torch.manual_seed(seed)
-        m = getattr(transformers, cls)(transformers.BertConfig(**CFG, num_labels=labels))
+        m = getattr(transformers, cls)(transformers.BertConfig(**CFG, id2label=labels,
+                                                               label2id={v: k for k, v in labels.items()}))
         with torch.no_grad():
             for k, p in m.bert.state_dict().items():
                 if k in state:
                     p.copy_(state[k] + 0.05 * torch.randn_like(p))
         out[name] = _save(m, root / name)
+        save_tokenizer(root / name)
     return root / "base", out["sent"], out["ner"]
 
 

@@ -1,4 +1,4 @@
-"""``mergeflow eval barrier`` and ``mergeflow eval equivalence``."""
+"""``mergeflow eval barrier``, ``mergeflow eval equivalence`` and ``mergeflow eval tasks``."""
 
 from __future__ import annotations
 
@@ -91,3 +91,42 @@ def equivalence(model_a: str, model_b: str, data: str, max_examples: int | None,
         click.echo(f"not equivalent: relative {res['output']} difference {rel:.3g} > {tolerance:g}", err=True)
         sys.exit(1)
     click.echo("equivalent")
+
+
+@eval_group.command()
+@click.argument("merged", type=MODEL)
+@click.option("--task", "tasks", required=True, multiple=True, metavar="NAME=MODEL:DATA",
+              help="A fine-tuned model and its held-out data; its head (and extras) go on the merged backbone. "
+                   "Repeat for each task.")
+@click.option("--max-examples", default=None, type=click.IntRange(1))
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report here.")
+@DEVICE
+def tasks(merged: str, tasks: tuple[str, ...], max_examples: int | None, json_out: str | None, device: str) -> None:
+    """Score MERGED (a merged backbone, or a full merged model) on every task with that task's own head: accuracy,
+    token accuracy and entity F1, or loss; beside each fine-tuned model's own score and their ratio."""
+    from mergeflow.errors import InputError
+    from mergeflow.eval.tasks import eval_tasks
+    from mergeflow.graph.run import resolve_device
+
+    parsed = []
+    for spec in tasks:
+        name, eq, rest = spec.partition("=")
+        model, colon, data = rest.rpartition(":")
+        if not (name and eq and model and colon and data):
+            raise InputError(f"--task {spec}: write NAME=MODEL:DATA")
+        parsed.append((name, model, data))
+    if len({n for n, _m, _d in parsed}) < len(parsed):
+        raise InputError("--task: two tasks have the same name")
+    report = eval_tasks(merged, parsed, resolve_device(device), max_examples)
+    if json_out:
+        from mergeflow.io.ownership import atomic_write, check_file_target
+
+        target = check_file_target(json_out, [Path(merged)], "--json")
+        atomic_write(target, lambda p: p.write_text(json.dumps(report, indent=2), encoding="utf-8"))
+    click.echo(f"{'task':14s} {'metric':12s} {'fine-tuned':>10s} {'merged':>8s} {'normalized':>10s}")
+    for name, r in report["tasks"].items():
+        norm = f"{r['normalized']:10.3f}" if r["normalized"] is not None else f"{'':10s}"
+        click.echo(f"{name:14s} {r['metric']:12s} {r['fine_tuned'][r['metric']]:10.4f} {r['merged'][r['metric']]:8.4f} "
+                   f"{norm}")
+    if report["mean_normalized"] is not None:
+        click.echo(f"mean normalized score: {report['mean_normalized']:.3f}")

@@ -9,20 +9,23 @@ import torch
 from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
 from mergeflow.stats.data import batches, load_data
-from mergeflow.stats.model import check_fits, load_model, stored_names
+from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names
 
 
 def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: str | Path, device: torch.device,
-                  batch_size: int = 16, max_length: int = 128, max_examples: int | None = None,
+                  batch_size: int = 16, max_length: int | None = None, max_examples: int | None = None,
                   samples: int = 1, seed: int = 0, progress: bool = True) -> dict[str, object]:
     from tqdm import tqdm
 
     from mergeflow.io.ownership import check_file_target
 
     check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
+    if Path(out).suffix != ".safetensors":  # said before the work, not after
+        raise InputError(f"{out}: name statistics files *.safetensors")
     data = load_data(data_path).subset(max_examples)
-    loaded = load_model(model_dir, device)
+    loaded = load_model(model_dir, device, headless=kind == "gram")  # Grams do not depend on a head
     check_fits(loaded, data, model_dir)
+    max_length = max_length_for(loaded, data, max_length)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
@@ -39,7 +42,7 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
 
             torch.manual_seed(seed)
             tensors, _n = fisher(loaded, it, bar.update, samples=samples, seed=seed)
-            transposed, extra = set(), {"samples": samples if loaded.task == "causal-lm" else "exact"}
+            transposed, extra = set(), {"samples": "exact" if loaded.task == "classifier" else samples}
     finally:
         bar.close()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -51,4 +54,5 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
     tensors = {names[n]: t for n, t in tensors.items() if n in names}
     transposed = {names[n] for n in transposed if n in names}
     path = write_stats(out, tensors, kind, len(data), str(Path(model_dir).resolve()), transposed, extra)
-    return {"path": str(path), "kind": kind, "examples": len(data), "tensors": len(tensors)}
+    return {"path": str(path), "kind": kind, "examples": len(data), "tensors": len(tensors), "max_length": max_length,
+            "task": loaded.task}

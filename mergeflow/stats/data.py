@@ -1,5 +1,6 @@
 """Evaluation/statistics data: a text file (one example per line), JSONL with ``text`` (and optional
-``label``), or ``.npz`` with ``x`` (and optional ``y``) for vision and other tensor inputs. Every
+``label``) or with pre-split words ``tokens`` (and optional per-word ``tags``, for token
+classification), or ``.npz`` with ``x`` (and optional ``y``) for vision and other tensor inputs. Every
 problem is an InputError naming the file (and line)."""
 
 from __future__ import annotations
@@ -28,15 +29,20 @@ class Data:
     texts: list[str] | None = None
     x: np.ndarray | None = None
     labels: np.ndarray | None = None
+    words: list[list[str]] | None = None  # pre-split words (token classification)
+    tags: list[list[int]] | None = None  # a label per word
 
     def __len__(self) -> int:
-        return len(self.texts) if self.texts is not None else len(self.x)  # type: ignore[arg-type]
+        for part in (self.texts, self.words, self.x):
+            if part is not None:
+                return len(part)
+        return 0
 
     def subset(self, n: int | None) -> Data:
         if n is None or n >= len(self):
             return self
-        return Data(self.path, None if self.texts is None else self.texts[:n], None if self.x is None else self.x[:n],
-                    None if self.labels is None else self.labels[:n])
+        cut = lambda v: None if v is None else v[:n]  # noqa: E731
+        return Data(self.path, cut(self.texts), cut(self.x), cut(self.labels), cut(self.words), cut(self.tags))
 
 
 def load_data(path: str | Path) -> Data:
@@ -60,13 +66,17 @@ def load_data(path: str | Path) -> Data:
 
 def _jsonl(p: Path, lines: list[str]) -> Data:
     texts, labels = [], []
+    records = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            records.append((i, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise DataError(f"{p}:{i}: invalid JSON ({exc.msg})") from None
+    if records and isinstance(records[0][1], dict) and "tokens" in records[0][1]:
+        return _words(p, records)
+    for i, rec in records:
         if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
             raise DataError(f"{p}:{i}: each line must be an object with a string 'text'")
         if "label" in rec and not (isinstance(rec["label"], int) and not isinstance(rec["label"], bool)):
@@ -81,6 +91,24 @@ def _jsonl(p: Path, lines: list[str]) -> Data:
     if any(lb is None for lb in labels) and any(lb is not None for lb in labels):
         raise DataError(f"{p}: some lines have a 'label' and others not")
     return Data(p, texts=texts, labels=None if labels[0] is None else np.asarray(labels, dtype=np.int64))
+
+
+def _words(p: Path, records: list[tuple[int, Any]]) -> Data:
+    """JSONL of pre-split words: {"tokens": [WORD, ...], "tags": [LABEL, ...]} (tags optional, one per word)."""
+    words, tags = [], []
+    for i, rec in records:
+        toks = rec.get("tokens") if isinstance(rec, dict) else None
+        if not isinstance(toks, list) or not toks or not all(isinstance(t, str) for t in toks):
+            raise DataError(f"{p}:{i}: each line must be an object with 'tokens', a non-empty list of words")
+        tg = rec.get("tags")
+        if tg is not None and (not isinstance(tg, list) or len(tg) != len(toks) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in tg)):
+            raise DataError(f"{p}:{i}: 'tags' must be a list of {len(toks)} labels (integers, 0 or more), one per word")
+        words.append(toks)
+        tags.append(tg)
+    if any(t is None for t in tags) and any(t is not None for t in tags):
+        raise DataError(f"{p}: some lines have 'tags' and others not")
+    return Data(p, words=words, tags=None if tags[0] is None else tags)
 
 
 def _npz(p: Path) -> Data:
@@ -126,6 +154,12 @@ def _check_npz_sizes(p: Path, archive: Any) -> None:
 
 
 def check_labels(data: Data, num_labels: int | None) -> None:
+    if data.tags is not None and num_labels is not None:
+        for i, tg in enumerate(data.tags):
+            bad = [t for t in tg if t >= num_labels]
+            if bad:
+                raise DataError(f"{data.path}: tag {bad[0]} of example {i} is out of range for a model with "
+                                f"{num_labels} labels")
     if data.labels is None or num_labels is None:
         return
     bad = np.flatnonzero((data.labels < 0) | (data.labels >= num_labels))
@@ -136,10 +170,28 @@ def check_labels(data: Data, num_labels: int | None) -> None:
 
 def batches(data: Data, tokenizer: Any, batch_size: int, max_length: int, device: torch.device,
             image_shape: tuple[int, ...] | None = None):
-    """Yield (model inputs, labels or None, token mask or None) per batch."""
+    """Yield (model inputs, labels or None, token mask or None) per batch. Word data: each word's tag on
+    its first sub-token, -100 on the others and on special tokens."""
     for s in range(0, len(data), batch_size):
         labels = None if data.labels is None else torch.as_tensor(data.labels[s:s + batch_size], device=device)
-        if data.texts is not None:
+        if data.words is not None:
+            if tokenizer is None:
+                raise DataError(f"{data.path}: word data needs a tokenizer in the model directory")
+            enc = tokenizer(data.words[s:s + batch_size], is_split_into_words=True, padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt")
+            if data.tags is not None:
+                labels = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
+                for b, tg in enumerate(data.tags[s:s + batch_size]):
+                    prev = None
+                    for pos, w in enumerate(enc.word_ids(b)):
+                        if w is not None and w != prev:
+                            labels[b, pos] = tg[w]
+                        prev = w
+                labels = labels.to(device)
+            inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask",
+                                                                         "token_type_ids")}
+            yield inputs, labels, inputs.get("attention_mask")
+        elif data.texts is not None:
             if tokenizer is None:
                 raise DataError(f"{data.path}: text data needs a tokenizer in the model directory")
             enc = tokenizer(data.texts[s:s + batch_size], padding=True, truncation=True, max_length=max_length,

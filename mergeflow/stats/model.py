@@ -20,7 +20,7 @@ from mergeflow.stats.data import Data, check_labels
 class Loaded:
     model: Any
     tokenizer: Any
-    task: str  # "causal-lm" or "classifier"
+    task: str  # "causal-lm", "classifier", "token-classifier", "masked-lm" or (headless) "encoder"
     num_labels: int | None
     image_shape: tuple[int, int, int] | None  # (channels, height, width) for vision models
 
@@ -49,11 +49,15 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False) -
         task = "causal-lm"
     elif arch.endswith(("ForSequenceClassification", "ForImageClassification")):
         task = "classifier"
+    elif arch.endswith("ForTokenClassification"):
+        task = "token-classifier"
+    elif arch.endswith("ForMaskedLM"):
+        task = "masked-lm"
     elif headless and arch.endswith("Model"):
         task = "encoder"  # no head: compared by its last hidden state
     else:
-        raise ModelError(f"{p}: {arch} is neither a causal LM nor a classifier; statistics and evaluation "
-                         "need one of those heads")
+        raise ModelError(f"{p}: {arch} has none of the heads statistics and evaluation read (causal or masked LM, "
+                         "sequence, image or token classifier)")
     try:
         model, info = cls.from_pretrained(str(p), attn_implementation="eager", dtype=torch.float32,
                                           output_loading_info=True)
@@ -75,7 +79,8 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False) -
     if hasattr(c, "image_size") and hasattr(c, "num_channels"):
         size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
         image = (int(c.num_channels), int(size), int(size))
-    return Loaded(model, tokenizer, task, getattr(c, "num_labels", None) if task == "classifier" else None, image)
+    labels = getattr(c, "num_labels", None) if task in ("classifier", "token-classifier") else None
+    return Loaded(model, tokenizer, task, labels, image)
 
 
 def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
@@ -86,7 +91,24 @@ def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch
         ids = inputs["input_ids"]
         keep = torch.ones_like(ids[:, 1:], dtype=torch.bool) if mask is None else mask[:, 1:].bool()
         return logits[:, :-1], keep
+    if loaded.task in ("token-classifier", "masked-lm"):  # a distribution at every real token
+        return logits, torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device) if mask is None \
+            else mask.bool()
     return logits, None
+
+
+def max_length_for(loaded: Loaded, data: Data, given: int | None) -> int:
+    """--max-length: as given, else the longest example in tokens, at most what the model's positions allow."""
+    if given is not None:
+        return given
+    cap = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0) or 512
+    tok = loaded.tokenizer
+    if tok is None or (data.texts is None and data.words is None):
+        return cap
+    sample = data.texts if data.texts is not None else data.words
+    enc = tok(sample[:2000], is_split_into_words=data.words is not None, truncation=False)
+    longest = max((len(ids) for ids in enc["input_ids"]), default=2)
+    return max(2, min(longest, cap))
 
 
 def stored_names(model: Any) -> dict[str, str]:
@@ -115,7 +137,14 @@ def stored_names(model: Any) -> dict[str, str]:
 def check_fits(loaded: Loaded, data: Data, model_dir: str | Path) -> None:
     """The data suits the model: labels in range, text for models with a tokenizer, arrays for vision."""
     check_labels(data, loaded.num_labels)
-    if data.texts is not None and loaded.tokenizer is None:
+    if data.words is not None and loaded.task not in ("token-classifier", "encoder", "masked-lm"):
+        raise InputError(f"{data.path}: pre-split words with per-word tags are for token classifiers; "
+                         f"{model_dir} is a {loaded.task} model")
+    if data.tags is None and data.words is None and loaded.task == "token-classifier" and data.texts is not None \
+            and data.labels is not None:
+        raise InputError(f"{data.path}: a token classifier needs per-word tags (JSONL 'tokens' and 'tags'), not one "
+                         "label per text")
+    if (data.texts is not None or data.words is not None) and loaded.tokenizer is None:
         raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
     if data.x is not None and loaded.image_shape is None:
         raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")

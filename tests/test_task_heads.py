@@ -1,0 +1,73 @@
+"""Statistics and evaluation for the heads users have: token classification with pre-split words and
+per-word tags, headless encoders for Gram statistics, and every task scored with its own head on a
+merged backbone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from mergeflow.eval.tokens import entity_f1, is_bio, spans
+from tests.conftest import cli, write
+from tests.test_backbone import NER, body, trio  # noqa: F401  (fixture)
+
+WORDS = [["ann", "lives", "in", "paris"], ["bob", "and", "carl", "went", "to", "rome", "today"],
+         ["nice", "weather"], ["dana", "smith", "visited", "new", "york"]]
+TAGS = [[1, 0, 0, 3], [1, 0, 1, 0, 0, 3, 0], [0, 0], [1, 2, 0, 3, 4]]
+
+
+@pytest.fixture
+def data(tmp_path):
+    ner = write(tmp_path / "ner.jsonl", "".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in zip(WORDS, TAGS)))
+    sent = write(tmp_path / "sent.jsonl", "".join(json.dumps({"text": " ".join(w), "label": i % 3}) + "\n"
+                                                  for i, w in enumerate(WORDS)))
+    return ner, sent
+
+
+def test_spans_and_entity_f1():
+    names = dict(enumerate(NER))
+    assert is_bio(names) and not is_bio({0: "LABEL_0", 1: "LABEL_1"})
+    assert spans(["B-PER", "I-PER", "O", "B-LOC", "I-PER", "I-PER"]) == {(0, 1, "PER"), (3, 3, "LOC"), (4, 5, "PER")}
+    assert spans(["I-LOC", "O", "S-PER", "B-LOC", "E-LOC"]) == {(0, 0, "LOC"), (2, 2, "PER"), (3, 4, "LOC")}
+    got = entity_f1([[1, 2, 0, 3]], [[1, 0, 0, 3]], names)  # PER span cut short: 1 of 2 entities right
+    assert got["entity_precision"] == 0.5 and got["entity_recall"] == 0.5 and got["entity_f1"] == 0.5
+
+
+def test_stats_of_a_token_classifier_and_a_headless_encoder(tmp_path, trio, data):  # noqa: F811
+    base, sent, ner = trio
+    ner_data, _sent_data = data
+    for kind in ("fisher", "gram"):
+        res = cli("stats", str(ner), "--data", str(ner_data), "--kind", kind, "-o", str(tmp_path / f"{kind}.safetensors"),
+                  "--device", "cpu")
+        assert res.returncode == 0, res.stderr
+        assert "token-classifier" in res.stdout and "up to 25 tokens" in res.stdout  # the longest example: 25 characters
+    fisher = load_file(str(tmp_path / "fisher.safetensors"))
+    assert float(fisher["classifier.weight"].sum()) > 0 and float(fisher["bert.encoder.layer.0.output.dense.weight"].sum()) > 0
+    res = cli("stats", str(base), "--data", str(ner_data), "--kind", "gram", "-o", str(tmp_path / "base.gram.safetensors"))
+    assert res.returncode == 0, res.stderr  # a bare encoder: Grams need no head
+    assert "encoder.layer.1.attention.self.query.weight" in load_file(str(tmp_path / "base.gram.safetensors"))
+    res = cli("stats", str(base), "--data", str(ner_data), "--kind", "fisher", "-o", str(tmp_path / "x.safetensors"))
+    assert res.returncode == 2 and "BertModel has none of the heads" in res.stderr
+
+
+def test_eval_tasks_attaches_each_head(tmp_path, trio, data):  # noqa: F811
+    base, sent, ner = trio
+    ner_data, sent_data = data
+    rec = write(tmp_path / "r.yml", body(*trio, "merge_only: backbone\npartial: {keep: sent}\n"))
+    out = tmp_path / "out"
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
+    res = cli("eval", "tasks", str(out), "--task", f"sent={sent}:{sent_data}", "--task", f"ner={ner}:{ner_data}",
+              "--json", str(tmp_path / "tasks.json"), "--device", "cpu")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "tasks.json").read_text())
+    assert report["tasks"]["sent"]["metric"] == "accuracy" and report["tasks"]["ner"]["metric"] == "entity_f1"
+    assert report["tasks"]["ner"]["tensors_attached"] > 30 and "mean normalized score" in res.stdout
+    # the merged backbone of a model with itself is the model: scores unchanged
+    same = cli("eval", "tasks", str(ner), "--task", f"ner={ner}:{ner_data}", "--json", str(tmp_path / "same.json"))
+    assert same.returncode == 0, same.stderr
+    r = json.loads((tmp_path / "same.json").read_text())["tasks"]["ner"]
+    assert r["merged"] == r["fine_tuned"]
+    bad = cli("eval", "tasks", str(out), "--task", f"ner={ner}:{sent_data}")
+    assert bad.returncode == 2 and "per-word tags" in bad.stderr
