@@ -20,7 +20,8 @@ TAGS = [[1, 0, 0, 3], [1, 0, 1, 0, 0, 3, 0], [0, 0], [1, 2, 0, 3, 4]]
 
 @pytest.fixture
 def data(tmp_path):
-    ner = write(tmp_path / "ner.jsonl", "".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in zip(WORDS, TAGS)))
+    ner = write(tmp_path / "ner.jsonl", "".join(json.dumps({"tokens": w, "tags": t}) + "\n"
+                                                for w, t in zip(WORDS, TAGS, strict=True)))
     sent = write(tmp_path / "sent.jsonl", "".join(json.dumps({"text": " ".join(w), "label": i % 3}) + "\n"
                                                   for i, w in enumerate(WORDS)))
     return ner, sent
