@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from mergeflow.eval.tokens import entity_f1, is_bio, spans
@@ -72,3 +73,28 @@ def test_eval_tasks_attaches_each_head(tmp_path, trio, data):  # noqa: F811
     assert r["merged"] == r["fine_tuned"]
     bad = cli("eval", "tasks", str(out), "--task", f"ner={ner}:{sent_data}")
     assert bad.returncode == 2 and "per-word tags" in bad.stderr
+
+
+def test_masked_lm_stats_and_eval(tmp_path, data):
+    import transformers
+
+    from mergeflow.toymodels import save_tokenizer
+    from tests.test_backbone import CFG
+
+    torch.manual_seed(0)
+    mlm = tmp_path / "mlm"
+    transformers.BertForMaskedLM(transformers.BertConfig(**CFG)).save_pretrained(str(mlm))
+    save_tokenizer(mlm)
+    tok = transformers.AutoTokenizer.from_pretrained(str(mlm))
+    tok.add_special_tokens({"mask_token": "<unk>"})  # the char tokenizer has no mask token: use <unk>'s id
+    tok.save_pretrained(str(mlm))
+    _ner, sent = data
+    res = cli("stats", str(mlm), "--data", str(sent), "--kind", "fisher", "-o", str(tmp_path / "f.safetensors"))
+    assert res.returncode == 0 and "masked-lm" in res.stdout, res.stderr
+    from mergeflow.eval.loss import evaluate
+    from mergeflow.stats.data import load_data
+    from mergeflow.stats.model import load_model
+
+    scores = evaluate(load_model(mlm, torch.device("cpu")), load_data(sent))
+    assert 0 <= scores["accuracy"] <= 1 and scores["loss"] > 0
+    assert scores == evaluate(load_model(mlm, torch.device("cpu")), load_data(sent))  # same tokens masked

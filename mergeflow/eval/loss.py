@@ -18,25 +18,26 @@ def evaluate(loaded: Loaded, data: Data, batch_size: int = 64, max_length: int |
     total = correct = count = 0.0
     gold: list[list[int]] = []
     pred: list[list[int]] = []
-    if loaded.task == "masked-lm":
-        raise ValueError("evaluation of masked LMs is not supported (no labels to score them on)")
     max_length = max_length_for(loaded, data, max_length)
+    gen = torch.Generator().manual_seed(0)  # masked LMs: the same positions masked for every model scored
     with torch.no_grad():
         for inputs, labels, mask in batches(data, loaded.tokenizer, batch_size, max_length, dev, loaded.image_shape):
+            if loaded.task == "masked-lm":
+                inputs, labels = mask_tokens(loaded, inputs, mask, gen)
             logits, keep = logits_and_mask(loaded, inputs, mask)
             logits = logits.float()
-            if loaded.task == "token-classifier":
+            if loaded.task in ("token-classifier", "masked-lm"):
                 if labels is None:
                     raise ValueError("token classifier evaluation needs per-word tags (JSONL 'tokens' and 'tags')")
-                on = labels != -100
+                on = labels != -100  # labelled words' first sub-tokens, or the masked tokens
                 total += float(torch.nn.functional.cross_entropy(logits[on], labels[on], reduction="sum"))
-                hits = logits.argmax(-1) == labels
-                correct += float(hits[on].sum())
-                count += float(on.sum())
                 best = logits.argmax(-1)
-                for b in range(len(labels)):
-                    gold.append(labels[b][on[b]].tolist())
-                    pred.append(best[b][on[b]].tolist())
+                correct += float((best == labels)[on].sum())
+                count += float(on.sum())
+                if loaded.task == "token-classifier":
+                    for b in range(len(labels)):
+                        gold.append(labels[b][on[b]].tolist())
+                        pred.append(best[b][on[b]].tolist())
             elif loaded.task == "classifier":
                 if labels is None:
                     raise ValueError("classifier evaluation needs labels (JSONL 'label' or .npz 'y')")
@@ -49,13 +50,32 @@ def evaluate(loaded: Loaded, data: Data, batch_size: int = 64, max_length: int |
                 total += float(ce[keep].sum())
                 count += float(keep.sum())
     out = {"loss": total / max(count, 1)}
-    if loaded.task in ("classifier", "token-classifier"):
+    if loaded.task in ("classifier", "token-classifier", "masked-lm"):
         out["accuracy"] = correct / max(count, 1)
     if loaded.task == "token-classifier":
         names = {int(k): str(v) for k, v in (getattr(loaded.model.config, "id2label", None) or {}).items()}
         if names and is_bio(names):
             out.update(entity_f1(gold, pred, names))
     return out
+
+
+def mask_tokens(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
+                gen: torch.Generator, rate: float = 0.15) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """BERT's masked-LM test: ``rate`` of the real, non-special tokens replaced by the mask token, to be
+    predicted (labels -100 elsewhere); at least one per example."""
+    tok = loaded.tokenizer
+    if tok is None or tok.mask_token_id is None:
+        raise ValueError("masked LM evaluation needs a tokenizer with a mask token")
+    ids = inputs["input_ids"]
+    real = (mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)).cpu()
+    for special in tok.all_special_ids:
+        real &= ids.cpu() != special
+    pick = (torch.rand(ids.shape, generator=gen) < rate) & real
+    first = real.float().argmax(1)  # a real token of each example, so that none is left unscored
+    pick[torch.arange(len(ids)), first] |= real[torch.arange(len(ids)), first]
+    pick = pick.to(ids.device)
+    labels = torch.where(pick, ids, torch.full_like(ids, -100))
+    return {**inputs, "input_ids": torch.where(pick, torch.full_like(ids, tok.mask_token_id), ids)}, labels
 
 
 def interpolate_into(loaded: Loaded, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lam: float) -> None:
