@@ -67,3 +67,32 @@ def test_barrier_bad_input(pair, tmp_path):
     assert res.returncode == 2 and "align:" in res.stderr and "Traceback" not in res.stderr
     res = cli("eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b"))
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_a_refused_step_stops_before_any_curve(toy, tmp_path):
+    """A tied head refuses the orthogonal stream map: said at once, not after the earlier steps' curves."""
+    a, b = toy("qwen2"), toy("qwen2", seed=1)
+    data = write(tmp_path / "d.txt", TEXT)
+    steps = write(tmp_path / "steps.yml", "align:\n  - permute: {heads: true, ffn: true}\n"
+                                          "  - orthogonal: {residual: true}\n")
+    import time
+
+    start = time.perf_counter()
+    res = cli("eval", "barrier", str(a), str(b), "--data", str(data), "--align", str(steps), "-o",
+              str(tmp_path / "b"), "--points", "3", "-q")
+    assert res.returncode == 2 and "tied" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "b.json").exists()
+    assert time.perf_counter() - start < 60
+
+
+def test_relative_data_of_a_steps_file(pair, tmp_path, monkeypatch):
+    """refine's data named relative to the steps file is found by eval barrier too (the steps are copied)."""
+    from mergeflow.cli.eval_cmds import _steps
+
+    root, a, _s, _o, data = pair
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "d.txt", TEXT)
+    steps = write(tmp_path / "sub" / "steps.yml", "align:\n  - refine: {data: d.txt, steps: 2}\n")
+    monkeypatch.chdir(tmp_path)
+    got = _steps(str(steps), str(a))
+    assert got == [{"refine": {"data": str((tmp_path / "sub" / "d.txt").resolve()), "steps": 2}}]

@@ -113,8 +113,9 @@ def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
     for op, kind in (("linear", None), ("fisher", "fisher"), ("regmean", "gram")):
         stats = f"stats: {{a: a.{kind}.safetensors, b: b.{kind}.safetensors}}\n" if kind else ""
         recipe = write(root / f"{op}.yml", f"models: {{a: a, b: b}}\nmerge: {{{op}: {{}}}}\n{stats}")
-        res = cli("run", str(recipe), str(root / f"out_{op}"), "-q", "--force")
+        res = cli("run", str(recipe), str(root / f"out_{op}"), "--force")
         assert res.returncode == 0, res.stderr
+        assert ("fisher statistics: mean a " in res.stdout) == (op == "fisher")
         acc[op] = tt.accuracy(root / f"out_{op}", xt, yt)
         if op == "fisher":  # plan tells how far apart the models' Fisher scales are
             plan = cli("plan", str(recipe))

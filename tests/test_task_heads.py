@@ -98,3 +98,32 @@ def test_masked_lm_stats_and_eval(tmp_path, data):
     scores = evaluate(load_model(mlm, torch.device("cpu")), load_data(sent))
     assert 0 <= scores["accuracy"] <= 1 and scores["loss"] > 0
     assert scores == evaluate(load_model(mlm, torch.device("cpu")), load_data(sent))  # same tokens masked
+
+
+def test_char_vocab_json_and_token_id_npz(tmp_path):
+    """A character-level GPT-2 with only a vocab.json char map (no merges, no tokenizer config) reads text,
+    and integer .npz data is token ids for it."""
+    import numpy as np
+    import transformers
+
+    from mergeflow.eval.loss import evaluate
+    from mergeflow.stats.data import load_data
+    from mergeflow.stats.model import load_model
+
+    gpt = tmp_path / "gpt"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2,
+                                                         n_positions=32)).save_pretrained(str(gpt))
+    chars = list("abcdefghijklmnopqrstuvwxyz .,!?'\n")
+    (gpt / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
+    text = write(tmp_path / "t.txt", "hello world\nthe cat sat on the mat\n")
+    loaded = load_model(gpt, torch.device("cpu"))
+    assert loaded.tokenizer.decode(loaded.tokenizer("abc")["input_ids"]) == "abc"
+    assert evaluate(loaded, load_data(text))["loss"] > 0
+    ids = tmp_path / "ids.npz"
+    np.savez(ids, x=np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.int64))
+    assert evaluate(loaded, load_data(ids))["loss"] > 0
+    res = cli("stats", str(gpt), "--data", str(ids), "--kind", "gram", "-o", str(tmp_path / "g.safetensors"))
+    assert res.returncode == 0, res.stderr
+    (gpt / "vocab.json").write_text(json.dumps({"not a char": 0, **{f"tok{i}": i + 1 for i in range(20)}}))
+    res = cli("stats", str(gpt), "--data", str(text), "--kind", "gram", "-o", str(tmp_path / "h.safetensors"))
+    assert res.returncode == 2 and "tokenizer files do not load" in res.stderr and "internal" not in res.stderr

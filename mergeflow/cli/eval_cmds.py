@@ -16,7 +16,18 @@ def _steps(spec: str | None, anchor: str) -> list | None:
         return None
     from mergeflow.graph.align_recipe import default_steps, read_steps
 
-    return default_steps(anchor) if spec == "default" else read_steps(spec, recipe_ok=True)[1]
+    if spec == "default":
+        return default_steps(anchor)
+    root = Path(spec).resolve().parent  # a data file named relative to the steps file stays found
+    steps = []
+    for step in read_steps(spec, recipe_ok=True)[1]:
+        if isinstance(step, dict) and len(step) == 1:
+            (name, params), = step.items()
+            data = params.get("data") if isinstance(params, dict) else None
+            if isinstance(data, str) and not Path(data).is_absolute():
+                step = {name: {**params, "data": str(root / data)}}
+        steps.append(step)
+    return steps
 
 
 @eval_group.command()

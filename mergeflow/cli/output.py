@@ -98,6 +98,8 @@ def print_summary(result: Any, prep: Any, resume: bool, peak_rss: int, tasks: li
     click.echo(f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}")
     click.echo(f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
                f"in {result.seconds:.2f} s; peak RSS {human(peak_rss)}")
+    if plan.stats_means:
+        click.echo("fisher statistics: mean " + ", ".join(f"{m} {v:.3g}" for m, v in plan.stats_means.items()))
     if plan.left_out:
         more = f" and {len(plan.left_out) - 4} more" if len(plan.left_out) > 4 else ""
         click.echo(f"left out: {', '.join(plan.left_out[:4])}{more} (not in every model: partial)")

@@ -51,9 +51,8 @@ def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[st
     return out
 
 
-def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
-                 device: str) -> Path:
-    """B aligned to A with ``steps`` (through the same code as `mergeflow align`)."""
+def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path, device: str) -> Any:
+    """The prepared alignment of B to A with ``steps`` (validated and planned; nothing written)."""
     from mergeflow.graph import run as runner
     from mergeflow.graph.align_recipe import align_recipe
 
@@ -61,10 +60,17 @@ def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any
     steps_file = work / f"steps{len(steps)}.yml"
     steps_file.write_text(yaml.safe_dump({"align": steps}))
     recipe, text = align_recipe(str(b_dir), str(a_dir), str(steps_file))
-    opts = runner.Options(device=device, force=True)
-    prep = runner.prepare(str(steps_file), opts, recipe=recipe, recipe_text=text)
+    return runner.prepare(str(steps_file), runner.Options(device=device, force=True), recipe=recipe, recipe_text=text)
+
+
+def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
+                 device: str) -> Path:
+    """B aligned to A with ``steps`` (through the same code as `mergeflow align`)."""
+    from mergeflow.graph import run as runner
+
+    prep = _prepared(a_dir, b_dir, steps, work, device)
     out = work / f"aligned{len(steps)}"
-    runner.run(prep, out, opts, progress=False)
+    runner.run(prep, out, runner.Options(device=device, force=True), progress=False)
     return out
 
 
@@ -76,6 +82,8 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
     a = load_endpoint(a_dir, device)
     check_fits(a[0], data, a_dir)
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
+        if steps:  # every step validated and planned (e.g. a step the family refuses) before any curve is computed
+            _prepared(a_dir, b_dir, steps, Path(tmp) / "check", str(device))
         for name, prefix in variants(steps):
             start = time.perf_counter()
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))

@@ -28,7 +28,7 @@ from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import InputError
 from mergeflow.stats.data import Data, batches
-from mergeflow.stats.model import Loaded, logits_and_mask, stored_names
+from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for, stored_names
 
 
 @dataclass
@@ -111,6 +111,7 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
     group (orthogonal or orthogonal_centred), or None to learn permutations only."""
     start = time.perf_counter()
     report = RefineReport(model)
+    p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})  # once, not per step
     names = module_names(loaded, anchor)
     a32 = {k: v.to(device=device, dtype=torch.float32) for k, v in anchor.items()}
     b64 = {k: v.to(device=device, dtype=torch.float64) for k, v in source.items()}

@@ -1,6 +1,7 @@
 """Evaluation/statistics data: a text file (one example per line), JSONL with ``text`` (and optional
 ``label``) or with pre-split words ``tokens`` (and optional per-word ``tags``, for token
-classification), or ``.npz`` with ``x`` (and optional ``y``) for vision and other tensor inputs. Every
+classification), or ``.npz`` with ``x`` (and optional ``y``): float ``x`` for vision and other tensor
+inputs, integer ``x`` as token ids (``[N, T]``, for language models without a tokenizer). Every
 problem is an InputError naming the file (and line)."""
 
 from __future__ import annotations
@@ -128,6 +129,10 @@ def _npz(p: Path) -> Data:
     y = arrays.get("y")
     if y is not None and (y.dtype.kind not in "iu" or y.shape != (len(x),)):
         raise DataError(f"{p}: 'y' must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
+    if x.dtype.kind in "iu":  # token ids (a causal or masked LM's input), kept as integers
+        if x.min() < 0:
+            raise DataError(f"{p}: integer 'x' is read as token ids, and {int(x.min())} is not one")
+        return Data(p, x=x.astype(np.int64), labels=None if y is None else y.astype(np.int64))
     x = x.astype(np.float32)
     bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
     if len(bad):
@@ -201,6 +206,8 @@ def batches(data: Data, tokenizer: Any, batch_size: int, max_length: int, device
             yield inputs, labels, inputs.get("attention_mask")
         else:
             x = torch.as_tensor(data.x[s:s + batch_size], device=device)  # type: ignore[index]
+            if image_shape is not None and not x.is_floating_point():
+                raise DataError(f"{data.path}: integer 'x' holds token ids; a vision model takes float images")
             if image_shape is not None:
                 if x.ndim == 3:  # (N, H, W): one channel, repeated to the model's channels
                     x = x.unsqueeze(1).expand(-1, image_shape[0], -1, -1)
@@ -208,5 +215,7 @@ def batches(data: Data, tokenizer: Any, batch_size: int, max_length: int, device
                     raise DataError(f"{data.path}: images of shape {tuple(x.shape[1:])}, the model expects "
                                     f"{tuple(image_shape)}")
                 yield {"pixel_values": x.contiguous()}, labels, None
+            elif not x.is_floating_point():  # token ids
+                yield {"input_ids": x}, labels, None
             else:
                 yield {"inputs_embeds": x}, labels, None

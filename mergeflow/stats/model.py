@@ -71,7 +71,7 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False) -
     model.to(device).eval()
     tokenizer = None
     if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
-        tokenizer = transformers.AutoTokenizer.from_pretrained(str(p))
+        tokenizer = _tokenizer(p)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     image = None
@@ -95,6 +95,34 @@ def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch
         return logits, torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device) if mask is None \
             else mask.bool()
     return logits, None
+
+
+def _tokenizer(p: Path) -> Any:
+    """The folder's tokenizer; a lone ``vocab.json`` of single characters (a character-level model's map,
+    no merges or tokenizer config) becomes a character tokenizer."""
+    import transformers
+
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(p))
+    except Exception as exc:  # noqa: BLE001  (transformers raises anything on files it cannot use)
+        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    vocab_file = p / "vocab.json"
+    try:
+        vocab = json.loads(read_text_capped(vocab_file, "vocab", 64 << 20)) if vocab_file.is_file() else None
+    except (ValueError, InputError):
+        vocab = None
+    specials = [t for t in vocab or {} if len(t) > 1]
+    if not isinstance(vocab, dict) or not vocab or len(specials) > 8 or not all(isinstance(i, int) for i in vocab.values()):
+        raise InputError(f"{p}: its tokenizer files do not load ({why}); give the folder a tokenizer "
+                         "(tokenizer.json, or vocab.json with merges.txt)")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    unk = next((t for t in specials if "unk" in t.lower()), specials[0] if specials else min(vocab, key=vocab.get))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    eos = next((t for t in specials if "end" in t.lower() or "eos" in t.lower() or t == "</s>"), None)
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, eos_token=eos)
 
 
 def max_length_for(loaded: Loaded, data: Data, given: int | None) -> int:
@@ -146,5 +174,6 @@ def check_fits(loaded: Loaded, data: Data, model_dir: str | Path) -> None:
                          "label per text")
     if (data.texts is not None or data.words is not None) and loaded.tokenizer is None:
         raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
-    if data.x is not None and loaded.image_shape is None:
-        raise InputError(f"{data.path}: tensor data (.npz) is for vision models; {model_dir} takes text")
+    if data.x is not None and loaded.image_shape is None and data.x.dtype.kind == "f":
+        raise InputError(f"{data.path}: float tensor data (.npz) is for vision models; {model_dir} takes text (or "
+                         "token ids: integer 'x')")
