@@ -31,7 +31,10 @@ def test_refined_vit_keeps_its_function_and_reports_training(tmp_path, toy):
     ref = report["refine"][0]
     assert ref["steps"] == 15 and np.isfinite(ref["loss_first"]) and np.isfinite(ref["loss_last"])
     assert ref["residual_change"] > 0  # the map was trained away from weight matching's
-    assert json.loads((c / "alignment.json").read_text())["refine"][0]["model"] == "model"
+    written = json.loads((c / "alignment.json").read_text())
+    assert written["refine"][0]["model"] == "model"
+    totals = written["totals"]["model"]
+    assert "refine" in totals and totals["refine"]["total"] != list(totals.values())[-2]["total"]  # its own distance
 
 
 def test_refine_learns_permutations_only_where_the_stream_map_is_a_permutation(tmp_path, toy):

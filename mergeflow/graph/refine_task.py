@@ -12,9 +12,11 @@ from typing import Any, ClassVar
 import torch
 
 from mergeflow.align.base import StepParams
+from mergeflow.align.layer import LayerReport, distances
 from mergeflow.align.refine_step import RefineParams
 from mergeflow.align.residual import ResidualMap
 from mergeflow.align.state import align_state, fold_state
+from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.graph.residual_tasks import ResidualPlan, SolveResidual
@@ -66,5 +68,11 @@ class RefineModel:
             out, report = refine(loaded, self.spec, self.layout, a, b1, data, self.params, group, self.plan.fold,
                                  self.model, ctx.device, progress)
         ctx.align_reports.append(report)
+        layers = {lay.index: lay for lay in self.spec.layers}
+        for rep in reports:  # each layer's distance after the refinement, as a stage of its own
+            if isinstance(rep, LayerReport) and rep.layer in layers:
+                lay = layers[rep.layer]
+                rep.steps.append(("refine", distances(to_canonical(self.spec, lay, out),
+                                                      to_canonical(self.spec, lay, a))))
         changed = set(self.spec.layer_of()) | {t.name for t in self.layout.tensors}
         return {n: out[n].to(ctx.compute_dtype) for n in changed}
