@@ -38,11 +38,20 @@ def headless_class(model_type: str | None) -> tuple[str, str] | None:
     return (name, prefix + ".") if prefix else None
 
 
-def canonical(reader: ModelReader) -> tuple[dict[str, str], set[str], bool]:
+def family_prefix(readers: Mapping[str, ModelReader]) -> str:
+    """The base-model prefix of the models' family (from the first model whose config names its type)."""
+    for r in readers.values():
+        info = headless_class(r.model_type)
+        if info is not None:
+            return info[1]
+    return ""
+
+
+def canonical(reader: ModelReader, fallback: str = "") -> tuple[dict[str, str], set[str], bool]:
     """(canonical name -> stored name, the canonical names of the backbone, whether the checkpoint
-    stores its backbone under the prefix)."""
+    stores its backbone under the prefix). ``fallback``: the prefix for a checkpoint without a config."""
     info = headless_class(reader.model_type)
-    prefix = info[1] if info else ""
+    prefix = info[1] if info else fallback
     prefixed = bool(prefix) and any(t.startswith(prefix) for t in reader.tensors)
     names = {(t[len(prefix):] if prefixed and t.startswith(prefix) else t): t for t in reader.tensors}
     backbone = {c for c, t in names.items() if not prefixed or t.startswith(prefix)}
@@ -53,7 +62,8 @@ def needs_parts(recipe: Recipe, readers: Mapping[str, ModelReader]) -> bool:
     """Whether the plain path (every model has every tensor, under one name) cannot take this recipe."""
     if recipe.merge_only != "all" or recipe.partial != "error":
         return True
-    return len({canonical(r)[2] for r in readers.values()}) > 1  # some store the prefix, some do not
+    fallback = family_prefix(readers)
+    return len({canonical(r, fallback)[2] for r in readers.values()}) > 1  # some store the prefix, some do not
 
 
 @dataclass
@@ -68,7 +78,8 @@ def part_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, ord
         raise RecipeError(["merge_only/partial, or models storing names with and without their base-model prefix, "
                            "cannot be combined with align, slices or a tokenizer section yet"])
     mo, partial = recipe.merge_only, recipe.partial
-    seen = {m: canonical(readers[m]) for m in order}
+    fallback = family_prefix(readers)
+    seen = {m: canonical(readers[m], fallback) for m in order}
     ref_names, _b, ref_prefixed = seen[ref]
 
     def in_part(c: str, m: str) -> bool:
