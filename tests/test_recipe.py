@@ -14,7 +14,7 @@ from mergeflow.errors import RecipeError
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.jsonschema import build_schema
 from mergeflow.recipe.validate import load_recipe
-from tests.conftest import ROOT, write
+from tests.conftest import ROOT, cli, write
 
 
 def problems(path: Path) -> list[str]:
@@ -189,3 +189,20 @@ def test_recipe_package_imports_no_torch():
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rules_across_parameters_are_checked_by_validate(tmp_path, toy):
+    """della's density +/- epsilon must lie in (0, 1]: a rule over two fields, checked before any model is
+    opened, at every knot of a gradient, with the YAML location."""
+    a, b = toy("llama"), toy("llama", seed=1)
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nbase: a\n"
+                                    "merge: {della: {density: 0.9, epsilon: 0.2}}\n")
+    res = cli("validate", str(rec), "--recipe-only")
+    assert res.returncode == 2 and "r.yml:3:" in res.stderr and "merge.della: density - epsilon" in res.stderr
+    rec = write(tmp_path / "g.yml", f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.9]}}}}}}\n"
+                                    "base: a\nmerge: {della: {epsilon: 0.15}}\n")
+    res = cli("validate", str(rec), "--recipe-only")
+    assert res.returncode == 2 and "models.b.params:" in res.stderr and "(at layer position 1)" in res.stderr
+    ok = write(tmp_path / "ok.yml", f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.8]}}}}}}\n"
+                                    "base: a\nmerge: {della: {epsilon: 0.15}}\n")
+    assert cli("validate", str(ok), "--recipe-only").returncode == 0

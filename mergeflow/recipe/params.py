@@ -76,3 +76,23 @@ def split_params(op: OperatorLike, raw: Mapping[str, Any]) -> tuple[dict[str, An
     keys the operator does not know are dropped (they belong to another operator)."""
     glob, per_model = field_names(op.params), field_names(op.model_params)
     return ({k: v for k, v in raw.items() if k in glob}, {k: v for k, v in raw.items() if k in per_model})
+
+
+def whole_problems(cls: type[BaseModel], raw: Mapping[str, Any]) -> list[str]:
+    """Problems of the values taken together (rules across fields, e.g. della's density +/- epsilon in
+    (0, 1]), at every position where a gradient has a knot. Fields with problems of their own (see
+    :func:`check_value`) and keys of other models are left out: they are reported once, elsewhere."""
+    names = field_names(cls)
+    vals = {k: v for k, v in raw.items() if k in names and not check_value(cls, k, v)}
+    if not vals:
+        return []
+    knots = {0.0, 1.0} | {i / (len(v) - 1) for v in vals.values() if isinstance(v, list) and len(v) > 1
+                           for i in range(len(v))}
+    for t in sorted(knots):
+        try:
+            cls.model_validate({k: interpolate(v, t) for k, v in vals.items()})
+        except ValidationError as exc:
+            where = "" if len(knots) == 2 and not any(isinstance(v, list) for v in vals.values()) else \
+                f" (at layer position {t:.3g})"
+            return [e["msg"].removeprefix("Value error, ") + where for e in exc.errors()]
+    return []

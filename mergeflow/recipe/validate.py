@@ -11,7 +11,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from mergeflow.errors import RecipeError
 from mergeflow.patterns import PatternError, compile_regex, parse_repo_ref
 from mergeflow.recipe.output_checks import check_outputs
-from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner
+from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner, whole_problems
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
@@ -108,6 +108,9 @@ def _check_op(
         return None
     op = ops[spec.name]
     _check_params(probs, (*path, spec.name), spec.params, op, False, models)
+    for cls in (op.params, op.model_params):  # per-model keys under merge: are every model's defaults
+        for msg in whole_problems(cls, spec.params):
+            probs.add((*path, spec.name), msg)
     return op
 
 
@@ -205,6 +208,9 @@ def validate(
             probs.add(("merge", sec["merge"].name), f"merges at most {op.max_models} model(s), got {n}")
         for name, entry in models.items():
             _check_params(probs, ("models", name, "params"), entry.params, op, True, models)
+            if entry.params:
+                for msg in whole_problems(op.model_params, {**sec["merge"].params, **entry.params}):
+                    probs.add(("models", name, "params"), msg)
 
     for i, ov in enumerate(sec.get("overrides") or []):
         if ov.regex is not None:
