@@ -30,6 +30,7 @@ def test_refined_vit_keeps_its_function_and_reports_training(tmp_path, toy):
     torch.testing.assert_close(outputs(c, "vit")[0], outputs(b, "vit")[0], atol=1e-6, rtol=1e-6)
     ref = report["refine"][0]
     assert ref["steps"] == 15 and np.isfinite(ref["loss_first"]) and np.isfinite(ref["loss_last"])
+    assert ref["loss_last"] < ref["loss_first"], ref  # the refinement lowers the interpolated model's loss
     assert ref["residual_change"] > 0  # the map was trained away from weight matching's
     written = json.loads((c / "alignment.json").read_text())
     assert written["refine"][0]["model"] == "model"
