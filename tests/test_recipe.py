@@ -206,3 +206,17 @@ def test_rules_across_parameters_are_checked_by_validate(tmp_path, toy):
     ok = write(tmp_path / "ok.yml", f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.8]}}}}}}\n"
                                     "base: a\nmerge: {della: {epsilon: 0.15}}\n")
     assert cli("validate", str(ok), "--recipe-only").returncode == 0
+
+
+@pytest.mark.parametrize(("align", "msg"), [
+    ("[{refine: {steps: 3}}]", "align[0].refine: needs 'data: PATH'"),
+    ("[{refine: {data: d.txt}}]", "align[0].refine: needs a residual step before it"),
+    ("[{rotate: {}}, {permute: {heads: true}}]", "align[1].permute: heads are paired before they are rotated"),
+    ("[{permute: {residual: true}}, {refine: {data: d.txt}}, {rescale: {}}]", "align[1].refine: must be the last"),
+])
+def test_step_order_rules_are_checked_without_models(tmp_path, toy, align, msg):
+    write(tmp_path / "d.txt", "some text\n")
+    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nanchor: a\n"
+                                    f"align: {align}\nmerge: linear\n")
+    res = cli("validate", str(rec), "--recipe-only")
+    assert res.returncode == 2 and msg in res.stderr and "r.yml:3:" in res.stderr, res.stderr

@@ -7,7 +7,7 @@ optional check that refuses the step for a model whose symmetries do not allow i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +32,9 @@ class NoModelParams(BaseModel):
 
 
 StepFn = Callable[[Layer, Layer, Geometry, StepParams], None]
+# a rule about the step's place in the recipe's step list, checked without any model: (its index, every
+# step as (name, parsed params, or None where they are invalid)) -> the problem, or None
+ListCheck = Callable[[int, Sequence[tuple[str, "StepParams | None"]]], "str | None"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class AlignStep:
     summary: str
     doc: str
     model_params: type[BaseModel] = NoModelParams  # steps have no per-model parameters
+    in_list: ListCheck | None = None  # its rules about the step list (order, required parameters)
 
 
 STEPS: Registry[AlignStep] = Registry("alignment step")
@@ -53,11 +57,13 @@ def _no_check(geom: Geometry, params: StepParams, family: str) -> str | None:
 
 
 def align_step(
-    name: str, params: type[StepParams], check: Callable[[Geometry, StepParams, str], str | None] = _no_check
+    name: str, params: type[StepParams], check: Callable[[Geometry, StepParams, str], str | None] = _no_check,
+    in_list: ListCheck | None = None,
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip()
-        STEPS.add(name, AlignStep(name, fn, params, check, doc.splitlines()[0] if doc else name, doc))
+        STEPS.add(name, AlignStep(name, fn, params, check, doc.splitlines()[0] if doc else name, doc,
+                                  in_list=in_list))
         return fn
 
     return deco
@@ -99,3 +105,14 @@ class CoupledParams(StepParams):
     iterations: int = Field(10, ge=1, le=1000, description="Most coordinate-descent passes per residual group.")
     tolerance: float = Field(1e-4, ge=0.0, description="Stop when a pass improves the distance by less than this "
                              "fraction.")
+
+
+def list_problems(steps: Sequence[tuple[str, StepParams | None]]) -> list[tuple[int, str]]:
+    """(index, problem) for every step whose rules about the step list it breaks."""
+    out = []
+    for i, (name, _p) in enumerate(steps):
+        info = STEPS.get(name) if name in STEPS else None
+        why = info.in_list(i, steps) if info is not None and info.in_list is not None else None
+        if why:
+            out.append((i, why))
+    return out

@@ -17,13 +17,22 @@ solved before the layers, jointly with them (``mergeflow.align.residual_solve``)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import CoupledParams, Layer, align_step, heads, qk_fixed, stream_described
+from mergeflow.align.base import (
+    CoupledParams,
+    Layer,
+    StepParams,
+    align_step,
+    heads,
+    qk_fixed,
+    stream_described,
+)
 from mergeflow.arch.spec import Geometry
 
 FFN_ROWS = ("up", "up.b", "gate", "gate.b")
@@ -133,7 +142,15 @@ def _check(g: Geometry, p: PermuteParams, family: str) -> str | None:
     return stream_described(family, p) or qk_fixed(g, p.heads, family, "permute: {heads: false}")
 
 
-@align_step("permute", PermuteParams, _check)
+def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | None:
+    rotate = next((j for j, (n, _p) in enumerate(steps) if n == "rotate"), None)
+    if getattr(steps[i][1], "heads", False) and rotate is not None and rotate < i:
+        return ("heads are paired before they are rotated (a rotation solved between unpaired heads is meaningless); "
+                f"move this step before align[{rotate}].rotate")
+    return None
+
+
+@align_step("permute", PermuteParams, _check, in_list=_in_list)
 def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams) -> None:
     """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``; the residual stream
     with ``residual: true`` (solved jointly with the layers by coordinate descent)."""

@@ -10,6 +10,8 @@ runs in ``mergeflow.learn.refine``; this file declares the step and its paramete
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import Field, model_validator
 
 from mergeflow.align.base import Layer, StepParams, align_step
@@ -38,10 +40,17 @@ class RefineParams(StepParams):
         return self
 
 
-def _check(g: Geometry, p: RefineParams, family: str) -> str | None:
-    return "needs 'data: PATH', the examples it trains on" if p.data is None else None
+def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | None:
+    p = steps[i][1]
+    if p is not None and getattr(p, "data", None) is None:
+        return "needs 'data: PATH', the examples it trains on"
+    if not any(getattr(q, "residual", False) for _n, q in steps[:i]):
+        return "needs a residual step before it (permute: {residual: true} or orthogonal: {residual: true}) to start from"
+    if i != len(steps) - 1:
+        return "must be the last alignment step"
+    return None
 
 
-@align_step("refine", RefineParams, _check)
+@align_step("refine", RefineParams, in_list=_in_list)
 def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams) -> None:
     """Learned refinement of the residual map and FFN permutations on data (after a residual step)."""

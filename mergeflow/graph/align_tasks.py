@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mergeflow.align.base import StepParams
+from mergeflow.align.base import StepParams, list_problems
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.arch.residual import residual_layout
@@ -105,22 +105,12 @@ class AlignPlanner:
                 i = next(i for i, (n, _p) in enumerate(self.steps) if n == "orthogonal")
                 raise RecipeError([f"align[{i}].orthogonal: not valid for this model: {self.layout.no_orthogonal}; "
                                    "use permute: {residual: true}"])
-        first_rotate = next((i for i, (n, _p) in enumerate(self.steps) if n == "rotate"), None)
-        for i, (n, p) in enumerate(self.steps):
-            if n == "permute" and getattr(p, "heads", False) and first_rotate is not None and first_rotate < i:
-                raise RecipeError([f"align[{i}].permute: heads are paired before they are rotated (a rotation solved "
-                                   "between unpaired heads is meaningless); move this step before "
-                                   f"align[{first_rotate}].rotate"])
+        problems = list_problems(self.steps)  # the steps' rules about the list (validate checks them too)
+        if problems:
+            raise RecipeError([f"align[{i}].{self.steps[i][0]}: {why}" for i, why in problems])
         self.solves: dict[str, SolveResidual] = {}
         self.refines: dict[str, RefineModel] = {}
         self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if n == "refine"), None)
-        if self.refine is not None:
-            i = self.refine[0]
-            if self.residual is None:
-                raise RecipeError([f"align[{i}].refine: needs a residual step before it (permute: {{residual: true}} "
-                                   "or orthogonal: {residual: true}) to start from"])
-            if i != len(self.steps) - 1:
-                raise RecipeError([f"align[{i}].refine: must be the last alignment step"])
         self.anchor_dir = str(reader.path)
 
     def _refined(self, model: str) -> RefineModel:

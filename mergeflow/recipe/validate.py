@@ -114,6 +114,22 @@ def _check_op(
     return op
 
 
+def _check_step_list(align: list[Any], steps: Mapping[str, Any], probs: _Problems) -> None:
+    """Each step's rules about the step list (order, parameters it cannot run without): no model needed."""
+    parsed = []
+    for step in align:
+        info = steps.get(step.name) if step.name in steps else None
+        try:
+            parsed.append((step.name, info.params.model_validate(step.params) if info is not None else None))
+        except ValidationError:
+            parsed.append((step.name, None))  # reported by the parameter checks
+    for i, (name, _p) in enumerate(parsed):
+        rule = getattr(steps.get(name), "in_list", None) if name in steps else None
+        why = rule(i, parsed) if rule is not None else None
+        if why:
+            probs.add(("align", i, name), why)
+
+
 def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems,
                 stages: Mapping[str, Path] | None = None) -> str:
     if entry.stage is not None:
@@ -178,6 +194,7 @@ def validate(
             probs.add((key,), f"'{ref}' is not a key of models ({', '.join(names)})")
     check_outputs(sec, src.data, models, probs.add)
     if sec.get("align"):
+        _check_step_list(sec["align"], steps, probs)
         if sec.get("anchor") is None and "anchor" not in src.data:
             probs.add(("align",), "alignment steps need an 'anchor' model")
         for i, step in enumerate(sec["align"]):
