@@ -148,3 +148,22 @@ models:
                  "tokenizer: expected {source, tokens, pad_to_multiple_of}"):
         assert frag in res.stderr, frag
     assert "lora" not in res.stderr.lower()  # model+adapter is accepted (the adapter a repo id, resolved at run)
+
+
+def test_errors_in_a_converted_config_point_at_its_lines(tmp_path, toy):
+    a, b = toy("llama"), toy("llama", seed=1)
+    mk = write(tmp_path / "mk.yml", f"""\
+merge_method: ties
+base_model: {a}
+models:
+  - model: {a}
+  - model: {b}
+    parameters:
+      density: 1.7
+parameters:
+  lambda: fast
+""")
+    res = cli("validate", str(mk), "--recipe-only")
+    assert res.returncode == 2, res.stderr
+    assert f"{mk}:9:" in res.stderr and "lambda" in res.stderr  # the mergekit file's own lines
+    assert f"{mk}:7:" in res.stderr and "density" in res.stderr

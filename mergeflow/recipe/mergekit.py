@@ -57,6 +57,16 @@ class _Converter:
         self.overrides: list[dict[str, Any]] = []
         self.glob: dict[str, Any] = {}
         self.gradients = False
+        self.locs: dict[tuple[Any, ...], tuple[int, int]] = {}  # native key path -> its mergekit line, column
+        self.method: Any = None
+
+    def at(self, native: tuple[Any, ...], where: tuple[Any, ...]) -> None:
+        """The native key ``native`` came from the mergekit key ``where`` (for error locations)."""
+        for n in range(len(where), -1, -1):
+            loc = self.src.locations.get(tuple(where[:n]))
+            if loc is not None:
+                self.locs.setdefault(native, loc)
+                return
 
     def fail(self, path: tuple[Any, ...], msg: str) -> None:
         dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
@@ -75,6 +85,7 @@ class _Converter:
                          set(self.models))
             self.by_path[path] = name
             self.models[name] = {"path": base, "params": {}, **({"lora": adapter} if adapter else {})}
+            self.at(("models", name), where)
         return self.by_path[path]
 
     def _set(self, model: str | None, key: str, value: Any, regex: str | None) -> None:
@@ -101,6 +112,7 @@ class _Converter:
             if key == "int8_mask":
                 continue
             name = RENAMES.get(method, {}).get(key, key)
+            self.at(("merge", method, name) if model is None else ("models", model, "params", name), (*where, key))
             if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
                 self._set(model, name, value, None)
                 continue
@@ -196,6 +208,12 @@ class _Converter:
             op_params["rescale"] = "l1"  # mergekit's rescale matches L1 norms (its default for these methods)
         models = {n: (m if m["params"] else m["path"]) for n, m in self.models.items()}
         recipe: dict[str, Any] = {"models": models, "merge": {method: op_params}}
+        self.at(("merge", method), ("merge_method",))
+        for key, mk in (("base", "base_model"), ("dtype", "dtype"), ("out_dtype", "out_dtype"),
+                        ("slices", "slices"), ("tokenizer", "tokenizer"), ("tokenizer", "tokenizer_source"),
+                        ("chat_template", "chat_template")):
+            if mk in data:
+                self.at((key,), (mk,))
         if base is not None:
             recipe["base"] = base
         if slices:
@@ -267,3 +285,9 @@ def _sets(ov: dict[str, Any], model: str | None, key: str) -> bool:
 def convert(src: YamlSource) -> dict[str, Any]:
     """The native recipe (as data) equivalent to a mergekit config; RecipeError listing every problem."""
     return _Converter(src).convert()
+
+
+def convert_located(src: YamlSource, name: str) -> YamlSource:
+    """The converted recipe as a YAML source whose keys point at the mergekit lines they came from."""
+    conv = _Converter(src)
+    return YamlSource(conv.convert(), name, conv.locs)

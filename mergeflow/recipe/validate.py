@@ -278,11 +278,11 @@ def load_recipe(
     """Read and validate a recipe file. Relative model paths resolve against the file's folder; a
     mergekit config (it has ``merge_method``) is converted first, its paths relative to the working
     directory as in mergekit."""
-    from mergeflow.recipe.mergekit import convert, is_mergekit
+    from mergeflow.recipe.mergekit import convert_located, is_mergekit
 
     src = read_yaml(path)
     if is_mergekit(src.data):
-        native = YamlSource(convert(src), f"{src.name} (converted from mergekit)")
+        native = convert_located(src, src.name)
         return validate(native, operators, steps, root=Path.cwd(), check_paths=check_paths)
     return validate(src, operators, steps, root=Path(path).resolve().parent, check_paths=check_paths)
 
