@@ -145,3 +145,13 @@ def test_task_models_need_merge_only(tmp_path, trio):
     res = cli("validate", str(rec), "--recipe-only")
     assert res.returncode == 2 and "task_models: needs merge_only" in res.stderr
     assert "partial.keep: 'nobody' is not a key of models" in res.stderr
+
+
+def test_known_prefixes_are_transformers_own():
+    """The built-in table of base-model prefixes says what transformers' classes say."""
+    import transformers
+
+    from mergeflow.graph.parts import KNOWN
+
+    for model_type, (cls, prefix) in KNOWN.items():
+        assert getattr(transformers, cls).base_model_prefix + "." == prefix, model_type

@@ -194,3 +194,14 @@ def test_validate_and_convert_multi(tmp_path, models):
     assert res.returncode == 0, res.stderr
     for name in NAMES:
         assert torch.equal(tensor(out1, name), tensor(out2, name))
+
+
+def test_a_file_named_like_a_stamp_is_never_replaced(tmp_path, models):
+    rec = write(tmp_path / "multi.yml", multi(models))
+    inter = tmp_path / "mid"
+    inter.mkdir()
+    (inter / ".first-merge.mergeflow-stage.json").write_text("the user's notes\n")
+    res = cli("run", str(rec), str(tmp_path / "out"), "--intermediate-dir", str(inter))
+    assert res.returncode == 2 and "not written by mergeflow" in res.stderr, res.stderr
+    assert (inter / ".first-merge.mergeflow-stage.json").read_text() == "the user's notes\n"
+    assert not (inter / "first-merge").exists()

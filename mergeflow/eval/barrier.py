@@ -14,7 +14,7 @@ import yaml
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, check_fits, load_model
+from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -24,7 +24,7 @@ def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict
 
 
 def curve(a: tuple[Loaded, dict[str, torch.Tensor]], b_dir: str | Path, data: Data, points: int,
-          progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+          progress: Callable[[int], None] = lambda n: None, max_length: int | None = None) -> dict[str, Any]:
     """The path from A (see load_endpoint; its model is overwritten along the way) to the model in b_dir."""
     la, sa = a
     sb = state_of(load_model(b_dir, next(la.model.parameters()).device))
@@ -34,7 +34,7 @@ def curve(a: tuple[Loaded, dict[str, torch.Tensor]], b_dir: str | Path, data: Da
     rows = []
     for lam in lams:
         interpolate_into(la, sa, sb, lam)
-        rows.append({"lambda": lam, **evaluate(la, data)})
+        rows.append({"lambda": lam, **evaluate(la, data, max_length=max_length)})
         progress(1)
     l0, l1 = rows[0]["loss"], rows[-1]["loss"]
     gaps = [r["loss"] - ((1 - r["lambda"]) * l0 + r["lambda"] * l1) for r in rows]
@@ -81,6 +81,7 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
                            "variants": {}}
     a = load_endpoint(a_dir, device)
     check_fits(a[0], data, a_dir)
+    max_length = max_length_for(a[0], data, None)  # once, not at every point of every curve
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
         if steps:  # every step validated and planned (e.g. a step the family refuses) before any curve is computed
             _prepared(a_dir, b_dir, steps, Path(tmp) / "check", str(device))
@@ -89,7 +90,7 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
             seconds = time.perf_counter() - start if prefix else 0.0
             out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3),
-                                     **curve(a, b, data, points, progress)}
+                                     **curve(a, b, data, points, progress, max_length)}
     return out
 
 

@@ -37,7 +37,7 @@ def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
     new = {}
     for canon, s in own.items():
         name = by_stored[s]
-        if canon in merged and (name in backbone or not prefix):
+        if canon in merged and name in backbone:
             t = reader.read(merged[canon], dtype=state[name].dtype)
             if tuple(t.shape) != tuple(state[name].shape):
                 raise InputError(f"{merged_dir}: tensor {merged[canon]!r} has shape {list(t.shape)}, the task model's "

@@ -23,12 +23,25 @@ from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.parts_schema import Keep, Patterns
 from mergeflow.recipe.schema import Recipe
 
+# model_type -> (headless class, base-model prefix) for the families users merge most, as transformers
+# declares them; other types are looked up in transformers (importing a model class costs seconds)
+KNOWN = {**{t: (c, "model.") for t, c in (("llama", "LlamaModel"), ("mistral", "MistralModel"),
+                                          ("mixtral", "MixtralModel"), ("qwen2", "Qwen2Model"),
+                                          ("qwen3", "Qwen3Model"), ("gemma", "GemmaModel"), ("gemma2", "Gemma2Model"),
+                                          ("phi3", "Phi3Model"), ("olmo2", "Olmo2Model"))},
+         "bert": ("BertModel", "bert."), "roberta": ("RobertaModel", "roberta."),
+         "xlm-roberta": ("XLMRobertaModel", "roberta."), "distilbert": ("DistilBertModel", "distilbert."),
+         "deberta-v2": ("DebertaV2Model", "deberta."), "vit": ("ViTModel", "vit."),
+         "gpt2": ("GPT2Model", "transformer."), "electra": ("ElectraModel", "electra.")}
+
 
 @lru_cache(maxsize=64)
 def headless_class(model_type: str | None) -> tuple[str, str] | None:
-    """(the family's headless class name, its base-model prefix with the dot), from transformers."""
+    """(the family's headless class name, its base-model prefix with the dot)."""
     if model_type is None:
         return None
+    if model_type in KNOWN:
+        return KNOWN[model_type]
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
@@ -62,6 +75,9 @@ def needs_parts(recipe: Recipe, readers: Mapping[str, ModelReader]) -> bool:
     """Whether the plain path (every model has every tensor, under one name) cannot take this recipe."""
     if recipe.merge_only != "all" or recipe.partial != "error":
         return True
+    names = [set(r.tensors) for r in readers.values()]
+    if all(n == names[0] for n in names):  # the same names everywhere: nothing to match across prefixes
+        return False
     fallback = family_prefix(readers)
     return len({canonical(r, fallback)[2] for r in readers.values()}) > 1  # some store the prefix, some do not
 

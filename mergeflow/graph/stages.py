@@ -22,7 +22,7 @@ from mergeflow.graph.fingerprint import run_fingerprint
 from mergeflow.graph.support import write_support
 from mergeflow.io.header import TensorInfo
 from mergeflow.io.output_dir import check_output_path
-from mergeflow.io.ownership import atomic_write
+from mergeflow.io.ownership import atomic_write, check_file_target
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.stages import Stage, StageFile
 
@@ -114,15 +114,17 @@ def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: 
             continue
         prep = sp.prep if not sp.planned_inputs else prepare(recipe_path, opts, recipe=st.recipe, recipe_text=st.text)
         named = st is not sf.final
-        if named:
+        stamp = None
+        if named:  # the stamp replaces only one mergeflow wrote: never a user's file or a link of that name
             os.makedirs(sf.intermediate, exist_ok=True)
+            stamp = check_file_target(stamp_path(sf, st.name or ""), prep.inputs, "stage stamp")
         sopts = replace(opts, force=True, label=f"stage {st.label}") if named else replace(
             opts, label=f"stage {st.label}")
         result = run(prep, sp.out, sopts, progress)
-        if named:
+        if stamp is not None:
             fp = run_fingerprint(prep)
-            atomic_write(stamp_path(sf, st.name or ""),
-                         lambda p, fp=fp: p.write_text(json.dumps({"fingerprint": fp}), encoding="utf-8"))
+            atomic_write(stamp, lambda p, fp=fp: p.write_text(
+                json.dumps({"written_by": "mergeflow", "fingerprint": fp}), encoding="utf-8"))
         done.append((replace(sp, prep=prep), result))
         if echo:
             echo(f"stage {st.label}: wrote {result.out} ({result.plan.n_tensors} tensors) in {result.seconds:.2f} s")

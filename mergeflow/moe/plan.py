@@ -59,6 +59,7 @@ def build_moe_plan(recipe: Any, readers: Mapping[str, ModelReader], arch: MoeArc
     peak, peak_name = 0, ""
     routed = len(experts)
     done_router: set[int] = set()
+    who = [(i, name, e) for i, (name, e) in enumerate(experts)] + ([(-1, *shared)] if shared is not None else [])
 
     def load(model: str, tensor: str) -> Load:
         info = readers[model].info(tensor)
@@ -92,9 +93,6 @@ def build_moe_plan(recipe: Any, readers: Mapping[str, ModelReader], arch: MoeArc
             if shared is not None and arch.shared_router is not None:
                 add(pre + arch.shared_router, out_dtype(info.dtype), (1, hidden),
                     Router(gates, layer, routed, routed + 1))
-        who = [(i, name, e) for i, (name, e) in enumerate(experts)]
-        if shared is not None:
-            who.append((-1, *shared))
         for i, name, e in who:
             other = readers[name].tensors.get(t)
             if other is None or other.shape != info.shape:
