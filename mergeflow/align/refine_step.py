@@ -29,7 +29,7 @@ class RefineParams(StepParams):
                                               "from this range.")
     permutations: bool = Field(True, description="Also learn the FFN permutations (straight-through estimator).")
     seed: int = Field(0, description="Seed of the batches and interpolation weights.")
-    max_length: int | None = Field(None, ge=2, description="Tokens per text example. Default: the longest example's, "
+    max_length: int | None = Field(None, ge=2, description="Tokens per text example. Default: the longest of the first 2000 examples', "
                                    "at most the model's positions.")
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from mergeflow.cli.options import DEVICE, MODEL, QUIET
 @DEVICE
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
 @click.option("--max-length", default=None, type=click.IntRange(2),
-              help="Tokens per text. Default: the longest example's, at most the model's positions.")
+              help="Tokens per text. Default: the longest of the first 2000 examples', at most the model's positions.")
 @click.option("--max-examples", default=None, type=click.IntRange(1), help="Use only the first N examples.")
 @click.option("--samples", default=1, show_default=True, type=click.IntRange(1),
               help="fisher on causal LMs: label sequences sampled from the model per example.")

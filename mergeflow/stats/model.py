@@ -126,7 +126,8 @@ def _tokenizer(p: Path) -> Any:
 
 
 def max_length_for(loaded: Loaded, data: Data, given: int | None) -> int:
-    """--max-length: as given, else the longest example in tokens, at most what the model's positions allow."""
+    """--max-length: as given, else the longest of the first 2,000 examples in tokens (a sample: enough to
+    size batches without tokenizing a large file twice), at most what the model's positions allow."""
     if given is not None:
         return given
     cap = int(getattr(loaded.model.config, "max_position_embeddings", 0) or 0) or 512
