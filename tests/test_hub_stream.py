@@ -205,3 +205,15 @@ def test_shards_an_interrupted_attempt_left_in_the_private_folder_are_dropped(tm
     fetcher = Fetcher([], tmp_path / "downloads", budget=100)
     fetcher.close()
     assert not stale.exists() and meta.exists()
+
+
+def test_stale_shard_cleanup_never_follows_a_planted_link(tmp_path):
+    from mergeflow.io.fetcher import Fetcher
+
+    users = tmp_path / "users" / "model.safetensors"
+    users.parent.mkdir()
+    users.write_bytes(b"mine")
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / "linked").symlink_to(users.parent, target_is_directory=True)
+    Fetcher([], tmp_path / "downloads", budget=100).close()
+    assert users.read_bytes() == b"mine"
