@@ -30,7 +30,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from mergeflow.stats.data import Data, batches
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
@@ -122,19 +125,12 @@ def fine_tune(base: Path, out: Path, task: str, rows: list[dict], epochs: int, s
         random.Random(seed + _epoch).shuffle(order)
         for s in range(0, len(order), 32):
             batch = [rows[i] for i in order[s:s + 32]]
-            if task == "sentiment":
-                enc = tok([r["text"] for r in batch], padding=True, return_tensors="pt")
-                labels = torch.tensor([r["label"] for r in batch])
-            else:
-                enc = tok([r["tokens"] for r in batch], is_split_into_words=True, padding=True, return_tensors="pt")
-                labels = torch.full(enc["input_ids"].shape, -100)
-                for b, r in enumerate(batch):
-                    prev = None
-                    for pos, w in enumerate(enc.word_ids(b)):
-                        if w is not None and w != prev:
-                            labels[b, pos] = r["tags"][w]
-                        prev = w
-            loss = model(**enc, labels=labels).loss
+            # mergeflow's own batching: the same tokenisation and word-tag alignment stats and eval use
+            data = (Data(Path(task), texts=[r["text"] for r in batch], labels=np.array([r["label"] for r in batch]))
+                    if task == "sentiment" else
+                    Data(Path(task), words=[r["tokens"] for r in batch], tags=[r["tags"] for r in batch]))
+            inputs, labels, _mask = next(batches(data, tok, len(batch), 512, torch.device("cpu")))
+            loss = model(**inputs, labels=labels).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
