@@ -7,8 +7,9 @@ optional check that refuses the step for a model whose symmetries do not allow i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,7 +32,9 @@ class NoModelParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-StepFn = Callable[[Layer, Layer, Geometry, StepParams], None]
+# what activation matching found for one layer of one model ("ffn", "heads": permutations), or None
+Found = Mapping[str, torch.Tensor] | None
+StepFn = Callable[[Layer, Layer, Geometry, StepParams, Found], None]
 # a rule about the step's place in the recipe's step list, checked without any model: (its index, every
 # step as (name, parsed params, or None where they are invalid)) -> the problem, or None
 ListCheck = Callable[[int, Sequence[tuple[str, "StepParams | None"]]], "str | None"]
@@ -105,6 +108,32 @@ class CoupledParams(StepParams):
     iterations: int = Field(10, ge=1, le=1000, description="Most coordinate-descent passes per residual group.")
     tolerance: float = Field(1e-4, ge=0.0, description="Stop when a pass improves the distance by less than this "
                              "fraction.")
+
+
+class MatchedParams(CoupledParams):
+    """A coupled step that can match by weights or by activations on data."""
+
+    method: Literal["weights", "activations"] = Field(
+        "weights", description="What units are matched by: their weights (no data), or the correlation of their "
+        "activations over 'data' (both models run on the same batches; works where weights stayed near their "
+        "random initialisation).")
+    data: str | None = Field(None, description="Examples the activations are collected on (method: activations; "
+                             ".npz with x, JSONL with text, or text), relative to the recipe.")
+    batches: int = Field(8, ge=1, le=100_000, description="Batches of the data to collect activations over "
+                         "(method: activations).")
+    batch_size: int = Field(16, ge=1, description="Examples per batch (method: activations).")
+    max_length: int | None = Field(None, ge=2, description="Tokens per text example (method: activations). Default: "
+                                   "the longest of the first 2000 examples', at most the model's positions.")
+
+
+def method_problem(params: StepParams | None) -> str | None:
+    """A MatchedParams step's method and data disagree (checked with the step list: they are two keys)."""
+    method, data = getattr(params, "method", "weights"), getattr(params, "data", None)
+    if method == "activations" and data is None:
+        return "method: activations needs 'data: PATH', the examples to collect activations on"
+    if method == "weights" and data is not None:
+        return "'data' is only read with method: activations"
+    return None
 
 
 def list_problems(steps: Sequence[tuple[str, StepParams | None]]) -> list[tuple[int, str]]:

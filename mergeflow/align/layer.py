@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mergeflow.align.base import Layer, StepParams
+from mergeflow.align.base import Found, Layer, StepParams
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.residual import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
@@ -35,13 +35,14 @@ def full_distance(local: Layer, anchor: Layer) -> float:
 
 
 def run_steps(local: Layer, anchor: Layer, spec: ArchSpec, index: int, steps: Sequence[tuple[str, StepParams]],
-              report: LayerReport | None = None) -> None:
-    """The recipe's per-layer steps in order, on canonical tensors, in place."""
+              report: LayerReport | None = None, found: Found = None) -> None:
+    """The recipe's per-layer steps in order, on canonical tensors, in place; ``found``: what activation
+    matching found for this layer."""
     for name, params in steps:
         if params.layers is not None and index not in params.layers:
             continue
         start = time.perf_counter()
-        STEPS[name].fn(local, anchor, spec.geometry, params)
+        STEPS[name].fn(local, anchor, spec.geometry, params, found)
         if report is not None:
             report.seconds[name] = report.seconds.get(name, 0.0) + time.perf_counter() - start
             report.steps.append((name, distances(local, anchor)))
@@ -58,10 +59,10 @@ class LayerReport:
 def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch.Tensor],
                 anchor_stored: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]],
                 dtype: torch.dtype, model: str = "", residual: ResidualMap | None = None,
-                fold: bool = False) -> tuple[dict[str, torch.Tensor], LayerReport]:
+                fold: bool = False, found: Found = None) -> tuple[dict[str, torch.Tensor], LayerReport]:
     """The layer's tensors re-parameterised toward the anchor (same function), and the distances.
     ``fold``: norm scales folded into their readers first (both models); ``residual``: the stream's map,
-    applied before the steps."""
+    applied before the steps; ``found``: the layer's permutations from activation matching."""
     local = to_canonical(spec, layer, local_stored)
     anchor = to_canonical(spec, layer, anchor_stored)
     if fold:
@@ -71,7 +72,7 @@ def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch
     if residual is not None:
         apply_layer(local, residual, fold)
         report.steps.append(("residual", distances(local, anchor)))
-    run_steps(local, anchor, spec, layer.index, steps, report)
+    run_steps(local, anchor, spec, layer.index, steps, report, found)
     return from_canonical(spec, layer, local, dtype), report
 
 

@@ -6,19 +6,31 @@ commutes with R exactly when R keeps the all-ones vector (R 1 = 1): those are th
 LayerNorm families (GPT-2, ViT), solved on the complement of 1. Post-norm blocks (BERT) normalise the
 stream itself, so only permutations are exact there. The step does nothing per layer: the map is
 solved before the layers by coordinate descent (``mergeflow.align.residual_solve``), and the other steps
-of the recipe run inside that loop.
+of the recipe run inside that loop. With ``method: activations`` the map is instead the orthogonal
+Procrustes solution of the two models' stream activations on data (their cross second moments, summed
+over the embeddings and every block's output), in one solve.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import Field
 
-from mergeflow.align.base import CoupledParams, Layer, align_step, stream_described
+from mergeflow.align.base import (
+    Found,
+    Layer,
+    MatchedParams,
+    StepParams,
+    align_step,
+    method_problem,
+    stream_described,
+)
 from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 
 
-class OrthogonalParams(CoupledParams):
+class OrthogonalParams(MatchedParams):
     residual: bool = Field(True, description="Map the residual stream by an orthogonal matrix (the only map "
                            "this step makes; false turns the step off).")
 
@@ -30,6 +42,10 @@ def _check(geom: Geometry, p: OrthogonalParams, family: str) -> str | None:
     return stream_described(family, p)
 
 
-@align_step("orthogonal", OrthogonalParams, _check)
-def orthogonal(local: Layer, anchor: Layer, g: Geometry, p: OrthogonalParams) -> None:
+def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | None:
+    return method_problem(steps[i][1])
+
+
+@align_step("orthogonal", OrthogonalParams, _check, in_list=_in_list)
+def orthogonal(local: Layer, anchor: Layer, g: Geometry, p: OrthogonalParams, found: Found = None) -> None:
     """Residual stream by an orthogonal map (pre-norm families; norm scales folded into their readers)."""

@@ -13,6 +13,10 @@ depend on the rotations the rotate step fits afterwards.
 
 ``residual: true`` also permutes the residual stream, one permutation shared by every layer; it is
 solved before the layers, jointly with them (``mergeflow.align.residual_solve``).
+
+``method: activations`` matches the same units by the correlation of their activations on data instead
+(``mergeflow.learn.activations`` collects them and solves the same assignments); the step then applies
+the permutations found.
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ import torch
 from pydantic import Field
 
 from mergeflow.align.base import (
-    CoupledParams,
+    Found,
     Layer,
+    MatchedParams,
     StepParams,
     align_step,
     heads,
+    method_problem,
     qk_fixed,
     stream_described,
 )
@@ -38,7 +44,7 @@ from mergeflow.arch.spec import Geometry
 FFN_ROWS = ("up", "up.b", "gate", "gate.b")
 
 
-class PermuteParams(CoupledParams):
+class PermuteParams(MatchedParams):
     ffn: bool = Field(True, description="Permute FFN hidden units (gate and up rows together).")
     heads: bool = Field(False, description="Permute whole attention heads (key/value groups as units).")
     similarity: Literal["float64", "float32", "bfloat16"] = Field(
@@ -81,6 +87,12 @@ def permute_ffn(local: Layer, anchor: Layer, similarity: str = "float32") -> Non
     # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
     if dtype == torch.bfloat16 and _agreement(local, anchor, perm) < _agreement(local, anchor, None):
         return
+    apply_ffn(local, perm)
+
+
+def apply_ffn(local: Layer, perm: torch.Tensor) -> None:
+    """FFN unit c of the result is unit perm[c] of ``local``."""
+    perm = perm.to(local["down"].device)
     for role in FFN_ROWS:
         if role in local:
             local[role] = local[role][perm]
@@ -129,7 +141,12 @@ def _cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int, circuit: st
 
 
 def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
-    perm = assignment(_head_score(local, anchor, g)).tolist()
+    apply_heads(local, g, assignment(_head_score(local, anchor, g)))
+
+
+def apply_heads(local: Layer, g: Geometry, perm_t: torch.Tensor) -> None:
+    """Key/value group c of the result is group perm[c] of ``local`` (with its query heads)."""
+    perm = perm_t.tolist()
     kv = torch.cat([torch.arange(g.d_h) + p * g.d_h for p in perm])
     q = torch.cat([torch.arange(g.group * g.d_h) + p * g.group * g.d_h for p in perm])
     for role, idx in (("q", q), ("q.b", q), ("k", kv), ("k.b", kv), ("v", kv), ("v.b", kv)):
@@ -143,6 +160,11 @@ def _check(g: Geometry, p: PermuteParams, family: str) -> str | None:
 
 
 def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | None:
+    why = method_problem(steps[i][1])
+    if why:
+        return why
+    if getattr(steps[i][1], "method", "weights") == "activations" and any(n == "permute" for n, _p in steps[:i]):
+        return "method: activations finds its permutations on the unpermuted model; make it the first permute step"
     rotate = next((j for j, (n, _p) in enumerate(steps) if n == "rotate"), None)
     if getattr(steps[i][1], "heads", False) and rotate is not None and rotate < i:
         return ("heads are paired before they are rotated (a rotation solved between unpaired heads is meaningless); "
@@ -151,9 +173,18 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
 
 
 @align_step("permute", PermuteParams, _check, in_list=_in_list)
-def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams) -> None:
+def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: Found = None) -> None:
     """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``; the residual stream
-    with ``residual: true`` (solved jointly with the layers by coordinate descent)."""
+    with ``residual: true`` (solved jointly with the layers by coordinate descent). ``method: activations``
+    matches them by activation correlations on data instead."""
+    if p.method == "activations":
+        if found is None:
+            raise RuntimeError("permute: method activations ran without the permutations the data gave")
+        if p.heads:
+            apply_heads(local, g, found["heads"])
+        if p.ffn:
+            apply_ffn(local, found["ffn"])
+        return
     if p.heads:
         permute_heads(local, anchor, g)
     if p.ffn:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from mergeflow.align.base import Layer, StepParams, align_step
+from mergeflow.align.base import Found, Layer, StepParams, align_step
 from mergeflow.arch.spec import Geometry
 
 
@@ -52,5 +52,5 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
 
 
 @align_step("refine", RefineParams, in_list=_in_list)
-def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams) -> None:
+def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams, found: Found = None) -> None:
     """Learned refinement of the residual map and FFN permutations on data (after a residual step)."""

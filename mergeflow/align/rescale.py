@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import Layer, StepParams, align_step, dot, heads, qk_fixed, sq
+from mergeflow.align.base import Found, Layer, StepParams, align_step, dot, heads, qk_fixed, sq
 from mergeflow.arch.spec import Geometry
 
 
@@ -55,7 +55,7 @@ def _vo_blocks(layer: Layer, g: Geometry, j: int) -> tuple[list[torch.Tensor], l
 
 
 @align_step("rescale", RescaleParams, lambda g, p, fam: qk_fixed(g, p.qk, fam, "rescale: {qk: false, vo: true}"))
-def rescale(local: Layer, anchor: Layer, g: Geometry, p: RescaleParams) -> None:
+def rescale(local: Layer, anchor: Layer, g: Geometry, p: RescaleParams, found: Found = None) -> None:
     """One scalar per head (QK and VO), the global optimum of a quartic; may be negative; never worse than 1."""
     for blocks, on in ((_qk_blocks, p.qk), (_vo_blocks, p.vo)):
         if not on:

@@ -12,12 +12,12 @@ an orthogonal map) each starts from the best map so far.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from mergeflow.align.base import Layer, StepParams
+from mergeflow.align.base import Found, Layer, StepParams
 from mergeflow.align.layer import full_distance, run_steps, sq_dist
 from mergeflow.align.residual import ResidualMap, apply_layer, cross, layer_cross, solve
 from mergeflow.arch.spec import ArchSpec
@@ -43,7 +43,8 @@ class ResidualReport:
 
 
 def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: ArchSpec,
-             steps: Sequence[tuple[str, StepParams]], folded: bool) -> tuple[float, torch.Tensor, torch.Tensor]:
+             steps: Sequence[tuple[str, StepParams]], folded: bool,
+             found: Mapping[int, Found] | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Distance to the anchor with R and every layer solved under it; M for the next R from the tensors
     outside the stack, and from all of them."""
     d = spec.geometry.d_model
@@ -55,7 +56,7 @@ def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: A
     outside = m.clone()
     for index, local, anchor in layers():
         apply_layer(local, rmap, folded)
-        run_steps(local, anchor, spec, index, steps)
+        run_steps(local, anchor, spec, index, steps, found=(found or {}).get(index))
         total += full_distance(local, anchor)
         apply_layer(local, rmap, folded, undo=True)  # the per-layer transforms act on the other side
         c = layer_cross(local, anchor, folded)
@@ -67,15 +68,23 @@ def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: A
 def coordinate_descent(model: str, stream: StreamPairs, layers: LayerPairs, spec: ArchSpec,
                        steps: Sequence[tuple[str, StepParams]], groups: Sequence[str], folded: bool,
                        iterations: int, tol: float, device: torch.device | str = "cpu",
-                       on_pass: Callable[[str, int, float], None] | None = None) -> tuple[ResidualMap, ResidualReport]:
+                       on_pass: Callable[[str, int, float], None] | None = None, start_map: ResidualMap | None = None,
+                       found: Mapping[int, Found] | None = None) -> tuple[ResidualMap, ResidualReport]:
+    """The best map over ``groups`` in turn; ``start_map``: where to start (a map found from activations),
+    else the identity; ``found``: per layer, what activation matching found for the per-layer steps."""
     start = time.perf_counter()
     report = ResidualReport(model)
-    best_map = ResidualMap.identity(spec.geometry.d_model, device)
+    best_map = start_map or ResidualMap.identity(spec.geometry.d_model, device)
     best = float("inf")
+    if start_map is not None and not groups:  # the map activation matching found, alone: its distance
+        best = evaluate(start_map, stream, layers, spec, steps, folded, found)[0]
+        report.history.append(("activations", 0, best))
+        if on_pass is not None:
+            on_pass("activations", 0, best)
     for k, group in enumerate(groups):
         rmap, last = best_map, float("inf")
         for i in range(iterations):
-            dist, outside_m, m = evaluate(rmap, stream, layers, spec, steps, folded)
+            dist, outside_m, m = evaluate(rmap, stream, layers, spec, steps, folded, found)
             report.history.append((group, i, dist))
             if on_pass is not None:
                 on_pass(group, i, dist)
@@ -86,7 +95,7 @@ def coordinate_descent(model: str, stream: StreamPairs, layers: LayerPairs, spec
             last = dist
             # the first pass of the first group starts from the tensors outside the stack alone: under the
             # identity map every layer fits itself to the identity, a fixed point the embeddings escape
-            rmap = solve(outside_m if k == 0 and i == 0 else m, group)
+            rmap = solve(outside_m if k == 0 and i == 0 and start_map is None else m, group)
     report.seconds = time.perf_counter() - start
     report.identity = best_map.is_identity()
     return best_map, report

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from mergeflow.align.base import Layer, StepParams, align_step, heads, qk_fixed
+from mergeflow.align.base import Found, Layer, StepParams, align_step, heads, qk_fixed
 from mergeflow.align.procrustes import procrustes, rope_procrustes
 from mergeflow.arch.spec import Geometry
 
@@ -76,7 +76,7 @@ def rotate_vo(local: Layer, anchor: Layer, g: Geometry) -> None:
 
 
 @align_step("rotate", RotateParams, _check)
-def rotate(local: Layer, anchor: Layer, g: Geometry, p: RotateParams) -> None:
+def rotate(local: Layer, anchor: Layer, g: Geometry, p: RotateParams, found: Found = None) -> None:
     """Per-head orthogonal Procrustes (SVD) on query/key and value/output; per-plane angles under RoPE."""
     if p.qk:
         rotate_qk(local, anchor, g)

@@ -4,11 +4,11 @@ stream transforms the task graph applies tensor by tensor, for steps that need t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
-from mergeflow.align.base import StepParams
+from mergeflow.align.base import Found, StepParams
 from mergeflow.align.layer import LayerReport, align_layer, fold_only
 from mergeflow.align.residual import ResidualMap, map_stream, stream_value
 from mergeflow.arch.residual import ResidualLayout
@@ -28,14 +28,16 @@ def fold_state(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Te
 
 def align_state(spec: ArchSpec, layout: ResidualLayout, local: dict[str, torch.Tensor],
                 anchor: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]], rmap: ResidualMap,
-                fold: bool, model: str) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
-    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), in float64."""
+                fold: bool, model: str, found: Mapping[int, Found] | None = None,
+                ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
+    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), in float64;
+    ``found``: per layer index, what activation matching found."""
     out = dict(local)
     reports = []
     for lay in spec.layers:
         names = lay.tensors()
         aligned, rep = align_layer(spec, lay, {n: local[n] for n in names}, {n: anchor[n] for n in names}, steps,
-                                   torch.float64, model, rmap, fold)
+                                   torch.float64, model, rmap, fold, (found or {}).get(lay.index))
         out.update(aligned)
         reports.append(rep)
     gamma = local[layout.final_norm].double() if fold and layout.final_norm else None

@@ -15,6 +15,7 @@ from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.arch.residual import residual_layout
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.errors import RecipeError
+from mergeflow.graph.match_task import MatchModel, match_want
 from mergeflow.graph.refine_task import RefineModel
 from mergeflow.graph.residual_tasks import MapStream, SolveResidual, residual_plan
 from mergeflow.graph.tasks import Load
@@ -31,9 +32,10 @@ class AlignLayer:
     steps: tuple[tuple[str, StepParams], ...]
     residual: SolveResidual | None = None  # the stream's map of this model
     fold: bool = False  # norm scales folded into their readers (orthogonal stream maps); alone for the anchor
+    match: MatchModel | None = None  # activation matching, when a step asks for it
 
     def deps(self) -> tuple[Any, ...]:
-        return self.local + self.anchor + ((self.residual,) if self.residual is not None else ())
+        return self.local + self.anchor + tuple(t for t in (self.residual, self.match) if t is not None)
 
     def run(self, ctx: Any, *values: Any) -> dict[str, torch.Tensor]:
         n, k = len(self.local), len(self.anchor)
@@ -44,8 +46,9 @@ class AlignLayer:
             return fold_only(spec, layer, local, ctx.compute_dtype)
         anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n:n + k], strict=True)}
         rmap = values[n + k] if self.residual is not None else None
+        found = values[-1].layers.get(layer.index) if self.match is not None else None
         out, report = align_layer(spec, layer, local, anchor, self.steps, ctx.compute_dtype, self.model, rmap,
-                                  self.fold)
+                                  self.fold, found)
         ctx.align_reports.append(report)
         return out
 
@@ -108,6 +111,9 @@ class AlignPlanner:
         problems = list_problems(self.steps)  # the steps' rules about the list (validate checks them too)
         if problems:
             raise RecipeError([f"align[{i}].{self.steps[i][0]}: {why}" for i, why in problems])
+        wanted = match_want(self.steps, self.layout)
+        self.want, self.match_data = wanted if wanted is not None else (None, "")
+        self.matches: dict[str, MatchModel] = {}
         self.solves: dict[str, SolveResidual] = {}
         self.refines: dict[str, RefineModel] = {}
         self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if n == "refine"), None)
@@ -118,14 +124,23 @@ class AlignPlanner:
             solve = self._solve(model)
             assert self.refine is not None and self.layout is not None and self.residual is not None and solve
             self.refines[model] = RefineModel(model, self.anchor, self.anchor_dir, self.spec, self.layout,
-                                              self.steps, self.refine[1], self.residual, solve)  # type: ignore[arg-type]
+                                              self.steps, self.refine[1], self.residual, solve,  # type: ignore[arg-type]
+                                              self._match(model))
         return self.refines[model]
+
+    def _match(self, model: str) -> MatchModel | None:
+        if self.want is None:
+            return None
+        if model not in self.matches:
+            self.matches[model] = MatchModel(model, self.anchor, self.anchor_dir, self.spec, self.want, self.match_data)
+        return self.matches[model]
 
     def _solve(self, model: str) -> SolveResidual | None:
         if self.residual is None or self.layout is None:
             return None
         if model not in self.solves:
-            self.solves[model] = SolveResidual(model, self.anchor, self.spec, self.layout, self.residual, self.steps)
+            self.solves[model] = SolveResidual(model, self.anchor, self.spec, self.layout, self.residual, self.steps,
+                                               self._match(model))
         return self.solves[model]
 
     def input(self, model: str, tensor: str, rows: tuple[int, int] | None) -> Any:
@@ -147,7 +162,7 @@ class AlignPlanner:
                 self.tasks[key] = AlignLayer(model, pos, mine, (), (), None, True)
             else:
                 self.tasks[key] = AlignLayer(model, pos, mine, tuple(self.load(self.anchor, n, None) for n in names),
-                                             self.steps, self._solve(model), fold)
+                                             self.steps, self._solve(model), fold, self._match(model))
         return Aligned(self.tasks[key], tensor, rows)
 
     def _stream(self, model: str, st: Any, fold: bool, rows: tuple[int, int] | None) -> Any:

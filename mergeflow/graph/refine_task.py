@@ -13,14 +13,15 @@ import torch
 
 from mergeflow.align.base import StepParams
 from mergeflow.align.layer import LayerReport, distances
+from mergeflow.align.matching import Found
 from mergeflow.align.refine_step import RefineParams
 from mergeflow.align.residual import ResidualMap
 from mergeflow.align.state import align_state, fold_state
 from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.graph.match_task import MatchModel, read_model
 from mergeflow.graph.residual_tasks import ResidualPlan, SolveResidual
-from mergeflow.io.dtypes import is_float
 
 
 @dataclass(frozen=True)
@@ -35,24 +36,21 @@ class RefineModel:
     params: RefineParams
     plan: ResidualPlan
     solve: SolveResidual
+    match: MatchModel | None = None  # activation matching, when a step before it asks for it
 
     def deps(self) -> tuple[Any, ...]:
-        return (self.solve,)
+        return (self.solve,) + ((self.match,) if self.match is not None else ())
 
-    def run(self, ctx: Any, rmap: ResidualMap) -> dict[str, torch.Tensor]:
+    def run(self, ctx: Any, rmap: ResidualMap, found: Found | None = None) -> dict[str, torch.Tensor]:
         from tqdm import tqdm
 
         from mergeflow.learn.refine import refine
         from mergeflow.stats.data import load_data
         from mergeflow.stats.model import load_model
 
-        def read_all(m: str) -> dict[str, torch.Tensor]:
-            r = ctx.readers[m]
-            return {n: r.read(n, dtype=torch.float64, device=ctx.device) for n, t in r.tensors.items()
-                    if is_float(t.dtype)}
-
-        a, b = read_all(self.anchor), read_all(self.model)
-        b1, reports = align_state(self.spec, self.layout, b, a, self.steps, rmap, self.plan.fold, self.model)
+        a, b = read_model(ctx, self.anchor, torch.float64), read_model(ctx, self.model, torch.float64)
+        b1, reports = align_state(self.spec, self.layout, b, a, self.steps, rmap, self.plan.fold, self.model,
+                                  found.layers if found is not None else None)
         ctx.align_reports.extend(reports)
         if self.plan.fold:
             a = fold_state(self.spec, self.layout, a)

@@ -16,34 +16,42 @@ from typing import Any, ClassVar
 import torch
 
 from mergeflow.align.base import StepParams
+from mergeflow.align.matching import Found
 from mergeflow.align.residual import ResidualMap, fold_layer, map_stream, stream_value
 from mergeflow.align.residual_solve import coordinate_descent
 from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.graph.match_task import MatchModel, stream_group
 from mergeflow.graph.tasks import Load
 
 
 @dataclass(frozen=True)
 class ResidualPlan:
-    groups: tuple[str, ...]  # permutation, then orthogonal / orthogonal_centred
+    groups: tuple[str, ...]  # solved by weights, in turn: permutation, then orthogonal / orthogonal_centred
     fold: bool
     iterations: int
     tolerance: float
+    from_data: str | None = None  # the group of the map activation matching finds first (the others start there)
 
 
 def residual_plan(steps: tuple[tuple[str, StepParams], ...], layout: ResidualLayout) -> ResidualPlan | None:
-    groups: list[str] = []
+    by_weights: list[str] = []
+    from_data: list[str] = []
     iterations, tol = 0, 0.0
     for name, params in steps:
         if getattr(params, "residual", False):
-            groups.append("permutation" if name == "permute" else
-                          ("orthogonal" if layout.norm == "rms" else "orthogonal_centred"))
+            group = "permutation" if name == "permute" else stream_group(layout.norm)
+            (from_data if getattr(params, "method", "weights") == "activations" else by_weights).append(group)
             iterations, tol = max(iterations, params.iterations), max(tol, params.tolerance)  # type: ignore[attr-defined]
-    if not groups:
+    if not by_weights and not from_data:
         return None
-    groups.sort(key=lambda g: g != "permutation")  # the combinatorial map first, refined by the continuous one
-    return ResidualPlan(tuple(groups), any(g != "permutation" for g in groups), iterations, tol)
+    data_group = max(from_data, key=lambda g: g != "permutation", default=None)  # an orthogonal map covers both
+    if data_group is not None:  # the weight groups refine the map the data found; none it already covers
+        by_weights = [g for g in by_weights if g != data_group and not (g == "permutation" and data_group != g)]
+    by_weights.sort(key=lambda g: g != "permutation")  # the combinatorial map first, refined by the continuous one
+    fold = any(g != "permutation" for g in [*by_weights, *from_data])
+    return ResidualPlan(tuple(by_weights), fold, iterations, tol, data_group)
 
 
 def _read(ctx: Any, model: str, name: str) -> torch.Tensor:
@@ -59,11 +67,12 @@ class SolveResidual:
     layout: ResidualLayout
     plan: ResidualPlan
     steps: tuple[tuple[str, StepParams], ...]
+    match: MatchModel | None = None  # activation matching, when a step asks for it
 
     def deps(self) -> tuple[Any, ...]:
-        return ()
+        return (self.match,) if self.match is not None else ()
 
-    def run(self, ctx: Any) -> ResidualMap:
+    def run(self, ctx: Any, found: Found | None = None) -> ResidualMap:
         fold = self.plan.fold
         gammas = {m: (_read(ctx, m, self.layout.final_norm) if fold and self.layout.final_norm else None)
                   for m in (self.model, self.anchor)}
@@ -90,7 +99,9 @@ class SolveResidual:
                 ctx.note(f"residual map of {self.model}: {group} pass {i + 1}, distance {dist:.4g}")
 
         rmap, report = coordinate_descent(self.model, stream, layers, self.spec, self.steps, self.plan.groups, fold,
-                                          self.plan.iterations, self.plan.tolerance, ctx.device, on_pass)
+                                          self.plan.iterations, self.plan.tolerance, ctx.device, on_pass,
+                                          found.stream if found is not None else None,
+                                          found.layers if found is not None else None)
         ctx.align_reports.append(report)
         return rmap
 
