@@ -128,3 +128,45 @@ def test_activation_permute_must_come_first(tmp_path, toy):
                 "align: [{permute: {}}, {permute: {method: activations, data: d.jsonl}}]\nmerge: {linear: {}}\n")
     r = cli("validate", "--recipe-only", str(rec))
     assert r.returncode != 0 and "align[1].permute" in r.stderr and "first permute step" in r.stderr
+
+
+def untied_copy(src, dst):
+    """The same tied model saved untied (its head a tensor of its own): the same function."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["tie_word_embeddings"] = False
+    (dst / "config.json").write_text(json.dumps(cfg))
+    sd = state(dst)
+    embed = next(k for k in sd if k.endswith(("wte.weight", "embed_tokens.weight")))
+    for f in dst.glob("model*.safetensors*"):
+        f.unlink()
+    save_file({**sd, "lm_head.weight": sd[embed].clone()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+@pytest.mark.parametrize("family", ["gpt2", "qwen2"])
+def test_tied_models_get_an_orthogonal_stream_map_with_untie(tmp_path, toy, family):
+    a = trained_norms(toy(family), tmp_path / "a")  # tied
+    assert "lm_head.weight" not in state(a)
+    b = scramble_model(untied_copy(a, tmp_path / "a-untied"), tmp_path / "b", seed=9, heads_perm=True,
+                       residual="orthogonal")
+    recipe = "[{orthogonal: {residual: true, untie: true}}, {permute: {heads: true, ffn: true}}, {rotate: {}}, {rescale: {}}]"
+    c, report = align(tmp_path, b, a, recipe)
+    ob, oc = outputs(b, family), outputs(c, family)
+    torch.testing.assert_close(oc[0], ob[0], atol=1e-5, rtol=1e-5)  # the function is kept
+    torch.testing.assert_close(oc[-1], ob[-1], atol=1e-5, rtol=1e-5)
+    assert json.loads((c / "config.json").read_text())["tie_word_embeddings"] is False
+    assert "lm_head.weight" in state(c)
+    res = report["residual"][0]
+    assert res["distance_best"] < 1e-9 * res["distance_start"], res  # the planted map is found
+
+
+def test_tied_model_without_untie_is_refused_with_the_way_out(tmp_path, toy):
+    a = toy("gpt2")
+    r = cli("validate", str(write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
+                                  "align: [{orthogonal: {}}]\nmerge: {linear: {}}\n")))
+    assert r.returncode != 0 and "untie: true" in r.stderr and "Traceback" not in r.stderr

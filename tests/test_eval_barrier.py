@@ -96,3 +96,29 @@ def test_relative_data_of_a_steps_file(pair, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     got = _steps(str(steps), str(a))
     assert got == [{"refine": {"data": str((tmp_path / "sub" / "d.txt").resolve()), "steps": 2}}]
+
+
+def test_barrier_midpoint_is_the_merge_when_the_stream_map_folds_the_anchor(tmp_path, toy):
+    """With an orthogonal stream map the anchor is folded too: the path must run between the endpoints a merge
+    averages, so its midpoint is the merged model (measured against the unfolded anchor it was not)."""
+    import torch
+
+    from mergeflow.eval.loss import evaluate
+    from mergeflow.graph import run as runner
+    from mergeflow.stats.data import load_data
+    from mergeflow.stats.model import load_model
+    from tests.test_residual import trained_norms
+
+    a = trained_norms(toy("llama", seed=1), tmp_path / "a", 1)
+    b = trained_norms(toy("llama", seed=2), tmp_path / "b", 2)
+    data = write(tmp_path / "d.txt", TEXT)
+    steps = "[{orthogonal: {residual: true}}]"
+    write(tmp_path / "steps.yml", f"align: {steps}\n")
+    rep, _ = barrier(tmp_path, a, b, data, "--align", str(tmp_path / "steps.yml"), out="fold")
+    mid = rep["variants"]["+orthogonal"]["midpoint_loss"]
+    rec = write(tmp_path / "merge.yml", f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: {steps}\n"
+                "merge: {linear: {weight: 0.5}}\n")
+    opts = runner.Options(device="cpu")
+    out = runner.run(runner.prepare(rec, opts), tmp_path / "merged", opts, progress=False).out
+    merged = evaluate(load_model(out, torch.device("cpu")), load_data(data))["loss"]
+    assert mid == pytest.approx(merged, rel=1e-5, abs=1e-6)

@@ -33,6 +33,9 @@ from mergeflow.arch.spec import Geometry
 class OrthogonalParams(MatchedParams):
     residual: bool = Field(True, description="Map the residual stream by an orthogonal matrix (the only map "
                            "this step makes; false turns the step off).")
+    untie: bool = Field(False, description="Models whose output head is tied to their input embeddings are read "
+                        "untied, so the final norm's scale can fold into a head of their own; the output is written "
+                        "untied (one more vocabulary x hidden matrix). Without it such models are refused.")
 
 
 def _check(geom: Geometry, p: OrthogonalParams, family: str) -> str | None:

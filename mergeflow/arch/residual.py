@@ -82,5 +82,5 @@ def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], confi
     elif not any(t.kind == "head" for t in found):
         tied = bool(config.get("tie_word_embeddings", True))
         why = ("its output head is tied to the input embeddings, and folding the final norm's scale into the "
-               "head would untie them" if tied else "no head reads the final norm, so the outputs would be rotated")
+               "head would untie them (orthogonal: {untie: true} writes an untied output)" if tied else "no head reads the final norm, so the outputs would be rotated")
     return ResidualLayout(tuple(found), fam.norm, fam.post_ln, final_w, why)

@@ -51,7 +51,14 @@ def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[st
     return out
 
 
-def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path, device: str) -> Any:
+def folds(steps: list[dict[str, Any]]) -> bool:
+    """Whether the steps map the stream orthogonally, which folds every model's norm scales (the anchor's too)."""
+    return any(name == "orthogonal" and (params or {}).get("residual", True) is not False
+               for step in steps for name, params in step.items())
+
+
+def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path, device: str,
+              keep: str = "model") -> Any:
     """The prepared alignment of B to A with ``steps`` (validated and planned; nothing written)."""
     from mergeflow.graph import run as runner
     from mergeflow.graph.align_recipe import align_recipe
@@ -59,17 +66,18 @@ def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]],
     work.mkdir(parents=True, exist_ok=True)
     steps_file = work / f"steps{len(steps)}.yml"
     steps_file.write_text(yaml.safe_dump({"align": steps}))
-    recipe, text = align_recipe(str(b_dir), str(a_dir), str(steps_file))
+    recipe, text = align_recipe(str(b_dir), str(a_dir), str(steps_file), keep)
     return runner.prepare(str(steps_file), runner.Options(device=device, force=True), recipe=recipe, recipe_text=text)
 
 
 def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
-                 device: str) -> Path:
-    """B aligned to A with ``steps`` (through the same code as `mergeflow align`)."""
+                 device: str, keep: str = "model") -> Path:
+    """B aligned to A with ``steps`` (through the same code as `mergeflow align`); ``keep="anchor"``: A as
+    those steps re-parameterise it (folded), the endpoint a merge interpolates from."""
     from mergeflow.graph import run as runner
 
-    prep = _prepared(a_dir, b_dir, steps, work, device)
-    out = work / f"aligned{len(steps)}"
+    prep = _prepared(a_dir, b_dir, steps, work, device, keep)
+    out = work / f"{'anchor' if keep == 'anchor' else 'aligned'}{len(steps)}"
     runner.run(prep, out, runner.Options(device=device, force=True), progress=False)
     return out
 
@@ -89,8 +97,11 @@ def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list
             start = time.perf_counter()
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
             seconds = time.perf_counter() - start if prefix else 0.0
+            # an orthogonal stream map folds the anchor too: the path runs between the folded endpoints, as a merge's
+            start_a = load_endpoint(aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device), "anchor"), device) \
+                if prefix and folds(prefix) else a
             out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3),
-                                     **curve(a, b, data, points, progress, max_length)}
+                                     **curve(start_a, b, data, points, progress, max_length)}
     return out
 
 

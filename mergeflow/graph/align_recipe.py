@@ -58,7 +58,9 @@ def model_names(anchor: str, model: str) -> tuple[str, str]:
     return a, m
 
 
-def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recipe, str]:
+def align_recipe(model: str, anchor: str, steps_file: str | None, keep: str = "model") -> tuple[Recipe, str]:
+    """The recipe that writes ``model`` aligned to ``anchor``; ``keep="anchor"`` writes the anchor as the same
+    steps re-parameterise it (its norm scales folded under an orthogonal stream map; untied if asked)."""
     if steps_file is not None:
         src, steps = read_steps(steps_file)
     else:
@@ -68,7 +70,7 @@ def align_recipe(model: str, anchor: str, steps_file: str | None) -> tuple[Recip
         "models": {a_name: str(Path(anchor).resolve()), m_name: str(Path(model).resolve())},
         "anchor": a_name,
         "align": steps,
-        "merge": {"passthrough": {"source": m_name}},
+        "merge": {"passthrough": {"source": a_name if keep == "anchor" else m_name}},
         "output": {"config": m_name, "tokenizer": m_name},
     }
     root = Path(steps_file).resolve().parent if steps_file is not None else Path.cwd()  # data paths: as in recipes

@@ -18,6 +18,7 @@ from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import RecipeError
 from mergeflow.io.dtypes import is_float
+from mergeflow.io.untie import UntiedReader
 
 _SETTINGS = ("data", "batches", "batch_size", "max_length")
 
@@ -75,7 +76,7 @@ class MatchModel:
         from mergeflow.stats.model import check_fits, load_model
 
         data = load_data(self.data)
-        loaded = load_model(Path(self.anchor_dir), ctx.device)
+        loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
         check_fits(loaded, data, self.anchor_dir)
         a, b = read_model(ctx, self.anchor, torch.float32), read_model(ctx, self.model, torch.float32)
         total = min(len(data), self.want.batches * self.want.batch_size)

@@ -22,6 +22,7 @@ from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.graph.match_task import MatchModel, read_model
 from mergeflow.graph.residual_tasks import ResidualPlan, SolveResidual
+from mergeflow.io.untie import UntiedReader
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class RefineModel:
             a = fold_state(self.spec, self.layout, a)
         group = next((g for g in self.plan.groups if g != "permutation"), None)
         data = load_data(self.params.data)
-        loaded = load_model(Path(self.anchor_dir), ctx.device)
+        loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
         with tqdm(total=self.params.steps, desc=f"refine {self.model}", leave=False, dynamic_ncols=True,
                   disable=ctx.note is None) as bar:
             def progress(n: int, loss: float) -> None:

@@ -41,6 +41,7 @@ from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.stats_inputs import open_stats
 from mergeflow.graph.support import write_support
 from mergeflow.graph.tasks import Load, Write
+from mergeflow.graph.untie import untie_models
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
 from mergeflow.io.hub_reader import HubReader
@@ -141,6 +142,7 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
             subfolder=e.subfolder)
         for name, e in recipe.models.items()
     }
+    untied = untie_models(recipe, readers)
     for r in readers.values():
         if isinstance(hub := hub_of(r), HubReader):
             hub.headers_only = opts.headers_only
@@ -159,6 +161,8 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     plan = (planner(recipe, readers, tensor_budget(budget)) if planner is not None else
             build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats,
                        vmap=vmap))
+    if untied:  # the output has the head of its own the alignment folded into
+        plan.config_updates["tie_word_embeddings"] = False
     unused = [f"{recipe_path}: {d} matches no tensor of the models" for d in plan.unused_overrides]
     if unused and opts.strict:
         raise RecipeError(unused, str(recipe_path))

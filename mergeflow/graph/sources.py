@@ -83,8 +83,10 @@ def hub_shards(prep: Any, roots: list[Any] | None = None) -> list[tuple[HubReade
 
 
 def hub_of(reader: ModelReader) -> ModelReader:
-    """The reader that holds a model's own shards (the base under a LoRA adapter)."""
-    return getattr(reader, "base", reader)
+    """The reader that holds a model's own shards (the base under a LoRA adapter, an untied view)."""
+    while hasattr(reader, "base"):
+        reader = reader.base
+    return reader
 
 
 def download_bytes(shards: list[tuple[HubReader, str, ShardUse]]) -> int:

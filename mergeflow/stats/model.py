@@ -25,9 +25,10 @@ class Loaded:
     image_shape: tuple[int, int, int] | None  # (channels, height, width) for vision models
 
 
-def load_model(path: str | Path, device: torch.device, headless: bool = False) -> Loaded:
+def load_model(path: str | Path, device: torch.device, headless: bool = False, untie: bool = False) -> Loaded:
     """The model of a Hugging Face folder with its tokenizer; ``headless`` also accepts a bare encoder
-    (``BertModel``, ``ViTModel``: task "encoder")."""
+    (``BertModel``, ``ViTModel``: task "encoder"); ``untie``: a tied output head becomes a parameter of its
+    own (its weights come from the caller, through ``torch.func.functional_call``)."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -60,10 +61,10 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False) -
                          "sequence, image or token classifier)")
     try:
         model, info = cls.from_pretrained(str(p), attn_implementation="eager", dtype=torch.float32,
-                                          output_loading_info=True)
+                                          output_loading_info=True, **({"tie_word_embeddings": False} if untie else {}))
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: cannot load the model ({str(exc).splitlines()[0]})") from None
-    missing = sorted(info.get("missing_keys") or ())
+    missing = sorted(k for k in info.get("missing_keys") or () if not (untie and k == "lm_head.weight"))
     if missing:
         warnings.warn(f"{p}: {len(missing)} weight(s) of {arch} are not in the checkpoint and were newly "
                       f"initialised ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); what depends "
