@@ -134,7 +134,7 @@ def untied_copy(src, dst):
     """The same tied model saved untied (its head a tensor of its own): the same function."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     shutil.copytree(src, dst)
     cfg = json.loads((dst / "config.json").read_text())
