@@ -22,13 +22,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PART1 = [{"permute": {"residual": True, "heads": True, "ffn": True}}, {"orthogonal": {"residual": True}},
+# untie: tied heads (the tied GPT-2 pair) are read untied so the final norm folds into a head of their own
+PART1 = [{"permute": {"residual": True, "heads": True, "ffn": True}}, {"orthogonal": {"residual": True, "untie": True}},
          {"rotate": {}}, {"rescale": {}}]
+
+
+def activations(train_data: Path) -> list[dict]:
+    """Part 1 with both stream maps and the per-layer permutations found from activations on the training data."""
+    data = {"method": "activations", "data": str(train_data.resolve()), "batches": 16, "batch_size": 32}
+    return [{"permute": {"residual": True, "heads": True, "ffn": True, **data}},
+            {"orthogonal": {"residual": True, "untie": True, **data}}, {"rotate": {}}, {"rescale": {}}]
 
 
 def variants(train_data: Path) -> dict[str, list[dict]]:
     """Per-layer steps (the rotation-symmetry paper's ablation), then residual-stream weight matching
-    (issue 8 part 1) and the learned refinement on ``train_data`` (part 2)."""
+    (part 1), activation matching (the same maps found from data) and the learned refinement on
+    ``train_data`` after either (part 2)."""
+    refine = {"refine": {"data": str(train_data.resolve()), "steps": 500, "lr": 0.005}}
+    act = activations(train_data)
     return {
         "naive": [],
         "permute": [{"permute": {"ffn": True, "heads": True}}],
@@ -37,11 +48,14 @@ def variants(train_data: Path) -> dict[str, list[dict]]:
         "rotate+permute+rescale": [{"rotate": {}}, {"permute": {"ffn": True}}, {"rescale": {}}],
         "residual permute": PART1[:1],
         "part 1: residual permute+orthogonal+rotate+rescale": PART1,
-        "part 2: part 1 + refine": [*PART1, {"refine": {"data": str(train_data.resolve()), "steps": 500, "lr": 0.005}}],
+        "activations: residual permute": act[:1],
+        "activations: part 1": act,
+        "part 2: part 1 + refine": [*PART1, refine],
+        "activations: part 1 + refine": [*act, refine],
     }
 
 
-# untied head: an orthogonal map of the stream folds the final norm's scale into it
+# untied head by default; the "tied" pair keeps transformers' default (tied to the input embeddings)
 GPT2 = {"vocab_size": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "tie_word_embeddings": False}
 
 
@@ -55,14 +69,15 @@ def corpus(modules: list[str]) -> str:
     return "".join(c for c in text if c in ok)
 
 
-def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | None = None) -> Path:
+def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | None = None, tied: bool = False) -> Path:
     import transformers
 
     from mergeflow.toymodels import save_tokenizer
 
     torch.manual_seed(seed)
     if init_from is None:
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**GPT2, bos_token_id=2, eos_token_id=3))
+        cfg = {**GPT2, "tie_word_embeddings": tied}
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg, bos_token_id=2, eos_token_id=3))
     else:
         model = transformers.GPT2LMHeadModel.from_pretrained(str(init_from))
     save_tokenizer(path)
@@ -98,7 +113,11 @@ def beds(work: Path) -> dict[str, tuple[Path, Path, Path, Path]]:
         init = tt.train_vit(v / "init", x, y, seed=0, epochs=8)
         tt.train_vit(v / "a2", x[y < 5], y[y < 5], seed=1, epochs=4, init_from=init, lr=1e-3)
         tt.train_vit(v / "b2", x[y >= 5], y[y >= 5], seed=2, epochs=4, init_from=init, lr=1e-3)
+    if not (v / "b3" / "config.json").exists():  # weakly regularised: weights stay near their initialisation
+        tt.train_vit(v / "a3", x, y, seed=11, **{**tt.DEMO_TRAIN, "weight_decay": 0.01})
+        tt.train_vit(v / "b3", x, y, seed=12, **{**tt.DEMO_TRAIN, "weight_decay": 0.01})
     out["ViT digits, independent"] = (v / "a1", v / "b1", data, train)
+    out["ViT digits, independent, weight decay 0.01"] = (v / "a3", v / "b3", data, train)
     out["ViT digits, fine-tunes"] = (v / "a2", v / "b2", data, train)
     g = work / "gpt2"
     train_text = corpus(["argparse", "json.decoder", "textwrap"])
@@ -114,13 +133,17 @@ def beds(work: Path) -> dict[str, tuple[Path, Path, Path, Path]]:
         init = train_gpt2(g / "init", train_text, seed=0, steps=300)
         train_gpt2(g / "a2", corpus(["argparse"]), seed=1, steps=100, init_from=init)
         train_gpt2(g / "b2", corpus(["json.decoder", "textwrap"]), seed=2, steps=100, init_from=init)
+    if not (g / "b3" / "config.json").exists():
+        train_gpt2(g / "a3", train_text, seed=11, steps=400, tied=True)
+        train_gpt2(g / "b3", train_text, seed=12, steps=400, tied=True)
     out["GPT-2 chars, independent"] = (g / "a1", g / "b1", gdata, gtrain)
+    out["GPT-2 chars, independent, tied head"] = (g / "a3", g / "b3", gdata, gtrain)
     out["GPT-2 chars, fine-tunes"] = (g / "a2", g / "b2", gdata, gtrain)
     return out
 
 
 def main() -> None:
-    from mergeflow.eval.barrier import aligned_copy, curve, load_endpoint
+    from mergeflow.eval.barrier import aligned_copy, curve, folds, load_endpoint
     from mergeflow.eval.distance import model_distance
     from mergeflow.io.reader import ModelReader
     from mergeflow.stats.data import load_data
@@ -142,11 +165,13 @@ def main() -> None:
         a_end = load_endpoint(a, torch.device(args.device))
         for k, (name, steps) in enumerate(variants(train_path).items()):
             t0 = time.perf_counter()
-            bb = aligned_copy(a, b, steps, work / "aligned" / bed.replace(" ", "_").replace(",", "") / str(k),
-                              args.device) if steps else b
+            where = work / "aligned" / bed.replace(" ", "_").replace(",", "") / str(k)
+            bb = aligned_copy(a, b, steps, where, args.device) if steps else b
             secs = time.perf_counter() - t0 if steps else 0.0
-            dist = model_distance(ModelReader("A", a), ModelReader("B", bb)).rows()[-1][2]
-            c = curve(a_end, bb, data, args.points)
+            # an orthogonal stream map folds the anchor's norms too: measure from the anchor a merge averages
+            aa = aligned_copy(a, b, steps, where, args.device, keep="anchor") if steps and folds(steps) else a
+            dist = model_distance(ModelReader("A", aa), ModelReader("B", bb)).rows()[-1][2]
+            c = curve(load_endpoint(aa, torch.device(args.device)) if aa != a else a_end, bb, data, args.points)
             acc = f"{c['midpoint_accuracy']:.3f}" if "midpoint_accuracy" in c else "-"
             results[f"{bed} / {name}"] = {"distance": dist, "seconds": secs, **c}
             naive = results[f"{bed} / naive"]["barrier"]
