@@ -170,3 +170,16 @@ def test_tied_model_without_untie_is_refused_with_the_way_out(tmp_path, toy):
     r = cli("validate", str(write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
                                   "align: [{orthogonal: {}}]\nmerge: {linear: {}}\n")))
     assert r.returncode != 0 and "untie: true" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_refine_after_activation_matching_learns_the_stream_map_of_a_tied_model(tmp_path, toy):
+    a, b = trained_norms(toy("gpt2", seed=1), tmp_path / "a", 1), trained_norms(toy("gpt2", seed=2), tmp_path / "b", 2)
+    data = text_data(tmp_path / "d.jsonl")
+    act = f"method: activations, data: {data}, batches: 2"
+    recipe = (f"[{{permute: {{residual: true, heads: true, ffn: true, {act}}}}}, "
+              f"{{orthogonal: {{untie: true, {act}}}}}, {{rotate: {{}}}}, {{refine: {{data: {data}, steps: 5}}}}]")
+    c, report = align(tmp_path, b, a, recipe)
+    ob, oc = outputs(b, "gpt2"), outputs(c, "gpt2")
+    torch.testing.assert_close(oc[0], ob[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(oc[-1], ob[-1], atol=1e-5, rtol=1e-5)
+    assert report["refine"][0]["residual_change"] > 0.0  # the orthogonal map from the data is trained further

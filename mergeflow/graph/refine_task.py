@@ -55,7 +55,7 @@ class RefineModel:
         ctx.align_reports.extend(reports)
         if self.plan.fold:
             a = fold_state(self.spec, self.layout, a)
-        group = next((g for g in self.plan.groups if g != "permutation"), None)
+        group = self.plan.orthogonal
         data = load_data(self.params.data)
         loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
         with tqdm(total=self.params.steps, desc=f"refine {self.model}", leave=False, dynamic_ncols=True,

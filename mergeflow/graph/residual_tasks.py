@@ -34,6 +34,11 @@ class ResidualPlan:
     tolerance: float
     from_data: str | None = None  # the group of the map activation matching finds first (the others start there)
 
+    @property
+    def orthogonal(self) -> str | None:
+        """The orthogonal group the stream map lives in (found from weights or from data), or None."""
+        return next((g for g in (*self.groups, self.from_data) if g is not None and g != "permutation"), None)
+
 
 def residual_plan(steps: tuple[tuple[str, StepParams], ...], layout: ResidualLayout) -> ResidualPlan | None:
     by_weights: list[str] = []
