@@ -34,11 +34,12 @@ def steps(data, qk="true", method="activations", first="permute: {residual: true
 
 
 # qwen2's toy and GPT-2 have heads tied to their embeddings
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2", "bert", "vit"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gpt2", "bert", "roberta", "distilbert",
+                                    "vit"])
 def test_planted_permutations_are_recovered_from_activations(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=7, heads_perm=True, residual="permutation")
-    c, report = align(tmp_path, b, a, steps(data_for(tmp_path, family)))
+    c, report = align(tmp_path, b, a, steps(data_for(tmp_path, family), qk="false" if family == "qwen3" else "true"))
     ob, oc = outputs(b, family), outputs(c, family)
     torch.testing.assert_close(oc[0], ob[0], atol=1e-5, rtol=1e-5)  # the function is kept (logits) ...
     n = len(ob) - (family in CAUSAL)
@@ -53,6 +54,15 @@ def test_planted_permutations_are_recovered_from_activations(tmp_path, toy, fami
     assert act["examples"] == 48 and act["rows"] > 48 and act["passes"] == 1
     assert act["ffn_correlation_matched"] > 0.999 > act["ffn_correlation_identity"]
     assert act["stream_correlation_matched"] > 0.999 > act["stream_correlation_identity"]
+
+
+def test_deberta_units_are_matched_by_activations_without_a_stream_map(tmp_path, toy):
+    a = toy("deberta-v2")  # its relative-position embeddings are not described: no residual map
+    b = scramble_model(a, tmp_path / "b", seed=7, heads_perm=True)
+    c, _report = align(tmp_path, b, a, steps(data_for(tmp_path, "deberta-v2"), first="permute: {heads: true, ffn: true"))
+    torch.testing.assert_close(outputs(c, "deberta-v2")[0], outputs(b, "deberta-v2")[0], atol=1e-5, rtol=1e-5)
+    sa, sc = state(a), state(c)
+    assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
 
 
 @pytest.mark.parametrize("family", ["llama", "vit"])

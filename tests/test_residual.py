@@ -36,7 +36,7 @@ def trained_norms(src: Path, dst: Path, seed: int = 0) -> Path:
     return path
 
 
-@pytest.mark.parametrize("family", ["gpt2", "vit", "llama", "bert"])
+@pytest.mark.parametrize("family", ["gpt2", "vit", "llama", "bert", "roberta", "distilbert"])
 def test_planted_residual_permutation_is_recovered(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=5, heads_perm=True, residual="permutation")

@@ -88,7 +88,8 @@ _BERT = dict(
     stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
             ("embeddings.token_type_embeddings.weight", 1), ("embeddings.LayerNorm.weight", 0),
             ("embeddings.LayerNorm.bias", 0)),
-    head=("pooler.dense.weight",),
+    # BERT's pooler reads the first token's stream; RoBERTa's classification head reads it directly
+    head=("pooler.dense.weight", "classifier.dense.weight"),
 )
 
 _add(Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
