@@ -18,6 +18,7 @@ ALLOWED = {
     "moe": {"moe", "graph", "io", "recipe", "merge", "align", "stats", "tokenizer", "errors", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors", "files"},
+    "search": {"search", "graph", "recipe", "merge", "align", "eval", "stats", "learn", "io", "errors", "files"},
 }
 
 

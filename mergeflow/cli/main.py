@@ -20,6 +20,7 @@ from mergeflow.cli.moe_cmd import moe
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_report
 from mergeflow.cli.plan_cmd import plan
+from mergeflow.cli.search_cmd import search
 from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file, validate_file
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
@@ -224,6 +225,7 @@ cli.add_command(stats)
 cli.add_command(plan)
 cli.add_command(extract_lora)
 cli.add_command(moe)
+cli.add_command(search)
 import mergeflow.cli.eval_cmds  # noqa: E402,F401  (registers eval barrier/equivalence)
 
 

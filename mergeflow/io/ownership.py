@@ -152,6 +152,21 @@ LEGACY_JSON = ({"output", "seconds", "tensors", "bytes_read", "bytes_written", "
                 "max_memory_bytes", "device", "operators"}, {"a", "b", "data", "examples", "variants"})
 
 
+def _search_study(path: Path) -> bool:
+    """A SQLite file holding the Optuna study of ``mergeflow search`` (read-only look)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            names = {r[0] for r in con.execute("SELECT study_name FROM studies")}
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
+    return names == {"mergeflow-search"}
+
+
 def file_written_by_mergeflow(path: Path) -> bool:
     """Whether the file at ``path`` carries mergeflow's mark: a JSON report with ``written_by``, a
     statistics file with ``mergeflow_stats`` metadata, or a PNG whose Software text is mergeflow."""
@@ -160,6 +175,8 @@ def file_written_by_mergeflow(path: Path) -> bool:
             head = fh.read(1 << 16)
             if head.startswith(b"\x89PNG"):
                 return PNG_SIGNATURE in head
+            if head.startswith(b"SQLite format 3\x00"):
+                return _search_study(path)
             if head.lstrip().startswith(b"{"):
                 data = json.loads(head + fh.read(1 << 26)) if path.stat().st_size < 1 << 26 else None
                 return isinstance(data, dict) and (data.get("written_by") == "mergeflow" or set(data) in LEGACY_JSON)
