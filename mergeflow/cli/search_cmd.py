@@ -48,7 +48,7 @@ def search(search_file: str, out: str, workers: int | None, address: str | None,
         return
     storage = storage_path(sf, Path(out))
     n = workers or default_workers(device, cost["bytes"])
-    run_study(sf, Path(out), storage, n_trials, n, address, device, force, parents, quiet)
+    run_study(sf, Path(out), storage, n_trials, n, address, device, force, parents, quiet, cost["bytes"])
 
 
 def trial_cost(sf: Any, device: str) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def default_workers(device: str, trial_bytes: int) -> int:
 
 
 def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, address: str | None, device: str,
-              force: bool, parents: bool, quiet: bool) -> None:
+              force: bool, parents: bool, quiet: bool, trial_bytes: int = 0) -> None:
     from tqdm import tqdm
 
     from mergeflow.graph import run as runner
@@ -121,7 +121,7 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
                     from None
             cpus = max(1, (os.cpu_count() or 1) // n_workers)
             gpus = 1.0 if device.startswith("cuda") else 0.0
-            pool = ray_workers(args, n_workers, address, cpus, gpus, 0)
+            pool = ray_workers(args, n_workers, address, cpus, gpus, trial_bytes)
         else:
             pool = local_workers(Evaluator(*args))
         start = time.monotonic()

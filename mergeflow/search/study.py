@@ -5,6 +5,7 @@ in flight as there are workers; Ray runs them."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +127,11 @@ def ray_workers(evaluator_args: tuple[Any, ...], n: int, address: str | None, cp
 
 class _Actor:
     def __init__(self, *args: Any) -> None:
+        import torch
+
+        cpus = int(os.environ.get("OMP_NUM_THREADS") or 0)  # Ray sets it to the actor's CPUs
+        if cpus > 0:
+            torch.set_num_threads(cpus)
         self.evaluator = Evaluator(*args)
 
     def run(self, recipe: dict[str, Any]) -> dict[str, Any]:
