@@ -98,6 +98,7 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
     from mergeflow.search.run import accepts, study_lock
     from mergeflow.search.study import (
         finished,
+        interrupted,
         local_workers,
         open_study,
         ray_workers,
@@ -152,7 +153,8 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
         best = _best(study)
     out_dir = OutputDir(out, force, False, [sf.path], parents)
     with out_dir as tmp:
-        files = write_outputs(tmp, sf.tree, [t for t in trials if not t.user_attrs.get("interrupted")], best,
+        gone = interrupted(study)
+        files = write_outputs(tmp, sf.tree, [t for t in trials if t.number not in gone], best,
                               f"best recipe of {sf.path.name} ({len(finished(study))} trials, {storage.name})",
                               sf.path.resolve().parent)
         if best is not None and sf.section.write_best:

@@ -50,24 +50,33 @@ def open_study(storage: str, kind: str, seed: int) -> Any:
 
 
 def requeue_interrupted(study: Any) -> int:
-    """Trials a killed search left running: marked failed (``interrupted``) and queued again with the same
-    parameters, so none is lost and none counts twice. Only one search process uses a study at a time."""
+    """Trials a killed search left running: their parameters queued again (``requeued_from``), then the
+    trial marked failed and left out of every count (see ``finished``), so none is lost and none counts
+    twice. Only one search process uses a study at a time (a file lock)."""
     from optuna.trial import TrialState
 
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    trials = study.get_trials(deepcopy=False)
+    queued = {t.user_attrs.get("requeued_from") for t in trials if t.state == TrialState.WAITING}
+    stale = [t for t in trials if t.state == TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
+        if t.number not in queued:  # queued before the fail, so a kill in between loses nothing
+            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
+        study.tell(t.number, state=TrialState.FAIL)
     return len(stale)
 
 
+def interrupted(study: Any) -> set[int]:
+    """Numbers of the trials a killed search left running (their parameters ran again)."""
+    return {t.user_attrs["requeued_from"] for t in study.get_trials(deepcopy=False) if "requeued_from" in t.user_attrs}
+
+
 def finished(study: Any) -> list[Any]:
-    """The trials that count: complete or failed, not the interrupted ones (queued again)."""
+    """The trials that count: complete or failed, not the interrupted ones."""
     from optuna.trial import TrialState
 
+    gone = interrupted(study)
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if not t.user_attrs.get("interrupted")]
+            if t.number not in gone]
 
 
 @dataclass
