@@ -191,3 +191,21 @@ def test_trials_that_fail_alike_stop_the_search_with_their_error(llamas):
     r = cli("search", str(write(root / "acc.yml", s)), "-o", str(root / "acc"), "-q")
     assert r.returncode != 0 and "the first 3 trials all failed" in r.stderr and "gives no accuracy" in r.stderr
     assert "Traceback" not in r.stderr and not (root / "acc").exists()
+
+
+def test_a_merge_too_large_for_the_trial_memory_is_scored_from_a_scratch_folder(toy, tmp_path):
+    from mergeflow.search.section import Objective
+    from mergeflow.search.trial import Evaluator
+
+    big = {"config": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8}}  # 50 MB merged
+    a, b = toy("llama", seed=1, **big), toy("llama", seed=2, **big)
+    write(tmp_path / "d.txt", TEXT)
+    recipe = {"models": {"a": str(a), "b": str(b)}, "merge": {"linear": {}}}
+    objectives = [Objective(data="d.txt")]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    roomy = Evaluator("s.yml", str(tmp_path), objectives, "cpu")(recipe)
+    tight = Evaluator("s.yml", str(tmp_path), objectives, "cpu", 64 << 20, str(scratch))(recipe)  # 64 MiB
+    assert (roomy["merged_in"], tight["merged_in"]) == ("memory", "folder")
+    assert tight["value"] == pytest.approx(roomy["value"], rel=1e-6), (tight, roomy)  # the same merge, via a folder
+    assert not list(scratch.iterdir())  # the folder is gone

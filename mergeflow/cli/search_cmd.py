@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from mergeflow.cli.options import DEVICE, PARENTS, QUIET
+from mergeflow.cli.options import DEVICE, MEMORY, PARENTS, QUIET
+from mergeflow.cli.output import parse_size
 from mergeflow.errors import InputError
 
 
@@ -26,10 +27,11 @@ from mergeflow.errors import InputError
               "nothing.")
 @click.option("--force", is_flag=True, help="Replace OUT if it is an output mergeflow wrote.")
 @DEVICE
+@MEMORY
 @PARENTS
 @QUIET
 def search(search_file: str, out: str, workers: int | None, address: str | None, trials: int | None,
-           dry_run: bool, force: bool, device: str, parents: bool, quiet: bool) -> None:
+           dry_run: bool, force: bool, device: str, max_memory: str | None, parents: bool, quiet: bool) -> None:
     """Search the parameters marked {search: ...} in SEARCH_FILE (a recipe with a 'search:' section): each
     trial merges in memory and is scored on the objectives' data; the study lives in a SQLite file beside
     OUT, so the same command continues an interrupted search."""
@@ -48,7 +50,8 @@ def search(search_file: str, out: str, workers: int | None, address: str | None,
         return
     storage = storage_path(sf, Path(out))
     n = workers or default_workers(device, cost["bytes"])
-    run_study(sf, Path(out), storage, n_trials, n, address, device, force, parents, quiet, cost["bytes"])
+    run_study(sf, Path(out), storage, n_trials, n, address, device, force, parents, quiet, cost["bytes"],
+              parse_size(max_memory))
 
 
 def trial_cost(sf: Any, device: str) -> dict[str, Any]:
@@ -89,7 +92,7 @@ def default_workers(device: str, trial_bytes: int) -> int:
 
 
 def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, address: str | None, device: str,
-              force: bool, parents: bool, quiet: bool, trial_bytes: int = 0) -> None:
+              force: bool, parents: bool, quiet: bool, trial_bytes: int = 0, max_memory: int | None = None) -> None:
     from tqdm import tqdm
 
     from mergeflow.graph import run as runner
@@ -107,7 +110,9 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
     )
     from mergeflow.search.trial import Evaluator
 
-    args = (str(sf.path), str(sf.path.resolve().parent), list(sf.section.objective), str(runner.resolve_device(device)))
+    # a merge too large for a trial's memory is written beside OUT and deleted after scoring
+    args = (str(sf.path), str(sf.path.resolve().parent), list(sf.section.objective), str(runner.resolve_device(device)),
+            max_memory, str(Path(out).resolve().parent))
     with study_lock(storage):
         study = open_study(str(storage), sf.section.sampler, sf.section.seed)
         again = requeue_interrupted(study)

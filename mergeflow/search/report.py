@@ -19,6 +19,7 @@ def rows(trials: list[Any]) -> list[dict[str, Any]]:
     for t in sorted(trials, key=lambda t: t.number):
         row = {"trial": t.number, "state": t.state.name.lower(), "score": t.value,
                "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3), "worker": t.user_attrs.get("worker", ""),
+               "merged_in": t.user_attrs.get("merged_in", ""),
                "error": t.user_attrs.get("error", "")}
         row.update({f"param:{k}": v for k, v in t.params.items()})
         row.update({f"metric:{k}": v for k, v in (t.user_attrs.get("metrics") or {}).items()})

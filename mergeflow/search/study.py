@@ -166,7 +166,7 @@ def search_loop(study: Any, tree: Any, accepts: Callable[[str, str], bool], work
             break
         handle, result = workers.wait()
         trial = in_flight.pop(handle)
-        for key in ("worker", "seconds", "metrics", "error"):
+        for key in ("worker", "seconds", "metrics", "error", "merged_in"):
             if key in result:
                 trial.set_user_attr(key, result[key])
         if "value" in result:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
 import traceback
 from dataclasses import replace
@@ -32,8 +33,11 @@ def score(metrics: dict[str, float], objectives: list[Objective]) -> float:
 
 
 class Evaluator:
-    def __init__(self, source_name: str, root: str, objectives: list[Objective], device: str) -> None:
+    def __init__(self, source_name: str, root: str, objectives: list[Objective], device: str,
+                 max_memory: int | None = None, scratch: str | None = None) -> None:
         self.source_name, self.root, self.objectives, self.device = source_name, Path(root), objectives, device
+        self.max_memory, self.scratch = max_memory, scratch  # a merge too large for memory is written under scratch
+        self.merged_in = ""
         self._data: dict[str, Any] = {}
         self._models: dict[str, Any] = {}
 
@@ -63,7 +67,8 @@ class Evaluator:
             if not math.isfinite(value):
                 return {"error": "the score is NaN or infinite", "metrics": metrics, "worker": worker,
                         "seconds": time.perf_counter() - start}
-            return {"value": value, "metrics": metrics, "worker": worker, "seconds": time.perf_counter() - start}
+            return {"value": value, "metrics": metrics, "worker": worker, "seconds": time.perf_counter() - start,
+                    "merged_in": self.merged_in}
         except Exception as exc:  # noqa: BLE001  (a failed trial is recorded; the search goes on)
             first = str(exc).splitlines()[0] if str(exc) else ""
             return {"error": f"{type(exc).__name__}: {first}", "worker": worker, "seconds": time.perf_counter() - start,
@@ -71,32 +76,46 @@ class Evaluator:
 
     def metrics(self, recipe_data: dict[str, Any]) -> dict[str, float]:
         from mergeflow.align.catalog import STEPS
-        from mergeflow.eval.loss import evaluate
         from mergeflow.graph import run as runner
         from mergeflow.graph.in_memory import merge_in_memory
+        from mergeflow.graph.memory import tensor_budget
         from mergeflow.graph.plan import model_dir
-        from mergeflow.learn.refine import module_names
         from mergeflow.merge.catalog import OPERATORS
         from mergeflow.recipe.validate import validate
         from mergeflow.recipe.yaml_source import YamlSource
+        from mergeflow.stats.model import load_model
 
         recipe = validate(YamlSource(recipe_data, self.source_name), OPERATORS, STEPS, root=self.root)
-        prep = runner.prepare(self.source_name, runner.Options(device=self.device), recipe=recipe,
+        opts = runner.Options(device=self.device, max_memory=self.max_memory)
+        prep = runner.prepare(self.source_name, opts, recipe=recipe,
                               recipe_text=yaml.safe_dump(recipe_data, sort_keys=False))
         folder = model_dir(str(prep.readers[recipe.config_source].path))
         if folder is None:
             raise ValueError(f"model '{recipe.config_source}' has no folder with a config to evaluate the merge with")
-        merged = merge_in_memory(prep)
-        loaded = self.model(str(folder))
+        self.merged_in = "memory" if 2 * prep.plan.bytes_written <= tensor_budget(prep.max_memory) else "folder"
+        if self.merged_in == "memory":  # the merge (and a float32 copy) fit
+            return self.score_in_memory(merge_in_memory(prep), str(folder))
+        with tempfile.TemporaryDirectory(prefix=".mergeflow-trial-", dir=self.scratch) as scratch:  # too large: a folder, deleted after
+            out = runner.run(prep, Path(scratch) / "merged", opts, progress=False).out
+            return self.score(load_model(out, torch.device(self.device)))
+
+    def score_in_memory(self, merged: dict[str, torch.Tensor], folder: str) -> dict[str, float]:
+        from mergeflow.learn.refine import module_names
+
+        loaded = self.model(folder)
         dev = torch.device(self.device)
         params = {mod: merged[st].to(device=dev, dtype=torch.float32) for mod, st in module_names(loaded, merged).items()}
-        functional = replace(loaded, model=_Functional(loaded.model, params))
+        return self.score(replace(loaded, model=_Functional(loaded.model, params)))
+
+    def score(self, loaded: Any) -> dict[str, float]:
+        from mergeflow.eval.loss import evaluate
+
         out: dict[str, float] = {}
         scored: dict[tuple[str, int | None, int], dict[str, float]] = {}  # one pass per data file, every metric
         for i, o in enumerate(self.objectives):
             key = (o.data, o.max_examples, o.batch_size)
             if key not in scored:
-                scored[key] = evaluate(functional, self.data(o), batch_size=o.batch_size)
+                scored[key] = evaluate(loaded, self.data(o), batch_size=o.batch_size)
             res = scored[key]
             value = math.exp(res["loss"]) if o.metric == "perplexity" else res.get(o.metric)
             if value is None:
