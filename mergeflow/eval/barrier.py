@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.stats.data import Data
@@ -61,13 +60,13 @@ def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]],
               keep: str = "model") -> Any:
     """The prepared alignment of B to A with ``steps`` (validated and planned; nothing written)."""
     from mergeflow.graph import run as runner
-    from mergeflow.graph.align_recipe import align_recipe
+    from mergeflow.graph.align_recipe import steps_recipe
 
     work.mkdir(parents=True, exist_ok=True)
-    steps_file = work / f"steps{len(steps)}.yml"
-    steps_file.write_text(yaml.safe_dump({"align": steps}))
-    recipe, text = align_recipe(str(b_dir), str(a_dir), str(steps_file), keep)
-    return runner.prepare(str(steps_file), runner.Options(device=device, force=True), recipe=recipe, recipe_text=text)
+    # data paths in the steps are absolute (the CLI resolves them against the steps file)
+    recipe, text = steps_recipe(str(b_dir), str(a_dir), steps, Path.cwd(), keep=keep)
+    return runner.prepare("<eval barrier>", runner.Options(device=device, force=True), recipe=recipe,
+                          recipe_text=text)
 
 
 def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,

@@ -59,12 +59,20 @@ def model_names(anchor: str, model: str) -> tuple[str, str]:
 
 
 def align_recipe(model: str, anchor: str, steps_file: str | None, keep: str = "model") -> tuple[Recipe, str]:
-    """The recipe that writes ``model`` aligned to ``anchor``; ``keep="anchor"`` writes the anchor as the same
-    steps re-parameterise it (its norm scales folded under an orthogonal stream map; untied if asked)."""
+    """The recipe that writes ``model`` aligned to ``anchor`` with the steps of ``steps_file`` (default steps
+    when None); see :func:`steps_recipe`."""
     if steps_file is not None:
         src, steps = read_steps(steps_file)
-    else:
-        src, steps = YamlSource(None, "<default steps>"), default_steps(anchor)
+        return steps_recipe(model, anchor, steps, Path(steps_file).resolve().parent, src, keep)
+    return steps_recipe(model, anchor, default_steps(anchor), Path.cwd(), YamlSource(None, "<default steps>"), keep)
+
+
+def steps_recipe(model: str, anchor: str, steps: list[Any], root: Path, src: YamlSource | None = None,
+                 keep: str = "model") -> tuple[Recipe, str]:
+    """The recipe that writes ``model`` aligned to ``anchor`` with ``steps`` (data paths relative to ``root``),
+    validated; ``keep="anchor"`` writes the anchor as the same steps re-parameterise it (its norm scales
+    folded under an orthogonal stream map; untied if asked). No file is read or written."""
+    src = src or YamlSource(None, "<alignment steps>")
     a_name, m_name = model_names(anchor, model)
     data = {
         "models": {a_name: str(Path(anchor).resolve()), m_name: str(Path(model).resolve())},
@@ -73,6 +81,5 @@ def align_recipe(model: str, anchor: str, steps_file: str | None, keep: str = "m
         "merge": {"passthrough": {"source": a_name if keep == "anchor" else m_name}},
         "output": {"config": m_name, "tokenizer": m_name},
     }
-    root = Path(steps_file).resolve().parent if steps_file is not None else Path.cwd()  # data paths: as in recipes
     recipe = validate(YamlSource(data, src.name, src.locations), OPERATORS, STEPS, root=root)
     return recipe, yaml.safe_dump(data, sort_keys=False)
