@@ -93,6 +93,7 @@ def run(
     if not out:
         raise InputError("no output directory: give it as OUT or with -o/--out")
     opts = runner.Options(
+        tune_malloc=True,
         device=device,
         max_memory=parse_size(max_memory),
         force=force,
@@ -162,6 +163,7 @@ def align(
 
     recipe, text = align_recipe(model, anchor, steps_file)
     opts = runner.Options(
+        tune_malloc=True,
         device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle, parents=parents,
         label="aligning",
     )

@@ -26,7 +26,8 @@ def moe(config: str, out: str, device: str, max_memory: str | None, allow_pickle
     from mergeflow.graph import run as runner
     from mergeflow.moe.build import prepare_moe
 
-    opts = runner.Options(device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle, force=force,
+    opts = runner.Options(tune_malloc=True, device=device, max_memory=parse_size(max_memory), allow_pickle=allow_pickle,
+                          force=force,
                           resume=resume, parents=parents, label="assembling experts")
     prep = prepare_moe(config, opts)
     result = runner.run(prep, out, opts, progress=not quiet)

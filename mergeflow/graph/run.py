@@ -87,6 +87,9 @@ class Options:
     strict: bool = False  # warnings about the recipe (an override that selects nothing) become errors
     headers_only: bool = False  # Hub models from config and headers only (pre-flight): plan, never run
     disk_budget: int | None = None  # Hub shards fetched into the partial output and deleted after their last use
+    # process-wide: glibc's mmap threshold follows the memory budget (graph.memory.malloc_returns_large_blocks),
+    # so resident memory tracks the tensors in flight; the CLI turns it on, a library caller decides
+    tune_malloc: bool = False
 
 
 @dataclass
@@ -219,7 +222,8 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         # reading ahead competes with the solves for the cores: alignment runs are compute-bound
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0
-        malloc_returns_large_blocks(prep.max_memory)
+        if opts.tune_malloc:
+            malloc_returns_large_blocks(prep.max_memory)
         try:
             fetcher = start_downloads(prep, todo, tmp, opts.disk_budget, progress)
             execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done)
