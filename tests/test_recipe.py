@@ -220,3 +220,18 @@ def test_step_order_rules_are_checked_without_models(tmp_path, toy, align, msg):
                                     f"align: {align}\nmerge: linear\n")
     res = cli("validate", str(rec), "--recipe-only")
     assert res.returncode == 2 and msg in res.stderr and "r.yml:3:" in res.stderr, res.stderr
+
+
+def test_problems_found_while_planning_point_at_the_recipe_key(tmp_path, toy):
+    """Errors from the models' headers (found after the recipe validated) carry the file:line:col of the
+    key at fault, like validation errors."""
+    from tests.conftest import cli, write
+
+    rec = write(tmp_path / "mix.yml", f"models:\n  a: {toy('llama')}\n  v: {toy('vit')}\nmerge: {{linear: {{}}}}\n")
+    r = cli("validate", str(rec))
+    assert r.returncode == 2 and "mix.yml:3:6: models.v: models have different architectures" in r.stderr, r.stderr
+    g = toy("gpt2")  # tied head
+    rec = write(tmp_path / "tied.yml", f"models: {{a: {g}, b: {g}}}\nanchor: a\nalign:\n  - orthogonal: {{}}\n"
+                "merge: {linear: {}}\n")
+    r = cli("validate", str(rec))
+    assert r.returncode == 2 and "tied.yml:4:17: align[0].orthogonal: not valid for this model" in r.stderr, r.stderr

@@ -77,7 +77,8 @@ def check_steps(recipe: Recipe, spec: ArchSpec) -> tuple[tuple[str, StepParams],
         params = info.params.model_validate(step.params)
         why = info.check(spec.geometry, params, spec.family.name)
         if why:
-            problems.append(f"align[{i}].{step.name}: not valid for this model: {why}")
+            problems.append(f"{recipe.located('align', i, step.name)}align[{i}].{step.name}: not valid for this "
+                            f"model: {why}")
         steps.append((step.name, params))
     if problems:
         raise RecipeError(problems)
@@ -106,11 +107,12 @@ class AlignPlanner:
             self.residual = residual_plan(self.steps, self.layout)
             if self.residual is not None and self.residual.fold and self.layout.no_orthogonal:
                 i = next(i for i, (n, _p) in enumerate(self.steps) if n == "orthogonal")
-                raise RecipeError([f"align[{i}].orthogonal: not valid for this model: {self.layout.no_orthogonal}; "
-                                   "use permute: {residual: true}"])
+                raise RecipeError([f"{recipe.located('align', i, 'orthogonal')}align[{i}].orthogonal: not valid for "
+                                   f"this model: {self.layout.no_orthogonal}; use permute: {{residual: true}}"])
         problems = list_problems(self.steps)  # the steps' rules about the list (validate checks them too)
         if problems:
-            raise RecipeError([f"align[{i}].{self.steps[i][0]}: {why}" for i, why in problems])
+            raise RecipeError([f"{recipe.located('align', i, self.steps[i][0])}align[{i}].{self.steps[i][0]}: {why}"
+                               for i, why in problems])
         wanted = match_want(self.steps, self.layout)
         self.want, self.match_data = wanted if wanted is not None else (None, "")
         self.matches: dict[str, MatchModel] = {}

@@ -22,23 +22,25 @@ def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, v
     types = {n: r.model_type for n, r in readers.items() if r.model_type is not None}
     if len(set(types.values())) > 1:
         desc = ", ".join(f"{n} is {t}" for n, t in types.items())
-        raise UnsupportedArchitecture(f"models have different architectures ({desc})")
+        odd = next((n for n, t in types.items() if t != types.get(ref, t)), next(iter(types)))
+        raise UnsupportedArchitecture(f"{recipe.located('models', odd)}models.{odd}: models have different architectures ({desc})")
     ref_tensors = readers[ref].tensors
     for name, r in readers.items():
         for t, info in ref_tensors.items():
             other = r.tensors.get(t)
             if other is None:
-                raise MissingTensor(f"model '{name}' ({r.path}) lacks tensor {t!r} that model '{ref}' has{HINT}")
+                raise MissingTensor(f"{recipe.located('models', name)}model '{name}' ({r.path}) lacks tensor {t!r} that "
+                                    f"model '{ref}' has{HINT}")
             if other.shape != info.shape and t not in vocab and not copied(t):
                 raise ShapeMismatch(
-                    f"tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
+                    f"{recipe.located('models', name)}tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
                     f"{list(info.shape)} in model '{ref}'"
                 )
         extra = [t for t in r.tensors if t not in ref_tensors]
         if extra:
             more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
             raise MissingTensor(
-                f"model '{name}' has tensor(s) {', '.join(map(repr, extra[:3]))}{more} that "
+                f"{recipe.located('models', name)}model '{name}' has tensor(s) {', '.join(map(repr, extra[:3]))}{more} that "
                 f"model '{ref}' lacks{HINT}"
             )
 

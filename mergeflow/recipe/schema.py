@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, PrivateAttr, model_validator
 
 from mergeflow.patterns import parse_repo_ref
 from mergeflow.recipe.parts_schema import MergeOnly, Partial
@@ -223,6 +223,13 @@ class Recipe(Strict):
     tokenizer: TokenizerSpec | None = None
     chat_template: str | None = None
     output: OutputOptions = OutputOptions()
+    # ``where(path) -> "file:line:col"`` of the YAML the recipe was validated from, for errors found later
+    _where: Any = PrivateAttr(default=None)
+
+    def located(self, *path: str | int) -> str:
+        """``file:line:col: `` of a key of the recipe's file (empty for a recipe built in code), to start a
+        message about a problem found after validation (while planning)."""
+        return f"{self._where(tuple(path))}: " if self._where is not None else ""
 
     @property
     def config_source(self) -> str:

@@ -266,7 +266,9 @@ def validate(
                                                   "subfolder": entry.subfolder if keep else None})
     if probs.items:
         raise RecipeError(probs.items, src.name)
-    return Recipe(**{**sec, "models": resolved, **({"stats": stats} if stats else {})})
+    recipe = Recipe(**{**sec, "models": resolved, **({"stats": stats} if stats else {})})
+    recipe._where = src.where
+    return recipe
 
 
 def load_recipe(
