@@ -135,8 +135,8 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
 
     from safetensors.torch import save_file
 
-    from mergeflow.align.residual import ResidualMap, apply_layer, fold_layer, map_stream, solve
     from mergeflow.align.scramble import scramble_layer
+    from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer, map_stream, solve
     from mergeflow.arch.canonical import from_canonical, to_canonical
     from mergeflow.arch.spec import arch_spec
     from mergeflow.io.dtypes import ST_TO_TORCH
@@ -150,7 +150,7 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
     rmap = layout = None
     if residual is not None:  # one map of the stream; orthogonal maps fold the norm scales first
         from mergeflow.align.scramble import random_orthogonal
-        from mergeflow.arch.residual import residual_layout
+        from mergeflow.arch.stream_layout import residual_layout
 
         layout = residual_layout(spec, {n: t.shape for n, t in reader.tensors.items()}, reader.config or {})
         d = spec.geometry.d_model

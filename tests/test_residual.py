@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mergeflow.align.residual import ResidualMap, centred_basis, solve
 from mergeflow.align.scramble import random_orthogonal
+from mergeflow.align.stream_map import ResidualMap, centred_basis, solve
 from mergeflow.toymodels import scramble_model
 from tests.conftest import cli, write
 from tests.test_align import align, outputs, state

@@ -41,7 +41,7 @@ ListCheck = Callable[[int, Sequence[tuple[str, "StepParams | None"]]], "str | No
 
 
 @dataclass(frozen=True)
-class AlignStep:
+class StepDefinition:
     name: str
     fn: StepFn
     params: type[StepParams]
@@ -52,7 +52,7 @@ class AlignStep:
     in_list: ListCheck | None = None  # its rules about the step list (order, required parameters)
 
 
-STEPS: Registry[AlignStep] = Registry("alignment step")
+STEPS: Registry[StepDefinition] = Registry("alignment step")
 
 
 def _no_check(geom: Geometry, params: StepParams, family: str) -> str | None:
@@ -65,7 +65,7 @@ def align_step(
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip()
-        STEPS.add(name, AlignStep(name, fn, params, check, doc.splitlines()[0] if doc else name, doc,
+        STEPS.add(name, StepDefinition(name, fn, params, check, doc.splitlines()[0] if doc else name, doc,
                                   in_list=in_list))
         return fn
 
@@ -95,7 +95,7 @@ def qk_fixed(geom: Geometry, touches_qk: bool, family: str, instead: str) -> str
 
 def stream_described(family: str, params: StepParams) -> str | None:
     """The refusal for a residual map on a family whose norms (hence stream) are not described."""
-    if getattr(params, "residual", False) and FAMILIES[family].n1 is None:
+    if getattr(params, "residual", False) and FAMILIES[family].attn_norm is None:
         return f"{family}: its norms are not described, so the residual stream cannot be mapped"
     return None
 

@@ -10,7 +10,7 @@ import torch
 
 from mergeflow.align.base import Found, Layer, StepParams
 from mergeflow.align.catalog import STEPS
-from mergeflow.align.residual import ResidualMap, apply_layer, fold_layer
+from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergeflow.align.residual import ResidualMap
+from mergeflow.align.stream_map import ResidualMap
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ folded into the weights that read it: RMSNorm(R x) = R RMSNorm(x). LayerNorm als
 commutes with R exactly when R keeps the all-ones vector (R 1 = 1): those are the maps used for
 LayerNorm families (GPT-2, ViT), solved on the complement of 1. Post-norm blocks (BERT) normalise the
 stream itself, so only permutations are exact there. The step does nothing per layer: the map is
-solved before the layers by coordinate descent (``mergeflow.align.residual_solve``), and the other steps
+solved before the layers by coordinate descent (``mergeflow.align.stream_solve``), and the other steps
 of the recipe run inside that loop. With ``method: activations`` the map is instead the orthogonal
 Procrustes solution of the two models' stream activations on data (their cross second moments, summed
 over the embeddings and every block's output), in one solve.

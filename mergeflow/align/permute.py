@@ -12,7 +12,7 @@ plane, the modulus of a complex inner product), summed over QK and VO, so the ma
 depend on the rotations the rotate step fits afterwards.
 
 ``residual: true`` also permutes the residual stream, one permutation shared by every layer; it is
-solved before the layers, jointly with them (``mergeflow.align.residual_solve``).
+solved before the layers, jointly with them (``mergeflow.align.stream_solve``).
 
 ``method: activations`` matches the same units by the correlation of their activations on data instead
 (``mergeflow.learn.activations`` collects them and solves the same assignments); the step then applies

@@ -39,10 +39,11 @@ class Family:
     heads_key: str = "num_attention_heads"
     kv_heads_key: str | None = None
     hidden_key: str = "hidden_size"
-    # the residual stream (see mergeflow.arch.residual): per-layer norms (pre-norm: n1 feeds q/k/v, n2 feeds
-    # up/gate; post-norm: their outputs are the stream), the kind of norm, and the tensors outside the stack
-    n1: str | None = None
-    n2: str | None = None
+    # the residual stream (see mergeflow.arch.stream_layout): per-layer norms (pre-norm: attn_norm feeds
+    # q/k/v, ffn_norm feeds up/gate; post-norm: their outputs are the stream), the kind of norm, and the
+    # tensors outside the stack
+    attn_norm: str | None = None  # canonical role n1
+    ffn_norm: str | None = None  # canonical role n2
     norm: Literal["layer", "rms"] = "layer"
     stream: tuple[tuple[str, int], ...] = ()  # (name suffix, axis of the stream): embeddings, their norms
     final_norm: str | None = None  # the norm before the head (pre-norm families)
@@ -67,8 +68,8 @@ _LLAMA = dict(
     gate="mlp.gate_proj",
     rope="half",
     kv_heads_key="num_key_value_heads",
-    n1="input_layernorm",
-    n2="post_attention_layernorm",
+    attn_norm="input_layernorm",
+    ffn_norm="post_attention_layernorm",
     norm="rms",
     stream=(("embed_tokens.weight", 1),),
     final_norm="norm",
@@ -83,8 +84,8 @@ _BERT = dict(
     up="intermediate.dense",
     down="output.dense",
     post_ln=True,
-    n1="attention.output.LayerNorm",
-    n2="output.LayerNorm",
+    attn_norm="attention.output.LayerNorm",
+    ffn_norm="output.LayerNorm",
     stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
             ("embeddings.token_type_embeddings.weight", 1), ("embeddings.LayerNorm.weight", 0),
             ("embeddings.LayerNorm.bias", 0)),
@@ -109,8 +110,8 @@ _add(
         conv1d=True,
         heads_key="n_head",
         hidden_key="n_embd",
-        n1="ln_1",
-        n2="ln_2",
+        attn_norm="ln_1",
+        ffn_norm="ln_2",
         stream=(("wte.weight", 1), ("wpe.weight", 1)),
         final_norm="ln_f",
         head=("lm_head.weight", "score.weight"),
@@ -143,8 +144,8 @@ _add(
         post_ln=True,
         heads_key="n_heads",
         hidden_key="dim",
-        n1="sa_layer_norm",
-        n2="output_layer_norm",
+        attn_norm="sa_layer_norm",
+        ffn_norm="output_layer_norm",
         stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
                 ("embeddings.LayerNorm.weight", 0), ("embeddings.LayerNorm.bias", 0)),
         head=("pre_classifier.weight",),
@@ -161,8 +162,8 @@ _add(
         o="attention.output.dense",
         up="intermediate.dense",
         down="output.dense",
-        n1="layernorm_before",
-        n2="layernorm_after",
+        attn_norm="layernorm_before",
+        ffn_norm="layernorm_after",
         stream=(("embeddings.cls_token", 2), ("embeddings.position_embeddings", 2),
                 ("embeddings.patch_embeddings.projection.weight", 0),
                 ("embeddings.patch_embeddings.projection.bias", 0), ("embeddings.mask_token", 2)),

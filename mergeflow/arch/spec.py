@@ -134,7 +134,7 @@ def arch_spec(
             roles.append((role, w))
             if b in present:
                 roles.append((f"{role}.b", b))
-        for role, path in (("n1", fam.n1), ("n2", fam.n2)):  # norms: optional, only residual maps change them
+        for role, path in (("n1", fam.attn_norm), ("n2", fam.ffn_norm)):  # norms: optional, only residual maps change them
             for suffix, r in (("weight", role), ("bias", f"{role}.b")):
                 if path is not None and f"{base}{path}.{suffix}" in present:
                     roles.append((r, f"{base}{path}.{suffix}"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mergeflow.cli.extra import eval_group
+from mergeflow.cli.convert_eval import eval_group
 from mergeflow.cli.options import DEVICE, MODEL, QUIET
 
 

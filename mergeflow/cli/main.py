@@ -14,11 +14,11 @@ from typing import Any
 
 import click
 
-from mergeflow.cli.extra import convert, eval_group
+from mergeflow.cli.convert_eval import convert, eval_group
 from mergeflow.cli.lora_cmd import extract_lora
 from mergeflow.cli.moe_cmd import moe
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
-from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_report
+from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_run_report
 from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.search_cmd import search
 from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file, validate_file
@@ -115,7 +115,7 @@ def run(
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=not quiet)
-    write_report(report, result, prep)
+    write_run_report(report, result, prep)
     tasks = []
     if prep.recipe.output.task_models:
         from mergeflow.graph.task_models import write_task_models
@@ -170,7 +170,7 @@ def align(
     prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
     check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=not quiet)
-    write_report(report, result, prep)
+    write_run_report(report, result, prep)
     if not quiet:
         click.echo(f"wrote {result.out}: '{model}' aligned to '{anchor}' in {result.seconds:.2f} s")
         print_alignment(result)

@@ -47,7 +47,7 @@ def check_report(report: str | None, prep: Any, out: str | Path) -> None:
             raise OutputError(f"--report {target} lies inside the output {final}; write it elsewhere")
 
 
-def write_report(report: str | None, result: Any, prep: Any) -> None:
+def write_run_report(report: str | None, result: Any, prep: Any) -> None:
     if report:
         from mergeflow.io.ownership import atomic_write, lexical
 

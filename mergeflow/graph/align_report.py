@@ -39,7 +39,7 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     return {"totals": models, "seconds": seconds, "layers": layers, **sections}
 
 
-def write_report(out: Path, reports: Sequence[Any]) -> dict[str, Any]:
+def write_alignment_report(out: Path, reports: Sequence[Any]) -> dict[str, Any]:
     summary = summarise(reports)
     write_new(out / "alignment.json", json.dumps(summary, indent=2) + "\n")
     return summary

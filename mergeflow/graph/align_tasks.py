@@ -12,12 +12,12 @@ import torch
 from mergeflow.align.base import StepParams, list_problems
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.layer import align_layer, fold_only
-from mergeflow.arch.residual import residual_layout
 from mergeflow.arch.spec import ArchSpec, arch_spec
+from mergeflow.arch.stream_layout import residual_layout
 from mergeflow.errors import RecipeError
 from mergeflow.graph.match_task import MatchModel, match_want
 from mergeflow.graph.refine_task import RefineModel
-from mergeflow.graph.residual_tasks import MapStream, SolveResidual, residual_plan
+from mergeflow.graph.stream_tasks import MapStream, SolveResidual, residual_plan
 from mergeflow.graph.tasks import Load
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.schema import Recipe

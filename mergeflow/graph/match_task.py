@@ -14,8 +14,8 @@ import torch
 
 from mergeflow.align.base import StepParams
 from mergeflow.align.matching import Found, Want
-from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import RecipeError
 from mergeflow.io.dtypes import is_float
 from mergeflow.io.untie import UntiedReader

@@ -15,13 +15,13 @@ from mergeflow.align.base import StepParams
 from mergeflow.align.layer import LayerReport, distances
 from mergeflow.align.matching import Found
 from mergeflow.align.refine_step import RefineParams
-from mergeflow.align.residual import ResidualMap
-from mergeflow.align.state import align_state, fold_state
+from mergeflow.align.stream_map import ResidualMap
+from mergeflow.align.whole_model import align_state, fold_state
 from mergeflow.arch.canonical import to_canonical
-from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.graph.match_task import MatchModel, read_model
-from mergeflow.graph.residual_tasks import ResidualPlan, SolveResidual
+from mergeflow.graph.stream_tasks import ResidualPlan, SolveResidual
 from mergeflow.io.untie import UntiedReader
 
 

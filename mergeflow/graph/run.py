@@ -16,7 +16,7 @@ import mergeflow
 from mergeflow.align.catalog import STEPS
 from mergeflow.errors import InputError, RecipeError
 from mergeflow.files import read_text_capped
-from mergeflow.graph.align_report import write_report
+from mergeflow.graph.align_report import write_alignment_report
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.fingerprint import run_fingerprint
@@ -238,7 +238,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         downloaded = ((fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0, fetcher.seconds) if fetcher
                       else (0, 0, 0.0))
         files += write_support(prep, tmp)
-        alignment = write_report(tmp, ctx.align_reports) if ctx.align_reports else None
+        alignment = write_alignment_report(tmp, ctx.align_reports) if ctx.align_reports else None
         if alignment is not None:
             files.append("alignment.json")
         if recipe.output.card:

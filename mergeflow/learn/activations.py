@@ -28,7 +28,7 @@ import torch
 
 from mergeflow.align.matching import Found, Want
 from mergeflow.align.permute import assignment
-from mergeflow.align.residual import solve
+from mergeflow.align.stream_map import solve
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import InputError
 from mergeflow.learn.refine import module_names

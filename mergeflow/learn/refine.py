@@ -22,10 +22,10 @@ import torch
 
 from mergeflow.align.permute import FFN_ROWS, assignment
 from mergeflow.align.refine_step import RefineParams
-from mergeflow.align.residual import ResidualMap, apply_layer, map_stream, solve
+from mergeflow.align.stream_map import ResidualMap, apply_layer, map_stream, solve
 from mergeflow.arch.canonical import from_canonical, to_canonical
-from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import InputError
 from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for, stored_names

@@ -1,6 +1,6 @@
 """Where a model's tensors outside the layer stack touch the residual stream.
 
-Inside the stack the canonical roles say it (``mergeflow.align.residual.LAYER_AXES``); outside it the
+Inside the stack the canonical roles say it (``mergeflow.align.stream_map.LAYER_AXES``); outside it the
 family lists the stream's tensors by name suffix with the axis of the stream (embeddings, their norm),
 its final norm and the head weights that read the final norm. Every other tensor must not touch the
 stream: one with an axis of the stream's width that is not described is refused by name, so a map
@@ -44,7 +44,7 @@ class ResidualLayout:
 
 def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any]) -> ResidualLayout:
     fam, d = spec.family, spec.geometry.d_model
-    if fam.n1 is None:
+    if fam.attn_norm is None:
         raise UnsupportedArchitecture(f"{fam.name}: its residual stream is not described; it cannot be mapped")
     in_layers = spec.layer_of()
     found: list[StreamTensor] = []

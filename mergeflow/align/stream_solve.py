@@ -2,7 +2,7 @@
 
 Fix the stream's map R and every layer's steps solve their own problems exactly (head and FFN
 permutations, rotations, rescales); fix the layers and R is one assignment or SVD over the summed
-cross-correlations (``mergeflow.align.residual``). Each pass reads the models layer by layer through
+cross-correlations (``mergeflow.align.stream_map``). Each pass reads the models layer by layer through
 the callables it is given, so memory stays per layer. The squared distance to the anchor over every
 stream-facing and per-layer tensor is evaluated at each R tried; the best R is returned (a pass that
 does not improve it by ``tol`` relative ends the group). With several groups (a permutation first, then
@@ -19,7 +19,7 @@ import torch
 
 from mergeflow.align.base import Found, Layer, StepParams
 from mergeflow.align.layer import full_distance, run_steps, sq_dist
-from mergeflow.align.residual import ResidualMap, apply_layer, cross, layer_cross, solve
+from mergeflow.align.stream_map import ResidualMap, apply_layer, cross, layer_cross, solve
 from mergeflow.arch.spec import ArchSpec
 
 StreamPairs = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor, int]]]  # (anchor, source, axis)

@@ -17,11 +17,11 @@ import torch
 
 from mergeflow.align.base import StepParams
 from mergeflow.align.matching import Found
-from mergeflow.align.residual import ResidualMap, fold_layer, map_stream, stream_value
-from mergeflow.align.residual_solve import coordinate_descent
+from mergeflow.align.stream_map import ResidualMap, fold_layer, map_stream, stream_value
+from mergeflow.align.stream_solve import coordinate_descent
 from mergeflow.arch.canonical import to_canonical
-from mergeflow.arch.residual import ResidualLayout
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.graph.match_task import MatchModel, stream_group
 from mergeflow.graph.tasks import Load
 

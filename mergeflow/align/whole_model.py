@@ -10,9 +10,9 @@ import torch
 
 from mergeflow.align.base import Found, StepParams
 from mergeflow.align.layer import LayerReport, align_layer, fold_only
-from mergeflow.align.residual import ResidualMap, map_stream, stream_value
-from mergeflow.arch.residual import ResidualLayout
+from mergeflow.align.stream_map import ResidualMap, map_stream, stream_value
 from mergeflow.arch.spec import ArchSpec
+from mergeflow.arch.stream_layout import ResidualLayout
 
 
 def fold_state(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
