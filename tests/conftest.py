@@ -145,3 +145,35 @@ def online(tmp_path, toy, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield tmp_path, hub, commits, server
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A bare pretrained encoder (no prefix, an int64 position_ids buffer, a pooler), a sequence classifier
+    fine-tuned from it (prefix bert., pooler, 3 labels) and a token classifier (prefix bert., no pooler,
+    5 labels)."""
+    import torch
+    import transformers
+
+    from mergeflow.toymodels import save_tokenizer
+    from tests.helpers import CFG, NER, save_model
+
+    root = tmp_path_factory.mktemp("backbone")
+    torch.manual_seed(0)
+    base = transformers.BertModel(transformers.BertConfig(**CFG))
+    save_model(base, root / "base", {"embeddings.position_ids": torch.arange(64)[None]})
+    save_tokenizer(root / "base")
+    state = base.state_dict()
+    out = {}
+    for name, cls, labels, seed in (("sent", "BertForSequenceClassification", {0: "neg", 1: "neu", 2: "pos"}, 1),
+                                    ("ner", "BertForTokenClassification", dict(enumerate(NER)), 2)):
+        torch.manual_seed(seed)
+        m = getattr(transformers, cls)(transformers.BertConfig(**CFG, id2label=labels,
+                                                               label2id={v: k for k, v in labels.items()}))
+        with torch.no_grad():
+            for k, p in m.bert.state_dict().items():
+                if k in state:
+                    p.copy_(state[k] + 0.05 * torch.randn_like(p))
+        out[name] = save_model(m, root / name)
+        save_tokenizer(root / name)
+    return root / "base", out["sent"], out["ner"]

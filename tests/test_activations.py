@@ -5,23 +5,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from mergeflow.toymodels import CHARS, scramble_model
+from mergeflow.toymodels import scramble_model
 from tests.conftest import cli, write
-from tests.test_align import CAUSAL, align, outputs, state
-from tests.test_refine import vision_data
-from tests.test_residual import trained_norms
-
-
-def text_data(path, n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    chars = CHARS[:27]
-    lines = ["".join(rng.choice(chars, size=int(rng.integers(8, 20)))) for _ in range(n)]
-    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
-    return path
+from tests.helpers import CAUSAL, align, outputs, state, text_data, trained_norms, vision_data
 
 
 def data_for(tmp_path, family):

@@ -14,56 +14,22 @@ from mergeflow.align.procrustes import procrustes, rope_procrustes
 from mergeflow.align.rescale import best_scale
 from mergeflow.align.scramble import random_orthogonal, scramble_layer
 from mergeflow.arch.spec import Geometry
-from mergeflow.graph import run as runner
 from mergeflow.toymodels import scramble_model
 from tests.conftest import cli, write
+from tests.helpers import CAUSAL, CLASSIFY, align, outputs, state
 
-CAUSAL = {"llama", "gpt2", "mistral", "qwen2", "qwen3"}
-CLASSIFY = {"bert", "roberta", "distilbert", "deberta-v2"}
 FAMILIES = sorted(CAUSAL | CLASSIFY | {"vit"})
 STEPS = "[{permute: {ffn: true, heads: true}}, {rotate: {qk: QK, vo: true}}, {rescale: {}}]"
 
 
-def align(tmp_path, model, anchor, steps: str, name="aligned"):
-    rec = write(tmp_path / f"{name}.yml", f"models: {{anchor: {anchor}, model: {model}}}\nanchor: anchor\n"
-                f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n")
-    opts = runner.Options(device="cpu")
-    res = runner.run(runner.prepare(rec, opts), tmp_path / name, opts, progress=False)
-    return res.out, res.alignment
 
 
 def steps_for(family):
     return STEPS.replace("QK", "false" if family == "qwen3" else "true")
 
 
-def outputs(path, family, dtype=torch.float64):
-    """Logits, every hidden state and (causal families) a KV-cache decoding step, in float64."""
-    import transformers
-
-    cls = {"vit": transformers.AutoModelForImageClassification}.get(
-        family, transformers.AutoModelForCausalLM if family in CAUSAL else transformers.AutoModelForSequenceClassification)
-    model = cls.from_pretrained(str(path), dtype=dtype).eval()
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        if family == "vit":
-            out = model(pixel_values=torch.randn(2, 3, 16, 16, generator=gen, dtype=dtype), output_hidden_states=True)
-            return [out.logits, *out.hidden_states]
-        ids = torch.randint(4, 60, (2, 9), generator=gen)
-        mask = torch.ones_like(ids)
-        mask[1, 6:] = 0  # padding in the second sequence
-        out = model(ids, attention_mask=mask, output_hidden_states=True)
-        res = [out.logits, *out.hidden_states]
-        if family in CAUSAL:
-            first = model(ids[:, :5], use_cache=True)
-            step = model(ids[:, 5:6], past_key_values=first.past_key_values, use_cache=True)
-            res.append(step.logits)
-        return res
 
 
-def state(path):
-    from safetensors.torch import load_file
-
-    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

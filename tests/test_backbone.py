@@ -6,58 +6,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tests.conftest import cli, write
-from tests.test_vocab import tensor
-
-NER = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
-CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-           max_position_embeddings=64)
-
-
-def _save(model, path, state=None):
-    model.save_pretrained(str(path))
-    if state is not None:  # add what an older checkpoint carried (position_ids)
-        f = path / "model.safetensors"
-        save_file({**load_file(str(f)), **state}, str(f), metadata={"format": "pt"})
-    return path
-
-
-@pytest.fixture(scope="module")
-def trio(tmp_path_factory):
-    """A bare pretrained encoder (no prefix, an int64 position_ids buffer, a pooler), a sequence classifier
-    fine-tuned from it (prefix bert., pooler, 3 labels) and a token classifier (prefix bert., no pooler,
-    5 labels)."""
-    import transformers
-
-    from mergeflow.toymodels import save_tokenizer
-
-    root = tmp_path_factory.mktemp("backbone")
-    torch.manual_seed(0)
-    base = transformers.BertModel(transformers.BertConfig(**CFG))
-    _save(base, root / "base", {"embeddings.position_ids": torch.arange(64)[None]})
-    save_tokenizer(root / "base")
-    state = base.state_dict()
-    out = {}
-    for name, cls, labels, seed in (("sent", "BertForSequenceClassification", {0: "neg", 1: "neu", 2: "pos"}, 1),
-                                    ("ner", "BertForTokenClassification", dict(enumerate(NER)), 2)):
-        torch.manual_seed(seed)
-        m = getattr(transformers, cls)(transformers.BertConfig(**CFG, id2label=labels,
-                                                               label2id={v: k for k, v in labels.items()}))
-        with torch.no_grad():
-            for k, p in m.bert.state_dict().items():
-                if k in state:
-                    p.copy_(state[k] + 0.05 * torch.randn_like(p))
-        out[name] = _save(m, root / name)
-        save_tokenizer(root / name)
-    return root / "base", out["sent"], out["ner"]
-
-
-def body(base, sent, ner, extra=""):
-    return f"models: {{base: {base}, sent: {sent}, ner: {ner}}}\nbase: base\nmerge: task_arithmetic\n{extra}"
+from tests.helpers import body, tensor
 
 
 def test_partial_tensors_are_an_error_listing_them(tmp_path, trio):

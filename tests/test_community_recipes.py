@@ -7,7 +7,7 @@ import json
 import torch
 
 from tests.conftest import cli
-from tests.test_vocab import tensor
+from tests.helpers import tensor
 
 
 def test_shipped_tokenizer_recipe(demo_tree, tmp_path):

@@ -107,7 +107,7 @@ def test_barrier_midpoint_is_the_merge_when_the_stream_map_folds_the_anchor(tmp_
     from mergeflow.graph import run as runner
     from mergeflow.stats.data import load_data
     from mergeflow.stats.model import load_model
-    from tests.test_residual import trained_norms
+    from tests.helpers import trained_norms
 
     a = trained_norms(toy("llama", seed=1), tmp_path / "a", 1)
     b = trained_norms(toy("llama", seed=2), tmp_path / "b", 2)

@@ -16,28 +16,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from mergeflow.cli.main import main as cli_main
 from mergeflow.errors import ModelError, RecipeError
 from mergeflow.io.header import read_header
 from mergeflow.io.reader import ModelReader
 from mergeflow.merge.catalog import OPERATORS
 from mergeflow.recipe.validate import validate
 from mergeflow.recipe.yaml_source import parse_yaml
+from tests.helpers import clean_failure
 
 CORPUS = Path(__file__).parent / "corpus" / "recipes"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def clean_failure(capsys, argv, out: Path | None = None) -> str:
-    with pytest.raises(SystemExit) as info:
-        cli_main(argv)
-    err = capsys.readouterr().err
-    assert info.value.code == 2, err
-    assert "Traceback" not in err and err.strip(), err
-    assert all(line.startswith("error: ") for line in err.strip().splitlines()), err
-    if out is not None:
-        assert not out.exists() and not list(out.parent.glob(f".{out.name}.mergeflow-*"))
-    return err
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in CORPUS.glob("*.yml")))

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 
 def cache_repo(cache, repo: str, model, commit_seed: str = "1") -> str:
@@ -98,7 +98,7 @@ def test_offline_without_the_files_is_one_line_naming_the_repo(hub, capsys, ref,
 
 def test_lora_adapter_by_repo_id(hub, toy):
     pytest.importorskip("peft")
-    from tests.test_lora import make_adapter
+    from tests.helpers import make_adapter
 
     root, _commits = hub
     merged = make_adapter(toy("llama"), root / "adapter", "llama", r=2, lora_alpha=2, target_modules=["q_proj"])

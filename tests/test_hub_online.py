@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 
 def test_cold_download_then_warm_cache_offline_without_the_server(online, monkeypatch):

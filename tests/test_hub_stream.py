@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 
 def _tensors(folder):
@@ -170,7 +170,7 @@ def test_an_adapter_on_a_hub_base_is_preflighted_and_its_base_streamed(online, t
     stream into a disk budget; the result is peft's merge_and_unload. An adapter of another model fails on
     the headers, before any weight byte of the base."""
     pytest.importorskip("peft")
-    from tests.test_lora import make_adapter
+    from tests.helpers import make_adapter
 
     root, hub, _commits, _server = online
     merged = make_adapter(toy("llama"), root / "adapter", "llama", r=2, lora_alpha=4, target_modules=["q_proj"])

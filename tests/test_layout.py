@@ -44,3 +44,12 @@ def test_modules_stay_small():
     for path in PKG.rglob("*.py"):
         n = len(path.read_text().splitlines())
         assert n <= 300, f"{path.relative_to(PKG.parent)} has {n} lines; split it by topic"
+
+
+def test_tests_never_import_each_other():
+    """Shared helpers live in tests/helpers.py (fixtures in conftest.py), never in another test module."""
+    tests = Path(__file__).parent
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.test_"):
+                raise AssertionError(f"{path.name} imports {node.module}; move what it shares to tests/helpers.py")

@@ -11,26 +11,11 @@ from safetensors.torch import load_file
 
 from mergeflow.io.lora import LoraReader
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure, make_adapter
 
 peft = pytest.importorskip("peft")
 
 
-def make_adapter(base, dst, family: str, **config) -> dict[str, torch.Tensor]:
-    """A PEFT adapter of ``base`` with random (not zero) updates; returns peft's merged state dict."""
-    import transformers
-
-    cls = transformers.AutoModelForCausalLM
-    model = cls.from_pretrained(str(base), dtype=torch.float32)
-    pm = peft.get_peft_model(model, peft.LoraConfig(**config))
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_" in n or "modules_to_save" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    pm.save_pretrained(str(dst))
-    merged = pm.merge_and_unload()
-    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
 
 
 def assert_reads_like(reader: LoraReader, merged: dict[str, torch.Tensor]) -> None:

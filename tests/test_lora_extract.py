@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from mergeflow.io.reader import ModelReader
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 peft = pytest.importorskip("peft")
 

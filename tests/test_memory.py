@@ -3,28 +3,9 @@
 import json
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from tests.conftest import run_cli, write
-
-
-def make_model(path, n_tensors, numel, seed, shards=2):
-    path.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    weight_map = {}
-    per = -(-n_tensors // shards)
-    for s in range(shards):
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        names = [f"model.layers.{i}.w" for i in range(s * per, min((s + 1) * per, n_tensors))]
-        save_file(
-            {n: torch.randn(numel, generator=gen) for n in names},
-            str(path / fname),
-            metadata={"format": "pt"},
-        )
-        weight_map.update({n: fname for n in names})
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return path
+from tests.helpers import make_model
 
 
 def peak_rss_of_cli(tmp_path, *args):

@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.bench_moe_routing import PROMPTS, shares
 from tests.conftest import cli, write
-from tests.test_vocab import tensor
+from tests.helpers import tensor
 
 
 def config(base, experts, mode="hidden", extra=""):

@@ -11,7 +11,7 @@ from mergeflow.io.ownership import MARKER
 from mergeflow.io.reader import ModelReader
 from mergeflow.toymodels import scramble_model
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 
 @pytest.mark.parametrize("family", ["bert", "llama"])

@@ -12,7 +12,7 @@ import pytest
 
 from mergeflow.io.ownership import MARKER, remove_owned, write_marker
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:

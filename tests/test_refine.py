@@ -9,16 +9,11 @@ import pytest
 import torch
 
 from tests.conftest import cli, write
-from tests.test_align import align, outputs
-from tests.test_residual import trained_norms
+from tests.helpers import align, outputs, trained_norms, vision_data
 
 PART1 = "{permute: {residual: true, heads: true, ffn: true}}, {orthogonal: {residual: true}}, {rotate: {}}"
 
 
-def vision_data(path, n=48, seed=0):
-    rng = np.random.default_rng(seed)
-    np.savez(path, x=rng.random((n, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 2, n))
-    return path
 
 
 def test_refined_vit_keeps_its_function_and_reports_training(tmp_path, toy):

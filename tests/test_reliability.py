@@ -14,7 +14,7 @@ import pytest
 
 from mergeflow.io.ownership import write_marker
 from tests.conftest import run_cli, write
-from tests.test_memory import make_model
+from tests.helpers import make_model
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,29 +9,12 @@ from mergeflow.align.scramble import random_orthogonal
 from mergeflow.align.stream_map import ResidualMap, centred_basis, solve
 from mergeflow.toymodels import scramble_model
 from tests.conftest import cli, write
-from tests.test_align import align, outputs, state
+from tests.helpers import align, outputs, state, trained_norms
 
 PERM = "[{permute: {residual: true, heads: true, ffn: true}}, {rotate: {qk: true, vo: true}}, {rescale: {}}]"
 ORTH = "[{orthogonal: {residual: true}}, " + PERM[1:]
 
 
-def trained_norms(src: Path, dst: Path, seed: int = 0) -> Path:
-    """A copy of a random-init model whose norms have the scales and shifts training gives (random-init
-    ones are 1 and 0, which hide folding mistakes)."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    path = Path(shutil.copytree(src, dst))
-    gen = torch.Generator().manual_seed(seed)
-    for f in path.glob("*.safetensors"):
-        state = load_file(str(f))
-        for name, t in state.items():
-            if t.ndim == 1 and ("norm" in name.lower() or ".ln_" in name):
-                noise = torch.randn(t.shape, generator=gen)
-                state[name] = (1 + 0.5 * noise if name.endswith("weight") else 0.3 * noise).to(t.dtype)
-        save_file(state, str(f), metadata={"format": "pt"})
-    return path
 
 
 @pytest.mark.parametrize("family", ["gpt2", "vit", "llama", "bert", "roberta", "distilbert"])

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from mergeflow.cli.main import main as cli_main
 from tests.conftest import cli, write
-from tests.test_hostile import clean_failure
+from tests.helpers import clean_failure
 
 
 def _pair(tmp_path, a: dict, b: dict):

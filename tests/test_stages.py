@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import cli, write
-from tests.test_vocab import tensor
+from tests.helpers import tensor
 
 NAMES = ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "lm_head.weight")
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from mergeflow.eval.tokens import entity_f1, is_bio, spans
 from tests.conftest import cli, write
-from tests.test_backbone import NER, body, trio  # noqa: F401  (fixture)
+from tests.helpers import NER, body
 
 WORDS = [["ann", "lives", "in", "paris"], ["bob", "and", "carl", "went", "to", "rome", "today"],
          ["nice", "weather"], ["dana", "smith", "visited", "new", "york"]]
@@ -79,7 +79,7 @@ def test_masked_lm_stats_and_eval(tmp_path, data):
     import transformers
 
     from mergeflow.toymodels import save_tokenizer
-    from tests.test_backbone import CFG
+    from tests.helpers import CFG
 
     torch.manual_seed(0)
     mlm = tmp_path / "mlm"

@@ -9,7 +9,7 @@ import torch
 
 from mergeflow.toymodels import CHARS, build, save_tokenizer
 from tests.conftest import cli, write
-from tests.test_vocab import tensor
+from tests.helpers import tensor
 
 ROWS = ("model.embed_tokens.weight", "lm_head.weight")
 WORDS = ("hello", "world")

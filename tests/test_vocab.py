@@ -6,21 +6,10 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from mergeflow.toymodels import build
 from tests.conftest import cli, write
-
-
-def tensor(out, name):
-    index = out / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
-        "model.safetensors"]
-    for f in files:
-        with safe_open(str(out / f), "pt") as h:
-            if name in h.keys():  # noqa: SIM118
-                return h.get_tensor(name)
-    raise KeyError(name)
+from tests.helpers import tensor
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,167 @@
+"""Helpers the tests share (one module, so tests never import each other)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from mergeflow.cli.main import main as cli_main
+from mergeflow.graph import run as runner
+from mergeflow.toymodels import CHARS
+from tests.conftest import write
+
+CAUSAL = {"llama", "gpt2", "mistral", "qwen2", "qwen3"}
+CLASSIFY = {"bert", "roberta", "distilbert", "deberta-v2"}
+
+
+def align(tmp_path, model, anchor, steps: str, name="aligned"):
+    rec = write(tmp_path / f"{name}.yml", f"models: {{anchor: {anchor}, model: {model}}}\nanchor: anchor\n"
+                f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n")
+    opts = runner.Options(device="cpu")
+    res = runner.run(runner.prepare(rec, opts), tmp_path / name, opts, progress=False)
+    return res.out, res.alignment
+
+
+def clean_failure(capsys, argv, out: Path | None = None) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli_main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err and err.strip(), err
+    assert all(line.startswith("error: ") for line in err.strip().splitlines()), err
+    if out is not None:
+        assert not out.exists() and not list(out.parent.glob(f".{out.name}.mergeflow-*"))
+    return err
+
+
+def make_adapter(base, dst, family: str, **config) -> dict[str, torch.Tensor]:
+    """A PEFT adapter of ``base`` with random (not zero) updates; returns peft's merged state dict."""
+    import transformers
+
+    cls = transformers.AutoModelForCausalLM
+    model = cls.from_pretrained(str(base), dtype=torch.float32)
+    import peft
+
+    pm = peft.get_peft_model(model, peft.LoraConfig(**config))
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n or "modules_to_save" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    pm.save_pretrained(str(dst))
+    merged = pm.merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+def make_model(path, n_tensors, numel, seed, shards=2):
+    path.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    weight_map = {}
+    per = -(-n_tensors // shards)
+    for s in range(shards):
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        names = [f"model.layers.{i}.w" for i in range(s * per, min((s + 1) * per, n_tensors))]
+        save_file(
+            {n: torch.randn(numel, generator=gen) for n in names},
+            str(path / fname),
+            metadata={"format": "pt"},
+        )
+        weight_map.update({n: fname for n in names})
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+def outputs(path, family, dtype=torch.float64):
+    """Logits, every hidden state and (causal families) a KV-cache decoding step, in float64."""
+    import transformers
+
+    cls = {"vit": transformers.AutoModelForImageClassification}.get(
+        family, transformers.AutoModelForCausalLM if family in CAUSAL else transformers.AutoModelForSequenceClassification)
+    model = cls.from_pretrained(str(path), dtype=dtype).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        if family == "vit":
+            out = model(pixel_values=torch.randn(2, 3, 16, 16, generator=gen, dtype=dtype), output_hidden_states=True)
+            return [out.logits, *out.hidden_states]
+        ids = torch.randint(4, 60, (2, 9), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[1, 6:] = 0  # padding in the second sequence
+        out = model(ids, attention_mask=mask, output_hidden_states=True)
+        res = [out.logits, *out.hidden_states]
+        if family in CAUSAL:
+            first = model(ids[:, :5], use_cache=True)
+            step = model(ids[:, 5:6], past_key_values=first.past_key_values, use_cache=True)
+            res.append(step.logits)
+        return res
+
+
+def state(path):
+
+    return {k: v for f in sorted(path.glob("*.safetensors")) for k, v in load_file(str(f)).items()}
+
+
+def tensor(out, name):
+    index = out / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
+        "model.safetensors"]
+    for f in files:
+        with safe_open(str(out / f), "pt") as h:
+            if name in h.keys():  # noqa: SIM118
+                return h.get_tensor(name)
+    raise KeyError(name)
+
+
+def text_data(path, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    chars = CHARS[:27]
+    lines = ["".join(rng.choice(chars, size=int(rng.integers(8, 20)))) for _ in range(n)]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in lines))
+    return path
+
+
+def trained_norms(src: Path, dst: Path, seed: int = 0) -> Path:
+    """A copy of a random-init model whose norms have the scales and shifts training gives (random-init
+    ones are 1 and 0, which hide folding mistakes)."""
+
+    from safetensors.torch import load_file, save_file
+
+    path = Path(shutil.copytree(src, dst))
+    gen = torch.Generator().manual_seed(seed)
+    for f in path.glob("*.safetensors"):
+        state = load_file(str(f))
+        for name, t in state.items():
+            if t.ndim == 1 and ("norm" in name.lower() or ".ln_" in name):
+                noise = torch.randn(t.shape, generator=gen)
+                state[name] = (1 + 0.5 * noise if name.endswith("weight") else 0.3 * noise).to(t.dtype)
+        save_file(state, str(f), metadata={"format": "pt"})
+    return path
+
+
+def vision_data(path, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.random((n, 3, 16, 16), dtype=np.float32), y=rng.integers(0, 2, n))
+    return path
+
+
+NER = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+           max_position_embeddings=64)
+
+
+def save_model(model, path, state=None):
+    model.save_pretrained(str(path))
+    if state is not None:  # add what an older checkpoint carried (position_ids)
+        f = path / "model.safetensors"
+        save_file({**load_file(str(f)), **state}, str(f), metadata={"format": "pt"})
+    return path
+
+
+def body(base, sent, ner, extra=""):
+    return f"models: {{base: {base}, sent: {sent}, ner: {ner}}}\nbase: base\nmerge: task_arithmetic\n{extra}"
