@@ -40,7 +40,7 @@ PROMPTS = [["hello, how are you?", "tell me a story."], ["two plus two is four."
 
 
 def build(work: Path, size: str) -> dict[str, Path]:
-    from mergeflow import toymodels
+    from mergeflow.testing import models as toymodels
 
     d = work / size
     p = {k: d / k for k in ("base", "a", "b", "c")}

@@ -62,7 +62,7 @@ GPT2 = {"vocab_size": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions"
 def corpus(modules: list[str]) -> str:
     import importlib
 
-    from mergeflow.toymodels import CHARS
+    from mergeflow.testing.models import CHARS
 
     ok = set(CHARS)
     text = "\n".join(inspect.getsource(importlib.import_module(m)) for m in modules).lower()
@@ -72,7 +72,7 @@ def corpus(modules: list[str]) -> str:
 def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | None = None, tied: bool = False) -> Path:
     import transformers
 
-    from mergeflow.toymodels import save_tokenizer
+    from mergeflow.testing.models import save_tokenizer
 
     torch.manual_seed(seed)
     if init_from is None:
@@ -99,7 +99,7 @@ def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | N
 
 def beds(work: Path) -> dict[str, tuple[Path, Path, Path, Path]]:
     """name -> (A, B, held-out data, training data)."""
-    from mergeflow import toytrain as tt
+    from mergeflow.testing import train as tt
 
     out = {}
     x, y = tt.digits("train")

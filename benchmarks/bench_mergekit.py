@@ -44,7 +44,7 @@ FEW = 1e-4  # share of entries allowed to differ where magnitudes tie at a trim 
 
 
 def build_models(work: Path, size: str) -> dict[str, Path]:
-    from mergeflow import toymodels
+    from mergeflow.testing import models as toymodels
 
     d = work / size
     paths = {k: d / k for k in ("base", "a", "b")}

@@ -38,7 +38,7 @@ def shares(out: Path, text: str) -> list[float]:
 
 def main() -> None:
     from mergeflow.cli.main import main as mergeflow
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     work = Path(tempfile.mkdtemp(prefix="moe-routing-"))
     base = build("llama", work / "base", seed=0)

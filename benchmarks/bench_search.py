@@ -38,7 +38,7 @@ search:
 
 
 def bed(work: Path) -> None:
-    from mergeflow import toytrain as tt
+    from mergeflow.testing import train as tt
 
     if (work / "b" / "config.json").exists():
         return

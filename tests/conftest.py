@@ -47,7 +47,7 @@ socket.socket.connect_ex = lambda self, address: _guarded_connect(self, address)
 @pytest.fixture(scope="session")
 def toy(tmp_path_factory: pytest.TempPathFactory):
     """``toy(family, seed=0, perturb_from=None)`` -> path of a tiny random model, built once per session."""
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     root = tmp_path_factory.mktemp("toy")
     cache: dict[tuple, Path] = {}
@@ -66,13 +66,13 @@ def toy(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def demo_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of recipes/ beside demo_out/models/{base,math,code,vit-*}, as `make demo` lays them out."""
-    from mergeflow.demo import build_models
+    from mergeflow.demo.run import build_models
 
     root = tmp_path_factory.mktemp("demo")
     shutil.copytree(ROOT / "recipes", root / "recipes")
     build_models(root / "demo_out" / "models")
-    from mergeflow.toymodels import build
-    from mergeflow.toytrain import DEMO_VIT, digits, save_npz
+    from mergeflow.testing.models import build
+    from mergeflow.testing.train import DEMO_VIT, digits, save_npz
 
     for seed in (11, 12):  # the demo trains these; untrained ones of the same shape serve the recipes here
         build("vit", root / "demo_out" / "models" / f"vit-seed{seed}", seed=seed, config=DEMO_VIT)
@@ -155,7 +155,7 @@ def trio(tmp_path_factory):
     import torch
     import transformers
 
-    from mergeflow.toymodels import save_tokenizer
+    from mergeflow.testing.models import save_tokenizer
     from tests.helpers import CFG, NER, save_model
 
     root = tmp_path_factory.mktemp("backbone")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from mergeflow.cli.main import main as cli_main
 from mergeflow.graph import run as runner
-from mergeflow.toymodels import CHARS
+from mergeflow.testing.models import CHARS
 from tests.conftest import write
 
 CAUSAL = {"llama", "gpt2", "mistral", "qwen2", "qwen3"}

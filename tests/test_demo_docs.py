@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mergeflow.demo_docs import END, JSON, START, render, replace_block, stale_targets
+from mergeflow.demo.docs import END, JSON, START, render, replace_block, stale_targets
 from tests.conftest import ROOT
 
 

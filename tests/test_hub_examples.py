@@ -93,7 +93,7 @@ def _tensors(folder):
 
 @pytest.fixture
 def zoo(online, tmp_path):
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     root, hub, _commits, server = online
     deep = {"num_hidden_layers": LAYERS}

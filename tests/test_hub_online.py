@@ -79,7 +79,7 @@ def test_plan_and_preflight_read_headers_only(online, toy):
 
 
 def test_preflight_plans_auto_anchors_and_vocabularies_of_different_sizes(online, toy, tmp_path):
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     root, hub, _commits, _server = online
     hub.add("org/wide-vocab", build("llama", tmp_path / "wide", seed=3, config={"vocab_size": 70}))

@@ -151,7 +151,7 @@ def test_pickle_only_repo_needs_allow_pickle(online, toy, capsys, tmp_path):
 
 def test_validate_checks_hub_models_from_their_headers(online, toy, capsys):
     root, hub, _commits, _server = online
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     hub.add("org/deeper", build("llama", root / "deeper", seed=2, config={"intermediate_size": 96}))
     hub.served.clear()
@@ -183,7 +183,7 @@ def test_an_adapter_on_a_hub_base_is_preflighted_and_its_base_streamed(online, t
     out = _tensors(root / "out")
     assert all(torch.allclose(out[k], merged[k], atol=1e-5) for k in out)
     assert "with LoRA adapter org/chat-lora@" in (root / "out" / "README.md").read_text()
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     hub.add("org/other", build("gpt2", root / "other", seed=1))
     hub.downloaded.clear()

@@ -23,7 +23,7 @@ def config(base, experts, mode="hidden", extra=""):
 
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory):
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     root = tmp_path_factory.mktemp("moe")
     base = build("llama", root / "base", seed=0)

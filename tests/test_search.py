@@ -24,7 +24,7 @@ TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nal
 @pytest.fixture(scope="module")
 def finetunes(tmp_path_factory):
     """A ViT trained on all digits, fine-tuned on 0-4 and on 5-9; the held-out digits."""
-    from mergeflow import toytrain as tt
+    from mergeflow.testing import train as tt
 
     root = tmp_path_factory.mktemp("finetunes")
     x, y = tt.digits("train")

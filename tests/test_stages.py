@@ -16,7 +16,7 @@ NAMES = ("model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "lm_h
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     root = tmp_path_factory.mktemp("stages")
     a = build("llama", root / "a", seed=0)

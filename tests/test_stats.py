@@ -81,7 +81,7 @@ def test_regmean_end_to_end_with_fallback(tmp_path):
 @pytest.fixture(scope="module")
 def digits_pair(tmp_path_factory):
     """A ViT trained on all digits, fine-tuned on digits 0-4 (a) and 5-9 (b); data files for each."""
-    from mergeflow import toytrain as tt
+    from mergeflow.testing import train as tt
 
     root = tmp_path_factory.mktemp("digits")
     x, y = tt.digits("train")
@@ -95,7 +95,7 @@ def digits_pair(tmp_path_factory):
 
 
 def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
-    from mergeflow import toytrain as tt
+    from mergeflow.testing import train as tt
 
     root, a, b = digits_pair
     for m in ("a", "b"):
@@ -128,7 +128,7 @@ def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
 def test_gram_of_a_permuted_model_is_the_permuted_gram(tmp_path, toy):
     """FFN neurons permuted by P: down_proj's inputs are P x, so its Gram becomes P G P^T; the residual
     stream is untouched, so q/k/v/up/gate Grams stay the same."""
-    from mergeflow.toymodels import scramble_model
+    from mergeflow.testing.models import scramble_model
 
     src = toy("llama")
     dst = scramble_model(src, tmp_path / "perm", seed=3, rotate=False, permute=True, scale=False)

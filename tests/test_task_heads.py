@@ -78,7 +78,7 @@ def test_eval_tasks_attaches_each_head(tmp_path, trio, data):  # noqa: F811
 def test_masked_lm_stats_and_eval(tmp_path, data):
     import transformers
 
-    from mergeflow.toymodels import save_tokenizer
+    from mergeflow.testing.models import save_tokenizer
     from tests.helpers import CFG
 
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mergeflow.toymodels import CHARS, build, save_tokenizer
+from mergeflow.testing.models import CHARS, build, save_tokenizer
 from tests.conftest import cli, write
 from tests.helpers import tensor
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mergeflow.toymodels import build
+from mergeflow.testing.models import build
 from tests.conftest import cli, write
 from tests.helpers import tensor
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes/, docs/)
 RECIPES = ("vit-naive-linear.yml", "vit-align-linear.yml", "vit-refine-linear.yml")
 
 
@@ -14,12 +14,12 @@ def run_trained(work: Path, table) -> tuple[dict, dict]:  # noqa: ANN001  (table
     """Train, merge and measure; returns (accuracies, barrier rows) for the demo's results."""
     import torch
 
-    from mergeflow import toytrain as tt
     from mergeflow.eval.barrier import barrier_report, plot
     from mergeflow.eval.distance import model_distance
     from mergeflow.graph import run as runner
     from mergeflow.io.reader import ModelReader
     from mergeflow.stats.data import load_data
+    from mergeflow.testing import train as tt
 
     t0 = time.perf_counter()
     x, y = tt.digits("train")

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes/, docs/)
 DEMO_RECIPES = (
     "llama-linear.yml",
     "llama-task-arithmetic.yml",
@@ -24,11 +24,11 @@ DEMO_RECIPES = (
 
 def build_models(models_dir: Path) -> dict[str, Path]:
     """A random Llama-style base and two 'fine-tunes' of it (base plus seeded noise)."""
-    from mergeflow.toymodels import build
+    from mergeflow.testing.models import build
 
     models_dir.mkdir(parents=True, exist_ok=True)
     base = build("llama", models_dir / "base", seed=0)
-    from mergeflow.toymodels import scramble_model
+    from mergeflow.testing.models import scramble_model
 
     math = build("llama", models_dir / "math", seed=1, perturb_from=base, perturb_scale=0.005)
     return {
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workdir", default="demo_out", help="where models and merges are written")
     ap.add_argument("--write-docs", action="store_true",
                     help="also write the results to docs/demo-results.json and the numbers blocks of README.md and "
-                         "docs/results.md (see mergeflow.demo_docs)")
+                         "docs/results.md (see mergeflow.demo.docs)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table(alignment))
     print("The reference is the average of base and the unscrambled math model: the aligned merge reproduces it, "
           "the naive one does not.")
-    from mergeflow.demo_trained import run_trained
+    from mergeflow.demo.trained import run_trained
 
     vit, barrier = run_trained(work, _table)
     seconds = time.perf_counter() - t0
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
                "alignment": _distances(alignment), "vit": vit, "barrier": barrier}
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     if args.write_docs:
-        from mergeflow.demo_docs import write_docs
+        from mergeflow.demo.docs import write_docs
 
         for path in write_docs(results, ROOT):
             print(f"wrote {path}")
@@ -135,7 +135,7 @@ def _environment() -> dict[str, object]:
     import torch
 
     import mergeflow
-    from mergeflow.toytrain import TRAIN_THREADS
+    from mergeflow.testing.train import TRAIN_THREADS
 
     return {"mergeflow": mergeflow.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
             "machine": platform.machine(), "train_threads": TRAIN_THREADS}

@@ -1,0 +1,5 @@
+"""`python -m mergeflow.demo`."""
+
+from mergeflow.demo.run import main
+
+main()
