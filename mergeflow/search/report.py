@@ -112,7 +112,7 @@ def plot_importance(path: Path, trials: list[Any]) -> list[str]:
         study = optuna.create_study(direction="minimize")
         study.add_trials(done)
         imp = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):  # e.g. no parameter varied
+    except (RuntimeError, ValueError, ImportError):  # e.g. no parameter varied
         return []
     if not imp:
         return []

@@ -37,7 +37,13 @@ def deterministic(threads: int = TRAIN_THREADS) -> Iterator[None]:
 
 def digits(split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(x [N, 1, 16, 16] in [0, 1], y [N]): scikit-learn's digits, upsampled 2x; a fixed 80/20 split."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        from mergeflow.errors import InputError
+
+        raise InputError("the digits the demo trains on come with scikit-learn: pip install 'mergeflow[demo]'") \
+            from None
 
     d = load_digits()
     x = d.images.astype(np.float32) / 16.0
