@@ -21,7 +21,7 @@ ALLOWED = {
     "search": {"search", "graph", "recipe", "merge", "align", "eval", "stats", "learn", "io", "errors", "files"},
     # builders of small models for tests, the demo and benchmarks; the demo itself: nothing imports them
     "testing": {"testing", "align", "arch", "io", "eval", "stats", "errors"},
-    "demo": {"demo", "testing", "graph", "eval", "io", "stats", "errors", ""},
+    "demo": {"demo", "testing", "graph", "align", "eval", "io", "stats", "errors", ""},
 }
 
 

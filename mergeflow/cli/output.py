@@ -81,7 +81,7 @@ def peak_rss() -> int:
 
 def print_alignment(result: Any) -> None:
     if result.alignment is not None:
-        from mergeflow.graph.align_report import table
+        from mergeflow.align.report import table
 
         click.echo(
             f"alignment to anchor '{result.plan.anchor}' (squared distances; alignment.json has every layer):"

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         llama.append({"recipe": recipe, "operator": op, "loss": f"{loss:.4f}", "gap": gap})
     _table(rows)
     if alignment is not None:
-        from mergeflow.graph.align_report import table
+        from mergeflow.align.report import table
 
         print("\nalignment of math-scrambled to base (squared distance to the anchor after each step):")
         print(table(alignment))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 import warnings
@@ -14,9 +15,9 @@ import torch
 
 import mergeflow
 from mergeflow.align.catalog import STEPS
+from mergeflow.align.report import summarise
 from mergeflow.errors import InputError, RecipeError
 from mergeflow.files import read_text_capped
-from mergeflow.graph.align_report import write_alignment_report
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.fingerprint import run_fingerprint
@@ -47,6 +48,7 @@ from mergeflow.io.dtypes import NAMES
 from mergeflow.io.hub_reader import HubReader
 from mergeflow.io.journal import Journal
 from mergeflow.io.output_dir import OutputDir, check_output_path
+from mergeflow.io.ownership import write_new
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
 from mergeflow.merge.catalog import OPERATORS
@@ -238,7 +240,9 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         downloaded = ((fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0, fetcher.seconds) if fetcher
                       else (0, 0, 0.0))
         files += write_support(prep, tmp)
-        alignment = write_alignment_report(tmp, ctx.align_reports) if ctx.align_reports else None
+        alignment = summarise(ctx.align_reports) if ctx.align_reports else None
+        if alignment is not None:
+            write_new(tmp / "alignment.json", json.dumps(alignment, indent=2) + "\n")
         if alignment is not None:
             files.append("alignment.json")
         if recipe.output.card:

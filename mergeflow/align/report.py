@@ -1,14 +1,12 @@
-"""The alignment report: squared distance to the anchor per model, layer, module and step."""
+"""The alignment report (``alignment.json`` and the console table): squared distance to the anchor per model,
+layer, module and step, and what the whole-model solves did. Pure data: the caller writes it."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from mergeflow.align.layer import MODULES, LayerReport
-from mergeflow.io.ownership import write_new
 
 
 def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
@@ -39,12 +37,6 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     return {"totals": models, "seconds": seconds, "layers": layers, **sections}
 
 
-def write_alignment_report(out: Path, reports: Sequence[Any]) -> dict[str, Any]:
-    summary = summarise(reports)
-    write_new(out / "alignment.json", json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
 def table(summary: dict[str, Any]) -> str:
     """Console table: one row per model and stage, squared distances to the anchor."""
     lines = [f"{'model':12s} {'stage':10s} " + " ".join(f"{m:>12s}" for m in [*MODULES, "total"]) + "   vs before"]
@@ -57,6 +49,11 @@ def table(summary: dict[str, Any]) -> str:
     for r in summary.get("residual", []):
         lines.append(f"residual map of {r['model']}: {r['passes']} passes, whole-model distance "
                      f"{r['distance_start']:.5g} -> {r['distance_best']:.5g}" + (" (identity)" if r["identity"] else ""))
+    for r in summary.get("activations", []):
+        corr = "".join(f", {w} correlation {r[f'{w}_correlation_identity']:.3f} -> {r[f'{w}_correlation_matched']:.3f}"
+                       for w in ("ffn", "stream") if f"{w}_correlation_matched" in r)
+        lines.append(f"activations of {r['model']}: {r['examples']} examples, {r['rows']} rows per point, "
+                     f"{r['passes']} pass(es){corr}")
     for r in summary.get("refine", []):
         lines.append(f"refine {r['model']}: {r['steps']} steps, interpolated-model loss {r['loss_first']:.4g} -> "
                      f"{r['loss_last']:.4g}, residual map moved {r['residual_change']:.3g}, "
