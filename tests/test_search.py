@@ -209,3 +209,13 @@ def test_a_merge_too_large_for_the_trial_memory_is_scored_from_a_scratch_folder(
     assert (roomy["merged_in"], tight["merged_in"]) == ("memory", "folder")
     assert tight["value"] == pytest.approx(roomy["value"], rel=1e-6), (tight, roomy)  # the same merge, via a folder
     assert not list(scratch.iterdir())  # the folder is gone
+
+
+def test_a_lock_file_mergeflow_did_not_make_is_refused_and_kept(llamas):
+    root, a, b = llamas
+    s = llama_search(root, a, b, trials=1)
+    mine = Path(f"{root / 'locked'}.search.db.lock")
+    mine.write_text("my notes\n")
+    r = cli("search", str(s), "-o", str(root / "locked"), "-q")
+    assert r.returncode != 0 and "is not mergeflow's lock file" in r.stderr
+    assert mine.read_text() == "my notes\n"

@@ -62,7 +62,6 @@ def trial_cost(sf: Any, device: str) -> dict[str, Any]:
     from mergeflow.merge.catalog import OPERATORS
     from mergeflow.recipe.validate import validate
     from mergeflow.recipe.yaml_source import YamlSource
-    from mergeflow.search.run import accepts  # noqa: F401  (the corners were built with it)
     from mergeflow.stats.data import load_data
 
     root = sf.path.resolve().parent
@@ -98,7 +97,7 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
     from mergeflow.graph import run as runner
     from mergeflow.io.output_dir import OutputDir
     from mergeflow.search.report import best_recipe, write_outputs
-    from mergeflow.search.run import accepts, study_lock
+    from mergeflow.search.run import accepts, search_inputs, study_lock
     from mergeflow.search.study import (
         finished,
         interrupted,
@@ -156,7 +155,7 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
             pool.close()
         trials = study.get_trials(deepcopy=False)
         best = _best(study)
-    out_dir = OutputDir(out, force, False, [sf.path], parents)
+    out_dir = OutputDir(out, force, False, search_inputs(sf), parents)
     with out_dir as tmp:
         gone = interrupted(study)
         files = write_outputs(tmp, sf.tree, [t for t in trials if t.number not in gone], best,

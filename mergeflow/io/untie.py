@@ -6,6 +6,8 @@ vocabulary x hidden matrix larger. The files are not touched: the head is read f
 from __future__ import annotations
 
 import dataclasses
+from collections import ChainMap
+from collections.abc import Mapping
 
 import torch
 
@@ -28,8 +30,11 @@ class UntiedReader(ModelReader):
         self.config = {**(self.base.config or {}), "tie_word_embeddings": False}
 
     @property  # type: ignore[override]
-    def tensors(self) -> dict[str, TensorInfo]:
-        return {**self.base.tensors, self.head: dataclasses.replace(self.base.info(self.embed), name=self.head)}
+    def tensors(self) -> Mapping[str, TensorInfo]:  # type: ignore[override]
+        """The base's table (as it is now: a Hub model's shards may move) and the head: a view, not a copy,
+        since the plan looks tensors up one by one."""
+        return ChainMap({self.head: dataclasses.replace(self.base.info(self.embed), name=self.head)},
+                        self.base.tensors)  # type: ignore[arg-type]
 
     @tensors.setter
     def tensors(self, value: dict[str, TensorInfo]) -> None:

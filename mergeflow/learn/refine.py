@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,7 @@ from mergeflow.arch.spec import ArchSpec
 from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import InputError
 from mergeflow.stats.data import Data, batches
-from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for, stored_names
+from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for, on_weights, stored_names
 
 
 @dataclass
@@ -75,9 +75,7 @@ def _loss(loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: Refine
           device: torch.device) -> torch.Tensor:
     inputs, labels, mask = next(iter(batches(data, loaded.tokenizer, len(data), p.max_length, device,
                                              loaded.image_shape)))
-    # the model's forward on ``params`` instead of its own weights (logits_and_mask calls model(**inputs))
-    functional = replace(loaded, model=lambda **kw: torch.func.functional_call(loaded.model, params, (), kw))
-    logits, keep = logits_and_mask(functional, inputs, mask)
+    logits, keep = logits_and_mask(on_weights(loaded, params), inputs, mask)
     if loaded.task == "classifier":
         if labels is None:
             raise InputError(f"{data.path}: refining a classifier needs labels (.npz 'y' or JSONL 'label')")

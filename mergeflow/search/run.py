@@ -87,31 +87,48 @@ def read_search(path: str | Path) -> SearchFile:
     return SearchFile(Path(path), section, tree, dims, points)
 
 
+def search_inputs(sf: SearchFile) -> list[Path]:
+    """What a search reads: the file, the models (those that are local paths, relative to the file) and the
+    objectives' data; nothing is written over or into them."""
+    root = sf.path.resolve().parent
+    out = [sf.path.resolve()]
+    for m in (sf.tree.get("models") or {}).values():
+        p = m.get("path") if isinstance(m, dict) else m
+        if isinstance(p, str) and (root / p).exists():
+            out.append((root / p).resolve())
+    out += [(root / o.data).resolve() for o in sf.section.objective]
+    return out
+
+
 def storage_path(sf: SearchFile, out: Path) -> Path:
     from mergeflow.io.ownership import check_file_target
 
     given = sf.section.storage
     path = (sf.path.resolve().parent / given) if given else Path(f"{out}.search.db")
-    models = [Path(str(m.get("path", m)) if isinstance(m, dict) else str(m))
-              for m in (sf.tree.get("models") or {}).values()]
-    return check_file_target(path, [sf.path, *models], "search storage")
+    return check_file_target(path, search_inputs(sf), "search storage")
+
+
+LOCK = b"mergeflow search lock\n"
 
 
 @contextlib.contextmanager
 def study_lock(storage: Path) -> Any:
     """One search process per study: a second one is refused instead of corrupting the trial count."""
     lock = Path(f"{storage}.lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file() or lock.read_bytes()[:len(LOCK)] != LOCK):
+        raise InputError(f"{lock} exists and is not mergeflow's lock file; move it away")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise InputError(f"{storage}: another mergeflow search is running this study") from None
+        os.write(fd, LOCK)
         yield
     finally:
         os.close(fd)
         with contextlib.suppress(OSError):
-            lock.unlink()
+            lock.unlink()  # ours: made here, or left by a killed search (it carries the mark)
 
 
 class FixedPick:

@@ -13,7 +13,6 @@ import os
 import tempfile
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +100,12 @@ class Evaluator:
 
     def score_in_memory(self, merged: dict[str, torch.Tensor], folder: str) -> dict[str, float]:
         from mergeflow.learn.refine import module_names
+        from mergeflow.stats.model import on_weights
 
         loaded = self.model(folder)
         dev = torch.device(self.device)
         params = {mod: merged[st].to(device=dev, dtype=torch.float32) for mod, st in module_names(loaded, merged).items()}
-        return self.score(replace(loaded, model=_Functional(loaded.model, params)))
+        return self.score(on_weights(loaded, params))
 
     def score(self, loaded: Any) -> dict[str, float]:
         from mergeflow.eval.loss import evaluate
@@ -123,16 +123,3 @@ class Evaluator:
             out[f"{i}:{o.metric}"] = float(value)
         return out
 
-
-class _Functional:
-    """A model called on other weights (``torch.func.functional_call``), with the attributes evaluation reads."""
-
-    def __init__(self, model: Any, params: dict[str, torch.Tensor]) -> None:
-        self.inner, self.params = model, params
-        self.config = model.config
-
-    def __call__(self, **kwargs: Any) -> Any:
-        return torch.func.functional_call(self.inner, self.params, (), kwargs)
-
-    def parameters(self) -> Any:
-        return iter(self.params.values())

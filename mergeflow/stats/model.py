@@ -84,6 +84,27 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False, u
     return Loaded(model, tokenizer, task, labels, image)
 
 
+class OnWeights:
+    """A model called on other weights (``torch.func.functional_call``), with the attributes evaluation reads."""
+
+    def __init__(self, model: Any, params: dict[str, torch.Tensor]) -> None:
+        self.inner, self.params = model, params
+        self.config = model.config
+
+    def __call__(self, **kwargs: Any) -> Any:
+        return torch.func.functional_call(self.inner, self.params, (), kwargs)
+
+    def parameters(self) -> Any:
+        return iter(self.params.values())
+
+
+def on_weights(loaded: Loaded, params: dict[str, torch.Tensor]) -> Loaded:
+    """``loaded`` whose model runs on ``params`` (in-memory names) instead of its own weights."""
+    from dataclasses import replace
+
+    return replace(loaded, model=OnWeights(loaded.model, params))
+
+
 def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, mask of positions that count): causal LMs predict token t+1 at position t."""
