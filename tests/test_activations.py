@@ -10,7 +10,7 @@ import torch
 
 from mergeflow.testing.models import scramble_model
 from tests.conftest import cli, write
-from tests.helpers import CAUSAL, align, outputs, state, text_data, trained_norms, vision_data
+from tests.helpers import CAUSAL, align, exact_steps, outputs, state, text_data, trained_norms, vision_data
 
 
 def data_for(tmp_path, family):
@@ -24,11 +24,11 @@ def steps(data, qk="true", method="activations", first="permute: {residual: true
 
 # qwen2's toy and GPT-2 have heads tied to their embeddings
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gpt2", "bert", "roberta", "distilbert",
-                                    "vit"])
+                                    "vit", "gemma2", "phi3", "olmo2"])
 def test_planted_permutations_are_recovered_from_activations(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=7, heads_perm=True, residual="permutation")
-    c, report = align(tmp_path, b, a, steps(data_for(tmp_path, family), qk="false" if family == "qwen3" else "true"))
+    c, report = align(tmp_path, b, a, exact_steps(family, steps(data_for(tmp_path, family))))
     ob, oc = outputs(b, family), outputs(c, family)
     torch.testing.assert_close(oc[0], ob[0], atol=1e-5, rtol=1e-5)  # the function is kept (logits) ...
     n = len(ob) - (family in CAUSAL)

@@ -16,7 +16,7 @@ from mergeflow.align.scramble import random_orthogonal, scramble_layer
 from mergeflow.arch.spec import Geometry
 from mergeflow.testing.models import scramble_model
 from tests.conftest import cli, write
-from tests.helpers import CAUSAL, CLASSIFY, align, outputs, state
+from tests.helpers import CAUSAL, CLASSIFY, align, exact_steps, outputs, state
 
 FAMILIES = sorted(CAUSAL | CLASSIFY | {"vit"})
 STEPS = "[{permute: {ffn: true, heads: true}}, {rotate: {qk: QK, vo: true}}, {rescale: {}}]"
@@ -25,7 +25,7 @@ STEPS = "[{permute: {ffn: true, heads: true}}, {rotate: {qk: QK, vo: true}}, {re
 
 
 def steps_for(family):
-    return STEPS.replace("QK", "false" if family == "qwen3" else "true")
+    return exact_steps(family, STEPS.replace("QK", "true"))
 
 
 
@@ -195,6 +195,37 @@ def test_align_command_writes_an_equivalent_model(tmp_path, toy):
     assert res.returncode == 0, res.stderr
     layers = json.loads((tmp_path / "d" / "alignment.json").read_text())["layers"]
     assert [len(x["stages"]) for x in layers] == [2, 1, 1]  # the step ran on layer 0 only
+
+
+@pytest.mark.parametrize("family", ["olmo2", "gemma3"])
+def test_default_steps_of_qk_norm_families_are_exact(tmp_path, toy, family):
+    """`mergeflow align` without --steps leaves out what the family's QK-norm makes inexact."""
+    a = toy(family)
+    b = scramble_model(a, tmp_path / "b", seed=4, heads_perm=True)
+    res = cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"))
+    assert res.returncode == 0, res.stderr
+    torch.testing.assert_close(outputs(tmp_path / "c", family)[0], outputs(b, family)[0], atol=1e-4, rtol=1e-4)
+    sa, sc = state(a), state(tmp_path / "c")
+    assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
+
+
+def test_family_declarations_that_contradict_themselves_fail_at_import():
+    from mergeflow.arch.families import Family, _check
+
+    with pytest.raises(ValueError, match="'bad'.*fused qkv replaces"):
+        _check(Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", qkv="qkv"))
+    with pytest.raises(ValueError, match="'full' needs q_norm and k_norm"):
+        _check(Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", qk_norm="full"))
+    with pytest.raises(ValueError, match="norm_offset is declared for RMS"):
+        _check(Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", norm_offset=1.0))
+
+
+def test_rescale_of_queries_is_refused_where_the_qk_norm_spans_all_heads(tmp_path, toy):
+    a = toy("olmo2")
+    res = cli("align", str(a), "--anchor", str(a), "-o", str(tmp_path / "c"),
+              "--steps", str(write(tmp_path / "s.yml", "align:\n  - rescale: {}\n")))
+    assert res.returncode == 2 and "align[0].rescale" in res.stderr and "qk: false" in res.stderr, res.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_real_pretrained_minilm_is_recovered(tmp_path):

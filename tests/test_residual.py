@@ -9,7 +9,7 @@ from mergeflow.align.scramble import random_orthogonal
 from mergeflow.align.stream_map import ResidualMap, centred_basis, solve
 from mergeflow.testing.models import scramble_model
 from tests.conftest import cli, write
-from tests.helpers import align, outputs, state, trained_norms
+from tests.helpers import align, exact_steps, outputs, state, trained_norms
 
 PERM = "[{permute: {residual: true, heads: true, ffn: true}}, {rotate: {qk: true, vo: true}}, {rescale: {}}]"
 ORTH = "[{orthogonal: {residual: true}}, " + PERM[1:]
@@ -17,13 +17,14 @@ ORTH = "[{orthogonal: {residual: true}}, " + PERM[1:]
 
 
 
-@pytest.mark.parametrize("family", ["gpt2", "vit", "llama", "bert", "roberta", "distilbert"])
+@pytest.mark.parametrize("family", ["gpt2", "vit", "llama", "bert", "roberta", "distilbert", "gemma", "gemma2",
+                                    "gemma3", "phi3", "olmo2"])
 def test_planted_residual_permutation_is_recovered(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=5, heads_perm=True, residual="permutation")
     # the planted map keeps the function
     torch.testing.assert_close(outputs(b, family)[0], outputs(a, family)[0], atol=1e-6, rtol=1e-6)
-    c, report = align(tmp_path, b, a, PERM)
+    c, report = align(tmp_path, b, a, exact_steps(family, PERM))
     res = report["residual"][0]
     assert res["distance_start"] > 1.0 and res["distance_best"] < 1e-9, res["history"]
     torch.testing.assert_close(outputs(c, family)[0], outputs(b, family)[0], atol=1e-6, rtol=1e-6)
@@ -31,14 +32,14 @@ def test_planted_residual_permutation_is_recovered(tmp_path, toy, family):
     assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5  # the weights of the anchor come back
 
 
-@pytest.mark.parametrize("family", ["vit", "llama", "gpt2"])
+@pytest.mark.parametrize("family", ["vit", "llama", "gpt2", "gemma", "phi3"])
 def test_planted_orthogonal_residual_map_is_recovered(tmp_path, toy, family):
     untied = {"config": {"tie_word_embeddings": False}} if family != "vit" else {}  # tied heads: see below
     a = trained_norms(toy(family, **untied), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=6, heads_perm=True, residual="orthogonal")
     logits_a, logits_b = outputs(a, family)[0], outputs(b, family)[0]
     torch.testing.assert_close(logits_b, logits_a, atol=1e-6, rtol=1e-6)  # a folded, rotated copy
-    c, report = align(tmp_path, b, a, ORTH)
+    c, report = align(tmp_path, b, a, exact_steps(family, ORTH))
     res = report["residual"][0]
     assert res["distance_best"] < 1e-6 * res["distance_start"], res["history"]
     out_b, out_c = outputs(b, family), outputs(c, family)
@@ -72,7 +73,10 @@ def test_independent_models_get_closer_and_never_worse(tmp_path, toy):
     torch.testing.assert_close(outputs(c, "vit")[0], outputs(b, "vit")[0], atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("family", "why"), [("gpt2", "tied to the input embeddings"), ("bert", "post-norm")])
+@pytest.mark.parametrize(("family", "why"), [("gpt2", "tied to the input embeddings"), ("bert", "post-norm"),
+                                             ("gemma", "tied to the input embeddings"),
+                                             ("gemma2", "normalises each block's output"),
+                                             ("olmo2", "normalises each block's output")])
 def test_orthogonal_map_refused_where_not_exact(tmp_path, toy, family, why):
     a = toy(family)
     rec = write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"

@@ -78,6 +78,12 @@ def heads(n: int, d_h: int, i: int) -> slice:
     return slice(i * d_h, (i + 1) * d_h)
 
 
+def head_rows(q: torch.Tensor, kv: torch.Tensor) -> tuple[tuple[str, torch.Tensor], ...]:
+    """The roles whose rows follow the query heads (index ``q``) and the key/value heads (``kv``) when whole
+    heads move: projections, their biases and full QK-norm weights."""
+    return (("q", q), ("q.b", q), ("q.norm", q), ("k", kv), ("k.b", kv), ("k.norm", kv), ("v", kv), ("v.b", kv))
+
+
 def sq(t: torch.Tensor) -> float:
     return float((t * t).sum())
 
@@ -95,7 +101,7 @@ def qk_fixed(geom: Geometry, touches_qk: bool, family: str, instead: str) -> str
 
 def stream_described(family: str, params: StepParams) -> str | None:
     """The refusal for a residual map on a family whose norms (hence stream) are not described."""
-    if getattr(params, "residual", False) and FAMILIES[family].attn_norm is None:
+    if getattr(params, "residual", False) and not FAMILIES[family].stream:
         return f"{family}: its norms are not described, so the residual stream cannot be mapped"
     return None
 

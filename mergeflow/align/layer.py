@@ -66,8 +66,8 @@ def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch
     local = to_canonical(spec, layer, local_stored)
     anchor = to_canonical(spec, layer, anchor_stored)
     if fold:
-        fold_layer(local)
-        fold_layer(anchor)
+        fold_layer(local, spec.family.norm_offset)
+        fold_layer(anchor, spec.family.norm_offset)
     report = LayerReport(model, layer.index, [("before", distances(local, anchor))])
     if residual is not None:
         apply_layer(local, residual, fold)
@@ -80,5 +80,5 @@ def fold_only(spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor]
               dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """The anchor's layer with its norm scales folded (the same re-parameterisation its sources get)."""
     canon = to_canonical(spec, layer, stored)
-    fold_layer(canon)
+    fold_layer(canon, spec.family.norm_offset)
     return from_canonical(spec, layer, canon, dtype)

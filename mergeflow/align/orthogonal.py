@@ -39,9 +39,11 @@ class OrthogonalParams(MatchedParams):
 
 
 def _check(geom: Geometry, p: OrthogonalParams, family: str) -> str | None:
-    if p.residual and FAMILIES[family].post_ln:
-        return (f"{family} is post-norm: its residual stream is a LayerNorm output, which only permutations "
-                "map exactly; use permute: {residual: true}")
+    fam = FAMILIES[family]
+    if p.residual and (fam.post_ln or fam.norms_on_outputs()):
+        what = ("is post-norm: its residual stream is a LayerNorm output" if fam.post_ln else
+                "normalises each block's output before adding it to the stream")
+        return f"{family} {what}, which only permutations map exactly; use permute: {{residual: true}}"
     return stream_described(family, p)
 
 

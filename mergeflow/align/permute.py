@@ -34,6 +34,7 @@ from mergeflow.align.base import (
     MatchedParams,
     StepParams,
     align_step,
+    head_rows,
     heads,
     method_problem,
     qk_fixed,
@@ -149,7 +150,7 @@ def apply_heads(local: Layer, g: Geometry, perm_t: torch.Tensor) -> None:
     perm = perm_t.tolist()
     kv = torch.cat([torch.arange(g.d_h) + p * g.d_h for p in perm])
     q = torch.cat([torch.arange(g.group * g.d_h) + p * g.group * g.d_h for p in perm])
-    for role, idx in (("q", q), ("q.b", q), ("k", kv), ("k.b", kv), ("v", kv), ("v.b", kv)):
+    for role, idx in head_rows(q, kv):
         if role in local:
             local[role] = local[role][idx.to(local[role].device)]
     local["o"] = local["o"][:, q.to(local["o"].device)]

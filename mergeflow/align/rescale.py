@@ -54,7 +54,15 @@ def _vo_blocks(layer: Layer, g: Geometry, j: int) -> tuple[list[torch.Tensor], l
     return v, o
 
 
-@align_step("rescale", RescaleParams, lambda g, p, fam: qk_fixed(g, p.qk, fam, "rescale: {qk: false, vo: true}"))
+def _check(g: Geometry, p: RescaleParams, family: str) -> str | None:
+    fixed = qk_fixed(g, p.qk, family, "rescale: {qk: false, vo: true}")
+    if fixed is None and p.qk and g.qk_norm == "full":
+        return (f"{family} normalises each token's queries (keys) over all heads at once, so scaling one head's "
+                "queries changes the others; use rescale: {qk: false, vo: true}")
+    return fixed
+
+
+@align_step("rescale", RescaleParams, _check)
 def rescale(local: Layer, anchor: Layer, g: Geometry, p: RescaleParams, found: Found = None) -> None:
     """One scalar per head (QK and VO), the global optimum of a quartic; may be negative; never worse than 1."""
     for blocks, on in ((_qk_blocks, p.qk), (_vo_blocks, p.vo)):

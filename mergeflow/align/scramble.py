@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from mergeflow.align.base import Layer, heads
+from mergeflow.align.base import Layer, head_rows, heads
 from mergeflow.arch.spec import Geometry
 
 
@@ -41,7 +41,7 @@ def scramble_layer(layer: Layer, g: Geometry, gen: torch.Generator, rotate: bool
         perm = torch.randperm(g.h_kv, generator=gen)
         kv = torch.cat([torch.arange(g.d_h) + int(p) * g.d_h for p in perm])
         q = torch.cat([torch.arange(g.group * g.d_h) + int(p) * g.group * g.d_h for p in perm])
-        for role, idx in (("q", q), ("q.b", q), ("k", kv), ("k.b", kv), ("v", kv), ("v.b", kv)):
+        for role, idx in head_rows(q, kv):
             if role in layer:
                 layer[role] = layer[role][idx]
         layer["o"] = layer["o"][:, q]

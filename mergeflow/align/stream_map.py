@@ -21,7 +21,7 @@ from mergeflow.errors import InputError
 
 # canonical roles that touch the stream, and the axis they touch it on
 LAYER_AXES = {"q": 1, "k": 1, "v": 1, "up": 1, "gate": 1, "o": 0, "o.b": 0, "down": 0, "down.b": 0,
-              "n1": 0, "n1.b": 0, "n2": 0, "n2.b": 0}
+              "n1": 0, "n1.b": 0, "n2": 0, "n2.b": 0, "n3": 0, "n3.b": 0, "n4": 0, "n4.b": 0}
 GROUPS = ("permutation", "orthogonal", "orthogonal_centred")
 
 
@@ -115,20 +115,20 @@ def fold_bias(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return torch.where(live, beta / torch.where(live, gamma, torch.ones_like(gamma)), torch.zeros_like(beta))
 
 
-def fold_layer(layer: Layer) -> None:
+def fold_layer(layer: Layer, offset: float = 0.0) -> None:
     """Pre-norm layer: the norms' scales into the weights that read them (q/k/v and up/gate columns),
     leaving scales of 1 (and shifts divided by the scales), so that any orthogonal map of the stream
-    commutes with the norms."""
+    commutes with the norms. ``offset``: the norm scales by (stored weight + offset), see Family.norm_offset."""
     for norm, readers in (("n1", ("q", "k", "v")), ("n2", ("up", "gate"))):
         if norm not in layer:
             continue
-        gamma = layer[norm]
+        gamma = layer[norm] + offset
         for r in readers:
             if r in layer:
                 layer[r] = layer[r] * gamma
         if f"{norm}.b" in layer:
             layer[f"{norm}.b"] = fold_bias(layer[f"{norm}.b"], gamma)
-        layer[norm] = torch.ones_like(gamma)
+        layer[norm] = torch.full_like(gamma, 1.0 - offset)
 
 
 def apply_layer(layer: Layer, rmap: ResidualMap, folded: bool, undo: bool = False) -> None:
@@ -147,18 +147,20 @@ def layer_cross(local: Layer, anchor: Layer, folded: bool) -> torch.Tensor | Non
 
 
 def map_stream(t: torch.Tensor, kind: str, axis: int, rmap: ResidualMap | None, fold: bool,
-               gamma: torch.Tensor | None) -> torch.Tensor:
+               gamma: torch.Tensor | None, offset: float = 0.0) -> torch.Tensor:
     """A tensor outside the stack folded (see stream_value) and mapped (a folded final scale stays 1)."""
-    t = stream_value(t, kind, fold, gamma)
+    t = stream_value(t, kind, fold, gamma, offset)
     return t if rmap is None or (fold and kind == "final_norm") else rmap.apply(t, axis)
 
 
-def stream_value(t: torch.Tensor, kind: str, fold: bool, gamma: torch.Tensor | None) -> torch.Tensor:
-    """A tensor outside the stack, folded: final-norm scale into the head, the scale itself to 1."""
+def stream_value(t: torch.Tensor, kind: str, fold: bool, gamma: torch.Tensor | None,
+                 offset: float = 0.0) -> torch.Tensor:
+    """A tensor outside the stack, folded: final-norm scale into the head, the scale itself to 1.
+    ``gamma``: the final norm's stored weight; it scales by (gamma + offset)."""
     if fold and kind == "final_norm":
-        return torch.ones_like(t)
+        return torch.full_like(t, 1.0 - offset)
     if fold and kind == "head" and gamma is not None:
-        return t * gamma.to(t)
+        return t * (gamma.to(t) + offset)
     if fold and kind == "final_norm.b" and gamma is not None:
-        return fold_bias(t, gamma.to(t))
+        return fold_bias(t, gamma.to(t) + offset)
     return t

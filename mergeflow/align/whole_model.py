@@ -22,7 +22,7 @@ def fold_state(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Te
         out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, torch.float64))
     gamma = state[layout.final_norm].double() if layout.final_norm else None
     for st in layout.tensors:
-        out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma)
+        out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma, layout.norm_offset)
     return out
 
 
@@ -42,5 +42,6 @@ def align_state(spec: ArchSpec, layout: ResidualLayout, local: dict[str, torch.T
         reports.append(rep)
     gamma = local[layout.final_norm].double() if fold and layout.final_norm else None
     for st in layout.tensors:
-        out[st.name] = map_stream(local[st.name].double(), st.kind, st.axis, rmap, fold, gamma)
+        out[st.name] = map_stream(local[st.name].double(), st.kind, st.axis, rmap, fold, gamma,
+                                   layout.norm_offset)
     return out, reports

@@ -1,9 +1,11 @@
 """One layer's alignable tensors in a canonical layout, and back.
 
 Canonical: float64, ``nn.Linear`` orientation (out, in): q (h_q*d_h, d), k and v (h_kv*d_h, d),
-o (d, h_q*d_h), up/gate (f, d), down (d, f); biases follow their rows. GPT-2's Conv1D weights
-are stored (in, out) and its c_attn fuses q, k, v along the output: both are undone here and
-redone on the way back, so the solvers never see a storage layout.
+o (d, h_q*d_h), up/gate (f, d), down (d, f); biases follow their rows; norm weights as stored (a
+family's ``norm_offset`` is applied where scales are folded). GPT-2's Conv1D weights are stored
+(in, out), GPT-2's c_attn and Phi-3's qkv_proj fuse q, k, v along the output, Phi-3's gate_up_proj
+fuses gate and up: all undone here and redone on the way back, so the solvers never see a storage
+layout.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ def to_canonical(
         if conv and t.ndim == 2:
             t = t.T  # (in, out) -> (out, in)
         out[role] = t.contiguous()
+    if "gate_up" in out:
+        out["gate"], out["up"] = (part.contiguous() for part in out.pop("gate_up").chunk(2, dim=0))
+        if "gate_up.b" in out:
+            out["gate.b"], out["up.b"] = (part.contiguous() for part in out.pop("gate_up.b").chunk(2))
     if "qkv" in out:
         g = spec.geometry
         sizes = [g.h_q * g.d_h, g.h_kv * g.d_h, g.h_kv * g.d_h]
@@ -42,6 +48,10 @@ def from_canonical(
         canon["qkv"] = torch.cat([canon.pop("q"), canon.pop("k"), canon.pop("v")], dim=0)
         if "q.b" in canon:
             canon["qkv.b"] = torch.cat([canon.pop("q.b"), canon.pop("k.b"), canon.pop("v.b")])
+    if layer.get("gate_up") is not None:
+        canon["gate_up"] = torch.cat([canon.pop("gate"), canon.pop("up")], dim=0)
+        if "gate.b" in canon:
+            canon["gate_up.b"] = torch.cat([canon.pop("gate.b"), canon.pop("up.b")])
     out = {}
     for role, name in layer.names:
         t = canon[role]

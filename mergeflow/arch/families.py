@@ -19,8 +19,16 @@ from mergeflow.registry import Registry
 VOCAB_RE = re.compile(r"embed_tokens|lm_head|\bwte\b|word_embeddings|embed_out|shared\.weight")
 
 
+# roles of the norms inside a layer: the pre-norms whose outputs the attention and the FFN read, and the
+# norms some families apply to a block's output before it is added to the stream (Gemma 2/3, OLMo 2)
+NORM_ROLES = ("n1", "n2", "n3", "n4")
+
+
 @dataclass(frozen=True)
 class Family:
+    """One family's declaration: stored names of its tensors (relative to a layer) and the facts the
+    alignment steps and the residual map need about it. Validated when registered (see ``_check``)."""
+
     name: str
     model_types: tuple[str, ...]
     layer_stack: str  # the word before the layer index: layers / layer / h
@@ -30,12 +38,18 @@ class Family:
     o: str
     up: str
     down: str
-    gate: str | None = None  # gated MLP (SwiGLU): gate and up rows move together
-    qkv: str | None = None  # fused q, k, v (GPT-2 c_attn); then q/k/v are unused
+    gate: str | None = None  # gated MLP (SwiGLU/GeGLU): gate and up rows move together
+    qkv: str | None = None  # fused q, k, v along the output (GPT-2 c_attn, Phi-3 qkv_proj); then q/k/v are unused
+    gate_up: str | None = None  # fused gate then up along the output (Phi-3 gate_up_proj); then gate/up are unused
     conv1d: bool = False  # GPT-2 Conv1D stores weights as (in, out)
     rope: Literal["none", "half", "interleaved"] = "none"
-    qk_norm: bool = False
-    post_ln: bool = False
+    # QK-norm: "head" normalises each head's query/key with one shared weight of the head's size (Qwen3,
+    # Gemma 3); "full" normalises the whole projection, one weight per row (OLMo 2; its weights follow the
+    # heads they scale, and a per-head scale of queries or keys is no longer exact)
+    qk_norm: Literal["", "head", "full"] = ""
+    q_norm: str | None = None  # stored names of the "full" QK-norm weights
+    k_norm: str | None = None
+    post_ln: bool = False  # post-norm blocks (BERT): attn_norm/ffn_norm normalise the stream itself
     heads_key: str = "num_attention_heads"
     kv_heads_key: str | None = None
     hidden_key: str = "hidden_size"
@@ -44,16 +58,54 @@ class Family:
     # tensors outside the stack
     attn_norm: str | None = None  # canonical role n1
     ffn_norm: str | None = None  # canonical role n2
+    attn_out_norm: str | None = None  # role n3: normalises the attention's output before the residual add
+    ffn_out_norm: str | None = None  # role n4: normalises the FFN's output before the residual add
     norm: Literal["layer", "rms"] = "layer"
+    norm_offset: float = 0.0  # a norm scales by (stored weight + offset): Gemma stores its scales as offsets from 1
     stream: tuple[tuple[str, int], ...] = ()  # (name suffix, axis of the stream): embeddings, their norms
     final_norm: str | None = None  # the norm before the head (pre-norm families)
     head: tuple[str, ...] = ()  # weights that read the final norm's output (stream on their last axis)
+    outside: tuple[str, ...] = ()  # name parts of tensors known not to touch the stream (classifier outputs)
+    # DeBERTa-v2: relative-position terms project with their own query/key weights unless the config's
+    # share_att_key is true, so no query/key transform is exact then
+    position_projections: bool = False
+
+    def norm_paths(self) -> tuple[tuple[str, str | None], ...]:
+        return tuple(zip(NORM_ROLES, (self.attn_norm, self.ffn_norm, self.attn_out_norm, self.ffn_out_norm),
+                         strict=True))
+
+    def norms_on_outputs(self) -> bool:
+        return self.attn_out_norm is not None or self.ffn_out_norm is not None
+
+
+def _check(f: Family) -> None:
+    """A declaration that contradicts itself fails at import, naming the family and the fields."""
+    problems = []
+    if f.qkv is None and not (f.q and f.k and f.v):
+        problems.append("q, k and v (or a fused qkv) are required")
+    if f.qkv is not None and (f.q or f.k or f.v):
+        problems.append("a fused qkv replaces q, k and v: leave them empty")
+    if f.gate_up is not None and f.gate is not None:
+        problems.append("a fused gate_up replaces gate: leave it unset")
+    if (f.qk_norm == "full") != (f.q_norm is not None and f.k_norm is not None):
+        problems.append("qk_norm 'full' needs q_norm and k_norm names (and only it uses them)")
+    if f.post_ln and f.norms_on_outputs():
+        problems.append("post_ln and norms on the blocks' outputs exclude each other")
+    if f.norm_offset and f.norm != "rms":
+        problems.append("norm_offset is declared for RMS norms only")
+    if f.stream and not (f.attn_norm or f.attn_out_norm):
+        problems.append("a described stream needs the layers' norms (attn_norm or attn_out_norm)")
+    if any(ax not in (0, 1, 2) for _s, ax in f.stream):
+        problems.append("stream axes are 0, 1 or 2")
+    if problems:
+        raise ValueError(f"model family {f.name!r}: " + "; ".join(problems))
 
 
 FAMILIES: Registry[Family] = Registry("model family")
 
 
 def _add(family: Family) -> None:
+    _check(family)
     FAMILIES.add(family.name, family)
 
 
@@ -91,10 +143,11 @@ _BERT = dict(
             ("embeddings.LayerNorm.bias", 0)),
     # BERT's pooler reads the first token's stream; RoBERTa's classification head reads it directly
     head=("pooler.dense.weight", "classifier.dense.weight"),
+    outside=("classifier.", "pooler.dense.bias"),
 )
 
 _add(Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
-_add(Family("qwen3", ("qwen3",), qk_norm=True, **_LLAMA))
+_add(Family("qwen3", ("qwen3",), qk_norm="head", **_LLAMA))
 _add(
     Family(
         "gpt2",
@@ -127,6 +180,7 @@ _add(
             "q": "attention.self.query_proj",
             "k": "attention.self.key_proj",
             "v": "attention.self.value_proj",
+            "position_projections": True,
         },
     ),
 )
@@ -149,6 +203,7 @@ _add(
         stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
                 ("embeddings.LayerNorm.weight", 0), ("embeddings.LayerNorm.bias", 0)),
         head=("pre_classifier.weight",),
+        outside=("classifier.", "pre_classifier.bias"),
     ),
 )
 _add(
@@ -171,6 +226,23 @@ _add(
         head=("classifier.weight", "pooler.dense.weight"),
     ),
 )
+
+# Gemma: RMSNorm scales by (1 + weight), GeGLU, head tied to the embeddings by default
+_GEMMA = {**_LLAMA, "norm_offset": 1.0}
+_add(Family("gemma", ("gemma",), **_GEMMA))
+# Gemma 2 / 3: a norm before and after each block ("post_attention_layernorm" normalises the attention's output)
+_GEMMA2 = {**_GEMMA, "ffn_norm": "pre_feedforward_layernorm", "attn_out_norm": "post_attention_layernorm",
+           "ffn_out_norm": "post_feedforward_layernorm"}
+_add(Family("gemma2", ("gemma2",), **_GEMMA2))
+_add(Family("gemma3", ("gemma3_text",), qk_norm="head", **_GEMMA2))
+# Phi-3: q, k, v fused in qkv_proj; gate and up fused in gate_up_proj (gate first)
+_add(Family("phi3", ("phi3",), **{**_LLAMA, "q": "", "k": "", "v": "", "qkv": "self_attn.qkv_proj", "gate": None,
+                                 "gate_up": "mlp.gate_up_proj"}))
+# OLMo 2: no pre-norms; norms on the attention's and the FFN's outputs; QK-norm over the whole projection
+_add(Family("olmo2", ("olmo2",), **{**_LLAMA, "attn_norm": None, "ffn_norm": None,
+                                   "attn_out_norm": "post_attention_layernorm",
+                                   "ffn_out_norm": "post_feedforward_layernorm", "qk_norm": "full",
+                                   "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}))
 
 
 def family_for(model_type: str | None) -> Family | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +11,7 @@ from mergeflow.arch.families import FAMILIES, Family, family_for
 from mergeflow.errors import UnsupportedArchitecture
 
 # roles of the tensors an alignment step may change; ".b" marks a bias
-ROLES = ("q", "k", "v", "o", "up", "gate", "down", "qkv")
+ROLES = ("q", "k", "v", "o", "up", "gate", "down", "qkv", "gate_up")
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Geometry:
     d_h: int
     rope: str  # none | half | interleaved
     rot_dims: int  # rotary dims per head (even); the rest pass through
-    qk_norm: bool
+    qk_norm: str  # "" (none), "head" or "full": see Family.qk_norm
     qk_fixed: str = ""  # why no query/key transform is exact for this model ("" when some are)
 
     @property
@@ -60,6 +60,13 @@ class ArchSpec:
 
     def layer_of(self) -> dict[str, int]:
         return {n: lay.index for lay in self.layers for n in lay.tensors()}
+
+    def ffn_width(self, shape: Callable[[str], Sequence[int]]) -> int:
+        """Hidden units of the FFN, from ``shape`` (stored name -> shape) of the first layer's up projection."""
+        lay = self.layers[0]
+        name = lay.get("up") or lay.get("gate_up") or ""
+        n = int(shape(name)[1 if self.family.conv1d else 0])
+        return n if lay.get("up") else n // 2
 
 
 def _int(config: Mapping[str, Any], key: str | None, what: str) -> int | None:
@@ -120,11 +127,15 @@ def arch_spec(
     for i in stack:
         base = f"{prefix}{fam.layer_stack}.{i}."
         roles: list[tuple[str, str]] = []
-        paths = {"o": fam.o, "up": fam.up, "down": fam.down}
+        paths = {"o": fam.o, "down": fam.down}
         if fam.qkv:
             paths["qkv"] = fam.qkv
         else:
             paths.update(q=fam.q, k=fam.k, v=fam.v)
+        if fam.gate_up:
+            paths["gate_up"] = fam.gate_up
+        else:
+            paths["up"] = fam.up
         if fam.gate:
             paths["gate"] = fam.gate
         for role, path in paths.items():
@@ -134,13 +145,18 @@ def arch_spec(
             roles.append((role, w))
             if b in present:
                 roles.append((f"{role}.b", b))
-        for role, path in (("n1", fam.attn_norm), ("n2", fam.ffn_norm)):  # norms: optional, only residual maps change them
+        for role, path in fam.norm_paths():  # norms: optional, only residual maps change them
             for suffix, r in (("weight", role), ("bias", f"{role}.b")):
                 if path is not None and f"{base}{path}.{suffix}" in present:
                     roles.append((r, f"{base}{path}.{suffix}"))
+        for role, path in (("q.norm", fam.q_norm), ("k.norm", fam.k_norm)):  # full QK-norm: follows the heads
+            if path is not None:
+                if f"{base}{path}.weight" not in present:
+                    raise UnsupportedArchitecture(f"{mt}: layer {i} lacks tensor {base}{path}.weight")
+                roles.append((role, f"{base}{path}.weight"))
         layers.append(LayerNames(i, tuple(roles)))
     fixed = ""
-    if mt == "deberta-v2" and config.get("relative_attention") and not config.get("share_att_key", False):
+    if fam.position_projections and config.get("relative_attention") and not config.get("share_att_key", False):
         fixed = ("its relative-position terms project with separate pos_query_proj/pos_key_proj weights "
                  "(share_att_key is false), which a query/key transform would also have to change")
     geom = Geometry(len(layers), d, h_q, h_kv, d_h, fam.rope, rot, fam.qk_norm, fixed)
@@ -157,7 +173,8 @@ def _check_shapes(fam: Family, g: Geometry, layer: LayerNames, shapes: Mapping[s
         shape = shapes[name]
         return shape[1] if fam.conv1d else shape[0]
 
-    want = {"q": g.h_q * g.d_h, "k": g.h_kv * g.d_h, "v": g.h_kv * g.d_h, "qkv": (g.h_q + 2 * g.h_kv) * g.d_h}
+    want = {"q": g.h_q * g.d_h, "k": g.h_kv * g.d_h, "v": g.h_kv * g.d_h, "qkv": (g.h_q + 2 * g.h_kv) * g.d_h,
+            "q.norm": g.h_q * g.d_h, "k.norm": g.h_kv * g.d_h}
     for role, n in want.items():
         got = rows(role)
         if got is not None and got != n:
@@ -165,3 +182,7 @@ def _check_shapes(fam: Family, g: Geometry, layer: LayerNames, shapes: Mapping[s
                 f"tensor {layer.get(role)!r} has {got} output rows; the config's heads "
                 f"({g.h_q} x {g.d_h}, {g.h_kv} key/value) need {n}"
             )
+    fused = rows("gate_up")
+    if fused is not None and fused % 2:
+        raise UnsupportedArchitecture(f"tensor {layer.get('gate_up')!r} has {fused} output rows, which do not split "
+                                      "into gate and up halves")

@@ -17,9 +17,6 @@ from mergeflow.arch.layers import layer_index
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import UnsupportedArchitecture
 
-# tensors of a family known not to touch the stream although a dimension may equal its width
-_OUTSIDE = {"bert": ("classifier.", "pooler.dense.bias"), "distilbert": ("classifier.", "pre_classifier.bias"),
-            "deberta_v2": ("classifier.", "pooler.dense.bias")}
 _INSIDE_OK = ("q_norm.weight", "k_norm.weight")  # per-head norms (QK-norm) inside a layer
 
 
@@ -37,6 +34,7 @@ class ResidualLayout:
     post_ln: bool
     final_norm: str | None  # weight name
     no_orthogonal: str  # why an orthogonal map is not exact for this checkpoint ("" when it is)
+    norm_offset: float = 0.0  # norms scale by (stored weight + this): Family.norm_offset
 
     def get(self, name: str) -> StreamTensor | None:
         return next((t for t in self.tensors if t.name == name), None)
@@ -44,7 +42,7 @@ class ResidualLayout:
 
 def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any]) -> ResidualLayout:
     fam, d = spec.family, spec.geometry.d_model
-    if fam.attn_norm is None:
+    if not fam.stream:
         raise UnsupportedArchitecture(f"{fam.name}: its residual stream is not described; it cannot be mapped")
     in_layers = spec.layer_of()
     found: list[StreamTensor] = []
@@ -69,7 +67,7 @@ def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], confi
                                               f"stream's width {d} on axis {axis}")
             found.append(StreamTensor(name, axis, kind))
             continue
-        known = any(o in name for o in _OUTSIDE.get(fam.name, ())) or name.endswith(_INSIDE_OK)
+        known = any(o in name for o in fam.outside) or name.endswith(_INSIDE_OK)
         if d in shape and not known:
             raise UnsupportedArchitecture(
                 f"{fam.name}: tensor {name!r} (shape {list(shape)}) may touch the residual stream and is not "
@@ -79,8 +77,11 @@ def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], confi
     why = ""
     if fam.post_ln:
         why = "post-norm blocks normalise the stream itself"
+    elif fam.norms_on_outputs():
+        why = ("the norms on the attention's and the FFN's outputs scale each coordinate of what is added to the "
+               "stream, which only a permutation commutes with")
     elif not any(t.kind == "head" for t in found):
         tied = bool(config.get("tie_word_embeddings", True))
         why = ("its output head is tied to the input embeddings, and folding the final norm's scale into the "
                "head would untie them (orthogonal: {untie: true} writes an untied output)" if tied else "no head reads the final norm, so the outputs would be rotated")
-    return ResidualLayout(tuple(found), fam.norm, fam.post_ln, final_w, why)
+    return ResidualLayout(tuple(found), fam.norm, fam.post_ln, final_w, why, fam.norm_offset)

@@ -21,14 +21,16 @@ from mergeflow.recipe.yaml_source import YamlSource, read_yaml
 
 def default_steps(anchor: str) -> list[dict[str, Any]]:
     """Every per-layer symmetry, in the order that recovers them: permute (heads, FFN units), then rotate
-    (qk, vo) within the paired heads, then rescale; QK-norm families keep their query/key heads unrotated."""
+    (qk, vo) within the paired heads, then rescale; QK-norm families keep their query/key heads unrotated (and,
+    where the norm spans all heads, unscaled)."""
     cfg = Path(anchor) / "config.json"
     model_type = None
     with contextlib.suppress(OSError, ValueError, AttributeError, InputError):
         model_type = json.loads(read_text_capped(cfg, "config", 64 << 20)).get("model_type")
     fam = family_for(model_type)
-    qk_norm = fam is not None and fam.qk_norm
-    return [{"permute": {"heads": True, "ffn": True}}, {"rotate": {"qk": not qk_norm, "vo": True}}, {"rescale": {}}]
+    qk_norm = fam.qk_norm if fam is not None else ""
+    return [{"permute": {"heads": True, "ffn": True}}, {"rotate": {"qk": not qk_norm, "vo": True}},
+            {"rescale": {"qk": qk_norm != "full"} if qk_norm == "full" else {}}]
 
 
 def read_steps(steps_file: str, recipe_ok: bool = False) -> tuple[YamlSource, list[Any]]:

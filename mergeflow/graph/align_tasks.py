@@ -176,7 +176,7 @@ class AlignPlanner:
                  else None)
         whole = st.axis == 0  # rows of the stream itself: map the whole tensor, then cut
         return MapStream(self.load(model, st.name, None if whole else rows), st.axis, st.kind, fold, solve, gamma,
-                         rows if whole else None)
+                         rows if whole else None, self.spec.family.norm_offset)
 
     def layer_bytes(self) -> int:
         """Working set of one AlignLayer: both models' layer tensors in float64, plus copies."""

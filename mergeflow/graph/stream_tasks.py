@@ -86,7 +86,8 @@ class SolveResidual:
             for st in self.layout.tensors:
                 if fold and st.kind == "final_norm":
                     continue  # 1 in both
-                a, b = (stream_value(_read(ctx, m, st.name), st.kind, fold, gammas[m]) for m in (self.anchor, self.model))
+                a, b = (stream_value(_read(ctx, m, st.name), st.kind, fold, gammas[m], self.layout.norm_offset)
+                        for m in (self.anchor, self.model))
                 yield a, b, st.axis
 
         def layers() -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
@@ -95,7 +96,7 @@ class SolveResidual:
                 for m in (self.model, self.anchor):
                     c = to_canonical(self.spec, lay, {n: _read(ctx, m, n) for n in lay.tensors()})
                     if fold:
-                        fold_layer(c)
+                        fold_layer(c, self.spec.family.norm_offset)
                     canon.append(c)
                 yield lay.index, canon[0], canon[1]
 
@@ -122,6 +123,7 @@ class MapStream:
     solve: SolveResidual | None  # None for the anchor: folded only
     gamma: Load | None  # the final norm's scale, for a head when folding
     rows: tuple[int, int] | None = None
+    offset: float = 0.0  # the family's norm_offset
 
     def deps(self) -> tuple[Any, ...]:
         return (self.tensor,) + ((self.gamma,) if self.gamma is not None else ()) + \
@@ -132,7 +134,7 @@ class MapStream:
         gamma = rest_l.pop(0) if self.gamma is not None else None
         rmap: ResidualMap | None = rest_l.pop(0) if self.solve is not None else None
         dtype = t.dtype
-        out = map_stream(t.to(torch.float64), self.kind, self.axis, rmap, self.fold, gamma)
+        out = map_stream(t.to(torch.float64), self.kind, self.axis, rmap, self.fold, gamma, self.offset)
         if self.rows is not None:
             out = out[self.rows[0]:self.rows[1]]
         return out.to(dtype).contiguous()

@@ -159,7 +159,7 @@ def match_activations(loaded: Loaded, spec: ArchSpec, anchor: dict[str, torch.Te
               for m, s in (("anchor", anchor), ("source", source))}
     pts = _points(loaded, spec, names)
     layers = [lay.index for lay in spec.layers]
-    f = int(anchor[spec.layers[0].get("up") or ""].shape[1 if spec.family.conv1d else 0])
+    f = spec.ffn_width(lambda n: anchor[n].shape)
     per_layer = 8 * ((f * f if want.ffn else 0) + ((g.h_q * g.d_h) ** 2 if want.heads else 0)) or 1
     step = max(1, budget // per_layer)
     stream = Moments(g.d_model, g.d_model, device) if want.stream else None

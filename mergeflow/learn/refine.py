@@ -62,7 +62,7 @@ def transform(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Ten
             apply_layer(canon, rmap, fold)
         out.update(from_canonical(spec, lay, canon, dtype))
     for st in layout.tensors:  # already folded: only mapped here
-        out[st.name] = map_stream(state[st.name].to(torch.float64), st.kind, st.axis, rmap, fold, None).to(dtype)
+        out[st.name] = map_stream(state[st.name].to(torch.float64), st.kind, st.axis, rmap, fold, None, layout.norm_offset).to(dtype)
     return out
 
 
@@ -115,8 +115,9 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
     b64 = {k: v.to(device=device, dtype=torch.float64) for k, v in source.items()}
     d = spec.geometry.d_model
     omat = torch.eye(d, dtype=torch.float64, device=device, requires_grad=group is not None)
-    latents = [torch.eye(int(b64[lay.get("up") or ""].shape[1 if spec.family.conv1d else 0]), dtype=torch.float64,
-                         device=device, requires_grad=True) if p.permutations else None for lay in spec.layers]
+    f = spec.ffn_width(lambda n: b64[n].shape)
+    latents = [torch.eye(f, dtype=torch.float64, device=device, requires_grad=True) if p.permutations else None
+               for _lay in spec.layers]
     groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
     if p.permutations:
         groups.append({"params": [z for z in latents if z is not None], "lr": p.perm_lr})

@@ -19,6 +19,8 @@ CHARS = list("abcdefghijklmnopqrstuvwxyz .,!?'\n")
 _SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
               max_position_embeddings=64)
 _DECODER = {**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": False}
+_IDS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)  # the toy tokenizer's (see save_tokenizer)
+_GEMMA = {**_DECODER, **_IDS, "head_dim": 8, "tie_word_embeddings": True}
 # family -> (config class, model class, config arguments); names resolved in transformers at build time
 SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", _DECODER),
@@ -38,6 +40,13 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
                    {**_SMALL, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
                     "position_buckets": 8, "max_relative_positions": 16, "num_labels": 3}),
+    # Gemma: scales stored as offsets from 1, head tied to the embeddings (as released); Gemma 2/3 add norms on
+    # the blocks' outputs and soft-capping (2) or QK-norm (3)
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", _GEMMA),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_DECODER, **_IDS}),  # fused qkv_proj and gate_up_proj
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {**_DECODER, **_IDS}),  # norms after the blocks, full QK-norm
     "vit": ("ViTConfig", "ViTForImageClassification",
             {**_SMALL, "image_size": 16, "patch_size": 4, "num_channels": 3, "num_labels": 10}),
 }
@@ -165,13 +174,14 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
         scramble_layer(canon, spec.geometry, gen, **which)
         if rmap is not None:
             if fold:
-                fold_layer(canon)
+                fold_layer(canon, spec.family.norm_offset)
             apply_layer(canon, rmap, fold)
         tensors.update(from_canonical(spec, layer, canon, torch.float32))
     if rmap is not None and layout is not None:
         gamma = tensors[layout.final_norm].double() if layout.final_norm else None
         for st in layout.tensors:
-            tensors[st.name] = map_stream(tensors[st.name].double(), st.kind, st.axis, rmap, fold, gamma).float()
+            tensors[st.name] = map_stream(tensors[st.name].double(), st.kind, st.axis, rmap, fold, gamma,
+                                         layout.norm_offset).float()
     if noise:
         for n, t in tensors.items():
             if t.is_floating_point():
