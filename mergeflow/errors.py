@@ -37,6 +37,10 @@ class UnsupportedArchitecture(ModelError):
     pass
 
 
+class TokenizerMismatch(InputError):
+    """The models' tokenizers give the same token id different meanings (or cannot be read)."""
+
+
 class OutputError(InputError):
     """The output path is unusable (exists, is an input, not writable)."""
 

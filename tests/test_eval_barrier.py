@@ -119,6 +119,6 @@ def test_barrier_midpoint_is_the_merge_when_the_stream_map_folds_the_anchor(tmp_
     rec = write(tmp_path / "merge.yml", f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: {steps}\n"
                 "merge: {linear: {weight: 0.5}}\n")
     opts = runner.Options(device="cpu")
-    out = runner.run(runner.prepare(rec, opts), tmp_path / "merged", opts, progress=False).out
+    out = runner.run(runner.prepare(rec, opts), tmp_path / "merged", opts).out
     merged = evaluate(load_model(out, torch.device("cpu")), load_data(data))["loss"]
     assert mid == pytest.approx(merged, rel=1e-5, abs=1e-6)

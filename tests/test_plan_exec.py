@@ -76,7 +76,7 @@ def test_integer_buffers_are_copied_not_averaged(tmp_path):
     out = tmp_path / "out"
     rec = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\nmerge: linear\n")
     opts = runner.Options(device="cpu")
-    runner.run(runner.prepare(rec, opts), out, opts, progress=False)
+    runner.run(runner.prepare(rec, opts), out, opts)
     got = load_file(str(out / "model.safetensors"))
     assert torch.equal(got["ids"], torch.arange(3)) and torch.equal(got["w"], torch.full((3,), 0.5))
 
@@ -87,7 +87,7 @@ def test_output_is_byte_identical_across_runs_and_prefetch(tmp_path, demo_tree, 
     for k in range(2):
         out = tmp_path / f"o{k}"
         opts = runner.Options(device="cpu", prefetch=prefetch if k else not prefetch, max_memory=200_000)
-        runner.run(runner.prepare(demo_tree / "recipes" / "llama-dare.yml", opts), out, opts, progress=False)
+        runner.run(runner.prepare(demo_tree / "recipes" / "llama-dare.yml", opts), out, opts)
         outs.append({f.name: f.read_bytes() for f in sorted(out.iterdir()) if f.name != "README.md"})
     assert outs[0] == outs[1]
 
@@ -106,7 +106,7 @@ def test_failed_run_leaves_nothing(tmp_path, toy, monkeypatch):
 
     monkeypatch.setattr(linear, "weighted_sum", boom)
     with pytest.raises(RuntimeError, match="boom"):
-        runner.run(prep, tmp_path / "out", opts, progress=False)
+        runner.run(prep, tmp_path / "out", opts)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yml"]
 
 
@@ -137,7 +137,7 @@ def test_row_blocks_give_the_same_bytes(tmp_path, demo_tree, recipe_name, monkey
         prep = runner.prepare(demo_tree / "recipes" / recipe_name, opts)
         blocked = sum(w.rows is not None for w in prep.plan.writes)
         assert (blocked > 0) == (k == 1)  # (the ties recipe passes its embeddings through)
-        runner.run(prep, tmp_path / f"o{k}", opts, progress=False)
+        runner.run(prep, tmp_path / f"o{k}", opts)
         outs.append(
             {f.name: f.read_bytes() for f in sorted((tmp_path / f"o{k}").iterdir()) if f.name != "README.md"}
         )

@@ -98,7 +98,7 @@ def test_resume_notices_an_input_rewritten_with_the_same_size_and_mtime(tmp_path
         orig = runner.write_support
         runner.write_support = interrupt
         try:
-            runner.run(prep, out, opts, progress=False)
+            runner.run(prep, out, opts)
         finally:
             runner.write_support = orig
     st = os.stat(b)

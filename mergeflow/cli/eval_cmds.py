@@ -46,24 +46,17 @@ def _steps(spec: str | None, anchor: str) -> list | None:
 def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, points: int, max_examples: int | None,
             out: str, device: str, quiet: bool) -> None:
     """Loss of (1-l) A + l B over a grid of l, naive and after each alignment step; the barrier of each."""
-    from tqdm import tqdm
-
-    from mergeflow.eval.barrier import barrier_report, plot
-    from mergeflow.graph.run import resolve_device
+    from mergeflow import api
+    from mergeflow.cli.progress import console
+    from mergeflow.eval.barrier import plot
     from mergeflow.io.ownership import atomic_write, check_file_target
-    from mergeflow.stats.data import load_data
 
     inputs = [Path(model_a), Path(model_b), Path(data)]
     if align_spec not in (None, "default"):
         inputs.append(Path(align_spec))
     json_out, png_out = (check_file_target(f"{out}.{ext}", inputs, "eval barrier -o") for ext in ("json", "png"))
-    steps = _steps(align_spec, model_a)
-    ds = load_data(data).subset(max_examples)
-    bar = tqdm(total=points * (1 + len(steps or [])), desc="barrier", unit="pt", disable=quiet, dynamic_ncols=True)
-    try:
-        report = barrier_report(model_a, model_b, ds, steps, points, resolve_device(device), bar.update)
-    finally:
-        bar.close()
+    report = api.barrier(model_a, model_b, data, _steps(align_spec, model_a), points, device, max_examples,
+                         console(quiet))
     text = json.dumps({"written_by": "mergeflow", **report}, indent=2) + "\n"
     atomic_write(json_out, lambda tmp: tmp.write_text(text))
     atomic_write(png_out, lambda tmp: plot(report, tmp))

@@ -20,6 +20,7 @@ from mergeflow.cli.moe_cmd import moe
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_run_report
 from mergeflow.cli.plan_cmd import plan
+from mergeflow.cli.progress import console
 from mergeflow.cli.search_cmd import search
 from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file, validate_file
 from mergeflow.cli.stats_cmd import stats
@@ -114,13 +115,13 @@ def run(
         raise InputError("--stage and --intermediate-dir are for multi-stage files; this recipe has one stage")
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
-    result = runner.run(prep, out, opts, progress=not quiet)
+    result = runner.run(prep, out, opts, progress=console(quiet))
     write_run_report(report, result, prep)
     tasks = []
     if prep.recipe.output.task_models:
         from mergeflow.graph.task_models import write_task_models
 
-        tasks = write_task_models(prep, result.out, opts, progress=not quiet)
+        tasks = write_task_models(prep, result.out, opts, progress=console(quiet))
     if not quiet:
         print_summary(result, prep, resume, runner.peak_rss_bytes(), tasks)
 
@@ -158,18 +159,16 @@ def align(
     quiet: bool,
 ) -> None:
     """Write MODEL re-parameterised toward ANCHOR: the same function, weights as close as the symmetries allow."""
-    from mergeflow.graph import run as runner
-    from mergeflow.graph.align_recipe import align_recipe
+    from mergeflow import api
 
-    recipe, text = align_recipe(model, anchor, steps_file)
-    opts = runner.Options(
+    opts = api.Options(
         tune_malloc=True,
         device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle, parents=parents,
         label="aligning",
     )
-    prep = runner.prepare(steps_file or "<align>", opts, recipe=recipe, recipe_text=text)
+    prep = api.prepare_align(model, anchor, steps_file, opts)
     check_report(report, prep, out)
-    result = runner.run(prep, out, opts, progress=not quiet)
+    result = api.merge(prep, out, opts, console(quiet))
     write_run_report(report, result, prep)
     if not quiet:
         click.echo(f"wrote {result.out}: '{model}' aligned to '{anchor}' in {result.seconds:.2f} s")

@@ -6,6 +6,7 @@ import click
 
 from mergeflow.cli.options import DEVICE, MEMORY, PARENTS, PICKLE, QUIET
 from mergeflow.cli.output import human, parse_size
+from mergeflow.cli.progress import console
 
 
 @click.command()
@@ -30,7 +31,7 @@ def moe(config: str, out: str, device: str, max_memory: str | None, allow_pickle
                           force=force,
                           resume=resume, parents=parents, label="assembling experts")
     prep = prepare_moe(config, opts)
-    result = runner.run(prep, out, opts, progress=not quiet)
+    result = runner.run(prep, out, opts, progress=console(quiet))
     if not quiet:
         p = result.plan
         cfg = p.config_json or {}

@@ -11,6 +11,7 @@ import click
 
 from mergeflow.cli.options import DEVICE, MEMORY, PARENTS, QUIET
 from mergeflow.cli.output import parse_size
+from mergeflow.cli.progress import console
 from mergeflow.errors import InputError
 
 
@@ -171,7 +172,7 @@ def run_study(sf: Any, out: Path, storage: Path, n_trials: int, n_workers: int, 
             recipe = validate(YamlSource(data, str(sf.path)), OPERATORS, STEPS, root=sf.path.resolve().parent)
             opts = runner.Options(device=device, label="best merge")
             prep = runner.prepare(sf.path, opts, recipe=recipe, recipe_text=(tmp / "best.yml").read_text())
-            runner.run(prep, tmp / "best", opts, progress=not quiet)
+            runner.run(prep, tmp / "best", opts, progress=console(quiet))
             files += sorted(str(f.relative_to(tmp)) for f in (tmp / "best").rglob("*") if f.is_file())
         out_dir.written = files
     if not quiet:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from mergeflow.cli.output import human
+from mergeflow.cli.progress import console
 
 INTERMEDIATE = click.option(
     "--intermediate-dir", default=None, metavar="DIR",
@@ -56,7 +57,7 @@ def run_file(path: str, out: str, opts: Any, intermediate: str | None, upto: str
     check_stage(sf, upto)
     upto = sf.final.name if upto == "final" else upto
     echo = None if quiet else click.echo
-    done = run_stages(sf, path, Path(out), opts, progress=not quiet, upto=upto, echo=echo)
+    done = run_stages(sf, path, Path(out), opts, progress=console(quiet), upto=upto, echo=echo)
     if not quiet:
         ran = sum(r is not None for _sp, r in done)
         click.echo(f"ran {ran} of {len(done)} stage(s); intermediate outputs in {sf.intermediate}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mergeflow.cli.options import DEVICE, MODEL, QUIET
+from mergeflow.cli.progress import console
 
 
 @click.command("stats")
@@ -31,7 +32,7 @@ def stats(model: str, data: str, kind: str, out: str, device: str, batch_size: i
     from mergeflow.stats.compute import compute_stats
 
     res = compute_stats(model, data, kind, out, resolve_device(device), batch_size, max_length, max_examples,
-                        samples, seed, progress=not quiet)
+                        samples, seed, progress=console(quiet))
     if not quiet:
         click.echo(f"wrote {res['path']}: {kind} statistics of {res['tensors']} tensors over {res['examples']} "
                    f"examples ({res['task']}, up to {res['max_length']} tokens each)")

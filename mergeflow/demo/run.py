@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         out = work / "merged" / Path(recipe).stem
         opts = runner.Options(device="cpu", force=True, parents=True)
         prep = runner.prepare(ROOT / "recipes" / recipe, opts)
-        res = runner.run(prep, out, opts, progress=False)
+        res = runner.run(prep, out, opts)
         loss, logits = _evaluate(res.out, text)
         if recipe == "llama-reference-linear.yml":
             reference = logits

@@ -42,7 +42,7 @@ def run_trained(work: Path, table) -> tuple[dict, dict]:  # noqa: ANN001  (table
     for recipe in RECIPES:
         opts = runner.Options(device="cpu", force=True, parents=True)
         prep = runner.prepare(ROOT / "recipes" / recipe, opts)
-        res = runner.run(prep, work / "merged" / Path(recipe).stem, opts, progress=False)
+        res = runner.run(prep, work / "merged" / Path(recipe).stem, opts)
         rows.append((recipe, f"{tt.accuracy(res.out, xt, yt):.3f}", f"{res.seconds * 1000:.0f} ms", "-"))
         vit["merges"].append({"recipe": Path(recipe).stem, "accuracy": rows[-1][1]})
     table(rows)

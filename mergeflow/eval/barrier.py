@@ -59,25 +59,22 @@ def folds(steps: list[dict[str, Any]]) -> bool:
 def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path, device: str,
               keep: str = "model") -> Any:
     """The prepared alignment of B to A with ``steps`` (validated and planned; nothing written)."""
-    from mergeflow.graph import run as runner
-    from mergeflow.graph.align_recipe import steps_recipe
+    from mergeflow.api import Options, prepare_align
 
     work.mkdir(parents=True, exist_ok=True)
     # data paths in the steps are absolute (the CLI resolves them against the steps file)
-    recipe, text = steps_recipe(str(b_dir), str(a_dir), steps, Path.cwd(), keep=keep)
-    return runner.prepare("<eval barrier>", runner.Options(device=device, force=True), recipe=recipe,
-                          recipe_text=text)
+    return prepare_align(b_dir, a_dir, steps, Options(device=device, force=True), keep)
 
 
 def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
                  device: str, keep: str = "model") -> Path:
     """B aligned to A with ``steps`` (through the same code as `mergeflow align`); ``keep="anchor"``: A as
     those steps re-parameterise it (folded), the endpoint a merge interpolates from."""
-    from mergeflow.graph import run as runner
+    from mergeflow.api import Options, merge
 
     prep = _prepared(a_dir, b_dir, steps, work, device, keep)
     out = work / f"{'anchor' if keep == 'anchor' else 'aligned'}{len(steps)}"
-    runner.run(prep, out, runner.Options(device=device, force=True), progress=False)
+    merge(prep, out, Options(device=device, force=True))
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 from mergeflow.graph.tasks import Load, Merge
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
+from mergeflow.progress import SILENT, Progress
 
 
 @dataclass
@@ -27,6 +28,7 @@ class ExecContext:
     arch: Any = None  # ArchSpec, when aligning
     align_reports: list[Any] = field(default_factory=list)
     note: Callable[[str], None] | None = None  # shows what a long task is doing (the progress bar's caption)
+    progress: Progress = SILENT  # where long tasks open their own bars
 
 
 def schedule(roots: list[Any]) -> list[Any]:

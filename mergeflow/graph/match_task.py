@@ -69,8 +69,6 @@ class MatchModel:
         return ()
 
     def run(self, ctx: Any) -> Found:
-        from tqdm import tqdm
-
         from mergeflow.learn.activations import match_activations
         from mergeflow.stats.data import load_data
         from mergeflow.stats.model import check_fits, load_model
@@ -80,9 +78,11 @@ class MatchModel:
         check_fits(loaded, data, self.anchor_dir)
         a, b = read_model(ctx, self.anchor, torch.float32), read_model(ctx, self.model, torch.float32)
         total = min(len(data), self.want.batches * self.want.batch_size)
-        with tqdm(total=total, desc=f"activations {self.model}", unit="ex", leave=False, dynamic_ncols=True,
-                  disable=ctx.note is None) as bar:
+        bar = ctx.progress.bar(f"activations {self.model}", total, unit="ex", nested=True)
+        try:
             found, report = match_activations(loaded, self.spec, a, b, data, self.want, self.model, ctx.device,
                                               bar.update)
+        finally:
+            bar.close()
         ctx.align_reports.append(report)
         return found

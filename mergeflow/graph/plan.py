@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.graph.vocab import VocabRows, vocab_rows
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
+from mergeflow.io.header import TensorInfo
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import OutTensor, ShardLayout, plan_shards
 from mergeflow.merge.base import MergeOperator
@@ -69,6 +71,84 @@ class Plan:
     stats_means: dict[str, float] = field(default_factory=dict)  # model -> mean of its statistics file
 
 
+class _Loads:
+    """One Load task per (model, stored tensor, row block), shared by every task that reads it."""
+
+    def __init__(self, readers: Mapping[str, ModelReader]) -> None:
+        self.readers = readers
+        self.tasks: dict[tuple[str, str, tuple[int, int] | None], Load] = {}
+
+    def __call__(self, model: str, tensor: str, rows: tuple[int, int] | None) -> Load:
+        key = (model, tensor, rows)
+        if key not in self.tasks:
+            info = self.readers[model].info(tensor)
+            frac = 1.0 if rows is None else (rows[1] - rows[0]) / info.shape[0]
+            self.tasks[key] = Load(
+                model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype), rows
+            )
+        return self.tasks[key]
+
+
+@dataclass
+class _Choice:
+    """The operator that merges one output tensor, its validated parameters and its models."""
+
+    op: MergeOperator
+    params: Any
+    mparams: tuple[Any, ...]
+    members: list[str]
+    with_base: bool
+    info: TensorInfo  # the output's dtype and shape
+    tstats: Any  # the tensor's statistics (Fisher, Gram) when the operator reads them
+
+
+def _choose(recipe: Recipe, operators: Mapping[str, MergeOperator], resolve: Resolver, item: Any, info: TensorInfo,
+            n_layers: int, all_readers: Mapping[str, ModelReader], stats: Mapping[str, Stats], own_shape: bool,
+            ) -> _Choice:
+    """The recipe's settings for ``item`` (filters, gradients), checked: integer buffers are copied, an operator
+    whose statistics are missing falls back, and every parameter is validated (RecipeError names the tensor)."""
+    tname = item.out
+    settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
+    check_kinds(tname, {m: all_readers[m].info(item.names[m]).dtype for m in item.models}, settings.op)
+    op = operators[settings.op]
+    if not is_float(info.dtype) or item.copy:  # integer buffers (ids, masks) are copied, never averaged
+        op = operators["passthrough"]
+        settings = type(settings)("passthrough", {}, {m: {} for m in item.models})
+    try:
+        params = op.params.model_validate(settings.params)
+        with_base = op.uses_base(recipe.base)
+        if with_base and recipe.base not in item.names:
+            raise RecipeError([f"tensor {tname!r}: {op.name} needs the base model '{recipe.base}' among the "
+                               "sources of this slice"])
+        members = [m for m in item.models if not (with_base and m == recipe.base)]
+        if op.select is not None:
+            members = op.select(params, members)
+            if own_shape:  # the selected model's own shape
+                info = all_readers[members[0]].info(item.names[members[0]])
+        tstats = None if op.stats is None else tensor_stats(op.stats, tname, info.shape, members, item.names, stats)
+        if op.stats is not None and tstats is None:
+            fallback = operators[params.fallback]  # (StatsFallbackParams)
+            known = fallback.model_params.model_fields
+            op, params = fallback, fallback.params.model_validate({})
+            settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
+                                                        if k in known} for m in settings.model_params})
+        mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
+        check_finite(tname, op.name, params, dict(zip(members, mparams, strict=True)))
+    except ValidationError as exc:
+        raise RecipeError([f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]) from None
+    return _Choice(op, params, mparams, members, with_base, info, tstats)
+
+
+def _check_budget(peak: int, peak_name: str, max_memory: int | None) -> None:
+    if max_memory is not None and peak > max_memory:
+        raise MemoryBudgetError(
+            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB to merge, more than the "
+            f"{max_memory / 2**20:.1f} MiB that tensors in flight may use (three quarters of the memory budget; "
+            f"the rest is kept for mapped file pages and headroom); raise --max-memory to at least "
+            f"{peak * 4 / 3 / 2**20 + 1:.0f}MiB"
+        )
+
+
 def build_plan(
     recipe: Recipe,
     readers: Mapping[str, ModelReader],
@@ -98,31 +178,12 @@ def build_plan(
         check_models(recipe, readers, ref, vmap.tensors if vmap is not None else vocab,
                      lambda t: resolve(t, 0.0).op == "passthrough")
     ref_reader = readers[ref]
-    compute = NAMES[recipe.dtype]
-    csize = torch.empty((), dtype=compute).element_size()
-    aligner = None
+    csize = torch.empty((), dtype=NAMES[recipe.dtype]).element_size()
     n_layers = num_layers(ref_reader.tensors, ref_reader.config)
-
-    writes: list[Write] = []
-    outs: list[OutTensor] = []
-    loads: dict[tuple[str, str, tuple[int, int] | None], Load] = {}
-    bytes_read = peak = 0
-    peak_name = ""
-    ops_used: dict[str, int] = {}
-
     stats = stats or {}
     all_readers = {**readers, **{stats_key(m): st.reader for m, st in stats.items()}}
-
-    def load(model: str, tensor: str, rows: tuple[int, int] | None) -> Load:
-        key = (model, tensor, rows)
-        if key not in loads:
-            info = all_readers[model].info(tensor)
-            frac = 1.0 if rows is None else (rows[1] - rows[0]) / info.shape[0]
-            loads[key] = Load(
-                model, tensor, int(info.numel * frac), int(info.nbytes * frac), is_float(info.dtype), rows
-            )
-        return loads[key]
-
+    load = _Loads(all_readers)
+    aligner = None
     if recipe.align:
         from mergeflow.graph.align_tasks import AlignPlanner, model_spec
 
@@ -137,6 +198,10 @@ def build_plan(
         n_layers = len(origin)
     else:
         items = parts.items if parts is not None else plain_items(ref_reader, order)
+    writes: list[Write] = []
+    outs: list[OutTensor] = []
+    peak, peak_name = 0, ""
+    ops_used: dict[str, int] = {}
     for item in items:
         tname, info = item.out, item.info
         vrows = vocab.get(tname)
@@ -145,86 +210,47 @@ def build_plan(
         remap = vmap is not None and tname in vmap.tensors
         if remap:  # every model's rows re-indexed to the output tokenizer, then merged whole
             info = replace(info, shape=vmap.tensors[tname])
-        settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
-        check_kinds(tname, {m: all_readers[m].info(item.names[m]).dtype for m in item.models}, settings.op)
-        op = operators[settings.op]
-        if not is_float(info.dtype) or item.copy:  # integer buffers (ids, masks) are copied, never averaged
-            op = operators["passthrough"]
-            settings = type(settings)("passthrough", {}, {m: {} for m in item.models})
-        try:
-            params = op.params.model_validate(settings.params)
-            with_base = op.uses_base(recipe.base)
-            if with_base and recipe.base not in item.names:
-                raise RecipeError([f"tensor {tname!r}: {op.name} needs the base model '{recipe.base}' among the "
-                                   "sources of this slice"])
-            members = [m for m in item.models if not (with_base and m == recipe.base)]
-            if op.select is not None:
-                members = op.select(params, members)
-                if vrows is None and not remap:  # the selected model's own shape
-                    info = readers[members[0]].info(item.names[members[0]])
-            tstats = None if op.stats is None else tensor_stats(op.stats, tname, info.shape, members, item.names,
-                                                                 stats)
-            if op.stats is not None and tstats is None:
-                fallback = operators[params.fallback]  # type: ignore[attr-defined]  (StatsFallbackParams)
-                known = fallback.model_params.model_fields
-                op, params = fallback, fallback.params.model_validate({})
-                settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
-                                                            if k in known} for m in settings.model_params})
-            mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
-            check_finite(tname, op.name, params, dict(zip(members, mparams, strict=True)))
-        except ValidationError as exc:
-            raise RecipeError(
-                [f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]
-            ) from None
-        out_dtype = (
-            TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
-        )
+        c = _choose(recipe, operators, resolve, item, info, n_layers, all_readers, stats, vrows is None and not remap)
+        op, info = c.op, c.info
+        out_dtype = TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
         blocks = row_blocks(info.shape, chunk_elems) if op.elementwise and not remap else [None]
         src = source
         if remap:
-            tasks = reindexed(vmap, tname, members, recipe.base if with_base else None, source)
+            tasks = reindexed(vmap, tname, c.members, recipe.base if c.with_base else None, source)
             src = lambda m, _t, _rows, tasks=tasks: tasks[m]  # noqa: E731
         if vrows is not None:
             blocks = ([(0, vrows.shared) if b is None else b
                        for b in row_blocks((vrows.shared, *info.shape[1:]), chunk_elems)]
                       if op.elementwise else [(0, vrows.shared)])
         for part, rows in enumerate(blocks):
-            base = src(recipe.base, item.names[recipe.base], rows) if with_base else None
-            inputs = tuple(src(m, item.names[m], rows) for m in members)
-            extra = tstats.merge_fields(rows, load) if tstats is not None else {}
-            merge = Merge(tname, op.name, params, mparams, tuple(members), inputs, base, part, **extra)
+            base = src(recipe.base, item.names[recipe.base], rows) if c.with_base else None
+            inputs = tuple(src(m, item.names[m], rows) for m in c.members)
+            extra = c.tstats.merge_fields(rows, load) if c.tstats is not None else {}
+            merge = Merge(tname, op.name, c.params, c.mparams, tuple(c.members), inputs, base, part, **extra)
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
             task_bytes = int(numel * csize * (len(merge.deps()) * (2 if remap else 1) + op.work) + writes[-1].nbytes)
             if task_bytes > peak:
                 peak, peak_name = task_bytes, tname
         if vrows is not None and vrows.rows > vrows.shared:  # the tokenizer model's extra rows, copied
-            extra = (vrows.shared, vrows.rows)
+            extra_rows = (vrows.shared, vrows.rows)
             pt = operators["passthrough"]
             merge = Merge(tname, pt.name, pt.params(), (pt.model_params(),), (vrows.source,),
-                          (source(vrows.source, tname, extra),), None, len(blocks))
-            writes.append(Write(out, merge, extra))
+                          (source(vrows.source, tname, extra_rows),), None, len(blocks))
+            writes.append(Write(out, merge, extra_rows))
         ops_used[op.name] = ops_used.get(op.name, 0) + 1
 
     if aligner is not None and aligner.tasks:
         peak = max(peak, aligner.layer_bytes())
-    bytes_read = sum(ld.stored_bytes for ld in loads.values())
-    if max_memory is not None and peak > max_memory:
-        raise MemoryBudgetError(
-            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB to merge, more than the "
-            f"{max_memory / 2**20:.1f} MiB that tensors in flight may use (three quarters of the memory budget; "
-            f"the rest is kept for mapped file pages and headroom); raise --max-memory to at least "
-            f"{peak * 4 / 3 / 2**20 + 1:.0f}MiB"
-        )
-    layouts = plan_shards(outs, int(recipe.output.shard_size))
+    _check_budget(peak, peak_name, max_memory)
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
-    total_out = sum(o.nbytes for o in outs)
     vocab_size = vmap.rows if vmap is not None else max((v.rows for v in vocab.values()), default=None)
     unused = [describe_override(recipe, i) for i, n in enumerate(resolve.hits) if n == 0]
-    return Plan(recipe, writes, layouts, bytes_read, total_out, peak, peak_name, ops_used, len(outs), arch, anchor,
-                origin, vocab_size, unused, vmap,
+    return Plan(recipe, writes, plan_shards(outs, int(recipe.output.shard_size)),
+                sum(ld.stored_bytes for ld in load.tasks.values()), sum(o.nbytes for o in outs), peak, peak_name,
+                ops_used, len(outs), arch, anchor, origin, vocab_size, unused, vmap,
                 config_updates={"architectures": parts.architectures} if parts and parts.architectures else {},
                 left_out=parts.left_out if parts else [],
                 stats_means={m: st.info.mean for m, st in stats.items() if st.info.kind == "fisher"})

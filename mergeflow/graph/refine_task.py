@@ -43,8 +43,6 @@ class RefineModel:
         return (self.solve,) + ((self.match,) if self.match is not None else ())
 
     def run(self, ctx: Any, rmap: ResidualMap, found: Found | None = None) -> dict[str, torch.Tensor]:
-        from tqdm import tqdm
-
         from mergeflow.learn.refine import refine
         from mergeflow.stats.data import load_data
         from mergeflow.stats.model import load_model
@@ -58,14 +56,17 @@ class RefineModel:
         group = self.plan.orthogonal
         data = load_data(self.params.data)
         loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
-        with tqdm(total=self.params.steps, desc=f"refine {self.model}", leave=False, dynamic_ncols=True,
-                  disable=ctx.note is None) as bar:
-            def progress(n: int, loss: float) -> None:
-                bar.update(n)
-                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        bar = ctx.progress.bar(f"refine {self.model}", self.params.steps, nested=True)
 
+        def progress(n: int, loss: float) -> None:
+            bar.update(n)
+            bar.postfix(f"loss {loss:.4f}")
+
+        try:
             out, report = refine(loaded, self.spec, self.layout, a, b1, data, self.params, group, self.plan.fold,
                                  self.model, ctx.device, progress)
+        finally:
+            bar.close()
         ctx.align_reports.append(report)
         layers = {lay.index: lay for lay in self.spec.layers}
         for rep in reports:  # each layer's distance after the refinement, as a stage of its own

@@ -52,6 +52,7 @@ from mergeflow.io.ownership import write_new
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import ShardedWriter
 from mergeflow.merge.catalog import OPERATORS
+from mergeflow.progress import SILENT, Progress
 from mergeflow.recipe.schema import Recipe
 from mergeflow.recipe.validate import load_recipe
 from mergeflow.recipe.yaml_source import MAX_BYTES
@@ -178,24 +179,15 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers), template)
 
 
-def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -> Result:
-    """Execute a prepared plan into ``out`` (appears only when complete)."""
-    from tqdm import tqdm
-
+def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | None = None) -> Result:
+    """Execute a prepared plan into ``out`` (appears only when complete), reporting to ``progress``."""
     recipe, plan = prep.recipe, prep.plan
+    progress = progress or SILENT
     final = Path(out)
     check_output_path(final, opts.force, prep.inputs, opts.parents)
     check_room(prep, final, opts.disk_budget)
     start = time.perf_counter()
-    bar = tqdm(
-        total=plan.bytes_written,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=opts.label,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = progress.bar(opts.label, plan.bytes_written, unit="B")
     done = [0]
 
     fetcher = None
@@ -207,7 +199,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         if isinstance(task, Write):
             done[0] += task.rows is None or task.rows[1] == task.out.shape[0]
             bar.update(task.nbytes)
-            bar.set_postfix_str(f"{done[0]}/{plan.n_tensors} tensors", refresh=False)
+            bar.postfix(f"{done[0]}/{plan.n_tensors} tensors")
 
     out_dir = OutputDir(final, opts.force, opts.resume, prep.inputs, opts.parents)
     with out_dir as tmp:
@@ -215,12 +207,11 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: bool = True) -
         kept = journal.load_verified() if opts.resume else set()
         writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)
         todo = [w for w in plan.writes if not writer.is_done(w.out.name)]
-        bar.total = sum(w.nbytes for w in todo)
+        bar.set_total(sum(w.nbytes for w in todo))
         ctx = ExecContext(
-            prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch
+            prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch,
+            note=bar.describe, progress=progress,
         )
-        if progress:
-            ctx.note = lambda text: bar.set_description_str(text, refresh=True)
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         # reading ahead competes with the solves for the cores: alignment runs are compute-bound
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0

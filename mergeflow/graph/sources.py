@@ -11,6 +11,7 @@ from mergeflow.errors import InputError
 from mergeflow.graph.shard_uses import ShardUse, disk_needed, shard_uses, whole_model_reads
 from mergeflow.io.reader import ModelReader
 from mergeflow.patterns import parse_repo_ref
+from mergeflow.progress import Progress
 from mergeflow.recipe.schema import Recipe
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
 
 
 def start_downloads(prep: Any, roots: list[Any], partial: Path, disk_budget: int | None,
-                    progress: bool) -> Fetcher | None:
+                    progress: Progress) -> Fetcher | None:
     """Start fetching the shards of Hub models the tasks under ``roots`` read, in order of first use: into
     the shared cache, or (``disk_budget``) into the partial output, each deleted after its last load
     (which the run reports to :meth:`Fetcher.loaded`)."""

@@ -24,6 +24,7 @@ from mergeflow.io.header import TensorInfo
 from mergeflow.io.output_dir import check_output_path
 from mergeflow.io.ownership import atomic_write, check_file_target
 from mergeflow.io.reader import ModelReader
+from mergeflow.progress import Progress
 from mergeflow.recipe.stages import Stage, StageFile
 
 STAMP = ".{name}.mergeflow-stage.json"
@@ -93,7 +94,7 @@ def plan_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, scratch: 
     return list(plans.values())
 
 
-def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: bool = True,
+def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: Progress | None = None,
                upto: str | None = None, echo: Any = None) -> list[tuple[StagePlan, Any]]:
     """Plan every stage, then run those not up to date. Returns (stage plan, run result or None) per stage."""
     from mergeflow.graph.run import prepare, run

@@ -13,6 +13,7 @@ from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
 from mergeflow.io.writer import OutTensor, plan_shards
 from mergeflow.merge.catalog import OPERATORS
+from mergeflow.progress import Progress
 from mergeflow.recipe.schema import ModelEntry, Recipe
 
 
@@ -38,7 +39,7 @@ def _copy_plan(recipe: Recipe, readers: dict[str, Any], task: str, sources: dict
                 peak, "", {"passthrough": len(outs)}, len(outs))
 
 
-def write_task_models(prep: Any, merged_out: Path, opts: Any, progress: bool = True) -> list[Path]:
+def write_task_models(prep: Any, merged_out: Path, opts: Any, progress: Progress | None = None) -> list[Path]:
     """One full model per model of the recipe but the base; returns their folders."""
     from mergeflow.graph.run import prepare, run
 

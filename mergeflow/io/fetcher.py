@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from mergeflow.errors import ModelError
 from mergeflow.io.hub import client_options, hub_cache, hub_errors
+from mergeflow.progress import SILENT, Progress
 
 
 class _Stopped(Exception):
@@ -43,7 +44,7 @@ class Job:
 
 class Fetcher:
     def __init__(self, shards: list[tuple[Any, str, int]], folder: Path | None = None, budget: int | None = None,
-                 progress: bool = False) -> None:
+                 progress: Progress | None = None) -> None:
         """``shards``: (HubReader, local path, loads that read it) in order of first use. ``folder``: a
         private folder (with ``budget``, in bytes) instead of the shared cache."""
         self.folder, self.budget = folder, budget
@@ -62,9 +63,8 @@ class Fetcher:
         self.seconds = 0.0  # from start() to the last shard on disk
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self.bar = tqdm(total=sum(j.size for j in self.jobs.values()), unit="B", unit_scale=True,
-                        unit_divisor=1024, desc="downloading", disable=not progress, position=1, leave=False,
-                        dynamic_ncols=True)
+        self.bar = (progress or SILENT).bar("downloading", sum(j.size for j in self.jobs.values()), unit="B",
+                                            nested=True)
         self._thread = threading.Thread(target=self._work, name="mergeflow-download", daemon=True)
         for reader in {id(j.reader): j.reader for j in self.jobs.values()}.values():
             reader.fetcher = self

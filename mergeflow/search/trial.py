@@ -95,7 +95,7 @@ class Evaluator:
         if self.merged_in == "memory":  # the merge (and a float32 copy) fit
             return self.score_in_memory(merge_in_memory(prep), str(folder))
         with tempfile.TemporaryDirectory(prefix=".mergeflow-trial-", dir=self.scratch) as scratch:  # too large: a folder, deleted after
-            out = runner.run(prep, Path(scratch) / "merged", opts, progress=False).out
+            out = runner.run(prep, Path(scratch) / "merged", opts).out
             return self.score(load_model(out, torch.device(self.device)))
 
     def score_in_memory(self, merged: dict[str, torch.Tensor], folder: str) -> dict[str, float]:

@@ -8,15 +8,14 @@ import torch
 
 from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
+from mergeflow.progress import SILENT, Progress
 from mergeflow.stats.data import batches, load_data
 from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names
 
 
 def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: str | Path, device: torch.device,
                   batch_size: int = 16, max_length: int | None = None, max_examples: int | None = None,
-                  samples: int = 1, seed: int = 0, progress: bool = True) -> dict[str, object]:
-    from tqdm import tqdm
-
+                  samples: int = 1, seed: int = 0, progress: Progress | None = None) -> dict[str, object]:
     from mergeflow.io.ownership import check_file_target
 
     check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
@@ -29,7 +28,7 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    bar = tqdm(total=len(data), desc=f"{kind} statistics", unit="ex", disable=not progress, dynamic_ncols=True)
+    bar = (progress or SILENT).bar(f"{kind} statistics", len(data), unit="ex")
     it = batches(data, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
     try:
         if kind == "gram":
