@@ -29,10 +29,11 @@ demo-docs: $(STAMP)
 	$(BIN)/python -m mergeflow.demo --workdir demo_out --write-docs
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check mergeflow tests benchmarks
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_merge.py

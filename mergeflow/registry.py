@@ -33,7 +33,7 @@ class Registry(Mapping[str, T], Generic[T]):
 
         return deco
 
-    def get(self, name: str) -> T:
+    def get(self, name: str) -> T:  # type: ignore[override]  # raises (naming the known ones) where Mapping returns None
         try:
             return self._items[name]
         except KeyError:

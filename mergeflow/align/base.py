@@ -34,7 +34,11 @@ class NoModelParams(BaseModel):
 
 # what activation matching found for one layer of one model ("ffn", "heads": permutations), or None
 Found = Mapping[str, torch.Tensor] | None
-StepFn = Callable[[Layer, Layer, Geometry, StepParams, Found], None]
+# fn(local: Layer, anchor: Layer, geometry: Geometry, params: P, found: Found) -> None, and
+# check(geometry, params: P, family name) -> the refusal or None, where P is the step's own parameter model
+# (a subclass of StepParams): typed loosely, since a function of a subclass is not one of StepParams
+StepFn = Callable[..., None]
+CheckFn = Callable[..., "str | None"]
 # a rule about the step's place in the recipe's step list, checked without any model: (its index, every
 # step as (name, parsed params, or None where they are invalid)) -> the problem, or None
 ListCheck = Callable[[int, Sequence[tuple[str, "StepParams | None"]]], "str | None"]
@@ -45,7 +49,7 @@ class StepDefinition:
     name: str
     fn: StepFn
     params: type[StepParams]
-    check: Callable[[Geometry, StepParams, str], str | None]
+    check: CheckFn
     summary: str
     doc: str
     model_params: type[BaseModel] = NoModelParams  # steps have no per-model parameters
@@ -60,7 +64,7 @@ def _no_check(geom: Geometry, params: StepParams, family: str) -> str | None:
 
 
 def align_step(
-    name: str, params: type[StepParams], check: Callable[[Geometry, StepParams, str], str | None] = _no_check,
+    name: str, params: type[StepParams], check: CheckFn = _no_check,
     in_list: ListCheck | None = None,
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:

@@ -54,12 +54,12 @@ def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: A
         total += sq_dist(anchor, rmap.apply(local, axis))
         m = m.to(anchor.device) + cross(anchor, local, axis)
     outside = m.clone()
-    for index, local, anchor in layers():
-        apply_layer(local, rmap, folded)
-        run_steps(local, anchor, spec, index, steps, found=(found or {}).get(index))
-        total += full_distance(local, anchor)
-        apply_layer(local, rmap, folded, undo=True)  # the per-layer transforms act on the other side
-        c = layer_cross(local, anchor, folded)
+    for index, mine, theirs in layers():
+        apply_layer(mine, rmap, folded)
+        run_steps(mine, theirs, spec, index, steps, found=(found or {}).get(index))
+        total += full_distance(mine, theirs)
+        apply_layer(mine, rmap, folded, undo=True)  # the per-layer transforms act on the other side
+        c = layer_cross(mine, theirs, folded)
         if c is not None:
             m = m.to(c.device) + c
     return total, outside, m

@@ -10,8 +10,8 @@ in the files); only the file names appear here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from mergeflow.registry import Registry
 
@@ -104,13 +104,18 @@ def _check(f: Family) -> None:
 FAMILIES: Registry[Family] = Registry("model family")
 
 
-def _add(family: Family) -> None:
+def _add(family: Family, **changes: Any) -> Family:
+    """Register ``family`` (with ``changes``: a variant of it, e.g. a new name and model types); returns it."""
+    family = replace(family, **changes)
     _check(family)
     FAMILIES.add(family.name, family)
+    return family
 
 
-_LLAMA = dict(
-    layer_stack="layers",
+LLAMA = _add(Family(
+    "llama",
+    ("llama", "mistral", "qwen2"),
+    "layers",
     q="self_attn.q_proj",
     k="self_attn.k_proj",
     v="self_attn.v_proj",
@@ -126,9 +131,32 @@ _LLAMA = dict(
     stream=(("embed_tokens.weight", 1),),
     final_norm="norm",
     head=("lm_head.weight",),
-)
-_BERT = dict(
-    layer_stack="layer",
+))
+_add(LLAMA, name="qwen3", model_types=("qwen3",), qk_norm="head")
+_add(Family(
+    "gpt2",
+    ("gpt2",),
+    "h",
+    q="",
+    k="",
+    v="",
+    o="attn.c_proj",
+    up="mlp.c_fc",
+    down="mlp.c_proj",
+    qkv="attn.c_attn",
+    conv1d=True,
+    heads_key="n_head",
+    hidden_key="n_embd",
+    attn_norm="ln_1",
+    ffn_norm="ln_2",
+    stream=(("wte.weight", 1), ("wpe.weight", 1)),
+    final_norm="ln_f",
+    head=("lm_head.weight", "score.weight"),
+))
+BERT = _add(Family(
+    "bert",
+    ("bert", "roberta"),
+    "layer",
     q="attention.self.query",
     k="attention.self.key",
     v="attention.self.value",
@@ -144,105 +172,60 @@ _BERT = dict(
     # BERT's pooler reads the first token's stream; RoBERTa's classification head reads it directly
     head=("pooler.dense.weight", "classifier.dense.weight"),
     outside=("classifier.", "pooler.dense.bias"),
-)
-
-_add(Family("llama", ("llama", "mistral", "qwen2"), **_LLAMA))
-_add(Family("qwen3", ("qwen3",), qk_norm="head", **_LLAMA))
-_add(
-    Family(
-        "gpt2",
-        ("gpt2",),
-        "h",
-        q="",
-        k="",
-        v="",
-        o="attn.c_proj",
-        up="mlp.c_fc",
-        down="mlp.c_proj",
-        qkv="attn.c_attn",
-        conv1d=True,
-        heads_key="n_head",
-        hidden_key="n_embd",
-        attn_norm="ln_1",
-        ffn_norm="ln_2",
-        stream=(("wte.weight", 1), ("wpe.weight", 1)),
-        final_norm="ln_f",
-        head=("lm_head.weight", "score.weight"),
-    ),
-)
-_add(Family("bert", ("bert", "roberta"), **_BERT))
-_add(
-    Family(
-        "deberta_v2",
-        ("deberta-v2",),
-        **{
-            **_BERT,
-            "q": "attention.self.query_proj",
-            "k": "attention.self.key_proj",
-            "v": "attention.self.value_proj",
-            "position_projections": True,
-        },
-    ),
-)
-_add(
-    Family(
-        "distilbert",
-        ("distilbert",),
-        "layer",
-        q="attention.q_lin",
-        k="attention.k_lin",
-        v="attention.v_lin",
-        o="attention.out_lin",
-        up="ffn.lin1",
-        down="ffn.lin2",
-        post_ln=True,
-        heads_key="n_heads",
-        hidden_key="dim",
-        attn_norm="sa_layer_norm",
-        ffn_norm="output_layer_norm",
-        stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
-                ("embeddings.LayerNorm.weight", 0), ("embeddings.LayerNorm.bias", 0)),
-        head=("pre_classifier.weight",),
-        outside=("classifier.", "pre_classifier.bias"),
-    ),
-)
-_add(
-    Family(
-        "vit",
-        ("vit",),
-        "layer",
-        q="attention.attention.query",
-        k="attention.attention.key",
-        v="attention.attention.value",
-        o="attention.output.dense",
-        up="intermediate.dense",
-        down="output.dense",
-        attn_norm="layernorm_before",
-        ffn_norm="layernorm_after",
-        stream=(("embeddings.cls_token", 2), ("embeddings.position_embeddings", 2),
-                ("embeddings.patch_embeddings.projection.weight", 0),
-                ("embeddings.patch_embeddings.projection.bias", 0), ("embeddings.mask_token", 2)),
-        final_norm="layernorm",
-        head=("classifier.weight", "pooler.dense.weight"),
-    ),
-)
-
+))
+_add(BERT, name="deberta_v2", model_types=("deberta-v2",), q="attention.self.query_proj",
+     k="attention.self.key_proj", v="attention.self.value_proj", position_projections=True)
+_add(Family(
+    "distilbert",
+    ("distilbert",),
+    "layer",
+    q="attention.q_lin",
+    k="attention.k_lin",
+    v="attention.v_lin",
+    o="attention.out_lin",
+    up="ffn.lin1",
+    down="ffn.lin2",
+    post_ln=True,
+    heads_key="n_heads",
+    hidden_key="dim",
+    attn_norm="sa_layer_norm",
+    ffn_norm="output_layer_norm",
+    stream=(("embeddings.word_embeddings.weight", 1), ("embeddings.position_embeddings.weight", 1),
+            ("embeddings.LayerNorm.weight", 0), ("embeddings.LayerNorm.bias", 0)),
+    head=("pre_classifier.weight",),
+    outside=("classifier.", "pre_classifier.bias"),
+))
+_add(Family(
+    "vit",
+    ("vit",),
+    "layer",
+    q="attention.attention.query",
+    k="attention.attention.key",
+    v="attention.attention.value",
+    o="attention.output.dense",
+    up="intermediate.dense",
+    down="output.dense",
+    attn_norm="layernorm_before",
+    ffn_norm="layernorm_after",
+    stream=(("embeddings.cls_token", 2), ("embeddings.position_embeddings", 2),
+            ("embeddings.patch_embeddings.projection.weight", 0),
+            ("embeddings.patch_embeddings.projection.bias", 0), ("embeddings.mask_token", 2)),
+    final_norm="layernorm",
+    head=("classifier.weight", "pooler.dense.weight"),
+))
 # Gemma: RMSNorm scales by (1 + weight), GeGLU, head tied to the embeddings by default
-_GEMMA = {**_LLAMA, "norm_offset": 1.0}
-_add(Family("gemma", ("gemma",), **_GEMMA))
+GEMMA = _add(LLAMA, name="gemma", model_types=("gemma",), norm_offset=1.0)
 # Gemma 2 / 3: a norm before and after each block ("post_attention_layernorm" normalises the attention's output)
-_GEMMA2 = {**_GEMMA, "ffn_norm": "pre_feedforward_layernorm", "attn_out_norm": "post_attention_layernorm",
-           "ffn_out_norm": "post_feedforward_layernorm"}
-_add(Family("gemma2", ("gemma2",), **_GEMMA2))
-_add(Family("gemma3", ("gemma3_text",), qk_norm="head", **_GEMMA2))
+GEMMA2 = _add(GEMMA, name="gemma2", model_types=("gemma2",), ffn_norm="pre_feedforward_layernorm",
+              attn_out_norm="post_attention_layernorm", ffn_out_norm="post_feedforward_layernorm")
+_add(GEMMA2, name="gemma3", model_types=("gemma3_text",), qk_norm="head")
 # Phi-3: q, k, v fused in qkv_proj; gate and up fused in gate_up_proj (gate first)
-_add(Family("phi3", ("phi3",), **{**_LLAMA, "q": "", "k": "", "v": "", "qkv": "self_attn.qkv_proj", "gate": None,
-                                 "gate_up": "mlp.gate_up_proj"}))
+_add(LLAMA, name="phi3", model_types=("phi3",), q="", k="", v="", qkv="self_attn.qkv_proj", gate=None,
+     gate_up="mlp.gate_up_proj")
 # OLMo 2: no pre-norms; norms on the attention's and the FFN's outputs; QK-norm over the whole projection
-_add(Family("olmo2", ("olmo2",), **{**_LLAMA, "attn_norm": None, "ffn_norm": None,
-                                   "attn_out_norm": "post_attention_layernorm",
-                                   "ffn_out_norm": "post_feedforward_layernorm", "qk_norm": "full",
-                                   "q_norm": "self_attn.q_norm", "k_norm": "self_attn.k_norm"}))
+_add(LLAMA, name="olmo2", model_types=("olmo2",), attn_norm=None, ffn_norm=None,
+     attn_out_norm="post_attention_layernorm", ffn_out_norm="post_feedforward_layernorm", qk_norm="full",
+     q_norm="self_attn.q_norm", k_norm="self_attn.k_norm")
 
 
 def family_for(model_type: str | None) -> Family | None:

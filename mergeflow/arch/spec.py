@@ -145,15 +145,15 @@ def arch_spec(
             roles.append((role, w))
             if b in present:
                 roles.append((f"{role}.b", b))
-        for role, path in fam.norm_paths():  # norms: optional, only residual maps change them
+        for role, opt in fam.norm_paths():  # norms: optional, only residual maps change them
             for suffix, r in (("weight", role), ("bias", f"{role}.b")):
-                if path is not None and f"{base}{path}.{suffix}" in present:
-                    roles.append((r, f"{base}{path}.{suffix}"))
-        for role, path in (("q.norm", fam.q_norm), ("k.norm", fam.k_norm)):  # full QK-norm: follows the heads
-            if path is not None:
-                if f"{base}{path}.weight" not in present:
-                    raise UnsupportedArchitecture(f"{mt}: layer {i} lacks tensor {base}{path}.weight")
-                roles.append((role, f"{base}{path}.weight"))
+                if opt is not None and f"{base}{opt}.{suffix}" in present:
+                    roles.append((r, f"{base}{opt}.{suffix}"))
+        for role, opt in (("q.norm", fam.q_norm), ("k.norm", fam.k_norm)):  # full QK-norm: follows the heads
+            if opt is not None:
+                if f"{base}{opt}.weight" not in present:
+                    raise UnsupportedArchitecture(f"{mt}: layer {i} lacks tensor {base}{opt}.weight")
+                roles.append((role, f"{base}{opt}.weight"))
         layers.append(LayerNames(i, tuple(roles)))
     fixed = ""
     if fam.position_projections and config.get("relative_attention") and not config.get("share_att_key", False):

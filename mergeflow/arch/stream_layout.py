@@ -50,7 +50,8 @@ def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], confi
     for name, shape in shapes.items():
         if name in in_layers:
             continue
-        kind = axis = None
+        kind: str | None = None
+        axis = 0
         for suffix, ax in fam.stream:
             if name.endswith(suffix):
                 kind, axis = "stream", ax

@@ -65,7 +65,8 @@ def plan(recipe: str, device: str, max_memory: str | None, disk_budget: str | No
     if p.vmap is not None:
         new = "; ".join(f"{m} adds {', '.join(map(repr, toks))}{'...' if len(toks) == 5 else ''}"
                         for m, toks in p.vmap.added.items())
-        click.echo(f"tokenizer: {prep.recipe.tokenizer.source}, {p.vmap.summary()}; embedding and head rows "
+        source = prep.recipe.tokenizer.source if prep.recipe.tokenizer is not None else "?"
+        click.echo(f"tokenizer: {source}, {p.vmap.summary()}; embedding and head rows "
                    f"re-indexed by token text{'; ' + new if new else ''}")
     if prep.chat_template is not None:
         click.echo(f"chat template: {prep.recipe.chat_template} ({len(prep.chat_template)} characters)")

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (recipes/, docs/)
 DEMO_RECIPES = (
@@ -85,10 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}"
           " (math-scrambled: math with its heads, head rotations, scales and FFN neurons reshuffled)")
     text = "the quick brown fox jumps over the lazy dog. "
-    rows = [("model / recipe", "operator", "tensors, time", "LM loss", "max |logits - reference|", "output")]
+    rows: list[tuple[str, ...]] = [("model / recipe", "operator", "tensors, time", "LM loss", "max |logits - reference|", "output")]
     for name, p in models.items():
         rows.append((name, "-", "-", f"{_evaluate(p, text)[0]:.4f}", "-", str(p)))
-    reference = None
+    reference: Any = None  # the reference recipe's logits
     alignment = None
     llama: list[dict[str, str]] = []
     for recipe in DEMO_RECIPES:
@@ -143,7 +144,7 @@ def _environment() -> dict[str, object]:
 
 def _distances(summary: dict | None) -> dict[str, float]:
     """Whole-model squared distance of the aligned model to the anchor, before and after alignment."""
-    stages = next(iter((summary or {}).get("totals", {}).values()), {})
+    stages: dict[str, Any] = next(iter((summary or {}).get("totals", {}).values()), {})
     if not stages:
         return {"before": 0.0, "after": 0.0}
     return {"before": stages["before"]["total"], "after": list(stages.values())[-1]["total"]}

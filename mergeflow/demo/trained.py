@@ -33,7 +33,7 @@ def run_trained(work: Path, table) -> tuple[dict, dict]:  # noqa: ANN001  (table
     print(f"\ntrained two ViTs (digits, {tt.DEMO_TRAIN['epochs']} epochs, seeds 11 and 12) in {train_seconds:.1f} s")
     vit: dict = {"epochs": tt.DEMO_TRAIN["epochs"], "train_seconds": round(train_seconds, 1), "models": [],
                  "merges": []}
-    rows = [("model / recipe", "test accuracy", "time", "distance to a (rel. |a|^2)")]
+    rows: list[tuple[str, ...]] = [("model / recipe", "test accuracy", "time", "distance to a (rel. |a|^2)")]
     a = models[11]
     for seed, p in models.items():
         dist = model_distance(ModelReader("a", a), ModelReader("m", p)).rows()[-1][2]

@@ -47,6 +47,7 @@ def evaluate(loaded: Loaded, data: Data, batch_size: int = 64, max_length: int |
             else:
                 target = inputs["input_ids"][:, 1:]
                 ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+                assert keep is not None  # causal LMs always have a mask of the positions scored
                 total += float(ce[keep].sum())
                 count += float(keep.sum())
     out = {"loss": total / max(count, 1)}

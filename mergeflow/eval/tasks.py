@@ -59,7 +59,7 @@ def primary(scores: dict[str, float]) -> tuple[str, float]:
 
 def eval_tasks(merged: str | Path, tasks: list[tuple[str, str, str]], device: torch.device,
                max_examples: int | None = None, batch_size: int = 32) -> dict[str, Any]:
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, model_dir, data_path in tasks:
         data = load_data(data_path).subset(max_examples)
         loaded = load_model(model_dir, device)

@@ -12,6 +12,7 @@ import torch
 from mergeflow.align.base import StepParams, list_problems
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.layer import align_layer, fold_only
+from mergeflow.align.matching import Want
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.arch.stream_layout import residual_layout
 from mergeflow.errors import RecipeError
@@ -114,7 +115,8 @@ class AlignPlanner:
             raise RecipeError([f"{recipe.located('align', i, self.steps[i][0])}align[{i}].{self.steps[i][0]}: {why}"
                                for i, why in problems])
         wanted = match_want(self.steps, self.layout)
-        self.want, self.match_data = wanted if wanted is not None else (None, "")
+        self.want: Want | None = wanted[0] if wanted is not None else None
+        self.match_data = wanted[1] if wanted is not None else ""
         self.matches: dict[str, MatchModel] = {}
         self.solves: dict[str, SolveResidual] = {}
         self.refines: dict[str, RefineModel] = {}

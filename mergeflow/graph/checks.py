@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from pydantic import BaseModel
 
 from mergeflow.errors import MissingTensor, ModelError, RecipeError, ShapeMismatch, UnsupportedArchitecture
-from mergeflow.graph.vocab import VocabRows
 from mergeflow.io.dtypes import is_float
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.schema import Recipe
@@ -17,7 +16,7 @@ HINT = ("; to merge the rest, say what to do with tensors only some models have 
         "partial: {keep: MODEL}), or merge the backbone only (merge_only: backbone)")
 
 
-def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, VocabRows],
+def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, object],
                   copied: Callable[[str], bool]) -> None:
     types = {n: r.model_type for n, r in readers.items() if r.model_type is not None}
     if len(set(types.values())) > 1:

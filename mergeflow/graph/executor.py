@@ -7,20 +7,25 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from mergeflow.graph.tasks import Load, Merge
 from mergeflow.io.reader import ModelReader
-from mergeflow.io.writer import ShardedWriter
 from mergeflow.progress import SILENT, Progress
+
+
+class TensorSink(Protocol):
+    """Where Write tasks put the merged tensors: the sharded writer, or memory (graph.in_memory)."""
+
+    def write(self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> None: ...
 
 
 @dataclass
 class ExecContext:
     readers: Mapping[str, ModelReader]
-    writer: ShardedWriter
+    writer: TensorSink
     device: torch.device
     compute_dtype: torch.dtype
     seed: int = 0

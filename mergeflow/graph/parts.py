@@ -46,7 +46,9 @@ def headless_class(model_type: str | None) -> tuple[str, str] | None:
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
     name = MODEL_MAPPING_NAMES.get(model_type)
-    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if not isinstance(name, str):
+        return None
+    cls = getattr(transformers, name, None)
     prefix = getattr(cls, "base_model_prefix", "") if cls is not None else ""
     return (name, prefix + ".") if prefix else None
 

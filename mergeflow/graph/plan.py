@@ -12,6 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from mergeflow.arch.layers import num_layers, position
+from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import (
     MemoryBudgetError,
     RecipeError,
@@ -59,7 +60,7 @@ class Plan:
     peak_tensor: str
     ops_used: dict[str, int]
     n_tensors: int
-    arch: object = None  # ArchSpec when the recipe aligns
+    arch: ArchSpec | None = None  # when the recipe aligns
     anchor: str | None = None
     layer_origin: list[tuple[str, int]] = field(default_factory=list)  # with slices: (model, layer) per output layer
     vocab_size: int | None = None  # rows of the embeddings when the models' vocabularies differ in size
@@ -127,7 +128,7 @@ def _choose(recipe: Recipe, operators: Mapping[str, MergeOperator], resolve: Res
                 info = all_readers[members[0]].info(item.names[members[0]])
         tstats = None if op.stats is None else tensor_stats(op.stats, tname, info.shape, members, item.names, stats)
         if op.stats is not None and tstats is None:
-            fallback = operators[params.fallback]  # (StatsFallbackParams)
+            fallback = operators[params.fallback]  # type: ignore[attr-defined]  # (StatsFallbackParams)
             known = fallback.model_params.model_fields
             op, params = fallback, fallback.params.model_validate({})
             settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
@@ -207,17 +208,19 @@ def build_plan(
         vrows = vocab.get(tname)
         if vrows is not None:  # output rows as in the tokenizer's model; merged on the shared ones
             info = readers[vrows.source].info(tname)
-        remap = vmap is not None and tname in vmap.tensors
-        if remap:  # every model's rows re-indexed to the output tokenizer, then merged whole
-            info = replace(info, shape=vmap.tensors[tname])
+        new_shape = vmap.tensors.get(tname) if vmap is not None else None
+        remap = new_shape is not None
+        if new_shape is not None:  # every model's rows re-indexed to the output tokenizer, then merged whole
+            info = replace(info, shape=new_shape)
         c = _choose(recipe, operators, resolve, item, info, n_layers, all_readers, stats, vrows is None and not remap)
         op, info = c.op, c.info
         out_dtype = TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
-        blocks = row_blocks(info.shape, chunk_elems) if op.elementwise and not remap else [None]
+        blocks: list[tuple[int, int] | None] = row_blocks(info.shape, chunk_elems) if op.elementwise and not remap \
+            else [None]
         src = source
-        if remap:
+        if vmap is not None and remap:
             tasks = reindexed(vmap, tname, c.members, recipe.base if c.with_base else None, source)
             src = lambda m, _t, _rows, tasks=tasks: tasks[m]  # noqa: E731
         if vrows is not None:
@@ -225,7 +228,7 @@ def build_plan(
                        for b in row_blocks((vrows.shared, *info.shape[1:]), chunk_elems)]
                       if op.elementwise else [(0, vrows.shared)])
         for part, rows in enumerate(blocks):
-            base = src(recipe.base, item.names[recipe.base], rows) if c.with_base else None
+            base = src(recipe.base, item.names[recipe.base], rows) if c.with_base and recipe.base else None
             inputs = tuple(src(m, item.names[m], rows) for m in c.members)
             extra = c.tstats.merge_fields(rows, load) if c.tstats is not None else {}
             merge = Merge(tname, op.name, c.params, c.mparams, tuple(c.members), inputs, base, part, **extra)

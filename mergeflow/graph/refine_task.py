@@ -54,6 +54,7 @@ class RefineModel:
         if self.plan.fold:
             a = fold_state(self.spec, self.layout, a)
         group = self.plan.orthogonal
+        assert self.params.data is not None  # validated: refine needs data
         data = load_data(self.params.data)
         loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
         bar = ctx.progress.bar(f"refine {self.model}", self.params.steps, nested=True)

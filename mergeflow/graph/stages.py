@@ -124,8 +124,12 @@ def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: 
         result = run(prep, sp.out, sopts, progress)
         if stamp is not None:
             fp = run_fingerprint(prep)
-            atomic_write(stamp, lambda p, fp=fp: p.write_text(
-                json.dumps({"written_by": "mergeflow", "fingerprint": fp}), encoding="utf-8"))
+            text = json.dumps({"written_by": "mergeflow", "fingerprint": fp})
+
+            def put(p: Path, text: str = text) -> None:
+                p.write_text(text, encoding="utf-8")
+
+            atomic_write(stamp, put)
         done.append((replace(sp, prep=prep), result))
         if echo:
             echo(f"stage {st.label}: wrote {result.out} ({result.plan.n_tensors} tensors) in {result.seconds:.2f} s")

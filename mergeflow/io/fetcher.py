@@ -127,8 +127,8 @@ class Fetcher:
                 where = ({"local_dir": str(self._dirs[id(r)])} if self.folder is not None
                          else {"cache_dir": str(hub_cache())})
                 try:
-                    hf_hub_download(r.repo, r.repo_file[job.file], revision=r.commit, tqdm_class=feed,
-                                    **where, **client_options())
+                    options: dict[str, Any] = {**where, **client_options()}
+                    hf_hub_download(r.repo, r.repo_file[job.file], revision=r.commit, tqdm_class=feed, **options)
                     self.downloaded += job.size
                     self.seconds = time.perf_counter() - self._started
                 except BaseException as exc:  # handed to the reader that waits for this shard

@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mergeflow.errors import ModelError
 from mergeflow.io.names import CONFIG_FILES, INDEX_NAME, TOKENIZER_FILES
@@ -48,7 +49,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").upper() in TRUE
 
 
-def client_options() -> dict[str, str | None]:
+def client_options() -> dict[str, Any]:
     """Token and endpoint for huggingface_hub calls, from the environment as it is now."""
     return {"token": os.environ.get("HF_TOKEN") or None, "endpoint": os.environ.get("HF_ENDPOINT") or None}
 

@@ -137,7 +137,7 @@ class ShardedWriter:
         if end == begin:
             return
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        view = memoryview(data)
+        view = data.data  # the tensor's bytes as a memoryview (no copy)
         pos = begin
         try:
             fd = self._fd(i)
@@ -149,7 +149,7 @@ class ShardedWriter:
         assert pos == end
         self.bytes_written += end - begin
         running = self._crc.get(i)
-        self._crc[i] = (zlib.crc32(data, running[0]), end) if running and running[1] == begin else None
+        self._crc[i] = (zlib.crc32(data.data, running[0]), end) if running and running[1] == begin else None
         self._left[i] -= end - begin
         if self._left[i] == 0:
             self._complete(i)

@@ -57,7 +57,7 @@ class Moments:
     """Running float64 sums of two activation sets seen row by row: counts, sums, squares, cross products."""
 
     def __init__(self, wa: int, wb: int, device: torch.device) -> None:
-        z = dict(dtype=torch.float64, device=device)
+        z: dict[str, Any] = dict(dtype=torch.float64, device=device)
         self.n = 0
         self.sa, self.sb = torch.zeros(wa, **z), torch.zeros(wb, **z)
         self.qa, self.qb = torch.zeros(wa, **z), torch.zeros(wb, **z)

@@ -73,6 +73,7 @@ def _batch(data: Data, idx: np.ndarray) -> Data:
 
 def _loss(loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: RefineParams,
           device: torch.device) -> torch.Tensor:
+    assert p.max_length is not None  # set once before the steps (max_length_for)
     inputs, labels, mask = next(iter(batches(data, loaded.tokenizer, len(data), p.max_length, device,
                                              loaded.image_shape)))
     logits, keep = logits_and_mask(on_weights(loaded, params), inputs, mask)
@@ -139,7 +140,9 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
         opt.step()
         if group is not None:
             with torch.no_grad():
-                omat.copy_(solve(omat.detach(), group).matrix)
+                nearest = solve(omat.detach(), group).matrix  # an orthogonal group: always a matrix
+                assert nearest is not None
+                omat.copy_(nearest)
         report.losses.append(float(loss.detach()))
         if progress is not None:
             progress(1, report.losses[-1])

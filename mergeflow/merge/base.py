@@ -59,9 +59,11 @@ class StatsFallbackParams(OpParams):
                           "biases where there are none).")
 
 
-MergeFn = Callable[
-    [Sequence[torch.Tensor], "torch.Tensor | None", OpParams, Sequence[OpParams], MergeContext], torch.Tensor
-]
+# fn(tensors: Sequence[Tensor], base: Tensor | None, params: P, model_params: Sequence[M], ctx: MergeContext)
+# -> Tensor, where P and M are the operator's own parameter models (subclasses of OpParams): typed loosely,
+# since a function of a subclass is not a function of OpParams to a type checker
+MergeFn = Callable[..., torch.Tensor]
+SelectFn = Callable[..., list[str]]  # select(params: P, models: Sequence[str]) -> the models it reads
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class MergeOperator:
     summary: str
     doc: str
     # which models' tensors the operator reads, given its params and the recipe's model order (default: all)
-    select: Callable[[OpParams, Sequence[str]], list[str]] | None = None
+    select: SelectFn | None = None
     # each output entry depends only on the same entry of the inputs: large tensors may run in row blocks
     elementwise: bool = False
     # works relative to the base when the recipe names one, on the models themselves otherwise
@@ -116,7 +118,7 @@ def merge_operator(
     min_models: int = 1,
     max_models: int | None = None,
     work: float = 2.0,
-    select: Callable[[OpParams, Sequence[str]], list[str]] | None = None,
+    select: SelectFn | None = None,
     elementwise: bool = False,
     optional_base: bool = False,
     stats: str | None = None,

@@ -32,6 +32,7 @@ def fisher(tensors, base, p: FisherParams, mp, ctx):
         wf = f.div(scale).clamp_(min=p.epsilon).mul_(m.weight)
         num = x.mul_(wf) if num is None else num.add_(x.mul_(wf))
         den = wf if den is None else den.add_(wf)
+    assert num is not None and den is not None  # an operator always gets at least one model
     # den > 0 everywhere when epsilon > 0 and some weight > 0: check (a device sync) only otherwise
     if (p.epsilon <= 0.0 or not any(m.weight > 0 for m in mp)) and float(den.min()) <= 0.0:
         raise ValueError("the weighted Fishers sum to 0 somewhere (all weights 0, or epsilon 0)")

@@ -35,6 +35,7 @@ def regmean(tensors, base, p: RegMeanParams, mp, ctx):
         term = g @ w if ctx.transposed else w @ g  # [in, out] = G W, or [out, in] = W G
         rhs = term if rhs is None else rhs.add_(term)
         gsum = g.clone() if gsum is None else gsum.add_(g)  # statistics are inputs: never modified
+    assert gsum is not None and rhs is not None  # an operator always gets at least one model
     n = gsum.shape[0]
     gsum.diagonal().add_(p.ridge * float(gsum.diagonal().mean().clamp(min=1e-30)))
     try:

@@ -51,7 +51,8 @@ class _Converter:
     from the least to the most specific and each scope's conditions in reverse order."""
 
     def __init__(self, src: YamlSource) -> None:
-        self.src, self.problems = src, []
+        self.src = src
+        self.problems: list[str] = []
         self.models: dict[str, dict[str, Any]] = {}
         self.by_path: dict[str, str] = {}
         self.overrides: list[dict[str, Any]] = []
@@ -109,6 +110,7 @@ class _Converter:
             self.fail(where, "parameters must be a mapping")
             return
         for key, value in raw.items():
+            key = str(key)
             if key == "int8_mask":
                 continue
             name = RENAMES.get(method, {}).get(key, key)
@@ -129,7 +131,7 @@ class _Converter:
                 self._set(model, name, val, regex)
 
     def slices(self, data: dict[str, Any], base: str | None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         raw = data["slices"]
         if not isinstance(raw, list) or not raw:
             self.fail(("slices",), "a non-empty list of {sources: [...]}")
@@ -144,7 +146,8 @@ class _Converter:
             if sl.get("base_model") is not None and self.by_path.get(sl["base_model"]) != base:
                 self.fail(("slices", i, "base_model"), "a per-slice base model differing from base_model is not "
                           "supported")
-            sources, scoped = [], []
+            sources: list[dict[str, Any]] = []
+            scoped: list[tuple[Any, tuple[Any, ...], str]] = []
             for j, src in enumerate(sl["sources"]):
                 where = ("slices", i, "sources", j)
                 if not isinstance(src, dict) or set(src) - {"model", "layer_range", "parameters"}:

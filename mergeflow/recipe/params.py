@@ -13,11 +13,20 @@ from pydantic import BaseModel, ValidationError
 class OperatorLike(Protocol):
     """What recipe validation needs to know about a merge operator (see mergeflow.merge.base)."""
 
-    params: type[BaseModel]
-    model_params: type[BaseModel]
-    needs_base: bool
-    min_models: int
-    max_models: int | None
+    @property
+    def params(self) -> type[BaseModel]: ...
+
+    @property
+    def model_params(self) -> type[BaseModel]: ...
+
+    @property
+    def needs_base(self) -> bool: ...
+
+    @property
+    def min_models(self) -> int: ...
+
+    @property
+    def max_models(self) -> int | None: ...
 
 
 def field_names(cls: type[BaseModel]) -> dict[str, str]:

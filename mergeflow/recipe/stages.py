@@ -97,7 +97,7 @@ def convert_file(docs: list[YamlSource]) -> dict[str, Any]:
     """A mergekit-multi file as one native recipe with a stages: list (mergekit stages converted)."""
     from mergeflow.recipe.mergekit import is_mergekit
 
-    names = {d.data.get("name") for d in docs if isinstance(d.data, dict)} - {None}
+    names = {str(d.data["name"]) for d in docs if isinstance(d.data, dict) and d.data.get("name") is not None}
     stages = []
     for d in docs:
         data = dict(d.data) if isinstance(d.data, dict) else {}

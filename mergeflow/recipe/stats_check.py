@@ -26,7 +26,7 @@ def check_stats(sec: dict[str, Any], ops: list[tuple[tuple[Any, ...], Any]], ope
     for where, spec in ops:
         op = operators[spec.name] if spec.name in operators else None  # noqa: SIM401 (Registry.get raises)
         kind = getattr(op, "stats", None)
-        if kind is None:
+        if op is None or kind is None:
             continue
         fb = spec.params.get("fallback", op.params.model_fields["fallback"].default)
         fb_op = operators[fb] if isinstance(fb, str) and fb in operators else None

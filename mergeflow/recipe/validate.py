@@ -33,7 +33,8 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 class _Problems:
     def __init__(self, src: YamlSource) -> None:
-        self.src, self.items = src, []
+        self.src = src
+        self.items: list[str] = []
 
     def add(self, path: tuple[Any, ...], msg: str) -> None:
         self.items.append(f"{self.src.where(path)}: {_dotted(path)}: {msg}")
@@ -251,18 +252,18 @@ def validate(
     if sec.get("slices") and sec.get("align"):
         probs.add(("slices",), "slices and align cannot be combined yet")
 
-    ops = [(("merge",), sec["merge"])] if "merge" in sec else []
+    ops: list[tuple[tuple[Any, ...], Any]] = [(("merge",), sec["merge"])] if "merge" in sec else []
     ops += [(("overrides", i, "merge"), ov.merge) for i, ov in enumerate(sec.get("overrides") or []) if ov.merge]
     stats = check_stats(sec, ops, operators, root or Path.cwd(), check_paths, probs.add)
     resolved: dict[str, ModelEntry] = {}
     for name, entry in models.items():
-        path = (_model_path(name, entry, root or Path.cwd(), probs, stages)
-                if check_paths or entry.stage is not None else entry.path)
+        found = (_model_path(name, entry, root or Path.cwd(), probs, stages)
+                 if check_paths or entry.stage is not None else entry.path)
         lora = _lora_path(name, entry.lora, root or Path.cwd(), probs, check_paths)
         # a local folder's subfolder is part of its resolved path; a repo id keeps it for the Hub
-        keep = entry.stage is None and (not check_paths or (path == entry.path and parse_repo_ref(entry.path)
-                                                                is not None))
-        resolved[name] = entry.model_copy(update={"path": path, "lora": lora,
+        keep = entry.stage is None and (not check_paths or (found == entry.path and parse_repo_ref(entry.path)
+                                                                 is not None))
+        resolved[name] = entry.model_copy(update={"path": found, "lora": lora,
                                                   "subfolder": entry.subfolder if keep else None})
     if probs.items:
         raise RecipeError(probs.items, src.name)

@@ -107,7 +107,7 @@ def ray_workers(evaluator_args: tuple[Any, ...], n: int, address: str | None, cp
 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, memory=memory or None)(_Actor)
+    actor_cls: Any = ray.remote(num_cpus=cpus, num_gpus=gpus, memory=memory or None)(_Actor)  # type: ignore[arg-type]
     actors = [actor_cls.remote(*evaluator_args) for _ in range(n)]
     idle = list(actors)
     running: dict[Any, Any] = {}

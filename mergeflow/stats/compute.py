@@ -35,7 +35,7 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
             from mergeflow.stats.gram import gram
 
             tensors, counts, transposed = gram(loaded, it, bar.update)
-            extra = {"tokens": max(counts.values(), default=0)}
+            extra: dict[str, int | str] = {"tokens": max(counts.values(), default=0)}
         else:
             from mergeflow.stats.fisher import fisher
 

@@ -109,7 +109,7 @@ def _words(p: Path, records: list[tuple[int, Any]]) -> Data:
         tags.append(tg)
     if any(t is None for t in tags) and any(t is not None for t in tags):
         raise DataError(f"{p}: some lines have 'tags' and others not")
-    return Data(p, words=words, tags=None if tags[0] is None else tags)
+    return Data(p, words=words, tags=None if tags[0] is None else [t for t in tags if t is not None])
 
 
 def _npz(p: Path) -> Data:
@@ -167,9 +167,9 @@ def check_labels(data: Data, num_labels: int | None) -> None:
                                 f"{num_labels} labels")
     if data.labels is None or num_labels is None:
         return
-    bad = np.flatnonzero((data.labels < 0) | (data.labels >= num_labels))
-    if len(bad):
-        raise DataError(f"{data.path}: label {int(data.labels[bad[0]])} of example {int(bad[0])} is out of range "
+    wrong = np.flatnonzero((data.labels < 0) | (data.labels >= num_labels))
+    if len(wrong):
+        raise DataError(f"{data.path}: label {int(data.labels[wrong[0]])} of example {int(wrong[0])} is out of range "
                         f"for a model with {num_labels} labels")
 
 

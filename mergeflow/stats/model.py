@@ -139,7 +139,7 @@ def _tokenizer(p: Path) -> Any:
                          "(tokenizer.json, or vocab.json with merges.txt)")
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    unk = next((t for t in specials if "unk" in t.lower()), specials[0] if specials else min(vocab, key=vocab.get))
+    unk = next((t for t in specials if "unk" in t.lower()), specials[0] if specials else min(vocab, key=lambda t: vocab[t]))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -156,7 +156,7 @@ def max_length_for(loaded: Loaded, data: Data, given: int | None) -> int:
     tok = loaded.tokenizer
     if tok is None or (data.texts is None and data.words is None):
         return cap
-    sample = data.texts if data.texts is not None else data.words
+    sample: list[Any] = data.texts if data.texts is not None else (data.words or [])
     enc = tok(sample[:2000], is_split_into_words=data.words is not None, truncation=False)
     longest = max((len(ids) for ids in enc["input_ids"]), default=2)
     return max(2, min(longest, cap))
@@ -173,7 +173,7 @@ def stored_names(model: Any) -> dict[str, str]:
     except ImportError:  # transformers 4: names are stored as they are
         return {n: n for n in state}
     reverted = revert_weight_conversion(model, dict(state))
-    by_storage = {}
+    by_storage: dict[tuple[int, tuple[int, ...]], str] = {}
     for name, t in reverted.items():
         t = t[0] if isinstance(t, list) else t
         by_storage.setdefault((t.data_ptr(), tuple(t.shape)), name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ VIT = {"image_size": 16, "patch_size": 4, "num_channels": 1, "num_labels": 10, "
 # the demo's independently trained pair: wider, and weight decay strong enough that training, not the random
 # initialisation, shapes the weights (weight matching has nothing to match in init noise)
 DEMO_VIT = {**VIT, "hidden_size": 64, "intermediate_size": 128}
-DEMO_TRAIN = {"epochs": 40, "weight_decay": 0.5, "config": DEMO_VIT}
+DEMO_TRAIN: dict[str, Any] = {"epochs": 40, "weight_decay": 0.5, "config": DEMO_VIT}
 
 
 TRAIN_THREADS = 2  # fixed, so that reductions split the same way on every machine

@@ -72,6 +72,7 @@ def vocab_rows_of(reader: ModelReader) -> tuple[list[str], int]:
 
 def _union(base_tok: Any, order: list[tuple[str, Any, int]], extra: list[str], path: Path) -> tuple[Any, dict]:
     out = load_tokenizer(path, "base model")  # a fresh copy: the base's own object stays as it is
+    assert out is not None  # the base's tokenizer was loaded before (base_tok)
     have = set(out.get_vocab())
     new_plain: list[str] = []
     new_added: dict[str, Any] = {}
@@ -153,27 +154,27 @@ def _rows(spec: TokenizerSpec, vocab: dict[str, int], own: dict[str, dict[str, i
     by_id = {i: t for t, i in vocab.items()}
     unknown = []
     for pos, i in enumerate(need):
-        text = by_id.get(i)
-        cfg = spec.tokens.get(text) if text is not None else None
+        token = by_id.get(i)
+        cfg = spec.tokens.get(token) if token is not None else None
         src = cfg.source if cfg is not None else None
         if isinstance(src, ZeroRow):
             continue
         if isinstance(src, ModelTokenRow):
             j = src.token_id if src.token_id is not None else own[src.model].get(src.token or "")
             if j is None:
-                raise TokenizerError(f"tokenizer.tokens.{text}: model '{src.model}' has no token {src.token!r}")
+                raise TokenizerError(f"tokenizer.tokens.{token}: model '{src.model}' has no token {src.token!r}")
             _add(contrib[src.model], pos, j, 1.0)
             continue
         if isinstance(src, str):
             if index[src][i] < 0:
-                raise TokenizerError(f"tokenizer.tokens.{text}: model '{src}' has no token {text!r}")
+                raise TokenizerError(f"tokenizer.tokens.{token}: model '{src}' has no token {token!r}")
             _add(contrib[src], pos, int(index[src][i]), 1.0)
             continue
         havers = [m for m in names if index[m][i] >= 0]
         if base is not None and base in havers:
             havers = [base]
         if not havers:
-            unknown.append(text)
+            unknown.append(token)
         for m in havers:
             _add(contrib[m], pos, int(index[m][i]), 1.0 / len(havers))
     if unknown:
