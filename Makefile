@@ -33,6 +33,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mergeflow tests benchmarks
+	$(BIN)/ruff format --check mergeflow tests benchmarks
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -52,21 +52,44 @@ def main() -> None:
 
         scramble_model(a, b, seed=1, noise=args.noise, heads_perm=True)
     size = sum(f.stat().st_size for f in a.glob("*.safetensors"))
-    print(f"Llama-shaped pair: {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
-          f"{dims['num_attention_heads']} query / {dims['num_key_value_heads']} key-value heads, FFN "
-          f"{dims['intermediate_size']}, {size / 1e9:.2f} GB each (bf16); the second is a scrambled copy + "
-          f"{args.noise:.0%} noise; permute similarity in {args.similarity}")
+    print(
+        f"Llama-shaped pair: {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
+        f"{dims['num_attention_heads']} query / {dims['num_key_value_heads']} key-value heads, FFN "
+        f"{dims['intermediate_size']}, {size / 1e9:.2f} GB each (bf16); the second is a scrambled copy + "
+        f"{args.noise:.0%} noise; permute similarity in {args.similarity}"
+    )
     warm([a, b])
-    read = subprocess.run([sys.executable, "-c", READ_BOTH, str(a), str(b)], capture_output=True, text=True,
-                          check=True)
+    read = subprocess.run(
+        [sys.executable, "-c", READ_BOTH, str(a), str(b)], capture_output=True, text=True, check=True
+    )
     read_s = float(read.stdout.strip())
     steps = work / "align-steps.yml"
-    steps.write_text(f"align:\n  - permute: {{ffn: true, heads: true, similarity: {args.similarity}}}\n"
-                     "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n")
+    steps.write_text(
+        f"align:\n  - permute: {{ffn: true, heads: true, similarity: {args.similarity}}}\n"
+        "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n"
+    )
     out, report = work / "out" / f"aligned-{tag}", work / "align.report.json"
     warm([a, b])
-    run = timed([str(Path(sys.executable).with_name("mergeflow")), "align", str(b), "--anchor", str(a), "-o",
-                 str(out), "--steps", str(steps), "--force", "--parents", "-q", "--device", "cpu", "--report", str(report)])
+    run = timed(
+        [
+            str(Path(sys.executable).with_name("mergeflow")),
+            "align",
+            str(b),
+            "--anchor",
+            str(a),
+            "-o",
+            str(out),
+            "--steps",
+            str(steps),
+            "--force",
+            "--parents",
+            "-q",
+            "--device",
+            "cpu",
+            "--report",
+            str(report),
+        ]
+    )
     rep = json.loads(report.read_text())
     summary = json.loads((out / "alignment.json").read_text())
     solve = sum(summary["seconds"].values())
@@ -78,7 +101,9 @@ def main() -> None:
     print(f"| before | - | {before:.4g} | 1.0000 |")
     for stage, d in totals.items():
         if stage != "before":
-            print(f"| {stage} | {summary['seconds'][stage]:.2f} | {d['total']:.4g} | {d['total'] / before:.2e} |")
+            print(
+                f"| {stage} | {summary['seconds'][stage]:.2f} | {d['total']:.4g} | {d['total'] / before:.2e} |"
+            )
     print()
     print("| measure | value |")
     print("|---|---|")
@@ -87,7 +112,9 @@ def main() -> None:
     print(f"| `mergeflow align` own time (read, solve, write) | {rep['seconds']:.2f} s |")
     print(f"| reading both models once (same reader, warm cache) | {read_s:.2f} s |")
     print(f"| solves / reading both once | {solve / read_s:.2f}x |")
-    print(f"| peak RSS | {run['peak_rss_bytes'] / 2**30:.2f} GiB (memory budget {rep['max_memory_bytes'] / 2**30:.1f} GiB) |")
+    print(
+        f"| peak RSS | {run['peak_rss_bytes'] / 2**30:.2f} GiB (memory budget {rep['max_memory_bytes'] / 2**30:.1f} GiB) |"
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,11 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from bench_mergekit import FEW, SIZES, compare, load, report  # noqa: E402
 
-PROMPTS = [["hello, how are you?", "tell me a story."], ["two plus two is four.", "add them, then divide."],
-           ["define a function that returns x.", "print the list."]]
+PROMPTS = [
+    ["hello, how are you?", "tell me a story."],
+    ["two plus two is four.", "add them, then divide."],
+    ["define a function that returns x.", "print the list."],
+]
 
 
 def build(work: Path, size: str) -> dict[str, Path]:
@@ -50,9 +53,15 @@ def build(work: Path, size: str) -> dict[str, Path]:
         toymodels.build("llama", p["base"], seed=0, shard_size="50MB", config=cfg)
         for seed, k in ((1, "a"), (2, "b")):
             toymodels.build("llama", p[k], seed=seed, shard_size="50MB", config=cfg, perturb_from=p["base"])
-        toymodels.build("llama", p["c"], seed=3, shard_size="50MB", config=cfg, perturb_from=p["base"], tokenizer=False)
-        toymodels.save_tokenizer(p["c"], chars=[ch for ch in reversed(toymodels.CHARS) if ch not in "xyz"],
-                                 words=("hello", "world"), special=("<|im_start|>",))
+        toymodels.build(
+            "llama", p["c"], seed=3, shard_size="50MB", config=cfg, perturb_from=p["base"], tokenizer=False
+        )
+        toymodels.save_tokenizer(
+            p["c"],
+            chars=[ch for ch in reversed(toymodels.CHARS) if ch not in "xyz"],
+            words=("hello", "world"),
+            special=("<|im_start|>",),
+        )
     return p
 
 
@@ -60,37 +69,49 @@ def configs(p: dict[str, Path], work: Path) -> dict[str, tuple[str, str]]:
     """case -> (file text, tool kind)."""
     multi = f"""name: first
 merge_method: linear
-models: [{{model: {p['a']}}}, {{model: {p['b']}}}]
+models: [{{model: {p["a"]}}}, {{model: {p["b"]}}}]
 parameters: {{weight: 0.5}}
 dtype: float32
 ---
 name: second
 merge_method: slerp
 base_model: first
-models: [{{model: first}}, {{model: {p['base']}}}]
+models: [{{model: first}}, {{model: {p["base"]}}}]
 parameters: {{t: [0.2, 0.8]}}
 dtype: float32
 ---
 merge_method: ties
-base_model: {p['base']}
+base_model: {p["base"]}
 models:
   - {{model: second, parameters: {{density: 0.6, weight: 0.5}}}}
-  - {{model: {p['b']}, parameters: {{density: 0.8, weight: 0.5}}}}
+  - {{model: {p["b"]}, parameters: {{density: 0.8, weight: 0.5}}}}
 dtype: float32
 """
-    experts = "".join(f"  - source_model: {p[k]}\n    positive_prompts: {json.dumps(PROMPTS[i])}\n"
-                      for i, k in enumerate(("base", "a", "b")))
+    experts = "".join(
+        f"  - source_model: {p[k]}\n    positive_prompts: {json.dumps(PROMPTS[i])}\n"
+        for i, k in enumerate(("base", "a", "b"))
+    )
     moe = f"base_model: {p['base']}\ndtype: float32\nexperts_per_token: 2\nexperts:\n{experts}"
     # base_model named: without it mergekit starts the union from whichever model it lists first (it varies)
-    union = (f"merge_method: linear\nbase_model: {p['base']}\nmodels: [{{model: {p['base']}}}, {{model: {p['a']}}}, {{model: {p['c']}}}]\n"
-             "parameters: {weight: 1.0}\ndtype: float32\ntokenizer: {source: union}\n")
-    return {"multi": (multi, "multi"), "moe-cheap": ("gate_mode: cheap_embed\n" + moe, "moe"),
-            "moe-hidden": ("gate_mode: hidden\n" + moe, "moe"), "union": (union, "yaml")}
+    union = (
+        f"merge_method: linear\nbase_model: {p['base']}\nmodels: [{{model: {p['base']}}}, {{model: {p['a']}}}, {{model: {p['c']}}}]\n"
+        "parameters: {weight: 1.0}\ndtype: float32\ntokenizer: {source: union}\n"
+    )
+    return {
+        "multi": (multi, "multi"),
+        "moe-cheap": ("gate_mode: cheap_embed\n" + moe, "moe"),
+        "moe-hidden": ("gate_mode: hidden\n" + moe, "moe"),
+        "union": (union, "yaml"),
+    }
 
 
 def measured(cmd: list[str]) -> tuple[float, int]:
-    res = subprocess.run([sys.executable, str(HERE / "_peak.py"), *cmd], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    res = subprocess.run(
+        [sys.executable, str(HERE / "_peak.py"), *cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     stats = json.loads(res.stderr.strip().splitlines()[-1])
     if stats["rc"] != 0:
         raise RuntimeError(f"{Path(cmd[0]).name} failed: {res.stderr.strip()[-1500:]}")
@@ -113,7 +134,9 @@ def fused(t: dict) -> dict:
             out[k.replace("block_sparse_moe.gate.", "mlp.gate.")] = v
     for pre, w in experts.items():
         n = 1 + max(e for e, _ in w)
-        out[pre + "mlp.experts.gate_up_proj"] = torch.stack([torch.cat([w[(e, "w1")], w[(e, "w3")]]) for e in range(n)])
+        out[pre + "mlp.experts.gate_up_proj"] = torch.stack(
+            [torch.cat([w[(e, "w1")], w[(e, "w3")]]) for e in range(n)]
+        )
         out[pre + "mlp.experts.down_proj"] = torch.stack([w[(e, "w2")] for e in range(n)])
     return out
 
@@ -121,7 +144,10 @@ def fused(t: dict) -> dict:
 def union_rows(mf: Path, mk: Path, base: Path) -> tuple[str, float]:
     from transformers import AutoTokenizer
 
-    vf, vk = AutoTokenizer.from_pretrained(str(mf)).get_vocab(), AutoTokenizer.from_pretrained(str(mk)).get_vocab()
+    vf, vk = (
+        AutoTokenizer.from_pretrained(str(mf)).get_vocab(),
+        AutoTokenizer.from_pretrained(str(mk)).get_vocab(),
+    )
     vb = AutoTokenizer.from_pretrained(str(base)).get_vocab()
     if any(vf[t] != i or vk[t] != i for t, i in vb.items()):
         return "the base's ids moved", float("inf")
@@ -153,8 +179,14 @@ def main() -> None:
                 shutil.rmtree(o, ignore_errors=True)
             if kind == "multi":
                 cmd_mf = [*mf, "run", str(cfg), str(o_mf), "-q", "--parents"]
-                cmd_mk = [str(mkbin / "mergekit-multi"), str(cfg), "--intermediate-dir",
-                          str(work / "out" / f"{size}-{case}-mk-stages"), "--out-path", str(o_mk)]
+                cmd_mk = [
+                    str(mkbin / "mergekit-multi"),
+                    str(cfg),
+                    "--intermediate-dir",
+                    str(work / "out" / f"{size}-{case}-mk-stages"),
+                    "--out-path",
+                    str(o_mk),
+                ]
             elif kind == "moe":
                 cmd_mf = [*mf, "moe", str(cfg), str(o_mf), "-q", "--parents"]
                 cmd_mk = [str(mkbin / "mergekit-moe"), str(cfg), str(o_mk), "--device", "cpu"]
@@ -176,22 +208,50 @@ def main() -> None:
                 router = [k for k in a if k.endswith("mlp.gate.weight")]
                 missing = len(set(a) ^ set(b)) + sum(a[k].shape != b[k].shape for k in set(a) & set(b))
                 worst_r = max(((a[k] - b[k]).abs().max().item() for k in router if k in b), default=0.0)
-                other = max(((a[k] - b[k]).abs().max().item() for k in a if k in b and k not in router
-                             and a[k].shape == b[k].shape), default=0.0)
+                other = max(
+                    (
+                        (a[k] - b[k]).abs().max().item()
+                        for k in a
+                        if k in b and k not in router and a[k].shape == b[k].shape
+                    ),
+                    default=0.0,
+                )
                 worst = max(worst_r, other)
-                what = f"{len(a)} tensors, {missing} missing" + (f"; router rows max diff {worst_r:.1e}" if router else "")
-                ok = missing == 0 and other <= 1e-5 and (case != "moe-cheap" or worst_r <= 1e-5) and worst_r < 2e-2
+                what = f"{len(a)} tensors, {missing} missing" + (
+                    f"; router rows max diff {worst_r:.1e}" if router else ""
+                )
+                ok = (
+                    missing == 0
+                    and other <= 1e-5
+                    and (case != "moe-cheap" or worst_r <= 1e-5)
+                    and worst_r < 2e-2
+                )
                 if kind == "multi" and not ok:  # TIES: entries tied at the trim threshold (docs/mergekit.md)
                     c = compare(o_mf, o_mk, p["base"])
                     ok = "yes*" if c["missing"] == 0 and c["frac"] <= FEW else False
                     what += f"; {c['frac']:.1e} of entries differ"
-            rows.append(f"| {size} | {case} | {t_mf:.2f} | {t_mk:.2f} | {m_mf / 2**20:.0f} | {m_mk / 2**20:.0f} | "
-                        f"{worst:.1e} | {what} | {ok if isinstance(ok, str) else 'yes' if ok else 'NO'} |")
+            rows.append(
+                f"| {size} | {case} | {t_mf:.2f} | {t_mk:.2f} | {m_mf / 2**20:.0f} | {m_mk / 2**20:.0f} | "
+                f"{worst:.1e} | {what} | {ok if isinstance(ok, str) else 'yes' if ok else 'NO'} |"
+            )
             print(rows[-1], flush=True)
             if not ok:
                 failed.append(f"{size}/{case}")
-    report(["size", "case", "mergeflow s", "mergekit s", "mergeflow peak MiB", "mergekit peak MiB", "max abs diff",
-            "what", "agree"], rows, failed)
+    report(
+        [
+            "size",
+            "case",
+            "mergeflow s",
+            "mergekit s",
+            "mergeflow peak MiB",
+            "mergekit peak MiB",
+            "max abs diff",
+            "what",
+            "agree",
+        ],
+        rows,
+        failed,
+    )
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ from tests.hub_server import FakeHub  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str], cwd: Path) -> dict:
-    res = subprocess.run([sys.executable, str(HERE / "_peak.py"), *argv], env=env, cwd=cwd, capture_output=True,
-                         text=True)
+    res = subprocess.run(
+        [sys.executable, str(HERE / "_peak.py"), *argv], env=env, cwd=cwd, capture_output=True, text=True
+    )
     stats = json.loads(res.stderr.strip().splitlines()[-1])
     if stats["rc"] != 0:
         raise SystemExit(f"{' '.join(argv)} failed:\n{res.stderr}")
@@ -67,7 +68,9 @@ def main() -> None:
     hub = FakeHub(rate=rate)
     for i, m in enumerate(models):
         hub.add(f"bench/m{i}", m)
-    weights = sum(len(d) for r in hub.repos.values() for f, d in r.files.items() if f.endswith(".safetensors"))
+    weights = sum(
+        len(d) for r in hub.repos.values() for f, d in r.files.items() if f.endswith(".safetensors")
+    )
     server, url = hub.start()
     names = [f"m{i}" for i in range(args.models)]
     merge = "{ties: {density: 0.5}}\nbase: m0" if args.op == "ties" else "linear"
@@ -80,18 +83,24 @@ def main() -> None:
         # download only: the weights, one file at a time, into an empty cache
         cache = work / "cache-download"
         shutil.rmtree(cache, ignore_errors=True)
-        code = ("import sys\nfrom huggingface_hub import snapshot_download\n"
-                "for r in sys.argv[1:]:\n"
-                f"    snapshot_download(r, cache_dir={str(cache)!r}, max_workers=1)\n")
-        rows.append(("download only", timed([sys.executable, "-c", code, *[f"bench/{n}" for n in names]],
-                                            env, work)))
+        code = (
+            "import sys\nfrom huggingface_hub import snapshot_download\n"
+            "for r in sys.argv[1:]:\n"
+            f"    snapshot_download(r, cache_dir={str(cache)!r}, max_workers=1)\n"
+        )
+        rows.append(
+            ("download only", timed([sys.executable, "-c", code, *[f"bench/{n}" for n in names]], env, work))
+        )
         # merge only: everything cached, nothing asked of the network
         out = work / "out"
         offline = {**env, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
         argv = [sys.executable, "-m", "mergeflow", "run", str(recipe), str(out), "--force"]
         rows.append(("merge only (cached)", timed(argv, offline, work)))
         # streamed: an empty cache, shards fetched while merging
-        for label, extra in (("streamed", []), ("streamed, --disk-budget", ["--disk-budget", str((args.models + 1) * shard)])):
+        for label, extra in (
+            ("streamed", []),
+            ("streamed, --disk-budget", ["--disk-budget", str((args.models + 1) * shard)]),
+        ):
             fresh = work / "cache-stream"
             shutil.rmtree(fresh, ignore_errors=True)
             rows.append((label, timed([*argv, *extra], {**env, "HF_HUB_CACHE": str(fresh)}, work)))
@@ -101,20 +110,27 @@ def main() -> None:
     finally:
         server.shutdown()
     down, merged = rows[0][1]["seconds"], rows[1][1]["seconds"]
-    print(f"{args.models} Llama-shaped models of {args.params:g} parameters (bfloat16, {shard / 1e6:.0f} MB shards), "
-          f"{weights / 2**30:.2f} GiB of weights served at {rate / 1e6:.0f} MB/s per download; operator {args.op}")
+    print(
+        f"{args.models} Llama-shaped models of {args.params:g} parameters (bfloat16, {shard / 1e6:.0f} MB shards), "
+        f"{weights / 2**30:.2f} GiB of weights served at {rate / 1e6:.0f} MB/s per download; operator {args.op}"
+    )
     print(f"{'run':28} {'wall s':>8} {'peak RSS':>10} {'/ (dl + merge)':>15} {'/ max(dl, merge)':>17}")
     for label, st in rows:
-        ratio = (f"{st['seconds'] / (down + merged):15.2f} {st['seconds'] / max(down, merged):17.2f}"
-                 if label.startswith("streamed") else f"{'':15} {'':17}")
+        ratio = (
+            f"{st['seconds'] / (down + merged):15.2f} {st['seconds'] / max(down, merged):17.2f}"
+            if label.startswith("streamed")
+            else f"{'':15} {'':17}"
+        )
         print(f"{label:28} {st['seconds']:8.1f} {st['peak_rss_bytes'] / 2**20:8.0f} MiB {ratio}")
         run = re.search(r" in ([0-9.]+) s; peak RSS", st["stdout"])
         fetched = re.search(r"^(downloaded .* in ([0-9.]+) s.*)$", st["stdout"], re.M)
         if run and fetched:
             inside, dl = float(run[1]), float(fetched[2])
             print(f"{'':28} {fetched[1]}")
-            print(f"{'':28} {st['seconds'] - inside:.1f} s before the run (imports, pre-flight), {dl:.1f} s "
-                  f"downloading, {inside - dl:.1f} s merging after the last shard")
+            print(
+                f"{'':28} {st['seconds'] - inside:.1f} s before the run (imports, pre-flight), {dl:.1f} s "
+                f"downloading, {inside - dl:.1f} s merging after the last shard"
+            )
 
 
 if __name__ == "__main__":

@@ -23,15 +23,23 @@ import numpy as np
 import torch
 
 # untie: tied heads (the tied GPT-2 pair) are read untied so the final norm folds into a head of their own
-PART1 = [{"permute": {"residual": True, "heads": True, "ffn": True}}, {"orthogonal": {"residual": True, "untie": True}},
-         {"rotate": {}}, {"rescale": {}}]
+PART1 = [
+    {"permute": {"residual": True, "heads": True, "ffn": True}},
+    {"orthogonal": {"residual": True, "untie": True}},
+    {"rotate": {}},
+    {"rescale": {}},
+]
 
 
 def activations(train_data: Path) -> list[dict]:
     """Part 1 with both stream maps and the per-layer permutations found from activations on the training data."""
     data = {"method": "activations", "data": str(train_data.resolve()), "batches": 16, "batch_size": 32}
-    return [{"permute": {"residual": True, "heads": True, "ffn": True, **data}},
-            {"orthogonal": {"residual": True, "untie": True, **data}}, {"rotate": {}}, {"rescale": {}}]
+    return [
+        {"permute": {"residual": True, "heads": True, "ffn": True, **data}},
+        {"orthogonal": {"residual": True, "untie": True, **data}},
+        {"rotate": {}},
+        {"rescale": {}},
+    ]
 
 
 def variants(train_data: Path) -> dict[str, list[dict]]:
@@ -56,7 +64,14 @@ def variants(train_data: Path) -> dict[str, list[dict]]:
 
 
 # untied head by default; the "tied" pair keeps transformers' default (tied to the input embeddings)
-GPT2 = {"vocab_size": 64, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 64, "tie_word_embeddings": False}
+GPT2 = {
+    "vocab_size": 64,
+    "n_embd": 64,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_positions": 64,
+    "tie_word_embeddings": False,
+}
 
 
 def corpus(modules: list[str]) -> str:
@@ -69,7 +84,9 @@ def corpus(modules: list[str]) -> str:
     return "".join(c for c in text if c in ok)
 
 
-def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | None = None, tied: bool = False) -> Path:
+def train_gpt2(
+    path: Path, text: str, seed: int, steps: int, init_from: Path | None = None, tied: bool = False
+) -> Path:
     import transformers
 
     from mergeflow.testing.models import save_tokenizer
@@ -88,7 +105,7 @@ def train_gpt2(path: Path, text: str, seed: int, steps: int, init_from: Path | N
     model.train()
     for _ in range(steps):
         starts = torch.randint(0, len(ids) - 65, (32,), generator=gen)
-        batch = torch.stack([ids[s:s + 64] for s in starts])
+        batch = torch.stack([ids[s : s + 64] for s in starts])
         loss = model(input_ids=batch, labels=batch).loss
         opt.zero_grad()
         loss.backward()
@@ -122,11 +139,13 @@ def beds(work: Path) -> dict[str, tuple[Path, Path, Path, Path]]:
     g = work / "gpt2"
     train_text = corpus(["argparse", "json.decoder", "textwrap"])
     heldout = corpus(["string", "shlex"])
-    lines = [heldout[i:i + 60] for i in range(0, min(len(heldout), 60 * 200), 60)]
+    lines = [heldout[i : i + 60] for i in range(0, min(len(heldout), 60 * 200), 60)]
     gdata = work / "text-heldout.txt"
     gdata.write_text("\n".join(ln.replace("\n", " ") for ln in lines) + "\n")
     gtrain = work / "text-train.txt"
-    gtrain.write_text("\n".join(train_text[i:i + 60].replace("\n", " ") for i in range(0, len(train_text), 60)) + "\n")
+    gtrain.write_text(
+        "\n".join(train_text[i : i + 60].replace("\n", " ") for i in range(0, len(train_text), 60)) + "\n"
+    )
     if not (g / "b2" / "config.json").exists():
         train_gpt2(g / "a1", train_text, seed=11, steps=400)
         train_gpt2(g / "b1", train_text, seed=12, steps=400)
@@ -158,7 +177,9 @@ def main() -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     results = {}
-    print("| test bed | variant | distance (rel. to ‖A‖²) | barrier | vs naive | midpoint loss | midpoint acc | align s |")
+    print(
+        "| test bed | variant | distance (rel. to ‖A‖²) | barrier | vs naive | midpoint loss | midpoint acc | align s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for bed, (a, b, data_path, train_path) in beds(work).items():
         data = load_data(data_path)
@@ -171,14 +192,21 @@ def main() -> None:
             # an orthogonal stream map folds the anchor's norms too: measure from the anchor a merge averages
             aa = aligned_copy(a, b, steps, where, args.device, keep="anchor") if steps and folds(steps) else a
             dist = model_distance(ModelReader("A", aa), ModelReader("B", bb)).rows()[-1][2]
-            c = curve(load_endpoint(aa, torch.device(args.device)) if aa != a else a_end, bb, data, args.points)
+            c = curve(
+                load_endpoint(aa, torch.device(args.device)) if aa != a else a_end, bb, data, args.points
+            )
             acc = f"{c['midpoint_accuracy']:.3f}" if "midpoint_accuracy" in c else "-"
             results[f"{bed} / {name}"] = {"distance": dist, "seconds": secs, **c}
             naive = results[f"{bed} / naive"]["barrier"]
             ratio = f"{c['barrier'] / naive:.2f}" if naive > 1e-6 else "-"
-            print(f"| {bed} | {name} | {dist:.4f} | {c['barrier']:.3f} | {ratio} | {c['midpoint_loss']:.3f} | {acc} | "
-                  f"{secs:.1f} |", flush=True)
-        print(f"|  | endpoints: loss(A) {c['loss_a']:.3f}, loss(B) {c['loss_b']:.3f} | | | | | | |", flush=True)
+            print(
+                f"| {bed} | {name} | {dist:.4f} | {c['barrier']:.3f} | {ratio} | {c['midpoint_loss']:.3f} | {acc} | "
+                f"{secs:.1f} |",
+                flush=True,
+            )
+        print(
+            f"|  | endpoints: loss(A) {c['loss_a']:.3f}, loss(B) {c['loss_b']:.3f} | | | | | | |", flush=True
+        )
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
 

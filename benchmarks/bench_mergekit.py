@@ -36,8 +36,15 @@ ROOT = HERE.parent
 CONFIGS = HERE / "mergekit_configs"
 SIZES = {  # Llama configs: tiny (toy) and medium (~30M parameters, 120 MB float32)
     "tiny": {"num_hidden_layers": 4},
-    "medium": {"vocab_size": 4096, "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
-               "num_attention_heads": 8, "num_key_value_heads": 4, "max_position_embeddings": 256},
+    "medium": {
+        "vocab_size": 4096,
+        "hidden_size": 512,
+        "intermediate_size": 1408,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 256,
+    },
 }
 TOLERANCE = 1e-4  # rel bound for deterministic operators (float32 compute, different summation orders)
 FEW = 1e-4  # share of entries allowed to differ where magnitudes tie at a trim threshold (see docstring)
@@ -52,8 +59,14 @@ def build_models(work: Path, size: str) -> dict[str, Path]:
         shutil.rmtree(d, ignore_errors=True)
         toymodels.build("llama", paths["base"], seed=0, shard_size="50MB", config=SIZES[size])
         for seed, k in ((1, "a"), (2, "b")):
-            toymodels.build("llama", paths[k], seed=seed, shard_size="50MB", config=SIZES[size],
-                            perturb_from=paths["base"])
+            toymodels.build(
+                "llama",
+                paths[k],
+                seed=seed,
+                shard_size="50MB",
+                config=SIZES[size],
+                perturb_from=paths["base"],
+            )
     return paths
 
 
@@ -98,8 +111,14 @@ def compare(mf: Path, mk: Path, base: Path) -> dict[str, float]:
             den += (b[k] - ref[k]).square().sum().item()
             own += (a[k] - ref[k]).square().sum().item()
     den = max(den, 1e-30)
-    return {"worst": worst, "rel": worst / max(change, 1e-30), "l2": (num / den) ** 0.5, "norms": (own / den) ** 0.5,
-            "frac": ndiff / max(total, 1), "missing": missing}
+    return {
+        "worst": worst,
+        "rel": worst / max(change, 1e-30),
+        "l2": (num / den) ** 0.5,
+        "norms": (own / den) ** 0.5,
+        "frac": ndiff / max(total, 1),
+        "missing": missing,
+    }
 
 
 def main() -> None:
@@ -110,7 +129,11 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(ROOT / "bench_out" / "mergekit_compare"))
     args = ap.parse_args()
     work = Path(args.workdir)
-    mk = Path(args.mergekit) if args.mergekit else ROOT / "bench_out" / "mergekit-venv" / "bin" / "mergekit-yaml"
+    mk = (
+        Path(args.mergekit)
+        if args.mergekit
+        else ROOT / "bench_out" / "mergekit-venv" / "bin" / "mergekit-yaml"
+    )
     if not mk.exists():
         raise SystemExit(f"mergekit-yaml not found at {mk}; see the docstring to install it")
     mf = [sys.executable, "-m", "mergeflow.cli.main", "run", "--parents"]
@@ -123,19 +146,28 @@ def main() -> None:
         n = SIZES[size]["num_hidden_layers"]
         for cfg in configs:
             text = cfg.read_text()
-            for key, val in {**{k: str(v) for k, v in paths.items()}, "n_half": str(n // 2), "n": str(n)}.items():
+            for key, val in {
+                **{k: str(v) for k, v in paths.items()},
+                "n_half": str(n // 2),
+                "n": str(n),
+            }.items():
                 text = text.replace("{" + key + "}", val)
             random = text.lstrip().startswith("# random")
             run_cfg = work / f"{size}-{cfg.name}"
             run_cfg.write_text(text)
-            out_mf, out_mk = work / "out" / f"{size}-{cfg.stem}-mergeflow", work / "out" / f"{size}-{cfg.stem}-mergekit"
+            out_mf, out_mk = (
+                work / "out" / f"{size}-{cfg.stem}-mergeflow",
+                work / "out" / f"{size}-{cfg.stem}-mergekit",
+            )
             for o in (out_mf, out_mk):
                 shutil.rmtree(o, ignore_errors=True)
             try:
                 t_mf = timed([*mf, str(run_cfg), str(out_mf), "-q"])
                 t_mk = timed([str(mk), str(run_cfg), str(out_mk), "--no-copy-tokenizer"])
             except RuntimeError as exc:
-                rows.append(f"| {size} | {cfg.stem} | error: {str(exc).splitlines()[-1][:90]} | | | | | | | |")
+                rows.append(
+                    f"| {size} | {cfg.stem} | error: {str(exc).splitlines()[-1][:90]} | | | | | | | |"
+                )
                 failed.append(f"{size}/{cfg.stem}")
                 continue
             c = compare(out_mf, out_mk, paths["base"])
@@ -147,11 +179,28 @@ def main() -> None:
                 ok = "yes*" if c["missing"] == 0 and c["frac"] <= FEW else "NO"
             if ok == "NO":
                 failed.append(f"{size}/{cfg.stem}")
-            rows.append(f"| {size} | {cfg.stem} | {t_mf:.2f} | {t_mk:.2f} | {t_mk / t_mf:.1f}x | {c['worst']:.2e} | "
-                        f"{c['rel']:.1e} | {c['frac']:.1e} | {c['l2']:.1e} | {c['norms']:.3f} | {ok} |")
+            rows.append(
+                f"| {size} | {cfg.stem} | {t_mf:.2f} | {t_mk:.2f} | {t_mk / t_mf:.1f}x | {c['worst']:.2e} | "
+                f"{c['rel']:.1e} | {c['frac']:.1e} | {c['l2']:.1e} | {c['norms']:.3f} | {ok} |"
+            )
             print(rows[-1], flush=True)
-    report(["size", "config", "mergeflow s", "mergekit s", "speed-up", "max abs diff", "rel", "entries differing",
-            "rel L2", "norm ratio", "agree"], rows, failed)
+    report(
+        [
+            "size",
+            "config",
+            "mergeflow s",
+            "mergekit s",
+            "speed-up",
+            "max abs diff",
+            "rel",
+            "entries differing",
+            "rel L2",
+            "norm ratio",
+            "agree",
+        ],
+        rows,
+        failed,
+    )
 
 
 def report(header: list[str], rows: list[str], failed: list[str]) -> None:

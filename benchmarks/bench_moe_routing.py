@@ -19,8 +19,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PROMPTS = {0: ["aaaa aaaa aaaa", "aa aaa aaaa"], 1: ["zzzz zzzz zzz", "zz zzzz zz"],
-           2: ["?!?! ?!?! ?!", "!!?? ?!"], 3: ["hello hello", "hell oh hello"]}
+PROMPTS = {
+    0: ["aaaa aaaa aaaa", "aa aaa aaaa"],
+    1: ["zzzz zzzz zzz", "zz zzzz zz"],
+    2: ["?!?! ?!?! ?!", "!!?? ?!"],
+    3: ["hello hello", "hell oh hello"],
+}
 PROBES = {0: "aaa aaaa aaa aaaa", 1: "zzz zzzz zz zzzz", 2: "?!?!! ?!?", 3: "hello hell hello"}
 
 
@@ -30,8 +34,10 @@ def shares(out: Path, text: str) -> list[float]:
     model = AutoModelForCausalLM.from_pretrained(str(out))
     tok = AutoTokenizer.from_pretrained(str(out))
     with torch.no_grad():
-        res = model(**tok(tok.bos_token + text, return_tensors="pt", add_special_tokens=False),
-                    output_router_logits=True)
+        res = model(
+            **tok(tok.bos_token + text, return_tensors="pt", add_special_tokens=False),
+            output_router_logits=True,
+        )
     top = torch.cat([r.reshape(-1, r.shape[-1]).argmax(-1) for r in res.router_logits])
     return (torch.bincount(top, minlength=4).float() / top.numel()).tolist()
 
@@ -42,7 +48,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="moe-routing-"))
     base = build("llama", work / "base", seed=0)
-    experts = [build("llama", work / f"e{i}", seed=i + 1, perturb_from=base, perturb_scale=0.05) for i in range(4)]
+    experts = [
+        build("llama", work / f"e{i}", seed=i + 1, perturb_from=base, perturb_scale=0.05) for i in range(4)
+    ]
     print("| gate mode | probe like expert | share routed to experts 0/1/2/3 | to its expert |")
     print("|---|---|---|---|")
     for mode in ("hidden", "hidden_avg", "cheap_embed"):

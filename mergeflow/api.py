@@ -24,9 +24,26 @@ from mergeflow.graph.run import run as _run
 from mergeflow.progress import SILENT, Event, Progress, callback
 from mergeflow.recipe.schema import Recipe
 
-__all__ = ["Event", "InputError", "MergeflowError", "Options", "Prepared", "Progress", "Recipe", "RecipeError",
-           "Result", "SILENT", "align", "align_steps", "barrier", "callback", "load_recipe", "merge", "plan",
-           "prepare_align"]
+__all__ = [
+    "Event",
+    "InputError",
+    "MergeflowError",
+    "Options",
+    "Prepared",
+    "Progress",
+    "Recipe",
+    "RecipeError",
+    "Result",
+    "SILENT",
+    "align",
+    "align_steps",
+    "barrier",
+    "callback",
+    "load_recipe",
+    "merge",
+    "plan",
+    "prepare_align",
+]
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -44,8 +61,12 @@ def plan(recipe: str | Path, options: Options | None = None) -> Prepared:
     return prepare(str(recipe), options or Options())
 
 
-def merge(recipe: str | Path | Prepared, out: str | Path, options: Options | None = None,
-          progress: Progress | None = None) -> Result:
+def merge(
+    recipe: str | Path | Prepared,
+    out: str | Path,
+    options: Options | None = None,
+    progress: Progress | None = None,
+) -> Result:
     """Run a recipe (a path, or what :func:`plan` returned) into the directory ``out``, which appears only once
     complete; ``options.force`` replaces an earlier mergeflow output, never anything else."""
     opts = options or Options()
@@ -63,22 +84,37 @@ def align_steps(anchor: str | Path) -> list[dict[str, Any]]:
 Steps = list[dict[str, Any]] | str | Path | None
 
 
-def prepare_align(model: str | Path, anchor: str | Path, steps: Steps = None, options: Options | None = None,
-                  keep: str = "model", root: str | Path | None = None) -> Prepared:
+def prepare_align(
+    model: str | Path,
+    anchor: str | Path,
+    steps: Steps = None,
+    options: Options | None = None,
+    keep: str = "model",
+    root: str | Path | None = None,
+) -> Prepared:
     """The planned alignment of ``model`` to ``anchor`` (validated; nothing written): see :func:`align`."""
     from mergeflow.graph.align_recipe import align_recipe, steps_recipe
 
     opts = options or Options(label="aligning")
-    if steps is None or isinstance(steps, (str, Path)):  # the default, or a steps file (errors name its lines)
+    if steps is None or isinstance(
+        steps, (str, Path)
+    ):  # the default, or a steps file (errors name its lines)
         recipe, text = align_recipe(str(model), str(anchor), None if steps is None else str(steps), keep)
         return prepare("<align>" if steps is None else str(steps), opts, recipe=recipe, recipe_text=text)
     recipe, text = steps_recipe(str(model), str(anchor), steps, Path(root) if root else Path.cwd(), keep=keep)
     return prepare("<align>", opts, recipe=recipe, recipe_text=text)
 
 
-def align(model: str | Path, anchor: str | Path, out: str | Path, steps: Steps = None,
-          options: Options | None = None, progress: Progress | None = None, keep: str = "model",
-          root: str | Path | None = None) -> Result:
+def align(
+    model: str | Path,
+    anchor: str | Path,
+    out: str | Path,
+    steps: Steps = None,
+    options: Options | None = None,
+    progress: Progress | None = None,
+    keep: str = "model",
+    root: str | Path | None = None,
+) -> Result:
     """Write ``model`` re-parameterised toward ``anchor`` (same function) into ``out``. ``steps``: the recipe's
     ``align:`` list (default :func:`align_steps`; data paths relative to ``root``, default the working
     directory) or a YAML file holding one. ``keep="anchor"`` writes the anchor as the steps re-parameterise it
@@ -87,9 +123,16 @@ def align(model: str | Path, anchor: str | Path, out: str | Path, steps: Steps =
     return _run(prepare_align(model, anchor, steps, opts, keep, root), out, opts, progress)
 
 
-def barrier(model_a: str | Path, model_b: str | Path, data: str | Path, steps: list[dict[str, Any]] | None = None,
-            points: int = 11, device: str = "auto", max_examples: int | None = None,
-            progress: Progress | None = None) -> dict[str, Any]:
+def barrier(
+    model_a: str | Path,
+    model_b: str | Path,
+    data: str | Path,
+    steps: list[dict[str, Any]] | None = None,
+    points: int = 11,
+    device: str = "auto",
+    max_examples: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Loss along (1 - l) A + l B, naive and after each of ``steps`` added one at a time (see `mergeflow eval
     barrier`); returns the report (every point, the barrier of each variant)."""
     from mergeflow.eval.barrier import barrier_report
@@ -98,6 +141,8 @@ def barrier(model_a: str | Path, model_b: str | Path, data: str | Path, steps: l
     ds = load_data(str(data)).subset(max_examples)
     bar = (progress or SILENT).bar("barrier", points * (1 + len(steps or [])), unit="pt")
     try:
-        return barrier_report(str(model_a), str(model_b), ds, steps, points, resolve_device(device), bar.update)
+        return barrier_report(
+            str(model_a), str(model_b), ds, steps, points, resolve_device(device), bar.update
+        )
     finally:
         bar.close()

@@ -13,8 +13,13 @@ import stat
 
 from mergeflow.errors import InputError
 
-KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-         stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
 
 
 def what_it_is(mode: int) -> str:
@@ -59,7 +64,9 @@ def read_text_capped(path: str | os.PathLike[str], what: str, max_bytes: int) ->
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{what} {os.fspath(path)} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        raise InputError(
+            f"{what} {os.fspath(path)} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
 
 
 def _size(n: int) -> str:

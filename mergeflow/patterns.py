@@ -42,7 +42,9 @@ def compile_regex(pattern: str) -> Matcher:
     try:
         rx = re2.compile(pattern, options=_re2_options())
     except re2.error as exc:
-        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        reason = (
+            exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        )
         raise PatternError(f"{reason} (RE2 syntax: no backreferences or look-around)") from None
     return lambda name: rx.search(name) is not None
 

@@ -130,8 +130,11 @@ def online(tmp_path, toy, monkeypatch):
     hub = FakeHub()
     base = toy("llama")
     (tmp_path / "extra").mkdir()
-    commits = {"org/base": hub.add("org/base", base), "org/tuned": hub.add("org/tuned", toy("llama", seed=1)),
-               "org/gated": hub.add("org/gated", base, gated=True)}
+    commits = {
+        "org/base": hub.add("org/base", base),
+        "org/tuned": hub.add("org/tuned", toy("llama", seed=1)),
+        "org/gated": hub.add("org/gated", base, gated=True),
+    }
     server, url = hub.start()
     monkeypatch.setenv("HF_ENDPOINT", url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
@@ -165,11 +168,14 @@ def trio(tmp_path_factory):
     save_tokenizer(root / "base")
     state = base.state_dict()
     out = {}
-    for name, cls, labels, seed in (("sent", "BertForSequenceClassification", {0: "neg", 1: "neu", 2: "pos"}, 1),
-                                    ("ner", "BertForTokenClassification", dict(enumerate(NER)), 2)):
+    for name, cls, labels, seed in (
+        ("sent", "BertForSequenceClassification", {0: "neg", 1: "neu", 2: "pos"}, 1),
+        ("ner", "BertForTokenClassification", dict(enumerate(NER)), 2),
+    ):
         torch.manual_seed(seed)
-        m = getattr(transformers, cls)(transformers.BertConfig(**CFG, id2label=labels,
-                                                               label2id={v: k for k, v in labels.items()}))
+        m = getattr(transformers, cls)(
+            transformers.BertConfig(**CFG, id2label=labels, label2id={v: k for k, v in labels.items()})
+        )
         with torch.no_grad():
             for k, p in m.bert.state_dict().items():
                 if k in state:

@@ -33,8 +33,11 @@ def exact_steps(family: str, steps: str) -> str:
 
 
 def align(tmp_path, model, anchor, steps: str, name="aligned"):
-    rec = write(tmp_path / f"{name}.yml", f"models: {{anchor: {anchor}, model: {model}}}\nanchor: anchor\n"
-                f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n")
+    rec = write(
+        tmp_path / f"{name}.yml",
+        f"models: {{anchor: {anchor}, model: {model}}}\nanchor: anchor\n"
+        f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n",
+    )
     opts = runner.Options(device="cpu")
     res = runner.run(runner.prepare(rec, opts), tmp_path / name, opts)
     return res.out, res.alignment
@@ -95,12 +98,18 @@ def outputs(path, family, dtype=torch.float64):
     import transformers
 
     cls = {"vit": transformers.AutoModelForImageClassification}.get(
-        family, transformers.AutoModelForCausalLM if family in CAUSAL else transformers.AutoModelForSequenceClassification)
+        family,
+        transformers.AutoModelForCausalLM
+        if family in CAUSAL
+        else transformers.AutoModelForSequenceClassification,
+    )
     model = cls.from_pretrained(str(path), dtype=dtype).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         if family == "vit":
-            out = model(pixel_values=torch.randn(2, 3, 16, 16, generator=gen, dtype=dtype), output_hidden_states=True)
+            out = model(
+                pixel_values=torch.randn(2, 3, 16, 16, generator=gen, dtype=dtype), output_hidden_states=True
+            )
             return [out.logits, *out.hidden_states]
         ids = torch.randint(4, 60, (2, 9), generator=gen)
         mask = torch.ones_like(ids)
@@ -121,8 +130,11 @@ def state(path):
 
 def tensor(out, name):
     index = out / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else [
-        "model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else ["model.safetensors"]
+    )
     for f in files:
         with safe_open(str(out / f), "pt") as h:
             if name in h.keys():  # noqa: SIM118
@@ -163,8 +175,14 @@ def vision_data(path, n=48, seed=0):
 
 
 NER = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
-CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-           max_position_embeddings=64)
+CFG = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
 
 
 def save_model(model, path, state=None):

@@ -32,12 +32,15 @@ class FakeHub:
     # (closed ranges such as "bytes=0-99999") not counted
     downloaded: dict[str, int] = field(default_factory=dict)
     rate: float | None = None  # bytes per second per download, None: as fast as it goes
-    cut: dict[str, int] = field(default_factory=dict)  # path -> drop the connection after this many bytes, once
+    cut: dict[str, int] = field(
+        default_factory=dict
+    )  # path -> drop the connection after this many bytes, once
 
     def add(self, repo: str, folder: Path, gated: bool = False) -> str:
         files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-        commit = hashlib.sha1(repr(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()
-                              ).hexdigest()
+        commit = hashlib.sha1(
+            repr(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in files.items())).encode()
+        ).hexdigest()
         self.repos[repo] = Repo(files, commit, gated)
         return commit
 
@@ -98,11 +101,27 @@ class FakeHub:
                     if repo is None:
                         return
                     if kind == "revision":
-                        self._json({"id": name, "sha": repo.commit, "private": False, "gated": repo.gated,
-                                    "siblings": [{"rfilename": f} for f in repo.files]})
+                        self._json(
+                            {
+                                "id": name,
+                                "sha": repo.commit,
+                                "private": False,
+                                "gated": repo.gated,
+                                "siblings": [{"rfilename": f} for f in repo.files],
+                            }
+                        )
                     else:
-                        self._json([{"type": "file", "oid": hashlib.sha1(data).hexdigest(), "size": len(data),
-                                     "path": f} for f, data in repo.files.items()])
+                        self._json(
+                            [
+                                {
+                                    "type": "file",
+                                    "oid": hashlib.sha1(data).hexdigest(),
+                                    "size": len(data),
+                                    "path": f,
+                                }
+                                for f, data in repo.files.items()
+                            ]
+                        )
                     return
                 if len(parts) >= 5 and parts[2] == "resolve":
                     name, rev, fname = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
@@ -143,12 +162,12 @@ class FakeHub:
                                 self.close_connection = True  # the rest never comes: a dropped connection
                                 return
                             try:
-                                self.wfile.write(body[at:at + step])
+                                self.wfile.write(body[at : at + step])
                             except OSError:  # the client went away (killed): what it got is counted
                                 return
-                            hub.served[key] = hub.served.get(key, 0) + len(body[at:at + step])
+                            hub.served[key] = hub.served.get(key, 0) + len(body[at : at + step])
                             if download:
-                                hub.downloaded[key] = hub.downloaded.get(key, 0) + len(body[at:at + step])
+                                hub.downloaded[key] = hub.downloaded.get(key, 0) + len(body[at : at + step])
                             if hub.rate is not None:
                                 time.sleep(step / hub.rate)
                     return

@@ -18,13 +18,30 @@ def data_for(tmp_path, family):
 
 
 def steps(data, qk="true", method="activations", first="permute: {residual: true, heads: true, ffn: true"):
-    return (f"[{{{first}, method: {method}, data: {data}, batches: 3}}}}, {{rotate: {{qk: {qk}, vo: true}}}}, "
-            "{rescale: {}}]")
+    return (
+        f"[{{{first}, method: {method}, data: {data}, batches: 3}}}}, {{rotate: {{qk: {qk}, vo: true}}}}, "
+        "{rescale: {}}]"
+    )
 
 
 # qwen2's toy and GPT-2 have heads tied to their embeddings
-@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3", "gpt2", "bert", "roberta", "distilbert",
-                                    "vit", "gemma2", "phi3", "olmo2"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gpt2",
+        "bert",
+        "roberta",
+        "distilbert",
+        "vit",
+        "gemma2",
+        "phi3",
+        "olmo2",
+    ],
+)
 def test_planted_permutations_are_recovered_from_activations(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=7, heads_perm=True, residual="permutation")
@@ -48,7 +65,9 @@ def test_planted_permutations_are_recovered_from_activations(tmp_path, toy, fami
 def test_deberta_units_are_matched_by_activations_without_a_stream_map(tmp_path, toy):
     a = toy("deberta-v2")  # its relative-position embeddings are not described: no residual map
     b = scramble_model(a, tmp_path / "b", seed=7, heads_perm=True)
-    c, _report = align(tmp_path, b, a, steps(data_for(tmp_path, "deberta-v2"), first="permute: {heads: true, ffn: true"))
+    c, _report = align(
+        tmp_path, b, a, steps(data_for(tmp_path, "deberta-v2"), first="permute: {heads: true, ffn: true")
+    )
     torch.testing.assert_close(outputs(c, "deberta-v2")[0], outputs(b, "deberta-v2")[0], atol=1e-5, rtol=1e-5)
     sa, sc = state(a), state(c)
     assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
@@ -61,7 +80,8 @@ def test_planted_orthogonal_stream_map_is_recovered_from_activations(tmp_path, t
     b = scramble_model(a, tmp_path / "b", seed=8, heads_perm=True, residual="orthogonal")
     data = data_for(tmp_path, family)
     recipe = steps(data, first="permute: {heads: true, ffn: true").replace(
-        "[", f"[{{orthogonal: {{method: activations, data: {data}, batches: 3}}}}, ", 1)
+        "[", f"[{{orthogonal: {{method: activations, data: {data}, batches: 3}}}}, ", 1
+    )
     c, report = align(tmp_path, b, a, recipe)
     torch.testing.assert_close(outputs(c, family)[0], outputs(b, family)[0], atol=1e-5, rtol=1e-5)
     res = report["residual"][0]
@@ -107,24 +127,38 @@ def test_statistics_in_several_passes_equal_one_pass(tmp_path, toy):
     assert r1.agreement == pytest.approx(r3.agreement, rel=1e-12)
 
 
-@pytest.mark.parametrize("params,msg", [
-    ("{method: activations}", "method: activations needs 'data: PATH'"),
-    ("{data: d.jsonl}", "'data' is only read with method: activations"),
-])
+@pytest.mark.parametrize(
+    "params,msg",
+    [
+        ("{method: activations}", "method: activations needs 'data: PATH'"),
+        ("{data: d.jsonl}", "'data' is only read with method: activations"),
+    ],
+)
 def test_bad_activation_requests_are_one_line_errors(tmp_path, toy, params, msg):
     a = toy("llama")
     text_data(tmp_path / "d.jsonl")
-    rec = write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
-                f"align: [{{permute: {params}}}]\nmerge: {{linear: {{}}}}\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
+        f"align: [{{permute: {params}}}]\nmerge: {{linear: {{}}}}\n",
+    )
     r = cli("validate", "--recipe-only", str(rec))
-    assert r.returncode != 0 and msg in r.stderr and "align[0].permute" in r.stderr and "Traceback" not in r.stderr
+    assert (
+        r.returncode != 0
+        and msg in r.stderr
+        and "align[0].permute" in r.stderr
+        and "Traceback" not in r.stderr
+    )
 
 
 def test_activation_permute_must_come_first(tmp_path, toy):
     a = toy("llama")
     text_data(tmp_path / "d.jsonl")
-    rec = write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
-                "align: [{permute: {}}, {permute: {method: activations, data: d.jsonl}}]\nmerge: {linear: {}}\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
+        "align: [{permute: {}}, {permute: {method: activations, data: d.jsonl}}]\nmerge: {linear: {}}\n",
+    )
     r = cli("validate", "--recipe-only", str(rec))
     assert r.returncode != 0 and "align[1].permute" in r.stderr and "first permute step" in r.stderr
 
@@ -143,7 +177,9 @@ def untied_copy(src, dst):
     embed = next(k for k in sd if k.endswith(("wte.weight", "embed_tokens.weight")))
     for f in dst.glob("model*.safetensors*"):
         f.unlink()
-    save_file({**sd, "lm_head.weight": sd[embed].clone()}, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {**sd, "lm_head.weight": sd[embed].clone()}, str(dst / "model.safetensors"), metadata={"format": "pt"}
+    )
     return dst
 
 
@@ -151,8 +187,9 @@ def untied_copy(src, dst):
 def test_tied_models_get_an_orthogonal_stream_map_with_untie(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")  # tied
     assert "lm_head.weight" not in state(a)
-    b = scramble_model(untied_copy(a, tmp_path / "a-untied"), tmp_path / "b", seed=9, heads_perm=True,
-                       residual="orthogonal")
+    b = scramble_model(
+        untied_copy(a, tmp_path / "a-untied"), tmp_path / "b", seed=9, heads_perm=True, residual="orthogonal"
+    )
     recipe = "[{orthogonal: {residual: true, untie: true}}, {permute: {heads: true, ffn: true}}, {rotate: {}}, {rescale: {}}]"
     c, report = align(tmp_path, b, a, recipe)
     ob, oc = outputs(b, family), outputs(c, family)
@@ -166,17 +203,30 @@ def test_tied_models_get_an_orthogonal_stream_map_with_untie(tmp_path, toy, fami
 
 def test_tied_model_without_untie_is_refused_with_the_way_out(tmp_path, toy):
     a = toy("gpt2")
-    r = cli("validate", str(write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
-                                  "align: [{orthogonal: {}}]\nmerge: {linear: {}}\n")))
+    r = cli(
+        "validate",
+        str(
+            write(
+                tmp_path / "r.yml",
+                f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
+                "align: [{orthogonal: {}}]\nmerge: {linear: {}}\n",
+            )
+        ),
+    )
     assert r.returncode != 0 and "untie: true" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_refine_after_activation_matching_learns_the_stream_map_of_a_tied_model(tmp_path, toy):
-    a, b = trained_norms(toy("gpt2", seed=1), tmp_path / "a", 1), trained_norms(toy("gpt2", seed=2), tmp_path / "b", 2)
+    a, b = (
+        trained_norms(toy("gpt2", seed=1), tmp_path / "a", 1),
+        trained_norms(toy("gpt2", seed=2), tmp_path / "b", 2),
+    )
     data = text_data(tmp_path / "d.jsonl")
     act = f"method: activations, data: {data}, batches: 2"
-    recipe = (f"[{{permute: {{residual: true, heads: true, ffn: true, {act}}}}}, "
-              f"{{orthogonal: {{untie: true, {act}}}}}, {{rotate: {{}}}}, {{refine: {{data: {data}, steps: 5}}}}]")
+    recipe = (
+        f"[{{permute: {{residual: true, heads: true, ffn: true, {act}}}}}, "
+        f"{{orthogonal: {{untie: true, {act}}}}}, {{rotate: {{}}}}, {{refine: {{data: {data}, steps: 5}}}}]"
+    )
     c, report = align(tmp_path, b, a, recipe)
     ob, oc = outputs(b, "gpt2"), outputs(c, "gpt2")
     torch.testing.assert_close(oc[0], ob[0], atol=1e-5, rtol=1e-5)

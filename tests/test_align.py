@@ -22,14 +22,8 @@ FAMILIES = sorted(CAUSAL | CLASSIFY | {"vit"})
 STEPS = "[{permute: {ffn: true, heads: true}}, {rotate: {qk: QK, vo: true}}, {rescale: {}}]"
 
 
-
-
 def steps_for(family):
     return exact_steps(family, STEPS.replace("QK", "true"))
-
-
-
-
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -131,13 +125,15 @@ def test_best_scale_is_the_global_optimum_and_may_be_negative():
 def test_planted_ffn_and_head_permutations_are_found():
     gen = torch.Generator().manual_seed(4)
     g = _geom("half")
-    layer = {"q": torch.randn(32, 16, generator=gen, dtype=torch.float64),
-             "k": torch.randn(16, 16, generator=gen, dtype=torch.float64),
-             "v": torch.randn(16, 16, generator=gen, dtype=torch.float64),
-             "o": torch.randn(16, 32, generator=gen, dtype=torch.float64),
-             "up": torch.randn(40, 16, generator=gen, dtype=torch.float64),
-             "gate": torch.randn(40, 16, generator=gen, dtype=torch.float64),
-             "down": torch.randn(16, 40, generator=gen, dtype=torch.float64)}
+    layer = {
+        "q": torch.randn(32, 16, generator=gen, dtype=torch.float64),
+        "k": torch.randn(16, 16, generator=gen, dtype=torch.float64),
+        "v": torch.randn(16, 16, generator=gen, dtype=torch.float64),
+        "o": torch.randn(16, 32, generator=gen, dtype=torch.float64),
+        "up": torch.randn(40, 16, generator=gen, dtype=torch.float64),
+        "gate": torch.randn(40, 16, generator=gen, dtype=torch.float64),
+        "down": torch.randn(16, 40, generator=gen, dtype=torch.float64),
+    }
     local = {k: v.clone() for k, v in layer.items()}
     planted = scramble_layer(local, g, gen, rotate=True, permute=True, heads_perm=True, scale=False)
     c = local["down"].T @ layer["down"] + local["up"] @ layer["up"].T + local["gate"] @ layer["gate"].T
@@ -153,31 +149,44 @@ def test_planted_ffn_and_head_permutations_are_found():
 
 def test_step_invalid_for_family_is_a_one_line_error(tmp_path, toy):
     a, b = toy("qwen3"), toy("qwen3", seed=1)
-    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: [{{rotate: {{}}}}]\n"
-                "merge: linear\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: [{{rotate: {{}}}}]\nmerge: linear\n",
+    )
     res = cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "align[0].rotate: not valid for this model" in res.stderr
     assert "QK-norm" in res.stderr and "Traceback" not in res.stderr and not (tmp_path / "out").exists()
-    bad = write(tmp_path / "bad.yml", f"models: {{a: {a}, b: {b}}}\nanchor: c\nalign: [{{spin: {{}}}}, "
-                "{permute: {ffn: maybe}}]\nmerge: linear\n")
+    bad = write(
+        tmp_path / "bad.yml",
+        f"models: {{a: {a}, b: {b}}}\nanchor: c\nalign: [{{spin: {{}}}}, "
+        "{permute: {ffn: maybe}}]\nmerge: linear\n",
+    )
     res = cli("validate", str(bad))
     assert res.returncode == 2
-    for frag in ("anchor: 'c' is not a key of models", "align[0].spin: unknown alignment step",
-                 "align[1].permute.ffn"):
+    for frag in (
+        "anchor: 'c' is not a key of models",
+        "align[0].spin: unknown alignment step",
+        "align[1].permute.ffn",
+    ):
         assert frag in res.stderr
 
 
 def test_align_then_merge_end_to_end(tmp_path, toy):
     a = toy("llama")
     b = scramble_model(a, tmp_path / "b", seed=5, noise=0.01)
-    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nanchor: auto\n"
-                "align: [{rotate: {}}, {permute: {ffn: true}}, {rescale: {}}]\nmerge: linear\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nanchor: auto\n"
+        "align: [{rotate: {}}, {permute: {ffn: true}}, {rescale: {}}]\nmerge: linear\n",
+    )
     out = tmp_path / "merged"
     res = cli("run", str(rec), str(out))
     assert res.returncode == 0, res.stderr
     assert "alignment to anchor" in res.stdout and "rescale" in res.stdout
     la, lm = outputs(a, "llama")[0], outputs(out, "llama")[0]
-    assert (lm - la).abs().max() < 0.05 * la.abs().max()  # the merge of A and an aligned noisy copy of A is near A
+    assert (
+        lm - la
+    ).abs().max() < 0.05 * la.abs().max()  # the merge of A and an aligned noisy copy of A is near A
     naive = write(tmp_path / "n.yml", f"models: {{a: {a}, b: {b}}}\nmerge: linear\n")
     assert cli("run", str(naive), str(tmp_path / "naive"), "-q").returncode == 0
     ln = outputs(tmp_path / "naive", "llama")[0]
@@ -206,26 +215,41 @@ def test_default_steps_of_qk_norm_families_are_exact(tmp_path, toy, family):
     b = scramble_model(a, tmp_path / "b", seed=4, heads_perm=True)
     res = cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"))
     assert res.returncode == 0, res.stderr
-    torch.testing.assert_close(outputs(tmp_path / "c", family)[0], outputs(b, family)[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        outputs(tmp_path / "c", family)[0], outputs(b, family)[0], atol=1e-4, rtol=1e-4
+    )
     sa, sc = state(a), state(tmp_path / "c")
     assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
 
 
 def test_family_declarations_that_contradict_themselves_fail_at_import():
-    from mergeflow.arch.families import Family, _check
+    from mergeflow.arch.family import Family
+    from mergeflow.arch.family import check_family as _check
 
     with pytest.raises(ValueError, match="'bad'.*fused qkv replaces"):
         _check(Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", qkv="qkv"))
     with pytest.raises(ValueError, match="'full' needs q_norm and k_norm"):
-        _check(Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", qk_norm="full"))
+        _check(
+            Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", qk_norm="full")
+        )
     with pytest.raises(ValueError, match="norm_offset is declared for RMS"):
-        _check(Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", norm_offset=1.0))
+        _check(
+            Family("bad", ("bad",), "layers", q="q", k="k", v="v", o="o", up="u", down="d", norm_offset=1.0)
+        )
 
 
 def test_rescale_of_queries_is_refused_where_the_qk_norm_spans_all_heads(tmp_path, toy):
     a = toy("olmo2")
-    res = cli("align", str(a), "--anchor", str(a), "-o", str(tmp_path / "c"),
-              "--steps", str(write(tmp_path / "s.yml", "align:\n  - rescale: {}\n")))
+    res = cli(
+        "align",
+        str(a),
+        "--anchor",
+        str(a),
+        "-o",
+        str(tmp_path / "c"),
+        "--steps",
+        str(write(tmp_path / "s.yml", "align:\n  - rescale: {}\n")),
+    )
     assert res.returncode == 2 and "align[0].rescale" in res.stderr and "qk: false" in res.stderr, res.stderr
     assert not (tmp_path / "c").exists()
 
@@ -241,14 +265,23 @@ def test_real_pretrained_minilm_is_recovered(tmp_path):
     src = Path(pkg.__file__).parent / "model"
     a = tmp_path / "minilm"
     a.mkdir()
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
-                 "special_tokens_map.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ):
         shutil.copyfile(src / name, a / name)
     b = scramble_model(a, tmp_path / "scrambled", seed=7, heads_perm=True)
     c, report = align(tmp_path, b, a, steps_for("bert"))
     tok = AutoTokenizer.from_pretrained(str(a))
-    batch = tok(["Model merging without symmetry alignment averages mismatched units.", "Short one."],
-                padding=True, return_tensors="pt")
+    batch = tok(
+        ["Model merging without symmetry alignment averages mismatched units.", "Short one."],
+        padding=True,
+        return_tensors="pt",
+    )
     hs = []
     for path in (a, b, c):
         model = AutoModel.from_pretrained(str(path), dtype=torch.float64).eval()
@@ -265,14 +298,26 @@ def test_real_pretrained_minilm_is_recovered(tmp_path):
 def test_deberta_with_separate_position_projections_refuses_query_key_steps(tmp_path):
     from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-    cfg = DebertaV2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=64, max_position_embeddings=64, relative_attention=True,
-                          pos_att_type=["p2c", "c2p"], share_att_key=False, position_buckets=8,
-                          max_relative_positions=16)
+    cfg = DebertaV2Config(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        share_att_key=False,
+        position_buckets=8,
+        max_relative_positions=16,
+    )
     torch.manual_seed(0)
     DebertaV2ForSequenceClassification(cfg).save_pretrained(str(tmp_path / "a"))
-    rec = write(tmp_path / "r.yml", f"models: {{a: {tmp_path / 'a'}, b: {tmp_path / 'a'}}}\nanchor: a\n"
-                "align: [{rotate: {}}, {rescale: {qk: false}}]\nmerge: linear\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {tmp_path / 'a'}, b: {tmp_path / 'a'}}}\nanchor: a\n"
+        "align: [{rotate: {}}, {rescale: {qk: false}}]\nmerge: linear\n",
+    )
     res = cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "align[0].rotate" in res.stderr and "share_att_key" in res.stderr
     assert "align[1]" not in res.stderr
@@ -283,14 +328,18 @@ def test_ffn_permutation_recovered_at_every_similarity_precision(similarity):
     from mergeflow.align.permute import permute_ffn
 
     gen = torch.Generator().manual_seed(8)
-    anchor = {"up": torch.randn(300, 24, generator=gen, dtype=torch.float64),
-              "gate": torch.randn(300, 24, generator=gen, dtype=torch.float64),
-              "up.b": torch.randn(300, generator=gen, dtype=torch.float64),
-              "down": torch.randn(24, 300, generator=gen, dtype=torch.float64)}
+    anchor = {
+        "up": torch.randn(300, 24, generator=gen, dtype=torch.float64),
+        "gate": torch.randn(300, 24, generator=gen, dtype=torch.float64),
+        "up.b": torch.randn(300, generator=gen, dtype=torch.float64),
+        "down": torch.randn(24, 300, generator=gen, dtype=torch.float64),
+    }
     perm = torch.randperm(300, generator=gen)
-    local = {k: (v[:, perm] if k == "down" else v[perm]) + 0.01 * torch.randn(v.shape, generator=gen,
-                                                                               dtype=torch.float64)
-             for k, v in anchor.items()}
+    local = {
+        k: (v[:, perm] if k == "down" else v[perm])
+        + 0.01 * torch.randn(v.shape, generator=gen, dtype=torch.float64)
+        for k, v in anchor.items()
+    }
     permute_ffn(local, anchor, similarity)
     for k in anchor:
         assert (local[k] - anchor[k]).abs().max() < 0.1, k
@@ -307,8 +356,18 @@ def test_no_head_and_no_ffn_gets_further_from_the_anchor(rope):
     gen = torch.Generator().manual_seed(9)
 
     def layer():
-        shapes = {"q": (32, 16), "q.b": (32,), "k": (16, 16), "k.b": (16,), "v": (16, 16), "v.b": (16,),
-                  "o": (16, 32), "up": (40, 16), "gate": (40, 16), "down": (16, 40)}
+        shapes = {
+            "q": (32, 16),
+            "q.b": (32,),
+            "k": (16, 16),
+            "k.b": (16,),
+            "v": (16, 16),
+            "v.b": (16,),
+            "o": (16, 32),
+            "up": (40, 16),
+            "gate": (40, 16),
+            "down": (16, 40),
+        }
         return {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in shapes.items()}
 
     def blocks(lay):

@@ -22,8 +22,10 @@ def test_partial_tensors_are_an_error_listing_them(tmp_path, trio):
 
 def test_backbone_merged_heads_kept_per_task(tmp_path, trio):
     base, sent, ner = trio
-    rec = write(tmp_path / "r.yml", body(*trio, "merge_only: backbone\npartial: {keep: sent}\n"
-                                               "output: {task_models: true}\n"))
+    rec = write(
+        tmp_path / "r.yml",
+        body(*trio, "merge_only: backbone\npartial: {keep: sent}\noutput: {task_models: true}\n"),
+    )
     plan = cli("plan", str(rec))
     assert "merged part: backbone; left out: embeddings.position_ids" in plan.stdout, plan.stderr
     assert "task models: sent, ner" in plan.stdout
@@ -33,7 +35,9 @@ def test_backbone_merged_heads_kept_per_task(tmp_path, trio):
     assert "left out: embeddings.position_ids" in res.stdout
     name = "encoder.layer.1.attention.self.query.weight"
     want = tensor(sent, "bert." + name) + tensor(ner, "bert." + name) - tensor(base, name)
-    torch.testing.assert_close(tensor(out, name), want)  # base + both task vectors: names matched across prefixes
+    torch.testing.assert_close(
+        tensor(out, name), want
+    )  # base + both task vectors: names matched across prefixes
     torch.testing.assert_close(tensor(out, "pooler.dense.weight"), tensor(sent, "bert.pooler.dense.weight"))
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -43,7 +47,10 @@ def test_backbone_merged_heads_kept_per_task(tmp_path, trio):
     tasks = tmp_path / "out.tasks"
     s = AutoModelForSequenceClassification.from_pretrained(str(tasks / "sent"))
     n = AutoModelForTokenClassification.from_pretrained(str(tasks / "ner"))
-    assert type(s).__name__ == "BertForSequenceClassification" and type(n).__name__ == "BertForTokenClassification"
+    assert (
+        type(s).__name__ == "BertForSequenceClassification"
+        and type(n).__name__ == "BertForTokenClassification"
+    )
     assert torch.equal(tensor(tasks / "sent", "classifier.weight"), tensor(sent, "classifier.weight"))
     assert torch.equal(tensor(tasks / "ner", "classifier.weight"), tensor(ner, "classifier.weight"))
     assert torch.equal(tensor(tasks / "ner", "bert." + name), tensor(out, name))
@@ -55,14 +62,18 @@ def test_backbone_merged_heads_kept_per_task(tmp_path, trio):
 
 def test_backbone_of_fine_tunes_alone_is_a_headless_model(tmp_path, trio):
     base, sent, ner = trio
-    rec = write(tmp_path / "r.yml", f"models: {{sent: {sent}, ner: {ner}}}\nmerge: linear\nmerge_only: backbone\n"
-                                    "partial: drop\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{sent: {sent}, ner: {ner}}}\nmerge: linear\nmerge_only: backbone\npartial: drop\n",
+    )
     out = tmp_path / "out"
     res = cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
     name = "encoder.layer.0.output.dense.weight"
-    torch.testing.assert_close(tensor(out, name), (tensor(sent, "bert." + name) + tensor(ner, "bert." + name)) / 2)
+    torch.testing.assert_close(
+        tensor(out, name), (tensor(sent, "bert." + name) + tensor(ner, "bert." + name)) / 2
+    )
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(str(out))(torch.tensor([[1, 2]])).last_hidden_state.shape == (1, 2, 32)
@@ -70,8 +81,10 @@ def test_backbone_of_fine_tunes_alone_is_a_headless_model(tmp_path, trio):
 
 def test_drop_and_patterns(tmp_path, trio):
     base, sent, ner = trio
-    rec = write(tmp_path / "r.yml", body(*trio, "merge_only: {include: ['encoder.*'], exclude: ['*.LayerNorm.*']}\n"
-                                               "partial: drop\n"))
+    rec = write(
+        tmp_path / "r.yml",
+        body(*trio, "merge_only: {include: ['encoder.*'], exclude: ['*.LayerNorm.*']}\npartial: drop\n"),
+    )
     out = tmp_path / "out"
     res = cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
@@ -85,9 +98,15 @@ def test_missing_tensors_say_how_to_merge_the_rest(tmp_path, trio):
     base, sent, ner = trio
     rec = write(tmp_path / "r.yml", f"models: {{sent: {sent}, ner: {ner}}}\nmerge: linear\n")
     res = cli("run", str(rec), str(tmp_path / "out"))
-    assert res.returncode == 2 and "bert.pooler.dense.bias" in res.stderr and "merge_only: backbone" in res.stderr
+    assert (
+        res.returncode == 2
+        and "bert.pooler.dense.bias" in res.stderr
+        and "merge_only: backbone" in res.stderr
+    )
     # the bare encoder beside a fine-tune with a head: names matched across the prefix, the head listed
-    rec = write(tmp_path / "r2.yml", f"models: {{base: {base}, sent: {sent}}}\nbase: base\nmerge: task_arithmetic\n")
+    rec = write(
+        tmp_path / "r2.yml", f"models: {{base: {base}, sent: {sent}}}\nbase: base\nmerge: task_arithmetic\n"
+    )
     res = cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "classifier.weight (sent only)" in res.stderr, res.stderr
     assert "encoder" not in res.stderr and "Traceback" not in res.stderr

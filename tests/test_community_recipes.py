@@ -23,7 +23,9 @@ def test_shipped_tokenizer_recipe(demo_tree, tmp_path):
     base = demo_tree / "demo_out" / "models" / "base"
     eos = AutoTokenizer.from_pretrained(str(base)).get_vocab()["</s>"]
     torch.testing.assert_close(emb[vocab["<|im_start|>"]], tensor(base, "model.embed_tokens.weight")[eos])
-    assert emb.shape[0] % 8 == 0 and json.loads((out / "config.json").read_text())["vocab_size"] == emb.shape[0]
+    assert (
+        emb.shape[0] % 8 == 0 and json.loads((out / "config.json").read_text())["vocab_size"] == emb.shape[0]
+    )
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert text.startswith("<|im_start|>user\nhi<|im_end|>")
     model = AutoModelForCausalLM.from_pretrained(str(out))
@@ -50,4 +52,7 @@ def test_shipped_moe_recipe(demo_tree, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(str(out))
     tok = AutoTokenizer.from_pretrained(str(out))
-    assert model.generate(**tok("two plus two", return_tensors="pt"), max_new_tokens=4, do_sample=False).shape[1] > 4
+    assert (
+        model.generate(**tok("two plus two", return_tensors="pt"), max_new_tokens=4, do_sample=False).shape[1]
+        > 4
+    )

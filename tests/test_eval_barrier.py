@@ -22,8 +22,21 @@ def pair(toy, tmp_path_factory):
 
 
 def barrier(root, a, b, data, *extra, out="bar"):
-    res = cli("eval", "barrier", str(a), str(b), "--data", str(data), "--points", "5", "-o", str(root / out),
-                  "--device", "cpu", *extra)
+    res = cli(
+        "eval",
+        "barrier",
+        str(a),
+        str(b),
+        "--data",
+        str(data),
+        "--points",
+        "5",
+        "-o",
+        str(root / out),
+        "--device",
+        "cpu",
+        *extra,
+    )
     assert res.returncode == 0, res.stderr
     return json.loads((root / f"{out}.json").read_text()), res
 
@@ -45,6 +58,7 @@ def test_alignment_removes_the_barrier_of_an_exact_reparameterisation(pair):
     assert abs(v["+rescale"]["barrier"]) < 1e-3, v["+rescale"]["barrier"]
     assert "+rescale" in res.stdout
     again, _ = barrier(root, a, scrambled, data, "--align", "default", out="scr2")
+
     def curves(r):  # everything but the (measured) alignment time
         return {k: {f: x for f, x in d.items() if f != "align_seconds"} for k, d in r["variants"].items()}
 
@@ -62,10 +76,22 @@ def test_equivalence(pair):
 def test_barrier_bad_input(pair, tmp_path):
     root, a, _s, _o, data = pair
     steps = write(tmp_path / "steps.yml", "models: {}\n")  # no align: list
-    res = cli("eval", "barrier", str(a), str(a), "--data", str(data), "--align", str(steps), "-o",
-                  str(tmp_path / "b"))
+    res = cli(
+        "eval",
+        "barrier",
+        str(a),
+        str(a),
+        "--data",
+        str(data),
+        "--align",
+        str(steps),
+        "-o",
+        str(tmp_path / "b"),
+    )
     assert res.returncode == 2 and "align:" in res.stderr and "Traceback" not in res.stderr
-    res = cli("eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b"))
+    res = cli(
+        "eval", "barrier", str(a), str(a), "--data", str(tmp_path / "none.txt"), "-o", str(tmp_path / "b")
+    )
     assert res.returncode == 2 and "does not exist" in res.stderr
 
 
@@ -73,13 +99,28 @@ def test_a_refused_step_stops_before_any_curve(toy, tmp_path):
     """A tied head refuses the orthogonal stream map: said at once, not after the earlier steps' curves."""
     a, b = toy("qwen2"), toy("qwen2", seed=1)
     data = write(tmp_path / "d.txt", TEXT)
-    steps = write(tmp_path / "steps.yml", "align:\n  - permute: {heads: true, ffn: true}\n"
-                                          "  - orthogonal: {residual: true}\n")
+    steps = write(
+        tmp_path / "steps.yml",
+        "align:\n  - permute: {heads: true, ffn: true}\n  - orthogonal: {residual: true}\n",
+    )
     import time
 
     start = time.perf_counter()
-    res = cli("eval", "barrier", str(a), str(b), "--data", str(data), "--align", str(steps), "-o",
-              str(tmp_path / "b"), "--points", "3", "-q")
+    res = cli(
+        "eval",
+        "barrier",
+        str(a),
+        str(b),
+        "--data",
+        str(data),
+        "--align",
+        str(steps),
+        "-o",
+        str(tmp_path / "b"),
+        "--points",
+        "3",
+        "-q",
+    )
     assert res.returncode == 2 and "tied" in res.stderr and "Traceback" not in res.stderr, res.stderr
     assert not (tmp_path / "b.json").exists()
     assert time.perf_counter() - start < 60
@@ -116,8 +157,10 @@ def test_barrier_midpoint_is_the_merge_when_the_stream_map_folds_the_anchor(tmp_
     write(tmp_path / "steps.yml", f"align: {steps}\n")
     rep, _ = barrier(tmp_path, a, b, data, "--align", str(tmp_path / "steps.yml"), out="fold")
     mid = rep["variants"]["+orthogonal"]["midpoint_loss"]
-    rec = write(tmp_path / "merge.yml", f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: {steps}\n"
-                "merge: {linear: {weight: 0.5}}\n")
+    rec = write(
+        tmp_path / "merge.yml",
+        f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: {steps}\nmerge: {{linear: {{weight: 0.5}}}}\n",
+    )
     opts = runner.Options(device="cpu")
     out = runner.run(runner.prepare(rec, opts), tmp_path / "merged", opts).out
     merged = evaluate(load_model(out, torch.device("cpu")), load_data(data))["loss"]

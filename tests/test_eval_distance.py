@@ -28,7 +28,9 @@ def test_cli_matches_the_alignment_report(tmp_path, toy):
     b = scramble_model(a, tmp_path / "b", seed=4)
     res = cli("align", str(b), "--anchor", str(a), "-o", str(tmp_path / "c"), "-q")
     assert res.returncode == 0, res.stderr
-    before = json.loads((tmp_path / "c" / "alignment.json").read_text())["totals"]["b"]["before"]  # named after its folder
+    before = json.loads((tmp_path / "c" / "alignment.json").read_text())["totals"]["b"][
+        "before"
+    ]  # named after its folder
     out = json.loads(cli("eval", "distance", str(a), str(b), "--json").stdout)
     for m in ("qk", "vo", "ffn"):
         assert out[m]["squared"] == pytest.approx(before[m], rel=1e-6)

@@ -28,8 +28,6 @@ CORPUS = Path(__file__).parent / "corpus" / "recipes"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-
-
 @pytest.mark.parametrize("case", sorted(p.name for p in CORPUS.glob("*.yml")))
 def test_recipe_corpus(tmp_path, toy, capsys, case):
     text = (CORPUS / case).read_text().replace("MODEL", str(toy("llama")))
@@ -66,17 +64,28 @@ def _break(kind: str, good: Path, root: Path) -> tuple[list[str], str]:
     elif kind == "header-not-json":
         _raw_header(shard, b"{this is not json")
     elif kind == "unknown-dtype":
-        _raw_header(shard, json.dumps({one: {"dtype": "F128", "shape": [2], "data_offsets": [0, 32]}}).encode(),
-                    b"\0" * 32)
+        _raw_header(
+            shard,
+            json.dumps({one: {"dtype": "F128", "shape": [2], "data_offsets": [0, 32]}}).encode(),
+            b"\0" * 32,
+        )
     elif kind == "offsets-past-end":
-        _raw_header(shard, json.dumps({one: {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}
-                                      ).encode(), b"\0" * 64)
+        _raw_header(
+            shard,
+            json.dumps({one: {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}).encode(),
+            b"\0" * 64,
+        )
     elif kind == "huge-declared-shape":
-        _raw_header(shard, json.dumps({one: {"dtype": "F32", "shape": [1 << 31, 1 << 31], "data_offsets": [0, 8]}}
-                                      ).encode(), b"\0" * 8)
+        _raw_header(
+            shard,
+            json.dumps({one: {"dtype": "F32", "shape": [1 << 31, 1 << 31], "data_offsets": [0, 8]}}).encode(),
+            b"\0" * 8,
+        )
     elif kind == "overlapping-ranges":
-        h = {one: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-             "x": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
+        h = {
+            one: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "x": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        }
         _raw_header(shard, json.dumps(h).encode(), b"\0" * 12)
     elif kind == "truncated-shard":
         shard.write_bytes(shard.read_bytes()[:-7])
@@ -103,7 +112,7 @@ def _break(kind: str, good: Path, root: Path) -> tuple[list[str], str]:
         bad.mkdir()
         torch.save({"w": torch.zeros(2)}, bad / "pytorch_model.bin")
     elif kind == "missing-tensor":
-        h = json.loads(shard.read_bytes()[8:8 + struct.unpack("<Q", shard.read_bytes()[:8])[0]])
+        h = json.loads(shard.read_bytes()[8 : 8 + struct.unpack("<Q", shard.read_bytes()[:8])[0]])
         from safetensors.torch import load_file
 
         sd = load_file(str(shard))
@@ -122,10 +131,25 @@ def _break(kind: str, good: Path, root: Path) -> tuple[list[str], str]:
     return [], ""
 
 
-MODEL_CASES = ["header-length-past-end", "header-not-json", "unknown-dtype", "offsets-past-end",
-               "huge-declared-shape", "overlapping-ranges", "truncated-shard", "index-escapes-directory",
-               "index-absolute-path", "index-missing-file", "index-not-json", "index-wrong-type", "symlink-escapes",
-               "config-not-json", "pickle-only", "missing-tensor", "shape-mismatch"]
+MODEL_CASES = [
+    "header-length-past-end",
+    "header-not-json",
+    "unknown-dtype",
+    "offsets-past-end",
+    "huge-declared-shape",
+    "overlapping-ranges",
+    "truncated-shard",
+    "index-escapes-directory",
+    "index-absolute-path",
+    "index-missing-file",
+    "index-not-json",
+    "index-wrong-type",
+    "symlink-escapes",
+    "config-not-json",
+    "pickle-only",
+    "missing-tensor",
+    "shape-mismatch",
+]
 
 
 @pytest.mark.parametrize("kind", MODEL_CASES)
@@ -149,19 +173,31 @@ def test_output_over_an_input_and_existing_output_are_refused(tmp_path, toy, cap
 
 
 # ---------------------------------------------------------------------------------------------- fuzzing
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True)
-                       | st.text(max_size=12),
-                       lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
-                       max_leaves=20)
-ENTRY = st.fixed_dictionaries({}, optional={
-    "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "F99", "", 3]),
-    "shape": st.lists(st.integers(-3, 2**33), max_size=4) | JSONISH,
-    "data_offsets": st.lists(st.integers(-10, 2**40), min_size=0, max_size=3) | JSONISH})
+JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=12),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=20,
+)
+ENTRY = st.fixed_dictionaries(
+    {},
+    optional={
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "BOOL", "F99", "", 3]),
+        "shape": st.lists(st.integers(-3, 2**33), max_size=4) | JSONISH,
+        "data_offsets": st.lists(st.integers(-10, 2**40), min_size=0, max_size=3) | JSONISH,
+    },
+)
 
 
 @FUZZ
-@given(entries=st.dictionaries(st.text(max_size=6), ENTRY | JSONISH, max_size=4), data=st.binary(max_size=64),
-       lie=st.none() | st.integers(0, 2**64 - 1))
+@given(
+    entries=st.dictionaries(st.text(max_size=6), ENTRY | JSONISH, max_size=4),
+    data=st.binary(max_size=64),
+    lie=st.none() | st.integers(0, 2**64 - 1),
+)
 def test_fuzz_safetensors_header(tmp_path, entries, data, lie):
     p = tmp_path / "f.safetensors"
     raw = json.dumps(entries).encode()
@@ -191,8 +227,27 @@ def test_fuzz_index(tmp_path, weight_map):
 
 
 @FUZZ
-@given(data=st.dictionaries(st.sampled_from(["models", "merge", "base", "anchor", "align", "overrides", "dtype",
-                                             "out_dtype", "seed", "output", "junk"]), JSONISH, max_size=6))
+@given(
+    data=st.dictionaries(
+        st.sampled_from(
+            [
+                "models",
+                "merge",
+                "base",
+                "anchor",
+                "align",
+                "overrides",
+                "dtype",
+                "out_dtype",
+                "seed",
+                "output",
+                "junk",
+            ]
+        ),
+        JSONISH,
+        max_size=6,
+    )
+)
 def test_fuzz_recipe_structure(data):
     with contextlib.suppress(RecipeError):
         validate(parse_yaml(yaml.safe_dump(data), "r.yml"), OPERATORS, check_paths=False)

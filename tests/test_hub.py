@@ -41,8 +41,10 @@ def hub(tmp_path, toy, monkeypatch, no_network):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    commits = {"org/base": cache_repo(cache, "org/base", toy("llama")),
-               "org/tuned": cache_repo(cache, "org/tuned", toy("llama", seed=1), "2")}
+    commits = {
+        "org/base": cache_repo(cache, "org/base", toy("llama")),
+        "org/tuned": cache_repo(cache, "org/tuned", toy("llama", seed=1), "2"),
+    }
     return tmp_path, commits
 
 
@@ -55,11 +57,15 @@ def tensors(d):
 
 def test_repo_ids_resolve_from_the_cache_offline_and_the_card_records_commits(hub, toy):
     root, commits = hub
-    rec = write(root / "r.yml", f"models:\n  base: org/base\n  tuned: org/tuned@{commits['org/tuned']}\n"
-                                "merge: linear\n")
+    rec = write(
+        root / "r.yml",
+        f"models:\n  base: org/base\n  tuned: org/tuned@{commits['org/tuned']}\nmerge: linear\n",
+    )
     res = cli("run", str(rec), str(root / "out"), "-q")
     assert res.returncode == 0, res.stderr
-    local = write(root / "l.yml", f"models: {{base: {toy('llama')}, tuned: {toy('llama', seed=1)}}}\nmerge: linear\n")
+    local = write(
+        root / "l.yml", f"models: {{base: {toy('llama')}, tuned: {toy('llama', seed=1)}}}\nmerge: linear\n"
+    )
     assert cli("run", str(local), str(root / "out-local"), "-q").returncode == 0
     a, b = tensors(root / "out"), tensors(root / "out-local")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -70,9 +76,12 @@ def test_repo_ids_resolve_from_the_cache_offline_and_the_card_records_commits(hu
 
 def test_mergekit_config_with_repo_ids_runs_unchanged_offline(hub):
     root, _commits = hub
-    mk = write(root / "mk.yml", "merge_method: ties\nbase_model: org/base\nmodels:\n"
-                                "  - model: org/tuned\n    parameters: {weight: 1.0, density: 0.5}\n"
-                                "  - model: org/base\n")
+    mk = write(
+        root / "mk.yml",
+        "merge_method: ties\nbase_model: org/base\nmodels:\n"
+        "  - model: org/tuned\n    parameters: {weight: 1.0, density: 0.5}\n"
+        "  - model: org/base\n",
+    )
     res = cli("run", str(mk), str(root / "out"), "-q")
     assert res.returncode == 0, res.stderr
 
@@ -86,9 +95,13 @@ def test_a_local_folder_of_the_same_name_wins(hub, toy):
     assert str(root / "org" / "tuned") in card
 
 
-@pytest.mark.parametrize("ref,message", [
-    ("org/missing", "org/missing is not in the Hugging Face cache"),
-    ("org/base@v9", "org/base@v9 is not in the Hugging Face cache")])
+@pytest.mark.parametrize(
+    "ref,message",
+    [
+        ("org/missing", "org/missing is not in the Hugging Face cache"),
+        ("org/base@v9", "org/base@v9 is not in the Hugging Face cache"),
+    ],
+)
 def test_offline_without_the_files_is_one_line_naming_the_repo(hub, capsys, ref, message):
     root, _commits = hub
     rec = write(root / "r.yml", f"models: {{a: org/base, b: {ref}}}\nmerge: linear\n")
@@ -101,11 +114,16 @@ def test_lora_adapter_by_repo_id(hub, toy):
     from tests.helpers import make_adapter
 
     root, _commits = hub
-    merged = make_adapter(toy("llama"), root / "adapter", "llama", r=2, lora_alpha=2, target_modules=["q_proj"])
+    merged = make_adapter(
+        toy("llama"), root / "adapter", "llama", r=2, lora_alpha=2, target_modules=["q_proj"]
+    )
     cache_repo(root / "hf-cache", "org/chat-lora", root / "adapter", "3")
     shutil.rmtree(root / "adapter")
-    rec = write(root / "r.yml", "models:\n  a: {path: org/base, lora: org/chat-lora}\n  b: org/base\n"
-                                "base: b\nmerge: {task_arithmetic: {lambda: 1.0}}\n")
+    rec = write(
+        root / "r.yml",
+        "models:\n  a: {path: org/base, lora: org/chat-lora}\n  b: org/base\n"
+        "base: b\nmerge: {task_arithmetic: {lambda: 1.0}}\n",
+    )
     res = cli("run", str(rec), str(root / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = tensors(root / "out")
@@ -120,8 +138,19 @@ def test_commands_taking_model_arguments_accept_repo_ids(hub):
     res = cli("align", "org/tuned", "--anchor", "org/base", "-o", str(root / "aligned"), "-q")
     assert res.returncode == 0, res.stderr
     data = write(root / "d.txt", "hello world\n")
-    res = cli("stats", "org/base", "--data", str(data), "--kind", "gram", "-o", str(root / "g.safetensors"), "-q",
-              "--device", "cpu")
+    res = cli(
+        "stats",
+        "org/base",
+        "--data",
+        str(data),
+        "--kind",
+        "gram",
+        "-o",
+        str(root / "g.safetensors"),
+        "-q",
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads((root / "aligned" / "alignment.json").read_text())
     assert list(summary["totals"]) == ["tuned"]  # named after the repo, not the snapshot's commit

@@ -98,9 +98,11 @@ def zoo(online, tmp_path):
     root, hub, _commits, server = online
     deep = {"num_hidden_layers": LAYERS}
     base = build("llama", tmp_path / "src-base", seed=0, config=deep)
-    folders = {"org/base": base,
-               "org/chat": build("llama", tmp_path / "src-chat", seed=1, perturb_from=base, config=deep),
-               "org/code": build("llama", tmp_path / "src-code", seed=2, perturb_from=base, config=deep)}
+    folders = {
+        "org/base": base,
+        "org/chat": build("llama", tmp_path / "src-chat", seed=1, perturb_from=base, config=deep),
+        "org/code": build("llama", tmp_path / "src-code", seed=2, perturb_from=base, config=deep),
+    }
     for repo, folder in folders.items():
         hub.add(repo, folder)
     return root, hub, server, folders
@@ -109,7 +111,9 @@ def zoo(online, tmp_path):
 def test_example_configs_run_online_then_offline_with_the_same_tensors(zoo, monkeypatch):
     root, hub, server, folders = zoo
     for name, text in CONFIGS.items():
-        res = cli("run", str(write(root / f"{name}.yml", text)), str(root / "online" / name), "-q", "--parents")
+        res = cli(
+            "run", str(write(root / f"{name}.yml", text)), str(root / "online" / name), "-q", "--parents"
+        )
         assert res.returncode == 0, (name, res.stderr)
     stacked = _tensors(root / "online" / "stacked-passthrough")
     assert {int(k.split(".")[2]) for k in stacked if k.startswith("model.layers.")} == set(range(4 + 5 + 3))
@@ -126,8 +130,13 @@ def test_example_configs_run_online_then_offline_with_the_same_tensors(zoo, monk
         local = text
         for repo, folder in folders.items():
             local = local.replace(f"{repo}@main", str(folder)).replace(repo, str(folder))
-        res = cli("run", str(write(root / f"{name}-local.yml", local)), str(root / "local" / name), "-q",
-                  "--parents")
+        res = cli(
+            "run",
+            str(write(root / f"{name}-local.yml", local)),
+            str(root / "local" / name),
+            "-q",
+            "--parents",
+        )
         assert res.returncode == 0, (name, res.stderr)
         c = _tensors(root / "local" / name)
         assert a.keys() == c.keys() and all(torch.equal(a[k], c[k]) for k in a), name

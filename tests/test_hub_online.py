@@ -15,7 +15,9 @@ from tests.helpers import clean_failure
 def test_cold_download_then_warm_cache_offline_without_the_server(online, monkeypatch):
     root, hub, commits, server = online
     hub.repos["org/tuned"].files["pytorch_model.bin"] = b"x" * 1000  # never fetched: not needed
-    rec = write(root / "r.yml", f"models:\n  a: org/base\n  b: org/tuned@{commits['org/tuned']}\nmerge: linear\n")
+    rec = write(
+        root / "r.yml", f"models:\n  a: org/base\n  b: org/tuned@{commits['org/tuned']}\nmerge: linear\n"
+    )
     res = cli("run", str(rec), str(root / "out"), "-q")
     assert res.returncode == 0, res.stderr
     assert not any(k.endswith(".bin") for k in hub.served)
@@ -35,10 +37,14 @@ def test_cold_download_then_warm_cache_offline_without_the_server(online, monkey
     assert all(torch.equal(first[k], again[k]) for k in first)
 
 
-@pytest.mark.parametrize("ref,message", [
-    ("org/base@v9", "org/base has no revision 'v9'"),
-    ("org/nothing", "org/nothing: no such repository"),
-    ("org/gated", "org/gated is gated")])
+@pytest.mark.parametrize(
+    "ref,message",
+    [
+        ("org/base@v9", "org/base has no revision 'v9'"),
+        ("org/nothing", "org/nothing: no such repository"),
+        ("org/gated", "org/gated is gated"),
+    ],
+)
 def test_hub_errors_are_one_line(online, capsys, ref, message):
     root, _hub, _commits, _server = online
     rec = write(root / "r.yml", f"models: {{a: org/base, b: {ref}}}\nmerge: linear\n")
@@ -83,12 +89,18 @@ def test_preflight_plans_auto_anchors_and_vocabularies_of_different_sizes(online
 
     root, hub, _commits, _server = online
     hub.add("org/wide-vocab", build("llama", tmp_path / "wide", seed=3, config={"vocab_size": 70}))
-    rec = write(root / "v.yml", "models: {a: org/base, b: org/wide-vocab}\nmerge: linear\n"
-                                "output: {tokenizer: b, config: b}\n")
-    res = cli("run", str(rec), str(root / "vocab"), "-q")  # rows 64..69 from b's tokenizer, as for local models
+    rec = write(
+        root / "v.yml",
+        "models: {a: org/base, b: org/wide-vocab}\nmerge: linear\noutput: {tokenizer: b, config: b}\n",
+    )
+    res = cli(
+        "run", str(rec), str(root / "vocab"), "-q"
+    )  # rows 64..69 from b's tokenizer, as for local models
     assert res.returncode == 0, res.stderr
-    rec = write(root / "a.yml", "models: {a: org/base, b: org/tuned}\nanchor: auto\nalign: [{rescale: {}}]\n"
-                                "merge: linear\n")
+    rec = write(
+        root / "a.yml",
+        "models: {a: org/base, b: org/tuned}\nanchor: auto\nalign: [{rescale: {}}]\nmerge: linear\n",
+    )
     res = cli("run", str(rec), str(root / "aligned"), "-q")
     assert res.returncode == 0, res.stderr
 

@@ -31,8 +31,11 @@ def test_a_slice_fetches_only_the_shards_it_reads(online, toy):
     root, hub, _commits, _server = online
     base = toy("llama")
     index = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
-    rec = write(root / "s.yml", "models: {a: org/base, b: org/tuned}\nmerge: linear\n"
-                                "slices:\n  - sources: [{model: a, layers: [0, 1]}]\n")
+    rec = write(
+        root / "s.yml",
+        "models: {a: org/base, b: org/tuned}\nmerge: linear\n"
+        "slices:\n  - sources: [{model: a, layers: [0, 1]}]\n",
+    )
     res = cli("run", str(rec), str(root / "out"), "-q")
     assert res.returncode == 0, res.stderr
     import re
@@ -44,8 +47,18 @@ def test_a_slice_fetches_only_the_shards_it_reads(online, toy):
     assert got == read, (got, read)
     # the slice reads layer 0 and the embeddings/norm/head of a only: no shard of b is needed at all
     assert not any(k.startswith("org/tuned/") for k in _weights_served(hub))
-    local = cli("run", str(write(root / "l.yml", f"models: {{a: {base}}}\nmerge: linear\n"
-                                 "slices:\n  - sources: [{model: a, layers: [0, 1]}]\n")), str(root / "ref"), "-q")
+    local = cli(
+        "run",
+        str(
+            write(
+                root / "l.yml",
+                f"models: {{a: {base}}}\nmerge: linear\n"
+                "slices:\n  - sources: [{model: a, layers: [0, 1]}]\n",
+            )
+        ),
+        str(root / "ref"),
+        "-q",
+    )
     assert local.returncode == 0, local.stderr
     ref, out = _tensors(root / "ref"), _tensors(root / "out")
     assert ref.keys() == out.keys() and all(torch.equal(ref[k], out[k]) for k in ref)
@@ -83,9 +96,13 @@ def test_a_disk_budget_below_what_the_merge_holds_at_once_fails_before_any_weigh
     assert "--disk-budget 0.00 GiB is below the" in err and "raise it" in err, err
     assert not _weights_served(hub), hub.downloaded  # headers only
     res = cli("plan", str(rec), "--disk-budget", "200KB")
-    assert res.returncode == 0 and "at most" in res.stdout and "deleted as the merge passes them" in res.stdout
-    auto = write(root / "a.yml", "models: {a: org/base, b: org/tuned}\nanchor: auto\nalign: [{rescale: {}}]\n"
-                                 "merge: linear\n")
+    assert (
+        res.returncode == 0 and "at most" in res.stdout and "deleted as the merge passes them" in res.stdout
+    )
+    auto = write(
+        root / "a.yml",
+        "models: {a: org/base, b: org/tuned}\nanchor: auto\nalign: [{rescale: {}}]\nmerge: linear\n",
+    )
     err = clean_failure(capsys, ["run", str(auto), str(root / "out"), "--disk-budget", "10MB"], root / "out")
     assert "anchor: auto compares whole models" in err, err
 
@@ -122,8 +139,11 @@ def test_long_form_with_revision_and_subfolder(online, toy):
     shutil.copytree(toy("llama", seed=1), nested / "weights")
     (nested / "README.md").write_text("a repository whose model sits in a folder\n")
     hub.add("org/nested", nested)
-    rec = write(root / "r.yml", f"models:\n  a: {{hub: org/base, revision: {commits['org/base']}}}\n"
-                                "  b: {hub: org/nested, subfolder: weights}\nmerge: linear\n")
+    rec = write(
+        root / "r.yml",
+        f"models:\n  a: {{hub: org/base, revision: {commits['org/base']}}}\n"
+        "  b: {hub: org/nested, subfolder: weights}\nmerge: linear\n",
+    )
     res = cli("run", str(rec), str(root / "out"), "-q")
     assert res.returncode == 0, res.stderr
     card = (root / "out" / "README.md").read_text()
@@ -173,10 +193,15 @@ def test_an_adapter_on_a_hub_base_is_preflighted_and_its_base_streamed(online, t
     from tests.helpers import make_adapter
 
     root, hub, _commits, _server = online
-    merged = make_adapter(toy("llama"), root / "adapter", "llama", r=2, lora_alpha=4, target_modules=["q_proj"])
+    merged = make_adapter(
+        toy("llama"), root / "adapter", "llama", r=2, lora_alpha=4, target_modules=["q_proj"]
+    )
     hub.add("org/chat-lora", root / "adapter")
-    rec = write(root / "r.yml", "models:\n  a: {path: org/base, lora: org/chat-lora}\n  b: org/base\n"
-                                "base: b\nmerge: {task_arithmetic: {lambda: 1.0}}\n")
+    rec = write(
+        root / "r.yml",
+        "models:\n  a: {path: org/base, lora: org/chat-lora}\n  b: org/base\n"
+        "base: b\nmerge: {task_arithmetic: {lambda: 1.0}}\n",
+    )
     res = cli("run", str(rec), str(root / "out"), "--disk-budget", "200KB")
     assert res.returncode == 0, res.stderr
     assert "held at once" in res.stdout, res.stdout
@@ -187,8 +212,10 @@ def test_an_adapter_on_a_hub_base_is_preflighted_and_its_base_streamed(online, t
 
     hub.add("org/other", build("gpt2", root / "other", seed=1))
     hub.downloaded.clear()
-    bad = write(root / "bad.yml", "models:\n  a: {path: org/other, lora: org/chat-lora}\n  b: org/other\n"
-                                  "merge: linear\n")
+    bad = write(
+        root / "bad.yml",
+        "models:\n  a: {path: org/other, lora: org/chat-lora}\n  b: org/other\nmerge: linear\n",
+    )
     err = clean_failure(capsys, ["run", str(bad), str(root / "bad")], root / "bad")
     assert "an adapter of another model?" in err, err
     assert not _weights_served(hub), hub.downloaded

@@ -13,16 +13,59 @@ ALLOWED = {
     "align": {"align", "arch", "registry", "errors"},
     "arch": {"arch", "registry", "errors"},
     "io": {"io", "errors", "", "files", "patterns", "progress"},
-    "graph": {"graph", "io", "merge", "align", "arch", "recipe", "registry", "errors", "", "learn", "stats", "files",
-              "patterns", "tokenizer", "progress"},
+    "graph": {
+        "graph",
+        "io",
+        "merge",
+        "align",
+        "arch",
+        "recipe",
+        "registry",
+        "errors",
+        "",
+        "learn",
+        "stats",
+        "files",
+        "patterns",
+        "tokenizer",
+        "progress",
+    },
     "tokenizer": {"tokenizer", "io", "arch", "recipe", "errors", "files"},
     "moe": {"moe", "graph", "io", "recipe", "merge", "align", "stats", "tokenizer", "errors", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
     "stats": {"stats", "io", "errors", "files", "progress"},
     "eval": {"eval", "api", "align", "arch", "io", "stats", "errors"},
-    "cli": {"cli", "", "api", "align", "arch", "errors", "eval", "graph", "io", "merge", "moe", "progress", "recipe",
-            "search", "stats", "files"},
-    "search": {"search", "graph", "recipe", "merge", "align", "eval", "stats", "learn", "io", "errors", "files"},
+    "cli": {
+        "cli",
+        "",
+        "api",
+        "align",
+        "arch",
+        "errors",
+        "eval",
+        "graph",
+        "io",
+        "merge",
+        "moe",
+        "progress",
+        "recipe",
+        "search",
+        "stats",
+        "files",
+    },
+    "search": {
+        "search",
+        "graph",
+        "recipe",
+        "merge",
+        "align",
+        "eval",
+        "stats",
+        "learn",
+        "io",
+        "errors",
+        "files",
+    },
     # builders of small models for tests, the demo and benchmarks; the demo itself: nothing imports them
     "testing": {"testing", "align", "arch", "io", "eval", "stats", "errors"},
     "demo": {"demo", "testing", "graph", "align", "eval", "io", "stats", "errors", ""},
@@ -51,7 +94,9 @@ def imports_of(path: Path) -> set[str]:
 def test_every_package_and_root_module_has_rules():
     found = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     found |= {p.stem for p in PKG.glob("*.py")}
-    assert found == set(ALLOWED), f"missing rules: {sorted(found - set(ALLOWED))}; stale: {sorted(set(ALLOWED) - found)}"
+    assert found == set(ALLOWED), (
+        f"missing rules: {sorted(found - set(ALLOWED))}; stale: {sorted(set(ALLOWED) - found)}"
+    )
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -75,4 +120,6 @@ def test_tests_never_import_each_other():
     for path in sorted(tests.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.test_"):
-                raise AssertionError(f"{path.name} imports {node.module}; move what it shares to tests/helpers.py")
+                raise AssertionError(
+                    f"{path.name} imports {node.module}; move what it shares to tests/helpers.py"
+                )

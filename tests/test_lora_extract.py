@@ -26,7 +26,9 @@ def planted(base, dst, rank: int = 2, norms: bool = False, embeddings: bool = Fa
         t = r.read(name)
         layer_weight = t.dim() == 2 and ".h." in name or ".layers." in name and t.dim() == 2
         if layer_weight:
-            t = t + 0.05 * torch.randn(t.shape[0], rank, generator=gen) @ torch.randn(rank, t.shape[1], generator=gen)
+            t = t + 0.05 * torch.randn(t.shape[0], rank, generator=gen) @ torch.randn(
+                rank, t.shape[1], generator=gen
+            )
         elif norms and t.dim() == 1 or embeddings and ("embed_tokens" in name or "wte" in name):
             t = t + 0.01
         out[name] = t.contiguous()
@@ -46,7 +48,9 @@ def peft_merged(base, adapter) -> dict[str, torch.Tensor]:
 def test_planted_low_rank_difference_is_recovered_and_loads_with_peft(tmp_path, toy, family):
     base = toy(family)
     tuned, want = planted(base, tmp_path / "tuned")
-    res = cli("extract-lora", str(base), str(tuned), "-o", str(tmp_path / "ad"), "--rank", "2", "--device", "cpu")
+    res = cli(
+        "extract-lora", str(base), str(tuned), "-o", str(tmp_path / "ad"), "--rank", "2", "--device", "cpu"
+    )
     assert res.returncode == 0, res.stderr
     assert "overall relative error" in res.stdout
     overall = float(res.stdout.split("overall relative error ")[1].split()[0])
@@ -68,22 +72,39 @@ def test_planted_low_rank_difference_is_recovered_and_loads_with_peft(tmp_path, 
 def test_energy_picks_the_planted_rank_and_other_changes_are_reported(tmp_path, toy):
     base = toy("llama")
     tuned, _want = planted(base, tmp_path / "tuned", rank=2, norms=True, embeddings=True)
-    res = cli("extract-lora", str(base), str(tuned), "-o", str(tmp_path / "ad"), "--rank", "8", "--energy", "0.9999999")
+    res = cli(
+        "extract-lora",
+        str(base),
+        str(tuned),
+        "-o",
+        str(tmp_path / "ad"),
+        "--rank",
+        "8",
+        "--energy",
+        "0.9999999",
+    )
     assert res.returncode == 0, res.stderr
     ranks = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())["rank_pattern"]
     assert ranks and set(ranks.values()) == {2}
     assert "left out" in res.stderr and "--embeddings" in res.stderr
-    res = cli("extract-lora", str(base), str(tuned), "-o", str(tmp_path / "ad2"), "--rank", "2", "--embeddings")
+    res = cli(
+        "extract-lora", str(base), str(tuned), "-o", str(tmp_path / "ad2"), "--rank", "2", "--embeddings"
+    )
     assert res.returncode == 0, res.stderr
-    assert json.loads((tmp_path / "ad2" / "adapter_config.json").read_text())["modules_to_save"] == ["model.embed_tokens"]
+    assert json.loads((tmp_path / "ad2" / "adapter_config.json").read_text())["modules_to_save"] == [
+        "model.embed_tokens"
+    ]
 
 
 def test_extract_lora_refuses_identical_models_and_user_folders(tmp_path, toy, capsys):
     base = toy("llama")
-    assert "do not differ" in clean_failure(capsys, ["extract-lora", str(base), str(base), "-o", str(tmp_path / "a"),
-                                                    "-q"])
+    assert "do not differ" in clean_failure(
+        capsys, ["extract-lora", str(base), str(base), "-o", str(tmp_path / "a"), "-q"]
+    )
     assert not (tmp_path / "a").exists()
     write(tmp_path / "mine" / "notes.txt", "x")
     tuned, _ = planted(base, tmp_path / "tuned")
-    err = clean_failure(capsys, ["extract-lora", str(base), str(tuned), "-o", str(tmp_path / "mine"), "--force"])
+    err = clean_failure(
+        capsys, ["extract-lora", str(base), str(tuned), "-o", str(tmp_path / "mine"), "--force"]
+    )
     assert "not written by mergeflow" in err and (tmp_path / "mine" / "notes.txt").exists()

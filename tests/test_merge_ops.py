@@ -216,7 +216,10 @@ def test_nearswap_weights_by_closeness():
 
 def test_karcher_of_two_unit_vectors_is_slerp_and_scales_by_mean_norm():
     gen = torch.Generator().manual_seed(6)
-    a, b = torch.randn(50, generator=gen, dtype=torch.float64), torch.randn(50, generator=gen, dtype=torch.float64)
+    a, b = (
+        torch.randn(50, generator=gen, dtype=torch.float64),
+        torch.randn(50, generator=gen, dtype=torch.float64),
+    )
     a, b = a / a.norm(), b / b.norm()
     for t in (0.25, 0.5, 0.8):
         got = call("karcher", [a, b], model_params=[{"weight": 1 - t}, {"weight": t}])
@@ -227,8 +230,10 @@ def test_karcher_of_two_unit_vectors_is_slerp_and_scales_by_mean_norm():
     c = torch.randn(50, generator=gen, dtype=torch.float64)
     mu = call("karcher", [a, b, c / c.norm()], model_params=[{"weight": 1.0}] * 3, params={"max_iter": 200})
     mu = mu / mu.norm()
-    g = sum((u - torch.dot(mu, u) * mu) * torch.arccos(torch.dot(mu, u)) / torch.sqrt(1 - torch.dot(mu, u) ** 2)
-            for u in (a, b, c / c.norm()))
+    g = sum(
+        (u - torch.dot(mu, u) * mu) * torch.arccos(torch.dot(mu, u)) / torch.sqrt(1 - torch.dot(mu, u) ** 2)
+        for u in (a, b, c / c.norm())
+    )
     assert g.norm() < 1e-6
 
 
@@ -250,17 +255,25 @@ def test_sce_selects_weights_and_erases():
 
 def test_nuslerp_flat_rowwise_and_with_base():
     e0, e1 = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
-    assert_close(call("nuslerp", [e0, 2 * e1], model_params=[{"weight": 1.0}, {"weight": 3.0}]),
-                 call("slerp", [e0, 2 * e1], params={"t": 0.75}))
+    assert_close(
+        call("nuslerp", [e0, 2 * e1], model_params=[{"weight": 1.0}, {"weight": 3.0}]),
+        call("slerp", [e0, 2 * e1], params={"t": 0.75}),
+    )
     rows_a, rows_b = torch.stack([e0, e1]), torch.stack([e1, e0])
     half = (e0 + e1) / 2**0.5
     got = call("nuslerp", [rows_a, rows_b], params={"flatten": False}, model_params=[{"weight": 1.0}] * 2)
     assert_close(got, torch.stack([half, half]))
     gen = torch.Generator().manual_seed(7)
     a, b = torch.randn(3, 5, generator=gen), torch.randn(3, 5, generator=gen)
-    cols = call("nuslerp", [a, b], params={"flatten": False, "row_wise": True}, model_params=[{"weight": 1.0}] * 2)
-    rows = call("nuslerp", [a.T.contiguous(), b.T.contiguous()], params={"flatten": False},
-                model_params=[{"weight": 1.0}] * 2)
+    cols = call(
+        "nuslerp", [a, b], params={"flatten": False, "row_wise": True}, model_params=[{"weight": 1.0}] * 2
+    )
+    rows = call(
+        "nuslerp",
+        [a.T.contiguous(), b.T.contiguous()],
+        params={"flatten": False},
+        model_params=[{"weight": 1.0}] * 2,
+    )
     assert_close(cols, rows.T)  # column-wise is row-wise on the transposes
     base = torch.tensor([5.0, 5.0])
     got = call("nuslerp", [base + e0, base + e1], base, model_params=[{"weight": 1.0}] * 2)
@@ -272,11 +285,15 @@ def test_multislerp_is_the_normalised_weighted_direction_times_mean_norm():
     two = call("multislerp", [e0, e1], model_params=[{"weight": 1.0}] * 2)
     assert_close(two, call("slerp", [e0, e1], params={"t": 0.5}))
     e2 = torch.tensor([0.0, 0.0, 1.0])
-    got = call("multislerp", [2 * e0, e1, 3 * e2], model_params=[{"weight": 1.0}, {"weight": 1.0}, {"weight": 2.0}])
+    got = call(
+        "multislerp", [2 * e0, e1, 3 * e2], model_params=[{"weight": 1.0}, {"weight": 1.0}, {"weight": 2.0}]
+    )
     direction = torch.tensor([0.25, 0.25, 0.5]) / torch.tensor([0.25, 0.25, 0.5]).norm()
     assert_close(got, direction * (0.25 * 2 + 0.25 * 1 + 0.5 * 3))
     base = torch.ones(3)
-    assert_close(call("multislerp", [base + e0, base + e1], base, model_params=[{"weight": 1.0}] * 2), base + two)
+    assert_close(
+        call("multislerp", [base + e0, base + e1], base, model_params=[{"weight": 1.0}] * 2), base + two
+    )
 
 
 def test_l1_rescale_restores_each_task_vectors_l1_norm():

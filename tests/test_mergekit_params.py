@@ -20,9 +20,15 @@ from mergeflow.recipe.validate import validate
 from mergeflow.recipe.yaml_source import YamlSource
 
 N_LAYERS = 4
-TENSORS = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight",
-           "model.layers.3.self_attn.o_proj.weight", "model.layers.2.input_layernorm.weight", "model.norm.weight",
-           "lm_head.weight"]
+TENSORS = [
+    "model.embed_tokens.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "model.layers.1.mlp.up_proj.weight",
+    "model.layers.3.self_attn.o_proj.weight",
+    "model.layers.2.input_layernorm.weight",
+    "model.norm.weight",
+    "lm_head.weight",
+]
 FILTERS = ["self_attn", "mlp", "q_proj", "layers.1.", "norm", "lm_head", "*"]
 
 
@@ -58,20 +64,31 @@ def mk_value(cfg, model, key, name):
 
 numbers = st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0])
 plain = st.one_of(numbers, st.lists(numbers, min_size=2, max_size=4))
-conds = st.lists(st.fixed_dictionaries({"value": plain}, optional={"filter": st.sampled_from(FILTERS)}),
-                 min_size=1, max_size=4)
+conds = st.lists(
+    st.fixed_dictionaries({"value": plain}, optional={"filter": st.sampled_from(FILTERS)}),
+    min_size=1,
+    max_size=4,
+)
 setting = st.one_of(plain, conds)
 scope = st.dictionaries(st.sampled_from(["weight", "density", "lambda"]), setting, max_size=3)
 
 
 def mk_config(glob, pa, pb):
-    return {"models": [{"model": "/m/a", "parameters": pa}, {"model": "/m/b", "parameters": pb}],
-            "base_model": "/m/base", "merge_method": "ties", "parameters": glob, "dtype": "float32"}
+    return {
+        "models": [{"model": "/m/a", "parameters": pa}, {"model": "/m/b", "parameters": pb}],
+        "base_model": "/m/base",
+        "merge_method": "ties",
+        "parameters": glob,
+        "dtype": "float32",
+    }
 
 
 @settings(max_examples=300, deadline=None)
-@given(scope, scope.map(lambda d: {k: v for k, v in d.items() if k != "lambda"}),
-       scope.map(lambda d: {k: v for k, v in d.items() if k != "lambda"}))
+@given(
+    scope,
+    scope.map(lambda d: {k: v for k, v in d.items() if k != "lambda"}),
+    scope.map(lambda d: {k: v for k, v in d.items() if k != "lambda"}),
+)
 def test_converted_parameters_resolve_as_in_mergekit(glob, pa, pb):
     cfg = mk_config(glob, pa, pb)
     native = convert(YamlSource(cfg, "mk.yml"))
@@ -90,9 +107,18 @@ def test_converted_parameters_resolve_as_in_mergekit(glob, pa, pb):
 
 
 def test_first_matching_filter_wins_and_model_values_beat_global_filters():
-    cfg = mk_config({"weight": [{"filter": "mlp", "value": 0.3}, {"filter": "up_proj", "value": 0.9},
-                                {"value": 1.0}, {"filter": "q_proj", "value": 0.7}]},
-                    {"weight": 0.5}, {})
+    cfg = mk_config(
+        {
+            "weight": [
+                {"filter": "mlp", "value": 0.3},
+                {"filter": "up_proj", "value": 0.9},
+                {"value": 1.0},
+                {"filter": "q_proj", "value": 0.7},
+            ]
+        },
+        {"weight": 0.5},
+        {},
+    )
     recipe = validate(YamlSource(convert(YamlSource(cfg, "mk.yml")), "n.yml"), OPERATORS, check_paths=False)
     resolve = Resolver(recipe, OPERATORS)
     up = resolve("model.layers.1.mlp.up_proj.weight", 0.0).model_params

@@ -27,7 +27,9 @@ def dense(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("moe")
     base = build("llama", root / "base", seed=0)
-    return base, [build("llama", root / f"e{i}", seed=i + 1, perturb_from=base, perturb_scale=0.05) for i in range(4)]
+    return base, [
+        build("llama", root / f"e{i}", seed=i + 1, perturb_from=base, perturb_scale=0.05) for i in range(4)
+    ]
 
 
 def run_moe(tmp_path, text, *args):
@@ -48,8 +50,12 @@ def test_mixtral_tensors_config_and_generation(tmp_path, dense):
         for proj, w in (("gate_proj", "w1"), ("down_proj", "w2"), ("up_proj", "w3")):
             got = tensor(out, f"model.layers.1.block_sparse_moe.experts.{e}.{w}.weight")
             assert torch.equal(got, tensor(src, f"model.layers.1.mlp.{proj}.weight"))
-    for name in ("model.embed_tokens.weight", "model.layers.2.self_attn.q_proj.weight", "lm_head.weight",
-                 "model.layers.0.post_attention_layernorm.weight"):
+    for name in (
+        "model.embed_tokens.weight",
+        "model.layers.2.self_attn.q_proj.weight",
+        "lm_head.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+    ):
         assert torch.equal(tensor(out, name), tensor(base, name))
     gate = tensor(out, "model.layers.0.block_sparse_moe.gate.weight")
     assert gate.shape == (4, 32)
@@ -88,15 +94,27 @@ def test_identical_experts_compute_the_dense_model(tmp_path, dense):
 def test_qwen_moe_families(tmp_path, toy):
     q2 = toy("qwen2")
     q2e = [toy("qwen2", seed=s, perturb_from=q2) for s in (1, 2)]
-    out = run_moe(tmp_path / "q2", config(q2, q2e, "cheap_embed", f"shared_experts:\n  - source_model: {q2}\n"
-                                            f"    positive_prompts: ['hello']\n    residual_scale: 0.1\n"))
+    out = run_moe(
+        tmp_path / "q2",
+        config(
+            q2,
+            q2e,
+            "cheap_embed",
+            f"shared_experts:\n  - source_model: {q2}\n"
+            f"    positive_prompts: ['hello']\n    residual_scale: 0.1\n",
+        ),
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["Qwen2MoeForCausalLM"] and cfg["num_experts"] == 2
-    torch.testing.assert_close(tensor(out, "model.layers.0.mlp.shared_expert.down_proj.weight"),
-                               0.1 * tensor(q2, "model.layers.0.mlp.down_proj.weight"))
+    torch.testing.assert_close(
+        tensor(out, "model.layers.0.mlp.shared_expert.down_proj.weight"),
+        0.1 * tensor(q2, "model.layers.0.mlp.down_proj.weight"),
+    )
     assert tensor(out, "model.layers.0.mlp.shared_expert_gate.weight").shape == (1, 32)
     q3 = toy("qwen3")
-    out3 = run_moe(tmp_path / "q3", config(q3, [toy("qwen3", seed=s, perturb_from=q3) for s in (1, 2)], "random"))
+    out3 = run_moe(
+        tmp_path / "q3", config(q3, [toy("qwen3", seed=s, perturb_from=q3) for s in (1, 2)], "random")
+    )
     assert json.loads((out3 / "config.json").read_text())["architectures"] == ["Qwen3MoeForCausalLM"]
     from transformers import AutoModelForCausalLM
 
@@ -105,11 +123,14 @@ def test_qwen_moe_families(tmp_path, toy):
         assert model(torch.tensor([[2, 5, 9]])).logits.shape[-1] == 64
 
 
-@pytest.mark.parametrize(("extra", "frag"), [
-    ("experts_per_token: 3\n", "experts_per_token: 3 is more than the 2 expert(s)"),
-    ("architecture: qwen\n", "qwen2_moe needs one shared expert"),
-    ("gate_mode: hiddenish\n", "gate_mode"),
-])
+@pytest.mark.parametrize(
+    ("extra", "frag"),
+    [
+        ("experts_per_token: 3\n", "experts_per_token: 3 is more than the 2 expert(s)"),
+        ("architecture: qwen\n", "qwen2_moe needs one shared expert"),
+        ("gate_mode: hiddenish\n", "gate_mode"),
+    ],
+)
 def test_bad_moe_configs(tmp_path, dense, extra, frag):
     base, experts = dense
     text = config(base, experts[:2]) + extra

@@ -21,15 +21,31 @@ def test_default_steps_undo_a_head_permutation_with_rotations_and_scales(tmp_pat
     res = cli("align", str(scrambled), "--anchor", str(a), "-o", str(tmp_path / "aligned"), "-q")
     assert res.returncode == 0, res.stderr
     ra, rb = ModelReader("a", a), ModelReader("b", tmp_path / "aligned")
-    worst = max(float((ra.read(n) - rb.read(n)).abs().max()) for n in ra.tensors if ra.info(n).dtype in ("F32",))
+    worst = max(
+        float((ra.read(n) - rb.read(n)).abs().max()) for n in ra.tensors if ra.info(n).dtype in ("F32",)
+    )
     assert worst < 1e-4, worst
 
 
 def test_a_head_permutation_after_rotate_is_refused(tmp_path, toy, capsys):
     steps = write(tmp_path / "s.yml", "align:\n  - rotate: {}\n  - permute: {heads: true}\n")
-    err = clean_failure(capsys, ["align", str(toy("llama", seed=1)), "--anchor", str(toy("llama")), "--steps",
-                                 str(steps), "-o", str(tmp_path / "o")])
-    assert "align[1].permute: heads are paired before they are rotated" in err and "before align[0].rotate" in err
+    err = clean_failure(
+        capsys,
+        [
+            "align",
+            str(toy("llama", seed=1)),
+            "--anchor",
+            str(toy("llama")),
+            "--steps",
+            str(steps),
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert (
+        "align[1].permute: heads are paired before they are rotated" in err
+        and "before align[0].rotate" in err
+    )
 
 
 def test_align_report_and_progress_use_the_models_names(tmp_path, toy):
@@ -55,8 +71,9 @@ def test_equivalence_compares_headless_encoders_by_their_last_hidden_state(tmp_p
             (enc / f.name).write_bytes(f.read_bytes())
     tensors = {}
     for shard in sorted(src.glob("model*.safetensors")):
-        tensors.update({k.removeprefix("bert."): v for k, v in load_file(str(shard)).items()
-                        if k.startswith("bert.")})
+        tensors.update(
+            {k.removeprefix("bert."): v for k, v in load_file(str(shard)).items() if k.startswith("bert.")}
+        )
     save_file(tensors, str(enc / "model.safetensors"))
     data = write(tmp_path / "d.txt", "hello world\nthe quick brown fox\n")
     res = cli("eval", "equivalence", str(enc), str(enc), "--data", str(data), "--device", "cpu")
@@ -78,11 +95,22 @@ def test_sentence_transformers_files_are_copied_and_can_be_left_out(tmp_path, to
     import shutil
 
     shutil.copytree(toy("bert"), src)
-    write(src / "modules.json", json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-        {"idx": 3, "name": "3", "path": "../escape", "type": "x"}]))
+    write(
+        src / "modules.json",
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                },
+                {"idx": 3, "name": "3", "path": "../escape", "type": "x"},
+            ]
+        ),
+    )
     write(src / "sentence_bert_config.json", '{"max_seq_length": 128}')
     write(src / "1_Pooling" / "config.json", '{"pooling_mode_mean_tokens": true}')
     (src / "2_Normalize").mkdir()
@@ -102,21 +130,31 @@ def test_sentence_transformers_files_are_copied_and_can_be_left_out(tmp_path, to
 
 
 def test_run_creates_only_the_last_folder_unless_parents(tmp_path, toy, capsys):
-    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n")
+    rec = write(
+        tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nmerge: linear\n"
+    )
     deep = tmp_path / "unset" / "models" / "base"
     err = clean_failure(capsys, ["run", str(rec), str(deep)])
     assert "does not exist; create it or pass --parents" in err and not (tmp_path / "unset").exists()
     assert cli("run", str(rec), str(deep), "--parents", "-q").returncode == 0
-    err = clean_failure(capsys, ["run", str(rec), str(tmp_path), "--report", str(tmp_path / "a" / "b" / "r.json")])
+    err = clean_failure(
+        capsys, ["run", str(rec), str(tmp_path), "--report", str(tmp_path / "a" / "b" / "r.json")]
+    )
     assert "does not exist; create it first" in err
 
 
 def test_barrier_plot_names_a_b_and_the_loss(tmp_path, toy):
     from mergeflow.eval.barrier import plot
 
-    rep = {"a": "/m/vit-seed11", "b": "/m/vit-seed12", "data": "/d/digits-test.npz", "examples": 360,
-           "variants": {"naive": {"barrier": 2.0, "points": [{"lambda": 0.0, "loss": 0.1},
-                                                              {"lambda": 1.0, "loss": 0.2}]}}}
+    rep = {
+        "a": "/m/vit-seed11",
+        "b": "/m/vit-seed12",
+        "data": "/d/digits-test.npz",
+        "examples": 360,
+        "variants": {
+            "naive": {"barrier": 2.0, "points": [{"lambda": 0.0, "loss": 0.1}, {"lambda": 1.0, "loss": 0.2}]}
+        },
+    }
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,4 +176,3 @@ def test_barrier_plot_names_a_b_and_the_loss(tmp_path, toy):
     assert "vit-seed11" in seen["title"] and "vit-seed12" in seen["title"]
     assert seen["y"] == "cross-entropy on digits-test.npz (360 ex.)"
     assert seen["legend"].get_bbox_to_anchor().x0 > seen["legend"].axes.get_window_extent().x1 - 1  # outside
-

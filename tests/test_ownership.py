@@ -22,7 +22,9 @@ def snapshot(root: Path) -> dict[str, bytes | str]:
         for name in dirs + files:
             p = Path(dirpath, name)
             rel = str(p.relative_to(root))
-            out[rel] = ("link:" + os.readlink(p)) if p.is_symlink() else (p.read_bytes() if p.is_file() else "dir")
+            out[rel] = (
+                ("link:" + os.readlink(p)) if p.is_symlink() else (p.read_bytes() if p.is_file() else "dir")
+            )
     return out
 
 
@@ -55,7 +57,9 @@ def test_force_refuses_home_root_and_folders_with_other_files(project, capsys, m
     before = snapshot(tmp_path)
     assert "home directory" in clean_failure(capsys, ["run", str(rec), str(home), "--force"])
     assert "root directory" in clean_failure(capsys, ["run", str(rec), "/", "--force"])
-    assert "overlaps input" in clean_failure(capsys, ["run", str(rec), str(root), "--force"])  # holds the recipe
+    assert "overlaps input" in clean_failure(
+        capsys, ["run", str(rec), str(root), "--force"]
+    )  # holds the recipe
     err = clean_failure(capsys, ["run", str(rec), str(root / "sibling"), "--force"])
     assert "not written by mergeflow" in err
     # without --force the message says the same thing (--force would not help)
@@ -151,7 +155,8 @@ def test_report_never_overwrites_a_user_file_or_an_input(project, capsys, toy):
     for target in (root / "sibling" / "notes.txt", shard, rec):
         clean_failure(capsys, ["run", str(rec), str(root / "m1"), "--report", str(target)], root / "m1")
     assert "inside the output" in clean_failure(
-        capsys, ["run", str(rec), str(root / "m2"), "--report", str(root / "m2" / "r.json")], root / "m2")
+        capsys, ["run", str(rec), str(root / "m2"), "--report", str(root / "m2" / "r.json")], root / "m2"
+    )
     assert snapshot(root) == before and shard.read_bytes() == shard_bytes
     report = root / "report.json"
     for force in ([], ["--force"]):  # its own report is replaced on the next run
@@ -169,18 +174,46 @@ def test_stats_and_barrier_outputs_refuse_user_files_and_inputs(tmp_path, toy, c
     for target in (mine, shard, data):
         clean_failure(capsys, ["stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(target)])
     write(tmp_path / "bar.png", "my picture")
-    clean_failure(capsys, ["eval", "barrier", str(a), str(a), "--data", str(data), "-o", str(tmp_path / "bar")])
-    err = clean_failure(capsys, ["eval", "barrier", str(a), str(a), "--data", str(data), "-o", str(a / "bar")])
+    clean_failure(
+        capsys, ["eval", "barrier", str(a), str(a), "--data", str(data), "-o", str(tmp_path / "bar")]
+    )
+    err = clean_failure(
+        capsys, ["eval", "barrier", str(a), str(a), "--data", str(data), "-o", str(a / "bar")]
+    )
     assert "inside the input" in err
     assert mine.read_text() == "user bytes" and shard.read_bytes() == shard_bytes
     assert (tmp_path / "bar.png").read_text() == "my picture" and data.read_text().startswith("hello")
     # mergeflow's own files are replaced on the next run
     for _ in range(2):
-        res = cli("stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(tmp_path / "g.safetensors"),
-                      "-q", "--device", "cpu")
+        res = cli(
+            "stats",
+            str(a),
+            "--data",
+            str(data),
+            "--kind",
+            "gram",
+            "-o",
+            str(tmp_path / "g.safetensors"),
+            "-q",
+            "--device",
+            "cpu",
+        )
         assert res.returncode == 0, res.stderr
-        res = cli("eval", "barrier", str(a), str(a), "--data", str(data), "--points", "3", "-o",
-                      str(tmp_path / "b2"), "--device", "cpu", "-q")
+        res = cli(
+            "eval",
+            "barrier",
+            str(a),
+            str(a),
+            "--data",
+            str(data),
+            "--points",
+            "3",
+            "-o",
+            str(tmp_path / "b2"),
+            "--device",
+            "cpu",
+            "-q",
+        )
         assert res.returncode == 0, res.stderr
 
 
@@ -211,8 +244,14 @@ def test_resume_never_writes_through_links_planted_in_the_partial_output(project
     partial.mkdir()
     write_marker(partial, [], kind="partial")
     victims = root / "victims"
-    names = [*(p.name for p in ref.iterdir() if p.name != M), INDEX_NAME, *CONFIG_FILES, ".mergeflow-journal.json",
-             ".mergeflow-journal.tmp", "alignment.json"]
+    names = [
+        *(p.name for p in ref.iterdir() if p.name != M),
+        INDEX_NAME,
+        *CONFIG_FILES,
+        ".mergeflow-journal.json",
+        ".mergeflow-journal.tmp",
+        "alignment.json",
+    ]
     for name in names:
         v = write(victims / name, f"victim {name}\n")
         (partial / name).unlink(missing_ok=True)
@@ -245,19 +284,25 @@ def test_report_over_a_hard_link_of_an_input_is_refused(project, toy, capsys):
     root, _proj, rec = project
     shard = sorted(toy("llama").glob("model-*.safetensors"))[0]
     os.link(shard, root / "looks-harmless.json")
-    err = clean_failure(capsys, ["run", str(rec), str(root / "o"), "--report", str(root / "looks-harmless.json")],
-                        root / "o")
+    err = clean_failure(
+        capsys, ["run", str(rec), str(root / "o"), "--report", str(root / "looks-harmless.json")], root / "o"
+    )
     assert "input" in err
 
 
 def test_own_files_are_recognised_whatever_their_header_size(tmp_path):
     import torch
 
-    from mergeflow.io.ownership import file_written_by_mergeflow
+    from mergeflow.io.recognise import file_written_by_mergeflow
     from mergeflow.io.stats_file import write_stats
 
-    big = write_stats(tmp_path / "big.safetensors", {f"model.layers.{i}.w": torch.ones(1) for i in range(3000)},
-                      "fisher", 1, "m")  # a header of well over 64 KiB, as a 70B model's statistics have
+    big = write_stats(
+        tmp_path / "big.safetensors",
+        {f"model.layers.{i}.w": torch.ones(1) for i in range(3000)},
+        "fisher",
+        1,
+        "m",
+    )  # a header of well over 64 KiB, as a 70B model's statistics have
     assert big.stat().st_size > 1 << 17 and file_written_by_mergeflow(big)
     write(tmp_path / "r.json", json.dumps({"written_by": "mergeflow", "pad": "x" * (1 << 17)}))
     assert file_written_by_mergeflow(tmp_path / "r.json")
@@ -266,10 +311,23 @@ def test_own_files_are_recognised_whatever_their_header_size(tmp_path):
 
 
 def test_reports_and_barrier_json_of_earlier_versions_are_recognised(tmp_path):
-    from mergeflow.io.ownership import file_written_by_mergeflow
+    from mergeflow.io.recognise import file_written_by_mergeflow
 
-    old_report = {k: 0 for k in ("output", "seconds", "tensors", "bytes_read", "bytes_written", "shards",
-                                 "peak_rss_bytes", "max_memory_bytes", "device", "operators")}
+    old_report = {
+        k: 0
+        for k in (
+            "output",
+            "seconds",
+            "tensors",
+            "bytes_read",
+            "bytes_written",
+            "shards",
+            "peak_rss_bytes",
+            "max_memory_bytes",
+            "device",
+            "operators",
+        )
+    }
     old_barrier = {"a": "A", "b": "B", "data": "d.txt", "examples": 3, "variants": {}}
     for i, data in enumerate((old_report, old_barrier)):
         assert file_written_by_mergeflow(write(tmp_path / f"{i}.json", json.dumps(data)))

@@ -195,29 +195,49 @@ def test_rules_across_parameters_are_checked_by_validate(tmp_path, toy):
     """della's density +/- epsilon must lie in (0, 1]: a rule over two fields, checked before any model is
     opened, at every knot of a gradient, with the YAML location."""
     a, b = toy("llama"), toy("llama", seed=1)
-    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nbase: a\n"
-                                    "merge: {della: {density: 0.9, epsilon: 0.2}}\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nbase: a\nmerge: {{della: {{density: 0.9, epsilon: 0.2}}}}\n",
+    )
     res = cli("validate", str(rec), "--recipe-only")
     assert res.returncode == 2 and "r.yml:3:" in res.stderr and "merge.della: density - epsilon" in res.stderr
-    rec = write(tmp_path / "g.yml", f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.9]}}}}}}\n"
-                                    "base: a\nmerge: {della: {epsilon: 0.15}}\n")
+    rec = write(
+        tmp_path / "g.yml",
+        f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.9]}}}}}}\n"
+        "base: a\nmerge: {della: {epsilon: 0.15}}\n",
+    )
     res = cli("validate", str(rec), "--recipe-only")
     assert res.returncode == 2 and "models.b.params:" in res.stderr and "(at layer position 1)" in res.stderr
-    ok = write(tmp_path / "ok.yml", f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.8]}}}}}}\n"
-                                    "base: a\nmerge: {della: {epsilon: 0.15}}\n")
+    ok = write(
+        tmp_path / "ok.yml",
+        f"models: {{a: {a}, b: {{path: {b}, params: {{density: [0.5, 0.8]}}}}}}\n"
+        "base: a\nmerge: {della: {epsilon: 0.15}}\n",
+    )
     assert cli("validate", str(ok), "--recipe-only").returncode == 0
 
 
-@pytest.mark.parametrize(("align", "msg"), [
-    ("[{refine: {steps: 3}}]", "align[0].refine: needs 'data: PATH'"),
-    ("[{refine: {data: d.txt}}]", "align[0].refine: needs a residual step before it"),
-    ("[{rotate: {}}, {permute: {heads: true}}]", "align[1].permute: heads are paired before they are rotated"),
-    ("[{permute: {residual: true}}, {refine: {data: d.txt}}, {rescale: {}}]", "align[1].refine: must be the last"),
-])
+@pytest.mark.parametrize(
+    ("align", "msg"),
+    [
+        ("[{refine: {steps: 3}}]", "align[0].refine: needs 'data: PATH'"),
+        ("[{refine: {data: d.txt}}]", "align[0].refine: needs a residual step before it"),
+        (
+            "[{rotate: {}}, {permute: {heads: true}}]",
+            "align[1].permute: heads are paired before they are rotated",
+        ),
+        (
+            "[{permute: {residual: true}}, {refine: {data: d.txt}}, {rescale: {}}]",
+            "align[1].refine: must be the last",
+        ),
+    ],
+)
 def test_step_order_rules_are_checked_without_models(tmp_path, toy, align, msg):
     write(tmp_path / "d.txt", "some text\n")
-    rec = write(tmp_path / "r.yml", f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nanchor: a\n"
-                                    f"align: {align}\nmerge: linear\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {toy('llama')}, b: {toy('llama', seed=1)}}}\nanchor: a\n"
+        f"align: {align}\nmerge: linear\n",
+    )
     res = cli("validate", str(rec), "--recipe-only")
     assert res.returncode == 2 and msg in res.stderr and "r.yml:3:" in res.stderr, res.stderr
 
@@ -227,11 +247,19 @@ def test_problems_found_while_planning_point_at_the_recipe_key(tmp_path, toy):
     key at fault, like validation errors."""
     from tests.conftest import cli, write
 
-    rec = write(tmp_path / "mix.yml", f"models:\n  a: {toy('llama')}\n  v: {toy('vit')}\nmerge: {{linear: {{}}}}\n")
+    rec = write(
+        tmp_path / "mix.yml", f"models:\n  a: {toy('llama')}\n  v: {toy('vit')}\nmerge: {{linear: {{}}}}\n"
+    )
     r = cli("validate", str(rec))
-    assert r.returncode == 2 and "mix.yml:3:6: models.v: models have different architectures" in r.stderr, r.stderr
+    assert r.returncode == 2 and "mix.yml:3:6: models.v: models have different architectures" in r.stderr, (
+        r.stderr
+    )
     g = toy("gpt2")  # tied head
-    rec = write(tmp_path / "tied.yml", f"models: {{a: {g}, b: {g}}}\nanchor: a\nalign:\n  - orthogonal: {{}}\n"
-                "merge: {linear: {}}\n")
+    rec = write(
+        tmp_path / "tied.yml",
+        f"models: {{a: {g}, b: {g}}}\nanchor: a\nalign:\n  - orthogonal: {{}}\nmerge: {{linear: {{}}}}\n",
+    )
     r = cli("validate", str(rec))
-    assert r.returncode == 2 and "tied.yml:4:17: align[0].orthogonal: not valid for this model" in r.stderr, r.stderr
+    assert r.returncode == 2 and "tied.yml:4:17: align[0].orthogonal: not valid for this model" in r.stderr, (
+        r.stderr
+    )

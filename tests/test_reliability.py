@@ -21,8 +21,12 @@ from tests.helpers import make_model
 def big_recipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     models = [make_model(root / f"m{i}", 24, 1 << 20, i, shards=3) for i in range(3)]  # 3 x 96 MiB
-    rec = write(root / "r.yml", "models:\n" + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
-                + "base: m0\nmerge: {dare_ties: {density: 0.5}}\nseed: 3\noutput: {shard_size: 8MiB}\n")
+    rec = write(
+        root / "r.yml",
+        "models:\n"
+        + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
+        + "base: m0\nmerge: {dare_ties: {density: 0.5}}\nseed: 3\noutput: {shard_size: 8MiB}\n",
+    )
     ref = root / "reference"
     assert run_cli("run", str(rec), str(ref), "-q").returncode == 0
     return rec, ref
@@ -35,8 +39,11 @@ def files(path):
 def _kill_after(rec, out, shards: int, sig=signal.SIGKILL, stderr: list | None = None) -> int:
     """Start a real CLI run and send ``sig`` once its journal lists ``shards`` completed shards."""
     journal = out.parent / f".{out.name}.mergeflow-partial" / ".mergeflow-journal.json"
-    proc = subprocess.Popen([sys.executable, "-m", "mergeflow.cli.main", "run", str(rec), str(out), "-q"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergeflow.cli.main", "run", str(rec), str(out), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     seen = 0
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
@@ -85,9 +92,12 @@ def test_sigterm_keeps_partial_work_and_resume_skips_it(tmp_path, big_recipe):
     assert files(out) == files(ref)
 
 
-@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(tmp_path, big_recipe, sig, code,
-                                                                                 word):
+@pytest.mark.parametrize(
+    "sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(
+    tmp_path, big_recipe, sig, code, word
+):
     rec, _ref = big_recipe
     out = tmp_path / "out"
     got: list = []
@@ -97,7 +107,10 @@ def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"{word}; the partial output was kept in ") and "--resume" in last, err
     res = run_cli("run", str(rec), str(out), "-q")
-    assert res.returncode == 0 and "warning: discarded the partial output of an earlier interrupted run" in res.stderr
+    assert (
+        res.returncode == 0
+        and "warning: discarded the partial output of an earlier interrupted run" in res.stderr
+    )
 
 
 def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe):
@@ -137,7 +150,9 @@ def test_disk_full_is_one_line_exit_2_and_cleans_up(tmp_path, big_recipe, monkey
         cli_main.main(["run", str(rec), str(tmp_path / "out"), "-q"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "No space left on device" in err[0] and ".safetensors" in err[0]  # names the file
+    assert (
+        len(err) == 1 and "No space left on device" in err[0] and ".safetensors" in err[0]
+    )  # names the file
     assert list(tmp_path.iterdir()) == []
 
 
@@ -161,12 +176,16 @@ def test_check_finite_names_the_tensor(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    save_file({"ok": torch.ones(3), "bad": torch.tensor([1.0, float("inf"), 2.0])}, str(tmp_path / "a.safetensors"))
+    save_file(
+        {"ok": torch.ones(3), "bad": torch.tensor([1.0, float("inf"), 2.0])}, str(tmp_path / "a.safetensors")
+    )
     save_file({"ok": torch.ones(3), "bad": torch.ones(3)}, str(tmp_path / "b.safetensors"))
     rec = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\nmerge: linear\n")
     assert run_cli("run", str(rec), str(tmp_path / "plain"), "-q").returncode == 0  # not checked by default
     res = run_cli("run", str(rec), str(tmp_path / "out"), "--check-finite")
-    assert res.returncode == 2 and "tensor 'bad' has NaN or Inf" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 2 and "tensor 'bad' has NaN or Inf" in res.stderr and "Traceback" not in res.stderr
+    )
     assert not (tmp_path / "out").exists()
 
 

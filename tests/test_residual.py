@@ -15,10 +15,10 @@ PERM = "[{permute: {residual: true, heads: true, ffn: true}}, {rotate: {qk: true
 ORTH = "[{orthogonal: {residual: true}}, " + PERM[1:]
 
 
-
-
-@pytest.mark.parametrize("family", ["gpt2", "vit", "llama", "bert", "roberta", "distilbert", "gemma", "gemma2",
-                                    "gemma3", "phi3", "olmo2"])
+@pytest.mark.parametrize(
+    "family",
+    ["gpt2", "vit", "llama", "bert", "roberta", "distilbert", "gemma", "gemma2", "gemma3", "phi3", "olmo2"],
+)
 def test_planted_residual_permutation_is_recovered(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
     b = scramble_model(a, tmp_path / "b", seed=5, heads_perm=True, residual="permutation")
@@ -65,7 +65,10 @@ def test_aligning_to_itself_keeps_the_model_and_the_identity_map(tmp_path, toy, 
 
 
 def test_independent_models_get_closer_and_never_worse(tmp_path, toy):
-    a, b = trained_norms(toy("vit", seed=1), tmp_path / "a", 1), trained_norms(toy("vit", seed=2), tmp_path / "b", 2)
+    a, b = (
+        trained_norms(toy("vit", seed=1), tmp_path / "a", 1),
+        trained_norms(toy("vit", seed=2), tmp_path / "b", 2),
+    )
     c, report = align(tmp_path, b, a, ORTH)
     res = report["residual"][0]
     distances = [h["distance"] for h in res["history"]]  # the first is at the identity map
@@ -73,14 +76,23 @@ def test_independent_models_get_closer_and_never_worse(tmp_path, toy):
     torch.testing.assert_close(outputs(c, "vit")[0], outputs(b, "vit")[0], atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("family", "why"), [("gpt2", "tied to the input embeddings"), ("bert", "post-norm"),
-                                             ("gemma", "tied to the input embeddings"),
-                                             ("gemma2", "normalises each block's output"),
-                                             ("olmo2", "normalises each block's output")])
+@pytest.mark.parametrize(
+    ("family", "why"),
+    [
+        ("gpt2", "tied to the input embeddings"),
+        ("bert", "post-norm"),
+        ("gemma", "tied to the input embeddings"),
+        ("gemma2", "normalises each block's output"),
+        ("olmo2", "normalises each block's output"),
+    ],
+)
 def test_orthogonal_map_refused_where_not_exact(tmp_path, toy, family, why):
     a = toy(family)
-    rec = write(tmp_path / "r.yml", f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
-                f"align: [{{orthogonal: {{residual: true}}}}]\nmerge: {{passthrough: {{source: model}}}}\n")
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{anchor: {a}, model: {a}}}\nanchor: anchor\n"
+        f"align: [{{orthogonal: {{residual: true}}}}]\nmerge: {{passthrough: {{source: model}}}}\n",
+    )
     proc = cli("run", str(rec), "-o", str(tmp_path / "out"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "align[0].orthogonal" in proc.stderr and why in proc.stderr

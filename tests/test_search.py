@@ -45,20 +45,26 @@ def llamas(toy, tmp_path_factory):
 
 
 def llama_search(root, a, b, trials=6, sampler="random"):
-    return write(root / "s.yml", f"models:\n  a: {a}\n  b: {{path: {b}, params: {{weight: {{search: [0.0, 1.0]}}}}}}\n"
-                 "merge: {linear: {normalize: false}}\n"
-                 "overrides: [{match: '*.mlp.*', params: {weight: {search: [0.0, 1.0], knots: 2}}}]\n"
-                 f"search: {{objective: {{data: d.txt}}, sampler: {sampler}, trials: {trials}, write_best: false}}\n")
+    return write(
+        root / "s.yml",
+        f"models:\n  a: {a}\n  b: {{path: {b}, params: {{weight: {{search: [0.0, 1.0]}}}}}}\n"
+        "merge: {linear: {normalize: false}}\n"
+        "overrides: [{match: '*.mlp.*', params: {weight: {search: [0.0, 1.0], knots: 2}}}]\n"
+        f"search: {{objective: {{data: d.txt}}, sampler: {sampler}, trials: {trials}, write_best: false}}\n",
+    )
 
 
 def test_search_beats_the_uniform_average_of_two_finetunes(finetunes):
     from mergeflow.search.run import read_search
     from mergeflow.search.trial import Evaluator
 
-    s = write(finetunes / "s.yml", "models:\n  init: init\n  a: {path: a, params: {weight: {search: [0.0, 1.5]}}}\n"
-              "  b: {path: b, params: {weight: {search: [0.0, 1.5]}}}\nbase: init\nmerge: {task_arithmetic: {}}\n"
-              "search:\n  objective: [{metric: loss, data: test.npz}, {metric: accuracy, data: test.npz, weight: 0.5}]\n"
-              "  sampler: tpe\n  trials: 12\n")
+    s = write(
+        finetunes / "s.yml",
+        "models:\n  init: init\n  a: {path: a, params: {weight: {search: [0.0, 1.5]}}}\n"
+        "  b: {path: b, params: {weight: {search: [0.0, 1.5]}}}\nbase: init\nmerge: {task_arithmetic: {}}\n"
+        "search:\n  objective: [{metric: loss, data: test.npz}, {metric: accuracy, data: test.npz, weight: 0.5}]\n"
+        "  sampler: tpe\n  trials: 12\n",
+    )
     r = cli("search", str(s), "-o", str(finetunes / "out"), "--workers", "1", "-q")
     assert r.returncode == 0, r.stderr
     out = finetunes / "out"
@@ -66,26 +72,36 @@ def test_search_beats_the_uniform_average_of_two_finetunes(finetunes):
     assert len(report["trials"]) == 12 and all(t["state"] == "complete" for t in report["trials"])
     sf = read_search(s)
     uniform = Evaluator(str(s), str(finetunes), list(sf.section.objective), "cpu")(
-        {"models": {"a": "a", "b": "b"}, "merge": {"linear": {}}})
+        {"models": {"a": "a", "b": "b"}, "merge": {"linear": {}}}
+    )
     assert report["best"]["score"] < uniform["value"], (report["best"], uniform)  # held-out digits 0-9
     import yaml
 
     best = yaml.safe_load((out / "best.yml").read_text())
-    assert "search" not in json.dumps(best) and cli("validate", "--recipe-only", str(out / "best.yml")).returncode == 0
+    assert (
+        "search" not in json.dumps(best)
+        and cli("validate", "--recipe-only", str(out / "best.yml")).returncode == 0
+    )
     assert (out / "best" / "config.json").is_file() and (out / "history.png").stat().st_size > 1000
     assert len((out / "trials.csv").read_text().splitlines()) == 13
 
 
-@pytest.mark.parametrize("space,msg", [
-    ("{search: [1.0, 0.0]}", "a range needs low < high"),
-    ("{search: [0, 1, 2]}", "a range is [low, high]"),
-    ("{search: [0.0, 1.0], knots: 1}", "knots is an integer from 2 to 64"),
-])
+@pytest.mark.parametrize(
+    "space,msg",
+    [
+        ("{search: [1.0, 0.0]}", "a range needs low < high"),
+        ("{search: [0, 1, 2]}", "a range is [low, high]"),
+        ("{search: [0.0, 1.0], knots: 1}", "knots is an integer from 2 to 64"),
+    ],
+)
 def test_a_bad_space_is_one_clean_error_and_writes_nothing(llamas, space, msg):
     root, a, b = llamas
-    s = write(root / "bad.yml", f"models: {{a: {a}, b: {{path: {b}, params: {{weight: {space}}}}}}}\n"
-              "merge: {ties: {density: {search: [0.5, 1.5]}}}\nbase: a\n"
-              "search: {objective: {data: d.txt}, trials: 0}\n")
+    s = write(
+        root / "bad.yml",
+        f"models: {{a: {a}, b: {{path: {b}, params: {{weight: {space}}}}}}}\n"
+        "merge: {ties: {density: {search: [0.5, 1.5]}}}\nbase: a\n"
+        "search: {objective: {data: d.txt}, trials: 0}\n",
+    )
     r = cli("search", str(s), "-o", str(root / "never"))
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert msg in r.stderr and "models.b.params.weight" in r.stderr and "bad.yml:1:" in r.stderr
@@ -95,8 +111,11 @@ def test_a_bad_space_is_one_clean_error_and_writes_nothing(llamas, space, msg):
 
 def test_a_value_out_of_range_at_a_corner_of_the_space_is_found_before_any_trial(llamas):
     root, a, b = llamas
-    s = write(root / "corner.yml", f"models: {{a: {a}, b: {b}}}\nbase: a\n"
-              "merge: {ties: {density: {search: [0.5, 1.5]}}}\nsearch: {objective: {data: d.txt}}\n")
+    s = write(
+        root / "corner.yml",
+        f"models: {{a: {a}, b: {b}}}\nbase: a\n"
+        "merge: {ties: {density: {search: [0.5, 1.5]}}}\nsearch: {objective: {data: d.txt}}\n",
+    )
     r = cli("search", str(s), "-o", str(root / "never"), "--dry-run")
     assert r.returncode != 0 and "merge.ties.density" in r.stderr and "Traceback" not in r.stderr
 
@@ -131,11 +150,15 @@ def test_a_foreign_sqlite_file_is_never_taken_as_the_study(llamas):
 
 def test_trials_run_on_a_local_ray_cluster_with_two_workers(llamas):
     root, a, b = llamas
-    r = cli("search", str(llama_search(root, a, b, trials=4)), "-o", str(root / "ray"), "--workers", "2", "-q")
+    r = cli(
+        "search", str(llama_search(root, a, b, trials=4)), "-o", str(root / "ray"), "--workers", "2", "-q"
+    )
     assert r.returncode == 0, r.stderr
     trials = json.loads((root / "ray" / "trials.json").read_text())["trials"]
     assert len(trials) == 4 and all(t["state"] == "complete" for t in trials)
-    assert len({t["worker"] for t in trials}) == 2 and all(str(os.getpid()) not in t["worker"] for t in trials)
+    assert len({t["worker"] for t in trials}) == 2 and all(
+        str(os.getpid()) not in t["worker"] for t in trials
+    )
 
 
 def _states(db):
@@ -169,7 +192,9 @@ def test_a_killed_search_resumes_with_no_trial_lost_or_duplicated(llamas):
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "trials.json").read_text())["trials"]
     numbers = [t["trial"] for t in report]
-    assert len(report) == 10 and all(t["state"] == "complete" for t in report)  # the interrupted ones left out
+    assert len(report) == 10 and all(
+        t["state"] == "complete" for t in report
+    )  # the interrupted ones left out
     assert done_before <= set(numbers)  # every trial finished before the kill is kept
     running = {n for n, st in before.items() if st == "RUNNING"}
     assert len(running) == 1, before  # killed in the middle of a trial
@@ -186,10 +211,15 @@ def test_a_killed_search_resumes_with_no_trial_lost_or_duplicated(llamas):
 
 def test_trials_that_fail_alike_stop_the_search_with_their_error(llamas):
     root, a, b = llamas
-    s = llama_search(root, a, b, trials=8).read_text().replace("objective: {data: d.txt}",
-                                                                "objective: {metric: accuracy, data: d.txt}")
+    s = (
+        llama_search(root, a, b, trials=8)
+        .read_text()
+        .replace("objective: {data: d.txt}", "objective: {metric: accuracy, data: d.txt}")
+    )
     r = cli("search", str(write(root / "acc.yml", s)), "-o", str(root / "acc"), "-q")
-    assert r.returncode != 0 and "the first 3 trials all failed" in r.stderr and "gives no accuracy" in r.stderr
+    assert (
+        r.returncode != 0 and "the first 3 trials all failed" in r.stderr and "gives no accuracy" in r.stderr
+    )
     assert "Traceback" not in r.stderr and not (root / "acc").exists()
 
 
@@ -197,7 +227,9 @@ def test_a_merge_too_large_for_the_trial_memory_is_scored_from_a_scratch_folder(
     from mergeflow.search.section import Objective
     from mergeflow.search.trial import Evaluator
 
-    big = {"config": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8}}  # 50 MB merged
+    big = {
+        "config": {"hidden_size": 512, "intermediate_size": 2048, "num_attention_heads": 8}
+    }  # 50 MB merged
     a, b = toy("llama", seed=1, **big), toy("llama", seed=2, **big)
     write(tmp_path / "d.txt", TEXT)
     recipe = {"models": {"a": str(a), "b": str(b)}, "merge": {"linear": {}}}
@@ -207,7 +239,10 @@ def test_a_merge_too_large_for_the_trial_memory_is_scored_from_a_scratch_folder(
     roomy = Evaluator("s.yml", str(tmp_path), objectives, "cpu")(recipe)
     tight = Evaluator("s.yml", str(tmp_path), objectives, "cpu", 64 << 20, str(scratch))(recipe)  # 64 MiB
     assert (roomy["merged_in"], tight["merged_in"]) == ("memory", "folder")
-    assert tight["value"] == pytest.approx(roomy["value"], rel=1e-6), (tight, roomy)  # the same merge, via a folder
+    assert tight["value"] == pytest.approx(roomy["value"], rel=1e-6), (
+        tight,
+        roomy,
+    )  # the same merge, via a folder
     assert not list(scratch.iterdir())  # the folder is gone
 
 

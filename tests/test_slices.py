@@ -14,13 +14,16 @@ def state(path):
 
 def test_frankenmerge_stacks_and_renumbers_layers(tmp_path, toy):
     a, b = toy("llama", seed=0), toy("llama", seed=1)
-    rec = write(tmp_path / "r.yml", f"""\
+    rec = write(
+        tmp_path / "r.yml",
+        f"""\
 models: {{a: {a}, b: {b}}}
 slices:
   - sources: [{{model: a, layers: [0, 2]}}]
   - sources: [{{model: b, layers: [1, 3]}}]
 merge: {{passthrough: {{}}}}
-""")
+""",
+    )
     out = tmp_path / "out"
     res = cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
@@ -39,18 +42,23 @@ merge: {{passthrough: {{}}}}
 
 def test_multi_source_slice_merges_matching_layers(tmp_path, toy):
     a, b = toy("llama", seed=0), toy("llama", seed=1)
-    rec = write(tmp_path / "r.yml", f"""\
+    rec = write(
+        tmp_path / "r.yml",
+        f"""\
 models: {{a: {a}, b: {b}}}
 slices:
   - sources: [{{model: a, layers: [0, 1]}}, {{model: b, layers: [2, 3]}}]
 merge: linear
-""")
+""",
+    )
     out = tmp_path / "out"
     assert cli("run", str(rec), str(out), "-q").returncode == 0
     so, sa, sb = state(out), state(a), state(b)
     n = "model.layers.{}.mlp.up_proj.weight"
     torch.testing.assert_close(so[n.format(0)], (sa[n.format(0)] + sb[n.format(2)]) / 2)
-    bad = write(tmp_path / "bad.yml", f"models: {{a: {a}}}\nslices: [{{sources: [{{model: z, layers: [2, 1]}}]}}]\n"
-                "merge: linear\n")
+    bad = write(
+        tmp_path / "bad.yml",
+        f"models: {{a: {a}}}\nslices: [{{sources: [{{model: z, layers: [2, 1]}}]}}]\nmerge: linear\n",
+    )
     res = cli("validate", str(bad))
     assert res.returncode == 2 and "slices[0].sources[0]" in res.stderr

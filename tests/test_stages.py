@@ -20,7 +20,10 @@ def models(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("stages")
     a = build("llama", root / "a", seed=0)
-    return {"a": a, **{k: build("llama", root / k, seed=s, perturb_from=a) for k, s in (("b", 1), ("c", 2), ("d", 3))}}
+    return {
+        "a": a,
+        **{k: build("llama", root / k, seed=s, perturb_from=a) for k, s in (("b", 1), ("c", 2), ("d", 3))},
+    }
 
 
 def multi(m):
@@ -28,8 +31,8 @@ def multi(m):
 name: first-merge
 merge_method: linear
 models:
-  - model: {m['a']}
-  - model: {m['b']}
+  - model: {m["a"]}
+  - model: {m["b"]}
 parameters: {{weight: 0.5}}
 dtype: float32
 ---
@@ -38,16 +41,16 @@ merge_method: slerp
 base_model: first-merge
 models:
   - model: first-merge
-  - model: {m['c']}
+  - model: {m["c"]}
 parameters: {{t: 0.3}}
 dtype: float32
 ---
 merge_method: ties
-base_model: {m['a']}
+base_model: {m["a"]}
 models:
   - model: second-merge
     parameters: {{density: 0.6, weight: 0.5}}
-  - model: {m['d']}
+  - model: {m["d"]}
     parameters: {{density: 0.8, weight: 0.5}}
 dtype: float32
 """
@@ -57,16 +60,16 @@ def native(m):
     return f"""\
 stages:
   - name: first-merge
-    models: {{a: {m['a']}, b: {m['b']}}}
+    models: {{a: {m["a"]}, b: {m["b"]}}}
     merge: linear
   - name: second-merge
-    models: {{first: {{stage: first-merge}}, c: {m['c']}}}
+    models: {{first: {{stage: first-merge}}, c: {m["c"]}}}
     base: first
     merge: {{slerp: {{t: 0.3}}}}
   - models:
-      a: {m['a']}
+      a: {m["a"]}
       second: {{stage: second-merge, params: {{density: 0.6, weight: 0.5}}}}
-      d: {{path: {m['d']}, params: {{density: 0.8, weight: 0.5}}}}
+      d: {{path: {m["d"]}, params: {{density: 0.8, weight: 0.5}}}}
     base: a
     merge: ties
 """
@@ -76,12 +79,17 @@ def by_hand(tmp_path, m):
     """The same three merges as three single recipes, run one after the other."""
     one = write(tmp_path / "1.yml", f"models: {{a: {m['a']}, b: {m['b']}}}\nmerge: linear\n")
     assert cli("run", str(one), str(tmp_path / "h1"), "-q").returncode == 0
-    two = write(tmp_path / "2.yml", f"models: {{f: {tmp_path / 'h1'}, c: {m['c']}}}\nbase: f\n"
-                                    "merge: {slerp: {t: 0.3}}\n")
+    two = write(
+        tmp_path / "2.yml",
+        f"models: {{f: {tmp_path / 'h1'}, c: {m['c']}}}\nbase: f\nmerge: {{slerp: {{t: 0.3}}}}\n",
+    )
     assert cli("run", str(two), str(tmp_path / "h2"), "-q").returncode == 0
-    three = write(tmp_path / "3.yml", f"models: {{a: {m['a']}, s: {{path: {tmp_path / 'h2'}, params: {{density: 0.6, "
-                                      f"weight: 0.5}}}}, d: {{path: {m['d']}, params: {{density: 0.8, weight: 0.5}}}}}}"
-                                      "\nbase: a\nmerge: ties\n")
+    three = write(
+        tmp_path / "3.yml",
+        f"models: {{a: {m['a']}, s: {{path: {tmp_path / 'h2'}, params: {{density: 0.6, "
+        f"weight: 0.5}}}}, d: {{path: {m['d']}, params: {{density: 0.8, weight: 0.5}}}}}}"
+        "\nbase: a\nmerge: ties\n",
+    )
     assert cli("run", str(three), str(tmp_path / "h3"), "-q").returncode == 0
     return tmp_path / "h3"
 
@@ -93,7 +101,9 @@ def test_stages_equal_the_merges_run_by_hand(tmp_path, models, form):
     res = cli("run", str(rec), str(out), "-q")
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (tmp_path / "out.stages").iterdir() if not p.name.startswith(".")) == [
-        "first-merge", "second-merge"]
+        "first-merge",
+        "second-merge",
+    ]
     ref = by_hand(tmp_path / "hand", models)
     for name in NAMES:
         torch.testing.assert_close(tensor(out, name), tensor(ref, name), rtol=0, atol=1e-6)
@@ -140,16 +150,28 @@ def test_stage_option_runs_up_to_one_stage(tmp_path, models):
     assert "no such stage" in cli("run", str(rec), str(out), "--stage", "nope").stderr
 
 
-@pytest.mark.parametrize(("text", "frag"), [
-    ("stages:\n  - name: x\n    models: {{a: {a}, y: {{stage: y}}}}\n    merge: linear\n"
-     "  - name: y\n    models: {{a: {a}, x: {{stage: x}}}}\n    merge: linear\n", "cycle: x -> y -> x"),
-    ("stages:\n  - models: {{a: {a}, y: {{stage: nobody}}}}\n    merge: linear\n",
-     "'nobody' is not another stage of this file"),
-    ("stages:\n  - {{models: {{a: {a}}}, merge: linear}}\n  - {{models: {{a: {a}}}, merge: linear}}\n",
-     "only the final stage may be unnamed"),
-    ("name: one\nmodels: {{a: {a}}}\nmerge: linear\n---\nmodels: {{b: {a}}}\nmerge: slerpy\n",
-     "unknown merge operator"),
-])
+@pytest.mark.parametrize(
+    ("text", "frag"),
+    [
+        (
+            "stages:\n  - name: x\n    models: {{a: {a}, y: {{stage: y}}}}\n    merge: linear\n"
+            "  - name: y\n    models: {{a: {a}, x: {{stage: x}}}}\n    merge: linear\n",
+            "cycle: x -> y -> x",
+        ),
+        (
+            "stages:\n  - models: {{a: {a}, y: {{stage: nobody}}}}\n    merge: linear\n",
+            "'nobody' is not another stage of this file",
+        ),
+        (
+            "stages:\n  - {{models: {{a: {a}}}, merge: linear}}\n  - {{models: {{a: {a}}}, merge: linear}}\n",
+            "only the final stage may be unnamed",
+        ),
+        (
+            "name: one\nmodels: {{a: {a}}}\nmerge: linear\n---\nmodels: {{b: {a}}}\nmerge: slerpy\n",
+            "unknown merge operator",
+        ),
+    ],
+)
 def test_bad_stage_graphs_are_refused_before_anything_runs(tmp_path, models, text, frag):
     rec = write(tmp_path / "multi.yml", text.format(a=models["a"]))
     res = cli("run", str(rec), str(tmp_path / "out"))
@@ -159,16 +181,19 @@ def test_bad_stage_graphs_are_refused_before_anything_runs(tmp_path, models, tex
 
 def test_later_stage_shapes_checked_before_the_first_runs(tmp_path, models, toy):
     other = toy("llama", config={"hidden_size": 48})
-    rec = write(tmp_path / "multi.yml", f"""\
+    rec = write(
+        tmp_path / "multi.yml",
+        f"""\
 name: one
 merge_method: linear
-models: [{{model: {models['a']}}}, {{model: {models['b']}}}]
+models: [{{model: {models["a"]}}}, {{model: {models["b"]}}}]
 parameters: {{weight: 1.0}}
 ---
 merge_method: linear
 models: [{{model: one}}, {{model: {other}}}]
 parameters: {{weight: 1.0}}
-""")
+""",
+    )
     res = cli("run", str(rec), str(tmp_path / "out"))
     assert res.returncode == 2 and "shape" in res.stderr, res.stderr
     assert not (tmp_path / "out.stages").exists()

@@ -14,24 +14,36 @@ from mergeflow.eval.tokens import entity_f1, is_bio, spans
 from tests.conftest import cli, write
 from tests.helpers import NER, body
 
-WORDS = [["ann", "lives", "in", "paris"], ["bob", "and", "carl", "went", "to", "rome", "today"],
-         ["nice", "weather"], ["dana", "smith", "visited", "new", "york"]]
+WORDS = [
+    ["ann", "lives", "in", "paris"],
+    ["bob", "and", "carl", "went", "to", "rome", "today"],
+    ["nice", "weather"],
+    ["dana", "smith", "visited", "new", "york"],
+]
 TAGS = [[1, 0, 0, 3], [1, 0, 1, 0, 0, 3, 0], [0, 0], [1, 2, 0, 3, 4]]
 
 
 @pytest.fixture
 def data(tmp_path):
-    ner = write(tmp_path / "ner.jsonl", "".join(json.dumps({"tokens": w, "tags": t}) + "\n"
-                                                for w, t in zip(WORDS, TAGS, strict=True)))
-    sent = write(tmp_path / "sent.jsonl", "".join(json.dumps({"text": " ".join(w), "label": i % 3}) + "\n"
-                                                  for i, w in enumerate(WORDS)))
+    ner = write(
+        tmp_path / "ner.jsonl",
+        "".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in zip(WORDS, TAGS, strict=True)),
+    )
+    sent = write(
+        tmp_path / "sent.jsonl",
+        "".join(json.dumps({"text": " ".join(w), "label": i % 3}) + "\n" for i, w in enumerate(WORDS)),
+    )
     return ner, sent
 
 
 def test_spans_and_entity_f1():
     names = dict(enumerate(NER))
     assert is_bio(names) and not is_bio({0: "LABEL_0", 1: "LABEL_1"})
-    assert spans(["B-PER", "I-PER", "O", "B-LOC", "I-PER", "I-PER"]) == {(0, 1, "PER"), (3, 3, "LOC"), (4, 5, "PER")}
+    assert spans(["B-PER", "I-PER", "O", "B-LOC", "I-PER", "I-PER"]) == {
+        (0, 1, "PER"),
+        (3, 3, "LOC"),
+        (4, 5, "PER"),
+    }
     assert spans(["I-LOC", "O", "S-PER", "B-LOC", "E-LOC"]) == {(0, 0, "LOC"), (2, 2, "PER"), (3, 4, "LOC")}
     got = entity_f1([[1, 2, 0, 3]], [[1, 0, 0, 3]], names)  # PER span cut short: 1 of 2 entities right
     assert got["entity_precision"] == 0.5 and got["entity_recall"] == 0.5 and got["entity_f1"] == 0.5
@@ -41,16 +53,42 @@ def test_stats_of_a_token_classifier_and_a_headless_encoder(tmp_path, trio, data
     base, sent, ner = trio
     ner_data, _sent_data = data
     for kind in ("fisher", "gram"):
-        res = cli("stats", str(ner), "--data", str(ner_data), "--kind", kind, "-o", str(tmp_path / f"{kind}.safetensors"),
-                  "--device", "cpu")
+        res = cli(
+            "stats",
+            str(ner),
+            "--data",
+            str(ner_data),
+            "--kind",
+            kind,
+            "-o",
+            str(tmp_path / f"{kind}.safetensors"),
+            "--device",
+            "cpu",
+        )
         assert res.returncode == 0, res.stderr
-        assert "token-classifier" in res.stdout and "up to 25 tokens" in res.stdout  # the longest example: 25 characters
+        assert (
+            "token-classifier" in res.stdout and "up to 25 tokens" in res.stdout
+        )  # the longest example: 25 characters
     fisher = load_file(str(tmp_path / "fisher.safetensors"))
-    assert float(fisher["classifier.weight"].sum()) > 0 and float(fisher["bert.encoder.layer.0.output.dense.weight"].sum()) > 0
-    res = cli("stats", str(base), "--data", str(ner_data), "--kind", "gram", "-o", str(tmp_path / "base.gram.safetensors"))
+    assert (
+        float(fisher["classifier.weight"].sum()) > 0
+        and float(fisher["bert.encoder.layer.0.output.dense.weight"].sum()) > 0
+    )
+    res = cli(
+        "stats",
+        str(base),
+        "--data",
+        str(ner_data),
+        "--kind",
+        "gram",
+        "-o",
+        str(tmp_path / "base.gram.safetensors"),
+    )
     assert res.returncode == 0, res.stderr  # a bare encoder: Grams need no head
     assert "encoder.layer.1.attention.self.query.weight" in load_file(str(tmp_path / "base.gram.safetensors"))
-    res = cli("stats", str(base), "--data", str(ner_data), "--kind", "fisher", "-o", str(tmp_path / "x.safetensors"))
+    res = cli(
+        "stats", str(base), "--data", str(ner_data), "--kind", "fisher", "-o", str(tmp_path / "x.safetensors")
+    )
     assert res.returncode == 2 and "BertModel has none of the heads" in res.stderr
 
 
@@ -60,14 +98,27 @@ def test_eval_tasks_attaches_each_head(tmp_path, trio, data):  # noqa: F811
     rec = write(tmp_path / "r.yml", body(*trio, "merge_only: backbone\npartial: {keep: sent}\n"))
     out = tmp_path / "out"
     assert cli("run", str(rec), str(out), "-q").returncode == 0
-    res = cli("eval", "tasks", str(out), "--task", f"sent={sent}:{sent_data}", "--task", f"ner={ner}:{ner_data}",
-              "--json", str(tmp_path / "tasks.json"), "--device", "cpu")
+    res = cli(
+        "eval",
+        "tasks",
+        str(out),
+        "--task",
+        f"sent={sent}:{sent_data}",
+        "--task",
+        f"ner={ner}:{ner_data}",
+        "--json",
+        str(tmp_path / "tasks.json"),
+        "--device",
+        "cpu",
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "tasks.json").read_text())
     assert report["tasks"]["sent"]["metric"] == "accuracy" and report["tasks"]["ner"]["metric"] == "entity_f1"
     assert report["tasks"]["ner"]["tensors_attached"] > 30 and "mean normalized score" in res.stdout
     # the merged backbone of a model with itself is the model: scores unchanged
-    same = cli("eval", "tasks", str(ner), "--task", f"ner={ner}:{ner_data}", "--json", str(tmp_path / "same.json"))
+    same = cli(
+        "eval", "tasks", str(ner), "--task", f"ner={ner}:{ner_data}", "--json", str(tmp_path / "same.json")
+    )
     assert same.returncode == 0, same.stderr
     r = json.loads((tmp_path / "same.json").read_text())["tasks"]["ner"]
     assert r["merged"] == r["fine_tuned"]
@@ -89,7 +140,9 @@ def test_masked_lm_stats_and_eval(tmp_path, data):
     tok.add_special_tokens({"mask_token": "<unk>"})  # the char tokenizer has no mask token: use <unk>'s id
     tok.save_pretrained(str(mlm))
     _ner, sent = data
-    res = cli("stats", str(mlm), "--data", str(sent), "--kind", "fisher", "-o", str(tmp_path / "f.safetensors"))
+    res = cli(
+        "stats", str(mlm), "--data", str(sent), "--kind", "fisher", "-o", str(tmp_path / "f.safetensors")
+    )
     assert res.returncode == 0 and "masked-lm" in res.stdout, res.stderr
     from mergeflow.eval.loss import evaluate
     from mergeflow.stats.data import load_data
@@ -111,8 +164,9 @@ def test_char_vocab_json_and_token_id_npz(tmp_path):
     from mergeflow.stats.model import load_model
 
     gpt = tmp_path / "gpt"
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2,
-                                                         n_positions=32)).save_pretrained(str(gpt))
+    transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+    ).save_pretrained(str(gpt))
     chars = list("abcdefghijklmnopqrstuvwxyz .,!?'\n")
     (gpt / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(chars)}))
     text = write(tmp_path / "t.txt", "hello world\nthe cat sat on the mat\n")
@@ -126,4 +180,6 @@ def test_char_vocab_json_and_token_id_npz(tmp_path):
     assert res.returncode == 0, res.stderr
     (gpt / "vocab.json").write_text(json.dumps({"not a char": 0, **{f"tok{i}": i + 1 for i in range(20)}}))
     res = cli("stats", str(gpt), "--data", str(text), "--kind", "gram", "-o", str(tmp_path / "h.safetensors"))
-    assert res.returncode == 2 and "tokenizer files do not load" in res.stderr and "internal" not in res.stderr
+    assert (
+        res.returncode == 2 and "tokenizer files do not load" in res.stderr and "internal" not in res.stderr
+    )

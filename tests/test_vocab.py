@@ -23,8 +23,10 @@ def pair(tmp_path_factory):
 @pytest.mark.parametrize("tok", ["a", "b"])
 def test_shared_rows_merged_extra_rows_from_the_tokenizer_model(tmp_path, pair, tok):
     a, b = pair
-    recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n"
-                                       f"output: {{tokenizer: {tok}, config: {tok}}}\n")
+    recipe = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\noutput: {{tokenizer: {tok}, config: {tok}}}\n",
+    )
     res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"
@@ -69,8 +71,11 @@ def test_other_shape_differences_are_still_errors(tmp_path, pair):
 def test_classifier_heads_with_different_label_sets_are_taken_from_one_model(tmp_path):
     a = build("bert", tmp_path / "a", seed=0)
     b = build("bert", tmp_path / "b", seed=1, config={"num_labels": 5})
-    recipe = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n"
-                   "overrides: [{match: 'classifier.*', merge: {passthrough: {source: b}}}]\noutput: {config: b}\n")
+    recipe = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nmerge: {{linear: {{}}}}\n"
+        "overrides: [{match: 'classifier.*', merge: {passthrough: {source: b}}}]\noutput: {config: b}\n",
+    )
     res = cli("run", str(recipe), str(tmp_path / "out"), "-q")
     assert res.returncode == 0, res.stderr
     out = tmp_path / "out"

@@ -64,13 +64,16 @@ def _no_check(geom: Geometry, params: StepParams, family: str) -> str | None:
 
 
 def align_step(
-    name: str, params: type[StepParams], check: CheckFn = _no_check,
-    in_list: ListCheck | None = None,
+    name: str, params: type[StepParams], check: CheckFn = _no_check, in_list: ListCheck | None = None
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip()
-        STEPS.add(name, StepDefinition(name, fn, params, check, doc.splitlines()[0] if doc else name, doc,
-                                  in_list=in_list))
+        STEPS.add(
+            name,
+            StepDefinition(
+                name, fn, params, check, doc.splitlines()[0] if doc else name, doc, in_list=in_list
+            ),
+        )
         return fn
 
     return deco
@@ -85,7 +88,16 @@ def heads(n: int, d_h: int, i: int) -> slice:
 def head_rows(q: torch.Tensor, kv: torch.Tensor) -> tuple[tuple[str, torch.Tensor], ...]:
     """The roles whose rows follow the query heads (index ``q``) and the key/value heads (``kv``) when whole
     heads move: projections, their biases and full QK-norm weights."""
-    return (("q", q), ("q.b", q), ("q.norm", q), ("k", kv), ("k.b", kv), ("k.norm", kv), ("v", kv), ("v.b", kv))
+    return (
+        ("q", q),
+        ("q.b", q),
+        ("q.norm", q),
+        ("k", kv),
+        ("k.b", kv),
+        ("k.norm", kv),
+        ("v", kv),
+        ("v.b", kv),
+    )
 
 
 def sq(t: torch.Tensor) -> float:
@@ -113,27 +125,46 @@ def stream_described(family: str, params: StepParams) -> str | None:
 class CoupledParams(StepParams):
     """Parameters of the coordinate descent that couples a residual-stream map with the per-layer steps."""
 
-    residual: bool = Field(False, description="Also map the residual stream (one map shared by every layer, the "
-                           "embeddings and the head), solved jointly with the per-layer steps.")
-    iterations: int = Field(10, ge=1, le=1000, description="Most coordinate-descent passes per residual group.")
-    tolerance: float = Field(1e-4, ge=0.0, description="Stop when a pass improves the distance by less than this "
-                             "fraction.")
+    residual: bool = Field(
+        False,
+        description="Also map the residual stream (one map shared by every layer, the "
+        "embeddings and the head), solved jointly with the per-layer steps.",
+    )
+    iterations: int = Field(
+        10, ge=1, le=1000, description="Most coordinate-descent passes per residual group."
+    )
+    tolerance: float = Field(
+        1e-4, ge=0.0, description="Stop when a pass improves the distance by less than this fraction."
+    )
 
 
 class MatchedParams(CoupledParams):
     """A coupled step that can match by weights or by activations on data."""
 
     method: Literal["weights", "activations"] = Field(
-        "weights", description="What units are matched by: their weights (no data), or the correlation of their "
+        "weights",
+        description="What units are matched by: their weights (no data), or the correlation of their "
         "activations over 'data' (both models run on the same batches; works where weights stayed near their "
-        "random initialisation).")
-    data: str | None = Field(None, description="Examples the activations are collected on (method: activations; "
-                             ".npz with x, JSONL with text, or text), relative to the recipe.")
-    batches: int = Field(8, ge=1, le=100_000, description="Batches of the data to collect activations over "
-                         "(method: activations).")
+        "random initialisation).",
+    )
+    data: str | None = Field(
+        None,
+        description="Examples the activations are collected on (method: activations; "
+        ".npz with x, JSONL with text, or text), relative to the recipe.",
+    )
+    batches: int = Field(
+        8,
+        ge=1,
+        le=100_000,
+        description="Batches of the data to collect activations over (method: activations).",
+    )
     batch_size: int = Field(16, ge=1, description="Examples per batch (method: activations).")
-    max_length: int | None = Field(None, ge=2, description="Tokens per text example (method: activations). Default: "
-                                   "the longest of the first 2000 examples', at most the model's positions.")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="Tokens per text example (method: activations). Default: "
+        "the longest of the first 2000 examples', at most the model's positions.",
+    )
 
 
 def method_problem(params: StepParams | None) -> str | None:

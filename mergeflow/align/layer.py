@@ -14,7 +14,11 @@ from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 
-MODULES = {"qk": ("q", "q.b", "k", "k.b"), "vo": ("v", "v.b", "o"), "ffn": ("up", "up.b", "gate", "gate.b", "down")}
+MODULES = {
+    "qk": ("q", "q.b", "k", "k.b"),
+    "vo": ("v", "v.b", "o"),
+    "ffn": ("up", "up.b", "gate", "gate.b", "down"),
+}
 
 
 def sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,8 +38,15 @@ def full_distance(local: Layer, anchor: Layer) -> float:
     return sum(sq_dist(local[r], anchor[r]) for r in local)
 
 
-def run_steps(local: Layer, anchor: Layer, spec: ArchSpec, index: int, steps: Sequence[tuple[str, StepParams]],
-              report: LayerReport | None = None, found: Found = None) -> None:
+def run_steps(
+    local: Layer,
+    anchor: Layer,
+    spec: ArchSpec,
+    index: int,
+    steps: Sequence[tuple[str, StepParams]],
+    report: LayerReport | None = None,
+    found: Found = None,
+) -> None:
     """The recipe's per-layer steps in order, on canonical tensors, in place; ``found``: what activation
     matching found for this layer."""
     for name, params in steps:
@@ -56,10 +67,18 @@ class LayerReport:
     seconds: dict[str, float] = field(default_factory=dict)  # solve time per step
 
 
-def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch.Tensor],
-                anchor_stored: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]],
-                dtype: torch.dtype, model: str = "", residual: ResidualMap | None = None,
-                fold: bool = False, found: Found = None) -> tuple[dict[str, torch.Tensor], LayerReport]:
+def align_layer(
+    spec: ArchSpec,
+    layer: LayerNames,
+    local_stored: dict[str, torch.Tensor],
+    anchor_stored: dict[str, torch.Tensor],
+    steps: Sequence[tuple[str, StepParams]],
+    dtype: torch.dtype,
+    model: str = "",
+    residual: ResidualMap | None = None,
+    fold: bool = False,
+    found: Found = None,
+) -> tuple[dict[str, torch.Tensor], LayerReport]:
     """The layer's tensors re-parameterised toward the anchor (same function), and the distances.
     ``fold``: norm scales folded into their readers first (both models); ``residual``: the stream's map,
     applied before the steps; ``found``: the layer's permutations from activation matching."""
@@ -76,8 +95,9 @@ def align_layer(spec: ArchSpec, layer: LayerNames, local_stored: dict[str, torch
     return from_canonical(spec, layer, local, dtype), report
 
 
-def fold_only(spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor],
-              dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def fold_only(
+    spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """The anchor's layer with its norm scales folded (the same re-parameterisation its sources get)."""
     canon = to_canonical(spec, layer, stored)
     fold_layer(canon, spec.family.norm_offset)

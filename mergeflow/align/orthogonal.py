@@ -31,18 +31,27 @@ from mergeflow.arch.spec import Geometry
 
 
 class OrthogonalParams(MatchedParams):
-    residual: bool = Field(True, description="Map the residual stream by an orthogonal matrix (the only map "
-                           "this step makes; false turns the step off).")
-    untie: bool = Field(False, description="Models whose output head is tied to their input embeddings are read "
-                        "untied, so the final norm's scale can fold into a head of their own; the output is written "
-                        "untied (one more vocabulary x hidden matrix). Without it such models are refused.")
+    residual: bool = Field(
+        True,
+        description="Map the residual stream by an orthogonal matrix (the only map "
+        "this step makes; false turns the step off).",
+    )
+    untie: bool = Field(
+        False,
+        description="Models whose output head is tied to their input embeddings are read "
+        "untied, so the final norm's scale can fold into a head of their own; the output is written "
+        "untied (one more vocabulary x hidden matrix). Without it such models are refused.",
+    )
 
 
 def _check(geom: Geometry, p: OrthogonalParams, family: str) -> str | None:
     fam = FAMILIES[family]
     if p.residual and (fam.post_ln or fam.norms_on_outputs()):
-        what = ("is post-norm: its residual stream is a LayerNorm output" if fam.post_ln else
-                "normalises each block's output before adding it to the stream")
+        what = (
+            "is post-norm: its residual stream is a LayerNorm output"
+            if fam.post_ln
+            else "normalises each block's output before adding it to the stream"
+        )
         return f"{family} {what}, which only permutations map exactly; use permute: {{residual: true}}"
     return stream_described(family, p)
 

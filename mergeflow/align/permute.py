@@ -49,9 +49,11 @@ class PermuteParams(MatchedParams):
     ffn: bool = Field(True, description="Permute FFN hidden units (gate and up rows together).")
     heads: bool = Field(False, description="Permute whole attention heads (key/value groups as units).")
     similarity: Literal["float64", "float32", "bfloat16"] = Field(
-        "float32", description="Precision of the FFN similarity matrix (f x f x 3d multiply-adds, the step's whole "
+        "float32",
+        description="Precision of the FFN similarity matrix (f x f x 3d multiply-adds, the step's whole "
         "cost): float32 is exact for the assignment up to near-ties; bfloat16 is several times faster on CPUs "
-        "with bf16 matrix units and approximate. The assignment itself is solved in float64.")
+        "with bf16 matrix units and approximate. The assignment itself is solved in float64.",
+    )
 
 
 def assignment(score: torch.Tensor) -> torch.Tensor:
@@ -124,8 +126,9 @@ def _head_score(local: Layer, anchor: Layer, g: Geometry) -> torch.Tensor:
     score = torch.zeros(g.h_kv, g.h_kv, dtype=local["v"].dtype, device=local["v"].device)
     for a in range(g.h_kv):
         for b in range(g.h_kv):
-            score[a, b] = (_best_trace(_cross(local, anchor, g, a, b, "qk"), g, qk_group)
-                           + _best_trace(_cross(local, anchor, g, a, b, "vo"), g, "free"))
+            score[a, b] = _best_trace(_cross(local, anchor, g, a, b, "qk"), g, qk_group) + _best_trace(
+                _cross(local, anchor, g, a, b, "vo"), g, "free"
+            )
     return score
 
 
@@ -164,12 +167,16 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
     why = method_problem(steps[i][1])
     if why:
         return why
-    if getattr(steps[i][1], "method", "weights") == "activations" and any(n == "permute" for n, _p in steps[:i]):
+    if getattr(steps[i][1], "method", "weights") == "activations" and any(
+        n == "permute" for n, _p in steps[:i]
+    ):
         return "method: activations finds its permutations on the unpermuted model; make it the first permute step"
     rotate = next((j for j, (n, _p) in enumerate(steps) if n == "rotate"), None)
     if getattr(steps[i][1], "heads", False) and rotate is not None and rotate < i:
-        return ("heads are paired before they are rotated (a rotation solved between unpaired heads is meaningless); "
-                f"move this step before align[{rotate}].rotate")
+        return (
+            "heads are paired before they are rotated (a rotation solved between unpaired heads is meaningless); "
+            f"move this step before align[{rotate}].rotate"
+        )
     return None
 
 

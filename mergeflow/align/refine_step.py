@@ -19,18 +19,30 @@ from mergeflow.arch.spec import Geometry
 
 
 class RefineParams(StepParams):
-    data: str | None = Field(None, description="Training data (required) for the refinement (.npz with x, y; JSONL with text; or text), "
-                      "relative to the recipe.")
+    data: str | None = Field(
+        None,
+        description="Training data (required) for the refinement (.npz with x, y; JSONL with text; or text), "
+        "relative to the recipe.",
+    )
     steps: int = Field(200, ge=1, le=100_000, description="Optimiser steps.")
     lr: float = Field(1e-3, gt=0.0, description="Adam learning rate of the residual map.")
-    perm_lr: float = Field(2e-2, gt=0.0, description="Adam learning rate of the permutations' latent matrices.")
+    perm_lr: float = Field(
+        2e-2, gt=0.0, description="Adam learning rate of the permutations' latent matrices."
+    )
     batch_size: int = Field(64, ge=1, description="Examples per step.")
-    lambda_range: tuple[float, float] = Field((0.4, 0.6), description="Interpolation weights are drawn uniformly "
-                                              "from this range.")
-    permutations: bool = Field(True, description="Also learn the FFN permutations (straight-through estimator).")
+    lambda_range: tuple[float, float] = Field(
+        (0.4, 0.6), description="Interpolation weights are drawn uniformly from this range."
+    )
+    permutations: bool = Field(
+        True, description="Also learn the FFN permutations (straight-through estimator)."
+    )
     seed: int = Field(0, description="Seed of the batches and interpolation weights.")
-    max_length: int | None = Field(None, ge=2, description="Tokens per text example. Default: the longest of the first 2000 examples', "
-                                   "at most the model's positions.")
+    max_length: int | None = Field(
+        None,
+        ge=2,
+        description="Tokens per text example. Default: the longest of the first 2000 examples', "
+        "at most the model's positions.",
+    )
 
     @model_validator(mode="after")
     def _range(self) -> RefineParams:

@@ -21,7 +21,9 @@ class RescaleParams(StepParams):
     vo: bool = Field(True, description="Rescale value/output heads (one scalar per key/value head).")
 
 
-def best_scale(a: list[torch.Tensor], a2: list[torch.Tensor], b: list[torch.Tensor], b2: list[torch.Tensor]) -> float:
+def best_scale(
+    a: list[torch.Tensor], a2: list[torch.Tensor], b: list[torch.Tensor], b2: list[torch.Tensor]
+) -> float:
     """argmin_a ||a A - A2||^2 + ||B/a - B2||^2 over real a != 0 (A, B given as lists of blocks)."""
     aa = sum(sq(x) for x in a)
     ab = sum(dot(x, y) for x, y in zip(a, a2, strict=True))
@@ -57,8 +59,10 @@ def _vo_blocks(layer: Layer, g: Geometry, j: int) -> tuple[list[torch.Tensor], l
 def _check(g: Geometry, p: RescaleParams, family: str) -> str | None:
     fixed = qk_fixed(g, p.qk, family, "rescale: {qk: false, vo: true}")
     if fixed is None and p.qk and g.qk_norm == "full":
-        return (f"{family} normalises each token's queries (keys) over all heads at once, so scaling one head's "
-                "queries changes the others; use rescale: {qk: false, vo: true}")
+        return (
+            f"{family} normalises each token's queries (keys) over all heads at once, so scaling one head's "
+            "queries changes the others; use rescale: {qk: false, vo: true}"
+        )
     return fixed
 
 

@@ -33,8 +33,15 @@ def random_rope_rotation(g: Geometry, gen: torch.Generator) -> torch.Tensor:
     return r
 
 
-def scramble_layer(layer: Layer, g: Geometry, gen: torch.Generator, rotate: bool = True, permute: bool = True,
-                   heads_perm: bool = False, scale: bool = True) -> dict[str, object]:
+def scramble_layer(
+    layer: Layer,
+    g: Geometry,
+    gen: torch.Generator,
+    rotate: bool = True,
+    permute: bool = True,
+    heads_perm: bool = False,
+    scale: bool = True,
+) -> dict[str, object]:
     """Apply a random symmetry to one canonical layer in place; returns what was applied."""
     planted: dict[str, object] = {}
     if heads_perm:
@@ -62,10 +69,13 @@ def scramble_layer(layer: Layer, g: Geometry, gen: torch.Generator, rotate: bool
             for qi in qs:
                 layer["o"][:, qi] = layer["o"][:, qi] @ r.T
         if scale:
-            a, b = [float(x) * (1 if float(torch.rand((), generator=gen)) < 0.7 else -1)
-                    for x in 0.5 + 1.5 * torch.rand(2, generator=gen, dtype=torch.float64)]
+            a, b = [
+                float(x) * (1 if float(torch.rand((), generator=gen)) < 0.7 else -1)
+                for x in 0.5 + 1.5 * torch.rand(2, generator=gen, dtype=torch.float64)
+            ]
             for role, rows, f in [("k", kj, 1 / a), ("k.b", kj, 1 / a), ("v", kj, b), ("v.b", kj, b)] + [
-                    (x, qi, a) for qi in qs for x in ("q", "q.b")]:
+                (x, qi, a) for qi in qs for x in ("q", "q.b")
+            ]:
                 if role in layer and not (g.qk_norm and role[0] in "qk"):
                     layer[role][rows] *= f
             for qi in qs:

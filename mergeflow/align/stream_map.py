@@ -20,8 +20,25 @@ from mergeflow.align.base import Layer
 from mergeflow.errors import InputError
 
 # canonical roles that touch the stream, and the axis they touch it on
-LAYER_AXES = {"q": 1, "k": 1, "v": 1, "up": 1, "gate": 1, "o": 0, "o.b": 0, "down": 0, "down.b": 0,
-              "n1": 0, "n1.b": 0, "n2": 0, "n2.b": 0, "n3": 0, "n3.b": 0, "n4": 0, "n4.b": 0}
+LAYER_AXES = {
+    "q": 1,
+    "k": 1,
+    "v": 1,
+    "up": 1,
+    "gate": 1,
+    "o": 0,
+    "o.b": 0,
+    "down": 0,
+    "down.b": 0,
+    "n1": 0,
+    "n1.b": 0,
+    "n2": 0,
+    "n2.b": 0,
+    "n3": 0,
+    "n3.b": 0,
+    "n4": 0,
+    "n4.b": 0,
+}
 GROUPS = ("permutation", "orthogonal", "orthogonal_centred")
 
 
@@ -93,12 +110,14 @@ def solve(m: torch.Tensor, group: str) -> ResidualMap:
         raise ValueError(f"unknown residual group {group!r}")
     d = m.shape[0]
     basis = centred_basis(d, m.dtype, m.device)  # (d, d-1)
-    u = torch.full((d, 1), d ** -0.5, dtype=m.dtype, device=m.device)
+    u = torch.full((d, 1), d**-0.5, dtype=m.dtype, device=m.device)
     q = _procrustes(basis.T @ m @ basis)
     return ResidualMap(matrix=u @ u.T + basis @ q @ basis.T)
 
 
-def centred_basis(d: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> torch.Tensor:
+def centred_basis(
+    d: int, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """An orthonormal basis (d, d-1) of the vectors that sum to zero."""
     full = torch.eye(d, dtype=dtype, device=device)
     full[:, 0] = 1.0
@@ -110,8 +129,10 @@ def fold_bias(beta: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """A norm's shift once its scale moves into the readers: gamma * xhat + beta = gamma * (xhat + beta / gamma)."""
     live = beta != 0
     if bool((gamma[live] == 0).any()):
-        raise InputError("a norm has a zero scale where its shift is not zero; its scale cannot be folded into "
-                         "its readers (use permute: {residual: true})")
+        raise InputError(
+            "a norm has a zero scale where its shift is not zero; its scale cannot be folded into "
+            "its readers (use permute: {residual: true})"
+        )
     return torch.where(live, beta / torch.where(live, gamma, torch.ones_like(gamma)), torch.zeros_like(beta))
 
 
@@ -146,15 +167,23 @@ def layer_cross(local: Layer, anchor: Layer, folded: bool) -> torch.Tensor | Non
     return total
 
 
-def map_stream(t: torch.Tensor, kind: str, axis: int, rmap: ResidualMap | None, fold: bool,
-               gamma: torch.Tensor | None, offset: float = 0.0) -> torch.Tensor:
+def map_stream(
+    t: torch.Tensor,
+    kind: str,
+    axis: int,
+    rmap: ResidualMap | None,
+    fold: bool,
+    gamma: torch.Tensor | None,
+    offset: float = 0.0,
+) -> torch.Tensor:
     """A tensor outside the stack folded (see stream_value) and mapped (a folded final scale stays 1)."""
     t = stream_value(t, kind, fold, gamma, offset)
     return t if rmap is None or (fold and kind == "final_norm") else rmap.apply(t, axis)
 
 
-def stream_value(t: torch.Tensor, kind: str, fold: bool, gamma: torch.Tensor | None,
-                 offset: float = 0.0) -> torch.Tensor:
+def stream_value(
+    t: torch.Tensor, kind: str, fold: bool, gamma: torch.Tensor | None, offset: float = 0.0
+) -> torch.Tensor:
     """A tensor outside the stack, folded: final-norm scale into the head, the scale itself to 1.
     ``gamma``: the final norm's stored weight; it scales by (gamma + offset)."""
     if fold and kind == "final_norm":

@@ -37,14 +37,26 @@ class ResidualReport:
     def summary(self) -> dict[str, object]:
         best = min((h[2] for h in self.history), default=0.0)
         first = self.history[0][2] if self.history else 0.0
-        return {"model": self.model, "passes": len(self.history), "distance_start": first, "distance_best": best,
-                "identity": self.identity, "seconds": round(self.seconds, 3),
-                "history": [{"group": g, "pass": i, "distance": d} for g, i, d in self.history]}
+        return {
+            "model": self.model,
+            "passes": len(self.history),
+            "distance_start": first,
+            "distance_best": best,
+            "identity": self.identity,
+            "seconds": round(self.seconds, 3),
+            "history": [{"group": g, "pass": i, "distance": d} for g, i, d in self.history],
+        }
 
 
-def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: ArchSpec,
-             steps: Sequence[tuple[str, StepParams]], folded: bool,
-             found: Mapping[int, Found] | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
+def evaluate(
+    rmap: ResidualMap,
+    stream: StreamPairs,
+    layers: LayerPairs,
+    spec: ArchSpec,
+    steps: Sequence[tuple[str, StepParams]],
+    folded: bool,
+    found: Mapping[int, Found] | None = None,
+) -> tuple[float, torch.Tensor, torch.Tensor]:
     """Distance to the anchor with R and every layer solved under it; M for the next R from the tensors
     outside the stack, and from all of them."""
     d = spec.geometry.d_model
@@ -65,11 +77,21 @@ def evaluate(rmap: ResidualMap, stream: StreamPairs, layers: LayerPairs, spec: A
     return total, outside, m
 
 
-def coordinate_descent(model: str, stream: StreamPairs, layers: LayerPairs, spec: ArchSpec,
-                       steps: Sequence[tuple[str, StepParams]], groups: Sequence[str], folded: bool,
-                       iterations: int, tol: float, device: torch.device | str = "cpu",
-                       on_pass: Callable[[str, int, float], None] | None = None, start_map: ResidualMap | None = None,
-                       found: Mapping[int, Found] | None = None) -> tuple[ResidualMap, ResidualReport]:
+def coordinate_descent(
+    model: str,
+    stream: StreamPairs,
+    layers: LayerPairs,
+    spec: ArchSpec,
+    steps: Sequence[tuple[str, StepParams]],
+    groups: Sequence[str],
+    folded: bool,
+    iterations: int,
+    tol: float,
+    device: torch.device | str = "cpu",
+    on_pass: Callable[[str, int, float], None] | None = None,
+    start_map: ResidualMap | None = None,
+    found: Mapping[int, Found] | None = None,
+) -> tuple[ResidualMap, ResidualReport]:
     """The best map over ``groups`` in turn; ``start_map``: where to start (a map found from activations),
     else the identity; ``found``: per layer, what activation matching found for the per-layer steps."""
     start = time.perf_counter()

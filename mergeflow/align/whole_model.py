@@ -15,7 +15,9 @@ from mergeflow.arch.spec import ArchSpec
 from mergeflow.arch.stream_layout import ResidualLayout
 
 
-def fold_state(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def fold_state(
+    spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The anchor with its norm scales folded into their readers."""
     out = dict(state)
     for lay in spec.layers:
@@ -26,22 +28,40 @@ def fold_state(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Te
     return out
 
 
-def align_state(spec: ArchSpec, layout: ResidualLayout, local: dict[str, torch.Tensor],
-                anchor: dict[str, torch.Tensor], steps: Sequence[tuple[str, StepParams]], rmap: ResidualMap,
-                fold: bool, model: str, found: Mapping[int, Found] | None = None,
-                ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
+def align_state(
+    spec: ArchSpec,
+    layout: ResidualLayout,
+    local: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+    steps: Sequence[tuple[str, StepParams]],
+    rmap: ResidualMap,
+    fold: bool,
+    model: str,
+    found: Mapping[int, Found] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
     """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), in float64;
     ``found``: per layer index, what activation matching found."""
     out = dict(local)
     reports = []
     for lay in spec.layers:
         names = lay.tensors()
-        aligned, rep = align_layer(spec, lay, {n: local[n] for n in names}, {n: anchor[n] for n in names}, steps,
-                                   torch.float64, model, rmap, fold, (found or {}).get(lay.index))
+        aligned, rep = align_layer(
+            spec,
+            lay,
+            {n: local[n] for n in names},
+            {n: anchor[n] for n in names},
+            steps,
+            torch.float64,
+            model,
+            rmap,
+            fold,
+            (found or {}).get(lay.index),
+        )
         out.update(aligned)
         reports.append(rep)
     gamma = local[layout.final_norm].double() if fold and layout.final_norm else None
     for st in layout.tensors:
-        out[st.name] = map_stream(local[st.name].double(), st.kind, st.axis, rmap, fold, gamma,
-                                   layout.norm_offset)
+        out[st.name] = map_stream(
+            local[st.name].double(), st.kind, st.axis, rmap, fold, gamma, layout.norm_offset
+        )
     return out, reports

@@ -156,9 +156,15 @@ def arch_spec(
                 roles.append((role, f"{base}{opt}.weight"))
         layers.append(LayerNames(i, tuple(roles)))
     fixed = ""
-    if fam.position_projections and config.get("relative_attention") and not config.get("share_att_key", False):
-        fixed = ("its relative-position terms project with separate pos_query_proj/pos_key_proj weights "
-                 "(share_att_key is false), which a query/key transform would also have to change")
+    if (
+        fam.position_projections
+        and config.get("relative_attention")
+        and not config.get("share_att_key", False)
+    ):
+        fixed = (
+            "its relative-position terms project with separate pos_query_proj/pos_key_proj weights "
+            "(share_att_key is false), which a query/key transform would also have to change"
+        )
     geom = Geometry(len(layers), d, h_q, h_kv, d_h, fam.rope, rot, fam.qk_norm, fixed)
     if shapes is not None:
         _check_shapes(fam, geom, layers[0], shapes)
@@ -173,8 +179,14 @@ def _check_shapes(fam: Family, g: Geometry, layer: LayerNames, shapes: Mapping[s
         shape = shapes[name]
         return shape[1] if fam.conv1d else shape[0]
 
-    want = {"q": g.h_q * g.d_h, "k": g.h_kv * g.d_h, "v": g.h_kv * g.d_h, "qkv": (g.h_q + 2 * g.h_kv) * g.d_h,
-            "q.norm": g.h_q * g.d_h, "k.norm": g.h_kv * g.d_h}
+    want = {
+        "q": g.h_q * g.d_h,
+        "k": g.h_kv * g.d_h,
+        "v": g.h_kv * g.d_h,
+        "qkv": (g.h_q + 2 * g.h_kv) * g.d_h,
+        "q.norm": g.h_q * g.d_h,
+        "k.norm": g.h_kv * g.d_h,
+    }
     for role, n in want.items():
         got = rows(role)
         if got is not None and got != n:
@@ -184,5 +196,7 @@ def _check_shapes(fam: Family, g: Geometry, layer: LayerNames, shapes: Mapping[s
             )
     fused = rows("gate_up")
     if fused is not None and fused % 2:
-        raise UnsupportedArchitecture(f"tensor {layer.get('gate_up')!r} has {fused} output rows, which do not split "
-                                      "into gate and up halves")
+        raise UnsupportedArchitecture(
+            f"tensor {layer.get('gate_up')!r} has {fused} output rows, which do not split "
+            "into gate and up halves"
+        )

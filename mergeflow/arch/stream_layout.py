@@ -40,10 +40,14 @@ class ResidualLayout:
         return next((t for t in self.tensors if t.name == name), None)
 
 
-def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any]) -> ResidualLayout:
+def residual_layout(
+    spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], config: Mapping[str, Any]
+) -> ResidualLayout:
     fam, d = spec.family, spec.geometry.d_model
     if not fam.stream:
-        raise UnsupportedArchitecture(f"{fam.name}: its residual stream is not described; it cannot be mapped")
+        raise UnsupportedArchitecture(
+            f"{fam.name}: its residual stream is not described; it cannot be mapped"
+        )
     in_layers = spec.layer_of()
     found: list[StreamTensor] = []
     final_w = None
@@ -64,25 +68,36 @@ def residual_layout(spec: ArchSpec, shapes: Mapping[str, tuple[int, ...]], confi
             kind, axis = "head", len(shape) - 1
         if kind is not None:
             if axis >= len(shape) or shape[axis] != d:
-                raise UnsupportedArchitecture(f"tensor {name!r} (shape {list(shape)}) should have the residual "
-                                              f"stream's width {d} on axis {axis}")
+                raise UnsupportedArchitecture(
+                    f"tensor {name!r} (shape {list(shape)}) should have the residual "
+                    f"stream's width {d} on axis {axis}"
+                )
             found.append(StreamTensor(name, axis, kind))
             continue
         known = any(o in name for o in fam.outside) or name.endswith(_INSIDE_OK)
         if d in shape and not known:
             raise UnsupportedArchitecture(
                 f"{fam.name}: tensor {name!r} (shape {list(shape)}) may touch the residual stream and is not "
-                "described; a residual map cannot be applied to this checkpoint")
+                "described; a residual map cannot be applied to this checkpoint"
+            )
     if not any(t.kind == "stream" for t in found):
-        raise UnsupportedArchitecture(f"{fam.name}: no embedding tensors found; the residual stream cannot be mapped")
+        raise UnsupportedArchitecture(
+            f"{fam.name}: no embedding tensors found; the residual stream cannot be mapped"
+        )
     why = ""
     if fam.post_ln:
         why = "post-norm blocks normalise the stream itself"
     elif fam.norms_on_outputs():
-        why = ("the norms on the attention's and the FFN's outputs scale each coordinate of what is added to the "
-               "stream, which only a permutation commutes with")
+        why = (
+            "the norms on the attention's and the FFN's outputs scale each coordinate of what is added to the "
+            "stream, which only a permutation commutes with"
+        )
     elif not any(t.kind == "head" for t in found):
         tied = bool(config.get("tie_word_embeddings", True))
-        why = ("its output head is tied to the input embeddings, and folding the final norm's scale into the "
-               "head would untie them (orthogonal: {untie: true} writes an untied output)" if tied else "no head reads the final norm, so the outputs would be rotated")
+        why = (
+            "its output head is tied to the input embeddings, and folding the final norm's scale into the "
+            "head would untie them (orthogonal: {untie: true} writes an untied output)"
+            if tied
+            else "no head reads the final norm, so the outputs would be rotated"
+        )
     return ResidualLayout(tuple(found), fam.norm, fam.post_ln, final_w, why, fam.norm_offset)

@@ -132,8 +132,20 @@ def generate(operators: dict[str, MergeOperator]) -> str:
         ("tokenizer.tokens.TOKEN", TokenRows),
     ):
         out += ["", f"### `{title}`", "", *model_table(cls)]
-    out += ["", STAGES, "", "## Mixture of experts (`mergeflow moe CONFIG OUT`)", "", MOE, "", *model_table(MoeConfig),
-            "", "### `experts[]`, `shared_experts[]`", "", *model_table(Expert)]
+    out += [
+        "",
+        STAGES,
+        "",
+        "## Mixture of experts (`mergeflow moe CONFIG OUT`)",
+        "",
+        MOE,
+        "",
+        *model_table(MoeConfig),
+        "",
+        "### `experts[]`, `shared_experts[]`",
+        "",
+        *model_table(Expert),
+    ]
     out += ["", "## Merge operators", ""]
     for name, op in sorted(operators.items()):
         out += [f"### `{name}`", "", op.doc, ""]

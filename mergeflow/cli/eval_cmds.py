@@ -22,7 +22,7 @@ def _steps(spec: str | None, anchor: str) -> list | None:
     steps = []
     for step in read_steps(spec, recipe_ok=True)[1]:
         if isinstance(step, dict) and len(step) == 1:
-            (name, params), = step.items()
+            ((name, params),) = step.items()
             data = params.get("data") if isinstance(params, dict) else None
             if isinstance(data, str) and not Path(data).is_absolute():
                 step = {name: {**params, "data": str(root / data)}}
@@ -33,18 +33,41 @@ def _steps(spec: str | None, anchor: str) -> list | None:
 @eval_group.command()
 @click.argument("model_a", type=MODEL)
 @click.argument("model_b", type=MODEL)
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Held-out set (text, JSONL or .npz).")
-@click.option("--align", "align_spec", default=None, metavar="STEPS|default",
-              help="A steps file or recipe whose 'align:' steps are added one at a time (a curve each), or "
-                   "'default' (permute heads and FFN, rotate, rescale).")
-@click.option("--points", default=11, show_default=True, type=click.IntRange(3), help="Grid of lambda in [0, 1].")
+@click.option(
+    "--data", required=True, type=click.Path(dir_okay=False), help="Held-out set (text, JSONL or .npz)."
+)
+@click.option(
+    "--align",
+    "align_spec",
+    default=None,
+    metavar="STEPS|default",
+    help="A steps file or recipe whose 'align:' steps are added one at a time (a curve each), or "
+    "'default' (permute heads and FFN, rotate, rescale).",
+)
+@click.option(
+    "--points", default=11, show_default=True, type=click.IntRange(3), help="Grid of lambda in [0, 1]."
+)
 @click.option("--max-examples", default=None, type=click.IntRange(1))
-@click.option("-o", "--out", default="barrier", show_default=True,
-              help="Write OUT.json (every point) and OUT.png (the curves).")
+@click.option(
+    "-o",
+    "--out",
+    default="barrier",
+    show_default=True,
+    help="Write OUT.json (every point) and OUT.png (the curves).",
+)
 @DEVICE
 @QUIET
-def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, points: int, max_examples: int | None,
-            out: str, device: str, quiet: bool) -> None:
+def barrier(
+    model_a: str,
+    model_b: str,
+    data: str,
+    align_spec: str | None,
+    points: int,
+    max_examples: int | None,
+    out: str,
+    device: str,
+    quiet: bool,
+) -> None:
     """Loss of (1-l) A + l B over a grid of l, naive and after each alignment step; the barrier of each."""
     from mergeflow import api
     from mergeflow.cli.progress import console
@@ -54,19 +77,26 @@ def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, point
     inputs = [Path(model_a), Path(model_b), Path(data)]
     if align_spec not in (None, "default"):
         inputs.append(Path(align_spec))
-    json_out, png_out = (check_file_target(f"{out}.{ext}", inputs, "eval barrier -o") for ext in ("json", "png"))
-    report = api.barrier(model_a, model_b, data, _steps(align_spec, model_a), points, device, max_examples,
-                         console(quiet))
+    json_out, png_out = (
+        check_file_target(f"{out}.{ext}", inputs, "eval barrier -o") for ext in ("json", "png")
+    )
+    report = api.barrier(
+        model_a, model_b, data, _steps(align_spec, model_a), points, device, max_examples, console(quiet)
+    )
     text = json.dumps({"written_by": "mergeflow", **report}, indent=2) + "\n"
     atomic_write(json_out, lambda tmp: tmp.write_text(text))
     atomic_write(png_out, lambda tmp: plot(report, tmp))
     if quiet:
         return
-    click.echo(f"{'variant':10s} {'barrier':>9s} {'loss(0)':>9s} {'loss(1)':>9s} {'loss(.5)':>9s} {'acc(.5)':>8s}")
+    click.echo(
+        f"{'variant':10s} {'barrier':>9s} {'loss(0)':>9s} {'loss(1)':>9s} {'loss(.5)':>9s} {'acc(.5)':>8s}"
+    )
     for name, v in report["variants"].items():
         acc = f"{v['midpoint_accuracy']:8.3f}" if "midpoint_accuracy" in v else f"{'':8s}"
-        click.echo(f"{name:10s} {v['barrier']:9.4f} {v['loss_a']:9.4f} {v['loss_b']:9.4f} {v['midpoint_loss']:9.4f} "
-                   f"{acc}")
+        click.echo(
+            f"{name:10s} {v['barrier']:9.4f} {v['loss_a']:9.4f} {v['loss_b']:9.4f} {v['midpoint_loss']:9.4f} "
+            f"{acc}"
+        )
     click.echo(f"wrote {out}.json and {out}.png")
 
 
@@ -75,11 +105,17 @@ def barrier(model_a: str, model_b: str, data: str, align_spec: str | None, point
 @click.argument("model_b", type=MODEL)
 @click.option("--data", required=True, type=click.Path(dir_okay=False))
 @click.option("--max-examples", default=None, type=click.IntRange(1))
-@click.option("--tolerance", default=1e-4, show_default=True, type=float,
-              help="Largest logit difference, relative to the largest logit, that counts as equal.")
+@click.option(
+    "--tolerance",
+    default=1e-4,
+    show_default=True,
+    type=float,
+    help="Largest logit difference, relative to the largest logit, that counts as equal.",
+)
 @DEVICE
-def equivalence(model_a: str, model_b: str, data: str, max_examples: int | None, tolerance: float,
-                device: str) -> None:
+def equivalence(
+    model_a: str, model_b: str, data: str, max_examples: int | None, tolerance: float, device: str
+) -> None:
     """Max |difference| of logits and hidden states of MODEL_A and MODEL_B on DATA; exit 1 if they differ."""
     import sys
 
@@ -89,8 +125,10 @@ def equivalence(model_a: str, model_b: str, data: str, max_examples: int | None,
 
     res = run_equivalence(model_a, model_b, load_data(data).subset(max_examples), resolve_device(device))
     rel = res["logits"] / max(res["logits_scale"], 1e-30)
-    click.echo(f"max |{res['output']} difference|: {res['logits']:.3g} (relative {rel:.3g}); "
-               f"max |hidden-state difference|: {res['hidden_states']:.3g}")
+    click.echo(
+        f"max |{res['output']} difference|: {res['logits']:.3g} (relative {rel:.3g}); "
+        f"max |hidden-state difference|: {res['hidden_states']:.3g}"
+    )
     if rel > tolerance:
         click.echo(f"not equivalent: relative {res['output']} difference {rel:.3g} > {tolerance:g}", err=True)
         sys.exit(1)
@@ -99,13 +137,23 @@ def equivalence(model_a: str, model_b: str, data: str, max_examples: int | None,
 
 @eval_group.command()
 @click.argument("merged", type=MODEL)
-@click.option("--task", "tasks", required=True, multiple=True, metavar="NAME=MODEL:DATA",
-              help="A fine-tuned model and its held-out data; its head (and extras) go on the merged backbone. "
-                   "Repeat for each task.")
+@click.option(
+    "--task",
+    "tasks",
+    required=True,
+    multiple=True,
+    metavar="NAME=MODEL:DATA",
+    help="A fine-tuned model and its held-out data; its head (and extras) go on the merged backbone. "
+    "Repeat for each task.",
+)
 @click.option("--max-examples", default=None, type=click.IntRange(1))
-@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report here.")
+@click.option(
+    "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report here."
+)
 @DEVICE
-def tasks(merged: str, tasks: tuple[str, ...], max_examples: int | None, json_out: str | None, device: str) -> None:
+def tasks(
+    merged: str, tasks: tuple[str, ...], max_examples: int | None, json_out: str | None, device: str
+) -> None:
     """Score MERGED (a merged backbone, or a full merged model) on every task with that task's own head: accuracy,
     token accuracy and entity F1, or loss; beside each fine-tuned model's own score and their ratio."""
     from mergeflow.errors import InputError
@@ -130,7 +178,9 @@ def tasks(merged: str, tasks: tuple[str, ...], max_examples: int | None, json_ou
     click.echo(f"{'task':14s} {'metric':12s} {'fine-tuned':>10s} {'merged':>8s} {'normalized':>10s}")
     for name, r in report["tasks"].items():
         norm = f"{r['normalized']:10.3f}" if r["normalized"] is not None else f"{'':10s}"
-        click.echo(f"{name:14s} {r['metric']:12s} {r['fine_tuned'][r['metric']]:10.4f} {r['merged'][r['metric']]:8.4f} "
-                   f"{norm}")
+        click.echo(
+            f"{name:14s} {r['metric']:12s} {r['fine_tuned'][r['metric']]:10.4f} {r['merged'][r['metric']]:8.4f} "
+            f"{norm}"
+        )
     if report["mean_normalized"] is not None:
         click.echo(f"mean normalized score: {report['mean_normalized']:.3f}")

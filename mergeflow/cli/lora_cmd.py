@@ -10,21 +10,50 @@ from mergeflow.cli.options import DEVICE, MODEL, PARENTS, QUIET
 @click.command("extract-lora")
 @click.argument("base", type=MODEL)
 @click.argument("tuned", type=MODEL)
-@click.option("-o", "--out", required=True, help="Adapter folder to write (adapter_config.json, adapter_model.safetensors).")
-@click.option("--rank", default=16, show_default=True, type=click.IntRange(1), help="Rank of each module's update "
-              "(the most, with --energy).")
-@click.option("--energy", default=None, type=click.FloatRange(0, 1, min_open=True),
-              help="Per-module rank: the smallest that keeps this share of the difference's squared norm.")
-@click.option("--modules", default=None, metavar="REGEX",
-              help="Only 2-D weights whose names match (RE2 syntax, searched). Default: every 2-D weight but "
-                   "embeddings and the head.")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    help="Adapter folder to write (adapter_config.json, adapter_model.safetensors).",
+)
+@click.option(
+    "--rank",
+    default=16,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Rank of each module's update (the most, with --energy).",
+)
+@click.option(
+    "--energy",
+    default=None,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Per-module rank: the smallest that keeps this share of the difference's squared norm.",
+)
+@click.option(
+    "--modules",
+    default=None,
+    metavar="REGEX",
+    help="Only 2-D weights whose names match (RE2 syntax, searched). Default: every 2-D weight but "
+    "embeddings and the head.",
+)
 @click.option("--embeddings", is_flag=True, help="Save changed embeddings and head whole (modules_to_save).")
 @DEVICE
 @click.option("--force", is_flag=True, help="Replace OUT if it is an adapter mergeflow wrote.")
 @PARENTS
 @QUIET
-def extract_lora(base: str, tuned: str, out: str, rank: int, energy: float | None, modules: str | None,
-                 embeddings: bool, device: str, force: bool, parents: bool, quiet: bool) -> None:
+def extract_lora(
+    base: str,
+    tuned: str,
+    out: str,
+    rank: int,
+    energy: float | None,
+    modules: str | None,
+    embeddings: bool,
+    device: str,
+    force: bool,
+    parents: bool,
+    quiet: bool,
+) -> None:
     """Write a LoRA adapter of BASE whose merge approximates TUNED; print the relative error per module."""
     from safetensors.torch import save_file
     from tqdm import tqdm
@@ -47,8 +76,17 @@ def extract_lora(base: str, tuned: str, out: str, rank: int, energy: float | Non
     bar = tqdm(total=len(t.tensors), desc="extracting", unit="tensor", disable=quiet, dynamic_ncols=True)
     out_dir = OutputDir(out, force, False, inputs, parents)
     with out_dir as tmp:
-        ex = extract(b, t, rank, resolve_device(device), energy, modules, embeddings,
-                     transposed=fam is not None and fam.conv1d, progress=lambda _n: bar.update())
+        ex = extract(
+            b,
+            t,
+            rank,
+            resolve_device(device),
+            energy,
+            modules,
+            embeddings,
+            transposed=fam is not None and fam.conv1d,
+            progress=lambda _n: bar.update(),
+        )
         bar.close()
         if not ex.ranks and not ex.saved:
             raise InputError(f"{base} and {tuned} do not differ in any weight a LoRA adapter can carry")
@@ -64,8 +102,13 @@ def extract_lora(base: str, tuned: str, out: str, rank: int, energy: float | Non
     if len(worst) > 10:
         click.echo(f"... and {len(worst) - 10} more modules (smaller errors)")
     overall = (ex.residual_sq / ex.total_sq) ** 0.5 if ex.total_sq else 0.0
-    click.echo(f"wrote {out_dir.final}: {len(ex.ranks)} LoRA modules (rank up to {max(ex.ranks.values(), default=0)}), "
-               f"{len(ex.saved)} saved whole; overall relative error {overall:.3g}")
+    click.echo(
+        f"wrote {out_dir.final}: {len(ex.ranks)} LoRA modules (rank up to {max(ex.ranks.values(), default=0)}), "
+        f"{len(ex.saved)} saved whole; overall relative error {overall:.3g}"
+    )
     if ex.left_out:
-        click.echo(f"left out {len(ex.left_out)} changed tensor(s) a LoRA cannot carry (e.g. {ex.left_out[0]}); "
-                   "--embeddings keeps changed embeddings and head", err=True)
+        click.echo(
+            f"left out {len(ex.left_out)} changed tensor(s) a LoRA cannot carry (e.g. {ex.left_out[0]}); "
+            "--embeddings keeps changed embeddings and head",
+            err=True,
+        )

@@ -5,7 +5,6 @@ Exit codes: 0 success, 2 bad input (recipe, models, paths), 1 anything else.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -21,8 +20,9 @@ from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, 
 from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_run_report
 from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.progress import console
+from mergeflow.cli.recipe_cmds import docs, schema, validate
 from mergeflow.cli.search_cmd import search
-from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file, validate_file
+from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
 
@@ -45,8 +45,12 @@ def cli() -> None:
 @MEMORY
 @DISK
 @PICKLE
-@click.option("--force", is_flag=True, help="Replace OUT if it is an output mergeflow wrote (only once the new "
-              "merge is complete); nothing else is ever replaced.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace OUT if it is an output mergeflow wrote (only once the new "
+    "merge is complete); nothing else is ever replaced.",
+)
 @click.option(
     "--check-finite", is_flag=True, help="Stop with the tensor's name if a merged tensor has NaN/Inf."
 )
@@ -112,7 +116,9 @@ def run(
         run_file(recipe, out, opts, intermediate_dir, upto, quiet)
         return
     if upto is not None or intermediate_dir is not None:
-        raise InputError("--stage and --intermediate-dir are for multi-stage files; this recipe has one stage")
+        raise InputError(
+            "--stage and --intermediate-dir are for multi-stage files; this recipe has one stage"
+        )
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
     result = runner.run(prep, out, opts, progress=console(quiet))
@@ -163,7 +169,11 @@ def align(
 
     opts = api.Options(
         tune_malloc=True,
-        device=device, max_memory=parse_size(max_memory), force=force, allow_pickle=allow_pickle, parents=parents,
+        device=device,
+        max_memory=parse_size(max_memory),
+        force=force,
+        allow_pickle=allow_pickle,
+        parents=parents,
         label="aligning",
     )
     prep = api.prepare_align(model, anchor, steps_file, opts)
@@ -175,52 +185,10 @@ def align(
         print_alignment(result)
 
 
-@cli.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
-@click.option("--recipe-only", is_flag=True, help="Check the recipe file alone, without opening the models.")
-@PICKLE
-def validate(recipe: str, recipe_only: bool, allow_pickle: bool) -> None:
-    """Check RECIPE without reading any weight; print every problem (exit 2) or 'ok'.
-
-    The models are checked against each other from their config files and safetensors headers (for Hub
-    models, fetched by HTTP range requests): names, shapes, dtypes, layers, vocabularies, alignment."""
-    from mergeflow.align.catalog import STEPS
-    from mergeflow.graph import run as runner
-    from mergeflow.merge.catalog import OPERATORS
-    from mergeflow.recipe.validate import load_recipe
-
-    if is_multistage_file(recipe):
-        validate_file(recipe, recipe_only, runner.Options(device="cpu", allow_pickle=allow_pickle))
-        return
-    r = load_recipe(recipe, OPERATORS, STEPS)
-    if not recipe_only:
-        from mergeflow.graph.sources import preflight
-
-        opts = runner.Options(device="cpu", allow_pickle=allow_pickle, headers_only=True)
-        preflight(runner.prepare(recipe, opts, recipe=r))
-    checked = "" if recipe_only else ", models checked from their headers"
-    click.echo(f"ok: {len(r.models)} model(s), operator {r.merge.name}, {len(r.overrides)} override(s){checked}")
-
-
-@cli.command()
-def schema() -> None:
-    """Print the JSON Schema of recipes (for editor completion)."""
-    from mergeflow.merge.catalog import OPERATORS
-    from mergeflow.recipe.jsonschema import build_schema
-
-    click.echo(json.dumps(build_schema(dict(OPERATORS.items())), indent=2))
-
-
-@cli.command()
-def docs() -> None:
-    """Print the recipe reference (docs/recipes.md) generated from the parameter models."""
-    from mergeflow.cli.docgen import generate
-    from mergeflow.merge.catalog import OPERATORS
-
-    click.echo(generate(dict(OPERATORS.items())), nl=False)
-
-
 cli.add_command(convert)
+cli.add_command(validate)
+cli.add_command(schema)
+cli.add_command(docs)
 cli.add_command(eval_group)
 cli.add_command(stats)
 cli.add_command(plan)
@@ -238,8 +206,11 @@ def _interrupted(exc: BaseException | None) -> None:
     from mergeflow.io.output_dir import Interrupted
 
     if isinstance(exc, Interrupted):
-        click.echo(f"{'terminated' if exc.terminated else 'interrupted'}; the partial output was kept in "
-                   f"{exc.partial}: run the same command with --resume to continue it into {exc.final}", err=True)
+        click.echo(
+            f"{'terminated' if exc.terminated else 'interrupted'}; the partial output was kept in "
+            f"{exc.partial}: run the same command with --resume to continue it into {exc.final}",
+            err=True,
+        )
         sys.exit(143 if exc.terminated else 130)
     click.echo("interrupted; nothing was written", err=True)
     sys.exit(130)

@@ -37,10 +37,14 @@ REPORT = click.option(
 )
 QUIET = click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 STRICT = click.option(
-    "--strict", is_flag=True, help="Treat warnings about the recipe (an override that selects no tensor) as errors."
+    "--strict",
+    is_flag=True,
+    help="Treat warnings about the recipe (an override that selects no tensor) as errors.",
 )
 PARENTS = click.option(
-    "--parents", is_flag=True, help="Create missing parent folders of OUT (by default only OUT itself is created)."
+    "--parents",
+    is_flag=True,
+    help="Create missing parent folders of OUT (by default only OUT itself is created).",
 )
 
 

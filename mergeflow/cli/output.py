@@ -22,8 +22,9 @@ def parse_size(value: str | None, option: str = "--max-memory", least: int = MIN
     except ValidationError:
         raise click.BadParameter(f"{value!r} is not a size (e.g. 8GB, 512MiB)", param_hint=option) from None
     if n < least:
-        raise click.BadParameter(f"{value} is below the smallest budget mergeflow runs in ({human(least)})",
-                                 param_hint=option)
+        raise click.BadParameter(
+            f"{value} is below the smallest budget mergeflow runs in ({human(least)})", param_hint=option
+        )
     return n
 
 
@@ -96,17 +97,23 @@ def print_summary(result: Any, prep: Any, resume: bool, peak_rss: int, tasks: li
     if resume:
         click.echo(f"resumed: kept {result.resumed_shards} of {len(plan.layouts)} shard(s) already written")
     click.echo(f"merged {plan.n_tensors} tensors of {', '.join(prep.recipe.models)} ({ops}) on {prep.device}")
-    click.echo(f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
-               f"in {result.seconds:.2f} s; peak RSS {human(peak_rss)}")
+    click.echo(
+        f"wrote {result.out} ({len(plan.layouts)} shard(s), {human(plan.bytes_written)}) "
+        f"in {result.seconds:.2f} s; peak RSS {human(peak_rss)}"
+    )
     if plan.stats_means:
-        click.echo("fisher statistics: mean " + ", ".join(f"{m} {v:.3g}" for m, v in plan.stats_means.items()))
+        click.echo(
+            "fisher statistics: mean " + ", ".join(f"{m} {v:.3g}" for m, v in plan.stats_means.items())
+        )
     if plan.left_out:
         more = f" and {len(plan.left_out) - 4} more" if len(plan.left_out) > 4 else ""
         click.echo(f"left out: {', '.join(plan.left_out[:4])}{more} (not in every model: partial)")
     if result.downloaded:
         held = f", at most {human(result.download_peak)} held at once" if result.download_peak else ""
-        click.echo(f"downloaded {human(result.downloaded)} of shards from the Hub in {result.download_seconds:.1f} s"
-                   f"{held}")
+        click.echo(
+            f"downloaded {human(result.downloaded)} of shards from the Hub in {result.download_seconds:.1f} s"
+            f"{held}"
+        )
     for folder in tasks:
         click.echo(f"wrote task model {folder}")
     print_alignment(result)

@@ -33,8 +33,9 @@ class _Tqdm:
         from tqdm import tqdm
 
         scale = dict(unit_scale=True, unit_divisor=1024) if unit == "B" else {}
-        return _TqdmBar(tqdm(total=total, desc=desc, unit=unit, leave=not nested,
-                             dynamic_ncols=True, **scale))
+        return _TqdmBar(
+            tqdm(total=total, desc=desc, unit=unit, leave=not nested, dynamic_ncols=True, **scale)
+        )
 
 
 def console(quiet: bool) -> Progress:

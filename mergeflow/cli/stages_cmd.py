@@ -12,11 +12,19 @@ from mergeflow.cli.output import human
 from mergeflow.cli.progress import console
 
 INTERMEDIATE = click.option(
-    "--intermediate-dir", default=None, metavar="DIR",
+    "--intermediate-dir",
+    default=None,
+    metavar="DIR",
     help="Multi-stage files: where the named stages' outputs go, one folder each, reused when up to date. "
-    "Default: OUT.stages beside OUT.")
-STAGE = click.option("--stage", "upto", default=None, metavar="NAME",
-                     help="Multi-stage files: run only stage NAME and the stages it uses.")
+    "Default: OUT.stages beside OUT.",
+)
+STAGE = click.option(
+    "--stage",
+    "upto",
+    default=None,
+    metavar="NAME",
+    help="Multi-stage files: run only stage NAME and the stages it uses.",
+)
 
 
 def is_multistage_file(path: str) -> bool:
@@ -77,8 +85,10 @@ def plan_file(path: str, opts: Any, intermediate: str | None) -> None:
         where = "OUT" if st is sf.final else str(sp.out)
         state = "up to date" if sp.fresh else "to run"
         click.echo(f"  {st.label}{uses}: {', '.join(st.recipe.models)} -> {where} [{state}]")
-        click.echo(f"    {st.recipe.merge.name}, {p.n_tensors} tensors; read {human(p.bytes_read)}, write "
-                   f"{human(p.bytes_written)} in {len(p.layouts)} shard(s)")
+        click.echo(
+            f"    {st.recipe.merge.name}, {p.n_tensors} tensors; read {human(p.bytes_read)}, write "
+            f"{human(p.bytes_written)} in {len(p.layouts)} shard(s)"
+        )
 
 
 def validate_file(path: str, recipe_only: bool, opts: Any) -> None:

@@ -25,26 +25,53 @@ def _md_table(rows: list[list[str]]) -> list[str]:
 def render(res: dict[str, Any]) -> str:
     """The Markdown block for ``res`` (the demo's results.json)."""
     env = res["environment"]
-    lines = [START, "",
-             f"Measured by `make demo-docs` with mergeflow {env['mergeflow']}, torch {env['torch']} on "
-             f"{env['cpus']} CPU core(s) ({env['machine']}); training uses {env['train_threads']} threads and "
-             "deterministic kernels, so another machine with the same instruction set gives the same digits.",
-             "", "Part 1, tiny Llamas (no training):", ""]
-    lines += _md_table([["recipe", "operator", "LM loss", "max \\|logits − reference\\|"],
-                        *[[r["recipe"], r["operator"], r["loss"], r["gap"]] for r in res["llama"]]])
+    lines = [
+        START,
+        "",
+        f"Measured by `make demo-docs` with mergeflow {env['mergeflow']}, torch {env['torch']} on "
+        f"{env['cpus']} CPU core(s) ({env['machine']}); training uses {env['train_threads']} threads and "
+        "deterministic kernels, so another machine with the same instruction set gives the same digits.",
+        "",
+        "Part 1, tiny Llamas (no training):",
+        "",
+    ]
+    lines += _md_table(
+        [
+            ["recipe", "operator", "LM loss", "max \\|logits − reference\\|"],
+            *[[r["recipe"], r["operator"], r["loss"], r["gap"]] for r in res["llama"]],
+        ]
+    )
     al = res["alignment"]
-    lines += ["", f"Alignment of `math-scrambled` to `base`: squared distance {al['before']:.4g} → {al['after']:.4g} "
-              f"({al['after'] / al['before']:.1%} of where it started).", "",
-              f"Part 2, two ViTs trained on digits ({res['vit']['epochs']} epochs, seeds 11 and 12, "
-              f"{res['vit']['train_seconds']:.0f} s): test accuracy "
-              + ", ".join(f"{r['model']} {r['accuracy']}" for r in res["vit"]["models"]) + "; merged: "
-              + ", ".join(f"{r['recipe']} {r['accuracy']}" for r in res["vit"]["merges"]) + ".", ""]
-    lines += _md_table([["variant", "loss barrier", "vs naive", "midpoint loss", "midpoint accuracy"],
-                        *[[r["variant"], r["barrier"], r["ratio"], r["midpoint_loss"], r["midpoint_accuracy"]]
-                          for r in res["barrier"]["rows"]]])
+    lines += [
+        "",
+        f"Alignment of `math-scrambled` to `base`: squared distance {al['before']:.4g} → {al['after']:.4g} "
+        f"({al['after'] / al['before']:.1%} of where it started).",
+        "",
+        f"Part 2, two ViTs trained on digits ({res['vit']['epochs']} epochs, seeds 11 and 12, "
+        f"{res['vit']['train_seconds']:.0f} s): test accuracy "
+        + ", ".join(f"{r['model']} {r['accuracy']}" for r in res["vit"]["models"])
+        + "; merged: "
+        + ", ".join(f"{r['recipe']} {r['accuracy']}" for r in res["vit"]["merges"])
+        + ".",
+        "",
+    ]
+    lines += _md_table(
+        [
+            ["variant", "loss barrier", "vs naive", "midpoint loss", "midpoint accuracy"],
+            *[
+                [r["variant"], r["barrier"], r["ratio"], r["midpoint_loss"], r["midpoint_accuracy"]]
+                for r in res["barrier"]["rows"]
+            ],
+        ]
+    )
     ends = res["barrier"]["endpoints"]
-    lines += ["", f"Endpoints: loss(A) {ends['loss_a']}, loss(B) {ends['loss_b']} on {ends['examples']} held-out "
-              f"digits. The whole demo took {res['seconds']:.0f} s.", "", END]
+    lines += [
+        "",
+        f"Endpoints: loss(A) {ends['loss_a']}, loss(B) {ends['loss_b']} on {ends['examples']} held-out "
+        f"digits. The whole demo took {res['seconds']:.0f} s.",
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 

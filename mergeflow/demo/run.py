@@ -66,9 +66,12 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--workdir", default="demo_out", help="where models and merges are written")
-    ap.add_argument("--write-docs", action="store_true",
-                    help="also write the results to docs/demo-results.json and the numbers blocks of README.md and "
-                         "docs/results.md (see mergeflow.demo.docs)")
+    ap.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="also write the results to docs/demo-results.json and the numbers blocks of README.md and "
+        "docs/results.md (see mergeflow.demo.docs)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
@@ -79,14 +82,20 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     work = Path(args.workdir).resolve()
     if work != (ROOT / "demo_out").resolve():
-        raise SystemExit("the shipped recipes refer to ../demo_out/models; run from the repository root "
-                         "with the default --workdir")
+        raise SystemExit(
+            "the shipped recipes refer to ../demo_out/models; run from the repository root "
+            "with the default --workdir"
+        )
     t0 = time.perf_counter()
     models = build_models(work / "models")
-    print(f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}"
-          " (math-scrambled: math with its heads, head rotations, scales and FFN neurons reshuffled)")
+    print(
+        f"built {len(models)} tiny Llama models in {time.perf_counter() - t0:.1f} s under {work / 'models'}"
+        " (math-scrambled: math with its heads, head rotations, scales and FFN neurons reshuffled)"
+    )
     text = "the quick brown fox jumps over the lazy dog. "
-    rows: list[tuple[str, ...]] = [("model / recipe", "operator", "tensors, time", "LM loss", "max |logits - reference|", "output")]
+    rows: list[tuple[str, ...]] = [
+        ("model / recipe", "operator", "tensors, time", "LM loss", "max |logits - reference|", "output")
+    ]
     for name, p in models.items():
         rows.append((name, "-", "-", f"{_evaluate(p, text)[0]:.4f}", "-", str(p)))
     reference: Any = None  # the reference recipe's logits
@@ -104,8 +113,16 @@ def main(argv: list[str] | None = None) -> None:
         if res.alignment is not None:
             alignment = res.alignment
         op = prep.recipe.merge.name + (" + align" if prep.recipe.align else "")
-        rows.append((recipe, op, f"{res.plan.n_tensors}, {res.seconds * 1000:.0f} ms", f"{loss:.4f}", gap,
-                     str(res.out)))
+        rows.append(
+            (
+                recipe,
+                op,
+                f"{res.plan.n_tensors}, {res.seconds * 1000:.0f} ms",
+                f"{loss:.4f}",
+                gap,
+                str(res.out),
+            )
+        )
         llama.append({"recipe": recipe, "operator": op, "loss": f"{loss:.4f}", "gap": gap})
     _table(rows)
     if alignment is not None:
@@ -113,15 +130,23 @@ def main(argv: list[str] | None = None) -> None:
 
         print("\nalignment of math-scrambled to base (squared distance to the anchor after each step):")
         print(table(alignment))
-    print("The reference is the average of base and the unscrambled math model: the aligned merge reproduces it, "
-          "the naive one does not.")
+    print(
+        "The reference is the average of base and the unscrambled math model: the aligned merge reproduces it, "
+        "the naive one does not."
+    )
     from mergeflow.demo.trained import run_trained
 
     vit, barrier = run_trained(work, _table)
     seconds = time.perf_counter() - t0
     print(f"\ndone in {seconds:.1f} s; every merged model loaded with transformers and gave finite outputs.")
-    results = {"environment": _environment(), "seconds": round(seconds, 1), "llama": llama,
-               "alignment": _distances(alignment), "vit": vit, "barrier": barrier}
+    results = {
+        "environment": _environment(),
+        "seconds": round(seconds, 1),
+        "llama": llama,
+        "alignment": _distances(alignment),
+        "vit": vit,
+        "barrier": barrier,
+    }
     (work / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     if args.write_docs:
         from mergeflow.demo.docs import write_docs
@@ -138,8 +163,13 @@ def _environment() -> dict[str, object]:
     import mergeflow
     from mergeflow.testing.train import TRAIN_THREADS
 
-    return {"mergeflow": mergeflow.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
-            "machine": platform.machine(), "train_threads": TRAIN_THREADS}
+    return {
+        "mergeflow": mergeflow.__version__,
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "train_threads": TRAIN_THREADS,
+    }
 
 
 def _distances(summary: dict | None) -> dict[str, float]:

@@ -30,9 +30,15 @@ def run_trained(work: Path, table) -> tuple[dict, dict]:  # noqa: ANN001  (table
     data = tt.save_npz(work / "digits-test.npz", xt, yt)
     tt.save_npz(work / "digits-train.npz", x, y)  # what the refinement trains on
     train_seconds = time.perf_counter() - t0
-    print(f"\ntrained two ViTs (digits, {tt.DEMO_TRAIN['epochs']} epochs, seeds 11 and 12) in {train_seconds:.1f} s")
-    vit: dict = {"epochs": tt.DEMO_TRAIN["epochs"], "train_seconds": round(train_seconds, 1), "models": [],
-                 "merges": []}
+    print(
+        f"\ntrained two ViTs (digits, {tt.DEMO_TRAIN['epochs']} epochs, seeds 11 and 12) in {train_seconds:.1f} s"
+    )
+    vit: dict = {
+        "epochs": tt.DEMO_TRAIN["epochs"],
+        "train_seconds": round(train_seconds, 1),
+        "models": [],
+        "merges": [],
+    }
     rows: list[tuple[str, ...]] = [("model / recipe", "test accuracy", "time", "distance to a (rel. |a|^2)")]
     a = models[11]
     for seed, p in models.items():
@@ -57,17 +63,41 @@ def run_trained(work: Path, table) -> tuple[dict, dict]:  # noqa: ANN001  (table
     plot(rep, work / "barrier.png")
     rows = [("variant", "loss barrier", "vs naive", "midpoint loss", "midpoint accuracy", "align time")]
     naive = rep["variants"]["naive"]["barrier"]
-    barrier: dict = {"rows": [], "endpoints": {"loss_a": f"{rep['variants']['naive']['loss_a']:.3f}",
-                                               "loss_b": f"{rep['variants']['naive']['loss_b']:.3f}",
-                                               "examples": rep["examples"]}}
+    barrier: dict = {
+        "rows": [],
+        "endpoints": {
+            "loss_a": f"{rep['variants']['naive']['loss_a']:.3f}",
+            "loss_b": f"{rep['variants']['naive']['loss_b']:.3f}",
+            "examples": rep["examples"],
+        },
+    }
     for name, v in rep["variants"].items():
-        rows.append((name, f"{v['barrier']:.3f}", f"{v['barrier'] / naive:.2f}" if naive > 0 else "-",
-                     f"{v['midpoint_loss']:.3f}", f"{v['midpoint_accuracy']:.3f}", f"{v['align_seconds']:.1f} s"))
-        barrier["rows"].append(dict(zip(("variant", "barrier", "ratio", "midpoint_loss", "midpoint_accuracy"),
-                                        rows[-1][:5], strict=True)))
-    print(f"\nloss along (1-l) a + l b on 360 held-out digits ({time.perf_counter() - t1:.1f} s; plot: "
-          f"{work / 'barrier.png'}):")
+        rows.append(
+            (
+                name,
+                f"{v['barrier']:.3f}",
+                f"{v['barrier'] / naive:.2f}" if naive > 0 else "-",
+                f"{v['midpoint_loss']:.3f}",
+                f"{v['midpoint_accuracy']:.3f}",
+                f"{v['align_seconds']:.1f} s",
+            )
+        )
+        barrier["rows"].append(
+            dict(
+                zip(
+                    ("variant", "barrier", "ratio", "midpoint_loss", "midpoint_accuracy"),
+                    rows[-1][:5],
+                    strict=True,
+                )
+            )
+        )
+    print(
+        f"\nloss along (1-l) a + l b on 360 held-out digits ({time.perf_counter() - t1:.1f} s; plot: "
+        f"{work / 'barrier.png'}):"
+    )
     table(rows)
-    print("Each row adds one step to the ones above it. Weight matching (permute .. rescale, no data) needs "
-          "the residual stream's map to help at all; the refinement trains that map on data (docs/results.md).")
+    print(
+        "Each row adds one step to the ones above it. Weight matching (permute .. rescale, no data) needs "
+        "the residual stream's map to help at all; the refinement trains that map on data (docs/results.md)."
+    )
     return vit, barrier

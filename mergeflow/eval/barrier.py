@@ -22,8 +22,14 @@ def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict
     return la, state_of(la)
 
 
-def curve(a: tuple[Loaded, dict[str, torch.Tensor]], b_dir: str | Path, data: Data, points: int,
-          progress: Callable[[int], None] = lambda n: None, max_length: int | None = None) -> dict[str, Any]:
+def curve(
+    a: tuple[Loaded, dict[str, torch.Tensor]],
+    b_dir: str | Path,
+    data: Data,
+    points: int,
+    progress: Callable[[int], None] = lambda n: None,
+    max_length: int | None = None,
+) -> dict[str, Any]:
     """The path from A (see load_endpoint; its model is overwritten along the way) to the model in b_dir."""
     la, sa = a
     sb = state_of(load_model(b_dir, next(la.model.parameters()).device))
@@ -38,8 +44,14 @@ def curve(a: tuple[Loaded, dict[str, torch.Tensor]], b_dir: str | Path, data: Da
     l0, l1 = rows[0]["loss"], rows[-1]["loss"]
     gaps = [r["loss"] - ((1 - r["lambda"]) * l0 + r["lambda"] * l1) for r in rows]
     mid = min(rows, key=lambda r: abs(r["lambda"] - 0.5))
-    return {"points": rows, "barrier": max(gaps), "midpoint_loss": mid["loss"], "loss_a": l0, "loss_b": l1,
-            **({"midpoint_accuracy": mid["accuracy"]} if "accuracy" in mid else {})}
+    return {
+        "points": rows,
+        "barrier": max(gaps),
+        "midpoint_loss": mid["loss"],
+        "loss_a": l0,
+        "loss_b": l1,
+        **({"midpoint_accuracy": mid["accuracy"]} if "accuracy" in mid else {}),
+    }
 
 
 def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -52,12 +64,21 @@ def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[st
 
 def folds(steps: list[dict[str, Any]]) -> bool:
     """Whether the steps map the stream orthogonally, which folds every model's norm scales (the anchor's too)."""
-    return any(name == "orthogonal" and (params or {}).get("residual", True) is not False
-               for step in steps for name, params in step.items())
+    return any(
+        name == "orthogonal" and (params or {}).get("residual", True) is not False
+        for step in steps
+        for name, params in step.items()
+    )
 
 
-def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path, device: str,
-              keep: str = "model") -> Any:
+def _prepared(
+    a_dir: str | Path,
+    b_dir: str | Path,
+    steps: list[dict[str, Any]],
+    work: Path,
+    device: str,
+    keep: str = "model",
+) -> Any:
     """The prepared alignment of B to A with ``steps`` (validated and planned; nothing written)."""
     from mergeflow.api import Options, prepare_align
 
@@ -66,8 +87,14 @@ def _prepared(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]],
     return prepare_align(b_dir, a_dir, steps, Options(device=device, force=True), keep)
 
 
-def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]], work: Path,
-                 device: str, keep: str = "model") -> Path:
+def aligned_copy(
+    a_dir: str | Path,
+    b_dir: str | Path,
+    steps: list[dict[str, Any]],
+    work: Path,
+    device: str,
+    keep: str = "model",
+) -> Path:
     """B aligned to A with ``steps`` (through the same code as `mergeflow align`); ``keep="anchor"``: A as
     those steps re-parameterise it (folded), the endpoint a merge interpolates from."""
     from mergeflow.api import Options, merge
@@ -78,26 +105,45 @@ def aligned_copy(a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any
     return out
 
 
-def barrier_report(a_dir: str | Path, b_dir: str | Path, data: Data, steps: list[dict[str, Any]] | None,
-                   points: int, device: torch.device, progress: Callable[[int], None] = lambda n: None,
-                   ) -> dict[str, Any]:
-    out: dict[str, Any] = {"a": str(a_dir), "b": str(b_dir), "data": str(data.path), "examples": len(data),
-                           "variants": {}}
+def barrier_report(
+    a_dir: str | Path,
+    b_dir: str | Path,
+    data: Data,
+    steps: list[dict[str, Any]] | None,
+    points: int,
+    device: torch.device,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "a": str(a_dir),
+        "b": str(b_dir),
+        "data": str(data.path),
+        "examples": len(data),
+        "variants": {},
+    }
     a = load_endpoint(a_dir, device)
     check_fits(a[0], data, a_dir)
     max_length = max_length_for(a[0], data, None)  # once, not at every point of every curve
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
-        if steps:  # every step validated and planned (e.g. a step the family refuses) before any curve is computed
+        if (
+            steps
+        ):  # every step validated and planned (e.g. a step the family refuses) before any curve is computed
             _prepared(a_dir, b_dir, steps, Path(tmp) / "check", str(device))
         for name, prefix in variants(steps):
             start = time.perf_counter()
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
             seconds = time.perf_counter() - start if prefix else 0.0
             # an orthogonal stream map folds the anchor too: the path runs between the folded endpoints, as a merge's
-            start_a = load_endpoint(aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device), "anchor"), device) \
-                if prefix and folds(prefix) else a
-            out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3),
-                                     **curve(start_a, b, data, points, progress, max_length)}
+            start_a = (
+                load_endpoint(aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device), "anchor"), device)
+                if prefix and folds(prefix)
+                else a
+            )
+            out["variants"][name] = {
+                "steps": prefix,
+                "align_seconds": round(seconds, 3),
+                **curve(start_a, b, data, points, progress, max_length),
+            }
     return out
 
 
@@ -110,14 +156,22 @@ def plot(report: dict[str, Any], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
     for name, v in report["variants"].items():
         xs = [p["lambda"] for p in v["points"]]
-        ax.plot(xs, [p["loss"] for p in v["points"]], marker="o", ms=3, label=f"{name} (barrier {v['barrier']:.3g})")
+        ax.plot(
+            xs,
+            [p["loss"] for p in v["points"]],
+            marker="o",
+            ms=3,
+            label=f"{name} (barrier {v['barrier']:.3g})",
+        )
     a, b = (Path(str(report.get(k, k.upper()))).name for k in ("a", "b"))
     ax.set_xlabel(f"lambda: (1 - lambda) A + lambda B      (A = {a}, B = {b})")
     data = Path(str(report.get("data", "the data"))).name
     ax.set_ylabel(f"cross-entropy on {data} ({report.get('examples', '?')} ex.)")
     ax.set_title(f"loss along the straight path from A = {a} to B = {b}", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)  # beside, never on peaks
+    ax.legend(
+        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8
+    )  # beside, never on peaks
     fig.tight_layout()
     fig.savefig(str(path), format="png", metadata={"Software": "mergeflow"})  # marks the file as mergeflow's
     plt.close(fig)

@@ -42,7 +42,10 @@ class Distance:
     def rows(self) -> list[tuple[str, float, float]]:
         """(module, squared distance, relative to ||A||^2), modules in a fixed order, then the total."""
         order = [m for m in ("qk", "vo", "ffn", "norms", "embeddings", "other") if m in self.by_module]
-        out = [(m, self.by_module[m], self.by_module[m] / self.norm_a[m] if self.norm_a[m] else 0.0) for m in order]
+        out = [
+            (m, self.by_module[m], self.by_module[m] / self.norm_a[m] if self.norm_a[m] else 0.0)
+            for m in order
+        ]
         na = sum(self.norm_a.values())
         return [*out, ("total", self.total, self.total / na if na else 0.0)]
 
@@ -53,7 +56,9 @@ def model_distance(a: ModelReader, b: ModelReader, progress: Callable[[int], Non
         if other is None:
             raise MissingTensor(f"model '{b.name}' lacks tensor {name!r}")
         if other.shape != info.shape:
-            raise ShapeMismatch(f"tensor {name!r}: shape {list(other.shape)} in '{b.name}', {list(info.shape)} in '{a.name}'")
+            raise ShapeMismatch(
+                f"tensor {name!r}: shape {list(other.shape)} in '{b.name}', {list(info.shape)} in '{a.name}'"
+            )
     if set(b.tensors) - set(a.tensors):
         raise MissingTensor(f"model '{b.name}' has tensors that '{a.name}' lacks")
     dist = Distance()

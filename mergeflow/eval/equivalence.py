@@ -10,14 +10,21 @@ from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import check_fits, load_model
 
 
-def equivalence(a_dir: str, b_dir: str, data: Data, device: torch.device, batch_size: int = 32,
-                max_length: int = 128) -> dict[str, Any]:
+def equivalence(
+    a_dir: str, b_dir: str, data: Data, device: torch.device, batch_size: int = 32, max_length: int = 128
+) -> dict[str, Any]:
     la, lb = load_model(a_dir, device, headless=True), load_model(b_dir, device, headless=True)
     check_fits(la, data, a_dir)
-    worst: dict[str, Any] = {"logits": 0.0, "hidden_states": 0.0, "logits_scale": 0.0,
-                             "output": "last hidden state" if la.task == "encoder" else "logits"}
+    worst: dict[str, Any] = {
+        "logits": 0.0,
+        "hidden_states": 0.0,
+        "logits_scale": 0.0,
+        "output": "last hidden state" if la.task == "encoder" else "logits",
+    }
     with torch.no_grad():
-        for inputs, _labels, mask in batches(data, la.tokenizer, batch_size, max_length, device, la.image_shape):
+        for inputs, _labels, mask in batches(
+            data, la.tokenizer, batch_size, max_length, device, la.image_shape
+        ):
             oa = la.model(**inputs, output_hidden_states=True)
             ob = lb.model(**inputs, output_hidden_states=True)
             ya, yb = (o.logits if la.task != "encoder" else o.last_hidden_state for o in (oa, ob))
@@ -25,6 +32,7 @@ def equivalence(a_dir: str, b_dir: str, data: Data, device: torch.device, batch_
 
             def keep(t: torch.Tensor, sel: torch.Tensor | None = sel) -> torch.Tensor:
                 return t if sel is None else t[sel]
+
             worst["logits"] = max(worst["logits"], float((keep(ya) - keep(yb)).abs().max()))
             worst["logits_scale"] = max(worst["logits_scale"], float(keep(ya).abs().max()))
             for ha, hb in zip(oa.hidden_states or (), ob.hidden_states or (), strict=True):

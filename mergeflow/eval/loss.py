@@ -13,7 +13,9 @@ from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for
 
 
-def evaluate(loaded: Loaded, data: Data, batch_size: int = 64, max_length: int | None = None) -> dict[str, float]:
+def evaluate(
+    loaded: Loaded, data: Data, batch_size: int = 64, max_length: int | None = None
+) -> dict[str, float]:
     dev = next(loaded.model.parameters()).device
     total = correct = count = 0.0
     gold: list[list[int]] = []
@@ -21,14 +23,18 @@ def evaluate(loaded: Loaded, data: Data, batch_size: int = 64, max_length: int |
     max_length = max_length_for(loaded, data, max_length)
     gen = torch.Generator().manual_seed(0)  # masked LMs: the same positions masked for every model scored
     with torch.no_grad():
-        for inputs, labels, mask in batches(data, loaded.tokenizer, batch_size, max_length, dev, loaded.image_shape):
+        for inputs, labels, mask in batches(
+            data, loaded.tokenizer, batch_size, max_length, dev, loaded.image_shape
+        ):
             if loaded.task == "masked-lm":
                 inputs, labels = mask_tokens(loaded, inputs, mask, gen)
             logits, keep = logits_and_mask(loaded, inputs, mask)
             logits = logits.float()
             if loaded.task in ("token-classifier", "masked-lm"):
                 if labels is None:
-                    raise ValueError("token classifier evaluation needs per-word tags (JSONL 'tokens' and 'tags')")
+                    raise ValueError(
+                        "token classifier evaluation needs per-word tags (JSONL 'tokens' and 'tags')"
+                    )
                 on = labels != -100  # labelled words' first sub-tokens, or the masked tokens
                 total += float(torch.nn.functional.cross_entropy(logits[on], labels[on], reduction="sum"))
                 best = logits.argmax(-1)
@@ -60,8 +66,13 @@ def evaluate(loaded: Loaded, data: Data, batch_size: int = 64, max_length: int |
     return out
 
 
-def mask_tokens(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
-                gen: torch.Generator, rate: float = 0.15) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def mask_tokens(
+    loaded: Loaded,
+    inputs: dict[str, torch.Tensor],
+    mask: torch.Tensor | None,
+    gen: torch.Generator,
+    rate: float = 0.15,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """BERT's masked-LM test: ``rate`` of the real, non-special tokens replaced by the mask token, to be
     predicted (labels -100 elsewhere); at least one per example."""
     tok = loaded.tokenizer
@@ -79,7 +90,9 @@ def mask_tokens(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Ten
     return {**inputs, "input_ids": torch.where(pick, torch.full_like(ids, tok.mask_token_id), ids)}, labels
 
 
-def interpolate_into(loaded: Loaded, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lam: float) -> None:
+def interpolate_into(
+    loaded: Loaded, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], lam: float
+) -> None:
     """Load (1 - lam) A + lam B into ``loaded.model`` (integer buffers from A)."""
     state = {k: (torch.lerp(v, b[k], lam) if v.is_floating_point() else v) for k, v in a.items()}
     loaded.model.load_state_dict(state)

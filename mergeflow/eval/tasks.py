@@ -19,7 +19,7 @@ from mergeflow.stats.model import check_fits, load_model, stored_names
 def _strip(names: list[str], prefix: str) -> dict[str, str]:
     """Canonical (prefix removed where the checkpoint stores one) -> stored name."""
     prefixed = any(n.startswith(prefix) for n in names)
-    return {(n[len(prefix):] if prefixed and n.startswith(prefix) else n): n for n in names}
+    return {(n[len(prefix) :] if prefixed and n.startswith(prefix) else n): n for n in names}
 
 
 def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
@@ -33,15 +33,19 @@ def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
     own = _strip(list(stored.values()), prefix)
     by_stored = {s: n for n, s in stored.items()}
     state = dict(model.state_dict())
-    backbone = {f"{prefix}{k}" if prefix else k for k in model.base_model.state_dict()} if prefix else set(state)
+    backbone = (
+        {f"{prefix}{k}" if prefix else k for k in model.base_model.state_dict()} if prefix else set(state)
+    )
     new = {}
     for canon, s in own.items():
         name = by_stored[s]
         if canon in merged and name in backbone:
             t = reader.read(merged[canon], dtype=state[name].dtype)
             if tuple(t.shape) != tuple(state[name].shape):
-                raise InputError(f"{merged_dir}: tensor {merged[canon]!r} has shape {list(t.shape)}, the task model's "
-                                 f"{name!r} {list(state[name].shape)}: not the same backbone")
+                raise InputError(
+                    f"{merged_dir}: tensor {merged[canon]!r} has shape {list(t.shape)}, the task model's "
+                    f"{name!r} {list(state[name].shape)}: not the same backbone"
+                )
             new[name] = t
     reader.close()
     if not new:
@@ -57,8 +61,13 @@ def primary(scores: dict[str, float]) -> tuple[str, float]:
     return "loss", scores["loss"]
 
 
-def eval_tasks(merged: str | Path, tasks: list[tuple[str, str, str]], device: torch.device,
-               max_examples: int | None = None, batch_size: int = 32) -> dict[str, Any]:
+def eval_tasks(
+    merged: str | Path,
+    tasks: list[tuple[str, str, str]],
+    device: torch.device,
+    max_examples: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     for name, model_dir, data_path in tasks:
         data = load_data(data_path).subset(max_examples)
@@ -70,9 +79,20 @@ def eval_tasks(merged: str | Path, tasks: list[tuple[str, str, str]], device: to
         metric, value = primary(got)
         base = primary(own)[1]
         norm = value / base if metric != "loss" and base > 0 else None
-        rows[name] = {"model": str(model_dir), "data": str(data_path), "task": loaded.task, "examples": len(data),
-                      "tensors_attached": n, "metric": metric, "fine_tuned": own, "merged": got,
-                      "normalized": norm}
+        rows[name] = {
+            "model": str(model_dir),
+            "data": str(data_path),
+            "task": loaded.task,
+            "examples": len(data),
+            "tensors_attached": n,
+            "metric": metric,
+            "fine_tuned": own,
+            "merged": got,
+            "normalized": norm,
+        }
     norms = [r["normalized"] for r in rows.values() if r["normalized"] is not None]
-    return {"merged": str(merged), "tasks": rows,
-            "mean_normalized": sum(norms) / len(norms) if norms else None}
+    return {
+        "merged": str(merged),
+        "tasks": rows,
+        "mean_normalized": sum(norms) / len(norms) if norms else None,
+    }

@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 def is_bio(names: Mapping[int, str]) -> bool:
     """Whether label names look like B-TYPE / I-TYPE / O (BIO or BIOES)."""
     tags = [str(n) for n in names.values()]
-    return any(t == "O" for t in tags) and all(t == "O" or (len(t) > 2 and t[1] == "-" and t[0] in "BIES")
-                                               for t in tags)
+    return any(t == "O" for t in tags) and all(
+        t == "O" or (len(t) > 2 and t[1] == "-" and t[0] in "BIES") for t in tags
+    )
 
 
 def spans(tags: Sequence[str]) -> set[tuple[int, int, str]]:

@@ -29,8 +29,11 @@ def default_steps(anchor: str) -> list[dict[str, Any]]:
         model_type = json.loads(read_text_capped(cfg, "config", 64 << 20)).get("model_type")
     fam = family_for(model_type)
     qk_norm = fam.qk_norm if fam is not None else ""
-    return [{"permute": {"heads": True, "ffn": True}}, {"rotate": {"qk": not qk_norm, "vo": True}},
-            {"rescale": {"qk": qk_norm != "full"} if qk_norm == "full" else {}}]
+    return [
+        {"permute": {"heads": True, "ffn": True}},
+        {"rotate": {"qk": not qk_norm, "vo": True}},
+        {"rescale": {"qk": qk_norm != "full"} if qk_norm == "full" else {}},
+    ]
 
 
 def read_steps(steps_file: str, recipe_ok: bool = False) -> tuple[YamlSource, list[Any]]:
@@ -66,11 +69,14 @@ def align_recipe(model: str, anchor: str, steps_file: str | None, keep: str = "m
     if steps_file is not None:
         src, steps = read_steps(steps_file)
         return steps_recipe(model, anchor, steps, Path(steps_file).resolve().parent, src, keep)
-    return steps_recipe(model, anchor, default_steps(anchor), Path.cwd(), YamlSource(None, "<default steps>"), keep)
+    return steps_recipe(
+        model, anchor, default_steps(anchor), Path.cwd(), YamlSource(None, "<default steps>"), keep
+    )
 
 
-def steps_recipe(model: str, anchor: str, steps: list[Any], root: Path, src: YamlSource | None = None,
-                 keep: str = "model") -> tuple[Recipe, str]:
+def steps_recipe(
+    model: str, anchor: str, steps: list[Any], root: Path, src: YamlSource | None = None, keep: str = "model"
+) -> tuple[Recipe, str]:
     """The recipe that writes ``model`` aligned to ``anchor`` with ``steps`` (data paths relative to ``root``),
     validated; ``keep="anchor"`` writes the anchor as the same steps re-parameterise it (its norm scales
     folded under an orthogonal stream map; untied if asked). No file is read or written."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -13,6 +13,7 @@ from mergeflow.align.base import StepParams, list_problems
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.align.matching import Want
+from mergeflow.align.refine_step import RefineParams
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.arch.stream_layout import residual_layout
 from mergeflow.errors import RecipeError
@@ -45,11 +46,12 @@ class AlignLayer:
         layer = spec.layers[self.position]
         if not self.anchor:  # the anchor itself, folded
             return fold_only(spec, layer, local, ctx.compute_dtype)
-        anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n:n + k], strict=True)}
+        anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n : n + k], strict=True)}
         rmap = values[n + k] if self.residual is not None else None
         found = values[-1].layers.get(layer.index) if self.match is not None else None
-        out, report = align_layer(spec, layer, local, anchor, self.steps, ctx.compute_dtype, self.model, rmap,
-                                  self.fold, found)
+        out, report = align_layer(
+            spec, layer, local, anchor, self.steps, ctx.compute_dtype, self.model, rmap, self.fold, found
+        )
         ctx.align_reports.append(report)
         return out
 
@@ -67,7 +69,7 @@ class Aligned:
 
     def run(self, ctx: Any, layer: dict[str, torch.Tensor]) -> torch.Tensor:
         t = layer[self.tensor]
-        return (t if self.rows is None else t[self.rows[0]:self.rows[1]]).clone()
+        return (t if self.rows is None else t[self.rows[0] : self.rows[1]]).clone()
 
 
 def check_steps(recipe: Recipe, spec: ArchSpec) -> tuple[tuple[str, StepParams], ...]:
@@ -78,8 +80,10 @@ def check_steps(recipe: Recipe, spec: ArchSpec) -> tuple[tuple[str, StepParams],
         params = info.params.model_validate(step.params)
         why = info.check(spec.geometry, params, spec.family.name)
         if why:
-            problems.append(f"{recipe.located('align', i, step.name)}align[{i}].{step.name}: not valid for this "
-                            f"model: {why}")
+            problems.append(
+                f"{recipe.located('align', i, step.name)}align[{i}].{step.name}: not valid for this "
+                f"model: {why}"
+            )
         steps.append((step.name, params))
     if problems:
         raise RecipeError(problems)
@@ -108,12 +112,20 @@ class AlignPlanner:
             self.residual = residual_plan(self.steps, self.layout)
             if self.residual is not None and self.residual.fold and self.layout.no_orthogonal:
                 i = next(i for i, (n, _p) in enumerate(self.steps) if n == "orthogonal")
-                raise RecipeError([f"{recipe.located('align', i, 'orthogonal')}align[{i}].orthogonal: not valid for "
-                                   f"this model: {self.layout.no_orthogonal}; use permute: {{residual: true}}"])
+                raise RecipeError(
+                    [
+                        f"{recipe.located('align', i, 'orthogonal')}align[{i}].orthogonal: not valid for "
+                        f"this model: {self.layout.no_orthogonal}; use permute: {{residual: true}}"
+                    ]
+                )
         problems = list_problems(self.steps)  # the steps' rules about the list (validate checks them too)
         if problems:
-            raise RecipeError([f"{recipe.located('align', i, self.steps[i][0])}align[{i}].{self.steps[i][0]}: {why}"
-                               for i, why in problems])
+            raise RecipeError(
+                [
+                    f"{recipe.located('align', i, self.steps[i][0])}align[{i}].{self.steps[i][0]}: {why}"
+                    for i, why in problems
+                ]
+            )
         wanted = match_want(self.steps, self.layout)
         self.want: Want | None = wanted[0] if wanted is not None else None
         self.match_data = wanted[1] if wanted is not None else ""
@@ -127,24 +139,36 @@ class AlignPlanner:
         if model not in self.refines:
             solve = self._solve(model)
             assert self.refine is not None and self.layout is not None and self.residual is not None and solve
-            self.refines[model] = RefineModel(model, self.anchor, self.anchor_dir, self.spec, self.layout,
-                                              self.steps, self.refine[1], self.residual, solve,  # type: ignore[arg-type]
-                                              self._match(model))
+            self.refines[model] = RefineModel(
+                model,
+                self.anchor,
+                self.anchor_dir,
+                self.spec,
+                self.layout,
+                self.steps,
+                cast(RefineParams, self.refine[1]),
+                self.residual,
+                solve,
+                self._match(model),
+            )
         return self.refines[model]
 
     def _match(self, model: str) -> MatchModel | None:
         if self.want is None:
             return None
         if model not in self.matches:
-            self.matches[model] = MatchModel(model, self.anchor, self.anchor_dir, self.spec, self.want, self.match_data)
+            self.matches[model] = MatchModel(
+                model, self.anchor, self.anchor_dir, self.spec, self.want, self.match_data
+            )
         return self.matches[model]
 
     def _solve(self, model: str) -> SolveResidual | None:
         if self.residual is None or self.layout is None:
             return None
         if model not in self.solves:
-            self.solves[model] = SolveResidual(model, self.anchor, self.spec, self.layout, self.residual, self.steps,
-                                               self._match(model))
+            self.solves[model] = SolveResidual(
+                model, self.anchor, self.spec, self.layout, self.residual, self.steps, self._match(model)
+            )
         return self.solves[model]
 
     def input(self, model: str, tensor: str, rows: tuple[int, int] | None) -> Any:
@@ -165,20 +189,38 @@ class AlignPlanner:
             if model == self.anchor:
                 self.tasks[key] = AlignLayer(model, pos, mine, (), (), None, True)
             else:
-                self.tasks[key] = AlignLayer(model, pos, mine, tuple(self.load(self.anchor, n, None) for n in names),
-                                             self.steps, self._solve(model), fold, self._match(model))
+                self.tasks[key] = AlignLayer(
+                    model,
+                    pos,
+                    mine,
+                    tuple(self.load(self.anchor, n, None) for n in names),
+                    self.steps,
+                    self._solve(model),
+                    fold,
+                    self._match(model),
+                )
         return Aligned(self.tasks[key], tensor, rows)
 
     def _stream(self, model: str, st: Any, fold: bool, rows: tuple[int, int] | None) -> Any:
         solve = None if model == self.anchor else self._solve(model)
         if solve is None and not (fold and st.kind in ("final_norm", "final_norm.b", "head")):
             return self.load(model, st.name, rows)
-        gamma = (self.load(model, self.layout.final_norm, None)  # type: ignore[union-attr]
-                 if fold and st.kind in ("head", "final_norm.b") and self.layout.final_norm  # type: ignore[union-attr]
-                 else None)
+        gamma = (
+            self.load(model, self.layout.final_norm, None)  # type: ignore[union-attr]
+            if fold and st.kind in ("head", "final_norm.b") and self.layout.final_norm  # type: ignore[union-attr]
+            else None
+        )
         whole = st.axis == 0  # rows of the stream itself: map the whole tensor, then cut
-        return MapStream(self.load(model, st.name, None if whole else rows), st.axis, st.kind, fold, solve, gamma,
-                         rows if whole else None, self.spec.family.norm_offset)
+        return MapStream(
+            self.load(model, st.name, None if whole else rows),
+            st.axis,
+            st.kind,
+            fold,
+            solve,
+            gamma,
+            rows if whole else None,
+            self.spec.family.norm_offset,
+        )
 
     def layer_bytes(self) -> int:
         """Working set of one AlignLayer: both models' layer tensors in float64, plus copies."""

@@ -14,8 +14,9 @@ from mergeflow.io.dtypes import is_float
 from mergeflow.io.reader import ModelReader
 
 
-def auto_anchor(readers: Mapping[str, ModelReader], ref: str,
-                progress: Callable[[int], None] | None = None) -> tuple[str, dict[str, float]]:
+def auto_anchor(
+    readers: Mapping[str, ModelReader], ref: str, progress: Callable[[int], None] | None = None
+) -> tuple[str, dict[str, float]]:
     names = list(readers)
     dist = dict.fromkeys(names, 0.0)
     for tensor, info in readers[ref].tensors.items():

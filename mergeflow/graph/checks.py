@@ -12,24 +12,35 @@ from mergeflow.io.dtypes import is_float
 from mergeflow.io.reader import ModelReader
 from mergeflow.recipe.schema import Recipe
 
-HINT = ("; to merge the rest, say what to do with tensors only some models have (partial: drop, or "
-        "partial: {keep: MODEL}), or merge the backbone only (merge_only: backbone)")
+HINT = (
+    "; to merge the rest, say what to do with tensors only some models have (partial: drop, or "
+    "partial: {keep: MODEL}), or merge the backbone only (merge_only: backbone)"
+)
 
 
-def check_models(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, vocab: Mapping[str, object],
-                  copied: Callable[[str], bool]) -> None:
+def check_models(
+    recipe: Recipe,
+    readers: Mapping[str, ModelReader],
+    ref: str,
+    vocab: Mapping[str, object],
+    copied: Callable[[str], bool],
+) -> None:
     types = {n: r.model_type for n, r in readers.items() if r.model_type is not None}
     if len(set(types.values())) > 1:
         desc = ", ".join(f"{n} is {t}" for n, t in types.items())
         odd = next((n for n, t in types.items() if t != types.get(ref, t)), next(iter(types)))
-        raise UnsupportedArchitecture(f"{recipe.located('models', odd)}models.{odd}: models have different architectures ({desc})")
+        raise UnsupportedArchitecture(
+            f"{recipe.located('models', odd)}models.{odd}: models have different architectures ({desc})"
+        )
     ref_tensors = readers[ref].tensors
     for name, r in readers.items():
         for t, info in ref_tensors.items():
             other = r.tensors.get(t)
             if other is None:
-                raise MissingTensor(f"{recipe.located('models', name)}model '{name}' ({r.path}) lacks tensor {t!r} that "
-                                    f"model '{ref}' has{HINT}")
+                raise MissingTensor(
+                    f"{recipe.located('models', name)}model '{name}' ({r.path}) lacks tensor {t!r} that "
+                    f"model '{ref}' has{HINT}"
+                )
             if other.shape != info.shape and t not in vocab and not copied(t):
                 raise ShapeMismatch(
                     f"{recipe.located('models', name)}tensor {t!r}: shape {list(other.shape)} in model '{name}' but "
@@ -66,4 +77,6 @@ def check_finite(tname: str, op: str, params: BaseModel, mparams: Mapping[str, B
     for who, p in [("", params), *((f" for model '{m}'", mp) for m, mp in mparams.items())]:
         for key, value in p.model_dump().items():
             if isinstance(value, float) and not math.isfinite(value):
-                raise RecipeError([f"tensor {tname!r}: {op} parameter {key!r}{who} is {value} (must be finite)"])
+                raise RecipeError(
+                    [f"tensor {tname!r}: {op} parameter {key!r}{who} is {value} (must be finite)"]
+                )

@@ -27,7 +27,7 @@ class MemoryWriter:
         if name not in self.tensors:
             out = self.outs[name]
             self.tensors[name] = torch.empty(out.shape, dtype=ST_TO_TORCH[out.dtype], device=tensor.device)
-        self.tensors[name][rows[0]:rows[1]] = tensor
+        self.tensors[name][rows[0] : rows[1]] = tensor
 
     def is_done(self, name: str) -> bool:
         return False
@@ -37,7 +37,9 @@ def merge_in_memory(prep: Any) -> dict[str, torch.Tensor]:
     """Every tensor of ``prep``'s merged model (a Prepared of ``mergeflow.graph.run``), in memory."""
     plan = prep.plan
     writer = MemoryWriter([w.out for w in plan.writes])
-    ctx = ExecContext(prep.readers, writer, prep.device, NAMES[prep.recipe.dtype], prep.recipe.seed, True, plan.arch)
+    ctx = ExecContext(
+        prep.readers, writer, prep.device, NAMES[prep.recipe.dtype], prep.recipe.seed, True, plan.arch
+    )
     try:
         execute(list(plan.writes), ctx)
     finally:

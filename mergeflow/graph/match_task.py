@@ -8,11 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 
-from mergeflow.align.base import StepParams
+from mergeflow.align.base import MatchedParams, StepParams
 from mergeflow.align.matching import Found, Want
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.arch.stream_layout import ResidualLayout
@@ -33,7 +33,9 @@ def stream_group(norm: str) -> str:
     return "orthogonal" if norm == "rms" else "orthogonal_centred"
 
 
-def match_want(steps: Sequence[tuple[str, StepParams]], layout: ResidualLayout | None) -> tuple[Want, str] | None:
+def match_want(
+    steps: Sequence[tuple[str, StepParams]], layout: ResidualLayout | None
+) -> tuple[Want, str] | None:
     """What the steps with ``method: activations`` ask to match, and their data file; None when none does."""
     act = [(i, n, p) for i, (n, p) in enumerate(steps) if getattr(p, "method", "weights") == "activations"]
     if not act:
@@ -41,8 +43,12 @@ def match_want(steps: Sequence[tuple[str, StepParams]], layout: ResidualLayout |
     first = act[0][2]
     for i, n, p in act[1:]:
         if any(getattr(p, k) != getattr(first, k) for k in _SETTINGS):
-            raise RecipeError([f"align[{i}].{n}: its {', '.join(_SETTINGS)} differ from align[{act[0][0]}]'s; "
-                               "activations are collected once, on one data file"])
+            raise RecipeError(
+                [
+                    f"align[{i}].{n}: its {', '.join(_SETTINGS)} differ from align[{act[0][0]}]'s; "
+                    "activations are collected once, on one data file"
+                ]
+            )
     perms = [p for _i, n, p in act if n == "permute"]
     orth = any(n == "orthogonal" and getattr(p, "residual", False) for _i, n, p in act)
     stream = None
@@ -50,9 +56,16 @@ def match_want(steps: Sequence[tuple[str, StepParams]], layout: ResidualLayout |
         stream = stream_group(layout.norm)
     elif any(getattr(p, "residual", False) for p in perms):
         stream = "permutation"
-    want = Want(any(getattr(p, "ffn", False) for p in perms), any(getattr(p, "heads", False) for p in perms),
-                stream, first.batches, first.batch_size, first.max_length)  # type: ignore[attr-defined]
-    return want, str(first.data)  # type: ignore[attr-defined]
+    mp = cast(MatchedParams, first)  # method: activations is a MatchedParams option
+    want = Want(
+        any(getattr(p, "ffn", False) for p in perms),
+        any(getattr(p, "heads", False) for p in perms),
+        stream,
+        mp.batches,
+        mp.batch_size,
+        mp.max_length,
+    )
+    return want, str(mp.data)
 
 
 @dataclass(frozen=True)
@@ -74,14 +87,17 @@ class MatchModel:
         from mergeflow.stats.model import check_fits, load_model
 
         data = load_data(self.data)
-        loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
+        loaded = load_model(
+            Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader)
+        )
         check_fits(loaded, data, self.anchor_dir)
         a, b = read_model(ctx, self.anchor, torch.float32), read_model(ctx, self.model, torch.float32)
         total = min(len(data), self.want.batches * self.want.batch_size)
         bar = ctx.progress.bar(f"activations {self.model}", total, unit="ex", nested=True)
         try:
-            found, report = match_activations(loaded, self.spec, a, b, data, self.want, self.model, ctx.device,
-                                              bar.update)
+            found, report = match_activations(
+                loaded, self.spec, a, b, data, self.want, self.model, ctx.device, bar.update
+            )
         finally:
             bar.close()
         ctx.align_reports.append(report)

@@ -25,14 +25,30 @@ from mergeflow.recipe.schema import Recipe
 
 # model_type -> (headless class, base-model prefix) for the families users merge most, as transformers
 # declares them; other types are looked up in transformers (importing a model class costs seconds)
-KNOWN = {**{t: (c, "model.") for t, c in (("llama", "LlamaModel"), ("mistral", "MistralModel"),
-                                          ("mixtral", "MixtralModel"), ("qwen2", "Qwen2Model"),
-                                          ("qwen3", "Qwen3Model"), ("gemma", "GemmaModel"), ("gemma2", "Gemma2Model"),
-                                          ("phi3", "Phi3Model"), ("olmo2", "Olmo2Model"))},
-         "bert": ("BertModel", "bert."), "roberta": ("RobertaModel", "roberta."),
-         "xlm-roberta": ("XLMRobertaModel", "roberta."), "distilbert": ("DistilBertModel", "distilbert."),
-         "deberta-v2": ("DebertaV2Model", "deberta."), "vit": ("ViTModel", "vit."),
-         "gpt2": ("GPT2Model", "transformer."), "electra": ("ElectraModel", "electra.")}
+KNOWN = {
+    **{
+        t: (c, "model.")
+        for t, c in (
+            ("llama", "LlamaModel"),
+            ("mistral", "MistralModel"),
+            ("mixtral", "MixtralModel"),
+            ("qwen2", "Qwen2Model"),
+            ("qwen3", "Qwen3Model"),
+            ("gemma", "GemmaModel"),
+            ("gemma2", "Gemma2Model"),
+            ("phi3", "Phi3Model"),
+            ("olmo2", "Olmo2Model"),
+        )
+    },
+    "bert": ("BertModel", "bert."),
+    "roberta": ("RobertaModel", "roberta."),
+    "xlm-roberta": ("XLMRobertaModel", "roberta."),
+    "distilbert": ("DistilBertModel", "distilbert."),
+    "deberta-v2": ("DebertaV2Model", "deberta."),
+    "vit": ("ViTModel", "vit."),
+    "gpt2": ("GPT2Model", "transformer."),
+    "electra": ("ElectraModel", "electra."),
+}
 
 
 @lru_cache(maxsize=64)
@@ -68,7 +84,7 @@ def canonical(reader: ModelReader, fallback: str = "") -> tuple[dict[str, str], 
     info = headless_class(reader.model_type)
     prefix = info[1] if info else fallback
     prefixed = bool(prefix) and any(t.startswith(prefix) for t in reader.tensors)
-    names = {(t[len(prefix):] if prefixed and t.startswith(prefix) else t): t for t in reader.tensors}
+    names = {(t[len(prefix) :] if prefixed and t.startswith(prefix) else t): t for t in reader.tensors}
     backbone = {c for c, t in names.items() if not prefixed or t.startswith(prefix)}
     return names, backbone, prefixed
 
@@ -81,7 +97,9 @@ def needs_parts(recipe: Recipe, readers: Mapping[str, ModelReader]) -> bool:
     if all(n == names[0] for n in names):  # the same names everywhere: nothing to match across prefixes
         return False
     fallback = family_prefix(readers)
-    return len({canonical(r, fallback)[2] for r in readers.values()}) > 1  # some store the prefix, some do not
+    return (
+        len({canonical(r, fallback)[2] for r in readers.values()}) > 1
+    )  # some store the prefix, some do not
 
 
 @dataclass
@@ -93,8 +111,12 @@ class Parts:
 
 def part_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, order: list[str]) -> Parts:
     if recipe.align or recipe.slices or recipe.tokenizer is not None:
-        raise RecipeError(["merge_only/partial, or models storing names with and without their base-model prefix, "
-                           "cannot be combined with align, slices or a tokenizer section yet"])
+        raise RecipeError(
+            [
+                "merge_only/partial, or models storing names with and without their base-model prefix, "
+                "cannot be combined with align, slices or a tokenizer section yet"
+            ]
+        )
     mo, partial = recipe.merge_only, recipe.partial
     fallback = family_prefix(readers)
     seen = {m: canonical(readers[m], fallback) for m in order}
@@ -107,7 +129,8 @@ def part_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, ord
             return c in seen[m][1]
         assert isinstance(mo, Patterns)
         return any(fnmatch.fnmatchcase(c, g) for g in mo.include) and not any(
-            fnmatch.fnmatchcase(c, g) for g in mo.exclude)
+            fnmatch.fnmatchcase(c, g) for g in mo.exclude
+        )
 
     part = {m: {c: t for c, t in seen[m][0].items() if in_part(c, m)} for m in order}
     headless = mo == "backbone" and ref_prefixed
@@ -136,15 +159,19 @@ def part_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, ord
         shapes = {m: i.shape for m, i in infos.items()}
         if len(set(shapes.values())) > 1:
             desc = ", ".join(f"{list(s)} in '{m}'" for m, s in shapes.items())
-            raise ShapeMismatch(f"tensor {c!r} has different shapes ({desc}); leave it out of the merged part "
-                                "(merge_only) or give it a passthrough override")
+            raise ShapeMismatch(
+                f"tensor {c!r} has different shapes ({desc}); leave it out of the merged part "
+                "(merge_only) or give it a passthrough override"
+            )
         first = ref if ref in have else have[0]
         out.items.append(Item(out_name(c), infos[first], {m: part[m][c] for m in have}, tuple(order)))
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise MissingTensor(f"{len(missing)} tensor(s) of the merged part are not in every model: "
-                            f"{'; '.join(missing[:5])}{more}; say what to do with them (partial: drop, or "
-                            "partial: {keep: MODEL}), or leave them out of the merged part (merge_only)")
+        raise MissingTensor(
+            f"{len(missing)} tensor(s) of the merged part are not in every model: "
+            f"{'; '.join(missing[:5])}{more}; say what to do with them (partial: drop, or "
+            "partial: {keep: MODEL}), or leave them out of the merged part (merge_only)"
+        )
     if not out.items:
         raise MissingTensor("no tensor is in the merged part of every model (merge_only)")
     if headless:

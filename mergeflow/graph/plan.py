@@ -6,26 +6,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
-from pydantic import ValidationError
 
-from mergeflow.arch.layers import num_layers, position
+from mergeflow.arch.layers import num_layers
 from mergeflow.arch.spec import ArchSpec
-from mergeflow.errors import (
-    MemoryBudgetError,
-    RecipeError,
-)
-from mergeflow.graph.checks import check_finite, check_kinds, check_models, describe_override
+from mergeflow.graph.checks import check_models, describe_override
+from mergeflow.graph.operator_choice import check_budget, choose_operator
 from mergeflow.graph.parts import needs_parts, part_items
 from mergeflow.graph.slices import plain_items, slice_items
-from mergeflow.graph.stats_inputs import Stats, tensor_stats
+from mergeflow.graph.stats_inputs import Stats
 from mergeflow.graph.stats_inputs import key as stats_key
 from mergeflow.graph.tasks import Load, Merge, Write
 from mergeflow.graph.vocab import VocabRows, vocab_rows
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
-from mergeflow.io.header import TensorInfo
 from mergeflow.io.reader import ModelReader
 from mergeflow.io.writer import OutTensor, ShardLayout, plan_shards
 from mergeflow.merge.base import MergeOperator
@@ -62,7 +56,9 @@ class Plan:
     n_tensors: int
     arch: ArchSpec | None = None  # when the recipe aligns
     anchor: str | None = None
-    layer_origin: list[tuple[str, int]] = field(default_factory=list)  # with slices: (model, layer) per output layer
+    layer_origin: list[tuple[str, int]] = field(
+        default_factory=list
+    )  # with slices: (model, layer) per output layer
     vocab_size: int | None = None  # rows of the embeddings when the models' vocabularies differ in size
     unused_overrides: list[str] = field(default_factory=list)  # overrides that selected no tensor
     vmap: VocabMap | None = None  # the output tokenizer, when the recipe has a tokenizer section
@@ -90,66 +86,6 @@ class _Loads:
         return self.tasks[key]
 
 
-@dataclass
-class _Choice:
-    """The operator that merges one output tensor, its validated parameters and its models."""
-
-    op: MergeOperator
-    params: Any
-    mparams: tuple[Any, ...]
-    members: list[str]
-    with_base: bool
-    info: TensorInfo  # the output's dtype and shape
-    tstats: Any  # the tensor's statistics (Fisher, Gram) when the operator reads them
-
-
-def _choose(recipe: Recipe, operators: Mapping[str, MergeOperator], resolve: Resolver, item: Any, info: TensorInfo,
-            n_layers: int, all_readers: Mapping[str, ModelReader], stats: Mapping[str, Stats], own_shape: bool,
-            ) -> _Choice:
-    """The recipe's settings for ``item`` (filters, gradients), checked: integer buffers are copied, an operator
-    whose statistics are missing falls back, and every parameter is validated (RecipeError names the tensor)."""
-    tname = item.out
-    settings = resolve(tname, position(tname, n_layers, recipe.outside_position))
-    check_kinds(tname, {m: all_readers[m].info(item.names[m]).dtype for m in item.models}, settings.op)
-    op = operators[settings.op]
-    if not is_float(info.dtype) or item.copy:  # integer buffers (ids, masks) are copied, never averaged
-        op = operators["passthrough"]
-        settings = type(settings)("passthrough", {}, {m: {} for m in item.models})
-    try:
-        params = op.params.model_validate(settings.params)
-        with_base = op.uses_base(recipe.base)
-        if with_base and recipe.base not in item.names:
-            raise RecipeError([f"tensor {tname!r}: {op.name} needs the base model '{recipe.base}' among the "
-                               "sources of this slice"])
-        members = [m for m in item.models if not (with_base and m == recipe.base)]
-        if op.select is not None:
-            members = op.select(params, members)
-            if own_shape:  # the selected model's own shape
-                info = all_readers[members[0]].info(item.names[members[0]])
-        tstats = None if op.stats is None else tensor_stats(op.stats, tname, info.shape, members, item.names, stats)
-        if op.stats is not None and tstats is None:
-            fallback = operators[params.fallback]  # type: ignore[attr-defined]  # (StatsFallbackParams)
-            known = fallback.model_params.model_fields
-            op, params = fallback, fallback.params.model_validate({})
-            settings = type(settings)(op.name, {}, {m: {k: v for k, v in settings.model_params[m].items()
-                                                        if k in known} for m in settings.model_params})
-        mparams = tuple(op.model_params.model_validate(settings.model_params[m]) for m in members)
-        check_finite(tname, op.name, params, dict(zip(members, mparams, strict=True)))
-    except ValidationError as exc:
-        raise RecipeError([f"tensor {tname!r}: parameters for {op.name}: {e['msg']}" for e in exc.errors()]) from None
-    return _Choice(op, params, mparams, members, with_base, info, tstats)
-
-
-def _check_budget(peak: int, peak_name: str, max_memory: int | None) -> None:
-    if max_memory is not None and peak > max_memory:
-        raise MemoryBudgetError(
-            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB to merge, more than the "
-            f"{max_memory / 2**20:.1f} MiB that tensors in flight may use (three quarters of the memory budget; "
-            f"the rest is kept for mapped file pages and headroom); raise --max-memory to at least "
-            f"{peak * 4 / 3 / 2**20 + 1:.0f}MiB"
-        )
-
-
 def build_plan(
     recipe: Recipe,
     readers: Mapping[str, ModelReader],
@@ -170,14 +106,23 @@ def build_plan(
     if recipe.base is not None:
         order.remove(recipe.base)
         order.insert(0, recipe.base)
-    parts = part_items(recipe, readers, ref, order) if not recipe.slices and needs_parts(recipe, readers) else None
+    parts = (
+        part_items(recipe, readers, ref, order)
+        if not recipe.slices and needs_parts(recipe, readers)
+        else None
+    )
     if not recipe.slices and parts is None:
         tok = recipe.output.tokenizer
         if vmap is None:
             vocab = vocab_rows(readers, ref, ref if isinstance(tok, bool) else tok)
         # tensors copied from one model (passthrough) may differ in shape, e.g. classifier heads
-        check_models(recipe, readers, ref, vmap.tensors if vmap is not None else vocab,
-                     lambda t: resolve(t, 0.0).op == "passthrough")
+        check_models(
+            recipe,
+            readers,
+            ref,
+            vmap.tensors if vmap is not None else vocab,
+            lambda t: resolve(t, 0.0).op == "passthrough",
+        )
     ref_reader = readers[ref]
     csize = torch.empty((), dtype=NAMES[recipe.dtype]).element_size()
     n_layers = num_layers(ref_reader.tensors, ref_reader.config)
@@ -212,21 +157,31 @@ def build_plan(
         remap = new_shape is not None
         if new_shape is not None:  # every model's rows re-indexed to the output tokenizer, then merged whole
             info = replace(info, shape=new_shape)
-        c = _choose(recipe, operators, resolve, item, info, n_layers, all_readers, stats, vrows is None and not remap)
+        c = choose_operator(
+            recipe, operators, resolve, item, info, n_layers, all_readers, stats, vrows is None and not remap
+        )
         op, info = c.op, c.info
-        out_dtype = TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
+        out_dtype = (
+            TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
+        )
         out = OutTensor(tname, out_dtype, info.shape)
         outs.append(out)
-        blocks: list[tuple[int, int] | None] = row_blocks(info.shape, chunk_elems) if op.elementwise and not remap \
-            else [None]
+        blocks: list[tuple[int, int] | None] = (
+            row_blocks(info.shape, chunk_elems) if op.elementwise and not remap else [None]
+        )
         src = source
         if vmap is not None and remap:
             tasks = reindexed(vmap, tname, c.members, recipe.base if c.with_base else None, source)
             src = lambda m, _t, _rows, tasks=tasks: tasks[m]  # noqa: E731
         if vrows is not None:
-            blocks = ([(0, vrows.shared) if b is None else b
-                       for b in row_blocks((vrows.shared, *info.shape[1:]), chunk_elems)]
-                      if op.elementwise else [(0, vrows.shared)])
+            blocks = (
+                [
+                    (0, vrows.shared) if b is None else b
+                    for b in row_blocks((vrows.shared, *info.shape[1:]), chunk_elems)
+                ]
+                if op.elementwise
+                else [(0, vrows.shared)]
+            )
         for part, rows in enumerate(blocks):
             base = src(recipe.base, item.names[recipe.base], rows) if c.with_base and recipe.base else None
             inputs = tuple(src(m, item.names[m], rows) for m in c.members)
@@ -234,29 +189,53 @@ def build_plan(
             merge = Merge(tname, op.name, c.params, c.mparams, tuple(c.members), inputs, base, part, **extra)
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
-            task_bytes = int(numel * csize * (len(merge.deps()) * (2 if remap else 1) + op.work) + writes[-1].nbytes)
+            task_bytes = int(
+                numel * csize * (len(merge.deps()) * (2 if remap else 1) + op.work) + writes[-1].nbytes
+            )
             if task_bytes > peak:
                 peak, peak_name = task_bytes, tname
         if vrows is not None and vrows.rows > vrows.shared:  # the tokenizer model's extra rows, copied
             extra_rows = (vrows.shared, vrows.rows)
             pt = operators["passthrough"]
-            merge = Merge(tname, pt.name, pt.params(), (pt.model_params(),), (vrows.source,),
-                          (source(vrows.source, tname, extra_rows),), None, len(blocks))
+            merge = Merge(
+                tname,
+                pt.name,
+                pt.params(),
+                (pt.model_params(),),
+                (vrows.source,),
+                (source(vrows.source, tname, extra_rows),),
+                None,
+                len(blocks),
+            )
             writes.append(Write(out, merge, extra_rows))
         ops_used[op.name] = ops_used.get(op.name, 0) + 1
 
     if aligner is not None and aligner.tasks:
         peak = max(peak, aligner.layer_bytes())
-    _check_budget(peak, peak_name, max_memory)
+    check_budget(peak, peak_name, max_memory)
     arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
     vocab_size = vmap.rows if vmap is not None else max((v.rows for v in vocab.values()), default=None)
     unused = [describe_override(recipe, i) for i, n in enumerate(resolve.hits) if n == 0]
-    return Plan(recipe, writes, plan_shards(outs, int(recipe.output.shard_size)),
-                sum(ld.stored_bytes for ld in load.tasks.values()), sum(o.nbytes for o in outs), peak, peak_name,
-                ops_used, len(outs), arch, anchor, origin, vocab_size, unused, vmap,
-                config_updates={"architectures": parts.architectures} if parts and parts.architectures else {},
-                left_out=parts.left_out if parts else [],
-                stats_means={m: st.info.mean for m, st in stats.items() if st.info.kind == "fisher"})
+    return Plan(
+        recipe,
+        writes,
+        plan_shards(outs, int(recipe.output.shard_size)),
+        sum(ld.stored_bytes for ld in load.tasks.values()),
+        sum(o.nbytes for o in outs),
+        peak,
+        peak_name,
+        ops_used,
+        len(outs),
+        arch,
+        anchor,
+        origin,
+        vocab_size,
+        unused,
+        vmap,
+        config_updates={"architectures": parts.architectures} if parts and parts.architectures else {},
+        left_out=parts.left_out if parts else [],
+        stats_means={m: st.info.mean for m, st in stats.items() if st.info.kind == "fisher"},
+    )
 
 
 def model_dir(path: str) -> Path | None:

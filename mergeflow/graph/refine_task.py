@@ -48,15 +48,26 @@ class RefineModel:
         from mergeflow.stats.model import load_model
 
         a, b = read_model(ctx, self.anchor, torch.float64), read_model(ctx, self.model, torch.float64)
-        b1, reports = align_state(self.spec, self.layout, b, a, self.steps, rmap, self.plan.fold, self.model,
-                                  found.layers if found is not None else None)
+        b1, reports = align_state(
+            self.spec,
+            self.layout,
+            b,
+            a,
+            self.steps,
+            rmap,
+            self.plan.fold,
+            self.model,
+            found.layers if found is not None else None,
+        )
         ctx.align_reports.extend(reports)
         if self.plan.fold:
             a = fold_state(self.spec, self.layout, a)
         group = self.plan.orthogonal
         assert self.params.data is not None  # validated: refine needs data
         data = load_data(self.params.data)
-        loaded = load_model(Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader))
+        loaded = load_model(
+            Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader)
+        )
         bar = ctx.progress.bar(f"refine {self.model}", self.params.steps, nested=True)
 
         def progress(n: int, loss: float) -> None:
@@ -64,8 +75,20 @@ class RefineModel:
             bar.postfix(f"loss {loss:.4f}")
 
         try:
-            out, report = refine(loaded, self.spec, self.layout, a, b1, data, self.params, group, self.plan.fold,
-                                 self.model, ctx.device, progress)
+            out, report = refine(
+                loaded,
+                self.spec,
+                self.layout,
+                a,
+                b1,
+                data,
+                self.params,
+                group,
+                self.plan.fold,
+                self.model,
+                ctx.device,
+                progress,
+            )
         finally:
             bar.close()
         ctx.align_reports.append(report)
@@ -73,7 +96,8 @@ class RefineModel:
         for rep in reports:  # each layer's distance after the refinement, as a stage of its own
             if isinstance(rep, LayerReport) and rep.layer in layers:
                 lay = layers[rep.layer]
-                rep.steps.append(("refine", distances(to_canonical(self.spec, lay, out),
-                                                      to_canonical(self.spec, lay, a))))
+                rep.steps.append(
+                    ("refine", distances(to_canonical(self.spec, lay, out), to_canonical(self.spec, lay, a)))
+                )
         changed = set(self.spec.layer_of()) | {t.name for t in self.layout.tensors}
         return {n: out[n].to(ctx.compute_dtype) for n in changed}

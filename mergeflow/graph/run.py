@@ -16,7 +16,7 @@ import torch
 import mergeflow
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.report import summarise
-from mergeflow.errors import InputError, RecipeError
+from mergeflow.errors import RecipeError
 from mergeflow.files import read_text_capped
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
@@ -28,6 +28,7 @@ from mergeflow.graph.memory import (
     peak_rss_bytes,
     tensor_budget,
 )
+from mergeflow.graph.options import Options, resolve_device
 from mergeflow.graph.plan import Plan, build_plan
 from mergeflow.graph.sources import (
     check_room,
@@ -62,39 +63,6 @@ PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput,
 MAPPED_CAP = 4 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {name}: not a device; use cpu, cuda, cuda:N or auto") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name}: mergeflow runs on cpu or cuda, not {dev.type}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA is not available on this machine")
-    return dev
-
-
-@dataclass
-class Options:
-    device: str = "auto"
-    max_memory: int | None = None
-    force: bool = False
-    allow_pickle: bool = False
-    check_finite: bool = False
-    prefetch: bool = True
-    resume: bool = False
-    parents: bool = False  # create missing parent folders of the output (else only the output itself)
-    label: str = "merging"  # what the progress bar calls the work
-    strict: bool = False  # warnings about the recipe (an override that selects nothing) become errors
-    headers_only: bool = False  # Hub models from config and headers only (pre-flight): plan, never run
-    disk_budget: int | None = None  # Hub shards fetched into the partial output and deleted after their last use
-    # process-wide: glibc's mmap threshold follows the memory budget (graph.memory.malloc_returns_large_blocks),
-    # so resident memory tracks the tensors in flight; the CLI turns it on, a library caller decides
-    tune_malloc: bool = False
-
-
 @dataclass
 class Prepared:
     recipe: Recipe
@@ -103,7 +71,9 @@ class Prepared:
     plan: Plan
     device: torch.device
     max_memory: int
-    inputs: list[Path] = field(default_factory=list)  # every file or folder read: nothing is written over them
+    inputs: list[Path] = field(
+        default_factory=list
+    )  # every file or folder read: nothing is written over them
     chat_template: str | None = None  # the Jinja text written into the output's tokenizer config
 
 
@@ -120,9 +90,14 @@ class Result:
     download_seconds: float = 0.0  # from the run's start of downloads to the last shard on disk
 
 
-def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None,
-            recipe_text: str | None = None, given: dict[str, ModelReader] | None = None,
-            planner: Any = None) -> Prepared:
+def prepare(
+    recipe_path: str | Path,
+    opts: Options,
+    recipe: Recipe | None = None,
+    recipe_text: str | None = None,
+    given: dict[str, ModelReader] | None = None,
+    planner: Any = None,
+) -> Prepared:
     """Validate the recipe, open every model's headers, check them against each other and plan.
     ``recipe``/``recipe_text`` stand in for the file when a command builds the recipe itself; ``given``:
     readers for some models, opened by the caller (a stage's output not yet written); ``planner(recipe,
@@ -137,15 +112,26 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
     if not opts.headers_only and any(not_local(e.path) for e in recipe.models.values()):
         pre = prepare(recipe_path, replace(opts, headers_only=True), recipe, recipe_text, given, planner)
         preflight(pre, opts.disk_budget)
-        if not (recipe.align and recipe.anchor == "auto"):  # the pre-flight's plan is the run's: reads allowed now
+        if not (
+            recipe.align and recipe.anchor == "auto"
+        ):  # the pre-flight's plan is the run's: reads allowed now
             for r in pre.readers.values():
                 if isinstance(hub := hub_of(r), HubReader):
                     hub.headers_only = False
             return pre
     readers = {
-        name: given[name] if name in given else pre.readers[name] if pre is not None else open_model(
-            name, e.path, e.lora, allow_pickle=opts.allow_pickle, headers_only=opts.headers_only,
-            subfolder=e.subfolder)
+        name: given[name]
+        if name in given
+        else pre.readers[name]
+        if pre is not None
+        else open_model(
+            name,
+            e.path,
+            e.lora,
+            allow_pickle=opts.allow_pickle,
+            headers_only=opts.headers_only,
+            subfolder=e.subfolder,
+        )
         for name, e in recipe.models.items()
     }
     untied = untie_models(recipe, readers)
@@ -164,9 +150,19 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         anchor = recipe.config_source if opts.headers_only else auto_anchor(readers, recipe.config_source)[0]
     stats = open_stats(recipe, readers)
     vmap, template = recipe_tokenizer(recipe, readers)
-    plan = (planner(recipe, readers, tensor_budget(budget)) if planner is not None else
-            build_plan(recipe, readers, OPERATORS, max_memory=tensor_budget(budget), anchor_name=anchor, stats=stats,
-                       vmap=vmap))
+    plan = (
+        planner(recipe, readers, tensor_budget(budget))
+        if planner is not None
+        else build_plan(
+            recipe,
+            readers,
+            OPERATORS,
+            max_memory=tensor_budget(budget),
+            anchor_name=anchor,
+            stats=stats,
+            vmap=vmap,
+        )
+    )
     if untied:  # the output has the head of its own the alignment folded into
         plan.config_updates["tie_word_embeddings"] = False
     unused = [f"{recipe_path}: {d} matches no tensor of the models" for d in plan.unused_overrides]
@@ -176,7 +172,9 @@ def prepare(recipe_path: str | Path, opts: Options, recipe: Recipe | None = None
         warnings.warn(line + " (--strict makes this an error)", stacklevel=2)
     readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
     text = recipe_text if recipe_text is not None else read_text_capped(recipe_path, "recipe file", MAX_BYTES)
-    return Prepared(recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers), template)
+    return Prepared(
+        recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers), template
+    )
 
 
 def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | None = None) -> Result:
@@ -195,7 +193,9 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
     def on_done(task: object) -> None:
         if isinstance(task, Load) and fetcher is not None and fetcher.folder is not None:
             reader = prep.readers[task.model]
-            fetcher.loaded(hub_of(reader), reader.info(task.tensor).file)  # deletes a shard after its last load
+            fetcher.loaded(
+                hub_of(reader), reader.info(task.tensor).file
+            )  # deletes a shard after its last load
         if isinstance(task, Write):
             done[0] += task.rows is None or task.rows[1] == task.out.shape[0]
             bar.update(task.nbytes)
@@ -209,8 +209,15 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
         todo = [w for w in plan.writes if not writer.is_done(w.out.name)]
         bar.set_total(sum(w.nbytes for w in todo))
         ctx = ExecContext(
-            prep.readers, writer, prep.device, NAMES[recipe.dtype], recipe.seed, opts.check_finite, plan.arch,
-            note=bar.describe, progress=progress,
+            prep.readers,
+            writer,
+            prep.device,
+            NAMES[recipe.dtype],
+            recipe.seed,
+            opts.check_finite,
+            plan.arch,
+            note=bar.describe,
+            progress=progress,
         )
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         # reading ahead competes with the solves for the cores: alignment runs are compute-bound
@@ -228,8 +235,11 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
             for r in prep.readers.values():
                 r.close()
         files = writer.finish()
-        downloaded = ((fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0, fetcher.seconds) if fetcher
-                      else (0, 0, 0.0))
+        downloaded = (
+            (fetcher.downloaded, fetcher.peak_held if fetcher.folder else 0, fetcher.seconds)
+            if fetcher
+            else (0, 0, 0.0)
+        )
         files += write_support(prep, tmp)
         alignment = summarise(ctx.align_reports) if ctx.align_reports else None
         if alignment is not None:
@@ -255,9 +265,23 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
             files.append("README.md")
         out_dir.written = files
     if out_dir.left_behind:
-        warnings.warn(f"the replaced output's files that mergeflow did not write were kept: "
-                      f"{', '.join(out_dir.left_behind[:4])}", stacklevel=2)
-    return Result(final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept), *downloaded)
+        warnings.warn(
+            f"the replaced output's files that mergeflow did not write were kept: "
+            f"{', '.join(out_dir.left_behind[:4])}",
+            stacklevel=2,
+        )
+    return Result(
+        final.resolve(), plan, files, time.perf_counter() - start, alignment, len(kept), *downloaded
+    )
 
 
-__all__ = ["Options", "prepare", "run", "default_max_memory", "peak_rss_bytes"]
+__all__ = [
+    "Options",
+    "Prepared",
+    "Result",
+    "prepare",
+    "run",
+    "default_max_memory",
+    "peak_rss_bytes",
+    "resolve_device",
+]

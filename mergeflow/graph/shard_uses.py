@@ -38,8 +38,10 @@ def shard_uses(roots: list[Any], readers: Mapping[str, ModelReader]) -> list[Sha
 def disk_needed(uses: list[ShardUse], size: Mapping[tuple[str, str], int]) -> int:
     """The most bytes of shards held at once when each shard (of those in ``size``) is fetched just before
     its first use and deleted after its last."""
-    events = sorted([(u.first, 0, size[(u.model, u.file)]) for u in uses if (u.model, u.file) in size]
-                    + [(u.last, 1, -size[(u.model, u.file)]) for u in uses if (u.model, u.file) in size])
+    events = sorted(
+        [(u.first, 0, size[(u.model, u.file)]) for u in uses if (u.model, u.file) in size]
+        + [(u.last, 1, -size[(u.model, u.file)]) for u in uses if (u.model, u.file) in size]
+    )
     held = most = 0
     for _at, _kind, delta in events:  # at one position, arrivals count before departures
         held += delta

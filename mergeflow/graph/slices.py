@@ -25,15 +25,16 @@ class Item:
 def with_layer(name: str, i: int) -> str:
     m = LAYER_RE.search(name)
     assert m is not None
-    return f"{name[:m.start(1)]}{i}{name[m.end(1):]}"
+    return f"{name[: m.start(1)]}{i}{name[m.end(1) :]}"
 
 
 def plain_items(ref: ModelReader, order: list[str]) -> list[Item]:
     return [Item(t, info, dict.fromkeys(order, t), tuple(order)) for t, info in ref.tensors.items()]
 
 
-def slice_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, order: list[str],
-                ) -> tuple[list[Item], list[tuple[str, int]]]:
+def slice_items(
+    recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, order: list[str]
+) -> tuple[list[Item], list[tuple[str, int]]]:
     """(items, for each output layer the (model, layer) it comes from first)."""
     tensors = readers[ref].tensors
     first = min((i for i in map(layer_index, tensors) if i is not None), default=None)
@@ -44,10 +45,16 @@ def slice_items(recipe: Recipe, readers: Mapping[str, ModelReader], ref: str, or
     # embeddings from the models of the first slice, final norm and head from those of the last (as mergekit)
     first_models = [m for m in order if m in {s.model for s in recipe.slices[0].sources}]
     last_models = [m for m in order if m in {s.model for s in recipe.slices[-1].sources}]
-    pre = [Item(t, tensors[t], dict.fromkeys(first_models, t), tuple(first_models))
-           for t in outside if PRE_RE.search(t)]
-    post = [Item(t, tensors[t], dict.fromkeys(last_models, t), tuple(last_models))
-            for t in outside if not PRE_RE.search(t)]
+    pre = [
+        Item(t, tensors[t], dict.fromkeys(first_models, t), tuple(first_models))
+        for t in outside
+        if PRE_RE.search(t)
+    ]
+    post = [
+        Item(t, tensors[t], dict.fromkeys(last_models, t), tuple(last_models))
+        for t in outside
+        if not PRE_RE.search(t)
+    ]
     items, origin, j = [], [], 0
     for sl in recipe.slices:
         for o in range(sl.sources[0].layers[1] - sl.sources[0].layers[0]):

@@ -19,8 +19,14 @@ if TYPE_CHECKING:
     from mergeflow.io.hub_reader import HubReader
 
 
-def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool = False,
-               headers_only: bool = False, subfolder: str | None = None) -> ModelReader:
+def open_model(
+    name: str,
+    path: str,
+    lora: str | None = None,
+    allow_pickle: bool = False,
+    headers_only: bool = False,
+    subfolder: str | None = None,
+) -> ModelReader:
     """The one place a recipe's model becomes a reader: a folder or file, or a Hugging Face repo id, with
     a LoRA adapter (likewise) applied. A repo id the Hub must be asked about becomes a :class:`HubReader`
     (config and headers now, shards when read); one in the cache (offline) or with an adapter, a local
@@ -47,7 +53,9 @@ def open_model(name: str, path: str, lora: str | None = None, allow_pickle: bool
     if lora:
         from mergeflow.io.lora import LoraReader
 
-        adapter = resolve_model(lora, Path.cwd(), f"{who} (LoRA adapter)")  # small: fetched whole, even in pre-flight
+        adapter = resolve_model(
+            lora, Path.cwd(), f"{who} (LoRA adapter)"
+        )  # small: fetched whole, even in pre-flight
         base_source = reader.source
         reader = LoraReader(name, reader, adapter.path, allow_pickle=allow_pickle)
         reader.source = f"{base_source} with LoRA adapter {adapter.describe()}"
@@ -61,7 +69,9 @@ def not_local(ref: str) -> bool:
     return parse_repo_ref(ref) is not None and not Path(ref).exists() and not offline()
 
 
-def recipe_inputs(recipe: Recipe, recipe_path: str | Path | None, readers: dict[str, ModelReader]) -> list[Path]:
+def recipe_inputs(
+    recipe: Recipe, recipe_path: str | Path | None, readers: dict[str, ModelReader]
+) -> list[Path]:
     """Everything a run reads: the recipe file, models (as resolved), adapters, statistics and data files."""
     paths = [Path(r.path) for r in readers.values()] + [Path(p) for p in recipe.stats.values()]
     paths += [Path(f).parent for r in readers.values() for f in r.extra_files]
@@ -79,8 +89,13 @@ def hub_shards(prep: Any, roots: list[Any] | None = None) -> list[tuple[HubReade
     if not any(isinstance(hub_of(r), HubReader) for r in prep.readers.values()):
         return []  # local models: no need to walk the plan
     uses = shard_uses(prep.plan.writes if roots is None else roots, prep.readers)
-    return [(r, u.file, u) for u in uses
-            if isinstance(r := hub_of(prep.readers[u.model]), HubReader) and u.file in r.repo_file and r.missing(u.file)]
+    return [
+        (r, u.file, u)
+        for u in uses
+        if isinstance(r := hub_of(prep.readers[u.model]), HubReader)
+        and u.file in r.repo_file
+        and r.missing(u.file)
+    ]
 
 
 def hub_of(reader: ModelReader) -> ModelReader:
@@ -97,7 +112,9 @@ def download_bytes(shards: list[tuple[HubReader, str, ShardUse]]) -> int:
 
 def disk_held(shards: list[tuple[HubReader, str, ShardUse]]) -> int:
     """The most bytes of those shards held at once when each is deleted after its last use."""
-    return disk_needed([u for _r, _f, u in shards], {(u.model, u.file): r.shard_size(f) for r, f, u in shards})
+    return disk_needed(
+        [u for _r, _f, u in shards], {(u.model, u.file): r.shard_size(f) for r, f, u in shards}
+    )
 
 
 def _existing(path: Path) -> Path:
@@ -125,15 +142,22 @@ def preflight(prep: Any, disk_budget: int | None = None) -> tuple[int, int]:
     if disk_budget is None:
         free = nearest_free(hub_cache())
         if need > free:
-            raise InputError(f"the Hub models need {need / 2**30:.2f} GiB in the cache ({hub_cache()}), which has "
-                             f"{free / 2**30:.2f} GiB free; free space, point HF_HUB_CACHE elsewhere or pass "
-                             "--disk-budget")
+            raise InputError(
+                f"the Hub models need {need / 2**30:.2f} GiB in the cache ({hub_cache()}), which has "
+                f"{free / 2**30:.2f} GiB free; free space, point HF_HUB_CACHE elsewhere or pass "
+                "--disk-budget"
+            )
         return need, need
     whole = whole_model_reads(prep.plan.writes)
     if whole or (prep.recipe.align and prep.recipe.anchor == "auto"):
-        what = "anchor: auto compares whole models" if not whole else "its residual or refine steps read whole models"
-        raise InputError(f"--disk-budget: this recipe cannot drop shards as it goes ({what}); "
-                         "run it without --disk-budget")
+        what = (
+            "anchor: auto compares whole models"
+            if not whole
+            else "its residual or refine steps read whole models"
+        )
+        raise InputError(
+            f"--disk-budget: this recipe cannot drop shards as it goes ({what}); run it without --disk-budget"
+        )
     held = disk_held(shards)
     _check_budget(held, disk_budget)
     return need, held
@@ -141,8 +165,10 @@ def preflight(prep: Any, disk_budget: int | None = None) -> tuple[int, int]:
 
 def _check_budget(held: int, disk_budget: int) -> None:
     if held > disk_budget:
-        raise InputError(f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the {held / 2**30:.2f} GiB of "
-                         "downloaded shards this merge holds at once; raise it")
+        raise InputError(
+            f"--disk-budget {disk_budget / 2**30:.2f} GiB is below the {held / 2**30:.2f} GiB of "
+            "downloaded shards this merge holds at once; raise it"
+        )
 
 
 def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
@@ -159,13 +185,16 @@ def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
         need += down
     free = nearest_free(parent)
     if need > free:
-        raise InputError(f"output {out}: the run needs {need / 2**30:.2f} GiB on that disk (the merged model"
-                         f"{' and the downloads' if need > prep.plan.bytes_written else ''}), which has "
-                         f"{free / 2**30:.2f} GiB free")
+        raise InputError(
+            f"output {out}: the run needs {need / 2**30:.2f} GiB on that disk (the merged model"
+            f"{' and the downloads' if need > prep.plan.bytes_written else ''}), which has "
+            f"{free / 2**30:.2f} GiB free"
+        )
 
 
-def start_downloads(prep: Any, roots: list[Any], partial: Path, disk_budget: int | None,
-                    progress: Progress) -> Fetcher | None:
+def start_downloads(
+    prep: Any, roots: list[Any], partial: Path, disk_budget: int | None, progress: Progress
+) -> Fetcher | None:
     """Start fetching the shards of Hub models the tasks under ``roots`` read, in order of first use: into
     the shared cache, or (``disk_budget``) into the partial output, each deleted after its last load
     (which the run reports to :meth:`Fetcher.loaded`)."""

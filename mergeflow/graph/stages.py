@@ -44,7 +44,9 @@ class PlannedReader(ModelReader):
         for lay in self._prep.plan.layouts:
             for t in lay.tensors:
                 begin, end = lay.offsets[t.name]
-                self.tensors[t.name] = TensorInfo(t.name, t.dtype, t.shape, str(self._out / lay.filename), begin, end)
+                self.tensors[t.name] = TensorInfo(
+                    t.name, t.dtype, t.shape, str(self._out / lay.filename), begin, end
+                )
 
     def read(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"model '{self.name}' is planned, not yet written")
@@ -69,14 +71,17 @@ def stamp_path(sf: StageFile, name: str) -> Path:
 def _stamped(sf: StageFile, stage: Stage, prep: Any) -> bool:
     path, out = stamp_path(sf, stage.name or ""), sf.intermediate / (stage.name or "")
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not path.is_symlink() else {}
+        data = (
+            json.loads(path.read_text(encoding="utf-8")) if path.is_file() and not path.is_symlink() else {}
+        )
     except (OSError, ValueError):
         return False
     return out.is_dir() and isinstance(data, dict) and data.get("fingerprint") == run_fingerprint(prep)
 
 
-def plan_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, scratch: Path,
-                only: list[Stage] | None = None) -> list[StagePlan]:
+def plan_stages(
+    sf: StageFile, recipe_path: str, out: Path, opts: Any, scratch: Path, only: list[Stage] | None = None
+) -> list[StagePlan]:
     """Prepare every stage (``only``: these) in run order; see the module's docstring."""
     from mergeflow.graph.run import prepare
 
@@ -94,8 +99,15 @@ def plan_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, scratch: 
     return list(plans.values())
 
 
-def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: Progress | None = None,
-               upto: str | None = None, echo: Any = None) -> list[tuple[StagePlan, Any]]:
+def run_stages(
+    sf: StageFile,
+    recipe_path: str,
+    out: Path,
+    opts: Any,
+    progress: Progress | None = None,
+    upto: str | None = None,
+    echo: Any = None,
+) -> list[tuple[StagePlan, Any]]:
     """Plan every stage, then run those not up to date. Returns (stage plan, run result or None) per stage."""
     from mergeflow.graph.run import prepare, run
 
@@ -113,14 +125,21 @@ def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: 
             if echo:
                 echo(f"stage {st.label}: up to date ({sp.out})")
             continue
-        prep = sp.prep if not sp.planned_inputs else prepare(recipe_path, opts, recipe=st.recipe, recipe_text=st.text)
+        prep = (
+            sp.prep
+            if not sp.planned_inputs
+            else prepare(recipe_path, opts, recipe=st.recipe, recipe_text=st.text)
+        )
         named = st is not sf.final
         stamp = None
         if named:  # the stamp replaces only one mergeflow wrote: never a user's file or a link of that name
             os.makedirs(sf.intermediate, exist_ok=True)
             stamp = check_file_target(stamp_path(sf, st.name or ""), prep.inputs, "stage stamp")
-        sopts = replace(opts, force=True, label=f"stage {st.label}") if named else replace(
-            opts, label=f"stage {st.label}")
+        sopts = (
+            replace(opts, force=True, label=f"stage {st.label}")
+            if named
+            else replace(opts, label=f"stage {st.label}")
+        )
         result = run(prep, sp.out, sopts, progress)
         if stamp is not None:
             fp = run_fingerprint(prep)
@@ -132,5 +151,7 @@ def run_stages(sf: StageFile, recipe_path: str, out: Path, opts: Any, progress: 
             atomic_write(stamp, put)
         done.append((replace(sp, prep=prep), result))
         if echo:
-            echo(f"stage {st.label}: wrote {result.out} ({result.plan.n_tensors} tensors) in {result.seconds:.2f} s")
+            echo(
+                f"stage {st.label}: wrote {result.out} ({result.plan.n_tensors} tensors) in {result.seconds:.2f} s"
+            )
     return done

@@ -24,8 +24,10 @@ def open_stats(recipe: Recipe, readers: Mapping[str, ModelReader]) -> dict[str, 
         info = stats_info(path, who)
         reader = ModelReader(who, path)
         if not set(reader.tensors) & set(readers[model].tensors):
-            raise StatsError(f"{who}: {path} has no tensor named like a parameter of model '{model}' "
-                             f"({readers[model].path}): statistics of another model?")
+            raise StatsError(
+                f"{who}: {path} has no tensor named like a parameter of model '{model}' "
+                f"({readers[model].path}): statistics of another model?"
+            )
         out[model] = Stats(info, reader)
     return out
 
@@ -51,15 +53,23 @@ class TensorStats:
         return {"stats": loads, "stats_scale": self.scale, "transposed": self.transposed}
 
 
-def tensor_stats(kind: str, tensor: str, shape: tuple[int, ...], members: list[str], names: Mapping[str, str],
-                 stats: Mapping[str, Stats]) -> TensorStats | None:
+def tensor_stats(
+    kind: str,
+    tensor: str,
+    shape: tuple[int, ...],
+    members: list[str],
+    names: Mapping[str, str],
+    stats: Mapping[str, Stats],
+) -> TensorStats | None:
     """The checked statistics of ``tensor``, or None when a model has none for it (the operator's
     fallback merges it). Wrong kind or shape is an error naming the file."""
     transposed = False
     for m in members:
         st = stats[m]
         if st.info.kind != kind:
-            raise StatsError(f"stats.{m}: {st.info.path} holds {st.info.kind} statistics; this operator needs {kind}")
+            raise StatsError(
+                f"stats.{m}: {st.info.path} holds {st.info.kind} statistics; this operator needs {kind}"
+            )
         info = st.reader.tensors.get(names[m])
         if info is None:
             return None
@@ -72,7 +82,14 @@ def tensor_stats(kind: str, tensor: str, shape: tuple[int, ...], members: list[s
         else:
             want = tuple(shape)
         if tuple(info.shape) != want:
-            raise StatsError(f"stats.{m}: {st.info.path}: tensor {names[m]!r} has shape {list(info.shape)}, but "
-                             f"model '{m}' needs {list(want)} for {tensor!r}: statistics of another model?")
-    return TensorStats(kind, tuple(names[m] for m in members), tuple(members),
-                       tuple(stats[m].info.mean for m in members), transposed)
+            raise StatsError(
+                f"stats.{m}: {st.info.path}: tensor {names[m]!r} has shape {list(info.shape)}, but "
+                f"model '{m}' needs {list(want)} for {tensor!r}: statistics of another model?"
+            )
+    return TensorStats(
+        kind,
+        tuple(names[m] for m in members),
+        tuple(members),
+        tuple(stats[m].info.mean for m in members),
+        transposed,
+    )

@@ -32,7 +32,9 @@ class ResidualPlan:
     fold: bool
     iterations: int
     tolerance: float
-    from_data: str | None = None  # the group of the map activation matching finds first (the others start there)
+    from_data: str | None = (
+        None  # the group of the map activation matching finds first (the others start there)
+    )
 
     @property
     def orthogonal(self) -> str | None:
@@ -51,10 +53,16 @@ def residual_plan(steps: tuple[tuple[str, StepParams], ...], layout: ResidualLay
             iterations, tol = max(iterations, params.iterations), max(tol, params.tolerance)  # type: ignore[attr-defined]
     if not by_weights and not from_data:
         return None
-    data_group = max(from_data, key=lambda g: g != "permutation", default=None)  # an orthogonal map covers both
+    data_group = max(
+        from_data, key=lambda g: g != "permutation", default=None
+    )  # an orthogonal map covers both
     if data_group is not None:  # the weight groups refine the map the data found; none it already covers
-        by_weights = [g for g in by_weights if g != data_group and not (g == "permutation" and data_group != g)]
-    by_weights.sort(key=lambda g: g != "permutation")  # the combinatorial map first, refined by the continuous one
+        by_weights = [
+            g for g in by_weights if g != data_group and not (g == "permutation" and data_group != g)
+        ]
+    by_weights.sort(
+        key=lambda g: g != "permutation"
+    )  # the combinatorial map first, refined by the continuous one
     fold = any(g != "permutation" for g in [*by_weights, *from_data])
     return ResidualPlan(tuple(by_weights), fold, iterations, tol, data_group)
 
@@ -79,15 +87,19 @@ class SolveResidual:
 
     def run(self, ctx: Any, found: Found | None = None) -> ResidualMap:
         fold = self.plan.fold
-        gammas = {m: (_read(ctx, m, self.layout.final_norm) if fold and self.layout.final_norm else None)
-                  for m in (self.model, self.anchor)}
+        gammas = {
+            m: (_read(ctx, m, self.layout.final_norm) if fold and self.layout.final_norm else None)
+            for m in (self.model, self.anchor)
+        }
 
         def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
             for st in self.layout.tensors:
                 if fold and st.kind == "final_norm":
                     continue  # 1 in both
-                a, b = (stream_value(_read(ctx, m, st.name), st.kind, fold, gammas[m], self.layout.norm_offset)
-                        for m in (self.anchor, self.model))
+                a, b = (
+                    stream_value(_read(ctx, m, st.name), st.kind, fold, gammas[m], self.layout.norm_offset)
+                    for m in (self.anchor, self.model)
+                )
                 yield a, b, st.axis
 
         def layers() -> Iterator[tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
@@ -104,10 +116,21 @@ class SolveResidual:
             if ctx.note is not None:
                 ctx.note(f"residual map of {self.model}: {group} pass {i + 1}, distance {dist:.4g}")
 
-        rmap, report = coordinate_descent(self.model, stream, layers, self.spec, self.steps, self.plan.groups, fold,
-                                          self.plan.iterations, self.plan.tolerance, ctx.device, on_pass,
-                                          found.stream if found is not None else None,
-                                          found.layers if found is not None else None)
+        rmap, report = coordinate_descent(
+            self.model,
+            stream,
+            layers,
+            self.spec,
+            self.steps,
+            self.plan.groups,
+            fold,
+            self.plan.iterations,
+            self.plan.tolerance,
+            ctx.device,
+            on_pass,
+            found.stream if found is not None else None,
+            found.layers if found is not None else None,
+        )
         ctx.align_reports.append(report)
         return rmap
 
@@ -126,8 +149,11 @@ class MapStream:
     offset: float = 0.0  # the family's norm_offset
 
     def deps(self) -> tuple[Any, ...]:
-        return (self.tensor,) + ((self.gamma,) if self.gamma is not None else ()) + \
-            ((self.solve,) if self.solve is not None else ())
+        return (
+            (self.tensor,)
+            + ((self.gamma,) if self.gamma is not None else ())
+            + ((self.solve,) if self.solve is not None else ())
+        )
 
     def run(self, ctx: Any, t: torch.Tensor, *rest: Any) -> torch.Tensor:
         rest_l = list(rest)
@@ -136,5 +162,5 @@ class MapStream:
         dtype = t.dtype
         out = map_stream(t.to(torch.float64), self.kind, self.axis, rmap, self.fold, gamma, self.offset)
         if self.rows is not None:
-            out = out[self.rows[0]:self.rows[1]]
+            out = out[self.rows[0] : self.rows[1]]
         return out.to(dtype).contiguous()

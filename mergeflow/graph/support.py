@@ -24,16 +24,28 @@ def write_support(prep: Any, dest: Path) -> list[str]:
         if tok is False or plan.vmap is not None
         else model_dir(str(prep.readers[recipe.config_source if tok is True else tok].path))
     )
-    files = copy_support_files(dest, cfg_dir, tok_dir, recipe.out_dtype,
-                               [layer for _m, layer in plan.layer_origin], plan.vocab_size, plan.config_json,
-                               plan.config_updates)
+    files = copy_support_files(
+        dest,
+        cfg_dir,
+        tok_dir,
+        recipe.out_dtype,
+        [layer for _m, layer in plan.layer_origin],
+        plan.vocab_size,
+        plan.config_json,
+        plan.config_updates,
+    )
     if plan.vmap is not None or prep.chat_template is not None:
         copied = [f for f in files if f in TOKENIZER_FILES]
-        files = [f for f in files if f not in copied] + write_tokenizer(dest, plan.vmap, prep.chat_template, copied)
+        files = [f for f in files if f not in copied] + write_tokenizer(
+            dest, plan.vmap, prep.chat_template, copied
+        )
     if recipe.output.module_files and cfg_dir is not None:
         copied, skipped = copy_module_files(dest, cfg_dir)
         files += copied
         for folder in skipped:
-            warnings.warn(f"{cfg_dir / folder} holds weights of its own, which mergeflow does not merge: they "
-                          "were left out of the output", stacklevel=2)
+            warnings.warn(
+                f"{cfg_dir / folder} holds weights of its own, which mergeflow does not merge: they "
+                "were left out of the output",
+                stacklevel=2,
+            )
     return files

@@ -21,22 +21,37 @@ def tasks_dir(out: Path) -> Path:
     return out.parent / f"{out.name}.tasks"
 
 
-def _copy_plan(recipe: Recipe, readers: dict[str, Any], task: str, sources: dict[str, tuple[str, str]]) -> Plan:
+def _copy_plan(
+    recipe: Recipe, readers: dict[str, Any], task: str, sources: dict[str, tuple[str, str]]
+) -> Plan:
     """Every tensor of ``task`` in its stored order: ``sources[name] = (model, tensor)`` to copy."""
     pt = OPERATORS["passthrough"]
     writes, outs, loads = [], [], 0
     for name in readers[task].tensors:
         model, tensor = sources[name]
         info = readers[model].info(tensor)
-        dtype = TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
+        dtype = (
+            TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(info.dtype) else info.dtype
+        )
         out = OutTensor(name, dtype, info.shape)
         load = Load(model, tensor, info.numel, info.nbytes, is_float(info.dtype))
-        writes.append(Write(out, Merge(name, pt.name, pt.params(), (pt.model_params(),), (model,), (load,), None)))
+        writes.append(
+            Write(out, Merge(name, pt.name, pt.params(), (pt.model_params(),), (model,), (load,), None))
+        )
         outs.append(out)
         loads += info.nbytes
     peak = max((o.nbytes * 3 for o in outs), default=0)
-    return Plan(recipe, writes, plan_shards(outs, int(recipe.output.shard_size)), loads, sum(o.nbytes for o in outs),
-                peak, "", {"passthrough": len(outs)}, len(outs))
+    return Plan(
+        recipe,
+        writes,
+        plan_shards(outs, int(recipe.output.shard_size)),
+        loads,
+        sum(o.nbytes for o in outs),
+        peak,
+        "",
+        {"passthrough": len(outs)},
+        len(outs),
+    )
 
 
 def write_task_models(prep: Any, merged_out: Path, opts: Any, progress: Progress | None = None) -> list[Path]:
@@ -57,14 +72,26 @@ def write_task_models(prep: Any, merged_out: Path, opts: Any, progress: Progress
         if task == recipe.base:
             continue
         models = {"merged": ModelEntry(path=str(merged_out)), task: entry}
-        sub = Recipe(models=models, merge={"passthrough": {}}, out_dtype=recipe.out_dtype,
-                     output=recipe.output.model_copy(update={"config": task, "tokenizer": task, "task_models": False}))
-        sources = {t: (("merged", merged_as[(task, t)]) if (task, t) in merged_as else (task, t))
-                   for t in prep.readers[task].tensors}
-        text = f"# {task}: the merged backbone of {merged_out.name} with {task}'s own head\n{prep.recipe_text}"
-        sprep = prepare(f"<task {task}>", opts, recipe=sub, recipe_text=text,
-                        planner=lambda r, readers, _mm, task=task, sources=sources: _copy_plan(r, readers, task,
-                                                                                              sources))
+        sub = Recipe(
+            models=models,
+            merge={"passthrough": {}},
+            out_dtype=recipe.out_dtype,
+            output=recipe.output.model_copy(update={"config": task, "tokenizer": task, "task_models": False}),
+        )
+        sources = {
+            t: (("merged", merged_as[(task, t)]) if (task, t) in merged_as else (task, t))
+            for t in prep.readers[task].tensors
+        }
+        text = (
+            f"# {task}: the merged backbone of {merged_out.name} with {task}'s own head\n{prep.recipe_text}"
+        )
+        sprep = prepare(
+            f"<task {task}>",
+            opts,
+            recipe=sub,
+            recipe_text=text,
+            planner=lambda r, readers, _mm, task=task, sources=sources: _copy_plan(r, readers, task, sources),
+        )
         folder = tasks_dir(merged_out) / task
         run(sprep, folder, replace(opts, parents=True, label=f"task model {task}"), progress)
         folders.append(folder)

@@ -60,13 +60,17 @@ class Merge:
         n = len(self.inputs)
         tensors = list(values[:n])
         base = values[n] if self.base is not None else None
-        stats = tuple(values[n + (self.base is not None):])
+        stats = tuple(values[n + (self.base is not None) :])
         for i, (load, value) in enumerate(zip(self.stats, stats, strict=True)):  # one NaN spreads everywhere
             if not bool(torch.isfinite(value).all()):
-                raise NonFiniteTensor(f"statistics of model '{self.models[i]}' for tensor "
-                                      f"{load.tensor!r} have NaN or Inf; recompute them with `mergeflow stats`")
+                raise NonFiniteTensor(
+                    f"statistics of model '{self.models[i]}' for tensor "
+                    f"{load.tensor!r} have NaN or Inf; recompute them with `mergeflow stats`"
+                )
         op = OPERATORS.get(self.op)
-        mctx = MergeContext(self.out, ctx.seed, self.models, self.part, stats, self.stats_scale, self.transposed)
+        mctx = MergeContext(
+            self.out, ctx.seed, self.models, self.part, stats, self.stats_scale, self.transposed
+        )
         try:
             return op.fn(tensors, base, self.params, self.model_params, mctx)
         except ValueError as exc:  # operators raise ValueError for parameter values that cannot work here

@@ -30,15 +30,19 @@ def check_tokenizers(dirs: Mapping[str, Path], shared: int) -> None:
     vocabs = {m: vocabulary(d) for m, d in dirs.items()}
     unknown = [m for m, v in vocabs.items() if v is None]
     if unknown:
-        warnings.warn(f"model(s) {', '.join(unknown)} have no tokenizer files: cannot check that token ids "
-                      f"0-{shared - 1} mean the same tokens in every model", stacklevel=2)
+        warnings.warn(
+            f"model(s) {', '.join(unknown)} have no tokenizer files: cannot check that token ids "
+            f"0-{shared - 1} mean the same tokens in every model",
+            stacklevel=2,
+        )
     known = [(m, v) for m, v in vocabs.items() if v is not None]
     for (m0, v0), (m1, v1) in zip(known, known[1:], strict=False):
         for i in range(shared):
             if i in v0 and i in v1 and v0[i] != v1[i]:
                 raise TokenizerMismatch(
                     f"tokenizers of models '{m0}' and '{m1}' differ at token id {i} ({v0[i]!r} vs {v1[i]!r}); "
-                    "embedding rows are merged by token id, so these vocabularies cannot be merged")
+                    "embedding rows are merged by token id, so these vocabularies cannot be merged"
+                )
 
 
 def vocab_rows(readers: Mapping[str, ModelReader], ref: str, source: str) -> dict[str, VocabRows]:

@@ -43,8 +43,13 @@ class Job:
 
 
 class Fetcher:
-    def __init__(self, shards: list[tuple[Any, str, int]], folder: Path | None = None, budget: int | None = None,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        shards: list[tuple[Any, str, int]],
+        folder: Path | None = None,
+        budget: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """``shards``: (HubReader, local path, loads that read it) in order of first use. ``folder``: a
         private folder (with ``budget``, in bytes) instead of the shared cache."""
         self.folder, self.budget = folder, budget
@@ -63,8 +68,9 @@ class Fetcher:
         self.seconds = 0.0  # from start() to the last shard on disk
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self.bar = (progress or SILENT).bar("downloading", sum(j.size for j in self.jobs.values()), unit="B",
-                                            nested=True)
+        self.bar = (progress or SILENT).bar(
+            "downloading", sum(j.size for j in self.jobs.values()), unit="B", nested=True
+        )
         self._thread = threading.Thread(target=self._work, name="mergeflow-download", daemon=True)
         for reader in {id(j.reader): j.reader for j in self.jobs.values()}.values():
             reader.fetcher = self
@@ -124,18 +130,23 @@ class Fetcher:
                     job.held = True
             if job.error is None:
                 r = job.reader
-                where = ({"local_dir": str(self._dirs[id(r)])} if self.folder is not None
-                         else {"cache_dir": str(hub_cache())})
+                where = (
+                    {"local_dir": str(self._dirs[id(r)])}
+                    if self.folder is not None
+                    else {"cache_dir": str(hub_cache())}
+                )
                 try:
                     options: dict[str, Any] = {**where, **client_options()}
-                    hf_hub_download(r.repo, r.repo_file[job.file], revision=r.commit, tqdm_class=feed, **options)
+                    hf_hub_download(
+                        r.repo, r.repo_file[job.file], revision=r.commit, tqdm_class=feed, **options
+                    )
                     self.downloaded += job.size
                     self.seconds = time.perf_counter() - self._started
                 except BaseException as exc:  # handed to the reader that waits for this shard
                     job.error = exc
             job.done.set()
             if job.error is not None:
-                for later in jobs[i + 1:]:
+                for later in jobs[i + 1 :]:
                     later.error = job.error
                     later.done.set()
                 return

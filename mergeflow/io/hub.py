@@ -22,8 +22,17 @@ from mergeflow.errors import ModelError
 from mergeflow.io.names import CONFIG_FILES, INDEX_NAME, TOKENIZER_FILES
 from mergeflow.patterns import parse_repo_ref
 
-NEEDED = ["*.safetensors", INDEX_NAME, *CONFIG_FILES, *TOKENIZER_FILES, "adapter_config.json", "modules.json",
-          "sentence_bert_config.json", "config_sentence_transformers.json", "*/config.json"]
+NEEDED = [
+    "*.safetensors",
+    INDEX_NAME,
+    *CONFIG_FILES,
+    *TOKENIZER_FILES,
+    "adapter_config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "*/config.json",
+]
 PICKLED = ["pytorch_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json"]
 TRUE = ("1", "ON", "YES", "TRUE")
 
@@ -41,7 +50,9 @@ class Resolved:
 def hub_cache() -> Path:
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
+    )
     return Path(home).expanduser() / "hub"
 
 
@@ -63,25 +74,34 @@ def hub_errors(who: str, repo: str, rev: str | None) -> Iterator[None]:
     try:
         yield
     except errors.GatedRepoError:
-        raise ModelError(f"{who}: {named} is gated: accept its terms on the Hub, then log in "
-                         "(`hf auth login`) or set HF_TOKEN") from None
+        raise ModelError(
+            f"{who}: {named} is gated: accept its terms on the Hub, then log in "
+            "(`hf auth login`) or set HF_TOKEN"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise ModelError(f"{who}: {named}: no such repository on the Hub (a private one needs HF_TOKEN)") from None
+        raise ModelError(
+            f"{who}: {named}: no such repository on the Hub (a private one needs HF_TOKEN)"
+        ) from None
     except errors.RevisionNotFoundError:
         raise ModelError(f"{who}: {repo} has no revision {rev!r}") from None
     except errors.NotASafetensorsRepoError:
         raise ModelError(f"{who}: {named} has no safetensors weights") from None
     except errors.LocalEntryNotFoundError:
         if offline():
-            raise ModelError(f"{who}: {named} is not in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE "
-                             "is set: download it once with the network on, or unset HF_HUB_OFFLINE") from None
-        raise ModelError(f"{who}: {named}: the Hub could not be reached and the cache ({hub_cache()}) does not "
-                         "hold it") from None
+            raise ModelError(
+                f"{who}: {named} is not in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE "
+                "is set: download it once with the network on, or unset HF_HUB_OFFLINE"
+            ) from None
+        raise ModelError(
+            f"{who}: {named}: the Hub could not be reached and the cache ({hub_cache()}) does not hold it"
+        ) from None
     except (errors.HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelError(f"{who}: {named}: {str(exc).splitlines()[0]}") from None
 
 
-def resolve_model(ref: str, root: Path, who: str, pickle: bool = False, subfolder: str | None = None) -> Resolved:
+def resolve_model(
+    ref: str, root: Path, who: str, pickle: bool = False, subfolder: str | None = None
+) -> Resolved:
     """A model (or adapter) reference as a local path; ``who`` names it in errors. ``pickle``: fetch
     ``.bin`` weights too (a repository without safetensors, read under --allow-pickle)."""
     local = Path(ref).expanduser()
@@ -97,6 +117,12 @@ def resolve_model(ref: str, root: Path, who: str, pickle: bool = False, subfolde
     if subfolder:
         patterns = [f"{subfolder.strip('/')}/{p}" for p in patterns]
     with hub_errors(who, repo, rev):
-        path = snapshot_download(repo, revision=rev, allow_patterns=patterns, cache_dir=str(hub_cache()),
-                                 local_files_only=offline(), **client_options())
+        path = snapshot_download(
+            repo,
+            revision=rev,
+            allow_patterns=patterns,
+            cache_dir=str(hub_cache()),
+            local_files_only=offline(),
+            **client_options(),
+        )
     return Resolved(str(Path(path) / subfolder) if subfolder else str(path), repo, Path(path).name)

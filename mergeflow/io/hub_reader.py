@@ -32,8 +32,14 @@ class NoSafetensors(ModelError):
 
 
 class HubReader(ModelReader):
-    def __init__(self, name: str, repo: str, revision: str | None, subfolder: str | None = None,
-                 headers_only: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        repo: str,
+        revision: str | None,
+        subfolder: str | None = None,
+        headers_only: bool = True,
+    ) -> None:
         self.repo, self.revision, self.subfolder = repo, revision, (subfolder or "").strip("/")
         self.headers_only = headers_only  # reading a tensor is refused (pre-flight) until a run clears this
         self.fetcher: Any = None  # a Fetcher that brings shards in plan order, when a run starts one
@@ -56,12 +62,20 @@ class HubReader(ModelReader):
 
         opts = client_options()
         with hub_errors(self.who, self.repo, self.revision):
-            snap = Path(snapshot_download(self.repo, revision=self.revision, cache_dir=str(hub_cache()),
-                                          allow_patterns=[self._in_repo(n) for n in SMALL], **opts))
+            snap = Path(
+                snapshot_download(
+                    self.repo,
+                    revision=self.revision,
+                    cache_dir=str(hub_cache()),
+                    allow_patterns=[self._in_repo(n) for n in SMALL],
+                    **opts,
+                )
+            )
             self.commit = snap.name  # every later request names this commit: the files cannot change under us
             api = HfApi(**opts)
-            entries = api.list_repo_tree(self.repo, path_in_repo=self.subfolder or None, recursive=True,
-                                         revision=self.commit)
+            entries = api.list_repo_tree(
+                self.repo, path_in_repo=self.subfolder or None, recursive=True, revision=self.commit
+            )
             self.sizes = {e.path: e.size for e in entries if isinstance(e, RepoFile)}
             self.snapshot, self.path = snap, snap / self.subfolder if self.subfolder else snap
             shards = self._shards()
@@ -71,7 +85,9 @@ class HubReader(ModelReader):
                 self.repo_file[local] = shard
                 for tname, t in sorted(meta.tensors.items(), key=lambda kv: kv[1].data_offsets[0]):
                     if tname in self.tensors:
-                        raise ModelError(f"{self.who}: tensor {tname!r} is stored twice ({self.repo}/{shard})")
+                        raise ModelError(
+                            f"{self.who}: tensor {tname!r} is stored twice ({self.repo}/{shard})"
+                        )
                     begin, end = t.data_offsets
                     self.tensors[tname] = TensorInfo(tname, t.dtype, tuple(t.shape), local, begin, end)
         if (self.path / "config.json").is_file():
@@ -82,25 +98,36 @@ class HubReader(ModelReader):
         index = self.path / INDEX_NAME
         if index.is_file():
             try:
-                names = set(json.loads(read_text_capped(index, f"{self.who}:", MAX_JSON))["weight_map"].values())
+                names = set(
+                    json.loads(read_text_capped(index, f"{self.who}:", MAX_JSON))["weight_map"].values()
+                )
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ModelError(f"{self.who}: {self.repo}/{self._in_repo(INDEX_NAME)}: invalid index ({exc})") \
-                    from None
+                raise ModelError(
+                    f"{self.who}: {self.repo}/{self._in_repo(INDEX_NAME)}: invalid index ({exc})"
+                ) from None
             bad = [n for n in names if not isinstance(n, str) or "/" in n or n.startswith(".")]
             if bad:
-                raise ModelError(f"{self.who}: {self.repo}/{self._in_repo(INDEX_NAME)} names invalid files {bad[:3]}")
+                raise ModelError(
+                    f"{self.who}: {self.repo}/{self._in_repo(INDEX_NAME)} names invalid files {bad[:3]}"
+                )
             missing = [n for n in sorted(names) if self._in_repo(n) not in self.sizes]
             if missing:
-                raise ModelError(f"{self.who}: {self.repo}@{self.commit} lacks {missing[0]}, which its index names")
+                raise ModelError(
+                    f"{self.who}: {self.repo}@{self.commit} lacks {missing[0]}, which its index names"
+                )
             return [self._in_repo(n) for n in sorted(names)]
         if self._in_repo("model.safetensors") in self.sizes:
             return [self._in_repo("model.safetensors")]
         if any(f.endswith((".bin", ".pt", ".pth")) for f in self.sizes):
-            raise NoSafetensors(f"{self.who}: {self.repo}@{self.commit} holds only pickle weights "
-                                "(pytorch_model.bin), which can run code when loaded; pass --allow-pickle to "
-                                "download and load them with torch.load(weights_only=True)")
-        raise ModelError(f"{self.who}: {self.repo}@{self.commit} has no model.safetensors or "
-                         f"{INDEX_NAME}" + (f" in {self.subfolder}/" if self.subfolder else ""))
+            raise NoSafetensors(
+                f"{self.who}: {self.repo}@{self.commit} holds only pickle weights "
+                "(pytorch_model.bin), which can run code when loaded; pass --allow-pickle to "
+                "download and load them with torch.load(weights_only=True)"
+            )
+        raise ModelError(
+            f"{self.who}: {self.repo}@{self.commit} has no model.safetensors or "
+            f"{INDEX_NAME}" + (f" in {self.subfolder}/" if self.subfolder else "")
+        )
 
     # ---------------------------------------------------------------- shards on disk
     def shard_size(self, file: str) -> int:
@@ -133,8 +160,13 @@ class HubReader(ModelReader):
                 from huggingface_hub import hf_hub_download
 
                 with hub_errors(self.who, self.repo, self.commit):
-                    hf_hub_download(self.repo, self.repo_file[file], revision=self.commit,
-                                    cache_dir=str(hub_cache()), **client_options())
+                    hf_hub_download(
+                        self.repo,
+                        self.repo_file[file],
+                        revision=self.commit,
+                        cache_dir=str(hub_cache()),
+                        **client_options(),
+                    )
             self._check_header(file)
             self._checked.add(file)
 
@@ -142,8 +174,10 @@ class HubReader(ModelReader):
         infos, _meta = read_header(file)
         announced = {n: (t.dtype, t.shape) for n, t in self.tensors.items() if t.file == file}
         if announced != {n: (t.dtype, t.shape) for n, t in infos.items()}:
-            raise ModelError(f"{self.who}: {self.repo}/{self.repo_file[file]} on disk differs from the header "
-                             "the Hub announced; delete it from the cache and run again")
+            raise ModelError(
+                f"{self.who}: {self.repo}/{self.repo_file[file]} on disk differs from the header "
+                "the Hub announced; delete it from the cache and run again"
+            )
 
     def forget(self, file: str) -> None:
         """Close the shard's mapping (it is about to be deleted)."""
@@ -151,8 +185,13 @@ class HubReader(ModelReader):
             self._handles.pop(file, None)
         self._checked.discard(file)
 
-    def read(self, tensor: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-             rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def read(
+        self,
+        tensor: str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         self.ensure(self.info(tensor).file)
         return super().read(tensor, dtype=dtype, device=device, rows=rows)
 

@@ -52,7 +52,11 @@ class Journal:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return set()
-        if not isinstance(data, dict) or data.get("fingerprint") != self.fp or not isinstance(data.get("shards"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("fingerprint") != self.fp
+            or not isinstance(data.get("shards"), dict)
+        ):
             return set()
         ok = set()
         for name, rec in data["shards"].items():

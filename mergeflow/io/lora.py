@@ -69,8 +69,10 @@ def read_adapter(adapter: Path, who: str) -> tuple[dict[str, Any], ModelReader]:
         raise ModelError(f"{who}: {adapter} is a {kind} adapter; only LoRA adapters can be applied")
     for key, what in (("use_dora", "DoRA (weight-decomposed LoRA)"), ("lora_bias", "LoRA with biases")):
         if cfg.get(key):
-            raise ModelError(f"{who}: {adapter} uses {what}, which mergeflow does not apply; merge it with "
-                             "peft's merge_and_unload first")
+            raise ModelError(
+                f"{who}: {adapter} uses {what}, which mergeflow does not apply; merge it with "
+                "peft's merge_and_unload first"
+            )
     if not (adapter / WEIGHTS).is_file():
         raise ModelError(f"{who}: {adapter} has no {WEIGHTS} (pickled adapters are not read)")
     return cfg, ModelReader(f"{who} adapter", adapter / WEIGHTS)
@@ -80,9 +82,12 @@ class LoraReader(ModelReader):
     """The tensors of a base model's reader as ``adapter`` changes them (same interface as ModelReader).
     ``base``: a reader (a folder's, a Hub model's that fetches shards as they are read), or a path."""
 
-    def __init__(self, name: str, base: ModelReader | str | Path, adapter: str | Path,
-                 allow_pickle: bool = False) -> None:
-        self.base = base if isinstance(base, ModelReader) else ModelReader(name, base, allow_pickle=allow_pickle)
+    def __init__(
+        self, name: str, base: ModelReader | str | Path, adapter: str | Path, allow_pickle: bool = False
+    ) -> None:
+        self.base = (
+            base if isinstance(base, ModelReader) else ModelReader(name, base, allow_pickle=allow_pickle)
+        )
         super().__init__(name, self.base.path)
         self.source = self.base.source
         self.adapter_path = Path(adapter)
@@ -117,27 +122,36 @@ class LoraReader(ModelReader):
         names = list(self.adapter.tensors)
         for key in names:
             if not key.startswith(PREFIX):
-                raise ModelError(f"model '{self.name}': adapter tensor {key!r} does not start with {PREFIX!r}")
-            rest = key[len(PREFIX):]
+                raise ModelError(
+                    f"model '{self.name}': adapter tensor {key!r} does not start with {PREFIX!r}"
+                )
+            rest = key[len(PREFIX) :]
             if ".lora_magnitude_vector" in rest:
-                raise ModelError(f"model '{self.name}': the adapter holds DoRA magnitudes ({key}); not applied")
+                raise ModelError(
+                    f"model '{self.name}': the adapter holds DoRA magnitudes ({key}); not applied"
+                )
             if rest.endswith((".lora_A.weight", ".lora_embedding_A")):
                 embed = rest.endswith(".lora_embedding_A")
                 module = rest.rsplit(".lora_", 1)[0]
-                b_key = key.replace(".lora_A.weight", ".lora_B.weight").replace("lora_embedding_A", "lora_embedding_B")
+                b_key = key.replace(".lora_A.weight", ".lora_B.weight").replace(
+                    "lora_embedding_A", "lora_embedding_B"
+                )
                 if b_key not in self.adapter.tensors:
                     raise ModelError(f"model '{self.name}': adapter has {key} but no {b_key}")
                 r = self.adapter.info(key).shape[0]
                 alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", r))
                 scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
                 self._target(module + ".weight", key)
-                self.updates[module + ".weight"] = Update(key, b_key, float(scale),
-                                                          embed or bool(cfg.get("fan_in_fan_out")))
+                self.updates[module + ".weight"] = Update(
+                    key, b_key, float(scale), embed or bool(cfg.get("fan_in_fan_out"))
+                )
             elif ".lora_B" in rest or rest.endswith(".lora_embedding_B"):
                 continue  # taken with its A
             elif ".lora_" in rest:
-                raise ModelError(f"model '{self.name}': adapter tensor {key!r} is of a LoRA variant mergeflow does "
-                                 "not apply")
+                raise ModelError(
+                    f"model '{self.name}': adapter tensor {key!r} is of a LoRA variant mergeflow does "
+                    "not apply"
+                )
             else:  # stored whole: modules_to_save, or a module's base weights
                 target = rest.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
                 self._target(target, key)
@@ -146,11 +160,18 @@ class LoraReader(ModelReader):
 
     def _target(self, tensor: str, key: str) -> None:
         if tensor not in self.tensors:
-            raise ModelError(f"model '{self.name}': adapter tensor {key!r} targets {tensor!r}, which the base "
-                             f"model {self.path} lacks (an adapter of another model?)")
+            raise ModelError(
+                f"model '{self.name}': adapter tensor {key!r} targets {tensor!r}, which the base "
+                f"model {self.path} lacks (an adapter of another model?)"
+            )
 
-    def read(self, tensor: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-             rows: tuple[int, int] | None = None) -> torch.Tensor:
+    def read(
+        self,
+        tensor: str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
         up = self.updates.get(tensor)
         want = torch.float32 if up is not None else dtype  # updates are added in float32, then cast once
         if tensor in self.replaced:
@@ -162,17 +183,18 @@ class LoraReader(ModelReader):
         a = self.adapter.read(up.a, dtype=torch.float32, device=device)  # (r, in) or (r, vocab)
         b = self.adapter.read(up.b, dtype=torch.float32, device=device)  # (out, r) or (dim, r)
         if up.transposed:  # W rows run along A's columns: W[rows] += s * (B @ A[:, rows])^T
-            a = a if rows is None else a[:, rows[0]:rows[1]]
+            a = a if rows is None else a[:, rows[0] : rows[1]]
             delta = (b @ a).T
         else:  # W rows run along B's rows
-            delta = (b if rows is None else b[rows[0]:rows[1]]) @ a
+            delta = (b if rows is None else b[rows[0] : rows[1]]) @ a
         if delta.shape != w.shape:
-            raise ModelError(f"model '{self.name}': the adapter's update of {tensor!r} has shape "
-                             f"{list(delta.shape)}, the weight {list(w.shape)}")
+            raise ModelError(
+                f"model '{self.name}': the adapter's update of {tensor!r} has shape "
+                f"{list(delta.shape)}, the weight {list(w.shape)}"
+            )
         out = w.add_(delta, alpha=up.scale)
         return out.to(dtype if dtype is not None else ST_TO_TORCH[self.info(tensor).dtype])
 
     def close(self) -> None:
         self.base.close()
         self.adapter.close()
-

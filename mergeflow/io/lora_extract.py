@@ -38,11 +38,24 @@ class Extracted:
 
     def config(self, base: str, fan_in_fan_out: bool) -> dict[str, Any]:
         r = max(self.ranks.values(), default=1)
-        return {"peft_type": "LORA", "base_model_name_or_path": base, "r": r, "lora_alpha": r,
-                "target_modules": sorted(self.ranks), "rank_pattern": dict(self.ranks),
-                "alpha_pattern": dict(self.ranks), "modules_to_save": sorted(self.saved) or None,
-                "fan_in_fan_out": fan_in_fan_out, "use_rslora": False, "use_dora": False, "lora_dropout": 0.0,
-                "bias": "none", "task_type": None, "inference_mode": True, "init_lora_weights": True}
+        return {
+            "peft_type": "LORA",
+            "base_model_name_or_path": base,
+            "r": r,
+            "lora_alpha": r,
+            "target_modules": sorted(self.ranks),
+            "rank_pattern": dict(self.ranks),
+            "alpha_pattern": dict(self.ranks),
+            "modules_to_save": sorted(self.saved) or None,
+            "fan_in_fan_out": fan_in_fan_out,
+            "use_rslora": False,
+            "use_dora": False,
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "task_type": None,
+            "inference_mode": True,
+            "init_lora_weights": True,
+        }
 
 
 def _rank(s: torch.Tensor, rank: int, energy: float | None, total_sq: float | None) -> int:
@@ -72,9 +85,17 @@ def top_singular(d: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor
     return u, s, v.T
 
 
-def extract(base: ModelReader, tuned: ModelReader, rank: int, device: torch.device, energy: float | None = None,
-            modules: str | None = None, embeddings: bool = False, transposed: bool = False,
-            progress: Any = None) -> Extracted:
+def extract(
+    base: ModelReader,
+    tuned: ModelReader,
+    rank: int,
+    device: torch.device,
+    energy: float | None = None,
+    modules: str | None = None,
+    embeddings: bool = False,
+    transposed: bool = False,
+    progress: Any = None,
+) -> Extracted:
     """Factor every differing 2-D weight (matching the regex ``modules`` if given) of ``tuned`` vs ``base``."""
     keep = compile_regex(modules) if modules else (lambda _n: True)
     out = Extracted()

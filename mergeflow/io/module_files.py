@@ -29,7 +29,13 @@ def module_folders(src: Path) -> list[str]:
     out = []
     for m in modules if isinstance(modules, list) else []:
         path = m.get("path") if isinstance(m, dict) else None
-        if isinstance(path, str) and path and "/" not in path and "\\" not in path and path not in (".", ".."):
+        if (
+            isinstance(path, str)
+            and path
+            and "/" not in path
+            and "\\" not in path
+            and path not in (".", "..")
+        ):
             out.append(path)
     return out
 

@@ -27,5 +27,10 @@ SHARD = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors")
 
 def is_output_name(name: str) -> bool:
     """Whether ``name`` (at the top of a model directory) is a file mergeflow writes there."""
-    return (name in CONFIG_FILES or name in TOKENIZER_FILES or name in REPORT_FILES or name == INDEX_NAME
-            or SHARD.fullmatch(name) is not None)
+    return (
+        name in CONFIG_FILES
+        or name in TOKENIZER_FILES
+        or name in REPORT_FILES
+        or name == INDEX_NAME
+        or SHARD.fullmatch(name) is not None
+    )

@@ -47,8 +47,10 @@ def partial_path(final: Path) -> Path:
 def check_partial(tmp: Path) -> None:
     """A folder under the partial output's name must be one mergeflow made (it carries the marker)."""
     if os.path.lexists(tmp) and (tmp.is_symlink() or not tmp.is_dir() or listed_files(tmp) is None):
-        raise OutputError(f"{tmp} is in the way of the partial output and mergeflow did not create it; "
-                          "move it or choose another OUT")
+        raise OutputError(
+            f"{tmp} is in the way of the partial output and mergeflow did not create it; "
+            "move it or choose another OUT"
+        )
 
 
 def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path], parents: bool = False) -> None:
@@ -67,10 +69,16 @@ def check_output_path(final: str | Path, force: bool, inputs: Iterable[Path], pa
     if os.path.lexists(final):
         check_replaceable(final, inputs)
         if not force and any(final.iterdir()):
-            raise OutputError(f"output {final} already exists (written by mergeflow); pass --force to replace it")
-    if not parents and not os.path.lexists(final.parent):  # a typo or an unset variable must not create a tree
-        raise OutputError(f"cannot create output {final}: its folder {final.parent} does not exist; create it or "
-                          "pass --parents")
+            raise OutputError(
+                f"output {final} already exists (written by mergeflow); pass --force to replace it"
+            )
+    if not parents and not os.path.lexists(
+        final.parent
+    ):  # a typo or an unset variable must not create a tree
+        raise OutputError(
+            f"cannot create output {final}: its folder {final.parent} does not exist; create it or "
+            "pass --parents"
+        )
     parent = final.parent
     while not parent.exists():  # missing parents are created; the nearest existing one must be writable
         parent = parent.parent
@@ -91,8 +99,14 @@ class OutputDir:
     :func:`check_replaceable` allows it, and then only its listed files are deleted.
     """
 
-    def __init__(self, final: str | Path, force: bool = False, resume: bool = False,
-                 inputs: Iterable[Path] = (), parents: bool = False) -> None:
+    def __init__(
+        self,
+        final: str | Path,
+        force: bool = False,
+        resume: bool = False,
+        inputs: Iterable[Path] = (),
+        parents: bool = False,
+    ) -> None:
         self.final = lexical(final)
         self.force, self.resume = force, resume
         self.inputs, self.parents = list(inputs), parents
@@ -112,8 +126,11 @@ class OutputDir:
                     self._take_lock()  # refuse to delete another live run's work
                     self._release_lock()
                     shutil.rmtree(self.tmp)
-                    warnings.warn(f"discarded the partial output of an earlier interrupted run ({self.tmp}); "
-                                  "pass --resume instead to continue it", stacklevel=2)
+                    warnings.warn(
+                        f"discarded the partial output of an earlier interrupted run ({self.tmp}); "
+                        "pass --resume instead to continue it",
+                        stacklevel=2,
+                    )
             if not self.tmp.is_dir():
                 self.tmp.mkdir()
                 write_marker(self.tmp, [], kind="partial")
@@ -130,7 +147,9 @@ class OutputDir:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise OutputError(f"another mergeflow run is writing {self.final} (lock held on {self.tmp})") from None
+            raise OutputError(
+                f"another mergeflow run is writing {self.final} (lock held on {self.tmp})"
+            ) from None
         self._lock = fd
 
     def _release_lock(self) -> None:
@@ -153,8 +172,12 @@ class OutputDir:
         # what this run wrote, nothing else: stale files of an earlier attempt, the journal and anything
         # planted in the partial directory (links included) do not reach the output
         if self.written is None:
-            self.written = [str(Path(r, f).relative_to(self.tmp)) for r, _d, fs in os.walk(self.tmp) for f in fs
-                            if f not in (JOURNAL, LOCK)]
+            self.written = [
+                str(Path(r, f).relative_to(self.tmp))
+                for r, _d, fs in os.walk(self.tmp)
+                for f in fs
+                if f not in (JOURNAL, LOCK)
+            ]
         top = {w.split("/")[0] for w in self.written}
         for entry in os.scandir(self.tmp):
             if entry.name not in top:
@@ -168,7 +191,9 @@ class OutputDir:
             try:
                 check_replaceable(self.final, self.inputs)
                 if not self.force and any(self.final.iterdir()):
-                    raise OutputError(f"output {self.final} appeared while merging; pass --force to replace it")
+                    raise OutputError(
+                        f"output {self.final} appeared while merging; pass --force to replace it"
+                    )
             except OutputError:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 raise
@@ -180,8 +205,13 @@ class OutputDir:
 
 
 def copy_support_files(
-    out: Path, config_dir: Path | None, tokenizer_dir: Path | None, out_dtype: str | None,
-    layer_origin: list[int] | None = None, vocab_size: int | None = None, config: dict | None = None,
+    out: Path,
+    config_dir: Path | None,
+    tokenizer_dir: Path | None,
+    out_dtype: str | None,
+    layer_origin: list[int] | None = None,
+    vocab_size: int | None = None,
+    config: dict | None = None,
     updates: dict | None = None,
 ) -> list[str]:
     """Copy config/generation config and tokenizer files (regular files only), updating the config's

@@ -18,10 +18,13 @@ from pathlib import Path
 
 from mergeflow.errors import OutputError
 from mergeflow.io.names import is_output_name
+from mergeflow.io.recognise import file_written_by_mergeflow
 
 MARKER = ".mergeflow"
 LEGACY_CARD = "\n# Merged model\n\nMade with mergeflow "
-WHAT_TO_DO = "--force replaces only a model directory that mergeflow wrote: choose a new OUT or remove it yourself"
+WHAT_TO_DO = (
+    "--force replaces only a model directory that mergeflow wrote: choose a new OUT or remove it yourself"
+)
 
 
 def lexical(path: str | Path) -> Path:
@@ -65,13 +68,17 @@ def legacy_files(directory: Path) -> set[str] | None:
         names = os.listdir(directory)
     except OSError:
         return None
-    ok = all(is_output_name(n) and not (directory / n).is_symlink() and (directory / n).is_file() for n in names)
+    ok = all(
+        is_output_name(n) and not (directory / n).is_symlink() and (directory / n).is_file() for n in names
+    )
     return set(names) if ok else None
 
 
 def foreign_entries(directory: Path, listed: set[str]) -> list[str]:
     """Entries below ``directory`` that the marker does not list (links and special files always count)."""
-    wanted_dirs = {str(Path(f).parent) for f in listed} - {"."} | {f.rstrip("/") for f in listed if f.endswith("/")}
+    wanted_dirs = {str(Path(f).parent) for f in listed} - {"."} | {
+        f.rstrip("/") for f in listed if f.endswith("/")
+    }
     wanted_dirs |= {str(p) for f in wanted_dirs for p in Path(f).parents if str(p) != "."}
     found = []
     for root, dirs, files in os.walk(directory, followlinks=False):
@@ -80,7 +87,9 @@ def foreign_entries(directory: Path, listed: set[str]) -> list[str]:
             rel = str(rel_root / name)
             if os.path.islink(os.path.join(root, name)) or rel not in wanted_dirs:
                 found.append(rel + "/")
-        dirs[:] = [d for d in dirs if str(rel_root / d) in wanted_dirs and not os.path.islink(os.path.join(root, d))]
+        dirs[:] = [
+            d for d in dirs if str(rel_root / d) in wanted_dirs and not os.path.islink(os.path.join(root, d))
+        ]
         for name in sorted(files):
             rel = str(rel_root / name)
             full = os.path.join(root, name)
@@ -98,8 +107,10 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = (), what: str = "out
     """Raise OutputError unless the existing ``final`` is empty or a model directory mergeflow wrote,
     holding nothing else and no input. ``final`` comes from :func:`lexical` (its last component unresolved)."""
     if final.is_symlink():
-        raise OutputError(f"{what} {final} is a symbolic link; mergeflow never replaces a link or what it points "
-                          "to: give a new directory")
+        raise OutputError(
+            f"{what} {final} is a symbolic link; mergeflow never replaces a link or what it points "
+            "to: give a new directory"
+        )
     if not final.is_dir():
         raise OutputError(f"{what} {final} exists and is not a directory; choose a new OUT")
     real = final.resolve()
@@ -117,10 +128,14 @@ def check_replaceable(final: Path, inputs: Iterable[Path] = (), what: str = "out
         return  # an empty folder (made ahead of the run): nothing in it to lose
     listed = listed_files(final)
     if listed is None:
-        raise OutputError(f"{what} {final} was not written by mergeflow (no {MARKER} marker in it); {WHAT_TO_DO}")
+        raise OutputError(
+            f"{what} {final} was not written by mergeflow (no {MARKER} marker in it); {WHAT_TO_DO}"
+        )
     foreign = foreign_entries(final, listed)
     if foreign:
-        raise OutputError(f"{what} {final} holds files mergeflow did not write ({_names(foreign)}); {WHAT_TO_DO}")
+        raise OutputError(
+            f"{what} {final} holds files mergeflow did not write ({_names(foreign)}); {WHAT_TO_DO}"
+        )
 
 
 def remove_owned(directory: Path) -> list[str]:
@@ -133,8 +148,9 @@ def remove_owned(directory: Path) -> list[str]:
             continue
         if path.is_symlink() or path.is_file():  # a listed name that became a folder is left alone
             path.unlink(missing_ok=True)
-    folders = {str(p) for f in listed for p in Path(f).parents} - {"."} | {f.rstrip("/") for f in listed
-                                                                             if f.endswith("/")}
+    folders = {str(p) for f in listed for p in Path(f).parents} - {"."} | {
+        f.rstrip("/") for f in listed if f.endswith("/")
+    }
     for name in sorted(folders, key=len, reverse=True):
         with contextlib.suppress(OSError):  # not empty: something mergeflow did not write is in it
             (directory / name).rmdir()
@@ -146,53 +162,6 @@ def remove_owned(directory: Path) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- single files
-PNG_SIGNATURE = b"Software\x00mergeflow"
-# reports and barrier JSON of versions before `written_by`, recognised by their exact keys
-LEGACY_JSON = ({"output", "seconds", "tensors", "bytes_read", "bytes_written", "shards", "peak_rss_bytes",
-                "max_memory_bytes", "device", "operators"}, {"a", "b", "data", "examples", "variants"})
-
-
-def _search_study(path: Path) -> bool:
-    """A SQLite file holding the Optuna study of ``mergeflow search`` (read-only look)."""
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
-        try:
-            names = {r[0] for r in con.execute("SELECT study_name FROM studies")}
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return False
-    return names == {"mergeflow-search"}
-
-
-def file_written_by_mergeflow(path: Path) -> bool:
-    """Whether the file at ``path`` carries mergeflow's mark: a JSON report with ``written_by``, a
-    statistics file with ``mergeflow_stats`` metadata, or a PNG whose Software text is mergeflow."""
-    try:
-        with open(path, "rb", opener=_nofollow) as fh:
-            head = fh.read(1 << 16)
-            if head.startswith(b"\x89PNG"):
-                return PNG_SIGNATURE in head
-            if head.startswith(b"SQLite format 3\x00"):
-                return _search_study(path)
-            if head.lstrip().startswith(b"{"):
-                data = json.loads(head + fh.read(1 << 26)) if path.stat().st_size < 1 << 26 else None
-                return isinstance(data, dict) and (data.get("written_by") == "mergeflow" or set(data) in LEGACY_JSON)
-            size = int.from_bytes(head[:8], "little") if len(head) >= 8 else 1 << 62
-            if size > 100_000_000:  # not a safetensors header (same limit as safetensors)
-                return False
-            header = head[8:] + fh.read(max(size - len(head) + 8, 0))
-            return b'"mergeflow_stats"' in header[:size]
-    except (OSError, ValueError):
-        return False
-
-
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
 def input_inodes(inputs: Iterable[Path]) -> dict[tuple[int, int], Path]:
     """(device, inode) of every input file and of every file directly inside an input folder."""
     found: dict[tuple[int, int], Path] = {}
@@ -211,28 +180,36 @@ def check_file_target(path: str | Path, inputs: Iterable[Path] = (), what: str =
     mergeflow did not write; returns the path to write (parents resolved, the name itself not)."""
     target = lexical(path)
     if target.is_symlink():
-        raise OutputError(f"{what} {target} is a symbolic link; mergeflow never writes through a link: "
-                          "give another path")
+        raise OutputError(
+            f"{what} {target} is a symbolic link; mergeflow never writes through a link: give another path"
+        )
     real = target.resolve()
     inputs = [Path(src).resolve() for src in inputs]
     inodes = input_inodes(inputs)
     for src in inputs:
         if real == src or src in real.parents:
-            raise OutputError(f"{what} {target} would be written over or inside the input {src}; "
-                              "choose another path")
+            raise OutputError(
+                f"{what} {target} would be written over or inside the input {src}; choose another path"
+            )
     with contextlib.suppress(OSError):
         st = os.stat(target)
         if (st.st_dev, st.st_ino) in inodes:
-            raise OutputError(f"{what} {target} is the same file as the input {inodes[st.st_dev, st.st_ino]} "
-                              "(a hard link); choose another path")
+            raise OutputError(
+                f"{what} {target} is the same file as the input {inodes[st.st_dev, st.st_ino]} "
+                "(a hard link); choose another path"
+            )
     if not target.parent.is_dir() and not target.parent.parent.is_dir():
-        raise OutputError(f"{what} {target}: the folder {target.parent.parent} does not exist; create it first")
+        raise OutputError(
+            f"{what} {target}: the folder {target.parent.parent} does not exist; create it first"
+        )
     if os.path.lexists(target):
         if not target.is_file():
             raise OutputError(f"{what} {target} exists and is not a regular file; choose another path")
         if not file_written_by_mergeflow(target):
-            raise OutputError(f"{what} {target} exists and was not written by mergeflow; mergeflow only "
-                              "replaces its own files: choose another path or remove it yourself")
+            raise OutputError(
+                f"{what} {target} exists and was not written by mergeflow; mergeflow only "
+                "replaces its own files: choose another path or remove it yourself"
+            )
     return target
 
 

@@ -37,8 +37,15 @@ class StatsInfo:
     model: str
 
 
-def write_stats(path: str | Path, tensors: dict[str, torch.Tensor], kind: str, examples: int,
-                model: str, transposed: set[str] | None = None, extra: dict[str, Any] | None = None) -> Path:
+def write_stats(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    kind: str,
+    examples: int,
+    model: str,
+    transposed: set[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -46,8 +53,14 @@ def write_stats(path: str | Path, tensors: dict[str, torch.Tensor], kind: str, e
         raise StatsError(f"{path}: name statistics files *.safetensors")
     total = sum(float(t.double().sum()) for t in tensors.values())
     numel = sum(t.numel() for t in tensors.values())
-    meta = {"format": "pt", "mergeflow_stats": kind, "examples": str(examples), "model": str(model),
-            "mean": repr(total / max(numel, 1)), "transposed": json.dumps(sorted(transposed or ()))}
+    meta = {
+        "format": "pt",
+        "mergeflow_stats": kind,
+        "examples": str(examples),
+        "model": str(model),
+        "mean": repr(total / max(numel, 1)),
+        "transposed": json.dumps(sorted(transposed or ())),
+    }
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     host = {k: v.contiguous().float().cpu() for k, v in tensors.items()}
     return atomic_write(lexical(path), lambda tmp: save_file(host, str(tmp), metadata=meta))
@@ -71,10 +84,18 @@ def stats_info(path: str | Path, who: str) -> StatsInfo:
         raise StatsError(f"{who}: {p} is not a safetensors statistics file ({exc})") from None
     kind = meta.get("mergeflow_stats")
     if kind not in KINDS:
-        raise StatsError(f"{who}: {p} is not a mergeflow statistics file (no 'mergeflow_stats' metadata); "
-                         "make one with `mergeflow stats`")
+        raise StatsError(
+            f"{who}: {p} is not a mergeflow statistics file (no 'mergeflow_stats' metadata); "
+            "make one with `mergeflow stats`"
+        )
     try:
-        return StatsInfo(p, kind, int(meta.get("examples", "0")), float(meta.get("mean", "1")),
-                         frozenset(json.loads(meta.get("transposed", "[]"))), meta.get("model", ""))
+        return StatsInfo(
+            p,
+            kind,
+            int(meta.get("examples", "0")),
+            float(meta.get("mean", "1")),
+            frozenset(json.loads(meta.get("transposed", "[]"))),
+            meta.get("model", ""),
+        )
     except (ValueError, TypeError) as exc:
         raise StatsError(f"{who}: {p}: malformed metadata ({exc})") from None

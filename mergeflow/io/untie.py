@@ -33,8 +33,9 @@ class UntiedReader(ModelReader):
     def tensors(self) -> Mapping[str, TensorInfo]:  # type: ignore[override]
         """The base's table (as it is now: a Hub model's shards may move) and the head: a view, not a copy,
         since the plan looks tensors up one by one."""
-        return ChainMap({self.head: dataclasses.replace(self.base.info(self.embed), name=self.head)},
-                        self.base.tensors)  # type: ignore[arg-type]
+        return ChainMap(
+            {self.head: dataclasses.replace(self.base.info(self.embed), name=self.head)}, self.base.tensors
+        )  # type: ignore[arg-type]
 
     @tensors.setter
     def tensors(self, value: dict[str, TensorInfo]) -> None:
@@ -52,9 +53,16 @@ class UntiedReader(ModelReader):
     def info(self, tensor: str) -> TensorInfo:
         return self.tensors[self.head] if tensor == self.head else self.base.info(tensor)
 
-    def read(self, tensor: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-             rows: tuple[int, int] | None = None) -> torch.Tensor:
-        return self.base.read(self.embed if tensor == self.head else tensor, dtype=dtype, device=device, rows=rows)
+    def read(
+        self,
+        tensor: str,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str = "cpu",
+        rows: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        return self.base.read(
+            self.embed if tensor == self.head else tensor, dtype=dtype, device=device, rows=rows
+        )
 
     def file_identity(self, file: str) -> str:
         return self.base.file_identity(file)
@@ -67,9 +75,11 @@ def tied_head(reader: ModelReader, embed_names: list[str]) -> str | None:
     """The input embedding a causal LM's missing head is tied to, or None (not tied, or not a causal LM)."""
     cfg = reader.config or {}
     arch = (cfg.get("architectures") or [""])[0]
-    if HEAD in reader.tensors or not cfg.get("tie_word_embeddings", True) or \
-            not str(arch).endswith(("ForCausalLM", "LMHeadModel")):
+    if (
+        HEAD in reader.tensors
+        or not cfg.get("tie_word_embeddings", True)
+        or not str(arch).endswith(("ForCausalLM", "LMHeadModel"))
+    ):
         return None
     found = [n for n in embed_names if n in reader.tensors]
     return found[0] if len(found) == 1 else None
-

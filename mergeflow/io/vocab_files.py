@@ -28,7 +28,10 @@ def vocabulary(model_dir: Path) -> dict[int, str] | None:
             return out
         vj = model_dir / "vocab.json"
         if vj.is_file():
-            return {int(i): str(t) for t, i in json.loads(read_text_capped(vj, "tokenizer file", MAX_TOKENIZER)).items()}
+            return {
+                int(i): str(t)
+                for t, i in json.loads(read_text_capped(vj, "tokenizer file", MAX_TOKENIZER)).items()
+            }
         vt = model_dir / "vocab.txt"
         if vt.is_file():
             return dict(enumerate(read_text_capped(vt, "tokenizer file", MAX_TOKENIZER).splitlines()))

@@ -64,9 +64,7 @@ class ShardLayout:
 
 
 def plan_shards(
-    tensors: list[OutTensor],
-    shard_size: int,
-    metadata: dict[str, str] | None = None,
+    tensors: list[OutTensor], shard_size: int, metadata: dict[str, str] | None = None
 ) -> list[ShardLayout]:
     """Fill shards in the given order up to ``shard_size`` bytes (a larger tensor gets a shard of its own)."""
     groups: list[list[OutTensor]] = []
@@ -90,8 +88,13 @@ def plan_shards(
 class ShardedWriter:
     """Writes tensors into pre-laid-out shards in ``directory``; ``finish`` writes the index last."""
 
-    def __init__(self, directory: str | Path, layouts: list[ShardLayout], done: Iterable[str] = (),
-                 on_shard: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        layouts: list[ShardLayout],
+        done: Iterable[str] = (),
+        on_shard: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         """``done``: shard files already complete (resumed), never touched; ``on_shard(name, size, crc32)``
         is called when a shard is complete."""
         self.dir = Path(directory)
@@ -101,7 +104,9 @@ class ShardedWriter:
         self._where = {t.name: (i, t) for i, lay in enumerate(layouts) for t in lay.tensors}
         self._fds: dict[int, int] = {}
         self._started: set[int] = set()
-        self._left = [0 if lay.filename in self.done else sum(t.nbytes for t in lay.tensors) for lay in layouts]
+        self._left = [
+            0 if lay.filename in self.done else sum(t.nbytes for t in lay.tensors) for lay in layouts
+        ]
         # running CRC-32 of each shard while writes arrive in file order (they do: the plan is in layout order)
         self._crc: dict[int, tuple[int, int] | None] = {}
         self.bytes_written = 0

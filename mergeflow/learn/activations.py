@@ -31,6 +31,7 @@ from mergeflow.align.permute import assignment
 from mergeflow.align.stream_map import solve
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import InputError
+from mergeflow.learn.moments import Moments, head_score
 from mergeflow.learn.refine import module_names
 from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import Loaded, max_length_for
@@ -49,57 +50,14 @@ class MatchReport:
     agreement: dict[str, float] = field(default_factory=dict)  # mean correlation, identity vs matched
 
     def summary(self) -> dict[str, Any]:
-        return {"model": self.model, "examples": self.examples, "rows": self.rows, "passes": self.passes,
-                "seconds": round(self.seconds, 3), **{k: round(v, 6) for k, v in self.agreement.items()}}
-
-
-class Moments:
-    """Running float64 sums of two activation sets seen row by row: counts, sums, squares, cross products."""
-
-    def __init__(self, wa: int, wb: int, device: torch.device) -> None:
-        z: dict[str, Any] = dict(dtype=torch.float64, device=device)
-        self.n = 0
-        self.sa, self.sb = torch.zeros(wa, **z), torch.zeros(wb, **z)
-        self.qa, self.qb = torch.zeros(wa, **z), torch.zeros(wb, **z)
-        self.ba = torch.zeros(wb, wa, **z)  # sum b a^T: rows source, columns anchor
-
-    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = a.to(torch.float64), b.to(torch.float64)
-        self.n += a.shape[0]
-        self.sa += a.sum(0)
-        self.sb += b.sum(0)
-        self.qa += (a * a).sum(0)
-        self.qb += (b * b).sum(0)
-        self.ba += b.T @ a
-
-    def covariance(self) -> torch.Tensor:
-        n = max(self.n, 1)
-        return self.ba / n - torch.outer(self.sb / n, self.sa / n)
-
-    def variances(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = max(self.n, 1)
-        return ((self.qa / n - (self.sa / n) ** 2).clamp_min(0.0), (self.qb / n - (self.sb / n) ** 2).clamp_min(0.0))
-
-    def correlation(self) -> torch.Tensor:
-        va, vb = self.variances()
-        return self.covariance() / torch.outer(vb.sqrt(), va.sqrt()).clamp_min(1e-12)
-
-
-def head_score(m: Moments, h_q: int, h_kv: int, d_h: int) -> torch.Tensor:
-    """score[a, b] (source group a, anchor group b): per query head of the group, the nuclear norm of the
-    heads' output cross-covariance over the square root of their total variances, summed."""
-    cov = m.covariance()
-    va, vb = m.variances()
-    group = h_q // h_kv
-    score = torch.zeros(h_kv, h_kv, dtype=torch.float64, device=cov.device)
-    for a in range(h_kv):
-        for b in range(h_kv):
-            for t in range(group):
-                ra = slice((a * group + t) * d_h, (a * group + t + 1) * d_h)
-                rb = slice((b * group + t) * d_h, (b * group + t + 1) * d_h)
-                scale = (vb[ra].sum() * va[rb].sum()).sqrt().clamp_min(1e-12)
-                score[a, b] += torch.linalg.matrix_norm(cov[ra, rb], ord="nuc") / scale
-    return score
+        return {
+            "model": self.model,
+            "examples": self.examples,
+            "rows": self.rows,
+            "passes": self.passes,
+            "seconds": round(self.seconds, 3),
+            **{k: round(v, 6) for k, v in self.agreement.items()},
+        }
 
 
 class _Stop(Exception):
@@ -134,7 +92,9 @@ def _points(loaded: Loaded, spec: ArchSpec, names: dict[str, str]) -> _Points:
         for role, where in (("down", pts.ffn), ("o", pts.heads)):
             mod = stored_to_mod.get(lay.get(role) or "")
             if mod is None:
-                raise InputError(f"activation matching: no module of {type(model).__name__} holds {lay.get(role)!r}")
+                raise InputError(
+                    f"activation matching: no module of {type(model).__name__} holds {lay.get(role)!r}"
+                )
             where[lay.index] = model.get_submodule(mod.rsplit(".", 1)[0])
         found = re.match(rf"^(.*?\.{lay.index})\.", stored_to_mod[lay.get("o") or ""])
         if found is None:
@@ -143,9 +103,18 @@ def _points(loaded: Loaded, spec: ArchSpec, names: dict[str, str]) -> _Points:
     return pts
 
 
-def match_activations(loaded: Loaded, spec: ArchSpec, anchor: dict[str, torch.Tensor],
-                      source: dict[str, torch.Tensor], data: Data, want: Want, model: str, device: torch.device,
-                      progress: Callable[[int], None] | None = None, budget: int = BUDGET) -> tuple[Found, MatchReport]:
+def match_activations(
+    loaded: Loaded,
+    spec: ArchSpec,
+    anchor: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    data: Data,
+    want: Want,
+    model: str,
+    device: torch.device,
+    progress: Callable[[int], None] | None = None,
+    budget: int = BUDGET,
+) -> tuple[Found, MatchReport]:
     """The permutations (and stream map) that match ``source``'s units to ``anchor``'s on ``data``; both
     models as stored-name state dicts, run through ``loaded``'s model class."""
     start = time.perf_counter()
@@ -155,8 +124,10 @@ def match_activations(loaded: Loaded, spec: ArchSpec, anchor: dict[str, torch.Te
     report.examples = len(data)
     max_length = max_length_for(loaded, data, want.max_length)
     names = module_names(loaded, anchor)
-    params = {m: {mod: s[st].to(device=device, dtype=torch.float32) for mod, st in names.items()}
-              for m, s in (("anchor", anchor), ("source", source))}
+    params = {
+        m: {mod: s[st].to(device=device, dtype=torch.float32) for mod, st in names.items()}
+        for m, s in (("anchor", anchor), ("source", source))
+    }
     pts = _points(loaded, spec, names)
     layers = [lay.index for lay in spec.layers]
     f = spec.ffn_width(lambda n: anchor[n].shape)
@@ -168,10 +139,11 @@ def match_activations(loaded: Loaded, spec: ArchSpec, anchor: dict[str, torch.Te
     if not want.ffn and not want.heads:
         step = len(layers)
     for lo in range(0, len(layers), step):
-        group = layers[lo:lo + step]
+        group = layers[lo : lo + step]
         report.passes += 1
-        moments = _collect(loaded, pts, params, data, want, group, lo == 0, stream, device, max_length, g,
-                           progress, report)
+        moments = _collect(
+            loaded, pts, params, data, want, group, lo == 0, stream, device, max_length, g, progress, report
+        )
         for i in group:  # solved (and freed) as soon as its pass is over
             ffn, heads = moments.pop(("ffn", i), None), moments.pop(("heads", i), None)
             if ffn is not None:
@@ -185,7 +157,9 @@ def match_activations(loaded: Loaded, spec: ArchSpec, anchor: dict[str, torch.Te
     if stream is not None:
         assert want.stream is not None
         corr = stream.correlation()
-        rmap = solve(corr.T if want.stream == "permutation" else (stream.ba / max(stream.n, 1)).T, want.stream)
+        rmap = solve(
+            corr.T if want.stream == "permutation" else (stream.ba / max(stream.n, 1)).T, want.stream
+        )
         if rmap.perm is not None:
             _agree(agree, "stream", corr, rmap.perm)
     report.agreement = {k: sum(v) / len(v) for k, v in sorted(agree.items())}
@@ -200,9 +174,21 @@ def _agree(out: dict[str, list[float]], what: str, corr: torch.Tensor, perm: tor
     out.setdefault(f"{what}_correlation_matched", []).append(float(corr[perm, torch.arange(n)].mean()))
 
 
-def _collect(loaded: Loaded, pts: _Points, params: dict[str, dict[str, torch.Tensor]], data: Data, want: Want,
-             group: list[int], first: bool, stream: Moments | None, device: torch.device, max_length: int,
-             g: Any, progress: Callable[[int], None] | None, report: MatchReport) -> dict[tuple[str, int], Moments]:
+def _collect(
+    loaded: Loaded,
+    pts: _Points,
+    params: dict[str, dict[str, torch.Tensor]],
+    data: Data,
+    want: Want,
+    group: list[int],
+    first: bool,
+    stream: Moments | None,
+    device: torch.device,
+    max_length: int,
+    g: Any,
+    progress: Callable[[int], None] | None,
+    report: MatchReport,
+) -> dict[tuple[str, int], Moments]:
     """One pass over the data with hooks on ``group``'s layers; the moments of each (kind, layer)."""
     moments: dict[tuple[str, int], Moments] = {}
     cache: dict[tuple[str, int], torch.Tensor] = {}
@@ -227,17 +213,25 @@ def _collect(loaded: Loaded, pts: _Points, params: dict[str, dict[str, torch.Ten
     for i in group:
         for kind, mods, on in (("ffn", pts.ffn, want.ffn), ("heads", pts.heads, want.heads)):
             if on:
-                handles.append(mods[i].register_forward_pre_hook(
-                    lambda _m, args, key=(kind, i): take(key, args[0], acc_for(key, args[0].shape[-1]))))
+                handles.append(
+                    mods[i].register_forward_pre_hook(
+                        lambda _m, args, key=(kind, i): take(key, args[0], acc_for(key, args[0].shape[-1]))
+                    )
+                )
 
         def out_hook(_m: Any, _args: Any, out: Any, i: int = i) -> None:
             if stream is not None:
-                take(("stream", i), out[0] if isinstance(out, tuple) else out, acc_for(("stream", i), g.d_model))
+                take(
+                    ("stream", i),
+                    out[0] if isinstance(out, tuple) else out,
+                    acc_for(("stream", i), g.d_model),
+                )
             if i == group[-1]:
                 raise _Stop
 
         handles.append(pts.block[i].register_forward_hook(out_hook))
     if first and stream is not None:
+
         def in_hook(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             x = args[0] if args else kwargs["hidden_states"]
             take(("stream", -1), x, acc_for(("stream", -1), g.d_model))
@@ -245,8 +239,9 @@ def _collect(loaded: Loaded, pts: _Points, params: dict[str, dict[str, torch.Ten
         handles.append(pts.block[group[0]].register_forward_pre_hook(in_hook, with_kwargs=True))
     try:
         with torch.no_grad():
-            for inputs, _labels, mask in batches(data, loaded.tokenizer, want.batch_size, max_length, device,
-                                                 loaded.image_shape):
+            for inputs, _labels, mask in batches(
+                data, loaded.tokenizer, want.batch_size, max_length, device, loaded.image_shape
+            ):
                 state["mask"] = mask
                 for who in ("anchor", "source"):
                     state["who"] = who
@@ -259,7 +254,7 @@ def _collect(loaded: Loaded, pts: _Points, params: dict[str, dict[str, torch.Ten
         for h in handles:
             h.remove()
     if first:  # rows per point: every point of a layer sees the same tokens
-        report.rows = next((m.n for m in moments.values()),
-                           stream.n // (len(group) + 1) if stream is not None else 0)
+        report.rows = next(
+            (m.n for m in moments.values()), stream.n // (len(group) + 1) if stream is not None else 0
+        )
     return moments
-

@@ -41,12 +41,25 @@ class RefineReport:
 
     def summary(self) -> dict[str, Any]:
         k = max(1, len(self.losses) // 10)
-        return {"model": self.model, "steps": len(self.losses), "loss_first": float(np.mean(self.losses[:k])),
-                "loss_last": float(np.mean(self.losses[-k:])), "seconds": round(self.seconds, 3), **self.moved}
+        return {
+            "model": self.model,
+            "steps": len(self.losses),
+            "loss_first": float(np.mean(self.losses[:k])),
+            "loss_last": float(np.mean(self.losses[-k:])),
+            "seconds": round(self.seconds, 3),
+            **self.moved,
+        }
 
 
-def transform(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor], omat: torch.Tensor | None,
-              perms: list[torch.Tensor | None], fold: bool, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def transform(
+    spec: ArchSpec,
+    layout: ResidualLayout,
+    state: dict[str, torch.Tensor],
+    omat: torch.Tensor | None,
+    perms: list[torch.Tensor | None],
+    fold: bool,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
     """``state`` with the stream map ``omat`` (x' = O x) and per-layer FFN maps (new units = P old units)."""
     out = {k: v.to(dtype) for k, v in state.items()}
     rmap = ResidualMap(matrix=omat) if omat is not None else None
@@ -62,27 +75,36 @@ def transform(spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Ten
             apply_layer(canon, rmap, fold)
         out.update(from_canonical(spec, lay, canon, dtype))
     for st in layout.tensors:  # already folded: only mapped here
-        out[st.name] = map_stream(state[st.name].to(torch.float64), st.kind, st.axis, rmap, fold, None, layout.norm_offset).to(dtype)
+        out[st.name] = map_stream(
+            state[st.name].to(torch.float64), st.kind, st.axis, rmap, fold, None, layout.norm_offset
+        ).to(dtype)
     return out
 
 
 def _batch(data: Data, idx: np.ndarray) -> Data:
-    return Data(data.path, None if data.texts is None else [data.texts[i] for i in idx],
-                None if data.x is None else data.x[idx], None if data.labels is None else data.labels[idx])
+    return Data(
+        data.path,
+        None if data.texts is None else [data.texts[i] for i in idx],
+        None if data.x is None else data.x[idx],
+        None if data.labels is None else data.labels[idx],
+    )
 
 
-def _loss(loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: RefineParams,
-          device: torch.device) -> torch.Tensor:
+def _loss(
+    loaded: Loaded, params: dict[str, torch.Tensor], data: Data, p: RefineParams, device: torch.device
+) -> torch.Tensor:
     assert p.max_length is not None  # set once before the steps (max_length_for)
-    inputs, labels, mask = next(iter(batches(data, loaded.tokenizer, len(data), p.max_length, device,
-                                             loaded.image_shape)))
+    inputs, labels, mask = next(
+        iter(batches(data, loaded.tokenizer, len(data), p.max_length, device, loaded.image_shape))
+    )
     logits, keep = logits_and_mask(on_weights(loaded, params), inputs, mask)
     if loaded.task == "classifier":
         if labels is None:
             raise InputError(f"{data.path}: refining a classifier needs labels (.npz 'y' or JSONL 'label')")
         return torch.nn.functional.cross_entropy(logits.float(), labels)
-    ce = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), inputs["input_ids"][:, 1:],
-                                           reduction="none")
+    ce = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), inputs["input_ids"][:, 1:], reduction="none"
+    )
     return ce[keep].mean()
 
 
@@ -98,14 +120,26 @@ def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, st
         if stored in state:
             out[mod] = stored
         elif t.is_floating_point() and mod in params:
-            raise InputError(f"refine: parameter {mod!r} of the model class has no stored tensor to learn from")
+            raise InputError(
+                f"refine: parameter {mod!r} of the model class has no stored tensor to learn from"
+            )
     return out
 
 
-def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[str, torch.Tensor],
-           source: dict[str, torch.Tensor], data: Data, p: RefineParams, group: str | None, fold: bool,
-           model: str, device: torch.device, progress: Callable[[int, float], None] | None = None,
-           ) -> tuple[dict[str, torch.Tensor], RefineReport]:
+def refine(
+    loaded: Loaded,
+    spec: ArchSpec,
+    layout: ResidualLayout,
+    anchor: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    data: Data,
+    p: RefineParams,
+    group: str | None,
+    fold: bool,
+    model: str,
+    device: torch.device,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], RefineReport]:
     """``source`` (aligned, stored names, float64) refined toward ``anchor``; ``group``: the stream map's
     group (orthogonal or orthogonal_centred), or None to learn permutations only."""
     start = time.perf_counter()
@@ -117,8 +151,10 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
     d = spec.geometry.d_model
     omat = torch.eye(d, dtype=torch.float64, device=device, requires_grad=group is not None)
     f = spec.ffn_width(lambda n: b64[n].shape)
-    latents = [torch.eye(f, dtype=torch.float64, device=device, requires_grad=True) if p.permutations else None
-               for _lay in spec.layers]
+    latents = [
+        torch.eye(f, dtype=torch.float64, device=device, requires_grad=True) if p.permutations else None
+        for _lay in spec.layers
+    ]
     groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
     if p.permutations:
         groups.append({"params": [z for z in latents if z is not None], "lr": p.perm_lr})
@@ -151,9 +187,16 @@ def refine(loaded: Loaded, spec: ArchSpec, layout: ResidualLayout, anchor: dict[
         hard = [None if z is None else _hard(z) for z in latents]
         out = transform(spec, layout, b64, final_o, hard, fold, torch.float64)
         eye = torch.eye(d, dtype=torch.float64, device=device)
-        report.moved = {"residual_change": 0.0 if final_o is None else float(torch.linalg.norm(final_o - eye)),
-                        "ffn_units_moved": int(sum(int((h.argmax(1) != torch.arange(len(h), device=h.device)).sum())
-                                                   for h in hard if h is not None))}
+        report.moved = {
+            "residual_change": 0.0 if final_o is None else float(torch.linalg.norm(final_o - eye)),
+            "ffn_units_moved": int(
+                sum(
+                    int((h.argmax(1) != torch.arange(len(h), device=h.device)).sum())
+                    for h in hard
+                    if h is not None
+                )
+            ),
+        }
     report.seconds = time.perf_counter() - start
     return {k: v.detach() for k, v in out.items()}, report
 

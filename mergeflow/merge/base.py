@@ -55,8 +55,11 @@ class MergeContext:
 class StatsFallbackParams(OpParams):
     """Parameters every operator that takes statistics has."""
 
-    fallback: str = Field("linear", description="Operator for tensors without statistics (norms, embeddings, "
-                          "biases where there are none).")
+    fallback: str = Field(
+        "linear",
+        description="Operator for tensors without statistics (norms, embeddings, "
+        "biases where there are none).",
+    )
 
 
 # fn(tensors: Sequence[Tensor], base: Tensor | None, params: P, model_params: Sequence[M], ctx: MergeContext)
@@ -99,8 +102,9 @@ def _empty_safe(fn: MergeFn) -> MergeFn:
     """A tensor with no elements (a dimension of 0) merges to an empty tensor of its shape: operators
     that rank, sample or reshape to (rows, -1) need not handle it."""
 
-    def run(tensors: list[torch.Tensor], base: torch.Tensor | None, params: Any, model_params: Any,
-            ctx: Any) -> torch.Tensor:
+    def run(
+        tensors: list[torch.Tensor], base: torch.Tensor | None, params: Any, model_params: Any, ctx: Any
+    ) -> torch.Tensor:
         if tensors and tensors[0].numel() == 0:
             return tensors[0]
         return fn(tensors, base, params, model_params, ctx)

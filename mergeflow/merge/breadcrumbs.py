@@ -10,8 +10,13 @@ from mergeflow.merge.task_arithmetic import TaskArithmeticParams
 
 
 class BreadcrumbsModelParams(SparseModelParams):
-    gamma: float = Field(0.01, ge=0.0, le=1.0, description="Fraction of entries largest in magnitude dropped as "
-                         "outliers (fewer when density + gamma > 1).")
+    gamma: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of entries largest in magnitude dropped as "
+        "outliers (fewer when density + gamma > 1).",
+    )
 
 
 class BreadcrumbsParams(TaskArithmeticParams, TrimRescaleParams):
@@ -19,13 +24,15 @@ class BreadcrumbsParams(TaskArithmeticParams, TrimRescaleParams):
 
 
 def outlier_deltas(tensors, base, mp, rescale: bool = False) -> list:
-    return [outlier_trim_(d, m.density, m.gamma, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)]
+    return [
+        outlier_trim_(d, m.density, m.gamma, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)
+    ]
 
 
-@merge_operator("breadcrumbs", params=BreadcrumbsParams, model_params=BreadcrumbsModelParams, needs_base=True,
-                work=3.0)
+@merge_operator(
+    "breadcrumbs", params=BreadcrumbsParams, model_params=BreadcrumbsModelParams, needs_base=True, work=3.0
+)
 def breadcrumbs(tensors, base, p: BreadcrumbsParams, mp, ctx):
     """base + lambda * sum_i w_i mask_i(x_i - base), each mask dropping the gamma largest and the smallest entries."""
     trimmed = outlier_deltas(tensors, base, mp, p.rescale)
     return weighted_sum(trimmed, model_weights(mp, p.normalize, ctx)).mul_(p.lambda_).add_(base)
-

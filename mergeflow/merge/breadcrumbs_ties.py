@@ -10,12 +10,20 @@ from mergeflow.merge.sparsify import SignParams, TrimRescaleParams, sign_consens
 
 
 class BreadcrumbsTiesParams(SignParams, TrimRescaleParams):
-    normalize: bool = Field(False, description="Divide by the summed weight of the models that agree in sign "
-                            "(the disjoint mean); false (mergekit's default here) gives the plain sum.")
+    normalize: bool = Field(
+        False,
+        description="Divide by the summed weight of the models that agree in sign "
+        "(the disjoint mean); false (mergekit's default here) gives the plain sum.",
+    )
 
 
-@merge_operator("breadcrumbs_ties", params=BreadcrumbsTiesParams, model_params=BreadcrumbsModelParams,
-                needs_base=True, work=4.0)
+@merge_operator(
+    "breadcrumbs_ties",
+    params=BreadcrumbsTiesParams,
+    model_params=BreadcrumbsModelParams,
+    needs_base=True,
+    work=4.0,
+)
 def breadcrumbs_ties(tensors, base, p: BreadcrumbsTiesParams, mp, ctx):
     """base + lambda * sign-elected merge of task vectors masked at both magnitude tails."""
     trimmed = outlier_deltas(tensors, base, mp, p.rescale)

@@ -8,21 +8,29 @@ from mergeflow.merge.base import OpParams, StatsFallbackParams, merge_operator
 
 
 class FisherParams(StatsFallbackParams):
-    epsilon: float = Field(1e-8, ge=0.0, description="Floor under every Fisher entry, so that parameters no "
-                           "model is informative about fall back to the weighted average.")
-    normalize: bool = Field(True, description="Divide each model's Fisher by its mean over the whole model "
-                            "(from its statistics file), so models whose Fishers differ in scale count alike. On "
-                            "by default: Fishers of different tasks differ by orders of magnitude (31x between a "
-                            "sentiment and an NER fine-tune of one encoder), and without it the model with the "
-                            "largest Fisher takes nearly every entry. false: Matena & Raffel's plain formula.")
+    epsilon: float = Field(
+        1e-8,
+        ge=0.0,
+        description="Floor under every Fisher entry, so that parameters no "
+        "model is informative about fall back to the weighted average.",
+    )
+    normalize: bool = Field(
+        True,
+        description="Divide each model's Fisher by its mean over the whole model "
+        "(from its statistics file), so models whose Fishers differ in scale count alike. On "
+        "by default: Fishers of different tasks differ by orders of magnitude (31x between a "
+        "sentiment and an NER fine-tune of one encoder), and without it the model with the "
+        "largest Fisher takes nearly every entry. false: Matena & Raffel's plain formula.",
+    )
 
 
 class FisherModelParams(OpParams):
     weight: float = Field(1.0, ge=0.0, description="Weight of this model.")
 
 
-@merge_operator("fisher", params=FisherParams, model_params=FisherModelParams, elementwise=True, work=3.0,
-                stats="fisher")
+@merge_operator(
+    "fisher", params=FisherParams, model_params=FisherModelParams, elementwise=True, work=3.0, stats="fisher"
+)
 def fisher(tensors, base, p: FisherParams, mp, ctx):
     """sum_i w_i F_i x_i / sum_i w_i F_i, with F_i floored at epsilon (statistics: fisher)."""
     num = None

@@ -14,7 +14,9 @@ from mergeflow.merge.linear import Weight
 
 class KarcherParams(OpParams):
     max_iter: int = Field(20, ge=1, le=1000, description="Most Riemannian gradient steps.")
-    tol: float = Field(1e-7, gt=0.0, description="Stop when the mean tangent step is shorter than this (radians).")
+    tol: float = Field(
+        1e-7, gt=0.0, description="Stop when the mean tangent step is shorter than this (radians)."
+    )
 
 
 @merge_operator("karcher", params=KarcherParams, model_params=Weight, min_models=1, work=4.0)

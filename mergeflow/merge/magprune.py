@@ -10,18 +10,26 @@ from mergeflow.merge.sparsify import Rescale, SparseModelParams, l1_match_
 
 
 class DellaModelParams(SparseModelParams):
-    epsilon: float = Field(0.0, ge=0.0, lt=1.0, description="Spread of keep probabilities: from density - epsilon "
-                           "(smallest entry of a row) to density + epsilon (largest); 0 is DARE.")
+    epsilon: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Spread of keep probabilities: from density - epsilon "
+        "(smallest entry of a row) to density + epsilon (largest); 0 is DARE.",
+    )
 
     @model_validator(mode="after")
     def _inside(self) -> DellaModelParams:
-        if self.density < 1.0 and not (self.density - self.epsilon > 0.0 and self.density + self.epsilon <= 1.0):
+        if self.density < 1.0 and not (
+            self.density - self.epsilon > 0.0 and self.density + self.epsilon <= 1.0
+        ):
             raise ValueError("density - epsilon and density + epsilon must lie in (0, 1]")
         return self
 
 
-def magprune_(delta: torch.Tensor, density: float, epsilon: float, gen: torch.Generator,
-              rescale: Rescale = True) -> torch.Tensor:
+def magprune_(
+    delta: torch.Tensor, density: float, epsilon: float, gen: torch.Generator, rescale: Rescale = True
+) -> torch.Tensor:
     """Within each row, rank entries by magnitude; keep each with probability density - epsilon + 2 epsilon
     rank / (n - 1) (seeded) and scale survivors by 1/probability, in place."""
     if density >= 1.0:
@@ -41,4 +49,7 @@ def magprune_(delta: torch.Tensor, density: float, epsilon: float, gen: torch.Ge
 
 def della_deltas(tensors, base, mp, ctx: MergeContext, rescale: Rescale) -> list[torch.Tensor]:
     gen = ctx.generator(base.device)
-    return [magprune_(d, m.density, m.epsilon, gen, rescale) for d, m in zip(deltas_(tensors, base), mp, strict=True)]
+    return [
+        magprune_(d, m.density, m.epsilon, gen, rescale)
+        for d, m in zip(deltas_(tensors, base), mp, strict=True)
+    ]

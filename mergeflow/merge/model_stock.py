@@ -17,13 +17,16 @@ class ModelStockParams(OpParams):
 def model_stock(tensors, base, p: ModelStockParams, mp, ctx):
     """t avg(x_i) + (1 - t) base, t = k cos / (1 + (k - 1) cos), cos the mean pairwise cosine of task vectors."""
     shape = base.shape
-    flat = (lambda t: t.reshape(t.shape[0] if t.dim() > 1 else 1, -1)) if p.filter_wise else (
-        lambda t: t.reshape(1, -1))
+    flat = (
+        (lambda t: t.reshape(t.shape[0] if t.dim() > 1 else 1, -1))
+        if p.filter_wise
+        else (lambda t: t.reshape(1, -1))
+    )
     b = flat(base)
     offs = [flat(t) - b for t in tensors]  # (r, c) each
     cos = []
     for i, a in enumerate(offs):
-        for c in offs[i + 1:]:
+        for c in offs[i + 1 :]:
             den = (torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(c, dim=-1)).clamp(min=1e-6)
             cos.append(((a * c).sum(dim=-1) / den).clamp(-1, 1))
     k = len(tensors)

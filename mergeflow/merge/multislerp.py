@@ -19,8 +19,9 @@ class MultislerpParams(OpParams):
     eps: float = Field(1e-8, gt=0.0, description="Below this norm a direction counts as zero.")
 
 
-@merge_operator("multislerp", params=MultislerpParams, model_params=Weight, min_models=1, work=3.0,
-                optional_base=True)
+@merge_operator(
+    "multislerp", params=MultislerpParams, model_params=Weight, min_models=1, work=3.0, optional_base=True
+)
 def multislerp(tensors, base, p: MultislerpParams, mp, ctx):
     """normalize(sum_i w_i x_i / |x_i|) * sum_i w_i |x_i| (x_i: task vectors when a base is set, plus the base)."""
     if len(tensors) == 1:
@@ -37,7 +38,9 @@ def multislerp(tensors, base, p: MultislerpParams, mp, ctx):
     mean_norm = float(torch.linalg.vector_norm(mean))
     if mean_norm < p.eps:
         if len(xs) != 2:
-            raise ValueError(f"{ctx.tensor}: the weighted directions cancel (antipodal models); change the weights")
+            raise ValueError(
+                f"{ctx.tensor}: the weighted directions cancel (antipodal models); change the weights"
+            )
         out = xs[0] * w[0] + xs[1] * w[1]
     else:
         out = mean.mul_(sum(wi * n for wi, n in zip(w, norms, strict=True)) / mean_norm)

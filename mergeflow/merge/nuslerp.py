@@ -12,7 +12,9 @@ from mergeflow.merge.linear import Weight
 
 class NuslerpParams(OpParams):
     flatten: bool = Field(True, description="One angle for the whole tensor; false: one per row (or column).")
-    row_wise: bool = Field(False, description="Without flatten: slerp columns (vectors along dim 0) instead of rows.")
+    row_wise: bool = Field(
+        False, description="Without flatten: slerp columns (vectors along dim 0) instead of rows."
+    )
 
 
 def slerp_along(t: float, v0: torch.Tensor, v1: torch.Tensor, flatten: bool, row_wise: bool) -> torch.Tensor:
@@ -28,15 +30,23 @@ def slerp_along(t: float, v0: torch.Tensor, v1: torch.Tensor, flatten: bool, row
     colinear = (1 - cos * cos) <= 1e-16
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
     sin = torch.where(colinear, torch.ones_like(theta), torch.sin(theta))
-    out = torch.where(colinear, (1 - t) * a + t * b,
-                      (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / sin)
+    out = torch.where(
+        colinear, (1 - t) * a + t * b, (torch.sin((1 - t) * theta) * a + torch.sin(t * theta) * b) / sin
+    )
     if not flatten and v0.dim() >= 2 and row_wise:
         return out.reshape(v0.T.shape).T.reshape(shape)
     return out.reshape(shape)
 
 
-@merge_operator("nuslerp", params=NuslerpParams, model_params=Weight, min_models=2, max_models=2, work=4.0,
-                optional_base=True)
+@merge_operator(
+    "nuslerp",
+    params=NuslerpParams,
+    model_params=Weight,
+    min_models=2,
+    max_models=2,
+    work=4.0,
+    optional_base=True,
+)
 def nuslerp(tensors, base, p: NuslerpParams, mp, ctx):
     """slerp(x_0, x_1) at t = w_1 / (w_0 + w_1); on task vectors (then plus the base) when a base is set."""
     total = mp[0].weight + mp[1].weight

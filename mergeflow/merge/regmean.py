@@ -10,10 +10,19 @@ from mergeflow.merge.base import StatsFallbackParams, merge_operator
 
 
 class RegMeanParams(StatsFallbackParams):
-    alpha: float = Field(0.9, ge=0.0, le=1.0, description="Scale of the Gram matrices' off-diagonal entries "
-                         "(the diagonal is kept); 1 is the exact least-squares solution, 0 a diagonal weighting.")
-    ridge: float = Field(1e-6, ge=0.0, description="Added to the summed Gram's diagonal, relative to its mean "
-                         "diagonal entry, so that the solve is stable.")
+    alpha: float = Field(
+        0.9,
+        ge=0.0,
+        le=1.0,
+        description="Scale of the Gram matrices' off-diagonal entries "
+        "(the diagonal is kept); 1 is the exact least-squares solution, 0 a diagonal weighting.",
+    )
+    ridge: float = Field(
+        1e-6,
+        ge=0.0,
+        description="Added to the summed Gram's diagonal, relative to its mean "
+        "diagonal entry, so that the solve is stable.",
+    )
 
 
 def _reduced(g: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -16,8 +16,13 @@ from mergeflow.merge.sparsify import top_mask
 
 
 class SceParams(OpParams):
-    select_topk: float = Field(1.0, gt=0.0, le=1.0, description="Fraction of the entries with nonzero variance "
-                               "across task vectors that are kept (those varying most).")
+    select_topk: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of the entries with nonzero variance "
+        "across task vectors that are kept (those varying most).",
+    )
 
 
 @merge_operator("sce", params=SceParams, needs_base=True, work=5.0)

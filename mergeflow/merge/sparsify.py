@@ -21,14 +21,20 @@ Rescale = bool | Literal["l1"]
 
 
 class DropParams(OpParams):
-    rescale: Rescale = Field(True, description="true: scale each surviving entry by 1/its keep probability (the "
-                             "papers'; unbiased); 'l1': scale each task vector back to its L1 norm before the drop "
-                             "(mergekit's); false: no rescale.")
+    rescale: Rescale = Field(
+        True,
+        description="true: scale each surviving entry by 1/its keep probability (the "
+        "papers'; unbiased); 'l1': scale each task vector back to its L1 norm before the drop "
+        "(mergekit's); false: no rescale.",
+    )
 
 
 class TrimRescaleParams(OpParams):
-    rescale: bool = Field(False, description="Scale each trimmed task vector back to its L1 norm before the trim "
-                          "(mergekit's rescale option).")
+    rescale: bool = Field(
+        False,
+        description="Scale each trimmed task vector back to its L1 norm before the trim "
+        "(mergekit's rescale option).",
+    )
 
 
 def l1_match_(masked: torch.Tensor, l1_before: torch.Tensor) -> torch.Tensor:
@@ -94,8 +100,9 @@ def magnitudes(delta: torch.Tensor) -> torch.Tensor:
     return mag.float() if mag.element_size() < 4 else mag
 
 
-def magnitude_trim_(deltas: Sequence[torch.Tensor], densities: Sequence[float], rescale: bool = False,
-                    ) -> list[torch.Tensor]:
+def magnitude_trim_(
+    deltas: Sequence[torch.Tensor], densities: Sequence[float], rescale: bool = False
+) -> list[torch.Tensor]:
     """Keep exactly the k = max(1, floor(density * n)) entries of each tensor largest in magnitude and
     zero the rest, in place (TIES' trim); ``rescale`` restores each tensor's L1 norm afterwards."""
     for delta, density in zip(deltas, densities, strict=True):

@@ -16,7 +16,6 @@ class TiesParams(SignParams, TrimRescaleParams):
     pass
 
 
-
 @merge_operator("ties", params=TiesParams, model_params=SparseModelParams, needs_base=True, work=4.0)
 def ties(tensors, base, p: TiesParams, mp, ctx):
     """base + lambda * disjoint_mean(sign-elected, magnitude-trimmed task vectors)."""

@@ -10,7 +10,9 @@ from typing import Any
 
 from mergeflow.errors import InputError
 
-MLP_RE = re.compile(r"^(?P<pre>.*\.layers\.(?P<layer>\d+)\.)mlp\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$")
+MLP_RE = re.compile(
+    r"^(?P<pre>.*\.layers\.(?P<layer>\d+)\.)mlp\.(?P<proj>gate_proj|up_proj|down_proj)\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -28,35 +30,73 @@ class MoeArch:
         cfg = {k: v for k, v in base.items() if k not in ("architectures", "model_type", "auto_map")}
         inter = base.get("intermediate_size")
         if self.name == "mixtral":
-            cfg.update(model_type="mixtral", architectures=["MixtralForCausalLM"], num_local_experts=n_experts,
-                       num_experts_per_tok=per_token, sliding_window=None)
+            cfg.update(
+                model_type="mixtral",
+                architectures=["MixtralForCausalLM"],
+                num_local_experts=n_experts,
+                num_experts_per_tok=per_token,
+                sliding_window=None,
+            )
         elif self.name == "qwen2_moe":
-            cfg.update(model_type="qwen2_moe", architectures=["Qwen2MoeForCausalLM"], num_experts=n_experts,
-                       num_experts_per_tok=per_token, decoder_sparse_step=1, norm_topk_prob=True, mlp_only_layers=[],
-                       moe_intermediate_size=inter, shared_expert_intermediate_size=inter, use_sliding_window=False,
-                       sliding_window=None, qkv_bias=has_bias)
+            cfg.update(
+                model_type="qwen2_moe",
+                architectures=["Qwen2MoeForCausalLM"],
+                num_experts=n_experts,
+                num_experts_per_tok=per_token,
+                decoder_sparse_step=1,
+                norm_topk_prob=True,
+                mlp_only_layers=[],
+                moe_intermediate_size=inter,
+                shared_expert_intermediate_size=inter,
+                use_sliding_window=False,
+                sliding_window=None,
+                qkv_bias=has_bias,
+            )
         else:
-            cfg.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], num_experts=n_experts,
-                       num_experts_per_tok=per_token, decoder_sparse_step=1, norm_topk_prob=True, mlp_only_layers=[],
-                       moe_intermediate_size=inter, use_sliding_window=False, sliding_window=None)
+            cfg.update(
+                model_type="qwen3_moe",
+                architectures=["Qwen3MoeForCausalLM"],
+                num_experts=n_experts,
+                num_experts_per_tok=per_token,
+                decoder_sparse_step=1,
+                norm_topk_prob=True,
+                mlp_only_layers=[],
+                moe_intermediate_size=inter,
+                use_sliding_window=False,
+                sliding_window=None,
+            )
         if n_experts & (n_experts - 1):
-            warnings.warn(f"{n_experts} experts is not a power of two; llama.cpp will not load the model",
-                          stacklevel=2)
+            warnings.warn(
+                f"{n_experts} experts is not a power of two; llama.cpp will not load the model", stacklevel=2
+            )
         return cfg
 
 
 _PROJ = {p: p for p in ("gate_proj", "up_proj", "down_proj")}
 ARCHS = {
-    "mixtral": MoeArch("mixtral", ("llama", "mistral"), "block_sparse_moe.experts.{e}.{proj}.weight",
-                       "block_sparse_moe.gate.weight", {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"}),
-    "qwen2_moe": MoeArch("qwen2_moe", ("llama", "mistral", "qwen2"), "mlp.experts.{e}.{proj}.weight",
-                         "mlp.gate.weight", _PROJ, "mlp.shared_expert.{proj}.weight", "mlp.shared_expert_gate.weight"),
+    "mixtral": MoeArch(
+        "mixtral",
+        ("llama", "mistral"),
+        "block_sparse_moe.experts.{e}.{proj}.weight",
+        "block_sparse_moe.gate.weight",
+        {"gate_proj": "w1", "down_proj": "w2", "up_proj": "w3"},
+    ),
+    "qwen2_moe": MoeArch(
+        "qwen2_moe",
+        ("llama", "mistral", "qwen2"),
+        "mlp.experts.{e}.{proj}.weight",
+        "mlp.gate.weight",
+        _PROJ,
+        "mlp.shared_expert.{proj}.weight",
+        "mlp.shared_expert_gate.weight",
+    ),
     "qwen3_moe": MoeArch("qwen3_moe", ("qwen3",), "mlp.experts.{e}.{proj}.weight", "mlp.gate.weight", _PROJ),
 }
 
 
 def choose_arch(asked: str | None, model_type: str | None, shared: bool, has_bias: bool) -> MoeArch:
     """The architecture asked for, else the first that takes these models (Mixtral first, as mergekit)."""
+
     def fits(a: MoeArch) -> str | None:
         if model_type not in a.dense:
             return f"{a.name} takes {'/'.join(a.dense)} models, not {model_type}"

@@ -37,7 +37,9 @@ def load_config(path: str | Path) -> tuple[MoeConfig, str]:
         for e in exc.errors():
             loc = tuple(e["loc"])
             dotted = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc).replace(".[", "[")
-            problems.append(f"{src.where(loc)}: {dotted or '(top level)'}: {e['msg'].removeprefix('Value error, ')}")
+            problems.append(
+                f"{src.where(loc)}: {dotted or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            )
         raise RecipeError(problems, str(path)) from None
     return cfg, read_text_capped(path, "config", MAX_BYTES)
 
@@ -61,7 +63,12 @@ def _as_recipe(cfg: MoeConfig, where: str) -> tuple[Any, dict[str, str]]:
         path, _plus, lora = ref.partition("+")
         here = Path(where).resolve().parent
         models[name] = {"path": _local(path, here), **({"lora": _local(lora, here)} if lora else {})}
-    data = {"models": models, "merge": "passthrough", "seed": cfg.seed, "output": {"shard_size": int(cfg.shard_size)}}
+    data = {
+        "models": models,
+        "merge": "passthrough",
+        "seed": cfg.seed,
+        "output": {"shard_size": int(cfg.shard_size)},
+    }
     if cfg.dtype is not None:
         data["out_dtype"] = cfg.dtype
     recipe = validate(YamlSource(data, f"{where} (models)"), OPERATORS, STEPS, root=Path.cwd())
@@ -84,14 +91,16 @@ def prepare_moe(path: str | Path, opts: Options) -> Prepared:
         if cfg.dtype is not None:
             config["torch_dtype"] = config["dtype"] = cfg.dtype
         gates = Gates(lambda: _gates(cfg, readers, layers, hidden, [e for _n, e in experts + shared], opts))
-        return build_moe_plan(recipe, readers, arch, "base", experts, shared[0] if shared else None, gates, config,
-                              max_memory)
+        return build_moe_plan(
+            recipe, readers, arch, "base", experts, shared[0] if shared else None, gates, config, max_memory
+        )
 
     return prepare(path, opts, recipe=recipe, recipe_text=text, planner=planner)
 
 
-def _gates(cfg: MoeConfig, readers: dict[str, Any], layers: int, hidden: int, experts: list[Any],
-           opts: Options) -> Any:
+def _gates(
+    cfg: MoeConfig, readers: dict[str, Any], layers: int, hidden: int, experts: list[Any], opts: Options
+) -> Any:
     """Every router row, computed once when the first router tensor is written."""
     import torch
 
@@ -103,16 +112,24 @@ def _gates(cfg: MoeConfig, readers: dict[str, Any], layers: int, hidden: int, ex
     if cfg.gate_mode != "random":
         tokenizer = load_tokenizer(Path(base.path), "base model")
         if tokenizer is None:
-            raise RecipeError([f"gate_mode {cfg.gate_mode}: the base model {base.path} has no tokenizer to read the "
-                               "prompts with"])
+            raise RecipeError(
+                [
+                    f"gate_mode {cfg.gate_mode}: the base model {base.path} has no tokenizer to read the "
+                    "prompts with"
+                ]
+            )
     if cfg.gate_mode in ("hidden", "hidden_avg"):
         from mergeflow.io.hub_reader import HubReader
         from mergeflow.io.lora import LoraReader
         from mergeflow.stats.model import load_model
 
         if isinstance(base, LoraReader):
-            raise RecipeError([f"gate_mode {cfg.gate_mode}: the base model has a LoRA adapter; merge it first "
-                               "(a stage of its own) to read prompts through it"])
+            raise RecipeError(
+                [
+                    f"gate_mode {cfg.gate_mode}: the base model has a LoRA adapter; merge it first "
+                    "(a stage of its own) to read prompts through it"
+                ]
+            )
         if isinstance(base, HubReader):  # the whole base model reads the prompts: every shard on disk first
             for file in sorted({t.file for t in base.tensors.values()}):
                 base.ensure(file)

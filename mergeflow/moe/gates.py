@@ -26,8 +26,12 @@ def tokenize(tokenizer: Any, prompts: list[str]) -> dict[str, torch.Tensor]:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.bos_token or tokenizer.eos_token
-    return tokenizer([(tokenizer.bos_token or "") + p for p in prompts], return_tensors="pt", padding=True,
-                     add_special_tokens=False)
+    return tokenizer(
+        [(tokenizer.bos_token or "") + p for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+    )
 
 
 def hidden_rows(model: Any, tokenizer: Any, prompts: list[str], average: bool) -> torch.Tensor:
@@ -48,14 +52,24 @@ def embed_rows(embed: torch.Tensor, tokenizer: Any, prompts: list[str], layers: 
     enc = tokenize(tokenizer, prompts)
     ids, mask = enc["input_ids"].to(embed.device), enc["attention_mask"].to(embed.device)
     if int(ids.max()) >= embed.shape[0]:
-        raise InputError(f"the base model's tokenizer gives token id {int(ids.max())}, beyond its "
-                         f"{embed.shape[0]} embedding rows")
+        raise InputError(
+            f"the base model's tokenizer gives token id {int(ids.max())}, beyond its "
+            f"{embed.shape[0]} embedding rows"
+        )
     total = (embed.float()[ids] * mask[..., None]).sum((0, 1))
     return _normed(total).expand(layers, -1)
 
 
-def gate_vectors(mode: str, experts: list[Any], layers: int, hidden: int, seed: int, model: Any = None,
-                 tokenizer: Any = None, embed: torch.Tensor | None = None) -> torch.Tensor:
+def gate_vectors(
+    mode: str,
+    experts: list[Any],
+    layers: int,
+    hidden: int,
+    seed: int,
+    model: Any = None,
+    tokenizer: Any = None,
+    embed: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(layers, experts, hidden) router rows."""
     if mode == "random":
         gen = torch.Generator().manual_seed(seed)
@@ -78,12 +92,18 @@ def gate_vectors(mode: str, experts: list[Any], layers: int, hidden: int, seed: 
 
 def warn_degenerate(gates: torch.Tensor, threshold: float = 5.0) -> None:
     """mergekit's check: router rows of one layer that are nearly linearly dependent route poorly."""
-    bad = [i for i in range(gates.shape[0]) if gates.shape[1] > 1 and
-           float(torch.linalg.cond(gates[i].double())) > threshold]
+    bad = [
+        i
+        for i in range(gates.shape[0])
+        if gates.shape[1] > 1 and float(torch.linalg.cond(gates[i].double())) > threshold
+    ]
     if bad:
-        warnings.warn(f"the router rows of {len(bad)} of {gates.shape[0]} layers are nearly dependent (e.g. "
-                      f"layer {bad[0]}): the experts' prompts may be too similar, some experts will get few "
-                      "tokens", stacklevel=2)
+        warnings.warn(
+            f"the router rows of {len(bad)} of {gates.shape[0]} layers are nearly dependent (e.g. "
+            f"layer {bad[0]}): the experts' prompts may be too similar, some experts will get few "
+            "tokens",
+            stacklevel=2,
+        )
 
 
 @dataclass(eq=False)
@@ -114,4 +134,4 @@ class GateRows:
         return (self.gates,)
 
     def run(self, ctx: Any, gates: torch.Tensor) -> torch.Tensor:
-        return gates[self.layer, self.start:self.stop].to(ctx.compute_dtype).contiguous()
+        return gates[self.layer, self.start : self.stop].to(ctx.compute_dtype).contiguous()

@@ -47,9 +47,17 @@ class Router(GateRows):
     op = "router"
 
 
-def build_moe_plan(recipe: Any, readers: Mapping[str, ModelReader], arch: MoeArch, base: str,
-                   experts: list[tuple[str, Any]], shared: tuple[str, Any] | None, gates: Gates,
-                   config: dict[str, Any], max_memory: int | None = None) -> Plan:
+def build_moe_plan(
+    recipe: Any,
+    readers: Mapping[str, ModelReader],
+    arch: MoeArch,
+    base: str,
+    experts: list[tuple[str, Any]],
+    shared: tuple[str, Any] | None,
+    gates: Gates,
+    config: dict[str, Any],
+    max_memory: int | None = None,
+) -> Plan:
     """``experts``: (model name, Expert) per routed expert; ``shared``: the shared expert's, if any."""
     ref = readers[base]
     csize = torch.empty((), dtype=NAMES[recipe.dtype]).element_size()
@@ -59,11 +67,15 @@ def build_moe_plan(recipe: Any, readers: Mapping[str, ModelReader], arch: MoeArc
     peak, peak_name = 0, ""
     routed = len(experts)
     done_router: set[int] = set()
-    who = [(i, name, e) for i, (name, e) in enumerate(experts)] + ([(-1, *shared)] if shared is not None else [])
+    who = [(i, name, e) for i, (name, e) in enumerate(experts)] + (
+        [(-1, *shared)] if shared is not None else []
+    )
 
     def load(model: str, tensor: str) -> Load:
         info = readers[model].info(tensor)
-        return loads.setdefault((model, tensor), Load(model, tensor, info.numel, info.nbytes, is_float(info.dtype)))
+        return loads.setdefault(
+            (model, tensor), Load(model, tensor, info.numel, info.nbytes, is_float(info.dtype))
+        )
 
     def out_dtype(stored: str) -> str:
         return TORCH_TO_ST[NAMES[recipe.out_dtype]] if recipe.out_dtype and is_float(stored) else stored
@@ -81,8 +93,10 @@ def build_moe_plan(recipe: Any, readers: Mapping[str, ModelReader], arch: MoeArc
         m = MLP_RE.match(t)
         if m is None:
             if ".mlp." in t:
-                raise ModelError(f"model '{base}': tensor {t!r} is part of an MLP but is not a gate/up/down "
-                                 "projection weight; a mixture of experts cannot take it")
+                raise ModelError(
+                    f"model '{base}': tensor {t!r} is part of an MLP but is not a gate/up/down "
+                    "projection weight; a mixture of experts cannot take it"
+                )
             add(t, out_dtype(info.dtype), info.shape, load(base, t))
             continue
         layer, pre, proj = int(m["layer"]), m["pre"], m["proj"]
@@ -91,23 +105,48 @@ def build_moe_plan(recipe: Any, readers: Mapping[str, ModelReader], arch: MoeArc
             hidden = info.shape[1] if proj != "down_proj" else info.shape[0]
             add(pre + arch.router, out_dtype(info.dtype), (routed, hidden), Router(gates, layer, 0, routed))
             if shared is not None and arch.shared_router is not None:
-                add(pre + arch.shared_router, out_dtype(info.dtype), (1, hidden),
-                    Router(gates, layer, routed, routed + 1))
+                add(
+                    pre + arch.shared_router,
+                    out_dtype(info.dtype),
+                    (1, hidden),
+                    Router(gates, layer, routed, routed + 1),
+                )
         for i, name, e in who:
             other = readers[name].tensors.get(t)
             if other is None or other.shape != info.shape:
                 got = "lacks it" if other is None else f"has shape {list(other.shape)}"
-                raise ModelError(f"expert model '{name}': tensor {t!r} {got}; the base model's is {list(info.shape)}")
+                raise ModelError(
+                    f"expert model '{name}': tensor {t!r} {got}; the base model's is {list(info.shape)}"
+                )
             pattern = arch.shared if i < 0 else arch.expert
             oname = pre + (pattern or "").format(e=i, proj=arch.proj[proj])
-            task = ExpertTensor(oname, load(name, t), e.residual_scale if proj == "down_proj" else None,
-                                e.noise_scale, recipe.seed)
+            task = ExpertTensor(
+                oname,
+                load(name, t),
+                e.residual_scale if proj == "down_proj" else None,
+                e.noise_scale,
+                recipe.seed,
+            )
             add(oname, out_dtype(other.dtype), info.shape, task)
     if not done_router:
-        raise ModelError(f"model '{base}' has no MLP projections (model.layers.N.mlp.gate_proj/up_proj/down_proj)")
+        raise ModelError(
+            f"model '{base}' has no MLP projections (model.layers.N.mlp.gate_proj/up_proj/down_proj)"
+        )
     if max_memory is not None and peak > max_memory:
-        raise MemoryBudgetError(f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB, more than the "
-                                f"{max_memory / 2**20:.1f} MiB tensors in flight may use; raise --max-memory")
+        raise MemoryBudgetError(
+            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB, more than the "
+            f"{max_memory / 2**20:.1f} MiB tensors in flight may use; raise --max-memory"
+        )
     layouts = plan_shards(outs, int(recipe.output.shard_size))
-    return Plan(recipe, writes, layouts, sum(ld.stored_bytes for ld in loads.values()), sum(o.nbytes for o in outs),
-                peak, peak_name, {f"moe ({arch.name})": len(outs)}, len(outs), config_json=config)
+    return Plan(
+        recipe,
+        writes,
+        layouts,
+        sum(ld.stored_bytes for ld in loads.values()),
+        sum(o.nbytes for o in outs),
+        peak,
+        peak_name,
+        {f"moe ({arch.name})": len(outs)},
+        len(outs),
+        config_json=config,
+    )

@@ -17,18 +17,9 @@ from pathlib import PurePath
 from typing import Any
 
 from mergeflow.errors import RecipeError
+from mergeflow.recipe.mergekit_keys import DEFAULTS, L1_RESCALE, METHODS, RENAMES, TOP_KEYS
+from mergeflow.recipe.mergekit_tokenizer import convert_tokenizer
 from mergeflow.recipe.yaml_source import YamlSource
-
-METHODS = {"linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp", "passthrough", "breadcrumbs",
-           "breadcrumbs_ties", "della", "della_linear", "model_stock", "nearswap", "karcher", "sce", "nuslerp", "multislerp"}
-# mergekit's defaults where they differ from mergeflow's (mergekit GeneralizedTaskArithmetic registry)
-DEFAULTS = {"dare_ties": {"normalize": False}}
-# methods whose random drop mergekit rescales to the task vector's L1 norm by default
-L1_RESCALE = {"dare_ties", "dare_linear", "della", "della_linear"}
-# mergekit names some parameters after the method
-RENAMES = {"nuslerp": {"nuslerp_flatten": "flatten", "nuslerp_row_wise": "row_wise"}}
-TOP_KEYS = {"models", "base_model", "merge_method", "parameters", "dtype", "out_dtype", "tokenizer_source",
-            "slices", "tokenizer", "chat_template", "name", "modules"}
 
 
 def is_mergekit(data: Any) -> bool:
@@ -82,8 +73,9 @@ class _Converter:
             self.fail(where, f"{path!r}: write a model, or a model and a LoRA adapter as MODEL+ADAPTER")
             return None
         if path not in self.by_path:
-            name = _name(base if not adapter else f"{PurePath(base).name}+{PurePath(adapter).name}",
-                         set(self.models))
+            name = _name(
+                base if not adapter else f"{PurePath(base).name}+{PurePath(adapter).name}", set(self.models)
+            )
             self.by_path[path] = name
             self.models[name] = {"path": base, "params": {}, **({"lora": adapter} if adapter else {})}
             self.at(("models", name), where)
@@ -114,7 +106,9 @@ class _Converter:
             if key == "int8_mask":
                 continue
             name = RENAMES.get(method, {}).get(key, key)
-            self.at(("merge", method, name) if model is None else ("models", model, "params", name), (*where, key))
+            self.at(
+                ("merge", method, name) if model is None else ("models", model, "params", name), (*where, key)
+            )
             if not (isinstance(value, list) and value and all(isinstance(v, dict) for v in value)):
                 self._set(model, name, value, None)
                 continue
@@ -144,8 +138,10 @@ class _Converter:
             if extra:
                 self.fail(("slices", i), f"unknown or unsupported key(s): {', '.join(sorted(extra))}")
             if sl.get("base_model") is not None and self.by_path.get(sl["base_model"]) != base:
-                self.fail(("slices", i, "base_model"), "a per-slice base model differing from base_model is not "
-                          "supported")
+                self.fail(
+                    ("slices", i, "base_model"),
+                    "a per-slice base model differing from base_model is not supported",
+                )
             sources: list[dict[str, Any]] = []
             scoped: list[tuple[Any, tuple[Any, ...], str]] = []
             for j, src in enumerate(sl["sources"]):
@@ -167,8 +163,11 @@ class _Converter:
                 for params, where, name in scoped:
                     self.scope(params, where, name, data.get("merge_method"))
             elif sl.get("parameters") or scoped:
-                self.fail(("slices", i), "per-slice and per-source parameters are supported with one slice only; "
-                          "give them under top-level parameters")
+                self.fail(
+                    ("slices", i),
+                    "per-slice and per-source parameters are supported with one slice only; "
+                    "give them under top-level parameters",
+                )
             out.append({"sources": sources})
         return out
 
@@ -178,14 +177,18 @@ class _Converter:
             if key not in TOP_KEYS:
                 self.fail((key,), "unknown mergekit key")
         if "modules" in data:
-            self.fail(("modules",), "modules (multi-module architectures) are not supported; use models: or slices:")
+            self.fail(
+                ("modules",), "modules (multi-module architectures) are not supported; use models: or slices:"
+            )
         if ("models" in data) == ("slices" in data):
             self.fail(("models",), "give exactly one of models: or slices:")
         if "tokenizer" in data and "tokenizer_source" in data:
             self.fail(("tokenizer",), "give tokenizer or tokenizer_source, not both")
         method = data.get("merge_method")
         if method not in METHODS:
-            self.fail(("merge_method",), f"'{method}' is not supported; supported: {', '.join(sorted(METHODS))}")
+            self.fail(
+                ("merge_method",), f"'{method}' is not supported; supported: {', '.join(sorted(METHODS))}"
+            )
         base = self.model(data["base_model"], ("base_model",)) if data.get("base_model") is not None else None
         self.scope(data.get("parameters"), ("parameters",), None, method)
         slices = self.slices(data, base) if "slices" in data else []
@@ -202,8 +205,11 @@ class _Converter:
                     self.fail(("models", i), f"unknown key(s): {', '.join(sorted(extra))}")
                 self.scope(entry.get("parameters"), ("models", i, "parameters"), name, method)
         if len(slices) > 1 and self.gradients:
-            self.fail(("slices",), "gradients with several slices are not supported (mergekit evaluates them per "
-                      "slice, mergeflow over the output layer stack)")
+            self.fail(
+                ("slices",),
+                "gradients with several slices are not supported (mergekit evaluates them per "
+                "slice, mergeflow over the output layer stack)",
+            )
         op_params = {**DEFAULTS.get(method, {}), **self.glob}
         if method == "task_arithmetic":
             op_params.pop("rescale", None)  # mergekit's rescale only acts after a sparsification: none here
@@ -212,9 +218,15 @@ class _Converter:
         models = {n: (m if m["params"] else m["path"]) for n, m in self.models.items()}
         recipe: dict[str, Any] = {"models": models, "merge": {method: op_params}}
         self.at(("merge", method), ("merge_method",))
-        for key, mk in (("base", "base_model"), ("dtype", "dtype"), ("out_dtype", "out_dtype"),
-                        ("slices", "slices"), ("tokenizer", "tokenizer"), ("tokenizer", "tokenizer_source"),
-                        ("chat_template", "chat_template")):
+        for key, mk in (
+            ("base", "base_model"),
+            ("dtype", "dtype"),
+            ("out_dtype", "out_dtype"),
+            ("slices", "slices"),
+            ("tokenizer", "tokenizer"),
+            ("tokenizer", "tokenizer_source"),
+            ("chat_template", "chat_template"),
+        ):
             if mk in data:
                 self.at((key,), (mk,))
         if base is not None:
@@ -230,11 +242,10 @@ class _Converter:
         out = data.get("out_dtype", data.get("dtype"))  # mergekit writes in dtype unless out_dtype is given
         if out is not None:
             recipe["out_dtype"] = out
-        self.tokenizer(data, base, recipe)
+        convert_tokenizer(data, recipe, self.ref, self.fail)
         if self.problems:
             raise RecipeError(self.problems, self.src.name)
         return recipe
-
 
     def ref(self, value: Any, where: tuple[Any, ...]) -> str | None:
         """A mergekit model reference (a path, as in models:) as the native model name."""
@@ -242,43 +253,6 @@ class _Converter:
         if name is None:
             self.fail(where, f"{value!r} is not one of the models")
         return name
-
-    def tokenizer(self, data: dict[str, Any], base: str | None, recipe: dict[str, Any]) -> None:
-        """tokenizer_source (base, union, model:PATH, PATH) and the tokenizer block, as the native
-        tokenizer section; chat_template as is."""
-        if data.get("chat_template") is not None:
-            recipe["chat_template"] = data["chat_template"]
-        legacy = data.get("tokenizer_source")
-        block = data.get("tokenizer")
-        if legacy is not None:
-            if isinstance(legacy, str) and legacy.startswith("model:"):
-                legacy = legacy[len("model:"):]
-            block = {"source": legacy}
-        if block is None:
-            return
-        if not isinstance(block, dict) or set(block) - {"source", "tokens", "pad_to_multiple_of"}:
-            self.fail(("tokenizer",), "expected {source, tokens, pad_to_multiple_of}")
-            return
-        where = ("tokenizer_source",) if legacy is not None else ("tokenizer", "source")
-        src = block.get("source", "union")
-        out: dict[str, Any] = {"source": src if src in ("union", "base") else self.ref(src, where)}
-        tokens = {}
-        for tok, cfg in (block.get("tokens") or {}).items():
-            if not isinstance(cfg, dict):
-                self.fail(("tokenizer", "tokens", tok), "expected {source, force}")
-                continue
-            cfg = dict(cfg)
-            s = cfg.get("source")
-            if isinstance(s, str):
-                cfg["source"] = self.ref(s, ("tokenizer", "tokens", tok, "source"))
-            elif isinstance(s, dict) and "model" in s:
-                cfg["source"] = {**s, "model": self.ref(s["model"], ("tokenizer", "tokens", tok, "source", "model"))}
-            tokens[tok] = cfg
-        if tokens:
-            out["tokens"] = tokens
-        if block.get("pad_to_multiple_of") is not None:
-            out["pad_to_multiple_of"] = block["pad_to_multiple_of"]
-        recipe["tokenizer"] = out
 
 
 def _sets(ov: dict[str, Any], model: str | None, key: str) -> bool:

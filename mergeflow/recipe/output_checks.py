@@ -8,8 +8,12 @@ from typing import Any
 from mergeflow.recipe.tokenizer_schema import NAMED_TEMPLATES, is_template_text, token_models
 
 
-def check_outputs(sec: Mapping[str, Any], data: Mapping[str, Any], models: Mapping[str, Any],
-                  add: Callable[[tuple[Any, ...], str], None]) -> None:
+def check_outputs(
+    sec: Mapping[str, Any],
+    data: Mapping[str, Any],
+    models: Mapping[str, Any],
+    add: Callable[[tuple[Any, ...], str], None],
+) -> None:
     """Add a problem for each model name these sections give that is not a model, and each combination
     that cannot work."""
     out = sec.get("output")
@@ -30,11 +34,16 @@ def check_outputs(sec: Mapping[str, Any], data: Mapping[str, Any], models: Mappi
             if ref not in models:
                 add(("tokenizer", *where), f"'{ref}' is not a key of models ({', '.join(names)})")
         if out is not None and "tokenizer" in (data.get("output") or {}):
-            add(("output", "tokenizer"), "give the output's tokenizer in tokenizer: or output.tokenizer, "
-                "not both")
+            add(
+                ("output", "tokenizer"),
+                "give the output's tokenizer in tokenizer: or output.tokenizer, not both",
+            )
         if sec.get("slices"):
             add(("tokenizer",), "a tokenizer section cannot be combined with slices yet")
     template = sec.get("chat_template")
     if template is not None and not is_template_text(template):
-        add(("chat_template",), f"{template[:40]!r} is neither a template name (auto, "
-            f"{', '.join(NAMED_TEMPLATES)}) nor a Jinja template")
+        add(
+            ("chat_template",),
+            f"{template[:40]!r} is neither a template name (auto, "
+            f"{', '.join(NAMED_TEMPLATES)}) nor a Jinja template",
+        )

@@ -95,13 +95,17 @@ def whole_problems(cls: type[BaseModel], raw: Mapping[str, Any]) -> list[str]:
     vals = {k: v for k, v in raw.items() if k in names and not check_value(cls, k, v)}
     if not vals:
         return []
-    knots = {0.0, 1.0} | {i / (len(v) - 1) for v in vals.values() if isinstance(v, list) and len(v) > 1
-                           for i in range(len(v))}
+    knots = {0.0, 1.0} | {
+        i / (len(v) - 1) for v in vals.values() if isinstance(v, list) and len(v) > 1 for i in range(len(v))
+    }
     for t in sorted(knots):
         try:
             cls.model_validate({k: interpolate(v, t) for k, v in vals.items()})
         except ValidationError as exc:
-            where = "" if len(knots) == 2 and not any(isinstance(v, list) for v in vals.values()) else \
-                f" (at layer position {t:.3g})"
+            where = (
+                ""
+                if len(knots) == 2 and not any(isinstance(v, list) for v in vals.values())
+                else f" (at layer position {t:.3g})"
+            )
             return [e["msg"].removeprefix("Value error, ") + where for e in exc.errors()]
     return []

@@ -31,7 +31,9 @@ class Resolver:
             compile_regex(ov.regex) if ov.regex is not None else compile_glob(ov.match or "")
             for ov in recipe.overrides
         ]
-        self.hits = [0] * len(recipe.overrides)  # tensors each override selected (unused overrides are reported)
+        self.hits = [0] * len(
+            recipe.overrides
+        )  # tensors each override selected (unused overrides are reported)
 
     def matching(self, name: str) -> list[int]:
         """Indices of the overrides that select ``name`` (glob: whole name; regex: searched)."""

@@ -41,12 +41,15 @@ class ModelEntry(Strict):
         "Relative paths as for path. mergekit's `base+adapter` means the same.",
     )
     subfolder: str | None = Field(
-        None, description="The folder inside the model's directory or Hub repository that holds its weights and "
+        None,
+        description="The folder inside the model's directory or Hub repository that holds its weights and "
         "config (e.g. a sentence-transformers module or one model of several in a repository).",
     )
 
     stage: str | None = Field(
-        None, description="In a multi-stage recipe: the output of an earlier stage, by its name (instead of path).")
+        None,
+        description="In a multi-stage recipe: the output of an earlier stage, by its name (instead of path).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -66,7 +69,9 @@ class ModelEntry(Strict):
         value = dict(value)
         repo, rev = value.pop("hub"), value.pop("revision", None)
         if not isinstance(repo, str) or "@" in repo or parse_repo_ref(repo) is None:
-            raise ValueError(f"hub: {repo!r} is not a Hugging Face repo id (org/name); give the revision as revision:")
+            raise ValueError(
+                f"hub: {repo!r} is not a Hugging Face repo id (org/name); give the revision as revision:"
+            )
         if rev is not None and (not isinstance(rev, str) or not rev or "@" in rev):
             raise ValueError(f"revision: {rev!r} is not a branch, tag or commit")
         value["path"] = f"{repo}@{rev}" if rev else repo
@@ -159,46 +164,86 @@ class OutputOptions(Strict):
     )
     card: bool = Field(True, description="Write a README.md model card that embeds the recipe.")
     task_models: bool = Field(
-        False, description="With merge_only: also write, for each model but the base, a full model (the merged "
+        False,
+        description="With merge_only: also write, for each model but the base, a full model (the merged "
         "backbone with that model's own head and extras, its config and tokenizer) to OUT.tasks/NAME, loadable "
-        "with its own AutoModelFor... class.")
+        "with its own AutoModelFor... class.",
+    )
     module_files: bool = Field(
-        True, description="Copy the files a sentence-transformers model needs beside its weights (modules.json, "
+        True,
+        description="Copy the files a sentence-transformers model needs beside its weights (modules.json, "
         "sentence_bert_config.json, config_sentence_transformers.json and the non-weight files of the module "
-        "folders modules.json lists, e.g. 1_Pooling/) from the config model.")
+        "folders modules.json lists, e.g. 1_Pooling/) from the config model.",
+    )
 
 
 SECTIONS: dict[str, tuple[Any, Any, str]] = {
     # key: (type, default, description)
-    "models": (dict[str, str | ModelEntry], ..., "Source models by name: a path or repo id, or {path | hub, revision, subfolder, params, lora}."),
+    "models": (
+        dict[str, str | ModelEntry],
+        ...,
+        "Source models by name: a path or repo id, or {path | hub, revision, subfolder, params, lora}.",
+    ),
     "base": (str | None, None, "Name of the base model for task-vector operators (a key of models)."),
     "anchor": (str | None, None, "Model every other model is aligned to (a key of models), or 'auto'."),
     "align": (list[AlignStep], [], "Alignment steps, run in order on each non-anchor model."),
     "merge": (MergeSpec, ..., "Merge operator: {NAME: {PARAM: VALUE}}."),
     "overrides": (list[Override], [], "Per-tensor parameter overrides, applied in order (later wins)."),
-    "slices": (list[Slice], [], "Build the layer stack from layer ranges of the models, in order (a "
-               "'frankenmerge' when each slice has one source); layers are renumbered. Embeddings come from "
-               "the models of the first slice, final norm and head from those of the last."),
-    "stats": (dict[str, str], {}, "Statistics file per model (from `mergeflow stats`), for operators that "
-              "need them (fisher, regmean): {MODEL: PATH}."),
-    "outside_position": (float | None, None, "Gradient position (0 = first layer, 1 = last) of the tensors "
-                         "outside the layer stack. Default: 0 for embeddings, 1 for final norms and heads "
-                         "(converted mergekit configs use 0, as mergekit does)."),
+    "slices": (
+        list[Slice],
+        [],
+        "Build the layer stack from layer ranges of the models, in order (a "
+        "'frankenmerge' when each slice has one source); layers are renumbered. Embeddings come from "
+        "the models of the first slice, final norm and head from those of the last.",
+    ),
+    "stats": (
+        dict[str, str],
+        {},
+        "Statistics file per model (from `mergeflow stats`), for operators that "
+        "need them (fisher, regmean): {MODEL: PATH}.",
+    ),
+    "outside_position": (
+        float | None,
+        None,
+        "Gradient position (0 = first layer, 1 = last) of the tensors "
+        "outside the layer stack. Default: 0 for embeddings, 1 for final norms and heads "
+        "(converted mergekit configs use 0, as mergekit does).",
+    ),
     "dtype": (DType, "float32", "Compute dtype."),
     "out_dtype": (DType | None, None, "Output dtype. Default: the dtype each tensor has in the first model."),
-    "seed": (int, 0, "Seed for randomised operators (DARE, DELLA). Same seed, same output on the same device type (CPU and CUDA draw different masks)."),
-    "merge_only": (MergeOnly, "all", "Which tensors are merged: all; backbone (those under the family's base-model "
-                   "prefix, e.g. bert.*, model.*: heads, classifiers and LM heads are left out of the output); or "
-                   "{include: [GLOB], exclude: [GLOB]} on names without that prefix. Names are matched across models "
-                   "with or without the prefix, so a bare pretrained encoder can be the base of fine-tunes with heads."),
-    "partial": (Partial, "error", "Tensors of the merged part that only some models have: error (listing them), "
-                "drop, or {keep: MODEL} (that model's copy). Integer buffers (position_ids) only some models "
-                "have are always left out."),
-    "tokenizer": (TokenizerSpec | None, None, "Build the output's tokenizer ('union', 'base' or a model name, or "
-                  "{source, tokens, pad_to_multiple_of}); every model's embedding and head rows are re-indexed to "
-                  "it by token text before merging. Replaces output.tokenizer."),
-    "chat_template": (str | None, None, "Chat template of the output tokenizer: auto (the most common among the "
-                      "models), chatml, llama3, mistral, alpaca, or a Jinja template."),
+    "seed": (
+        int,
+        0,
+        "Seed for randomised operators (DARE, DELLA). Same seed, same output on the same device type (CPU and CUDA draw different masks).",
+    ),
+    "merge_only": (
+        MergeOnly,
+        "all",
+        "Which tensors are merged: all; backbone (those under the family's base-model "
+        "prefix, e.g. bert.*, model.*: heads, classifiers and LM heads are left out of the output); or "
+        "{include: [GLOB], exclude: [GLOB]} on names without that prefix. Names are matched across models "
+        "with or without the prefix, so a bare pretrained encoder can be the base of fine-tunes with heads.",
+    ),
+    "partial": (
+        Partial,
+        "error",
+        "Tensors of the merged part that only some models have: error (listing them), "
+        "drop, or {keep: MODEL} (that model's copy). Integer buffers (position_ids) only some models "
+        "have are always left out.",
+    ),
+    "tokenizer": (
+        TokenizerSpec | None,
+        None,
+        "Build the output's tokenizer ('union', 'base' or a model name, or "
+        "{source, tokens, pad_to_multiple_of}); every model's embedding and head rows are re-indexed to "
+        "it by token text before merging. Replaces output.tokenizer.",
+    ),
+    "chat_template": (
+        str | None,
+        None,
+        "Chat template of the output tokenizer: auto (the most common among the "
+        "models), chatml, llama3, mistral, alpaca, or a Jinja template.",
+    ),
     "output": (OutputOptions, OutputOptions(), "Output options."),
 }
 

@@ -68,8 +68,11 @@ def _stage_sources(docs: list[YamlSource]) -> tuple[list[YamlSource], list[str]]
     if len(docs) > 1:
         return docs, []
     src = docs[0]
-    probs = [f"{src.where((k,))}: {k}: a multi-stage file has only stages: at its top level"
-             for k in src.data if k != "stages"]
+    probs = [
+        f"{src.where((k,))}: {k}: a multi-stage file has only stages: at its top level"
+        for k in src.data
+        if k != "stages"
+    ]
     if not isinstance(src.data["stages"], list) or not src.data["stages"]:
         return [], [*probs, f"{src.where(('stages',))}: stages: a non-empty list of recipes"]
     return [sub_source(src, ("stages", i)) for i in range(len(src.data["stages"]))], probs
@@ -107,8 +110,9 @@ def convert_file(docs: list[YamlSource]) -> dict[str, Any]:
     return {"stages": stages}
 
 
-def load_stages(path: str | Path, intermediate: Path, operators: Mapping[str, Any],
-                steps: Mapping[str, Any] | None = None) -> StageFile:
+def load_stages(
+    path: str | Path, intermediate: Path, operators: Mapping[str, Any], steps: Mapping[str, Any] | None = None
+) -> StageFile:
     from mergeflow.recipe.mergekit import is_mergekit
 
     docs = read_yaml_docs(path)
@@ -121,11 +125,19 @@ def load_stages(path: str | Path, intermediate: Path, operators: Mapping[str, An
         data = dict(src.data)
         name = data.pop("name", None)
         if name is not None and (not isinstance(name, str) or not NAME_RE.fullmatch(name)):
-            problems.append(f"{src.where(('name',))}: name: {name!r} is not a stage name (letters, digits, _ . -)")
+            problems.append(
+                f"{src.where(('name',))}: name: {name!r} is not a stage name (letters, digits, _ . -)"
+            )
             continue
         if name in {n for n, _ in named}:
-            problems.append(f"{src.where(('name',))}: name: " + (f"two stages are called '{name}'" if name else
-                            "two stages have no name; only the final stage may be unnamed"))
+            problems.append(
+                f"{src.where(('name',))}: name: "
+                + (
+                    f"two stages are called '{name}'"
+                    if name
+                    else "two stages have no name; only the final stage may be unnamed"
+                )
+            )
             continue
         named.append((name, YamlSource(data, src.name, src.locations)))
     names = {n for n, _ in named if n is not None}
@@ -136,11 +148,15 @@ def load_stages(path: str | Path, intermediate: Path, operators: Mapping[str, An
         try:
             root = Path(path).resolve().parent
             if is_mergekit(src.data):
-                native = native_stage(YamlSource(src.data, f"{src.name} ({label}, mergekit)", src.locations), names)
+                native = native_stage(
+                    YamlSource(src.data, f"{src.name} ({label}, mergekit)", src.locations), names
+                )
                 src, root = YamlSource(native, f"{src.name} ({label}, converted from mergekit)"), Path.cwd()
             else:
                 src = YamlSource(src.data, f"{src.name} ({label})", src.locations)
-            recipe = validate(src, operators, steps, root=root, stages={n: p for n, p in outs.items() if n != name})
+            recipe = validate(
+                src, operators, steps, root=root, stages={n: p for n, p in outs.items() if n != name}
+            )
         except RecipeError as exc:
             problems.extend(exc.problems)
             continue
@@ -161,7 +177,7 @@ def _graph(stages: list[Stage], intermediate: Path, where: str) -> StageFile:
         if state.get(s.name) == 2:
             return
         if state.get(s.name) == 1:
-            cycle = " -> ".join([*path[path.index(s.label):], s.label])
+            cycle = " -> ".join([*path[path.index(s.label) :], s.label])
             raise RecipeError([f"{where}: the stages form a cycle: {cycle}"])
         state[s.name] = 1
         for u in s.uses:
@@ -180,7 +196,11 @@ def _graph(stages: list[Stage], intermediate: Path, where: str) -> StageFile:
     else:
         sinks = [s for s in stages if s.name not in used]
         if len(sinks) > 1:
-            raise RecipeError([f"{where}: stages {', '.join(s.label for s in sinks)} are used by no other stage; "
-                               "leave the name out of the one to write to OUT"])
+            raise RecipeError(
+                [
+                    f"{where}: stages {', '.join(s.label for s in sinks)} are used by no other stage; "
+                    "leave the name out of the one to write to OUT"
+                ]
+            )
         final = sinks[0]
     return StageFile(order, final, intermediate)

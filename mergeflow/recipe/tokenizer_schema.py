@@ -24,7 +24,9 @@ class ModelTokenRow(_Strict):
 
     kind: Literal["model_token"]
     model: str = Field(description="A key of models.")
-    token: str | None = Field(None, description="The token whose row is taken, as the model's tokenizer spells it.")
+    token: str | None = Field(
+        None, description="The token whose row is taken, as the model's tokenizer spells it."
+    )
     token_id: int | None = Field(None, ge=0, description="Or the row's index in that model's embeddings.")
 
     @model_validator(mode="after")
@@ -38,8 +40,10 @@ class TokenRows(_Strict):
     """Where one output token's embedding (and head) rows come from."""
 
     source: str | ZeroRow | ModelTokenRow | None = Field(
-        None, description="A model name (its row of this token), {kind: zero}, or {kind: model_token, model, "
-        "token | token_id}. Default: the token's row in each model that has it.")
+        None,
+        description="A model name (its row of this token), {kind: zero}, or {kind: model_token, model, "
+        "token | token_id}. Default: the token's row in each model that has it.",
+    )
     force: bool = Field(False, description="Give every model this row, even models that have the token.")
 
 
@@ -47,12 +51,16 @@ class TokenizerSpec(_Strict):
     """The output's vocabulary, and how each model's embedding and head rows are re-indexed to it."""
 
     source: str = Field(
-        "union", description="'union' (every model's tokens, the base's ids kept), 'base' (the base model's, "
-        "else the first model's), or a model name.")
+        "union",
+        description="'union' (every model's tokens, the base's ids kept), 'base' (the base model's, "
+        "else the first model's), or a model name.",
+    )
     tokens: dict[str, TokenRows] = Field(
-        default_factory=dict, description="Per-token row sources, by the token's text.")
+        default_factory=dict, description="Per-token row sources, by the token's text."
+    )
     pad_to_multiple_of: int | None = Field(
-        None, ge=1, description="Pad the embedding and head rows (zeros) to a multiple of this.")
+        None, ge=1, description="Pad the embedding and head rows (zeros) to a multiple of this."
+    )
 
     @model_validator(mode="before")
     @classmethod

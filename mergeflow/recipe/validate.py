@@ -10,18 +10,12 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mergeflow.errors import RecipeError
 from mergeflow.patterns import PatternError, compile_regex, parse_repo_ref
+from mergeflow.recipe.model_paths import lora_path, model_path
 from mergeflow.recipe.output_checks import check_outputs
 from mergeflow.recipe.params import OperatorLike, check_value, field_names, model_refs, owner, whole_problems
 from mergeflow.recipe.schema import SECTIONS, MergeSpec, ModelEntry, Recipe
 from mergeflow.recipe.stats_check import check_stats
 from mergeflow.recipe.yaml_source import YamlSource, read_yaml
-
-WEIGHT_FILES = (
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "pytorch_model.bin.index.json",
-    "pytorch_model.bin",
-)
 
 
 def _dotted(path: tuple[Any, ...]) -> str:
@@ -131,46 +125,6 @@ def _check_step_list(align: list[Any], steps: Mapping[str, Any], probs: _Problem
             probs.add(("align", i, name), why)
 
 
-def _model_path(name: str, entry: ModelEntry, root: Path, probs: _Problems,
-                stages: Mapping[str, Path] | None = None) -> str:
-    if entry.stage is not None:
-        if stages is None or entry.stage not in stages:
-            known = f"its other stages: {', '.join(stages)}" if stages else "a single recipe has no stages"
-            probs.add(("models", name, "stage"), f"'{entry.stage}' is not another stage of this file ({known})")
-            return entry.path
-        return str(stages[entry.stage])
-    p = Path(entry.path).expanduser()
-    p = p if p.is_absolute() else (root / p)
-    if not p.exists() and parse_repo_ref(entry.path) is not None:
-        return entry.path  # a Hugging Face repo id: resolved (cache or download) when the run is prepared
-    if entry.subfolder and p.exists():
-        p = p / entry.subfolder
-    if not p.exists():
-        probs.add(("models", name), f"path does not exist: {p} (nor is it a repo id org/name[@revision])")
-    elif p.is_dir() and not any((p / f).exists() for f in WEIGHT_FILES):
-        probs.add(
-            ("models", name),
-            f"no weights in {p} (expected model.safetensors or model.safetensors.index.json)",
-        )
-    elif p.is_file() and p.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
-        probs.add(("models", name), f"not a checkpoint file: {p}")
-    return str(p.resolve())
-
-
-def _lora_path(name: str, lora: str | None, root: Path, probs: _Problems, check: bool) -> str | None:
-    if lora is None or not check:
-        return lora
-    p = Path(lora).expanduser()
-    p = p if p.is_absolute() else root / p
-    if not p.exists() and parse_repo_ref(lora) is not None:
-        return lora
-    if not p.is_dir():
-        probs.add(("models", name, "lora"), f"adapter folder does not exist: {p}")
-    elif not (p / "adapter_config.json").is_file():
-        probs.add(("models", name, "lora"), f"not a PEFT adapter (no adapter_config.json in {p})")
-    return str(p.resolve())
-
-
 def validate(
     src: YamlSource,
     operators: Mapping[str, OperatorLike],
@@ -253,18 +207,25 @@ def validate(
         probs.add(("slices",), "slices and align cannot be combined yet")
 
     ops: list[tuple[tuple[Any, ...], Any]] = [(("merge",), sec["merge"])] if "merge" in sec else []
-    ops += [(("overrides", i, "merge"), ov.merge) for i, ov in enumerate(sec.get("overrides") or []) if ov.merge]
+    ops += [
+        (("overrides", i, "merge"), ov.merge) for i, ov in enumerate(sec.get("overrides") or []) if ov.merge
+    ]
     stats = check_stats(sec, ops, operators, root or Path.cwd(), check_paths, probs.add)
     resolved: dict[str, ModelEntry] = {}
     for name, entry in models.items():
-        found = (_model_path(name, entry, root or Path.cwd(), probs, stages)
-                 if check_paths or entry.stage is not None else entry.path)
-        lora = _lora_path(name, entry.lora, root or Path.cwd(), probs, check_paths)
+        found = (
+            model_path(name, entry, root or Path.cwd(), probs, stages)
+            if check_paths or entry.stage is not None
+            else entry.path
+        )
+        lora = lora_path(name, entry.lora, root or Path.cwd(), probs, check_paths)
         # a local folder's subfolder is part of its resolved path; a repo id keeps it for the Hub
-        keep = entry.stage is None and (not check_paths or (found == entry.path and parse_repo_ref(entry.path)
-                                                                 is not None))
-        resolved[name] = entry.model_copy(update={"path": found, "lora": lora,
-                                                  "subfolder": entry.subfolder if keep else None})
+        keep = entry.stage is None and (
+            not check_paths or (found == entry.path and parse_repo_ref(entry.path) is not None)
+        )
+        resolved[name] = entry.model_copy(
+            update={"path": found, "lora": lora, "subfolder": entry.subfolder if keep else None}
+        )
     if probs.items:
         raise RecipeError(probs.items, src.name)
     recipe = Recipe(**{**sec, "models": resolved, **({"stats": stats} if stats else {})})

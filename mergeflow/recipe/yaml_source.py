@@ -42,8 +42,13 @@ class YamlSource:
         return self.name
 
 
-def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budget: list[int],
-          dups: list[tuple[Path_, yaml.Node, int]]) -> None:
+def _walk(
+    node: yaml.Node,
+    path: Path_,
+    locs: dict[Path_, tuple[int, int]],
+    budget: list[int],
+    dups: list[tuple[Path_, yaml.Node, int]],
+) -> None:
     budget[0] -= 1
     if budget[0] < 0:
         raise ValueError(f"more than {MAX_NODES} YAML nodes (alias expansion?)")
@@ -66,8 +71,12 @@ def _walk(node: yaml.Node, path: Path_, locs: dict[Path_, tuple[int, int]], budg
 def parse_yaml(text: str, name: str) -> YamlSource:
     docs = parse_yaml_docs(text, name)
     if len(docs) > 1:
-        raise RecipeError([f"{name}: {len(docs)} YAML documents (separated by ---); a recipe is one, a "
-                           "multi-stage file is read by mergeflow run/plan/validate"])
+        raise RecipeError(
+            [
+                f"{name}: {len(docs)} YAML documents (separated by ---); a recipe is one, a "
+                "multi-stage file is read by mergeflow run/plan/validate"
+            ]
+        )
     return docs[0]
 
 
@@ -86,10 +95,13 @@ def parse_yaml_docs(text: str, name: str) -> list[YamlSource]:
             dups: list[tuple[Path_, yaml.Node, int]] = []
             _walk(node, (), locs, budget, dups)
             if dups:
-                raise RecipeError([
-                    f"{name}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: {'.'.join(map(str, p))}: duplicate "
-                    f"key (first at line {first}); write each key once" for p, k, first in dups
-                ])
+                raise RecipeError(
+                    [
+                        f"{name}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: {'.'.join(map(str, p))}: duplicate "
+                        f"key (first at line {first}); write each key once"
+                        for p, k, first in dups
+                    ]
+                )
             out.append(YamlSource(data=loader.construct_document(node), name=name, locations=locs))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark

@@ -17,10 +17,15 @@ from mergeflow.search.space import materialize
 def rows(trials: list[Any]) -> list[dict[str, Any]]:
     out = []
     for t in sorted(trials, key=lambda t: t.number):
-        row = {"trial": t.number, "state": t.state.name.lower(), "score": t.value,
-               "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3), "worker": t.user_attrs.get("worker", ""),
-               "merged_in": t.user_attrs.get("merged_in", ""),
-               "error": t.user_attrs.get("error", "")}
+        row = {
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            "score": t.value,
+            "seconds": round(float(t.user_attrs.get("seconds", 0.0)), 3),
+            "worker": t.user_attrs.get("worker", ""),
+            "merged_in": t.user_attrs.get("merged_in", ""),
+            "error": t.user_attrs.get("error", ""),
+        }
         row.update({f"param:{k}": v for k, v in t.params.items()})
         row.update({f"metric:{k}": v for k, v in (t.user_attrs.get("metrics") or {}).items()})
         out.append(row)
@@ -37,31 +42,53 @@ def best_recipe(tree: Any, params: dict[str, Any], root: Path | None = None) -> 
 def absolute_paths(recipe: dict[str, Any], root: Path) -> dict[str, Any]:
     """Model paths, adapters, statistics files and alignment data that exist relative to ``root``, made absolute
     (a repository id stays as it is)."""
+
     def fix(v: Any) -> Any:
-        return str((root / v).resolve()) if isinstance(v, str) and not Path(v).is_absolute() and \
-            (root / v).exists() else v
+        return (
+            str((root / v).resolve())
+            if isinstance(v, str) and not Path(v).is_absolute() and (root / v).exists()
+            else v
+        )
 
     out = dict(recipe)
     models = {}
     for name, entry in (recipe.get("models") or {}).items():
-        models[name] = {**entry, "path": fix(entry.get("path")), **({"lora": fix(entry["lora"])} if "lora" in entry
-                                                                    else {})} if isinstance(entry, dict) else fix(entry)
+        models[name] = (
+            {
+                **entry,
+                "path": fix(entry.get("path")),
+                **({"lora": fix(entry["lora"])} if "lora" in entry else {}),
+            }
+            if isinstance(entry, dict)
+            else fix(entry)
+        )
     out["models"] = models
     if isinstance(recipe.get("stats"), dict):
         out["stats"] = {k: fix(v) for k, v in recipe["stats"].items()}
     if isinstance(recipe.get("align"), list):
-        out["align"] = [{n: ({**p, "data": fix(p["data"])} if isinstance(p, dict) and "data" in p else p)
-                         for n, p in step.items()} if isinstance(step, dict) else step for step in recipe["align"]]
+        out["align"] = [
+            {
+                n: ({**p, "data": fix(p["data"])} if isinstance(p, dict) and "data" in p else p)
+                for n, p in step.items()
+            }
+            if isinstance(step, dict)
+            else step
+            for step in recipe["align"]
+        ]
     return out
 
 
-def write_outputs(folder: Path, tree: Any, trials: list[Any], best: Any, header: str, root: Path) -> list[str]:
+def write_outputs(
+    folder: Path, tree: Any, trials: list[Any], best: Any, header: str, root: Path
+) -> list[str]:
     """Files of the result in ``folder``; their names. ``root``: the search file's folder."""
     table = rows(trials)
     files = []
     if best is not None:
         text = f"# {header}\n# best trial {best.number}: score {best.value:.6g}\n"
-        (folder / "best.yml").write_text(text + yaml.safe_dump(best_recipe(tree, best.params, root), sort_keys=False))
+        (folder / "best.yml").write_text(
+            text + yaml.safe_dump(best_recipe(tree, best.params, root), sort_keys=False)
+        )
         files.append("best.yml")
     keys: list[str] = []
     for r in table:
@@ -70,9 +97,18 @@ def write_outputs(folder: Path, tree: Any, trials: list[Any], best: Any, header:
         w = csv.DictWriter(fh, fieldnames=keys)
         w.writeheader()
         w.writerows(table)
-    summary = {"written_by": "mergeflow", "best": None if best is None else
-               {"trial": best.number, "score": best.value, "params": best.params,
-                "metrics": best.user_attrs.get("metrics")}, "trials": table}
+    summary = {
+        "written_by": "mergeflow",
+        "best": None
+        if best is None
+        else {
+            "trial": best.number,
+            "score": best.value,
+            "params": best.params,
+            "metrics": best.user_attrs.get("metrics"),
+        },
+        "trials": table,
+    }
     (folder / "trials.json").write_text(json.dumps(summary, indent=2) + "\n")
     files += ["trials.csv", "trials.json"]
     files += plot_history(folder / "history.png", table)

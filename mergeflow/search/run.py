@@ -43,8 +43,9 @@ def read_search(path: str | Path) -> SearchFile:
 
     src = read_yaml(path)
     if not isinstance(src.data, dict) or "search" not in src.data:
-        raise RecipeError([f"{src.name}: a search file is a recipe with a 'search:' section (objective, sampler, "
-                           "trials)"])
+        raise RecipeError(
+            [f"{src.name}: a search file is a recipe with a 'search:' section (objective, sampler, trials)"]
+        )
     problems: list[str] = []
     try:
         section = SearchSection.model_validate(src.data["search"])
@@ -79,8 +80,10 @@ def read_search(path: str | Path) -> SearchFile:
         for i, o in enumerate(section.objective):
             data = Path(o.data) if Path(o.data).is_absolute() else root / o.data
             if not data.is_file():
-                problems.append(f"{src.where(('search', 'objective', i, 'data'))}: search.objective[{i}].data: "
-                                f"data file {data} does not exist")
+                problems.append(
+                    f"{src.where(('search', 'objective', i, 'data'))}: search.objective[{i}].data: "
+                    f"data file {data} does not exist"
+                )
     if problems:
         raise RecipeError(problems, src.name)
     assert section is not None
@@ -115,7 +118,9 @@ LOCK = b"mergeflow search lock\n"
 def study_lock(storage: Path) -> Any:
     """One search process per study: a second one is refused instead of corrupting the trial count."""
     lock = Path(f"{storage}.lock")
-    if os.path.lexists(lock) and (lock.is_symlink() or not lock.is_file() or lock.read_bytes()[:len(LOCK)] != LOCK):
+    if os.path.lexists(lock) and (
+        lock.is_symlink() or not lock.is_file() or lock.read_bytes()[: len(LOCK)] != LOCK
+    ):
         raise InputError(f"{lock} exists and is not mergeflow's lock file; move it away")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:

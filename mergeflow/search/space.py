@@ -63,8 +63,11 @@ def check_space(node: dict[str, Any], path: tuple[Any, ...], merge: bool) -> Non
             return
         if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
             return
-        raise SpaceError((*path, "search"), "a search over operators is a list of operator names, or a mapping of "
-                         "operator name -> its parameters")
+        raise SpaceError(
+            (*path, "search"),
+            "a search over operators is a list of operator names, or a mapping of "
+            "operator name -> its parameters",
+        )
     if isinstance(spec, dict):
         choices = spec.get("choices")
         if set(spec) != {"choices"} or not isinstance(choices, list) or not choices:
@@ -72,9 +75,13 @@ def check_space(node: dict[str, Any], path: tuple[Any, ...], merge: bool) -> Non
         return
     if isinstance(spec, list) and spec and all(isinstance(s, str) for s in spec):
         return
-    nums = isinstance(spec, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in spec)
+    nums = isinstance(spec, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in spec
+    )
     if not nums or len(spec) != 2:
-        raise SpaceError((*path, "search"), "a range is [low, high]; a choice among values is {choices: [...]}")
+        raise SpaceError(
+            (*path, "search"), "a range is [low, high]; a choice among values is {choices: [...]}"
+        )
     low, high = float(spec[0]), float(spec[1])
     if not low < high:
         raise SpaceError((*path, "search"), f"a range needs low < high, got [{spec[0]}, {spec[1]}]")
@@ -85,7 +92,9 @@ def check_space(node: dict[str, Any], path: tuple[Any, ...], merge: bool) -> Non
         raise SpaceError((*path, "knots"), "knots is an integer from 2 to 64 (values along the layers)")
 
 
-def materialize(tree: Any, pick: Pick, accepts: Callable[[str, str], bool], path: tuple[Any, ...] = ()) -> Any:
+def materialize(
+    tree: Any, pick: Pick, accepts: Callable[[str, str], bool], path: tuple[Any, ...] = ()
+) -> Any:
     """``tree`` with every search node replaced by the value ``pick`` gives. ``accepts(op, key)``: whether
     operator ``op`` takes parameter ``key`` (shared parameters of an operator search go where accepted)."""
     merge = bool(path) and path[-1] == "merge"

@@ -45,8 +45,13 @@ def open_study(storage: str, kind: str, seed: int) -> Any:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=STUDY, storage=f"sqlite:///{storage}", load_if_exists=True,
-                               sampler=sampler(kind, seed), direction="minimize")
+    return optuna.create_study(
+        study_name=STUDY,
+        storage=f"sqlite:///{storage}",
+        load_if_exists=True,
+        sampler=sampler(kind, seed),
+        direction="minimize",
+    )
 
 
 def requeue_interrupted(study: Any) -> int:
@@ -67,7 +72,11 @@ def requeue_interrupted(study: Any) -> int:
 
 def interrupted(study: Any) -> set[int]:
     """Numbers of the trials a killed search left running (their parameters ran again)."""
-    return {t.user_attrs["requeued_from"] for t in study.get_trials(deepcopy=False) if "requeued_from" in t.user_attrs}
+    return {
+        t.user_attrs["requeued_from"]
+        for t in study.get_trials(deepcopy=False)
+        if "requeued_from" in t.user_attrs
+    }
 
 
 def finished(study: Any) -> list[Any]:
@@ -75,8 +84,11 @@ def finished(study: Any) -> list[Any]:
     from optuna.trial import TrialState
 
     gone = interrupted(study)
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
-            if t.number not in gone]
+    return [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        if t.number not in gone
+    ]
 
 
 @dataclass
@@ -101,8 +113,9 @@ def local_workers(evaluator: Evaluator) -> Workers:
     return Workers(submit, lambda: done.pop(0), 1, lambda: None)
 
 
-def ray_workers(evaluator_args: tuple[Any, ...], n: int, address: str | None, cpus: float, gpus: float,
-                memory: int) -> Workers:
+def ray_workers(
+    evaluator_args: tuple[Any, ...], n: int, address: str | None, cpus: float, gpus: float, memory: int
+) -> Workers:
     import ray
 
     if not ray.is_initialized():
@@ -147,8 +160,15 @@ class _Actor:
         return self.evaluator(recipe)
 
 
-def search_loop(study: Any, tree: Any, accepts: Callable[[str, str], bool], workers: Workers, trials: int,
-                time_budget: float | None, on_result: Callable[[Any, dict[str, Any]], None]) -> None:
+def search_loop(
+    study: Any,
+    tree: Any,
+    accepts: Callable[[str, str], bool],
+    workers: Workers,
+    trials: int,
+    time_budget: float | None,
+    on_result: Callable[[Any, dict[str, Any]], None],
+) -> None:
     """Ask, run, tell until ``trials`` have finished (counting the study's earlier ones) or time is up."""
     from optuna.trial import TrialState
 
@@ -156,8 +176,11 @@ def search_loop(study: Any, tree: Any, accepts: Callable[[str, str], bool], work
     in_flight: dict[Any, Any] = {}
     left = trials - len(finished(study))
     while left > 0 or in_flight:
-        while left > 0 and len(in_flight) < workers.size and (time_budget is None or
-                                                               time.monotonic() - start < time_budget):
+        while (
+            left > 0
+            and len(in_flight) < workers.size
+            and (time_budget is None or time.monotonic() - start < time_budget)
+        ):
             trial = study.ask()
             recipe = materialize(tree, OptunaPick(trial), accepts)
             in_flight[workers.submit(recipe)] = trial

@@ -32,10 +32,25 @@ def score(metrics: dict[str, float], objectives: list[Objective]) -> float:
 
 
 class Evaluator:
-    def __init__(self, source_name: str, root: str, objectives: list[Objective], device: str,
-                 max_memory: int | None = None, scratch: str | None = None) -> None:
-        self.source_name, self.root, self.objectives, self.device = source_name, Path(root), objectives, device
-        self.max_memory, self.scratch = max_memory, scratch  # a merge too large for memory is written under scratch
+    def __init__(
+        self,
+        source_name: str,
+        root: str,
+        objectives: list[Objective],
+        device: str,
+        max_memory: int | None = None,
+        scratch: str | None = None,
+    ) -> None:
+        self.source_name, self.root, self.objectives, self.device = (
+            source_name,
+            Path(root),
+            objectives,
+            device,
+        )
+        self.max_memory, self.scratch = (
+            max_memory,
+            scratch,
+        )  # a merge too large for memory is written under scratch
         self.merged_in = ""
         self._data: dict[str, Any] = {}
         self._models: dict[str, Any] = {}
@@ -64,14 +79,27 @@ class Evaluator:
             metrics = self.metrics(recipe_data)
             value = score(metrics, self.objectives)
             if not math.isfinite(value):
-                return {"error": "the score is NaN or infinite", "metrics": metrics, "worker": worker,
-                        "seconds": time.perf_counter() - start}
-            return {"value": value, "metrics": metrics, "worker": worker, "seconds": time.perf_counter() - start,
-                    "merged_in": self.merged_in}
+                return {
+                    "error": "the score is NaN or infinite",
+                    "metrics": metrics,
+                    "worker": worker,
+                    "seconds": time.perf_counter() - start,
+                }
+            return {
+                "value": value,
+                "metrics": metrics,
+                "worker": worker,
+                "seconds": time.perf_counter() - start,
+                "merged_in": self.merged_in,
+            }
         except Exception as exc:  # noqa: BLE001  (a failed trial is recorded; the search goes on)
             first = str(exc).splitlines()[0] if str(exc) else ""
-            return {"error": f"{type(exc).__name__}: {first}", "worker": worker, "seconds": time.perf_counter() - start,
-                    "traceback": traceback.format_exc(limit=6)}
+            return {
+                "error": f"{type(exc).__name__}: {first}",
+                "worker": worker,
+                "seconds": time.perf_counter() - start,
+                "traceback": traceback.format_exc(limit=6),
+            }
 
     def metrics(self, recipe_data: dict[str, Any]) -> dict[str, float]:
         from mergeflow.align.catalog import STEPS
@@ -86,15 +114,22 @@ class Evaluator:
 
         recipe = validate(YamlSource(recipe_data, self.source_name), OPERATORS, STEPS, root=self.root)
         opts = runner.Options(device=self.device, max_memory=self.max_memory)
-        prep = runner.prepare(self.source_name, opts, recipe=recipe,
-                              recipe_text=yaml.safe_dump(recipe_data, sort_keys=False))
+        prep = runner.prepare(
+            self.source_name, opts, recipe=recipe, recipe_text=yaml.safe_dump(recipe_data, sort_keys=False)
+        )
         folder = model_dir(str(prep.readers[recipe.config_source].path))
         if folder is None:
-            raise ValueError(f"model '{recipe.config_source}' has no folder with a config to evaluate the merge with")
-        self.merged_in = "memory" if 2 * prep.plan.bytes_written <= tensor_budget(prep.max_memory) else "folder"
+            raise ValueError(
+                f"model '{recipe.config_source}' has no folder with a config to evaluate the merge with"
+            )
+        self.merged_in = (
+            "memory" if 2 * prep.plan.bytes_written <= tensor_budget(prep.max_memory) else "folder"
+        )
         if self.merged_in == "memory":  # the merge (and a float32 copy) fit
             return self.score_in_memory(merge_in_memory(prep), str(folder))
-        with tempfile.TemporaryDirectory(prefix=".mergeflow-trial-", dir=self.scratch) as scratch:  # too large: a folder, deleted after
+        with tempfile.TemporaryDirectory(
+            prefix=".mergeflow-trial-", dir=self.scratch
+        ) as scratch:  # too large: a folder, deleted after
             out = runner.run(prep, Path(scratch) / "merged", opts).out
             return self.score(load_model(out, torch.device(self.device)))
 
@@ -104,14 +139,19 @@ class Evaluator:
 
         loaded = self.model(folder)
         dev = torch.device(self.device)
-        params = {mod: merged[st].to(device=dev, dtype=torch.float32) for mod, st in module_names(loaded, merged).items()}
+        params = {
+            mod: merged[st].to(device=dev, dtype=torch.float32)
+            for mod, st in module_names(loaded, merged).items()
+        }
         return self.score(on_weights(loaded, params))
 
     def score(self, loaded: Any) -> dict[str, float]:
         from mergeflow.eval.loss import evaluate
 
         out: dict[str, float] = {}
-        scored: dict[tuple[str, int | None, int], dict[str, float]] = {}  # one pass per data file, every metric
+        scored: dict[
+            tuple[str, int | None, int], dict[str, float]
+        ] = {}  # one pass per data file, every metric
         for i, o in enumerate(self.objectives):
             key = (o.data, o.max_examples, o.batch_size)
             if key not in scored:
@@ -119,7 +159,8 @@ class Evaluator:
             res = scored[key]
             value = math.exp(res["loss"]) if o.metric == "perplexity" else res.get(o.metric)
             if value is None:
-                raise ValueError(f"search.objective[{i}]: the model gives no {o.metric} (a {loaded.task} model)")
+                raise ValueError(
+                    f"search.objective[{i}]: the model gives no {o.metric} (a {loaded.task} model)"
+                )
             out[f"{i}:{o.metric}"] = float(value)
         return out
-

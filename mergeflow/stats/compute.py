@@ -13,9 +13,19 @@ from mergeflow.stats.data import batches, load_data
 from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names
 
 
-def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: str | Path, device: torch.device,
-                  batch_size: int = 16, max_length: int | None = None, max_examples: int | None = None,
-                  samples: int = 1, seed: int = 0, progress: Progress | None = None) -> dict[str, object]:
+def compute_stats(
+    model_dir: str | Path,
+    data_path: str | Path,
+    kind: str,
+    out: str | Path,
+    device: torch.device,
+    batch_size: int = 16,
+    max_length: int | None = None,
+    max_examples: int | None = None,
+    samples: int = 1,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, object]:
     from mergeflow.io.ownership import check_file_target
 
     check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
@@ -47,11 +57,19 @@ def compute_stats(model_dir: str | Path, data_path: str | Path, kind: str, out: 
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     for n, t in tensors.items():
         if not bool(torch.isfinite(t).all()):
-            raise InputError(f"{kind} statistics of {n!r} came out NaN or Inf over {data.path}; check the data "
-                             "and the model's outputs for non-finite values")
+            raise InputError(
+                f"{kind} statistics of {n!r} came out NaN or Inf over {data.path}; check the data "
+                "and the model's outputs for non-finite values"
+            )
     names = stored_names(loaded.model)
     tensors = {names[n]: t for n, t in tensors.items() if n in names}
     transposed = {names[n] for n in transposed if n in names}
     path = write_stats(out, tensors, kind, len(data), str(Path(model_dir).resolve()), transposed, extra)
-    return {"path": str(path), "kind": kind, "examples": len(data), "tensors": len(tensors), "max_length": max_length,
-            "task": loaded.task}
+    return {
+        "path": str(path),
+        "kind": kind,
+        "examples": len(data),
+        "tensors": len(tensors),
+        "max_length": max_length,
+        "task": loaded.task,
+    }

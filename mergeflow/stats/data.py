@@ -43,7 +43,9 @@ class Data:
         if n is None or n >= len(self):
             return self
         cut = lambda v: None if v is None else v[:n]  # noqa: E731
-        return Data(self.path, cut(self.texts), cut(self.x), cut(self.labels), cut(self.words), cut(self.tags))
+        return Data(
+            self.path, cut(self.texts), cut(self.x), cut(self.labels), cut(self.words), cut(self.tags)
+        )
 
 
 def load_data(path: str | Path) -> Data:
@@ -83,8 +85,9 @@ def _jsonl(p: Path, lines: list[str]) -> Data:
         if "label" in rec and not (isinstance(rec["label"], int) and not isinstance(rec["label"], bool)):
             raise DataError(f"{p}:{i}: 'label' must be an integer")
         if "label" in rec and not 0 <= rec["label"] < 2**31:
-            raise DataError(f"{p}:{i}: 'label' {rec['label']} is out of range (class indices are 0 or more, "
-                            "below 2**31)")
+            raise DataError(
+                f"{p}:{i}: 'label' {rec['label']} is out of range (class indices are 0 or more, below 2**31)"
+            )
         texts.append(rec["text"])
         labels.append(rec.get("label"))
     if not texts:
@@ -102,9 +105,14 @@ def _words(p: Path, records: list[tuple[int, Any]]) -> Data:
         if not isinstance(toks, list) or not toks or not all(isinstance(t, str) for t in toks):
             raise DataError(f"{p}:{i}: each line must be an object with 'tokens', a non-empty list of words")
         tg = rec.get("tags")
-        if tg is not None and (not isinstance(tg, list) or len(tg) != len(toks) or not all(
-                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in tg)):
-            raise DataError(f"{p}:{i}: 'tags' must be a list of {len(toks)} labels (integers, 0 or more), one per word")
+        if tg is not None and (
+            not isinstance(tg, list)
+            or len(tg) != len(toks)
+            or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in tg)
+        ):
+            raise DataError(
+                f"{p}:{i}: 'tags' must be a list of {len(toks)} labels (integers, 0 or more), one per word"
+            )
         words.append(toks)
         tags.append(tg)
     if any(t is None for t in tags) and any(t is not None for t in tags):
@@ -125,7 +133,9 @@ def _npz(p: Path) -> Data:
         raise DataError(f"{p}: no array 'x' (found: {', '.join(arrays) or 'none'})")
     x = arrays["x"]
     if x.dtype.kind not in "fiu" or x.ndim < 2 or len(x) == 0:
-        raise DataError(f"{p}: 'x' must be a non-empty numeric array with a batch axis, got {x.dtype} {x.shape}")
+        raise DataError(
+            f"{p}: 'x' must be a non-empty numeric array with a batch axis, got {x.dtype} {x.shape}"
+        )
     y = arrays.get("y")
     if y is not None and (y.dtype.kind not in "iu" or y.shape != (len(x),)):
         raise DataError(f"{p}: 'y' must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
@@ -149,13 +159,19 @@ def _check_npz_sizes(p: Path, archive: Any) -> None:
     for info in archive.infolist():
         with archive.open(info) as fh:
             version = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, _fortran, dtype = read(fh)
         nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if nbytes > room:
-            raise DataError(f"{p}: array {info.filename.removesuffix('.npy')!r} declares shape {tuple(shape)} "
-                            f"({nbytes / 2**30:.3g} GiB), more than half the memory available "
-                            f"({room / 2**30:.3g} GiB); use a smaller data file or --max-examples")
+            raise DataError(
+                f"{p}: array {info.filename.removesuffix('.npy')!r} declares shape {tuple(shape)} "
+                f"({nbytes / 2**30:.3g} GiB), more than half the memory available "
+                f"({room / 2**30:.3g} GiB); use a smaller data file or --max-examples"
+            )
 
 
 def check_labels(data: Data, num_labels: int | None) -> None:
@@ -163,57 +179,90 @@ def check_labels(data: Data, num_labels: int | None) -> None:
         for i, tg in enumerate(data.tags):
             bad = [t for t in tg if t >= num_labels]
             if bad:
-                raise DataError(f"{data.path}: tag {bad[0]} of example {i} is out of range for a model with "
-                                f"{num_labels} labels")
+                raise DataError(
+                    f"{data.path}: tag {bad[0]} of example {i} is out of range for a model with "
+                    f"{num_labels} labels"
+                )
     if data.labels is None or num_labels is None:
         return
     wrong = np.flatnonzero((data.labels < 0) | (data.labels >= num_labels))
     if len(wrong):
-        raise DataError(f"{data.path}: label {int(data.labels[wrong[0]])} of example {int(wrong[0])} is out of range "
-                        f"for a model with {num_labels} labels")
+        raise DataError(
+            f"{data.path}: label {int(data.labels[wrong[0]])} of example {int(wrong[0])} is out of range "
+            f"for a model with {num_labels} labels"
+        )
 
 
-def batches(data: Data, tokenizer: Any, batch_size: int, max_length: int, device: torch.device,
-            image_shape: tuple[int, ...] | None = None):
+def batches(
+    data: Data,
+    tokenizer: Any,
+    batch_size: int,
+    max_length: int,
+    device: torch.device,
+    image_shape: tuple[int, ...] | None = None,
+):
     """Yield (model inputs, labels or None, token mask or None) per batch. Word data: each word's tag on
     its first sub-token, -100 on the others and on special tokens."""
     for s in range(0, len(data), batch_size):
-        labels = None if data.labels is None else torch.as_tensor(data.labels[s:s + batch_size], device=device)
+        labels = (
+            None if data.labels is None else torch.as_tensor(data.labels[s : s + batch_size], device=device)
+        )
         if data.words is not None:
             if tokenizer is None:
                 raise DataError(f"{data.path}: word data needs a tokenizer in the model directory")
-            enc = tokenizer(data.words[s:s + batch_size], is_split_into_words=True, padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
+            enc = tokenizer(
+                data.words[s : s + batch_size],
+                is_split_into_words=True,
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
             if data.tags is not None:
                 labels = torch.full(enc["input_ids"].shape, -100, dtype=torch.long)
-                for b, tg in enumerate(data.tags[s:s + batch_size]):
+                for b, tg in enumerate(data.tags[s : s + batch_size]):
                     prev = None
                     for pos, w in enumerate(enc.word_ids(b)):
                         if w is not None and w != prev:
                             labels[b, pos] = tg[w]
                         prev = w
                 labels = labels.to(device)
-            inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask",
-                                                                         "token_type_ids")}
+            inputs = {
+                k: v.to(device)
+                for k, v in enc.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
             yield inputs, labels, inputs.get("attention_mask")
         elif data.texts is not None:
             if tokenizer is None:
                 raise DataError(f"{data.path}: text data needs a tokenizer in the model directory")
-            enc = tokenizer(data.texts[s:s + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt")
-            inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask",
-                                                                         "token_type_ids")}
+            enc = tokenizer(
+                data.texts[s : s + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+            inputs = {
+                k: v.to(device)
+                for k, v in enc.items()
+                if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
             yield inputs, labels, inputs.get("attention_mask")
         else:
-            x = torch.as_tensor(data.x[s:s + batch_size], device=device)  # type: ignore[index]
+            x = torch.as_tensor(data.x[s : s + batch_size], device=device)  # type: ignore[index]
             if image_shape is not None and not x.is_floating_point():
-                raise DataError(f"{data.path}: integer 'x' holds token ids; a vision model takes float images")
+                raise DataError(
+                    f"{data.path}: integer 'x' holds token ids; a vision model takes float images"
+                )
             if image_shape is not None:
                 if x.ndim == 3:  # (N, H, W): one channel, repeated to the model's channels
                     x = x.unsqueeze(1).expand(-1, image_shape[0], -1, -1)
                 if tuple(x.shape[1:]) != tuple(image_shape):
-                    raise DataError(f"{data.path}: images of shape {tuple(x.shape[1:])}, the model expects "
-                                    f"{tuple(image_shape)}")
+                    raise DataError(
+                        f"{data.path}: images of shape {tuple(x.shape[1:])}, the model expects "
+                        f"{tuple(image_shape)}"
+                    )
                 yield {"pixel_values": x.contiguous()}, labels, None
             elif not x.is_floating_point():  # token ids
                 yield {"input_ids": x}, labels, None

@@ -16,8 +16,9 @@ import torch
 from mergeflow.stats.model import Loaded, logits_and_mask
 
 
-def fisher(loaded: Loaded, batches: Any, progress: Any, samples: int = 1, seed: int = 0,
-           ) -> tuple[dict[str, torch.Tensor], int]:
+def fisher(
+    loaded: Loaded, batches: Any, progress: Any, samples: int = 1, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], int]:
     model = loaded.model
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     params = [p for _n, p in named]
@@ -34,8 +35,8 @@ def fisher(loaded: Loaded, batches: Any, progress: Any, samples: int = 1, seed: 
     for inputs, _labels, mask in batches:
         size = len(next(iter(inputs.values())))
         for b in range(size):
-            one = {k: v[b:b + 1] for k, v in inputs.items()}
-            logits, keep = logits_and_mask(loaded, one, None if mask is None else mask[b:b + 1])
+            one = {k: v[b : b + 1] for k, v in inputs.items()}
+            logits, keep = logits_and_mask(loaded, one, None if mask is None else mask[b : b + 1])
             logp = torch.log_softmax(logits.float(), dim=-1)
             if loaded.task == "classifier":
                 probs = logp.detach().exp()[0]

@@ -21,7 +21,9 @@ def linear_layers(model: Any) -> dict[str, tuple[Any, bool]]:
     return out
 
 
-def gram(loaded: Loaded, batches: Any, progress: Any) -> tuple[dict[str, torch.Tensor], dict[str, int], set[str]]:
+def gram(
+    loaded: Loaded, batches: Any, progress: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, int], set[str]]:
     """(weight name -> averaged Gram, weight name -> rows counted, transposed weight names)."""
     layers = linear_layers(loaded.model)
     sums: dict[str, torch.Tensor] = {}
@@ -38,6 +40,7 @@ def gram(loaded: Loaded, batches: Any, progress: Any) -> tuple[dict[str, torch.T
             g = x.T @ x
             sums[name] = sums[name].add_(g) if name in sums else g
             counts[name] += x.shape[0]
+
         return fn
 
     handles = [mod.register_forward_pre_hook(hook(n)) for n, (mod, _t) in layers.items()]

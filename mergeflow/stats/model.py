@@ -57,18 +57,28 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False, u
     elif headless and arch.endswith("Model"):
         task = "encoder"  # no head: compared by its last hidden state
     else:
-        raise ModelError(f"{p}: {arch} has none of the heads statistics and evaluation read (causal or masked LM, "
-                         "sequence, image or token classifier)")
+        raise ModelError(
+            f"{p}: {arch} has none of the heads statistics and evaluation read (causal or masked LM, "
+            "sequence, image or token classifier)"
+        )
     try:
-        model, info = cls.from_pretrained(str(p), attn_implementation="eager", dtype=torch.float32,
-                                          output_loading_info=True, **({"tie_word_embeddings": False} if untie else {}))
+        model, info = cls.from_pretrained(
+            str(p),
+            attn_implementation="eager",
+            dtype=torch.float32,
+            output_loading_info=True,
+            **({"tie_word_embeddings": False} if untie else {}),
+        )
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: cannot load the model ({str(exc).splitlines()[0]})") from None
     missing = sorted(k for k in info.get("missing_keys") or () if not (untie and k == "lm_head.weight"))
     if missing:
-        warnings.warn(f"{p}: {len(missing)} weight(s) of {arch} are not in the checkpoint and were newly "
-                      f"initialised ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); what depends "
-                      "on them is random", stacklevel=2)
+        warnings.warn(
+            f"{p}: {len(missing)} weight(s) of {arch} are not in the checkpoint and were newly "
+            f"initialised ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); what depends "
+            "on them is random",
+            stacklevel=2,
+        )
     model.to(device).eval()
     tokenizer = None
     if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
@@ -105,8 +115,9 @@ def on_weights(loaded: Loaded, params: dict[str, torch.Tensor]) -> Loaded:
     return replace(loaded, model=OnWeights(loaded.model, params))
 
 
-def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None,
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def logits_and_mask(
+    loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, mask of positions that count): causal LMs predict token t+1 at position t."""
     logits = loaded.model(**inputs).logits
     if loaded.task == "causal-lm":
@@ -114,8 +125,9 @@ def logits_and_mask(loaded: Loaded, inputs: dict[str, torch.Tensor], mask: torch
         keep = torch.ones_like(ids[:, 1:], dtype=torch.bool) if mask is None else mask[:, 1:].bool()
         return logits[:, :-1], keep
     if loaded.task in ("token-classifier", "masked-lm"):  # a distribution at every real token
-        return logits, torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device) if mask is None \
-            else mask.bool()
+        return logits, torch.ones(
+            logits.shape[:2], dtype=torch.bool, device=logits.device
+        ) if mask is None else mask.bool()
     return logits, None
 
 
@@ -134,12 +146,22 @@ def _tokenizer(p: Path) -> Any:
     except (ValueError, InputError):
         vocab = None
     specials = [t for t in vocab or {} if len(t) > 1]
-    if not isinstance(vocab, dict) or not vocab or len(specials) > 8 or not all(isinstance(i, int) for i in vocab.values()):
-        raise InputError(f"{p}: its tokenizer files do not load ({why}); give the folder a tokenizer "
-                         "(tokenizer.json, or vocab.json with merges.txt)")
+    if (
+        not isinstance(vocab, dict)
+        or not vocab
+        or len(specials) > 8
+        or not all(isinstance(i, int) for i in vocab.values())
+    ):
+        raise InputError(
+            f"{p}: its tokenizer files do not load ({why}); give the folder a tokenizer "
+            "(tokenizer.json, or vocab.json with merges.txt)"
+        )
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    unk = next((t for t in specials if "unk" in t.lower()), specials[0] if specials else min(vocab, key=lambda t: vocab[t]))
+    unk = next(
+        (t for t in specials if "unk" in t.lower()),
+        specials[0] if specials else min(vocab, key=lambda t: vocab[t]),
+    )
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -189,14 +211,25 @@ def check_fits(loaded: Loaded, data: Data, model_dir: str | Path) -> None:
     """The data suits the model: labels in range, text for models with a tokenizer, arrays for vision."""
     check_labels(data, loaded.num_labels)
     if data.words is not None and loaded.task not in ("token-classifier", "encoder", "masked-lm"):
-        raise InputError(f"{data.path}: pre-split words with per-word tags are for token classifiers; "
-                         f"{model_dir} is a {loaded.task} model")
-    if data.tags is None and data.words is None and loaded.task == "token-classifier" and data.texts is not None \
-            and data.labels is not None:
-        raise InputError(f"{data.path}: a token classifier needs per-word tags (JSONL 'tokens' and 'tags'), not one "
-                         "label per text")
+        raise InputError(
+            f"{data.path}: pre-split words with per-word tags are for token classifiers; "
+            f"{model_dir} is a {loaded.task} model"
+        )
+    if (
+        data.tags is None
+        and data.words is None
+        and loaded.task == "token-classifier"
+        and data.texts is not None
+        and data.labels is not None
+    ):
+        raise InputError(
+            f"{data.path}: a token classifier needs per-word tags (JSONL 'tokens' and 'tags'), not one "
+            "label per text"
+        )
     if (data.texts is not None or data.words is not None) and loaded.tokenizer is None:
         raise InputError(f"{model_dir}: text data needs the model's tokenizer files, and there are none")
     if data.x is not None and loaded.image_shape is None and data.x.dtype.kind == "f":
-        raise InputError(f"{data.path}: float tensor data (.npz) is for vision models; {model_dir} takes text (or "
-                         "token ids: integer 'x')")
+        raise InputError(
+            f"{data.path}: float tensor data (.npz) is for vision models; {model_dir} takes text (or "
+            "token ids: integer 'x')"
+        )

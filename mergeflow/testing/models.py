@@ -16,39 +16,88 @@ import torch
 CHARS = list("abcdefghijklmnopqrstuvwxyz .,!?'\n")
 
 
-_SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-              max_position_embeddings=64)
+_SMALL = dict(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+)
 _DECODER = {**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": False}
 _IDS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)  # the toy tokenizer's (see save_tokenizer)
 _GEMMA = {**_DECODER, **_IDS, "head_dim": 8, "tie_word_embeddings": True}
 # family -> (config class, model class, config arguments); names resolved in transformers at build time
 SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", _DECODER),
-    "mistral": ("MistralConfig", "MistralForCausalLM", {**_DECODER, "num_key_value_heads": 1,
-                                                        "sliding_window": None}),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        {**_DECODER, "num_key_value_heads": 1, "sliding_window": None},
+    ),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {**_DECODER, "tie_word_embeddings": True}),
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {**_DECODER, "head_dim": 8}),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64,
-                                                   bos_token_id=2, eos_token_id=3)),
+    "gpt2": (
+        "GPT2Config",
+        "GPT2LMHeadModel",
+        dict(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=64, bos_token_id=2, eos_token_id=3),
+    ),
     "bert": ("BertConfig", "BertForSequenceClassification", {**_SMALL, "num_labels": 3}),
-    "roberta": ("RobertaConfig", "RobertaForSequenceClassification", {**_SMALL, "num_labels": 3,
-                                                                       "max_position_embeddings": 66,
-                                                                       "pad_token_id": 1}),
-    "distilbert": ("DistilBertConfig", "DistilBertForSequenceClassification",
-                   dict(vocab_size=64, dim=32, n_layers=3, n_heads=4, hidden_dim=64, max_position_embeddings=64,
-                        num_labels=3)),
-    "deberta-v2": ("DebertaV2Config", "DebertaV2ForSequenceClassification",
-                   {**_SMALL, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "share_att_key": True,
-                    "position_buckets": 8, "max_relative_positions": 16, "num_labels": 3}),
+    "roberta": (
+        "RobertaConfig",
+        "RobertaForSequenceClassification",
+        {**_SMALL, "num_labels": 3, "max_position_embeddings": 66, "pad_token_id": 1},
+    ),
+    "distilbert": (
+        "DistilBertConfig",
+        "DistilBertForSequenceClassification",
+        dict(
+            vocab_size=64,
+            dim=32,
+            n_layers=3,
+            n_heads=4,
+            hidden_dim=64,
+            max_position_embeddings=64,
+            num_labels=3,
+        ),
+    ),
+    "deberta-v2": (
+        "DebertaV2Config",
+        "DebertaV2ForSequenceClassification",
+        {
+            **_SMALL,
+            "relative_attention": True,
+            "pos_att_type": ["p2c", "c2p"],
+            "share_att_key": True,
+            "position_buckets": 8,
+            "max_relative_positions": 16,
+            "num_labels": 3,
+        },
+    ),
     # Gemma: scales stored as offsets from 1, head tied to the embeddings (as released); Gemma 2/3 add norms on
     # the blocks' outputs and soft-capping (2) or QK-norm (3)
     "gemma": ("GemmaConfig", "GemmaForCausalLM", _GEMMA),
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4}),
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4},
+    ),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4},
+    ),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_DECODER, **_IDS}),  # fused qkv_proj and gate_up_proj
-    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {**_DECODER, **_IDS}),  # norms after the blocks, full QK-norm
-    "vit": ("ViTConfig", "ViTForImageClassification",
-            {**_SMALL, "image_size": 16, "patch_size": 4, "num_channels": 3, "num_labels": 10}),
+    "olmo2": (
+        "Olmo2Config",
+        "Olmo2ForCausalLM",
+        {**_DECODER, **_IDS},
+    ),  # norms after the blocks, full QK-norm
+    "vit": (
+        "ViTConfig",
+        "ViTForImageClassification",
+        {**_SMALL, "image_size": 16, "patch_size": 4, "num_channels": 3, "num_labels": 10},
+    ),
 }
 FAMILIES = tuple(SPECS)
 TEXT = set(FAMILIES) - {"vit"}
@@ -58,11 +107,14 @@ def _model(family: str, overrides: dict[str, Any] | None = None) -> Any:
     import transformers
 
     config_cls, model_cls, kwargs = SPECS[family]
-    return getattr(transformers, model_cls)(getattr(transformers, config_cls)(**{**kwargs, **(overrides or {})}))
+    return getattr(transformers, model_cls)(
+        getattr(transformers, config_cls)(**{**kwargs, **(overrides or {})})
+    )
 
 
-def save_tokenizer(path: Path, chars: list[str] | str = CHARS, words: tuple[str, ...] = (),
-                   special: tuple[str, ...] = ()) -> None:
+def save_tokenizer(
+    path: Path, chars: list[str] | str = CHARS, words: tuple[str, ...] = (), special: tuple[str, ...] = ()
+) -> None:
     """A character-level fast tokenizer (tokenizer.json etc.), built without any download: ``chars`` in
     order after four special tokens, then ``words`` (whole-word entries, reached only as added tokens of
     another tokenizer) and ``special`` (added special tokens)."""
@@ -135,8 +187,14 @@ def _stored_name(name: str, state: dict[str, torch.Tensor]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float = 0.0, residual: str | None = None,
-                   **which: bool) -> Path:
+def scramble_model(
+    src: str | Path,
+    dst: str | Path,
+    seed: int = 0,
+    noise: float = 0.0,
+    residual: str | None = None,
+    **which: bool,
+) -> Path:
     """Copy a model with a random exact symmetry applied to every layer (see align.scramble), plus
     optional Gaussian noise of relative size ``noise`` on every tensor. ``residual``: also map the residual
     stream by a random ``permutation`` or ``orthogonal`` matrix (norm scales folded). Returns ``dst``."""
@@ -180,16 +238,20 @@ def scramble_model(src: str | Path, dst: str | Path, seed: int = 0, noise: float
     if rmap is not None and layout is not None:
         gamma = tensors[layout.final_norm].double() if layout.final_norm else None
         for st in layout.tensors:
-            tensors[st.name] = map_stream(tensors[st.name].double(), st.kind, st.axis, rmap, fold, gamma,
-                                         layout.norm_offset).float()
+            tensors[st.name] = map_stream(
+                tensors[st.name].double(), st.kind, st.axis, rmap, fold, gamma, layout.norm_offset
+            ).float()
     if noise:
         for n, t in tensors.items():
             if t.is_floating_point():
                 tensors[n] = t + noise * t.std().nan_to_num(0.0) * torch.randn(t.shape, generator=gen)
     dst.mkdir(parents=True, exist_ok=True)
     dtypes = {n: ST_TO_TORCH[info.dtype] for n, info in reader.tensors.items()}
-    save_file({n: t.to(dtypes[n]).contiguous() for n, t in tensors.items()}, str(dst / "model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {n: t.to(dtypes[n]).contiguous() for n, t in tensors.items()},
+        str(dst / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     for f in src.iterdir():
         if f.is_file() and not f.name.startswith("model") and f.suffix != ".safetensors":
             shutil.copyfile(f, dst / f.name)

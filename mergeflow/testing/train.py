@@ -11,8 +11,16 @@ from typing import Any
 import numpy as np
 import torch
 
-VIT = {"image_size": 16, "patch_size": 4, "num_channels": 1, "num_labels": 10, "hidden_size": 32,
-       "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+VIT = {
+    "image_size": 16,
+    "patch_size": 4,
+    "num_channels": 1,
+    "num_labels": 10,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
 # the demo's independently trained pair: wider, and weight decay strong enough that training, not the random
 # initialisation, shapes the weights (weight matching has nothing to match in init noise)
 DEMO_VIT = {**VIT, "hidden_size": 64, "intermediate_size": 128}
@@ -43,8 +51,9 @@ def digits(split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]
     except ImportError:
         from mergeflow.errors import InputError
 
-        raise InputError("the digits the demo trains on come with scikit-learn: pip install 'mergeflow[demo]'") \
-            from None
+        raise InputError(
+            "the digits the demo trains on come with scikit-learn: pip install 'mergeflow[demo]'"
+        ) from None
 
     d = load_digits()
     x = d.images.astype(np.float32) / 16.0
@@ -62,9 +71,17 @@ def save_npz(path: str | Path, x: np.ndarray, y: np.ndarray) -> Path:
     return path
 
 
-def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epochs: int = 10,
-              init_from: str | Path | None = None, lr: float = 3e-3, config: dict | None = None,
-              weight_decay: float = 0.01) -> Path:
+def train_vit(
+    path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int = 0,
+    epochs: int = 10,
+    init_from: str | Path | None = None,
+    lr: float = 3e-3,
+    config: dict | None = None,
+    weight_decay: float = 0.01,
+) -> Path:
     """Train a tiny ViT classifier (from ``seed``'s random init, or from ``init_from``) and save it."""
     from transformers.utils import logging as hf_logging
 
@@ -73,8 +90,17 @@ def train_vit(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int = 0, epo
         return _train(path, x, y, seed, epochs, init_from, lr, config, weight_decay)
 
 
-def _train(path: str | Path, x: np.ndarray, y: np.ndarray, seed: int, epochs: int, init_from: str | Path | None,
-           lr: float, config: dict | None, weight_decay: float) -> Path:
+def _train(
+    path: str | Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    epochs: int,
+    init_from: str | Path | None,
+    lr: float,
+    config: dict | None,
+    weight_decay: float,
+) -> Path:
     import transformers
 
     torch.manual_seed(seed)

@@ -36,7 +36,9 @@ class VocabMap:
     tokenizer: Any  # the output tokenizer (transformers), saved with the output
     rows: int  # rows of every re-indexed tensor (the vocabulary, padded)
     tensors: dict[str, tuple[int, ...]]  # re-indexed tensor -> output shape
-    index: dict[str, torch.Tensor]  # model -> its row of each output id (-1: none or forced), length ``tokens``
+    index: dict[
+        str, torch.Tensor
+    ]  # model -> its row of each output id (-1: none or forced), length ``tokens``
     fill_ids: torch.Tensor  # output ids whose rows some model takes from elsewhere
     fill: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]  # (model, fill position, row, weight)
     tokens: int  # ids of the output tokenizer
@@ -57,7 +59,9 @@ def load_tokenizer(path: Path, who: str) -> Any | None:
     try:
         return transformers.AutoTokenizer.from_pretrained(str(path))
     except Exception as exc:  # noqa: BLE001  (transformers raises anything on a broken tokenizer)
-        raise TokenizerError(f"{who}: its tokenizer in {path} does not load ({type(exc).__name__}: {exc})") from None
+        raise TokenizerError(
+            f"{who}: its tokenizer in {path} does not load ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def vocab_rows_of(reader: ModelReader) -> tuple[list[str], int]:
@@ -65,12 +69,16 @@ def vocab_rows_of(reader: ModelReader) -> tuple[list[str], int]:
     names = [t for t, i in reader.tensors.items() if VOCAB_RE.search(t) and len(i.shape) >= 1]
     rows = {reader.tensors[t].shape[0] for t in names}
     if len(rows) > 1:
-        raise TokenizerError(f"model '{reader.name}': its embedding/head tensors have different row counts "
-                             f"({sorted(rows)}); cannot tell which rows are tokens")
+        raise TokenizerError(
+            f"model '{reader.name}': its embedding/head tensors have different row counts "
+            f"({sorted(rows)}); cannot tell which rows are tokens"
+        )
     return names, rows.pop() if rows else 0
 
 
-def _union(base_tok: Any, order: list[tuple[str, Any, int]], extra: list[str], path: Path) -> tuple[Any, dict]:
+def _union(
+    base_tok: Any, order: list[tuple[str, Any, int]], extra: list[str], path: Path
+) -> tuple[Any, dict]:
     out = load_tokenizer(path, "base model")  # a fresh copy: the base's own object stays as it is
     assert out is not None  # the base's tokenizer was loaded before (base_tok)
     have = set(out.get_vocab())
@@ -111,12 +119,16 @@ def build_vocab(spec: TokenizerSpec, readers: Mapping[str, ModelReader], base: s
         for t in vnames:
             tensors.setdefault(t, tuple(r.tensors[t].shape[1:]))
     if toks[first] is None:
-        raise TokenizerError(f"model '{first}' ({readers[first].path}) has no tokenizer files; the tokenizer "
-                             "section starts from its tokenizer")
+        raise TokenizerError(
+            f"model '{first}' ({readers[first].path}) has no tokenizer files; the tokenizer "
+            "section starts from its tokenizer"
+        )
     for m in names:
         if toks[m] is None:
-            warnings.warn(f"model '{m}' has no tokenizer files: its rows are taken to mean the tokens of "
-                          f"'{first}'", stacklevel=2)
+            warnings.warn(
+                f"model '{m}' has no tokenizer files: its rows are taken to mean the tokens of '{first}'",
+                stacklevel=2,
+            )
             toks[m] = toks[first]
     extra = list(spec.tokens)
     added_by: dict[str, list[str]] = {}
@@ -133,15 +145,31 @@ def build_vocab(spec: TokenizerSpec, readers: Mapping[str, ModelReader], base: s
             out.add_tokens(missing)
     vocab = out.get_vocab()
     n = max(vocab.values()) + 1
-    rows = n if spec.pad_to_multiple_of is None else -(-n // spec.pad_to_multiple_of) * spec.pad_to_multiple_of
+    rows = (
+        n if spec.pad_to_multiple_of is None else -(-n // spec.pad_to_multiple_of) * spec.pad_to_multiple_of
+    )
     own = {m: {t: i for t, i in toks[m].get_vocab().items() if i < limits[m]} for m in names}
     index, fill_ids, fill = _rows(spec, vocab, own, names, base, n)
-    return VocabMap(out, rows, {t: (rows, *rest) for t, rest in tensors.items()}, index, fill_ids, fill, n,
-                    {m: v[:5] for m, v in added_by.items()})
+    return VocabMap(
+        out,
+        rows,
+        {t: (rows, *rest) for t, rest in tensors.items()},
+        index,
+        fill_ids,
+        fill,
+        n,
+        {m: v[:5] for m, v in added_by.items()},
+    )
 
 
-def _rows(spec: TokenizerSpec, vocab: dict[str, int], own: dict[str, dict[str, int]], names: list[str],
-          base: str | None, n: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, list]:
+def _rows(
+    spec: TokenizerSpec,
+    vocab: dict[str, int],
+    own: dict[str, dict[str, int]],
+    names: list[str],
+    base: str | None,
+    n: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, list]:
     index = {m: torch.full((n,), -1, dtype=torch.long) for m in names}
     for m in names:
         for text, i in vocab.items():
@@ -162,7 +190,9 @@ def _rows(spec: TokenizerSpec, vocab: dict[str, int], own: dict[str, dict[str, i
         if isinstance(src, ModelTokenRow):
             j = src.token_id if src.token_id is not None else own[src.model].get(src.token or "")
             if j is None:
-                raise TokenizerError(f"tokenizer.tokens.{token}: model '{src.model}' has no token {src.token!r}")
+                raise TokenizerError(
+                    f"tokenizer.tokens.{token}: model '{src.model}' has no token {src.token!r}"
+                )
             _add(contrib[src.model], pos, j, 1.0)
             continue
         if isinstance(src, str):
@@ -178,13 +208,19 @@ def _rows(spec: TokenizerSpec, vocab: dict[str, int], own: dict[str, dict[str, i
         for m in havers:
             _add(contrib[m], pos, int(index[m][i]), 1.0 / len(havers))
     if unknown:
-        warnings.warn(f"{len(unknown)} token(s) of the output tokenizer are in no model (rows of zeros): "
-                      f"{', '.join(map(repr, unknown[:5]))}", stacklevel=3)
+        warnings.warn(
+            f"{len(unknown)} token(s) of the output tokenizer are in no model (rows of zeros): "
+            f"{', '.join(map(repr, unknown[:5]))}",
+            stacklevel=3,
+        )
     for i in forced:
         for m in names:
             index[m][i] = -1
-    fill = [(m, torch.tensor(p, dtype=torch.long), torch.tensor(r, dtype=torch.long), torch.tensor(w))
-            for m, (p, r, w) in contrib.items() if p]
+    fill = [
+        (m, torch.tensor(p, dtype=torch.long), torch.tensor(r, dtype=torch.long), torch.tensor(w))
+        for m, (p, r, w) in contrib.items()
+        if p
+    ]
     return index, torch.tensor(need, dtype=torch.long), fill
 
 

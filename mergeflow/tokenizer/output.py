@@ -37,4 +37,3 @@ def set_chat_template(out: Path, template: str, written: list[str]) -> list[str]
     if "chat_template.jinja" in written:
         (out / "chat_template.jinja").unlink()  # transformers would prefer it over the config's
     return names if "tokenizer_config.json" in names else [*names, "tokenizer_config.json"]
-

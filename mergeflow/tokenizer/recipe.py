@@ -15,7 +15,9 @@ from mergeflow.tokenizer.output import save_tokenizer, set_chat_template
 from mergeflow.tokenizer.templates import TEMPLATE_TOKENS, resolve_template
 
 
-def recipe_tokenizer(recipe: Recipe, readers: Mapping[str, ModelReader]) -> tuple[VocabMap | None, str | None]:
+def recipe_tokenizer(
+    recipe: Recipe, readers: Mapping[str, ModelReader]
+) -> tuple[VocabMap | None, str | None]:
     """(the built output vocabulary, the chat template's text) of a recipe; None where it has none."""
     vmap = build_vocab(recipe.tokenizer, readers, recipe.base) if recipe.tokenizer is not None else None
     template = None
@@ -23,16 +25,24 @@ def recipe_tokenizer(recipe: Recipe, readers: Mapping[str, ModelReader]) -> tupl
         dirs = {m: Path(r.path) for m, r in readers.items() if Path(r.path).is_dir()}
         template = resolve_template(recipe.chat_template, dirs)
         if template is None:
-            warnings.warn("chat_template: auto: no model has a chat template; the output gets none", stacklevel=2)
+            warnings.warn(
+                "chat_template: auto: no model has a chat template; the output gets none", stacklevel=2
+            )
         if vmap is None and recipe.output.tokenizer is False:
-            raise InputError("chat_template: the output has no tokenizer (output.tokenizer: false) to hold it")
+            raise InputError(
+                "chat_template: the output has no tokenizer (output.tokenizer: false) to hold it"
+            )
         if recipe.chat_template in TEMPLATE_TOKENS:
-            vocab = (vmap.tokenizer.get_vocab() if vmap is not None
-                     else _copied_vocab(recipe, readers))
-            missing = [t for t in TEMPLATE_TOKENS[recipe.chat_template] if vocab is not None and t not in vocab]
+            vocab = vmap.tokenizer.get_vocab() if vmap is not None else _copied_vocab(recipe, readers)
+            missing = [
+                t for t in TEMPLATE_TOKENS[recipe.chat_template] if vocab is not None and t not in vocab
+            ]
             if missing:
-                warnings.warn(f"chat_template: {recipe.chat_template} writes {', '.join(missing)}, which the output "
-                              "tokenizer does not have as tokens (add them under tokenizer.tokens)", stacklevel=2)
+                warnings.warn(
+                    f"chat_template: {recipe.chat_template} writes {', '.join(missing)}, which the output "
+                    "tokenizer does not have as tokens (add them under tokenizer.tokens)",
+                    stacklevel=2,
+                )
     return vmap, template
 
 

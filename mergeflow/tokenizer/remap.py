@@ -64,11 +64,15 @@ class Reindex:
 
 def _check_rows(rows: torch.Tensor, src: torch.Tensor, model: str, tensor: str) -> None:
     if rows.numel() and int(rows.max()) >= src.shape[0]:
-        raise InputError(f"tensor {tensor!r} of model '{model}' has {src.shape[0]} rows; the tokenizer section "
-                         f"asks for row {int(rows.max())}")
+        raise InputError(
+            f"tensor {tensor!r} of model '{model}' has {src.shape[0]} rows; the tokenizer section "
+            f"asks for row {int(rows.max())}"
+        )
 
 
-def reindexed(vmap: VocabMap, tensor: str, members: list[str], base: str | None, source: Any) -> dict[str, Any]:
+def reindexed(
+    vmap: VocabMap, tensor: str, members: list[str], base: str | None, source: Any
+) -> dict[str, Any]:
     """Model -> the task giving its re-indexed ``tensor``; ``source(model, tensor, rows)`` gives the
     model's own tensor (a Load, or the aligned tensor)."""
     needed = [m for m, *_ in vmap.fill]

@@ -45,8 +45,10 @@ ALPACA = (
 )
 NAMED = {"chatml": CHATML, "llama3": LLAMA3, "mistral": MISTRAL, "alpaca": ALPACA}
 # the special tokens a named template writes, which the output tokenizer should know
-TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"),
-                   "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
+TEMPLATE_TOKENS = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "llama3": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+}
 
 
 def model_template(path: Path) -> str | None:
@@ -62,7 +64,9 @@ def model_template(path: Path) -> str | None:
     except (ValueError, AttributeError) as exc:
         raise InputError(f"{cfg}: unreadable tokenizer config ({exc})") from None
     if isinstance(value, list):  # named templates: the default one
-        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+        value = next(
+            (t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None
+        )
     return value if isinstance(value, str) else None
 
 
