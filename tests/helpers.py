@@ -17,9 +17,29 @@ from mergeflow.graph import run as runner
 from mergeflow.testing.models import CHARS
 from tests.conftest import write
 
-CAUSAL = {"llama", "gpt2", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo2"}
+CAUSAL = {
+    "llama",
+    "gpt2",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "phi3",
+    "olmo2",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+}
 CLASSIFY = {"bert", "roberta", "distilbert", "deberta-v2"}
-QK_NORM = {"qwen3": "head", "gemma3": "head", "olmo2": "full"}  # per-head or whole-projection QK-norm
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe"}
+QK_NORM = {
+    "qwen3": "head",
+    "gemma3": "head",
+    "olmo2": "full",
+    "qwen3_moe": "head",
+}  # per-head or whole-projection QK-norm
 
 
 def exact_steps(family: str, steps: str) -> str:
@@ -103,7 +123,8 @@ def outputs(path, family, dtype=torch.float64):
         if family in CAUSAL
         else transformers.AutoModelForSequenceClassification,
     )
-    model = cls.from_pretrained(str(path), dtype=dtype).eval()
+    extra = {"experts_implementation": "eager"} if family in MOE else {}  # grouped kernels lack float64
+    model = cls.from_pretrained(str(path), dtype=dtype, **extra).eval()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         if family == "vit":

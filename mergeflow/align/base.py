@@ -7,6 +7,7 @@ optional check that refuses the step for a model whose symmetries do not allow i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -83,6 +84,22 @@ def heads(n: int, d_h: int, i: int) -> slice:
     """Rows (or columns) of head ``i`` in a (n*d_h, ...) projection."""
     assert 0 <= i < n
     return slice(i * d_h, (i + 1) * d_h)
+
+
+EXPERT = re.compile(r"^(e\d+|es)\.")  # canonical roles of a mixture's experts: "e0.up", "es.down" (shared)
+
+
+def module_role(role: str) -> str:
+    """The role without its expert prefix: "e3.gate" -> "gate"."""
+    m = EXPERT.match(role)
+    return role[m.end() :] if m else role
+
+
+def ffn_prefixes(layer: Layer) -> list[str]:
+    """Each FFN of a layer, as its roles' prefix: "" for the dense one, "e0.", "e1.", ..., "es." for experts;
+    each has its own hidden units to permute."""
+    experts = {r[: -len("down")] for r in layer if r.endswith(".down") and EXPERT.match(r)}
+    return ([""] if "down" in layer else []) + sorted(experts, key=lambda p: (p == "es.", len(p), p))
 
 
 def head_rows(q: torch.Tensor, kv: torch.Tensor) -> tuple[tuple[str, torch.Tensor], ...]:

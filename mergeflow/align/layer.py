@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mergeflow.align.base import Found, Layer, StepParams
+from mergeflow.align.base import Found, Layer, StepParams, module_role
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
@@ -30,7 +30,10 @@ def sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def distances(local: Layer, anchor: Layer) -> dict[str, float]:
     """Squared Frobenius distance to the anchor per module (qk, vo, ffn) of one layer."""
-    return {m: sum(sq_dist(local[r], anchor[r]) for r in roles if r in local) for m, roles in MODULES.items()}
+    return {
+        m: sum(sq_dist(local[r], anchor[r]) for r in local if module_role(r) in roles)
+        for m, roles in MODULES.items()
+    }
 
 
 def full_distance(local: Layer, anchor: Layer) -> float:

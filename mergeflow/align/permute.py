@@ -34,12 +34,14 @@ from mergeflow.align.base import (
     MatchedParams,
     StepParams,
     align_step,
+    ffn_prefixes,
     head_rows,
     heads,
     method_problem,
     qk_fixed,
     stream_described,
 )
+from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 
 FFN_ROWS = ("up", "up.b", "gate", "gate.b")
@@ -66,40 +68,45 @@ def assignment(score: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(perm, device=score.device)
 
 
-def _unit_features(layer: Layer, dtype: torch.dtype) -> torch.Tensor:
+def _unit_features(layer: Layer, dtype: torch.dtype, pre: str = "") -> torch.Tensor:
     """One row per FFN hidden unit: its W_in (and gate) row, bias, and W_out column. (f, ~3d)"""
-    parts = [layer[r].reshape(layer[r].shape[0], -1).to(dtype) for r in FFN_ROWS if r in layer]
-    return torch.cat([*parts, layer["down"].T.to(dtype)], dim=1)
+    parts = [
+        layer[pre + r].reshape(layer[pre + r].shape[0], -1).to(dtype) for r in FFN_ROWS if pre + r in layer
+    ]
+    return torch.cat([*parts, layer[pre + "down"].T.to(dtype)], dim=1)
 
 
-def _agreement(local: Layer, anchor: Layer, perm: torch.Tensor | None) -> float:
+def _agreement(local: Layer, anchor: Layer, perm: torch.Tensor | None, pre: str = "") -> float:
     """sum over units of <local unit perm[c], anchor unit c>, in float64."""
     total = 0.0
-    for role in FFN_ROWS:
+    for role in (pre + r for r in FFN_ROWS):
         if role in local:
             x = local[role] if perm is None else local[role][perm]
             total += float(torch.dot(x.reshape(-1), anchor[role].reshape(-1)))
-    x = local["down"] if perm is None else local["down"][:, perm]
-    return total + float(torch.dot(x.reshape(-1), anchor["down"].reshape(-1)))
+    x = local[pre + "down"] if perm is None else local[pre + "down"][:, perm]
+    return total + float(torch.dot(x.reshape(-1), anchor[pre + "down"].reshape(-1)))
 
 
-def permute_ffn(local: Layer, anchor: Layer, similarity: str = "float32") -> None:
+def permute_ffn(local: Layer, anchor: Layer, similarity: str = "float32", pre: str = "") -> None:
+    """The hidden units of one FFN (``pre``: its roles' prefix, see ffn_prefixes) by linear assignment."""
     dtype = getattr(torch, similarity)
-    c = (_unit_features(local, dtype) @ _unit_features(anchor, dtype).T).to(torch.float64)  # (f, f)
+    c = (_unit_features(local, dtype, pre) @ _unit_features(anchor, dtype, pre).T).to(torch.float64)  # (f, f)
     perm = assignment(c)
     # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
-    if dtype == torch.bfloat16 and _agreement(local, anchor, perm) < _agreement(local, anchor, None):
+    if dtype == torch.bfloat16 and _agreement(local, anchor, perm, pre) < _agreement(
+        local, anchor, None, pre
+    ):
         return
-    apply_ffn(local, perm)
+    apply_ffn(local, perm, pre)
 
 
-def apply_ffn(local: Layer, perm: torch.Tensor) -> None:
-    """FFN unit c of the result is unit perm[c] of ``local``."""
-    perm = perm.to(local["down"].device)
-    for role in FFN_ROWS:
+def apply_ffn(local: Layer, perm: torch.Tensor, pre: str = "") -> None:
+    """FFN unit c of the result is unit perm[c] of ``local`` (``pre``: which FFN, see ffn_prefixes)."""
+    perm = perm.to(local[pre + "down"].device)
+    for role in (pre + r for r in FFN_ROWS):
         if role in local:
             local[role] = local[role][perm]
-    local["down"] = local["down"][:, perm]
+    local[pre + "down"] = local[pre + "down"][:, perm]
 
 
 def _best_trace(m: torch.Tensor, g: Geometry, group: str) -> float:
@@ -160,6 +167,11 @@ def apply_heads(local: Layer, g: Geometry, perm_t: torch.Tensor) -> None:
 
 
 def _check(g: Geometry, p: PermuteParams, family: str) -> str | None:
+    if p.method == "activations" and p.ffn and FAMILIES[family].experts is not None:
+        return (
+            f"{family} has experts, whose units are not matched by activations yet; match them by weights "
+            "(a permute step with method: weights)"
+        )
     return stream_described(family, p) or qk_fixed(g, p.heads, family, "permute: {heads: false}")
 
 
@@ -196,4 +208,5 @@ def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: F
     if p.heads:
         permute_heads(local, anchor, g)
     if p.ffn:
-        permute_ffn(local, anchor, p.similarity)
+        for pre in ffn_prefixes(local):  # the dense FFN and each expert: spaces of their own
+            permute_ffn(local, anchor, p.similarity, pre)

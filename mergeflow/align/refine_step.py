@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pydantic import Field, model_validator
 
 from mergeflow.align.base import Found, Layer, StepParams, align_step
+from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 
 
@@ -63,6 +64,15 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
     return None
 
 
-@align_step("refine", RefineParams, in_list=_in_list)
+def _check(g: Geometry, p: RefineParams, family: str) -> str | None:
+    if p.permutations and FAMILIES[family].experts is not None:
+        return (
+            f"{family} has experts, whose units refine does not learn yet; use refine: {{permutations: false}} "
+            "(the stream map alone)"
+        )
+    return None
+
+
+@align_step("refine", RefineParams, _check, in_list=_in_list)
 def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams, found: Found = None) -> None:
     """Learned refinement of the residual map and FFN permutations on data (after a residual step)."""

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from mergeflow.align.base import Layer, head_rows, heads
+from mergeflow.align.base import Layer, ffn_prefixes, head_rows, heads
 from mergeflow.arch.spec import Geometry
 
 
@@ -81,10 +81,11 @@ def scramble_layer(
             for qi in qs:
                 layer["o"][:, qi] /= b
     if permute:
-        perm = torch.randperm(layer["up"].shape[0], generator=gen)
-        for role in ("up", "up.b", "gate", "gate.b"):
-            if role in layer:
-                layer[role] = layer[role][perm]
-        layer["down"] = layer["down"][:, perm]
-        planted["ffn"] = perm
+        for pre in ffn_prefixes(layer):  # the dense FFN and each expert, independently
+            perm = torch.randperm(layer[pre + "down"].shape[1], generator=gen)
+            for role in ("up", "up.b", "gate", "gate.b"):
+                if pre + role in layer:
+                    layer[pre + role] = layer[pre + role][perm]
+            layer[pre + "down"] = layer[pre + "down"][:, perm]
+            planted[pre + "ffn"] = perm
     return planted

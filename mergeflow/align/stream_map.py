@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergeflow.align.base import Layer
+from mergeflow.align.base import Layer, module_role
 from mergeflow.errors import InputError
 
 # canonical roles that touch the stream, and the axis they touch it on
@@ -38,7 +38,24 @@ LAYER_AXES = {
     "n3.b": 0,
     "n4": 0,
     "n4.b": 0,
+    "router0": 1,  # a mixture's routers read the stream (rows: experts)
+    "router1": 1,
 }
+# what each pre-norm's output feeds (experts' projections included, see stream_roles)
+NORM_READERS = {"n1": ("q", "k", "v"), "n2": ("up", "gate", "router0", "router1")}
+
+
+def stream_roles(layer: Layer, folded: bool) -> list[tuple[str, int]]:
+    """(role, axis) of each of the layer's tensors that touch the stream (an expert's as its dense
+    counterpart's); folded pre-norm scales are 1 and move nowhere."""
+    out = []
+    for role in layer:
+        axis = LAYER_AXES.get(module_role(role))
+        if axis is not None and not (folded and role in NORM_READERS):
+            out.append((role, axis))
+    return out
+
+
 GROUPS = ("permutation", "orthogonal", "orthogonal_centred")
 
 
@@ -140,12 +157,12 @@ def fold_layer(layer: Layer, offset: float = 0.0) -> None:
     """Pre-norm layer: the norms' scales into the weights that read them (q/k/v and up/gate columns),
     leaving scales of 1 (and shifts divided by the scales), so that any orthogonal map of the stream
     commutes with the norms. ``offset``: the norm scales by (stored weight + offset), see Family.norm_offset."""
-    for norm, readers in (("n1", ("q", "k", "v")), ("n2", ("up", "gate"))):
+    for norm, readers in NORM_READERS.items():
         if norm not in layer:
             continue
         gamma = layer[norm] + offset
-        for r in readers:
-            if r in layer:
+        for r in list(layer):
+            if module_role(r) in readers:
                 layer[r] = layer[r] * gamma
         if f"{norm}.b" in layer:
             layer[f"{norm}.b"] = fold_bias(layer[f"{norm}.b"], gamma)
@@ -153,17 +170,15 @@ def fold_layer(layer: Layer, offset: float = 0.0) -> None:
 
 
 def apply_layer(layer: Layer, rmap: ResidualMap, folded: bool, undo: bool = False) -> None:
-    for role, axis in LAYER_AXES.items():
-        if role in layer and not (folded and role in ("n1", "n2")):  # folded scales are 1: nothing to move
-            layer[role] = rmap.undo(layer[role], axis) if undo else rmap.apply(layer[role], axis)
+    for role, axis in stream_roles(layer, folded):
+        layer[role] = rmap.undo(layer[role], axis) if undo else rmap.apply(layer[role], axis)
 
 
 def layer_cross(local: Layer, anchor: Layer, folded: bool) -> torch.Tensor | None:
     total = None
-    for role, axis in LAYER_AXES.items():
-        if role in local and not (folded and role in ("n1", "n2")):
-            c = cross(anchor[role], local[role], axis)
-            total = c if total is None else total + c
+    for role, axis in stream_roles(local, folded):
+        c = cross(anchor[role], local[role], axis)
+        total = c if total is None else total + c
     return total
 
 

@@ -199,6 +199,35 @@ _add(
     k_norm="self_attn.k_norm",
 )
 
+# mixtures of experts: each expert's FFN units are a permutation space of their own; the routers read the stream
+_add(
+    LLAMA,
+    name="mixtral",
+    model_types=("mixtral",),
+    up="",
+    gate=None,
+    down="",
+    experts="block_sparse_moe.experts.{e}",
+    expert_proj=("w3", "w1", "w2"),
+    routers=("block_sparse_moe.gate",),
+)
+QWEN2_MOE = _add(
+    LLAMA,
+    name="qwen2_moe",
+    model_types=("qwen2_moe",),
+    experts="mlp.experts.{e}",
+    shared_expert="mlp.shared_expert",
+    routers=("mlp.gate", "mlp.shared_expert_gate"),
+)
+_add(
+    QWEN2_MOE,
+    name="qwen3_moe",
+    model_types=("qwen3_moe",),
+    qk_norm="head",
+    shared_expert=None,
+    routers=("mlp.gate",),
+)
+
 
 def family_for(model_type: str | None) -> Family | None:
     for fam in FAMILIES.values():

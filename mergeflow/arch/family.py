@@ -26,12 +26,18 @@ class Family:
     up: str
     down: str
     gate: str | None = None  # gated MLP (SwiGLU/GeGLU): gate and up rows move together
-    qkv: str | None = (
-        None  # fused q, k, v along the output (GPT-2 c_attn, Phi-3 qkv_proj); then q/k/v are unused
-    )
-    gate_up: str | None = (
-        None  # fused gate then up along the output (Phi-3 gate_up_proj); then gate/up are unused
-    )
+    # fused q, k, v along the output (GPT-2 c_attn, Phi-3 qkv_proj); then q/k/v are unused
+    qkv: str | None = None
+    # fused gate then up along the output (Phi-3 gate_up_proj); then gate/up are unused
+    gate_up: str | None = None
+    # mixtures of experts: the path of expert e's FFN with "{e}" (Mixtral "block_sparse_moe.experts.{e}"), the
+    # names of its up, gate and down projections, a shared expert (Qwen2-MoE), and the routers, which read
+    # the stream (rows: experts). Each expert's hidden units are a permutation space of their own; the dense
+    # up/gate/down (empty where there are none) may then be missing from some or all layers.
+    experts: str | None = None
+    expert_proj: tuple[str, str, str] = ("up_proj", "gate_proj", "down_proj")
+    shared_expert: str | None = None
+    routers: tuple[str, ...] = ()
     conv1d: bool = False  # GPT-2 Conv1D stores weights as (in, out)
     rope: Literal["none", "half", "interleaved"] = "none"
     # QK-norm: "head" normalises each head's query/key with one shared weight of the head's size (Qwen3,
@@ -52,9 +58,8 @@ class Family:
     attn_out_norm: str | None = None  # role n3: normalises the attention's output before the residual add
     ffn_out_norm: str | None = None  # role n4: normalises the FFN's output before the residual add
     norm: Literal["layer", "rms"] = "layer"
-    norm_offset: float = (
-        0.0  # a norm scales by (stored weight + offset): Gemma stores its scales as offsets from 1
-    )
+    # a norm scales by (stored weight + offset): Gemma stores its scales as offsets from 1
+    norm_offset: float = 0.0
     stream: tuple[tuple[str, int], ...] = ()  # (name suffix, axis of the stream): embeddings, their norms
     final_norm: str | None = None  # the norm before the head (pre-norm families)
     head: tuple[str, ...] = ()  # weights that read the final norm's output (stream on their last axis)
@@ -83,6 +88,10 @@ def check_family(f: Family) -> None:
         problems.append("q, k and v (or a fused qkv) are required")
     if f.qkv is not None and (f.q or f.k or f.v):
         problems.append("a fused qkv replaces q, k and v: leave them empty")
+    if f.experts is None and not (f.up and f.down) and f.gate_up is None:
+        problems.append("up and down (or gate_up) are required without experts")
+    if f.experts is not None and "{e}" not in f.experts:
+        problems.append("experts is a path with {e} for the expert's index")
     if f.gate_up is not None and f.gate is not None:
         problems.append("a fused gate_up replaces gate: leave it unset")
     if (f.qk_norm == "full") != (f.q_norm is not None and f.k_norm is not None):

@@ -62,9 +62,12 @@ class ArchSpec:
         return {n: lay.index for lay in self.layers for n in lay.tensors()}
 
     def ffn_width(self, shape: Callable[[str], Sequence[int]]) -> int:
-        """Hidden units of the FFN, from ``shape`` (stored name -> shape) of the first layer's up projection."""
+        """Hidden units of the dense FFN, from ``shape`` (stored name -> shape) of the first layer's up
+        projection; 0 where the first layer has none (experts only)."""
         lay = self.layers[0]
-        name = lay.get("up") or lay.get("gate_up") or ""
+        name = lay.get("up") or lay.get("gate_up")
+        if name is None:
+            return 0
         n = int(shape(name)[1 if self.family.conv1d else 0])
         return n if lay.get("up") else n // 2
 
@@ -127,17 +130,21 @@ def arch_spec(
     for i in stack:
         base = f"{prefix}{fam.layer_stack}.{i}."
         roles: list[tuple[str, str]] = []
-        paths = {"o": fam.o, "down": fam.down}
+        paths = {"o": fam.o}
         if fam.qkv:
             paths["qkv"] = fam.qkv
         else:
             paths.update(q=fam.q, k=fam.k, v=fam.v)
+        dense = {"down": fam.down}
         if fam.gate_up:
-            paths["gate_up"] = fam.gate_up
+            dense["gate_up"] = fam.gate_up
         else:
-            paths["up"] = fam.up
+            dense["up"] = fam.up
         if fam.gate:
-            paths["gate"] = fam.gate
+            dense["gate"] = fam.gate
+        # with experts, a layer's dense FFN is optional (Qwen2-MoE's dense layers have one, sparse ones not)
+        if fam.experts is None or (fam.down and f"{base}{fam.down}.weight" in present):
+            paths.update(dense)
         for role, path in paths.items():
             w, b = f"{base}{path}.weight", f"{base}{path}.bias"
             if w not in present:
@@ -145,6 +152,9 @@ def arch_spec(
             roles.append((role, w))
             if b in present:
                 roles.append((f"{role}.b", b))
+        roles += _expert_roles(fam, base, present)
+        if not any(r == "down" or r.endswith(".down") for r, _n in roles):
+            raise UnsupportedArchitecture(f"{mt}: layer {i} has neither an FFN nor experts")
         for role, opt in fam.norm_paths():  # norms: optional, only residual maps change them
             for suffix, r in (("weight", role), ("bias", f"{role}.b")):
                 if opt is not None and f"{base}{opt}.{suffix}" in present:
@@ -169,6 +179,30 @@ def arch_spec(
     if shapes is not None:
         _check_shapes(fam, geom, layers[0], shapes)
     return ArchSpec(fam, geom, tuple(layers))
+
+
+def _expert_roles(fam: Family, base: str, present: set[str]) -> list[tuple[str, str]]:
+    """Canonical roles of a layer's experts ("e0.up", ...), shared expert ("es.up", ...) and routers."""
+    out: list[tuple[str, str]] = []
+    groups: list[tuple[str, str]] = []
+    e = 0
+    while (
+        fam.experts is not None and f"{base}{fam.experts.format(e=e)}.{fam.expert_proj[2]}.weight" in present
+    ):
+        groups.append((f"e{e}.", fam.experts.format(e=e)))
+        e += 1
+    if fam.shared_expert is not None and f"{base}{fam.shared_expert}.{fam.expert_proj[2]}.weight" in present:
+        groups.append(("es.", fam.shared_expert))
+    for pre, path in groups:
+        for role, proj in zip(("up", "gate", "down"), fam.expert_proj, strict=True):
+            for suffix, r in (("weight", role), ("bias", f"{role}.b")):
+                name = f"{base}{path}.{proj}.{suffix}"
+                if name in present:
+                    out.append((pre + r, name))
+    for j, router in enumerate(fam.routers):
+        if f"{base}{router}.weight" in present:
+            out.append((f"router{j}", f"{base}{router}.weight"))
+    return out
 
 
 def _check_shapes(fam: Family, g: Geometry, layer: LayerNames, shapes: Mapping[str, tuple[int, ...]]) -> None:

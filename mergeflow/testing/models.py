@@ -26,6 +26,7 @@ _SMALL = dict(
 )
 _DECODER = {**_SMALL, "num_key_value_heads": 2, "tie_word_embeddings": False}
 _IDS = dict(pad_token_id=0, bos_token_id=2, eos_token_id=3)  # the toy tokenizer's (see save_tokenizer)
+_MOE = {**_DECODER, **_IDS, "num_experts_per_tok": 2}
 _GEMMA = {**_DECODER, **_IDS, "head_dim": 8, "tie_word_embeddings": True}
 # family -> (config class, model class, config arguments); names resolved in transformers at build time
 SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -88,11 +89,30 @@ SPECS: dict[str, tuple[str, str, dict[str, Any]]] = {
         {**_GEMMA, "query_pre_attn_scalar": 8, "sliding_window": 4},
     ),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {**_DECODER, **_IDS}),  # fused qkv_proj and gate_up_proj
-    "olmo2": (
-        "Olmo2Config",
-        "Olmo2ForCausalLM",
-        {**_DECODER, **_IDS},
-    ),  # norms after the blocks, full QK-norm
+    # OLMo 2: norms after the blocks, full QK-norm
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {**_DECODER, **_IDS}),
+    # mixtures of experts (3 experts, 2 per token); Qwen2-MoE with a shared expert and a dense layer 1
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {**_MOE, "num_local_experts": 3, "intermediate_size": 16},
+    ),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            **_MOE,
+            "num_experts": 3,
+            "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 32,
+            "mlp_only_layers": [1],
+        },
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {**_MOE, "num_experts": 3, "moe_intermediate_size": 16, "head_dim": 8},
+    ),
     "vit": (
         "ViTConfig",
         "ViTForImageClassification",
