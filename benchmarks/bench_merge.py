@@ -46,49 +46,13 @@ def llama_dims(params: float) -> dict:
 
 
 def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_000_000) -> None:
+    """A random Llama-shaped bfloat16 checkpoint with config ``dims`` (kept when already built)."""
     import torch
-    from safetensors.torch import save_file
+
+    from mergeflow.testing.checkpoints import llama_shapes, write_checkpoint
 
     if (path / "model.safetensors.index.json").exists():
         return
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    h, f, v = dims["hidden_size"], dims["intermediate_size"], dims["vocab_size"]
-    shapes = {"model.embed_tokens.weight": (v, h)}
-    for i in range(dims["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
-        kv = dims["num_key_value_heads"] * (h // dims["num_attention_heads"])
-        for n, rows in (("q_proj", h), ("k_proj", kv), ("v_proj", kv), ("o_proj", h)):
-            shapes[p + f"self_attn.{n}.weight"] = (rows, h)
-        shapes.update(
-            {
-                p + "mlp.gate_proj.weight": (f, h),
-                p + "mlp.up_proj.weight": (f, h),
-                p + "mlp.down_proj.weight": (h, f),
-            }
-        )
-    shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
-    gen = torch.Generator().manual_seed(seed)
-    shards: list[dict] = [{}]
-    size = 0
-    for name, shape in shapes.items():
-        t = (torch.randn(shape, generator=gen) * 0.02).to(torch.bfloat16)
-        if size + t.numel() * 2 > shard_bytes and shards[-1]:
-            shards.append({})
-            size = 0
-        shards[-1][name] = t
-        size += t.numel() * 2
-    weight_map = {}
-    for i, sd in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(sd, str(tmp / fname), metadata={"format": "pt"})
-        weight_map.update({n: fname for n in sd})
-    total = sum(t.numel() * 2 for sd in shards for t in sd.values())
-    (tmp / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
-    )
     cfg = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -99,8 +63,9 @@ def make_checkpoint(path: Path, dims: dict, seed: int, shard_bytes: int = 500_00
         "tie_word_embeddings": False,
         **dims,
     }
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    tmp.rename(path)
+    write_checkpoint(
+        path, llama_shapes(dims), seed, torch.bfloat16, 0.02, shard_bytes=shard_bytes, config=cfg
+    )
 
 
 def recipes(op: str, models: list[Path]) -> tuple[str, str]:

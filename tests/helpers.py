@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from mergeflow.cli.main import main as cli_main
 from mergeflow.graph import run as runner
+from mergeflow.testing.checkpoints import write_checkpoint
 from mergeflow.testing.models import CHARS
 from tests.conftest import write
 
@@ -96,21 +97,9 @@ def make_adapter(base, dst, family: str, **config) -> dict[str, torch.Tensor]:
 
 
 def make_model(path, n_tensors, numel, seed, shards=2):
-    path.mkdir(parents=True)
-    gen = torch.Generator().manual_seed(seed)
-    weight_map = {}
-    per = -(-n_tensors // shards)
-    for s in range(shards):
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        names = [f"model.layers.{i}.w" for i in range(s * per, min((s + 1) * per, n_tensors))]
-        save_file(
-            {n: torch.randn(numel, generator=gen) for n in names},
-            str(path / fname),
-            metadata={"format": "pt"},
-        )
-        weight_map.update({n: fname for n in names})
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return path
+    """A raw checkpoint of ``n_tensors`` 1-D float32 tensors named like layers, in ``shards`` files."""
+    shapes = {f"model.layers.{i}.w": (numel,) for i in range(n_tensors)}
+    return write_checkpoint(path, shapes, seed, shards=shards)
 
 
 def outputs(path, family, dtype=torch.float64):
