@@ -55,6 +55,10 @@ class StepDefinition:
     doc: str
     model_params: type[BaseModel] = NoModelParams  # steps have no per-model parameters
     in_list: ListCheck | None = None  # its rules about the step list (order, required parameters)
+    # the map of the residual stream the step makes when its ``residual`` parameter is true: a permutation,
+    # or an orthogonal map (its group follows the family's norm); "" for a step that maps no stream
+    stream_map: Literal["", "permutation", "orthogonal"] = ""
+    whole_model: bool = False  # runs once over the whole model, after the per-layer steps (refine)
 
 
 STEPS: Registry[StepDefinition] = Registry("alignment step")
@@ -65,14 +69,28 @@ def _no_check(geom: Geometry, params: StepParams, family: str) -> str | None:
 
 
 def align_step(
-    name: str, params: type[StepParams], check: CheckFn = _no_check, in_list: ListCheck | None = None
+    name: str,
+    params: type[StepParams],
+    check: CheckFn = _no_check,
+    in_list: ListCheck | None = None,
+    stream_map: Literal["", "permutation", "orthogonal"] = "",
+    whole_model: bool = False,
 ) -> Callable[[StepFn], StepFn]:
     def deco(fn: StepFn) -> StepFn:
         doc = (fn.__doc__ or "").strip()
+        summary = doc.splitlines()[0] if doc else name
         STEPS.add(
             name,
             StepDefinition(
-                name, fn, params, check, doc.splitlines()[0] if doc else name, doc, in_list=in_list
+                name,
+                fn,
+                params,
+                check,
+                summary,
+                doc,
+                in_list=in_list,
+                stream_map=stream_map,
+                whole_model=whole_model,
             ),
         )
         return fn
@@ -192,6 +210,12 @@ def method_problem(params: StepParams | None) -> str | None:
     if method == "weights" and data is not None:
         return "'data' is only read with method: activations"
     return None
+
+
+def maps_stream(name: str, params: StepParams | None) -> str:
+    """The stream map (permutation / orthogonal) step ``name`` with ``params`` makes, or ""."""
+    kind = STEPS[name].stream_map if name in STEPS else ""
+    return kind if kind and getattr(params, "residual", False) else ""
 
 
 def list_problems(steps: Sequence[tuple[str, StepParams | None]]) -> list[tuple[int, str]]:

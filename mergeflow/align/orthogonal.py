@@ -60,6 +60,6 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
     return method_problem(steps[i][1])
 
 
-@align_step("orthogonal", OrthogonalParams, _check, in_list=_in_list)
+@align_step("orthogonal", OrthogonalParams, _check, in_list=_in_list, stream_map="orthogonal")
 def orthogonal(local: Layer, anchor: Layer, g: Geometry, p: OrthogonalParams, found: Found = None) -> None:
     """Residual stream by an orthogonal map (pre-norm families; norm scales folded into their readers)."""

@@ -192,7 +192,7 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
     return None
 
 
-@align_step("permute", PermuteParams, _check, in_list=_in_list)
+@align_step("permute", PermuteParams, _check, in_list=_in_list, stream_map="permutation")
 def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: Found = None) -> None:
     """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``; the residual stream
     with ``residual: true`` (solved jointly with the layers by coordinate descent). ``method: activations``

@@ -73,6 +73,6 @@ def _check(g: Geometry, p: RefineParams, family: str) -> str | None:
     return None
 
 
-@align_step("refine", RefineParams, _check, in_list=_in_list)
+@align_step("refine", RefineParams, _check, in_list=_in_list, whole_model=True)
 def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams, found: Found = None) -> None:
     """Learned refinement of the residual map and FFN permutations on data (after a residual step)."""

@@ -64,11 +64,16 @@ def variants(steps: list[dict[str, Any]] | None) -> list[tuple[str, list[dict[st
 
 def folds(steps: list[dict[str, Any]]) -> bool:
     """Whether the steps map the stream orthogonally, which folds every model's norm scales (the anchor's too)."""
-    return any(
-        name == "orthogonal" and (params or {}).get("residual", True) is not False
-        for step in steps
-        for name, params in step.items()
-    )
+    from mergeflow.align.catalog import STEPS
+
+    def orthogonal(name: str, params: dict[str, Any] | None) -> bool:
+        info = STEPS.get(name) if name in STEPS else None
+        if info is None or info.stream_map != "orthogonal":
+            return False
+        default = info.params.model_fields["residual"].default
+        return bool((params or {}).get("residual", default))
+
+    return any(orthogonal(name, params) for step in steps for name, params in step.items())
 
 
 def _prepared(

@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import torch
 
-from mergeflow.align.base import StepParams, list_problems
+from mergeflow.align.base import StepParams, list_problems, maps_stream
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.align.matching import Want
@@ -111,10 +111,12 @@ class AlignPlanner:
             self.layout = residual_layout(spec, shapes, reader.config or {})
             self.residual = residual_plan(self.steps, self.layout)
             if self.residual is not None and self.residual.fold and self.layout.no_orthogonal:
-                i = next(i for i, (n, _p) in enumerate(self.steps) if n == "orthogonal")
+                i, name = next(
+                    (i, n) for i, (n, p) in enumerate(self.steps) if maps_stream(n, p) == "orthogonal"
+                )
                 raise RecipeError(
                     [
-                        f"{recipe.located('align', i, 'orthogonal')}align[{i}].orthogonal: not valid for "
+                        f"{recipe.located('align', i, name)}align[{i}].{name}: not valid for "
                         f"this model: {self.layout.no_orthogonal}; use permute: {{residual: true}}"
                     ]
                 )
@@ -132,7 +134,7 @@ class AlignPlanner:
         self.matches: dict[str, MatchModel] = {}
         self.solves: dict[str, SolveResidual] = {}
         self.refines: dict[str, RefineModel] = {}
-        self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if n == "refine"), None)
+        self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if STEPS[n].whole_model), None)
         self.anchor_dir = str(reader.path)
 
     def _refined(self, model: str) -> RefineModel:

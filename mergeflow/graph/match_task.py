@@ -12,7 +12,8 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from mergeflow.align.base import MatchedParams, StepParams
+from mergeflow.align.base import MatchedParams, StepParams, maps_stream
+from mergeflow.align.catalog import STEPS
 from mergeflow.align.matching import Found, Want
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.arch.stream_layout import ResidualLayout
@@ -49,8 +50,8 @@ def match_want(
                     "activations are collected once, on one data file"
                 ]
             )
-    perms = [p for _i, n, p in act if n == "permute"]
-    orth = any(n == "orthogonal" and getattr(p, "residual", False) for _i, n, p in act)
+    perms = [p for _i, n, p in act if STEPS[n].stream_map == "permutation"]  # the steps that permute units
+    orth = any(maps_stream(n, p) == "orthogonal" for _i, n, p in act)
     stream = None
     if orth and layout is not None:
         stream = stream_group(layout.norm)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mergeflow.align.base import StepParams
+from mergeflow.align.base import StepParams, maps_stream
 from mergeflow.align.matching import Found
 from mergeflow.align.stream_map import ResidualMap, fold_layer, map_stream, stream_value
 from mergeflow.align.stream_solve import coordinate_descent
@@ -47,8 +47,9 @@ def residual_plan(steps: tuple[tuple[str, StepParams], ...], layout: ResidualLay
     from_data: list[str] = []
     iterations, tol = 0, 0.0
     for name, params in steps:
-        if getattr(params, "residual", False):
-            group = "permutation" if name == "permute" else stream_group(layout.norm)
+        kind = maps_stream(name, params)
+        if kind:
+            group = "permutation" if kind == "permutation" else stream_group(layout.norm)
             (from_data if getattr(params, "method", "weights") == "activations" else by_weights).append(group)
             iterations, tol = max(iterations, params.iterations), max(tol, params.tolerance)  # type: ignore[attr-defined]
     if not by_weights and not from_data:

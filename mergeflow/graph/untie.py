@@ -12,7 +12,7 @@ from mergeflow.recipe.schema import Recipe
 
 
 def wants_untie(recipe: Recipe) -> bool:
-    return any(s.name == "orthogonal" and s.params.get("untie") for s in recipe.align or ())
+    return any(s.params.get("untie") for s in recipe.align or ())  # a parameter of stream-mapping steps
 
 
 def untie_models(recipe: Recipe, readers: MutableMapping[str, ModelReader]) -> bool:
