@@ -14,6 +14,14 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# under pytest-xdist each worker gets its share of the cores: torch's default (every core per process)
+# oversubscribes them, and spinning thread pools then slow training fixtures down by an order of magnitude.
+# Set before torch is imported here, so commands the tests start inherit it too.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_var, _share)
 
 ROOT = Path(__file__).resolve().parents[1]
 _real_connect = socket.socket.connect
