@@ -16,7 +16,7 @@ from mergeflow.cli.main import main as cli_main
 from mergeflow.graph import run as runner
 from mergeflow.testing.checkpoints import write_checkpoint
 from mergeflow.testing.models import CHARS
-from tests.conftest import write
+from tests.conftest import cli, write
 
 CAUSAL = {
     "llama",
@@ -62,6 +62,16 @@ def align(tmp_path, model, anchor, steps: str, name="aligned"):
     opts = runner.Options(device="cpu")
     res = runner.run(runner.prepare(rec, opts), tmp_path / name, opts)
     return res.out, res.alignment
+
+
+def align_refused(tmp_path: Path, model: Path, steps: str) -> str:
+    """`mergeflow align` of ``model`` to itself with ``steps`` (a YAML flow list) fails as bad input, cleanly and
+    before writing anything; returns its stderr."""
+    out = tmp_path / "refused"
+    steps_file = write(tmp_path / "refused-steps.yml", f"align: {steps}\n")
+    res = cli("align", str(model), "--anchor", str(model), "-o", str(out), "--steps", str(steps_file))
+    assert res.returncode == 2 and "Traceback" not in res.stderr and not out.exists(), res.stderr
+    return res.stderr
 
 
 def clean_failure(capsys, argv, out: Path | None = None) -> str:

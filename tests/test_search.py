@@ -192,9 +192,7 @@ def test_a_killed_search_resumes_with_no_trial_lost_or_duplicated(llamas):
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "trials.json").read_text())["trials"]
     numbers = [t["trial"] for t in report]
-    assert len(report) == 6 and all(
-        t["state"] == "complete" for t in report
-    )  # the interrupted ones left out
+    assert len(report) == 6 and all(t["state"] == "complete" for t in report)  # the interrupted ones left out
     assert done_before <= set(numbers)  # every trial finished before the kill is kept
     running = {n for n, st in before.items() if st == "RUNNING"}
     assert len(running) == 1, before  # killed in the middle of a trial
