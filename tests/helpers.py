@@ -138,7 +138,7 @@ def outputs(path, family, dtype=torch.float64):
         res = [out.logits, *out.hidden_states]
         if family in CAUSAL:
             first = model(ids[:, :5], use_cache=True)
-            step = model(ids[:, 5:6], past_key_values=first.past_key_values, use_cache=True)
+            step = model(ids[:, 5:6], cache=first.cache, use_cache=True)
             res.append(step.logits)
         return res
 
