@@ -13,22 +13,22 @@ import time
 import pytest
 
 from mergeflow.io.ownership import write_marker
-from tests.conftest import run_cli, write
+from tests.conftest import cli, run_cli, write
 from tests.helpers import make_model
 
 
 @pytest.fixture(scope="module")
 def big_recipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    models = [make_model(root / f"m{i}", 24, 1 << 20, i, shards=3) for i in range(3)]  # 3 x 96 MiB
+    models = [make_model(root / f"m{i}", 24, 1 << 19, i, shards=3) for i in range(3)]  # 3 x 48 MiB
     rec = write(
         root / "r.yml",
         "models:\n"
         + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
-        + "base: m0\nmerge: {dare_ties: {density: 0.5}}\nseed: 3\noutput: {shard_size: 8MiB}\n",
+        + "base: m0\nmerge: {dare_ties: {density: 0.5}}\nseed: 3\noutput: {shard_size: 4MiB}\n",
     )
     ref = root / "reference"
-    assert run_cli("run", str(rec), str(ref), "-q").returncode == 0
+    assert cli("run", str(rec), str(ref), "-q").returncode == 0
     return rec, ref
 
 
@@ -72,7 +72,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path, big_recipe, kill_at):
     out = tmp_path / "out"
     _kill_after(rec, out, kill_at)
     assert not out.exists(), "a killed run must leave nothing under the final name"
-    res = run_cli("run", str(rec), str(out), "--resume")
+    res = cli("run", str(rec), str(out), "--resume")
     assert res.returncode == 0, res.stderr
     kept = int(res.stdout.split("kept ")[1].split(" ")[0])
     assert kept >= min(kill_at, 12) - 1  # the shard being finished at the kill may or may not have been kept
@@ -85,7 +85,7 @@ def test_sigterm_keeps_partial_work_and_resume_skips_it(tmp_path, big_recipe):
     out = tmp_path / "out"
     seen = _kill_after(rec, out, 4, signal.SIGTERM)
     assert not out.exists() and (tmp_path / ".out.mergeflow-partial").is_dir()
-    res = run_cli("run", str(rec), str(out), "--resume")
+    res = cli("run", str(rec), str(out), "--resume")
     assert res.returncode == 0, res.stderr
     kept = int(res.stdout.split("kept ")[1].split(" ")[0])
     assert kept >= max(seen - 1, 1)
@@ -106,7 +106,7 @@ def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(
     assert rc == code, err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"{word}; the partial output was kept in ") and "--resume" in last, err
-    res = run_cli("run", str(rec), str(out), "-q")
+    res = cli("run", str(rec), str(out), "-q")
     assert (
         res.returncode == 0
         and "warning: discarded the partial output of an earlier interrupted run" in res.stderr
@@ -122,13 +122,13 @@ def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe
     data = bytearray(first.read_bytes())
     data[-1] ^= 0xFF
     first.write_bytes(bytes(data))
-    res = run_cli("run", str(rec), str(out), "--resume")
+    res = cli("run", str(rec), str(out), "--resume")
     assert res.returncode == 0 and files(out) == files(ref)
     # a different recipe must not reuse shards of another
     out2 = tmp_path / "out2"
     _kill_after(rec, out2, 6)
     rec2 = write(tmp_path / "r2.yml", rec.read_text().replace("seed: 3", "seed: 4"))
-    res = run_cli("run", str(rec2), str(out2), "--resume")
+    res = cli("run", str(rec2), str(out2), "--resume")
     assert res.returncode == 0 and "kept 0 of" in res.stdout
 
 
@@ -181,8 +181,8 @@ def test_check_finite_names_the_tensor(tmp_path):
     )
     save_file({"ok": torch.ones(3), "bad": torch.ones(3)}, str(tmp_path / "b.safetensors"))
     rec = write(tmp_path / "r.yml", "models: {a: a.safetensors, b: b.safetensors}\nmerge: linear\n")
-    assert run_cli("run", str(rec), str(tmp_path / "plain"), "-q").returncode == 0  # not checked by default
-    res = run_cli("run", str(rec), str(tmp_path / "out"), "--check-finite")
+    assert cli("run", str(rec), str(tmp_path / "plain"), "-q").returncode == 0  # not checked by default
+    res = cli("run", str(rec), str(tmp_path / "out"), "--check-finite")
     assert (
         res.returncode == 2 and "tensor 'bad' has NaN or Inf" in res.stderr and "Traceback" not in res.stderr
     )
@@ -192,11 +192,11 @@ def test_check_finite_names_the_tensor(tmp_path):
 def test_unusable_output_location(tmp_path, big_recipe):
     rec, _ref = big_recipe
     (tmp_path / "a-file").write_text("x")
-    res = run_cli("run", str(rec), str(tmp_path / "a-file" / "out"))  # parent is a file, not a directory
+    res = cli("run", str(rec), str(tmp_path / "a-file" / "out"))  # parent is a file, not a directory
     assert res.returncode == 2 and "not a writable directory" in res.stderr and "Traceback" not in res.stderr
     if os.geteuid() != 0:  # root may write anywhere
         locked = tmp_path / "locked"
         locked.mkdir()
         locked.chmod(0o500)
-        res = run_cli("run", str(rec), str(locked / "out"))
+        res = cli("run", str(rec), str(locked / "out"))
         assert res.returncode == 2 and "not a writable directory" in res.stderr
