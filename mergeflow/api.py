@@ -84,6 +84,14 @@ def align_steps(anchor: str | Path) -> list[dict[str, Any]]:
 Steps = list[dict[str, Any]] | str | Path | None
 
 
+def _local(ref: str | Path, who: str) -> str:
+    """A model reference (folder, file, or Hub repo id ``org/name[@revision]``) as a local path, as the CLI's
+    model arguments are: a repo id comes from the Hugging Face cache or is downloaded into it."""
+    from mergeflow.io.hub import resolve_model
+
+    return resolve_model(str(ref), Path.cwd(), who).path
+
+
 def prepare_align(
     model: str | Path,
     anchor: str | Path,
@@ -96,12 +104,13 @@ def prepare_align(
     from mergeflow.graph.align_recipe import align_recipe, steps_recipe
 
     opts = options or Options(label="aligning")
+    model, anchor = _local(model, "model"), _local(anchor, "anchor")
     if steps is None or isinstance(
         steps, (str, Path)
     ):  # the default, or a steps file (errors name its lines)
-        recipe, text = align_recipe(str(model), str(anchor), None if steps is None else str(steps), keep)
+        recipe, text = align_recipe(model, anchor, None if steps is None else str(steps), keep)
         return prepare("<align>" if steps is None else str(steps), opts, recipe=recipe, recipe_text=text)
-    recipe, text = steps_recipe(str(model), str(anchor), steps, Path(root) if root else Path.cwd(), keep=keep)
+    recipe, text = steps_recipe(model, anchor, steps, Path(root) if root else Path.cwd(), keep=keep)
     return prepare("<align>", opts, recipe=recipe, recipe_text=text)
 
 
@@ -138,6 +147,7 @@ def barrier(
     from mergeflow.eval.barrier import barrier_report
     from mergeflow.stats.data import load_data
 
+    model_a, model_b = _local(model_a, "model_a"), _local(model_b, "model_b")
     ds = load_data(str(data)).subset(max_examples)
     bar = (progress or SILENT).bar("barrier", points * (1 + len(steps or [])), unit="pt")
     try:

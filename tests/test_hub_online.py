@@ -113,3 +113,15 @@ def test_plan_counts_only_what_the_cache_lacks(online):
     assert cli("run", str(rec), str(root / "out"), "-q").returncode == 0
     again = cli("plan", str(rec))
     assert again.returncode == 0 and "download from the Hub" not in again.stdout
+
+
+def test_the_python_api_takes_repo_ids_as_the_cli_does(online):
+    """api.align downloads models named org/name into the cache, as `mergeflow align org/name` does."""
+    from mergeflow import api
+
+    root, _hub, _commits, _server = online
+    res = api.align(
+        "org/tuned", "org/base", root / "aligned", [{"permute": {"ffn": True}}], api.Options(device="cpu")
+    )
+    assert (res.out / "config.json").exists() and res.alignment is not None
+    assert list(res.alignment["totals"]) == ["tuned"]

@@ -70,7 +70,7 @@ ALLOWED = {
     "testing": {"testing", "align", "arch", "io", "eval", "stats", "errors"},
     "demo": {"demo", "testing", "graph", "align", "eval", "io", "stats", "errors", ""},
     # modules of the package root
-    "api": {"align", "errors", "eval", "graph", "merge", "progress", "recipe", "stats"},
+    "api": {"align", "errors", "eval", "graph", "io", "merge", "progress", "recipe", "stats"},
     "progress": set(),
     "errors": set(),
     "files": {"errors"},
