@@ -5,7 +5,7 @@ transformers models instead)."""
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,16 +25,16 @@ def write_checkpoint(
 ) -> Path:
     """Normal(0, ``scale``) tensors of ``shapes`` (drawn in order from ``seed``) as ``model-*.safetensors`` with
     an index: ``shards`` files of equal tensor counts, or files of at most ``shard_bytes`` (one file when
-    neither is given); ``config`` becomes config.json. Built beside ``path`` and renamed into place, so an
-    interrupted build leaves nothing at ``path``; an existing ``path`` is an error."""
+    neither is given); ``config`` becomes config.json. Built in a fresh hidden folder beside ``path`` and
+    renamed into place, so an interrupted build leaves nothing at ``path`` and nothing that existed is touched;
+    an existing ``path`` is an error."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.exists():
         raise FileExistsError(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))  # never an existing folder
     gen = torch.Generator().manual_seed(seed)
     names = list(shapes)
     width = torch.empty((), dtype=dtype).element_size()
