@@ -34,7 +34,8 @@ def write_checkpoint(
     if path.exists():
         raise FileExistsError(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))  # never an existing folder
+    # a fresh folder: never one that existed before
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.building-", dir=path.parent))
     gen = torch.Generator().manual_seed(seed)
     names = list(shapes)
     width = torch.empty((), dtype=dtype).element_size()
