@@ -88,6 +88,37 @@ def demo_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def digits_finetunes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ViT trained on all digits (init/), fine-tuned on digits 0-4 (a/) and on 5-9 (b/): trained once per
+    test run and shared by the xdist workers (the first to ask trains, under a lock; the others wait and
+    read). Read-only: tests link to these folders from their own."""
+    import filelock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root = shared / "digits-finetunes"
+    with filelock.FileLock(str(shared / "digits-finetunes.lock")):
+        if not (root / "done").exists():
+            from mergeflow.testing import train as tt
+
+            x, y = tt.digits("train")
+            init = tt.train_vit(root / "init", x, y, seed=0, epochs=8)
+            lo = y < 5
+            tt.train_vit(root / "a", x[lo], y[lo], seed=1, epochs=4, init_from=init, lr=1e-3)
+            tt.train_vit(root / "b", x[~lo], y[~lo], seed=2, epochs=4, init_from=init, lr=1e-3)
+            (root / "done").touch()
+    return root
+
+
+def linked(finetunes: Path, folder: Path) -> Path:
+    """``folder`` holding links to the shared fine-tuned models (init, a, b), for a test to write beside."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("init", "a", "b"):
+        (folder / name).symlink_to(finetunes / name, target_is_directory=True)
+    return folder
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real ``mergeflow`` command in a subprocess."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -191,3 +222,9 @@ def trio(tmp_path_factory):
         out[name] = save_model(m, root / name)
         save_tokenizer(root / name)
     return root / "base", out["sent"], out["ner"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests marked ``slow`` first: under pytest-xdist a long test handed out last keeps one worker busy
+    after the other has finished, and the suite then takes as long as its tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

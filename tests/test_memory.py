@@ -21,10 +21,10 @@ def peak_rss_of_cli(tmp_path, *args):
 def test_peak_rss_stays_within_budget_for_models_larger_than_it(tmp_path, operator):
     budget = 64 * 2**20
     numel = 2**20  # 4 MiB per float32 tensor
-    big = [make_model(tmp_path / f"big{i}", 50, numel, i) for i in range(3)]  # 3 x 200 MiB
-    small = [make_model(tmp_path / f"small{i}", 50, 16, i) for i in range(3)]
+    big = [make_model(tmp_path / f"big{i}", 30, numel, i) for i in range(3)]  # 3 x 120 MiB
+    small = [make_model(tmp_path / f"small{i}", 30, 16, i) for i in range(3)]
     total = sum(f.stat().st_size for m in big for f in m.glob("*.safetensors"))
-    assert total > 8 * budget
+    assert total > 5 * budget
     merge = "{ties: {density: 0.5}}" if operator == "ties" else "linear"
     rss = {}
     for kind, models in (("small", small), ("big", big)):

@@ -171,6 +171,7 @@ def test_hostile_or_broken_yaml(tmp_path, text, fragment):
     assert any(fragment in p for p in problems(rec))
 
 
+@pytest.mark.slow
 def test_schema_accepts_shipped_recipes_and_rejects_bad_ones():
     schema = build_schema(OPERATORS)
     jsonschema.Draft202012Validator.check_schema(schema)

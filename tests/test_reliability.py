@@ -113,6 +113,7 @@ def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(
     )
 
 
+@pytest.mark.slow
 def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe):
     rec, ref = big_recipe
     out = tmp_path / "out"

@@ -16,21 +16,18 @@ import pytest
 
 from mergeflow.search.run import accepts
 from mergeflow.search.space import Corner, materialize
-from tests.conftest import cli, write
+from tests.conftest import cli, linked, write
 
 TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nalign then merge\n"
 
 
 @pytest.fixture(scope="module")
-def finetunes(tmp_path_factory):
-    """A ViT trained on all digits, fine-tuned on 0-4 and on 5-9; the held-out digits."""
+def finetunes(tmp_path_factory, digits_finetunes):
+    """The shared fine-tunes of a digits ViT on 0-4 (a) and 5-9 (b) from one trained on all (init); the
+    held-out digits."""
     from mergeflow.testing import train as tt
 
-    root = tmp_path_factory.mktemp("finetunes")
-    x, y = tt.digits("train")
-    init = tt.train_vit(root / "init", x, y, seed=0, epochs=3)
-    tt.train_vit(root / "a", x[y < 5], y[y < 5], seed=1, epochs=2, init_from=init, lr=1e-3)
-    tt.train_vit(root / "b", x[y >= 5], y[y >= 5], seed=2, epochs=2, init_from=init, lr=1e-3)
+    root = linked(digits_finetunes, tmp_path_factory.mktemp("finetunes"))
     tt.save_npz(root / "test.npz", *tt.digits("test"))
     return root
 
@@ -44,16 +41,18 @@ def llamas(toy, tmp_path_factory):
     return root, a, b
 
 
-def llama_search(root, a, b, trials=6, sampler="random"):
+def llama_search(root, a, b, trials=6, sampler="random", plots=True):
     return write(
         root / "s.yml",
         f"models:\n  a: {a}\n  b: {{path: {b}, params: {{weight: {{search: [0.0, 1.0]}}}}}}\n"
         "merge: {linear: {normalize: false}}\n"
         "overrides: [{match: '*.mlp.*', params: {weight: {search: [0.0, 1.0], knots: 2}}}]\n"
-        f"search: {{objective: {{data: d.txt}}, sampler: {sampler}, trials: {trials}, write_best: false}}\n",
+        f"search: {{objective: {{data: d.txt}}, sampler: {sampler}, trials: {trials}, write_best: false, "
+        f"plots: {str(plots).lower()}}}\n",
     )
 
 
+@pytest.mark.slow
 def test_search_beats_the_uniform_average_of_two_finetunes(finetunes):
     from mergeflow.search.run import read_search
     from mergeflow.search.trial import Evaluator
@@ -148,10 +147,17 @@ def test_a_foreign_sqlite_file_is_never_taken_as_the_study(llamas):
     assert (root / "mine.search.db").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_trials_run_on_a_local_ray_cluster_with_two_workers(llamas):
     root, a, b = llamas
     r = cli(
-        "search", str(llama_search(root, a, b, trials=4)), "-o", str(root / "ray"), "--workers", "2", "-q"
+        "search",
+        str(llama_search(root, a, b, trials=4, plots=False)),
+        "-o",
+        str(root / "ray"),
+        "--workers",
+        "2",
+        "-q",
     )
     assert r.returncode == 0, r.stderr
     trials = json.loads((root / "ray" / "trials.json").read_text())["trials"]
@@ -171,28 +177,30 @@ def _states(db):
         con.close()
 
 
+@pytest.mark.slow
 def test_a_killed_search_resumes_with_no_trial_lost_or_duplicated(llamas):
     root, a, b = llamas
-    s = llama_search(root, a, b, trials=6)
+    s = llama_search(root, a, b, trials=4, plots=False)
     out, db = root / "killed", Path(f"{root / 'killed'}.search.db")
     cmd = [sys.executable, "-m", "mergeflow", "search", str(s), "-o", str(out), "--workers", "1", "-q"]
     proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         states = [st for _n, st in _states(db)] if db.exists() else []
-        if states.count("COMPLETE") >= 3 and "RUNNING" in states:  # in the middle of a trial
+        if states.count("COMPLETE") >= 2 and "RUNNING" in states:  # in the middle of a trial
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = {n: st for n, st in _states(db)}
     done_before = {n for n, st in before.items() if st == "COMPLETE"}
-    assert len(done_before) >= 3 and not out.exists()
+    assert len(done_before) >= 2 and not out.exists()
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr
     report = json.loads((out / "trials.json").read_text())["trials"]
     numbers = [t["trial"] for t in report]
-    assert len(report) == 6 and all(t["state"] == "complete" for t in report)  # the interrupted ones left out
+    assert len(report) == 4 and all(t["state"] == "complete" for t in report)  # the interrupted ones left out
+    assert not list(out.glob("*.png"))  # plots: false
     assert done_before <= set(numbers)  # every trial finished before the kill is kept
     running = {n for n, st in before.items() if st == "RUNNING"}
     assert len(running) == 1, before  # killed in the middle of a trial

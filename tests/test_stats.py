@@ -13,7 +13,7 @@ from torch.testing import assert_close
 from mergeflow.io.stats_file import write_stats
 from mergeflow.merge.base import MergeContext
 from mergeflow.merge.catalog import OPERATORS
-from tests.conftest import cli, write
+from tests.conftest import cli, linked, write
 
 
 def call(name, tensors, stats, params=None, model_params=None, transposed=False, scale=()):
@@ -103,21 +103,19 @@ def test_regmean_end_to_end_with_fallback(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def digits_pair(tmp_path_factory):
-    """A ViT trained on all digits, fine-tuned on digits 0-4 (a) and 5-9 (b); data files for each."""
+def digits_pair(tmp_path_factory, digits_finetunes):
+    """The shared fine-tunes of a digits ViT on digits 0-4 (a) and 5-9 (b); data files for each."""
     from mergeflow.testing import train as tt
 
-    root = tmp_path_factory.mktemp("digits")
+    root = linked(digits_finetunes, tmp_path_factory.mktemp("digits"))
     x, y = tt.digits("train")
-    init = tt.train_vit(root / "init", x, y, seed=0, epochs=8)
     lo = y < 5
-    a = tt.train_vit(root / "a", x[lo], y[lo], seed=1, epochs=4, init_from=init, lr=1e-3)
-    b = tt.train_vit(root / "b", x[~lo], y[~lo], seed=2, epochs=4, init_from=init, lr=1e-3)
     tt.save_npz(root / "a.npz", x[lo][:120], y[lo][:120])
     tt.save_npz(root / "b.npz", x[~lo][:120], y[~lo][:120])
-    return root, a, b
+    return root, root / "a", root / "b"
 
 
+@pytest.mark.slow
 def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
     from mergeflow.testing import train as tt
 

@@ -232,6 +232,7 @@ def run_study(
             best,
             f"best recipe of {sf.path.name} ({len(finished(study))} trials, {storage.name})",
             sf.path.resolve().parent,
+            sf.section.plots,
         )
         if best is not None and sf.section.write_best:
             from mergeflow.align.catalog import STEPS

@@ -79,9 +79,10 @@ def absolute_paths(recipe: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 def write_outputs(
-    folder: Path, tree: Any, trials: list[Any], best: Any, header: str, root: Path
+    folder: Path, tree: Any, trials: list[Any], best: Any, header: str, root: Path, plots: bool = True
 ) -> list[str]:
-    """Files of the result in ``folder``; their names. ``root``: the search file's folder."""
+    """Files of the result in ``folder``; their names. ``root``: the search file's folder; ``plots``: draw
+    the history and importance plots too."""
     table = rows(trials)
     files = []
     if best is not None:
@@ -111,6 +112,8 @@ def write_outputs(
     }
     (folder / "trials.json").write_text(json.dumps(summary, indent=2) + "\n")
     files += ["trials.csv", "trials.json"]
+    if not plots:
+        return files
     files += plot_history(folder / "history.png", table)
     files += plot_importance(folder / "importance.png", trials)
     return files

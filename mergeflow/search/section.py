@@ -47,6 +47,11 @@ class SearchSection(BaseModel):
         "default OUT.search.db beside the output folder.",
     )
     write_best: bool = Field(True, description="Also write the best trial's merged model to OUT/best.")
+    plots: bool = Field(
+        True,
+        description="Draw history.png and importance.png (matplotlib; the importance's fANOVA takes seconds, "
+        "more on studies with many parameters). The trials' table is written either way.",
+    )
 
     @field_validator("objective", mode="before")
     @classmethod
