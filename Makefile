@@ -28,8 +28,10 @@ demo: $(STAMP)
 demo-docs: $(STAMP)
 	$(BIN)/python -m mergeflow.demo --workdir demo_out --write-docs
 
+# bytecode written (some machines set PYTHONDONTWRITEBYTECODE): every command a test starts would
+# otherwise compile the package again
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -q -p no:cacheprovider -n auto
 
 lint: $(STAMP)
 	$(BIN)/ruff check mergeflow tests benchmarks
