@@ -176,11 +176,12 @@ class CoupledParams(StepParams):
 class MatchedParams(CoupledParams):
     """A coupled step that can match by weights or by activations on data."""
 
-    method: Literal["weights", "activations"] = Field(
+    method: Literal["weights", "activations", "learned"] = Field(
         "weights",
-        description="What units are matched by: their weights (no data), or the correlation of their "
+        description="What units are matched by: their weights (no data), the correlation of their "
         "activations over 'data' (both models run on the same batches; works where weights stayed near their "
-        "random initialisation).",
+        "random initialisation), or a learned aligner ('aligner', made by `mergeflow learn-aligner`; permute "
+        "on mlp models only).",
     )
     data: str | None = Field(
         None,
@@ -207,8 +208,13 @@ def method_problem(params: StepParams | None) -> str | None:
     method, data = getattr(params, "method", "weights"), getattr(params, "data", None)
     if method == "activations" and data is None:
         return "method: activations needs 'data: PATH', the examples to collect activations on"
-    if method == "weights" and data is not None:
+    if method != "activations" and data is not None:
         return "'data' is only read with method: activations"
+    aligner = getattr(params, "aligner", None)
+    if method == "learned" and aligner is None:
+        return "method: learned needs 'aligner: PATH', a folder made by mergeflow learn-aligner"
+    if method != "learned" and aligner is not None:
+        return "'aligner' is only read with method: learned"
     return None
 
 

@@ -56,6 +56,11 @@ class PermuteParams(MatchedParams):
         "cost): float32 is exact for the assignment up to near-ties; bfloat16 is several times faster on CPUs "
         "with bf16 matrix units and approximate. The assignment itself is solved in float64.",
     )
+    aligner: str | None = Field(
+        None,
+        description="A Deep-Align aligner folder made by `mergeflow learn-aligner` (method: learned), "
+        "relative to the recipe.",
+    )
 
 
 def assignment(score: torch.Tensor) -> torch.Tensor:
@@ -167,6 +172,8 @@ def apply_heads(local: Layer, g: Geometry, perm_t: torch.Tensor) -> None:
 
 
 def _check(g: Geometry, p: PermuteParams, family: str) -> str | None:
+    if p.method == "learned":
+        return f"learned aligners (Deep-Align) are made for mlp models; {family} takes method: weights"
     if p.method == "activations" and p.ffn and FAMILIES[family].experts is not None:
         return (
             f"{family} has experts, whose units are not matched by activations yet; match them by weights "

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from mergeflow.cli.convert_eval import convert, eval_group
+from mergeflow.cli.learn_cmd import learn_aligner
 from mergeflow.cli.lora_cmd import extract_lora
 from mergeflow.cli.moe_cmd import moe
 from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
@@ -195,6 +196,7 @@ cli.add_command(plan)
 cli.add_command(extract_lora)
 cli.add_command(moe)
 cli.add_command(search)
+cli.add_command(learn_aligner)
 import mergeflow.cli.eval_cmds  # noqa: E402,F401  (registers eval barrier/equivalence)
 
 

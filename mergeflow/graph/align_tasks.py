@@ -60,7 +60,7 @@ class AlignLayer:
 class Aligned:
     """One tensor of a task that re-parameterises several at once (a layer, or a whole refined model)."""
 
-    source: AlignLayer | RefineModel
+    source: Any  # AlignLayer, RefineModel or mlp_align.AlignMLP: a task whose value maps names to tensors
     tensor: str
     rows: tuple[int, int] | None = None
 

@@ -131,11 +131,16 @@ def build_plan(
     load = _Loads(all_readers)
     aligner = None
     if recipe.align:
+        from mergeflow.deepalign.mlp import is_mlp
         from mergeflow.graph.align_tasks import AlignPlanner, model_spec
+        from mergeflow.graph.mlp_align import MLPAlignPlanner
 
         anchor = recipe.anchor if recipe.anchor != "auto" else anchor_name
         assert anchor is not None
-        aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load, readers[anchor])
+        if is_mlp(readers[anchor].config):
+            aligner = MLPAlignPlanner(recipe, readers, anchor, load)
+        else:
+            aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load, readers[anchor])
     source = aligner.input if aligner is not None else load
 
     origin: list[tuple[str, int]] = []
@@ -213,7 +218,9 @@ def build_plan(
     if aligner is not None and aligner.tasks:
         peak = max(peak, aligner.layer_bytes())
     check_budget(peak, peak_name, max_memory)
-    arch, anchor = (aligner.spec, aligner.anchor) if aligner is not None else (None, None)
+    arch = getattr(aligner, "spec", None)
+    arch = arch if isinstance(arch, ArchSpec) else None  # the mlp family has no transformer layout
+    anchor = aligner.anchor if aligner is not None else None
     vocab_size = vmap.rows if vmap is not None else max((v.rows for v in vocab.values()), default=None)
     unused = [describe_override(recipe, i) for i, n in enumerate(resolve.hits) if n == 0]
     return Plan(

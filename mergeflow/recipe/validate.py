@@ -158,12 +158,17 @@ def validate(
                 probs.add(("align", i, step.name), f"unknown alignment step; known: {known}")
             else:
                 _check_params(probs, ("align", i, step.name), step.params, steps[step.name], False, models)
-                data = step.params.get("data")
-                if isinstance(data, str):  # a data file (refine): relative to the recipe
-                    path = Path(data) if Path(data).is_absolute() else (root or Path.cwd()) / data
-                    if check_paths and not path.is_file():
-                        probs.add(("align", i, step.name, "data"), f"data file {path} does not exist")
-                    sec["align"][i] = step.model_copy(update={"params": {**step.params, "data": str(path)}})
+                for key, what, is_it in (
+                    ("data", "data file", Path.is_file),
+                    ("aligner", "aligner", Path.is_dir),
+                ):
+                    value = sec["align"][i].params.get(key)
+                    if isinstance(value, str):  # a data file or an aligner folder: relative to the recipe
+                        path = Path(value) if Path(value).is_absolute() else (root or Path.cwd()) / value
+                        if check_paths and not is_it(path):
+                            probs.add(("align", i, step.name, key), f"{what} {path} does not exist")
+                        params = {**sec["align"][i].params, key: str(path)}
+                        sec["align"][i] = sec["align"][i].model_copy(update={"params": params})
 
     op = _check_op(probs, ("merge",), sec["merge"], operators, models) if "merge" in sec else None
     if op is not None:
