@@ -29,10 +29,13 @@ ALLOWED = {
         "patterns",
         "tokenizer",
         "progress",
+        "deepalign",
     },
     "tokenizer": {"tokenizer", "io", "arch", "recipe", "errors", "files"},
     "moe": {"moe", "graph", "io", "recipe", "merge", "align", "stats", "tokenizer", "errors", "files"},
     "learn": {"learn", "align", "arch", "stats", "errors"},
+    # Deep-Align and the mlp family: the assignment solver of align/, nothing of the transformer layout
+    "deepalign": {"deepalign", "align", "errors", "progress"},
     "stats": {"stats", "io", "errors", "files", "progress"},
     "eval": {"eval", "api", "align", "arch", "io", "stats", "errors"},
     "cli": {
@@ -52,6 +55,7 @@ ALLOWED = {
         "search",
         "stats",
         "files",
+        "deepalign",
     },
     "search": {
         "search",
@@ -67,7 +71,7 @@ ALLOWED = {
         "files",
     },
     # builders of small models for tests, the demo and benchmarks; the demo itself: nothing imports them
-    "testing": {"testing", "align", "arch", "io", "eval", "stats", "errors"},
+    "testing": {"testing", "align", "arch", "io", "eval", "stats", "errors", "deepalign", "progress"},
     "demo": {"demo", "testing", "graph", "align", "eval", "io", "stats", "errors", ""},
     # modules of the package root
     "api": {"align", "errors", "eval", "graph", "io", "merge", "progress", "recipe", "stats"},

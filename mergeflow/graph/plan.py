@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -129,7 +130,7 @@ def build_plan(
     stats = stats or {}
     all_readers = {**readers, **{stats_key(m): st.reader for m, st in stats.items()}}
     load = _Loads(all_readers)
-    aligner = None
+    aligner: Any = None  # an AlignPlanner, or an MLPAlignPlanner for the mlp family
     if recipe.align:
         from mergeflow.deepalign.mlp import is_mlp
         from mergeflow.graph.align_tasks import AlignPlanner, model_spec
