@@ -59,6 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="deep-align-"))
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    reused = (work / "zoo").is_dir()
     t0 = time.perf_counter()
     paths = build_zoo(work / "zoo", args.zoo, PAPER_SIZES, epochs=args.epochs)
     zoo_s = time.perf_counter() - t0
@@ -134,7 +135,7 @@ def main() -> None:
         return f"{statistics.mean(v):.3f} ± {statistics.stdev(v) if len(v) > 1 else 0:.3f}"
 
     print(
-        f"zoo: {args.zoo} MLPs {list(PAPER_SIZES)} ({zoo_s:.0f} s to build), {len(train_nets)} to train on, "
+        f"zoo: {args.zoo} MLPs {list(PAPER_SIZES)} ({'reused' if reused else f'{zoo_s:.0f} s to build'}), {len(train_nets)} to train on, "
         f"{args.pairs} held-out pairs; aligner: {args.steps} steps, {args.channels} channels x {args.depth} DWS layers, trained in "
         f"{train_s:.0f} s (final losses: "
         + ", ".join(f"{k} {v:.3f}" for k, v in log[-1].items() if k != "step")
