@@ -84,6 +84,12 @@ def recipes(op: str, models: list[Path]) -> tuple[str, str]:
             f"  - model: {p}\n    parameters: {{density: 0.5, weight: 1.0}}" for p in models[1:]
         ]
         mk += [f"base_model: {models[0]}", "merge_method: ties", "parameters: {normalize: true}"]
+    elif op == "task_arithmetic":
+        mf += ["base: m0", "merge: {task_arithmetic: {weight: 0.5}}"]
+        mk += [f"  - model: {models[0]}"] + [
+            f"  - model: {p}\n    parameters: {{weight: 0.5}}" for p in models[1:]
+        ]
+        mk += [f"base_model: {models[0]}", "merge_method: task_arithmetic"]
     elif op == "slerp":
         mf += ["base: m0", "merge: {slerp: {t: 0.5}}"]
         mk += [f"  - model: {p}" for p in models] + [
@@ -142,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=float, default=0.5e9, help="parameters per model (default 0.5e9, ~1 GB)")
     ap.add_argument("--models", type=int, default=3)
-    ap.add_argument("--ops", default="linear,ties,slerp")
+    ap.add_argument("--ops", default="linear,task_arithmetic,ties,slerp")
     ap.add_argument("--workdir", default="bench_out")
     ap.add_argument("--mergekit", default=os.environ.get("MERGEKIT_YAML"))
     ap.add_argument("--max-memory", default=None, help="mergeflow --max-memory (default: its own default)")

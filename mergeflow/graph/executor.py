@@ -105,7 +105,7 @@ def execute(
                 top_up()
             else:
                 # a merge may overwrite its inputs: give it a copy of any value another task still needs
-                mutates = isinstance(task, Merge)
+                mutates = isinstance(task, Merge) and task.stored_out is None  # pointwise ones read only
                 args = [values[d].clone() if mutates and users[d] > 1 else values[d] for d in task.deps()]
                 value = task.run(ctx, *args)
                 del args

@@ -3,6 +3,7 @@ output tensor, in the order the reference model stores them (so reads run shard 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ from mergeflow.recipe.schema import Recipe
 from mergeflow.tokenizer.build import VocabMap
 from mergeflow.tokenizer.remap import reindexed
 
+# MERGEFLOW_POINTWISE=off: pointwise operators get whole converted tensors (the path before; benchmarks)
+POINTWISE = os.environ.get("MERGEFLOW_POINTWISE", "on") != "off"
 CHUNK_ELEMS = 1 << 22  # elementwise merges of larger tensors run in row blocks of about this many entries
 
 
@@ -192,7 +195,21 @@ def build_plan(
             base = src(recipe.base, item.names[recipe.base], rows) if c.with_base and recipe.base else None
             inputs = tuple(src(m, item.names[m], rows) for m in c.members)
             extra = c.tstats.merge_fields(rows, load) if c.tstats is not None else {}
-            merge = Merge(tname, op.name, c.params, c.mparams, tuple(c.members), inputs, base, part, **extra)
+            stored = None
+            if (
+                op.pointwise
+                and not extra
+                and all(
+                    isinstance(x, Load) and x.float for x in (*inputs, *([base] if base is not None else []))
+                )
+            ):  # read as stored, converted piece by piece while merging (Merge._pointwise)
+                inputs = tuple(replace(x, float=False) for x in inputs)
+                base = replace(base, float=False) if base is not None else None
+                stored = out_dtype
+            merge = Merge(
+                tname, op.name, c.params, c.mparams, tuple(c.members), inputs, base, part, **extra,
+                stored_out=stored,
+            )  # fmt: skip
             writes.append(Write(out, merge, rows))
             numel = info.numel if rows is None else info.numel // info.shape[0] * (rows[1] - rows[0])
             task_bytes = int(

@@ -52,6 +52,8 @@ class Merge:
     stats: tuple[Load, ...] = ()  # per merged model, for operators that take statistics
     stats_scale: tuple[float, ...] = ()
     transposed: bool = False
+    # set for pointwise operators whose inputs are read as stored: the output's dtype, made piece by piece
+    stored_out: str | None = None
 
     def deps(self) -> tuple[Any, ...]:
         return self.inputs + ((self.base,) if self.base is not None else ()) + self.stats
@@ -72,9 +74,40 @@ class Merge:
             self.out, ctx.seed, self.models, self.part, stats, self.stats_scale, self.transposed
         )
         try:
+            if self.stored_out is not None:
+                return self._pointwise(ctx, op.fn, tensors, base, mctx)
             return op.fn(tensors, base, self.params, self.model_params, mctx)
         except ValueError as exc:  # operators raise ValueError for parameter values that cannot work here
             raise InputError(f"tensor {self.out!r}, operator {self.op}: {exc}") from None
+
+    def _pointwise(
+        self, ctx: Any, fn: Any, tensors: list[torch.Tensor], base: torch.Tensor | None, mctx: MergeContext
+    ) -> torch.Tensor:
+        """The operator on cache-sized pieces of the stored inputs, each converted to the compute dtype into
+        a reused buffer, the result written into the output dtype: one pass over memory instead of a
+        conversion, several arithmetic passes and a conversion back over whole tensors. Entry for entry the
+        same arithmetic, so the same bits."""
+        assert self.stored_out is not None
+        cd = ctx.compute_dtype
+        inputs = [*tensors, *([base] if base is not None else [])]
+        if tensors[0].device.type != "cpu" or not all(t.is_floating_point() for t in inputs):
+            conv = [t.to(cd) for t in inputs]  # accelerators convert whole tensors at memory speed
+            return fn(conv[: len(tensors)], conv[-1] if base is not None else None, self.params,
+                      self.model_params, mctx)  # fmt: skip
+        out = torch.empty(tensors[0].shape, dtype=ST_TO_TORCH[self.stored_out])
+        flat, dst = [t.reshape(-1) for t in inputs], out.view(-1)
+        step = min(POINTWISE_PIECE, max(1, dst.numel()))
+        bufs = [torch.empty(step, dtype=cd) for _ in inputs]
+        for start in range(0, dst.numel(), step):
+            stop = min(start + step, dst.numel())
+            piece = [b[: stop - start].copy_(t[start:stop]) for b, t in zip(bufs, flat, strict=True)]
+            n = len(tensors)
+            res = fn(piece[:n], piece[n] if base is not None else None, self.params, self.model_params, mctx)
+            dst[start:stop].copy_(res)
+        return out
+
+
+POINTWISE_PIECE = 1 << 18  # entries per piece: 1 MiB in float32, so a piece of every input stays in cache
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,9 @@ class MergeOperator:
     # the statistics each merged model must provide ("fisher" or "gram"), and the operator that
     # merges tensors for which there are none
     stats: str | None = None
+    # elementwise, deterministic and blind to where an entry sits: the executor may feed it cache-sized
+    # pieces of the stored tensors, converted as it goes, instead of whole converted tensors
+    pointwise: bool = False
 
     def uses_base(self, base: str | None) -> bool:
         return self.needs_base or (self.optional_base and base is not None)
@@ -126,6 +129,7 @@ def merge_operator(
     elementwise: bool = False,
     optional_base: bool = False,
     stats: str | None = None,
+    pointwise: bool = False,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
 
@@ -153,6 +157,7 @@ def merge_operator(
                 elementwise,
                 optional_base,
                 stats,
+                pointwise,
             ),
         )
         return fn

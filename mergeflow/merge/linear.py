@@ -17,7 +17,9 @@ class Weight(OpParams):
     weight: float = Field(1.0, description="Weight of this model.")
 
 
-@merge_operator("linear", params=LinearParams, model_params=Weight, work=1.0, elementwise=True)
+@merge_operator(
+    "linear", params=LinearParams, model_params=Weight, work=1.0, elementwise=True, pointwise=True
+)
 def linear(tensors, base, p: LinearParams, mp, ctx):
     """Weighted average: sum_i w_i x_i / sum_i w_i (or the plain weighted sum without normalize)."""
     return weighted_sum(tensors, model_weights(mp, p.normalize, ctx))

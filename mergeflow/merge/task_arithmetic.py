@@ -22,6 +22,7 @@ class TaskArithmeticParams(OpParams):
     needs_base=True,
     work=2.0,
     elementwise=True,
+    pointwise=True,
 )
 def task_arithmetic(tensors, base, p: TaskArithmeticParams, mp, ctx):
     """base + lambda * sum_i w_i (x_i - base)."""
