@@ -4,7 +4,7 @@ barrier along the linear path after no alignment, weight matching, activation ma
 Deep-Align; Deep-Align as the initialisation of weight matching; seconds per pair; and the recovery of planted
 permutations of held-out models (augmented copies).
 
-    python benchmarks/bench_deep_align.py                  # zoo 64 models, 400 training steps, 8 pairs
+    python benchmarks/bench_deep_align.py                  # zoo 64 models, 1500 training steps, 8 pairs
     python benchmarks/bench_deep_align.py --zoo 300 --steps 3000 --channels 32 --depth 4  # closer to the paper's scale
 
 Prints a markdown table (the one in docs/deep-align.md). The zoo is built in --workdir (kept with --keep, and
@@ -50,7 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=int, default=64, help="zoo models (pairs*2 of them held out)")
     ap.add_argument("--epochs", type=int, default=10, help="training epochs of each zoo model")
-    ap.add_argument("--steps", type=int, default=400, help="aligner training steps")
+    ap.add_argument("--steps", type=int, default=1500, help="aligner training steps")
     ap.add_argument("--channels", type=int, default=16)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=8, help="held-out pairs compared")
