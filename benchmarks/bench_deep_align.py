@@ -72,7 +72,7 @@ def main() -> None:
         steps=args.steps, channels=args.channels, depth=args.depth, save_every=max(1, args.steps // 10)
     )
     t0 = time.perf_counter()
-    ckpt = work / "aligner"
+    ckpt = work / f"aligner-{args.steps}-{args.channels}x{args.depth}"  # one per training setting
     ckpt.mkdir(exist_ok=True)
     encoder, log = train(train_nets, (x, y), settings, ckpt)
     train_s = time.perf_counter() - t0
