@@ -58,7 +58,6 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the zoo and the aligner's checkpoint")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="deep-align-"))
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     reused = (work / "zoo").is_dir()
     t0 = time.perf_counter()
     paths = build_zoo(work / "zoo", args.zoo, PAPER_SIZES, epochs=args.epochs)
@@ -94,7 +93,6 @@ def main() -> None:
         a, b = test_nets[2 * k], test_nets[2 * k + 1]
         base = identity(PAPER_SIZES)
         found = {}
-        t = time.perf_counter()
         found["none"] = (base, 0.0)
         t = time.perf_counter()
         wm = weight_matching(a, b)

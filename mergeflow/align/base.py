@@ -211,6 +211,8 @@ def method_problem(params: StepParams | None) -> str | None:
     if method != "activations" and data is not None:
         return "'data' is only read with method: activations"
     aligner = getattr(params, "aligner", None)
+    if method == "learned" and params is not None and "aligner" not in type(params).model_fields:
+        return "method: learned exists for the permute step only (on mlp models)"
     if method == "learned" and aligner is None:
         return "method: learned needs 'aligner: PATH', a folder made by mergeflow learn-aligner"
     if method != "learned" and aligner is not None:

@@ -57,11 +57,11 @@ def learn_aligner(
     import torch
 
     from mergeflow.deepalign.aligner import save_aligner
-    from mergeflow.deepalign.mlp import load_mlp
+    from mergeflow.deepalign.mlp import load_mlp, mlp_inputs
     from mergeflow.deepalign.train import Settings, train
     from mergeflow.errors import InputError
     from mergeflow.io.output_dir import OutputDir, check_output_path
-    from mergeflow.stats.data import load_data
+    from mergeflow.stats.data import check_labels, load_data
 
     folders = (
         sorted(p for p in Path(zoo).iterdir() if (p / "config.json").is_file()) if Path(zoo).is_dir() else []
@@ -80,11 +80,10 @@ def learn_aligner(
                 f"{f}: layer sizes {list(s.sizes)} differ from {folders[0].name}'s {list(spec.sizes)}"
             )
     d = load_data(data)
-    if d.x is None or d.labels is None or d.x.dtype.kind != "f":
-        raise InputError(f"{data}: the LMC loss needs float inputs 'x' and labels 'y' (.npz)")
-    x = torch.from_numpy(d.x).reshape(len(d.x), -1)
-    if x.shape[1] != spec.sizes[0]:
-        raise InputError(f"{data}: examples have {x.shape[1]} features, the models take {spec.sizes[0]}")
+    if d.labels is None:
+        raise InputError(f"{data}: the LMC loss needs labels ('y' of a .npz)")
+    check_labels(d, spec.sizes[-1])
+    x = mlp_inputs(d.x, spec, data)
     settings = Settings(
         steps=steps, batch=batch, lr=lr, channels=channels, depth=depth, seed=seed, save_every=save_every
     )

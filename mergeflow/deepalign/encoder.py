@@ -91,19 +91,16 @@ class DWSLayer(nn.Module):
         gw, gb = g.chunk(2, -1)
         gw, gb = gw.chunk(n, -1), gb.chunk(n, -1)
         w0, wl = batch[0][0], batch[-1][0]
-        extra = {
-            1: self.first(w0.reshape(*w0.shape[:2], -1)),  # [B, d_1, c]
-            n - 1: self.last(wl.transpose(1, 2).reshape(wl.shape[0], wl.shape[2], -1)),  # [B, d_L-1, c]
-        }
-        if n == 2:
-            extra = {1: extra[1] + self.last(wl.transpose(1, 2).reshape(wl.shape[0], wl.shape[2], -1))}
+        extra = {1: self.first(w0.reshape(*w0.shape[:2], -1))}  # [B, d_1, c]: first hidden units' rows
+        last = self.last(wl.transpose(1, 2).reshape(wl.shape[0], wl.shape[2], -1))  # [B, d_L-1, c]: columns
+        extra[n - 1] = extra[n - 1] + last if n - 1 in extra else last
         out = []
         for i, (w, b) in enumerate(batch):
             rows = self.w_rows[i](units[i + 1])  # [B, d_l, c]: unit a of this layer
             cols = self.w_cols[i](units[i])  # [B, d_l-1, c]: unit b of the layer before
             rows = rows + self.m_rows[i]((w * self.m_src[i](units[i])[:, None]).mean(2))
             cols = cols + self.m_cols[i]((w * self.m_dst[i](units[i + 1])[:, :, None]).mean(1))
-            if i + 1 in extra and i + 1 < n:
+            if i + 1 in extra:  # never the output layer: extra holds hidden unit layers only
                 rows = rows + extra[i + 1]
             if i in extra:
                 cols = cols + extra[i]
@@ -113,7 +110,7 @@ class DWSLayer(nn.Module):
                 rows = rows + self.outputs
             nw = self.w_self[i](w) + rows[:, :, None] + cols[:, None] + gw[i][:, None, None]
             nb = self.b_self[i](b) + self.b_rows[i](units[i + 1]) + gb[i][:, None]
-            if i + 1 in extra and i + 1 < n:
+            if i + 1 in extra:
                 nb = nb + extra[i + 1]
             if i == n - 1:
                 nb = nb + self.outputs

@@ -134,6 +134,18 @@ def lerp(a: Weights, b: Weights, t: float | torch.Tensor) -> Weights:
     return [(wa + t * (wb - wa), ba + t * (bb - ba)) for (wa, ba), (wb, bb) in zip(a, b, strict=True)]
 
 
+def mlp_inputs(x: object, spec: MLPSpec, where: str) -> torch.Tensor:
+    """A data file's float ``x`` as MLP inputs [N, d_0]; a clear error when it is not that."""
+    import numpy as np
+
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise InputError(f"{where}: an mlp reads float inputs ('x' of a .npz)")
+    flat = torch.from_numpy(x).reshape(len(x), -1)
+    if flat.shape[1] != spec.sizes[0]:
+        raise InputError(f"{where}: examples have {flat.shape[1]} features, the model takes {spec.sizes[0]}")
+    return flat
+
+
 def load_mlp(path: str | Path) -> tuple[MLPSpec, Weights]:
     """Spec and float32 weights of an MLP checkpoint folder."""
     from safetensors.torch import load_file

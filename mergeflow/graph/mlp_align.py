@@ -14,7 +14,7 @@ import torch
 from mergeflow.align.layer import LayerReport
 from mergeflow.align.permute import PermuteParams
 from mergeflow.deepalign.matching import activation_matching, weight_matching
-from mergeflow.deepalign.mlp import MLPSpec, Weights, as_state, as_weights, mlp_spec, permute
+from mergeflow.deepalign.mlp import MLPSpec, Weights, as_state, as_weights, mlp_inputs, mlp_spec, permute
 from mergeflow.errors import RecipeError
 from mergeflow.graph.tasks import Load
 from mergeflow.io.reader import ModelReader
@@ -69,10 +69,7 @@ def find_perms(spec: MLPSpec, anchor: Weights, local: Weights, p: PermuteParams)
         from mergeflow.stats.data import load_data
 
         assert p.data is not None
-        data = load_data(p.data)
-        if data.x is None or data.x.dtype.kind != "f":
-            raise RecipeError([f"{p.data}: an mlp is matched on float inputs ('x' of a .npz)"])
-        x = torch.from_numpy(data.x[: p.batches * p.batch_size]).reshape(-1, spec.sizes[0])
+        x = mlp_inputs(load_data(p.data).x, spec, p.data)[: p.batches * p.batch_size]
         return activation_matching(a, b_, x, spec.activation)
     return weight_matching(a, b_).perms
 

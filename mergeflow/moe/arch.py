@@ -37,25 +37,8 @@ class MoeArch:
                 num_experts_per_tok=per_token,
                 sliding_window=None,
             )
-        elif self.name == "qwen2_moe":
+        else:  # the Qwen MoE configs share their expert keys
             cfg.update(
-                model_type="qwen2_moe",
-                architectures=["Qwen2MoeForCausalLM"],
-                num_experts=n_experts,
-                num_experts_per_tok=per_token,
-                decoder_sparse_step=1,
-                norm_topk_prob=True,
-                mlp_only_layers=[],
-                moe_intermediate_size=inter,
-                shared_expert_intermediate_size=inter,
-                use_sliding_window=False,
-                sliding_window=None,
-                qkv_bias=has_bias,
-            )
-        else:
-            cfg.update(
-                model_type="qwen3_moe",
-                architectures=["Qwen3MoeForCausalLM"],
                 num_experts=n_experts,
                 num_experts_per_tok=per_token,
                 decoder_sparse_step=1,
@@ -65,6 +48,15 @@ class MoeArch:
                 use_sliding_window=False,
                 sliding_window=None,
             )
+            if self.name == "qwen2_moe":
+                cfg.update(
+                    model_type="qwen2_moe",
+                    architectures=["Qwen2MoeForCausalLM"],
+                    shared_expert_intermediate_size=inter,
+                    qkv_bias=has_bias,
+                )
+            else:
+                cfg.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"])
         if n_experts & (n_experts - 1):
             warnings.warn(
                 f"{n_experts} experts is not a power of two; llama.cpp will not load the model", stacklevel=2

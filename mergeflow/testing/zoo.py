@@ -4,6 +4,7 @@ downloaded; a 64-128-128-128-10 network trains in well under a second on a CPU."
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,14 +81,11 @@ def build_zoo(
     out = []
     for seed in range(first_seed, first_seed + count):
         path = folder / f"mlp-{seed:04d}"
-        if not (path / "config.json").exists():
-            tmp = folder / f".mlp-{seed:04d}.partial"
-            if tmp.exists():
-                import shutil
-
-                shutil.rmtree(tmp)
+        if not (path / "config.json").exists():  # built in a fresh hidden folder, renamed when complete
+            tmp = Path(tempfile.mkdtemp(prefix=f".mlp-{seed:04d}-", dir=folder)) / "model"
             save_mlp(tmp, spec, train_mlp(x, y, sizes, seed, epochs))
             tmp.rename(path)
+            tmp.parent.rmdir()
         out.append(path)
         bar.update(1)
     bar.close()
