@@ -35,10 +35,11 @@ class NoModelParams(BaseModel):
 
 # what activation matching found for one layer of one model ("ffn", "heads": permutations), or None
 Found = Mapping[str, torch.Tensor] | None
-# fn(local: Layer, anchor: Layer, geometry: Geometry, params: P, found: Found) -> None, and
+# fn(local: Layer, anchor: Layer, geometry: Geometry, params: P, found: Found) -> counts of what its solves
+# did for the report ({"certified": 1.0, ...}) or None, and
 # check(geometry, params: P, family name) -> the refusal or None, where P is the step's own parameter model
 # (a subclass of StepParams): typed loosely, since a function of a subclass is not one of StepParams
-StepFn = Callable[..., None]
+StepFn = Callable[..., "Mapping[str, float] | None"]
 CheckFn = Callable[..., "str | None"]
 # a rule about the step's place in the recipe's step list, checked without any model: (its index, every
 # step as (name, parsed params, or None where they are invalid)) -> the problem, or None

@@ -56,9 +56,12 @@ def run_steps(
         if params.layers is not None and index not in params.layers:
             continue
         start = time.perf_counter()
-        STEPS[name].fn(local, anchor, spec.geometry, params, found)
+        counts = STEPS[name].fn(local, anchor, spec.geometry, params, found)
         if report is not None:
             report.seconds[name] = report.seconds.get(name, 0.0) + time.perf_counter() - start
+            for key, value in (counts or {}).items():
+                mine = report.counts.setdefault(name, {})
+                mine[key] = mine.get(key, 0.0) + value
             report.steps.append((name, distances(local, anchor)))
 
 
@@ -68,6 +71,7 @@ class LayerReport:
     layer: int
     steps: list[tuple[str, dict[str, float]]]  # ("before", d), (step name, d after it), ...
     seconds: dict[str, float] = field(default_factory=dict)  # solve time per step
+    counts: dict[str, dict[str, float]] = field(default_factory=dict)  # what a step's solves did, per step
 
 
 def align_layer(

@@ -3,7 +3,9 @@
 An FFN hidden unit is a row of W_in (and of W_gate in gated MLPs, which must move with it), its
 bias, and a column of W_out: permuting all of them together leaves the function unchanged. The
 best permutation maximises <W_in2, P W_in1> + <W_out2, W_out1 P^T> (+ gate, biases): one
-linear assignment per layer, solved exactly by scipy on the CPU.
+linear assignment per layer (``mergeflow.align.unit_match``): by default the similarity on the tensors'
+device and a sparse assignment certified optimal (``solver: sparse``), or scipy's dense one (``dense``),
+or, approximately and much faster on CPUs, on candidates from a sketch of the similarity (``sketch``).
 
 Heads (``heads: true``) are permuted as units: under grouped-query attention a key/value head
 moves with its whole group of query heads. Two heads are compared by how well the best allowed
@@ -24,10 +26,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
+from mergeflow.align import assign
+from mergeflow.align.assign import Solve
 from mergeflow.align.base import (
     Found,
     Layer,
@@ -41,6 +44,7 @@ from mergeflow.align.base import (
     qk_fixed,
     stream_described,
 )
+from mergeflow.align.unit_match import match_units
 from mergeflow.arch.families import FAMILIES
 from mergeflow.arch.spec import Geometry
 
@@ -56,6 +60,25 @@ class PermuteParams(MatchedParams):
         "cost): float32 is exact for the assignment up to near-ties; bfloat16 is several times faster on CPUs "
         "with bf16 matrix units and approximate. The assignment itself is solved in float64.",
     )
+    solver: Literal["sparse", "dense", "sketch"] = Field(
+        "sparse",
+        description="How FFN units are assigned. sparse: the whole similarity, a sparse assignment on each "
+        "unit's best candidates, certified optimal on the whole matrix (edges that break the certificate are "
+        "added; the dense solver decides if it keeps failing): the same permutation as dense, faster on wide "
+        "FFNs. dense: scipy's assignment on the whole matrix (the reference). sketch: candidates from a count "
+        "sketch of the unit features to sketch_dims dimensions, scored exactly, then the sparse assignment: "
+        "several times faster on CPUs, approximate and not certified; for models that are close copies of each "
+        "other up to the symmetry (fine-tunes of one base), not for independently trained ones.",
+    )
+    candidates: int = Field(
+        8, ge=1, le=4096, description="Best candidates per unit (both ways) for solver sparse or sketch."
+    )
+    sketch_dims: int = Field(
+        512,
+        ge=8,
+        le=1 << 16,
+        description="Dimensions of the sketch (solver: sketch); more is slower and closer to exact.",
+    )
     aligner: str | None = Field(
         None,
         description="A Deep-Align aligner folder made by `mergeflow learn-aligner` (method: learned), "
@@ -64,13 +87,9 @@ class PermuteParams(MatchedParams):
 
 
 def assignment(score: torch.Tensor) -> torch.Tensor:
-    """perm with new[c] = old[perm[c]] maximising sum_c score[perm[c], c] (rows: local, columns: anchor)."""
-    from scipy.optimize import linear_sum_assignment  # imported here: it costs every run 0.3 s of start-up
-
-    rows, cols = linear_sum_assignment(score.detach().cpu().numpy(), maximize=True)
-    perm = np.empty_like(rows)
-    perm[cols] = rows
-    return torch.as_tensor(perm, device=score.device)
+    """perm with new[c] = old[perm[c]] maximising sum_c score[perm[c], c] (rows: local, columns: anchor):
+    scipy's dense solver."""
+    return assign.dense(score)
 
 
 def _unit_features(layer: Layer, dtype: torch.dtype, pre: str = "") -> torch.Tensor:
@@ -92,17 +111,27 @@ def _agreement(local: Layer, anchor: Layer, perm: torch.Tensor | None, pre: str 
     return total + float(torch.dot(x.reshape(-1), anchor[pre + "down"].reshape(-1)))
 
 
-def permute_ffn(local: Layer, anchor: Layer, similarity: str = "float32", pre: str = "") -> None:
+def permute_ffn(
+    local: Layer,
+    anchor: Layer,
+    similarity: str = "float32",
+    pre: str = "",
+    solver: str = "sparse",
+    candidates: int = 8,
+    sketch_dims: int = 512,
+) -> Solve:
     """The hidden units of one FFN (``pre``: its roles' prefix, see ffn_prefixes) by linear assignment."""
     dtype = getattr(torch, similarity)
-    c = (_unit_features(local, dtype, pre) @ _unit_features(anchor, dtype, pre).T).to(torch.float64)  # (f, f)
-    perm = assignment(c)
+    perm, info = match_units(
+        _unit_features(local, dtype, pre), _unit_features(anchor, dtype, pre), solver, candidates, sketch_dims
+    )
     # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
     if dtype == torch.bfloat16 and _agreement(local, anchor, perm, pre) < _agreement(
         local, anchor, None, pre
     ):
-        return
+        return info
     apply_ffn(local, perm, pre)
+    return info
 
 
 def apply_ffn(local: Layer, perm: torch.Tensor, pre: str = "") -> None:
@@ -200,8 +229,10 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
 
 
 @align_step("permute", PermuteParams, _check, in_list=_in_list, stream_map="permutation")
-def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: Found = None) -> None:
-    """FFN hidden units by linear assignment (scipy); whole heads with ``heads: true``; the residual stream
+def permute(
+    local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: Found = None
+) -> dict[str, float] | None:
+    """FFN hidden units by linear assignment (certified sparse, dense or sketched); whole heads with ``heads: true``; the residual stream
     with ``residual: true`` (solved jointly with the layers by coordinate descent). ``method: activations``
     matches them by activation correlations on data instead."""
     if p.method == "activations":
@@ -211,9 +242,17 @@ def permute(local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: F
             apply_heads(local, g, found["heads"])
         if p.ffn:
             apply_ffn(local, found["ffn"])
-        return
+        return None
     if p.heads:
         permute_heads(local, anchor, g)
-    if p.ffn:
-        for pre in ffn_prefixes(local):  # the dense FFN and each expert: spaces of their own
-            permute_ffn(local, anchor, p.similarity, pre)
+    if not p.ffn:
+        return None
+    counts = dict.fromkeys(("ffn_solves", "certified", "dense_fallbacks", "rounds", "edges_added"), 0.0)
+    for pre in ffn_prefixes(local):  # the dense FFN and each expert: spaces of their own
+        info = permute_ffn(local, anchor, p.similarity, pre, p.solver, p.candidates, p.sketch_dims)
+        counts["ffn_solves"] += 1
+        counts["certified"] += info.certified
+        counts["dense_fallbacks"] += info.dense and p.solver != "dense"
+        counts["rounds"] += info.rounds
+        counts["edges_added"] += info.added
+    return counts

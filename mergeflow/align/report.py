@@ -26,6 +26,12 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
                 tot[m] += v
                 tot["total"] += v
     seconds: dict[str, float] = {}
+    counts: dict[str, dict[str, float]] = {}
+    for rep in reports:
+        for step, c in rep.counts.items():
+            mine = counts.setdefault(step, {})
+            for key, value in c.items():
+                mine[key] = mine.get(key, 0.0) + value
     for rep in reports:
         for step, sec in rep.seconds.items():
             seconds[step] = seconds.get(step, 0.0) + sec
@@ -36,7 +42,7 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     for r in all_reports:
         if not isinstance(r, LayerReport):
             seconds[r.section] = seconds.get(r.section, 0.0) + r.seconds
-    return {"totals": models, "seconds": seconds, "layers": layers, **sections}
+    return {"totals": models, "seconds": seconds, "counts": counts, "layers": layers, **sections}
 
 
 def table(summary: dict[str, Any]) -> str:
@@ -75,6 +81,8 @@ def table(summary: dict[str, Any]) -> str:
             f"{r['loss_last']:.4g}, residual map moved {r['residual_change']:.3g}, "
             f"{r['ffn_units_moved']} FFN units moved"
         )
+    for step, c in summary.get("counts", {}).items():
+        lines.append(f"{step}: " + ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in c.items()))
     if summary.get("seconds"):
         lines.append("solve time: " + ", ".join(f"{k} {v:.2f} s" for k, v in summary["seconds"].items()))
     return "\n".join(lines)

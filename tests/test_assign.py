@@ -1,0 +1,139 @@
+"""Unit-matching solvers: the certified sparse assignment equals the dense optimum (and says how it got
+there), its duals are a certificate, the blockwise candidates are each row's and column's best, and the
+sketched solver is exact on near-copies and never worse than the identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mergeflow.align import assign, unit_match
+from mergeflow.testing.models import scramble_model
+from tests.helpers import align, state
+
+
+def objective(score: torch.Tensor, perm: torch.Tensor) -> float:
+    return float(score[perm, torch.arange(len(perm))].sum())
+
+
+def planted(n: int, width: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """anchor features, local = a row permutation of them plus noise, and the permutation that undoes it."""
+    gen = torch.Generator().manual_seed(seed)
+    anchor = torch.randn(n, width, generator=gen)
+    scramble = torch.randperm(n, generator=gen)
+    local = anchor[scramble] + noise * torch.randn(n, width, generator=gen)
+    return local, anchor, torch.argsort(scramble)
+
+
+@pytest.mark.parametrize("n,k,seed", [(7, 1, 0), (60, 1, 1), (200, 2, 2), (300, 8, 3), (1, 1, 4)])
+def test_certified_sparse_assignment_is_the_dense_optimum(n, k, seed):
+    """Random scores (no structure: the hardest case for candidates) with few candidates: edges are added
+    until the certificate holds, and the answer is the dense solver's."""
+    score = torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    perm, info = assign.certified(score, k)
+    ref = assign.dense(score)
+    assert torch.equal(perm, ref)  # continuous random scores: the optimum is unique
+    assert info.certified and not info.dense
+    if n >= 60:
+        assert info.added > 0 and info.rounds > 1  # the candidates alone were not enough
+
+
+def test_certificate_that_keeps_failing_hands_over_to_the_dense_solver(monkeypatch):
+    monkeypatch.setattr(assign, "ROUNDS", 1)
+    score = torch.randn(120, 120, generator=torch.Generator().manual_seed(5))
+    perm, info = assign.certified(score, 1)
+    assert info.dense and info.rounds == 1
+    assert torch.equal(perm, assign.dense(score))
+
+
+def test_duals_certify_an_optimal_matching_and_refuse_a_worse_one():
+    n = 40
+    score = torch.randn(n, n, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    rows, cols = assign.split(np.arange(n * n), n)  # every edge
+    w = score.reshape(-1).numpy()
+    best = assign.dense(score).numpy()
+    u, v = assign.duals(rows, cols, w, best)
+    slack = u[rows] + v[cols] - w
+    assert slack.min() > -1e-9  # feasible on every edge
+    assert np.abs(slack[best[cols] == rows]).max() < 1e-9  # tight on the matching
+    assert abs(u.sum() + v.sum() - objective(score, torch.as_tensor(best))) < 1e-9  # strong duality
+    worse = best.copy()
+    worse[[0, 1]] = worse[[1, 0]]
+    if objective(score, torch.as_tensor(worse)) < objective(score, torch.as_tensor(best)) - 1e-9:
+        assert assign.duals(rows, cols, w, worse) is None
+
+
+def test_blockwise_candidates_are_each_rows_and_columns_best(monkeypatch):
+    monkeypatch.setattr(assign, "BLOCK", 7)  # many blocks, one of them short
+    n, k = 30, 3
+    score = torch.randn(n, n, generator=torch.Generator().manual_seed(7))
+    rows, cols = assign.candidates(assign.row_blocks(score), n, k)
+    got = set(zip(rows.tolist(), cols.tolist(), strict=True))
+    s = score.numpy()
+    want = {(i, int(j)) for i in range(n) for j in np.argsort(-s[i])[:k]}
+    want |= {(int(i), j) for j in range(n) for i in np.argsort(-s[:, j])[:k]}
+    want |= {(i, i) for i in range(n)}
+    assert got == want
+    assert np.all(np.diff(rows * n + cols) > 0)  # unique, sorted by row
+
+
+def test_edge_scores_are_the_inner_products_of_the_edges():
+    local, anchor, _ = planted(50, 33, 0.5, 8)
+    rows, cols = assign.candidates(assign.row_blocks(local @ anchor.T), 50, 4)
+    w = unit_match.edge_scores(local, anchor, rows, cols)
+    np.testing.assert_allclose(w, (local[rows] * anchor[cols]).sum(1).numpy(), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("solver", ["dense", "sparse", "sketch"])
+def test_every_solver_undoes_a_planted_permutation_of_near_copies(solver):
+    local, anchor, truth = planted(500, 256, 0.1, 9)
+    perm, info = unit_match.match_units(local, anchor, solver, k=4, dims=32)
+    assert torch.equal(perm, truth)
+    assert info.certified == (solver != "sketch")
+
+
+def test_sketch_is_never_worse_than_the_identity_on_unrelated_units():
+    gen = torch.Generator().manual_seed(10)
+    local, anchor = torch.randn(400, 128, generator=gen), torch.randn(400, 128, generator=gen)
+    score = (local @ anchor.T).double()
+    perm, info = unit_match.match_units(local, anchor, "sketch", k=4, dims=16)
+    ident = objective(score, torch.arange(400))
+    best = objective(score, assign.dense(score))
+    assert ident < objective(score, perm) <= best + 1e-6
+    assert not info.certified
+
+
+def test_a_sketch_as_wide_as_the_features_is_the_certified_solve():
+    local, anchor, truth = planted(64, 16, 1.0, 11)
+    perm, info = unit_match.match_units(local, anchor, "sketch", k=2, dims=16)
+    assert info.certified and torch.equal(perm, assign.dense(local @ anchor.T))
+
+
+def test_count_sketch_keeps_inner_products_in_expectation():
+    gen = torch.Generator().manual_seed(12)
+    a, b = torch.randn(200, 2048, generator=gen), torch.randn(200, 2048, generator=gen)
+    dims = 256
+    sa, sb = unit_match.count_sketch(a, dims), unit_match.count_sketch(b, dims)
+    assert torch.equal(sa, unit_match.count_sketch(a, dims))  # a fixed sketch
+    exact, approx = (a * b).sum(1), (sa * sb).sum(1)
+    scale = a.norm(dim=1) * b.norm(dim=1) / dims**0.5  # the estimate's standard deviation
+    z = (approx - exact) / scale
+    assert abs(float(z.mean())) < 0.3 and 0.6 < float(z.std()) < 1.5
+    torch.testing.assert_close((sa * sa).sum(1).mean(), (a * a).sum(1).mean(), rtol=0.05, atol=0)
+
+
+@pytest.mark.parametrize("solver", ["dense", "sketch"])
+def test_recipe_solvers_recover_a_scrambled_llama_like_the_default(tmp_path, toy, solver):
+    a = toy("llama")
+    b = scramble_model(a, tmp_path / "scrambled", seed=3, heads_perm=True)
+    steps = (
+        f"[{{permute: {{heads: true, solver: {solver}, candidates: 4, sketch_dims: 64}}}}, "
+        "{rotate: {qk: true, vo: true}}, {rescale: {}}]"
+    )
+    c, report = align(tmp_path, b, a, steps)
+    sa, sc = state(a), state(c)
+    assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
+    counts = report["counts"]["permute"]
+    assert counts["ffn_solves"] == counts["certified"] + (solver == "sketch") * counts["ffn_solves"]
+    assert counts["dense_fallbacks"] == 0
