@@ -81,14 +81,14 @@ def test_blockwise_candidates_are_each_rows_and_columns_best(monkeypatch):
 def test_edge_scores_are_the_inner_products_of_the_edges():
     local, anchor, _ = planted(50, 33, 0.5, 8)
     rows, cols = assign.candidates(assign.row_blocks(local @ anchor.T), 50, 4)
-    w = unit_match.edge_scores(local, anchor, rows, cols)
+    w = unit_match.edge_scores([(local[:, :20], anchor[:, :20]), (local[:, 20:], anchor[:, 20:])], rows, cols)
     np.testing.assert_allclose(w, (local[rows] * anchor[cols]).sum(1).numpy(), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("solver", ["dense", "sparse", "sketch"])
 def test_every_solver_undoes_a_planted_permutation_of_near_copies(solver):
     local, anchor, truth = planted(500, 256, 0.1, 9)
-    perm, info = unit_match.match_units(local, anchor, solver, k=4, dims=32)
+    perm, info = unit_match.match_units([(local, anchor)], solver, k=4, dims=32)
     assert torch.equal(perm, truth)
     assert info.certified == (solver != "sketch")
 
@@ -97,7 +97,7 @@ def test_sketch_is_never_worse_than_the_identity_on_unrelated_units():
     gen = torch.Generator().manual_seed(10)
     local, anchor = torch.randn(400, 128, generator=gen), torch.randn(400, 128, generator=gen)
     score = (local @ anchor.T).double()
-    perm, info = unit_match.match_units(local, anchor, "sketch", k=4, dims=16)
+    perm, info = unit_match.match_units([(local, anchor)], "sketch", k=4, dims=16)
     ident = objective(score, torch.arange(400))
     best = objective(score, assign.dense(score))
     assert ident < objective(score, perm) <= best + 1e-6
@@ -106,7 +106,7 @@ def test_sketch_is_never_worse_than_the_identity_on_unrelated_units():
 
 def test_a_sketch_as_wide_as_the_features_is_the_certified_solve():
     local, anchor, truth = planted(64, 16, 1.0, 11)
-    perm, info = unit_match.match_units(local, anchor, "sketch", k=2, dims=16)
+    perm, info = unit_match.match_units([(local, anchor)], "sketch", k=2, dims=16)
     assert info.certified and torch.equal(perm, assign.dense(local @ anchor.T))
 
 

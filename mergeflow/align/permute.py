@@ -92,12 +92,10 @@ def assignment(score: torch.Tensor) -> torch.Tensor:
     return assign.dense(score)
 
 
-def _unit_features(layer: Layer, dtype: torch.dtype, pre: str = "") -> torch.Tensor:
-    """One row per FFN hidden unit: its W_in (and gate) row, bias, and W_out column. (f, ~3d)"""
-    parts = [
-        layer[pre + r].reshape(layer[pre + r].shape[0], -1).to(dtype) for r in FFN_ROWS if pre + r in layer
-    ]
-    return torch.cat([*parts, layer[pre + "down"].T.to(dtype)], dim=1)
+def _unit_parts(layer: Layer, pre: str = "") -> list[torch.Tensor]:
+    """An FFN's unit features as (f, d_i) views: the W_in (and gate) rows, biases, and W_out columns."""
+    parts = [layer[pre + r].reshape(layer[pre + r].shape[0], -1) for r in FFN_ROWS if pre + r in layer]
+    return [*parts, layer[pre + "down"].T]
 
 
 def _agreement(local: Layer, anchor: Layer, perm: torch.Tensor | None, pre: str = "") -> float:
@@ -122,9 +120,8 @@ def permute_ffn(
 ) -> Solve:
     """The hidden units of one FFN (``pre``: its roles' prefix, see ffn_prefixes) by linear assignment."""
     dtype = getattr(torch, similarity)
-    perm, info = match_units(
-        _unit_features(local, dtype, pre), _unit_features(anchor, dtype, pre), solver, candidates, sketch_dims
-    )
+    parts = list(zip(_unit_parts(local, pre), _unit_parts(anchor, pre), strict=True))
+    perm, info = match_units(parts, solver, candidates, sketch_dims, dtype)
     # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
     if dtype == torch.bfloat16 and _agreement(local, anchor, perm, pre) < _agreement(
         local, anchor, None, pre
@@ -161,32 +158,35 @@ def _best_trace(m: torch.Tensor, g: Geometry, group: str) -> float:
     return total
 
 
-def _head_score(local: Layer, anchor: Layer, g: Geometry) -> torch.Tensor:
+def _head_score(local: Layer, anchor: Layer, g: Geometry, dtype: torch.dtype) -> torch.Tensor:
     """score[a, b]: how well local KV group a can match anchor KV group b once rotated."""
     qk_group = "none" if g.qk_norm else ("rope" if g.rope != "none" else "free")
-    score = torch.zeros(g.h_kv, g.h_kv, dtype=local["v"].dtype, device=local["v"].device)
+    qk, vo = _crosses(local, anchor, g, "qk", dtype), _crosses(local, anchor, g, "vo", dtype)
+    score = torch.zeros(g.h_kv, g.h_kv, dtype=torch.float64, device=local["v"].device)
     for a in range(g.h_kv):
         for b in range(g.h_kv):
-            score[a, b] = _best_trace(_cross(local, anchor, g, a, b, "qk"), g, qk_group) + _best_trace(
-                _cross(local, anchor, g, a, b, "vo"), g, "free"
+            score[a, b] = _best_trace(qk[a, :, b].double(), g, qk_group) + _best_trace(
+                vo[a, :, b].double(), g, "free"
             )
     return score
 
 
-def _cross(local: Layer, anchor: Layer, g: Geometry, a: int, b: int, circuit: str) -> torch.Tensor:
-    """Summed cross-products of local KV group a and anchor KV group b on one circuit (d_h x d_h):
-    key (value) rows, plus the group's query rows (output columns)."""
+def _crosses(local: Layer, anchor: Layer, g: Geometry, circuit: str, dtype: torch.dtype) -> torch.Tensor:
+    """(h_kv, d_h, h_kv, d_h): block [a, :, b, :] sums the cross-products of local KV group a and anchor KV
+    group b on one circuit: key (value) rows, plus the group's query rows (output columns). Two matrix
+    products for all pairs of groups at once."""
     kv, q = ("k", "q") if circuit == "qk" else ("v", "o")
-    ka, kb = heads(g.h_kv, g.d_h, a), heads(g.h_kv, g.d_h, b)
-    m = local[kv][ka] @ anchor[kv][kb].T
-    for t in range(g.group):
-        qa, qb = heads(g.h_q, g.d_h, a * g.group + t), heads(g.h_q, g.d_h, b * g.group + t)
-        m = m + (local[q][qa] @ anchor[q][qb].T if q == "q" else local[q][:, qa].T @ anchor[q][:, qb])
-    return m
+    h, d = g.h_kv, g.d_h
+    m = (local[kv].to(dtype) @ anchor[kv].to(dtype).T).reshape(h, d, h, d)
+    if q == "q":  # rows (group a, query t, i) of q, over the model dim
+        ql, qa = (x[q].to(dtype).reshape(h, g.group, d, -1) for x in (local, anchor))
+        return m + torch.einsum("atin,btjn->aibj", ql, qa)
+    ol, oa = (x[q].to(dtype).reshape(-1, h, g.group, d) for x in (local, anchor))  # columns of o
+    return m + torch.einsum("nati,nbtj->aibj", ol, oa)
 
 
-def permute_heads(local: Layer, anchor: Layer, g: Geometry) -> None:
-    apply_heads(local, g, assignment(_head_score(local, anchor, g)))
+def permute_heads(local: Layer, anchor: Layer, g: Geometry, dtype: torch.dtype = torch.float64) -> None:
+    apply_heads(local, g, assignment(_head_score(local, anchor, g, dtype)))
 
 
 def apply_heads(local: Layer, g: Geometry, perm_t: torch.Tensor) -> None:
@@ -244,7 +244,7 @@ def permute(
             apply_ffn(local, found["ffn"])
         return None
     if p.heads:
-        permute_heads(local, anchor, g)
+        permute_heads(local, anchor, g, torch.float64 if p.similarity == "float64" else torch.float32)
     if not p.ffn:
         return None
     counts = dict.fromkeys(("ffn_solves", "certified", "dense_fallbacks", "rounds", "edges_added"), 0.0)

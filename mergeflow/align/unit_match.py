@@ -1,19 +1,23 @@
-"""Match the units of two layers by their feature rows (one row per unit, e.g. an FFN neuron's gate, up and
-down weights): the permutation maximising the summed inner products of matched rows.
+"""Match the units of two layers by their features (one row per unit: e.g. an FFN neuron's gate and up rows,
+bias and down column): the permutation maximising the summed inner products of matched rows.
+
+Features come as parts, (local, anchor) pairs of (f, d_i) matrices that may be transposed views of the
+layer's own tensors: the similarity is the sum of the parts' products, so no f x (sum d_i) copy is made.
 
 Three solvers, chosen by the permute step's ``solver``:
 - ``dense``: the whole f x f similarity, scipy's dense assignment (the reference);
 - ``sparse``: the whole similarity on the tensors' device, a sparse assignment on each row's and column's
   best candidates, certified optimal on the whole matrix (``mergeflow.align.assign``); same answer as dense;
-- ``sketch``: candidates from the similarity of random projections of the rows to ``dims`` dimensions
-  (f x f x dims multiply-adds instead of f x f x D), their exact similarity, the sparse assignment on them.
-  Approximate (a pair outside the candidates cannot be matched) and not certified; never worse than the
-  identity, whose edges are always candidates.
+- ``sketch``: candidates from the similarity of count sketches of the rows to ``dims`` dimensions
+  (f x f x dims multiply-adds instead of f x f x sum d_i), their exact similarity (float32, only the candidate
+  entries), the sparse assignment on them. Approximate (a pair outside the candidates cannot be matched) and
+  not certified; never worse than the identity, whose edges are always candidates.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,69 +25,84 @@ import torch
 from mergeflow.align import assign
 
 SKETCH_SEED = 0x5EED
+Parts = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (local, anchor) feature blocks, (f, d_i) each
 
 
-def similarity(local: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-    """(f, f) inner products of the feature rows, in the features' dtype."""
-    return local @ anchor.T
+def similarity(parts: Parts, dtype: torch.dtype) -> torch.Tensor:
+    """(f, f) summed inner products of the parts' rows, computed in ``dtype``, returned in float32 (float64
+    when ``dtype`` is)."""
+    out: torch.Tensor | None = None
+    for local, anchor in parts:
+        prod = local.to(dtype) @ anchor.to(dtype).T  # transposed views go to the BLAS as they are
+        prod = prod.double() if dtype == torch.float64 else prod.float()
+        out = prod if out is None else out.add_(prod)
+    assert out is not None
+    return out
 
 
 def match_units(
-    local: torch.Tensor, anchor: torch.Tensor, solver: str = "dense", k: int = 8, dims: int = 512
+    parts: Parts, solver: str = "sparse", k: int = 8, dims: int = 512, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, assign.Solve]:
-    """perm with unit c of the result = unit perm[c] of ``local`` (rows of ``local`` and ``anchor``: one unit
-    each, same width), and how the solve went."""
+    """perm with unit c of the result = unit perm[c] of the local model, and how the solve went."""
     if solver == "dense":
-        return assign.dense(similarity(local, anchor)), assign.Solve(certified=True, dense=True)
-    if solver == "sparse":
-        return assign.certified(similarity(local, anchor), k)
+        return assign.dense(similarity(parts, dtype)), assign.Solve(certified=True, dense=True)
+    width = sum(local.shape[1] for local, _ in parts)
+    if solver == "sparse" or (solver == "sketch" and dims >= width):  # a sketch would cost no less
+        return assign.certified(similarity(parts, dtype), k)
     if solver == "sketch":
-        return sketched(local, anchor, k, dims)
+        return sketched(parts, k, dims)
     raise ValueError(f"unknown solver {solver!r}")
 
 
-def count_sketch(x: torch.Tensor, dims: int) -> torch.Tensor:
-    """The rows of ``x`` (n, width) mapped to ``dims`` dimensions by a fixed count sketch: each input
-    coordinate goes, with a random sign, into one random output coordinate (inner products are kept in
+def count_sketch(x: torch.Tensor, dims: int, seed: int = 0) -> torch.Tensor:
+    """The rows of ``x`` (n, width; any strides) mapped to ``dims`` dimensions by a fixed count sketch: each
+    input coordinate goes, with a random sign, into one random output coordinate (inner products are kept in
     expectation, with variance ~ |a|^2 |b|^2 / dims). One pass over ``x``: n x width additions, not the
-    n x width x dims multiply-adds of a dense random projection. The same width always gets the same sketch."""
-    width = x.shape[1]
-    gen = torch.Generator().manual_seed(SKETCH_SEED + width)
+    n x width x dims multiply-adds of a dense random projection. The same (width, seed) gets the same sketch."""
+    n, width = x.shape
+    gen = torch.Generator().manual_seed(SKETCH_SEED + 7919 * seed + width)
     bucket = torch.randint(0, dims, (width,), generator=gen).to(x.device)
     sign = (torch.randint(0, 2, (width,), generator=gen) * 2 - 1).to(device=x.device, dtype=torch.float32)
-    out = torch.zeros(x.shape[0], dims, device=x.device, dtype=torch.float32)
-    for i in range(0, x.shape[0], assign.BLOCK):  # converted a block at a time: no float32 copy of x
+    if x.stride(0) < x.stride(1):  # a transposed view: sum its rows (contiguous) into the sketch's columns
+        out_t = torch.zeros(dims, n, device=x.device, dtype=torch.float32)
+        for j in range(0, width, assign.BLOCK):
+            rows = x.T[j : j + assign.BLOCK].float() * sign[j : j + assign.BLOCK, None]
+            out_t.index_add_(0, bucket[j : j + assign.BLOCK], rows)
+        return out_t.T
+    out = torch.zeros(n, dims, device=x.device, dtype=torch.float32)
+    for i in range(0, n, assign.BLOCK):  # converted a block at a time: no float32 copy of x
         out[i : i + assign.BLOCK].index_add_(1, bucket, x[i : i + assign.BLOCK].float() * sign)
     return out
 
 
-def edge_scores(local: torch.Tensor, anchor: torch.Tensor, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """<local[rows[e]], anchor[cols[e]]> for every edge e (sorted by row), in float32 products returned as
-    float64: one sampled matrix product (only the edges' entries of local @ anchor.T are computed)."""
-    n = local.shape[0]
-    crow = torch.as_tensor(np.searchsorted(rows, np.arange(n + 1)), device=local.device)
+def edge_scores(parts: Parts, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Summed <local[rows[e]], anchor[cols[e]]> of the parts for every edge e (sorted by row), in float32
+    per part, summed in float64:
+    sampled matrix products (only the edges' entries of local @ anchor.T are computed)."""
+    local0 = parts[0][0]
+    n, dev = local0.shape[0], local0.device
+    crow = torch.as_tensor(np.searchsorted(rows, np.arange(n + 1)), device=dev)
+    col = torch.as_tensor(cols, device=dev)
+    total = torch.zeros(len(cols), dtype=torch.float64, device=dev)
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         pattern = torch.sparse_csr_tensor(
-            crow,
-            torch.as_tensor(cols, device=local.device),
-            torch.zeros(len(cols), device=local.device),
-            size=(n, anchor.shape[0]),
-            check_invariants=False,
+            crow, col, torch.zeros(len(cols), device=dev), size=(n, n), check_invariants=False
         )
-        out = torch.sparse.sampled_addmm(pattern, local.float(), anchor.float().T, beta=0.0)
-    return out.values().double().cpu().numpy()
+        for local, anchor in parts:
+            out = torch.sparse.sampled_addmm(pattern, local.float(), anchor.float().T, beta=0.0)
+            total += out.values()  # float32 products of each part, summed in float64
+    return total.cpu().numpy()
 
 
-def sketched(
-    local: torch.Tensor, anchor: torch.Tensor, k: int, dims: int
-) -> tuple[torch.Tensor, assign.Solve]:
-    n, width = local.shape
-    if dims >= width:  # no cheaper than the whole similarity: solve that one, certified
-        return assign.certified(similarity(local, anchor), k)
-    ls, anc = count_sketch(local, dims), count_sketch(anchor, dims)
+def sketched(parts: Parts, k: int, dims: int) -> tuple[torch.Tensor, assign.Solve]:
+    n = parts[0][0].shape[0]
+    parts = [(local.float(), anchor.float()) for local, anchor in parts]  # once, for the sketch and the edges
+    ls = sum(count_sketch(local, dims, i) for i, (local, _) in enumerate(parts))
+    anc = sum(count_sketch(anchor, dims, i) for i, (_, anchor) in enumerate(parts))
+    assert isinstance(ls, torch.Tensor) and isinstance(anc, torch.Tensor)
     blocks = ((i, ls[i : i + assign.BLOCK] @ anc.T) for i in range(0, n, assign.BLOCK))
     rows, cols = assign.candidates(blocks, n, k)
-    w = edge_scores(local, anchor, rows, cols)
+    w = edge_scores(parts, rows, cols)
     perm = assign.solve_edges(rows, cols, w, n)
-    return torch.as_tensor(perm, device=local.device), assign.Solve(edges=len(rows), rounds=1)
+    return torch.as_tensor(perm, device=parts[0][0].device), assign.Solve(edges=len(rows), rounds=1)

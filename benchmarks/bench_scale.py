@@ -1,0 +1,178 @@
+"""Benchmark at real size: Mistral-7B-shaped layers (hidden 4096, 32 query / 8 key-value heads, FFN 14336,
+vocabulary 32000, bfloat16), built offline; a pair related by a planted exact symmetry plus noise, and a third
+model for a linear merge of three.
+
+    python benchmarks/bench_scale.py [--layers 4] [--solvers sparse,sketch,dense] [--keep]
+
+A whole Mistral-7B has 32 such layers (14.5 GB per model); ``--layers`` keeps the depth small enough for the
+disk at hand (4 layers: 2.3 GB per model, about 9 GB of files in all), and the table extrapolates per-layer
+costs to 32 layers. Measured side by side in one run:
+  (a) reading both models once with mergeflow's reader, cold (pages evicted with posix_fadvise) and warm;
+  (b) `mergeflow align` with each FFN solver: wall, solve time per step, peak RSS, distance left;
+  (c) `mergeflow run` of a linear merge of the three: wall, merge time, peak RSS, bytes/s.
+Files are deleted at the end unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_align import READ_BOTH  # noqa: E402
+from bench_merge import make_checkpoint, timed, warm  # noqa: E402
+
+MISTRAL = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "vocab_size": 32000,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
+FULL_LAYERS = 32
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache (no root needed), so the next read comes from the disk."""
+    for p in paths:
+        for f in p.glob("*.safetensors"):
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def size(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.glob("*.safetensors"))
+
+
+def read_both(a: Path, b: Path) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", READ_BOTH, str(a), str(b)], capture_output=True, text=True, check=True
+    )
+    return float(out.stdout.strip())
+
+
+def mergeflow(*args: str) -> dict:
+    return timed([str(Path(sys.executable).with_name("mergeflow")), *args, "-q", "--device", "cpu"])
+
+
+def align(work: Path, a: Path, b: Path, solver: str) -> dict:
+    steps = work / f"steps-{solver}.yml"
+    steps.write_text(
+        f"align:\n  - permute: {{ffn: true, heads: true, solver: {solver}}}\n"
+        "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n"
+    )
+    out = work / f"aligned-{solver}"
+    warm([a, b])
+    run = mergeflow("align", str(b), "--anchor", str(a), "-o", str(out), "--steps", str(steps), "--force")
+    summary = json.loads((out / "alignment.json").read_text())
+    shutil.rmtree(out)  # one aligned model on disk at a time
+    totals = next(iter(summary["totals"].values()))
+    return {
+        "wall": run["seconds"],
+        "rss": run["peak_rss_bytes"],
+        "seconds": summary["seconds"],
+        "counts": summary.get("counts", {}).get("permute", {}),
+        "before": totals["before"]["total"],
+        "after": list(totals.values())[-1]["total"],
+    }
+
+
+def merge(work: Path, models: list[Path]) -> dict:
+    rec = work / "linear.yml"
+    rec.write_text(
+        "models:\n"
+        + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
+        + "merge: {linear: {weight: 1.0}}\ndtype: float32\nout_dtype: bfloat16\noutput: {shard_size: 5GB}\n"
+    )
+    out, report = work / "merged", work / "merge-report.json"
+    warm(models)
+    run = mergeflow("run", str(rec), str(out), "--force", "--report", str(report))
+    rep = json.loads(report.read_text())
+    written = size(out)
+    shutil.rmtree(out)
+    return {"wall": run["seconds"], "rss": run["peak_rss_bytes"], "merge": rep["seconds"], "written": written}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers per model (Mistral-7B has 32)")
+    ap.add_argument("--workdir", default="bench_out/scale")
+    ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument("--solvers", default="sparse,sketch,dense", help="permute solvers to time, in order")
+    ap.add_argument("--no-merge", action="store_true", help="skip the linear merge of three")
+    ap.add_argument("--keep", action="store_true", help="keep the models for another run")
+    args = ap.parse_args()
+    work = Path(args.workdir).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    dims = {**MISTRAL, "num_hidden_layers": args.layers}
+    a, b, c = (work / "models" / n for n in ("anchor", "scrambled", "third"))
+    make_checkpoint(a, dims, seed=0, shard_bytes=5_000_000_000)
+    if not (b / "model.safetensors").exists():
+        from mergeflow.testing.models import scramble_model
+
+        scramble_model(a, b, seed=1, noise=args.noise, heads_perm=True)
+    if not args.no_merge:
+        make_checkpoint(c, dims, seed=2, shard_bytes=5_000_000_000)
+    pair = size(a) + size(b)
+    print(
+        f"Mistral-7B-shaped layers x {args.layers} (hidden 4096, 32/8 heads, FFN 14336, vocab 32000, bf16): "
+        f"{size(a) / 1e9:.2f} GB per model; the second is the first with a planted exact symmetry + "
+        f"{args.noise:.0%} noise. os.cpu_count() = {os.cpu_count()}."
+    )
+    evict([a, b])
+    cold = read_both(a, b)
+    warm([a, b])
+    hot = read_both(a, b)
+    full_pair = 2 * 14.48e9  # bytes of a real Mistral-7B pair in bf16
+    print()
+    print("| reading both models once | s | GB/s | at 32 layers (29 GB pair), s |")
+    print("|---|---|---|---|")
+    for name, t in (("cold (evicted)", cold), ("warm (page cache)", hot)):
+        print(f"| {name} | {t:.2f} | {pair / t / 1e9:.2f} | {full_pair / (pair / t):.1f} |")
+    print()
+    print(
+        "| solver | `align` wall s | permute s | rotate s | rescale s | solves per layer s | "
+        "solves at 32 layers s | vs cold read at 32 layers | peak RSS GiB | distance left / before | FFN solves certified |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for solver in [s for s in args.solvers.split(",") if s]:
+        r = align(work, a, b, solver)
+        sec = r["seconds"]
+        per_layer = sum(sec.values()) / args.layers
+        at_full = per_layer * FULL_LAYERS
+        cold_full = full_pair / (pair / cold)
+        cert = r["counts"]
+        print(
+            f"| {solver} | {r['wall']:.1f} | {sec.get('permute', 0):.2f} | {sec.get('rotate', 0):.2f} | "
+            f"{sec.get('rescale', 0):.2f} | {per_layer:.2f} | {at_full:.0f} | {at_full / cold_full:.2f}x | "
+            f"{r['rss'] / 2**30:.2f} | {r['after'] / r['before']:.2e} | "
+            f"{cert.get('certified', 0):g}/{cert.get('ffn_solves', 0):g} |",
+            flush=True,
+        )
+    if not args.no_merge:
+        m = merge(work, [a, b, c])
+        moved = size(a) + size(b) + size(c) + m["written"]
+        print()
+        print("| linear merge of three | wall s | merge s | peak RSS GiB | GB/s (read + written) / merge s |")
+        print("|---|---|---|---|---|")
+        print(
+            f"| {args.layers} layers, {3 * size(a) / 1e9:.1f} GB in | {m['wall']:.1f} | {m['merge']:.1f} | "
+            f"{m['rss'] / 2**30:.2f} | {moved / m['merge'] / 1e9:.2f} |"
+        )
+    if not args.keep:
+        shutil.rmtree(work / "models")
+
+
+if __name__ == "__main__":
+    main()
