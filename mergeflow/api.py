@@ -141,9 +141,11 @@ def barrier(
     device: str = "auto",
     max_examples: int | None = None,
     progress: Progress | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
     """Loss along (1 - l) A + l B, naive and after each of ``steps`` added one at a time (see `mergeflow eval
-    barrier`); returns the report (every point, the barrier of each variant)."""
+    barrier`); returns the report (every point, the barrier of each variant). ``max_memory``: the most bytes
+    of weights in memory; larger models are evaluated placed by accelerate, their points written to disk."""
     from mergeflow.eval.barrier import barrier_report
     from mergeflow.stats.data import load_data
 
@@ -152,7 +154,7 @@ def barrier(
     bar = (progress or SILENT).bar("barrier", points * (1 + len(steps or [])), unit="pt")
     try:
         return barrier_report(
-            str(model_a), str(model_b), ds, steps, points, resolve_device(device), bar.update
+            str(model_a), str(model_b), ds, steps, points, resolve_device(device), bar.update, max_memory
         )
     finally:
         bar.close()

@@ -39,7 +39,6 @@ from mergeflow.align.base import (
     align_step,
     ffn_prefixes,
     head_rows,
-    heads,
     method_problem,
     qk_fixed,
     stream_described,

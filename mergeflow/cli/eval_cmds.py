@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from mergeflow.cli.convert_eval import eval_group
-from mergeflow.cli.options import DEVICE, MODEL, QUIET
+from mergeflow.cli.options import DEVICE, MODEL, QUIET, WEIGHTS_MEMORY
+from mergeflow.cli.output import parse_size
 
 
 def _steps(spec: str | None, anchor: str) -> list | None:
@@ -56,6 +57,7 @@ def _steps(spec: str | None, anchor: str) -> list | None:
     help="Write OUT.json (every point) and OUT.png (the curves).",
 )
 @DEVICE
+@WEIGHTS_MEMORY
 @QUIET
 def barrier(
     model_a: str,
@@ -66,6 +68,7 @@ def barrier(
     max_examples: int | None,
     out: str,
     device: str,
+    max_memory: str | None,
     quiet: bool,
 ) -> None:
     """Loss of (1-l) A + l B over a grid of l, naive and after each alignment step; the barrier of each."""
@@ -81,7 +84,15 @@ def barrier(
         check_file_target(f"{out}.{ext}", inputs, "eval barrier -o") for ext in ("json", "png")
     )
     report = api.barrier(
-        model_a, model_b, data, _steps(align_spec, model_a), points, device, max_examples, console(quiet)
+        model_a,
+        model_b,
+        data,
+        _steps(align_spec, model_a),
+        points,
+        device,
+        max_examples,
+        console(quiet),
+        parse_size(max_memory, least=1 << 20),
     )
     text = json.dumps({"written_by": "mergeflow", **report}, indent=2) + "\n"
     atomic_write(json_out, lambda tmp: tmp.write_text(text))
@@ -113,8 +124,15 @@ def barrier(
     help="Largest logit difference, relative to the largest logit, that counts as equal.",
 )
 @DEVICE
+@WEIGHTS_MEMORY
 def equivalence(
-    model_a: str, model_b: str, data: str, max_examples: int | None, tolerance: float, device: str
+    model_a: str,
+    model_b: str,
+    data: str,
+    max_examples: int | None,
+    tolerance: float,
+    device: str,
+    max_memory: str | None,
 ) -> None:
     """Max |difference| of logits and hidden states of MODEL_A and MODEL_B on DATA; exit 1 if they differ."""
     import sys
@@ -123,7 +141,13 @@ def equivalence(
     from mergeflow.graph.run import resolve_device
     from mergeflow.stats.data import load_data
 
-    res = run_equivalence(model_a, model_b, load_data(data).subset(max_examples), resolve_device(device))
+    res = run_equivalence(
+        model_a,
+        model_b,
+        load_data(data).subset(max_examples),
+        resolve_device(device),
+        max_memory=parse_size(max_memory, least=1 << 20),
+    )
     rel = res["logits"] / max(res["logits_scale"], 1e-30)
     click.echo(
         f"max |{res['output']} difference|: {res['logits']:.3g} (relative {rel:.3g}); "

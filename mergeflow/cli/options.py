@@ -16,6 +16,14 @@ MEMORY = click.option(
     metavar="SIZE",
     help="Memory budget for tensors in flight, e.g. 4GB. Default: half the available memory.",
 )
+WEIGHTS_MEMORY = click.option(
+    "--max-memory",
+    default=None,
+    metavar="SIZE",
+    help="Most memory for the model's weights (float32), e.g. 8GB. A larger model is placed by accelerate: "
+    "whole modules in memory up to SIZE, the rest read from its files at each forward pass (slower, never out "
+    "of memory). Default: no limit.",
+)
 DISK = click.option(
     "--disk-budget",
     default=None,

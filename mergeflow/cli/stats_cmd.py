@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mergeflow.cli.options import DEVICE, MODEL, QUIET
+from mergeflow.cli.options import DEVICE, MODEL, QUIET, WEIGHTS_MEMORY
 from mergeflow.cli.progress import console
 
 
@@ -41,6 +41,7 @@ from mergeflow.cli.progress import console
     help="fisher on causal LMs: label sequences sampled from the model per example.",
 )
 @click.option("--seed", default=0, show_default=True, type=int)
+@WEIGHTS_MEMORY
 @QUIET
 def stats(
     model: str,
@@ -53,9 +54,11 @@ def stats(
     max_examples: int | None,
     samples: int,
     seed: int,
+    max_memory: str | None,
     quiet: bool,
 ) -> None:
     """Run MODEL over DATA and write its KIND statistics to OUT (tensors named like its parameters)."""
+    from mergeflow.cli.output import parse_size
     from mergeflow.graph.run import resolve_device
     from mergeflow.stats.compute import compute_stats
 
@@ -71,6 +74,7 @@ def stats(
         samples,
         seed,
         progress=console(quiet),
+        max_memory=parse_size(max_memory, least=1 << 20),
     )
     if not quiet:
         click.echo(

@@ -3,6 +3,7 @@ after aligning B to A, and the barrier max_l [L(l) - ((1 - l) L(0) + l L(1))].""
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import torch
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for
+from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, weight_bytes
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -32,15 +33,61 @@ def curve(
 ) -> dict[str, Any]:
     """The path from A (see load_endpoint; its model is overwritten along the way) to the model in b_dir."""
     la, sa = a
-    sb = state_of(load_model(b_dir, next(la.model.parameters()).device))
+    sb = state_of(load_model(b_dir, la.input_device))
     if set(sa) != set(sb) or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError(f"{b_dir} does not have the same parameters and shapes as model A")
-    lams = [i / (points - 1) for i in range(points)]
     rows = []
-    for lam in lams:
+    for lam in grid(points):
         interpolate_into(la, sa, sb, lam)
         rows.append({"lambda": lam, **evaluate(la, data, max_length=max_length)})
         progress(1)
+    return summary(rows)
+
+
+def grid(points: int) -> list[float]:
+    return [i / (points - 1) for i in range(points)]
+
+
+def curve_on_disk(
+    a_dir: str | Path,
+    b_dir: str | Path,
+    data: Data,
+    points: int,
+    device: torch.device,
+    max_memory: int,
+    work: Path,
+    progress: Callable[[int], None] = lambda n: None,
+    max_length: int | None = None,
+) -> dict[str, Any]:
+    """The same path for models larger than ``max_memory``: each inner point is written by a linear merge
+    (streamed, tensor by tensor, float32) into ``work`` and evaluated placed under the budget."""
+    rows = []
+    for lam in grid(points):
+        path = a_dir if lam == 0 else b_dir if lam == 1 else interpolated(a_dir, b_dir, lam, work, device)
+        loaded = load_model(path, device, max_memory=max_memory)
+        rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length)})
+        del loaded
+        progress(1)
+    return summary(rows)
+
+
+def interpolated(a_dir: str | Path, b_dir: str | Path, lam: float, work: Path, device: torch.device) -> Path:
+    """(1 - lam) A + lam B in float32, written to work/point (replacing the previous point)."""
+    from mergeflow.api import Options, merge
+
+    recipe = work / "point.yml"
+    recipe.write_text(
+        "models:\n"
+        f"  a: {{path: {json.dumps(str(Path(a_dir).resolve()))}, params: {{weight: {1 - lam!r}}}}}\n"
+        f"  b: {{path: {json.dumps(str(Path(b_dir).resolve()))}, params: {{weight: {lam!r}}}}}\n"
+        "merge: {linear: {normalize: false}}\ndtype: float32\nout_dtype: float32\n"
+    )
+    out = work / "point"
+    merge(recipe, out, Options(device=str(device), force=True))
+    return out
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     l0, l1 = rows[0]["loss"], rows[-1]["loss"]
     gaps = [r["loss"] - ((1 - r["lambda"]) * l0 + r["lambda"] * l1) for r in rows]
     mid = min(rows, key=lambda r: abs(r["lambda"] - 0.5))
@@ -118,7 +165,10 @@ def barrier_report(
     points: int,
     device: torch.device,
     progress: Callable[[int], None] = lambda n: None,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
+    """Every curve of the report; models whose float32 weights exceed ``max_memory`` are evaluated placed
+    under it, their inner points written to disk (curve_on_disk)."""
     out: dict[str, Any] = {
         "a": str(a_dir),
         "b": str(b_dir),
@@ -126,9 +176,11 @@ def barrier_report(
         "examples": len(data),
         "variants": {},
     }
-    a = load_endpoint(a_dir, device)
-    check_fits(a[0], data, a_dir)
-    max_length = max_length_for(a[0], data, None)  # once, not at every point of every curve
+    on_disk = max_memory is not None and weight_bytes(a_dir) > max_memory
+    first = load_model(a_dir, device, max_memory=max_memory)
+    check_fits(first, data, a_dir)
+    max_length = max_length_for(first, data, None)  # once, not at every point of every curve
+    a = (first, {} if on_disk else state_of(first))
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
         if (
             steps
@@ -139,16 +191,17 @@ def barrier_report(
             b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
             seconds = time.perf_counter() - start if prefix else 0.0
             # an orthogonal stream map folds the anchor too: the path runs between the folded endpoints, as a merge's
-            start_a = (
-                load_endpoint(aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device), "anchor"), device)
-                if prefix and folds(prefix)
-                else a
-            )
-            out["variants"][name] = {
-                "steps": prefix,
-                "align_seconds": round(seconds, 3),
-                **curve(start_a, b, data, points, progress, max_length),
-            }
+            folded = prefix and folds(prefix)
+            a_path = aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device), "anchor") if folded else a_dir
+            if on_disk and max_memory is not None:
+                work = Path(tmp) / "points"
+                work.mkdir(exist_ok=True)
+                path = curve_on_disk(a_path, b, data, points, device, max_memory, work, progress, max_length)
+            else:
+                path = curve(
+                    load_endpoint(a_path, device) if folded else a, b, data, points, progress, max_length
+                )
+            out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3), **path}
     return out
 
 

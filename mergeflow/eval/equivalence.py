@@ -11,9 +11,17 @@ from mergeflow.stats.model import check_fits, load_model
 
 
 def equivalence(
-    a_dir: str, b_dir: str, data: Data, device: torch.device, batch_size: int = 32, max_length: int = 128
+    a_dir: str,
+    b_dir: str,
+    data: Data,
+    device: torch.device,
+    batch_size: int = 32,
+    max_length: int = 128,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
-    la, lb = load_model(a_dir, device, headless=True), load_model(b_dir, device, headless=True)
+    """``max_memory``: the most bytes of each model's weights held in memory (see stats.model)."""
+    la = load_model(a_dir, device, headless=True, max_memory=max_memory)
+    lb = load_model(b_dir, device, headless=True, max_memory=max_memory)
     check_fits(la, data, a_dir)
     worst: dict[str, Any] = {
         "logits": 0.0,

@@ -16,7 +16,7 @@ from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for
 def evaluate(
     loaded: Loaded, data: Data, batch_size: int = 64, max_length: int | None = None
 ) -> dict[str, float]:
-    dev = next(loaded.model.parameters()).device
+    dev = loaded.input_device
     total = correct = count = 0.0
     gold: list[list[int]] = []
     pred: list[list[int]] = []

@@ -10,7 +10,7 @@ from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
 from mergeflow.progress import SILENT, Progress
 from mergeflow.stats.data import batches, load_data
-from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names
+from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names, weight_bytes
 
 
 def compute_stats(
@@ -25,14 +25,23 @@ def compute_stats(
     samples: int = 1,
     seed: int = 0,
     progress: Progress | None = None,
+    max_memory: int | None = None,
 ) -> dict[str, object]:
     from mergeflow.io.ownership import check_file_target
 
     check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
     if Path(out).suffix != ".safetensors":  # said before the work, not after
         raise InputError(f"{out}: name statistics files *.safetensors")
+    if kind == "fisher" and max_memory is not None and 2 * weight_bytes(model_dir) > max_memory:
+        need = 2 * weight_bytes(model_dir)
+        raise InputError(
+            f"{model_dir}: fisher statistics need the weights and their gradients in memory, {need / 2**30:.2f} "
+            f"GiB in float32, more than --max-memory {max_memory / 2**30:.2f} GiB; raise it, or take gram "
+            "statistics (forward passes only, placed under the budget)"
+        )
     data = load_data(data_path).subset(max_examples)
-    loaded = load_model(model_dir, device, headless=kind == "gram")  # Grams do not depend on a head
+    # Grams do not depend on a head
+    loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
     check_fits(loaded, data, model_dir)
     max_length = max_length_for(loaded, data, max_length)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
@@ -72,4 +81,5 @@ def compute_stats(
         "tensors": len(tensors),
         "max_length": max_length,
         "task": loaded.task,
+        "offloaded": loaded.offloaded,
     }

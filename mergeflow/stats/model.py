@@ -1,5 +1,9 @@
 """Load a Hugging Face model directory for evaluation: its transformers class from config.json, eval
-mode, float32, on the chosen device, with its tokenizer when it has one."""
+mode, float32, on the chosen device, with its tokenizer when it has one.
+
+Under a memory budget smaller than the model's float32 weights, the model is placed by accelerate (through
+transformers' ``device_map``): whole modules in memory up to the budget, the rest read from the checkpoint's
+own files at each forward pass. Slower, never out of memory; forward passes only (no gradients)."""
 
 from __future__ import annotations
 
@@ -23,12 +27,46 @@ class Loaded:
     task: str  # "causal-lm", "classifier", "token-classifier", "masked-lm" or (headless) "encoder"
     num_labels: int | None
     image_shape: tuple[int, int, int] | None  # (channels, height, width) for vision models
+    offloaded: bool = False  # placed by accelerate under a budget: part of the weights stay on disk
+    device: torch.device = torch.device("cpu")  # where inputs go
+
+    @property
+    def input_device(self) -> torch.device:
+        """Where the model's inputs go: its parameters' device, or under a placement the device asked for."""
+        if self.offloaded:
+            return self.device
+        first = next(iter(self.model.parameters()), None)
+        return first.device if first is not None else self.device
 
 
-def load_model(path: str | Path, device: torch.device, headless: bool = False, untie: bool = False) -> Loaded:
+def weight_bytes(path: str | Path) -> int:
+    """The model's weights in float32, from its safetensors headers (nothing is read)."""
+    from mergeflow.io.reader import ModelReader
+
+    reader = ModelReader("model", Path(path))
+    return sum(4 * t.numel for t in reader.tensors.values())
+
+
+def placement(device: torch.device, budget: int) -> dict[str, Any]:
+    """from_pretrained arguments that place a model under ``budget`` bytes of weights per device: the GPU (when
+    ``device`` is one) first, then host memory, then the checkpoint's files."""
+    memory: dict[int | str, int] = {"cpu": budget}
+    if device.type == "cuda":
+        memory = {device.index or 0: budget, **memory}
+    return {"device_map": "auto", "max_memory": memory}
+
+
+def load_model(
+    path: str | Path,
+    device: torch.device,
+    headless: bool = False,
+    untie: bool = False,
+    max_memory: int | None = None,
+) -> Loaded:
     """The model of a Hugging Face folder with its tokenizer; ``headless`` also accepts a bare encoder
     (``BertModel``, ``ViTModel``: task "encoder"); ``untie``: a tied output head becomes a parameter of its
-    own (its weights come from the caller, through ``torch.func.functional_call``)."""
+    own (its weights come from the caller, through ``torch.func.functional_call``); ``max_memory``: the most
+    bytes of weights held in memory (see the module's doc), None for no limit."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -61,6 +99,7 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False, u
             f"{p}: {arch} has none of the heads statistics and evaluation read (causal or masked LM, "
             "sequence, image or token classifier)"
         )
+    offload = max_memory is not None and weight_bytes(p) > max_memory
     try:
         model, info = cls.from_pretrained(
             str(p),
@@ -68,6 +107,7 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False, u
             dtype=torch.float32,
             output_loading_info=True,
             **({"tie_word_embeddings": False} if untie else {}),
+            **(placement(device, max_memory) if offload and max_memory is not None else {}),
         )
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: cannot load the model ({str(exc).splitlines()[0]})") from None
@@ -79,7 +119,9 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False, u
             "on them is random",
             stacklevel=2,
         )
-    model.to(device).eval()
+    if not offload:
+        model.to(device)
+    model.eval()
     tokenizer = None
     if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
         tokenizer = _tokenizer(p)
@@ -91,7 +133,7 @@ def load_model(path: str | Path, device: torch.device, headless: bool = False, u
         size = c.image_size if isinstance(c.image_size, int) else c.image_size[0]
         image = (int(c.num_channels), int(size), int(size))
     labels = getattr(c, "num_labels", None) if task in ("classifier", "token-classifier") else None
-    return Loaded(model, tokenizer, task, labels, image)
+    return Loaded(model, tokenizer, task, labels, image, offload, device)
 
 
 class OnWeights:
@@ -190,6 +232,10 @@ def stored_names(model: Any) -> dict[str, str]:
     ``layers.N.attention.q_proj``) and reverts that when saving; statistics must use stored names.
     Parameters that saving would transform rather than rename (fused or split weights) are left out."""
     state = {n: t.detach() for n, t in model.state_dict().items()}
+    if any(
+        t.is_meta for t in state.values()
+    ):  # weights left on disk: a distinct one-element stand-in for each
+        state = {n: torch.zeros((), dtype=t.dtype).expand(t.shape) for n, t in state.items()}
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers 4: names are stored as they are

@@ -1,0 +1,88 @@
+"""eval and stats on models larger than their memory budget (--max-memory): placed by accelerate, part of
+the weights read from the files at each forward pass; the numbers are those of the in-memory path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mergeflow import api
+from mergeflow.errors import InputError
+from mergeflow.eval.loss import evaluate
+from mergeflow.stats.compute import compute_stats
+from mergeflow.stats.data import load_data
+from mergeflow.stats.model import load_model, weight_bytes
+from mergeflow.testing.models import scramble_model
+from tests.conftest import cli, write
+
+TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nalign then merge\n" * 3
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(toy, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ooc")
+    a = toy("llama")
+    budget = weight_bytes(a) // 3  # a third of the model's float32 weights
+    return root, a, write(root / "d.txt", TEXT), budget
+
+
+def test_a_model_over_the_budget_is_placed_and_gives_the_same_loss(setup):
+    _root, a, data, budget = setup
+    whole = load_model(a, CPU)
+    placed = load_model(a, CPU, max_memory=budget)
+    assert placed.offloaded and not whole.offloaded
+    assert any(p.is_meta for p in placed.model.parameters())  # part of it stayed on disk
+    ds = load_data(data)
+    got, want = evaluate(placed, ds), evaluate(whole, ds)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6, abs=1e-7)
+    assert not load_model(a, CPU, max_memory=10 * weight_bytes(a)).offloaded  # fits: loaded whole
+
+
+def test_gram_statistics_under_a_budget_equal_the_in_memory_ones(setup):
+    root, a, data, budget = setup
+    placed = compute_stats(a, data, "gram", root / "placed.safetensors", CPU, max_memory=budget)
+    whole = compute_stats(a, data, "gram", root / "whole.safetensors", CPU)
+    assert placed["offloaded"] and not whole["offloaded"]
+    from safetensors.torch import load_file
+
+    got, want = load_file(root / "placed.safetensors"), load_file(root / "whole.safetensors")
+    assert set(got) == set(want) and got
+    for name, t in want.items():
+        torch.testing.assert_close(got[name], t, rtol=1e-5, atol=1e-6)
+
+
+def test_fisher_under_a_smaller_budget_says_what_it_needs(setup):
+    root, a, data, budget = setup
+    with pytest.raises(InputError, match=r"gradients in memory.*--max-memory"):
+        compute_stats(a, data, "fisher", root / "f.safetensors", CPU, max_memory=budget)
+    assert not (root / "f.safetensors").exists()
+
+
+def test_barrier_under_a_budget_gives_the_in_memory_curves(setup, tmp_path):
+    root, a, data, budget = setup
+    b = scramble_model(a, tmp_path / "scrambled", seed=4)
+    steps = [{"permute": {"heads": True}}, {"rotate": {}}]
+    ds = str(data)
+    placed = api.barrier(a, b, ds, steps, points=3, device="cpu", max_memory=budget)
+    whole = api.barrier(a, b, ds, steps, points=3, device="cpu")
+    assert set(placed["variants"]) == {"naive", "+permute", "+rotate"}
+    for name, v in whole["variants"].items():
+        for p, q in zip(placed["variants"][name]["points"], v["points"], strict=True):
+            assert p["lambda"] == q["lambda"]
+            assert p["loss"] == pytest.approx(q["loss"], rel=1e-5, abs=1e-6), (name, p, q)
+    assert placed["variants"]["naive"]["barrier"] > 0.01  # a real curve, not a flat one
+
+
+def test_cli_equivalence_and_stats_take_the_weights_budget(setup):
+    root, a, data, _budget = setup
+    res = cli(
+        "eval", "equivalence", str(a), str(a), "--data", str(data), "--device", "cpu", "--max-memory", "1MiB"
+    )
+    assert res.returncode == 0 and "equivalent" in res.stdout, res.stderr
+    res = cli(
+        "stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(root / "g.safetensors"),
+        "--max-memory", "1KB", "--device", "cpu",
+    )  # fmt: skip
+    assert res.returncode == 2 and "--max-memory" in res.stderr and "Traceback" not in res.stderr
+    assert not (root / "g.safetensors").exists()
