@@ -86,3 +86,29 @@ def test_cli_equivalence_and_stats_take_the_weights_budget(setup):
     )  # fmt: skip
     assert res.returncode == 2 and "--max-memory" in res.stderr and "Traceback" not in res.stderr
     assert not (root / "g.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "step,what",
+    [
+        ("{permute: {residual: true}}, {refine: {data: DATA, steps: 2}}", "refine holds both models"),
+        ("{permute: {method: activations, data: DATA}}", "activation matching runs both models"),
+    ],
+)
+def test_whole_model_steps_over_the_budget_say_what_they_need(tmp_path, step, what):
+    """A 9.8 M-parameter Llama: refine (about 40 bytes per parameter) and activation matching (8) over a
+    64 MiB budget are refused before anything is read or written, with the size they need."""
+    from mergeflow.testing.models import build
+
+    cfg = {"hidden_size": 256, "intermediate_size": 688, "vocab_size": 16000, "num_hidden_layers": 2}
+    cfg |= {"num_attention_heads": 4, "num_key_value_heads": 4}
+    a = build("llama", tmp_path / "a", seed=0, shard_size="50MB", config=cfg)
+    b = build("llama", tmp_path / "b", seed=1, shard_size="50MB", config=cfg)
+    data = write(tmp_path / "d.txt", TEXT)
+    rec = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {a}, b: {b}}}\nanchor: a\nalign: [{step.replace('DATA', str(data))}]\nmerge: linear\n",
+    )
+    res = cli("run", str(rec), str(tmp_path / "out"), "--max-memory", "64MiB", "--device", "cpu")
+    assert res.returncode == 2 and what in res.stderr and "GiB" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()

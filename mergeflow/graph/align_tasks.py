@@ -101,6 +101,7 @@ class AlignPlanner:
 
     def __init__(self, recipe: Recipe, spec: ArchSpec, anchor: str, load: Any, reader: ModelReader) -> None:
         self.spec, self.anchor, self.load = spec, anchor, load
+        self.numel = sum(t.numel for t in reader.tensors.values())  # the anchor's parameters
         self.steps = check_steps(recipe, spec)
         self.where = spec.layer_of()
         self.position = {lay.index: k for k, lay in enumerate(spec.layers)}
@@ -223,6 +224,19 @@ class AlignPlanner:
             rows if whole else None,
             self.spec.family.norm_offset,
         )
+
+    def whole_model_bytes(self) -> tuple[int, str] | None:
+        """About what a task holding whole models needs, and what it is: refine holds both models in float64,
+        the source as re-parameterised, the anchor's float32 model and the interpolated weights of its graph
+        (about 40 bytes per parameter); activation matching two float32 models (8)."""
+        if self.refine is not None:
+            return (
+                40 * self.numel,
+                "refine holds both models whole (float64 copies, a float32 model, the graph)",
+            )
+        if self.want is not None:
+            return 8 * self.numel, "activation matching runs both models whole (float32)"
+        return None
 
     def layer_bytes(self) -> int:
         """Working set of one AlignLayer: both models' layer tensors in float64, plus copies."""
