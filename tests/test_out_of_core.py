@@ -112,3 +112,50 @@ def test_whole_model_steps_over_the_budget_say_what_they_need(tmp_path, step, wh
     res = cli("run", str(rec), str(tmp_path / "out"), "--max-memory", "64MiB", "--device", "cpu")
     assert res.returncode == 2 and what in res.stderr and "GiB" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_statistics_of_two_processes_equal_those_of_one(tmp_path, digits_finetunes):
+    """`torchrun --nproc_per_node 2 -m mergeflow stats ...`: each process takes half the examples, the sums are
+    added up with accelerate's collectives (gloo on CPUs) and the first process writes the file: the same
+    statistics as one process (Fisher of a classifier is exact, so both kinds are deterministic)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from mergeflow.testing import train as tt
+
+    x, y = tt.digits("train")
+    tt.save_npz(tmp_path / "d.npz", x[:37], y[:37])  # odd: the halves differ in size
+    model = digits_finetunes / "a"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for kind in ("gram", "fisher"):
+        args = [
+            "stats",
+            str(model),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--kind",
+            kind,
+            "--device",
+            "cpu",
+            "-q",
+        ]
+        one, two = tmp_path / f"one-{kind}.safetensors", tmp_path / f"two-{kind}.safetensors"
+        assert cli(*args, "-o", str(one)).returncode == 0
+        res = subprocess.run(
+            [str(torchrun), "--nproc_per_node", "2", "-m", "mergeflow", *args, "-o", str(two)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        got, want = load_file(two), load_file(one)
+        assert set(got) == set(want) and want
+        for name, t in want.items():
+            torch.testing.assert_close(got[name], t, rtol=1e-4, atol=1e-6, msg=f"{kind} {name}")

@@ -76,7 +76,7 @@ def stats(
         progress=console(quiet),
         max_memory=parse_size(max_memory, least=1 << 20),
     )
-    if not quiet:
+    if not quiet and res.get("written", True):  # under a launcher, the first process reports
         click.echo(
             f"wrote {res['path']}: {kind} statistics of {res['tensors']} tensors over {res['examples']} "
             f"examples ({res['task']}, up to {res['max_length']} tokens each)"

@@ -9,6 +9,7 @@ import torch
 from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
 from mergeflow.progress import SILENT, Progress
+from mergeflow.stats.parallel import process_group
 from mergeflow.stats.data import batches, load_data
 from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names, weight_bytes
 
@@ -39,27 +40,40 @@ def compute_stats(
             f"GiB in float32, more than --max-memory {max_memory / 2**30:.2f} GiB; raise it, or take gram "
             "statistics (forward passes only, placed under the budget)"
         )
+    group = process_group(device)  # several processes under torchrun / accelerate launch: a block each
+    device = group.device
     data = load_data(data_path).subset(max_examples)
     # Grams do not depend on a head
     loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
     check_fits(loaded, data, model_dir)
-    max_length = max_length_for(loaded, data, max_length)
+    max_length = max_length_for(loaded, data, max_length)  # from the whole data: the same in every process
+    mine = data.part(group.index, group.size)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    bar = (progress or SILENT).bar(f"{kind} statistics", len(data), unit="ex")
-    it = batches(data, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
+    bar = (progress if group.main and progress else SILENT).bar(f"{kind} statistics", len(mine), unit="ex")
+    it = batches(mine, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
     try:
         if kind == "gram":
             from mergeflow.stats.gram import gram
 
-            tensors, counts, transposed = gram(loaded, it, bar.update)
-            extra: dict[str, int | str] = {"tokens": max(counts.values(), default=0)}
+            sums, counts, transposed = gram(loaded, it, bar.update)
+            rows = group.sum(
+                {n: torch.tensor([c], dtype=torch.float64, device=device) for n, c in counts.items()}
+            )
+            sums = group.sum(sums)
+            tensors = {n: t / float(rows[n][0]) for n, t in sums.items() if float(rows[n][0]) > 0}
+            transposed &= set(tensors)
+            extra: dict[str, int | str] = {
+                "tokens": int(max((float(r[0]) for r in rows.values()), default=0))
+            }
         else:
             from mergeflow.stats.fisher import fisher
 
-            torch.manual_seed(seed)
-            tensors, _n = fisher(loaded, it, bar.update, samples=samples, seed=seed)
+            torch.manual_seed(seed + group.index)
+            sums, n = fisher(loaded, it, bar.update, samples=samples, seed=seed + group.index)
+            examples = group.total(float(n))
+            tensors = {name: t / max(examples, 1.0) for name, t in group.sum(sums).items()}
             transposed, extra = set(), {"samples": "exact" if loaded.task == "classifier" else samples}
     finally:
         bar.close()
@@ -73,6 +87,8 @@ def compute_stats(
     names = stored_names(loaded.model)
     tensors = {names[n]: t for n, t in tensors.items() if n in names}
     transposed = {names[n] for n in transposed if n in names}
+    if not group.main:  # the first process writes the file
+        return {"path": str(out), "kind": kind, "examples": len(data), "written": False}
     path = write_stats(out, tensors, kind, len(data), str(Path(model_dir).resolve()), transposed, extra)
     return {
         "path": str(path),
@@ -82,4 +98,5 @@ def compute_stats(
         "max_length": max_length,
         "task": loaded.task,
         "offloaded": loaded.offloaded,
+        "processes": group.size,
     }

@@ -42,7 +42,17 @@ class Data:
     def subset(self, n: int | None) -> Data:
         if n is None or n >= len(self):
             return self
-        cut = lambda v: None if v is None else v[:n]  # noqa: E731
+        return self.rows(0, n)
+
+    def part(self, index: int, parts: int) -> Data:
+        """The index-th of ``parts`` contiguous, near-equal blocks of examples (one per process)."""
+        if parts == 1:
+            return self
+        n = len(self)
+        return self.rows(n * index // parts, n * (index + 1) // parts)
+
+    def rows(self, start: int, stop: int) -> Data:
+        cut = lambda v: None if v is None else v[start:stop]  # noqa: E731
         return Data(
             self.path, cut(self.texts), cut(self.x), cut(self.labels), cut(self.words), cut(self.tags)
         )

@@ -4,7 +4,7 @@ Classifiers: the expectation over the model's predicted labels is exact (one gra
 weighted by its probability). Causal LMs: the vocabulary is too large for that, so label sequences
 are sampled from the model (``samples`` per example, an unbiased estimate of the same expectation).
 Gradients are per example (never of a batch-summed loss, whose square is not the Fisher), and the
-sum is accumulated in float32.
+sum is accumulated in float32; the caller divides by the examples (of every process).
 """
 
 from __future__ import annotations
@@ -53,4 +53,4 @@ def fisher(
                     add(ll, 1.0 / samples, retain=s < samples - 1)
             n += 1
         progress(size)
-    return {name: a / max(n, 1) for (name, _p), a in zip(named, acc, strict=True)}, n
+    return {name: a for (name, _p), a in zip(named, acc, strict=True)}, n  # sums over n examples

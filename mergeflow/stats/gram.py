@@ -1,5 +1,6 @@
-"""Gram matrices X^T X of the inputs of every linear layer (nn.Linear and GPT-2's Conv1D), float32,
-averaged over the rows that reach the layer (tokens; padding masked out)."""
+"""Gram matrices X^T X of the inputs of every linear layer (nn.Linear and GPT-2's Conv1D), float32, summed
+over the rows that reach the layer (tokens; padding masked out); the caller averages them (after adding up
+the sums of several processes, when there are)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def linear_layers(model: Any) -> dict[str, tuple[Any, bool]]:
 def gram(
     loaded: Loaded, batches: Any, progress: Any
 ) -> tuple[dict[str, torch.Tensor], dict[str, int], set[str]]:
-    """(weight name -> averaged Gram, weight name -> rows counted, transposed weight names)."""
+    """(weight name -> summed Gram, weight name -> rows counted, transposed weight names)."""
     layers = linear_layers(loaded.model)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(layers, 0)
@@ -53,5 +54,8 @@ def gram(
     finally:
         for h in handles:
             h.remove()
-    grams = {n: s / max(counts[n], 1) for n, s in sums.items()}
-    return grams, counts, {n for n, (_m, t) in layers.items() if t and n in grams}
+    for n, (mod, _t) in layers.items():  # a layer no row reached (empty shard) still has its zero sum
+        if n not in sums:
+            width = mod.weight.shape[0 if _t else 1]
+            sums[n] = torch.zeros(width, width, device=loaded.input_device)
+    return sums, counts, {n for n, (_m, t) in layers.items() if t}

@@ -1,0 +1,46 @@
+"""Statistics over several processes (data-parallel): each takes a contiguous block of the examples, and the
+per-process sums are added up with accelerate's collectives. Started by a launcher that sets the usual
+environment (``torchrun --nproc_per_node N``, or ``accelerate launch --num_processes N`` on GPUs); a plain
+run is one process and touches no distributed state."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Group:
+    index: int  # this process
+    size: int  # processes
+    device: torch.device  # where this process computes
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+    def sum(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every process's tensors added up (same names on every process), on every process."""
+        if self.size == 1:
+            return tensors
+        from accelerate.utils import reduce
+
+        return {name: reduce(tensors[name].contiguous(), "sum") for name in sorted(tensors)}
+
+    def total(self, value: float) -> float:
+        if self.size == 1:
+            return value
+        return float(self.sum({"v": torch.tensor([value], dtype=torch.float64, device=self.device)})["v"][0])
+
+
+def process_group(device: torch.device) -> Group:
+    """This process's place in the launched group, or a group of one. Under a multi-GPU launch each process
+    computes on its own GPU (cuda:LOCAL_RANK)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Group(0, 1, device)
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.type == "cpu")
+    return Group(state.process_index, state.num_processes, state.device if device.type != "cpu" else device)
