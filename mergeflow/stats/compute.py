@@ -9,9 +9,9 @@ import torch
 from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
 from mergeflow.progress import SILENT, Progress
-from mergeflow.stats.parallel import process_group
 from mergeflow.stats.data import batches, load_data
 from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names, weight_bytes
+from mergeflow.stats.parallel import process_group
 
 
 def compute_stats(
