@@ -71,8 +71,8 @@ def compute_stats(
             from mergeflow.stats.fisher import fisher
 
             torch.manual_seed(seed + group.index)
-            sums, n = fisher(loaded, it, bar.update, samples=samples, seed=seed + group.index)
-            examples = group.total(float(n))
+            sums, count = fisher(loaded, it, bar.update, samples=samples, seed=seed + group.index)
+            examples = group.total(float(count))
             tensors = {name: t / max(examples, 1.0) for name, t in group.sum(sums).items()}
             transposed, extra = set(), {"samples": "exact" if loaded.task == "classifier" else samples}
     finally:
