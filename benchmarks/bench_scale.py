@@ -9,7 +9,9 @@ disk at hand (4 layers: 2.3 GB per model, about 9 GB of files in all), and the t
 costs to 32 layers. Measured side by side in one run:
   (a) reading both models once with mergeflow's reader, cold (pages evicted with posix_fadvise) and warm;
   (b) `mergeflow align` with each FFN solver: wall, solve time per step, peak RSS, distance left;
-  (c) `mergeflow run` of a linear merge of the three: wall, merge time, peak RSS, bytes/s.
+  (c) `mergeflow run` of a linear merge of the three: wall, merge time, peak RSS, bytes/s;
+  (d) with --out-of-core SIZE: `stats --kind gram` and `eval barrier` (3 points) of the pair under
+      --max-memory SIZE (smaller than the models' float32 weights): wall, peak RSS.
 Files are deleted at the end unless --keep.
 """
 
@@ -104,6 +106,36 @@ def merge(work: Path, models: list[Path]) -> dict:
     return {"wall": run["seconds"], "rss": run["peak_rss_bytes"], "merge": rep["seconds"], "written": written}
 
 
+def out_of_core(work: Path, a: Path, b: Path, budget: str) -> None:
+    """stats and eval barrier of models larger than ``budget`` (token-id data: the models have no tokenizer)."""
+    import numpy as np
+
+    data = work / "tokens.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.integers(0, MISTRAL["vocab_size"], size=(8, 64)))
+    print()
+    print(f"| under --max-memory {budget} | wall s | peak RSS GiB |")
+    print("|---|---|---|")
+    run = mergeflow(
+        "stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(work / "g.safetensors"),
+        "--max-memory", budget,
+    )  # fmt: skip
+    print(
+        f"| stats --kind gram (8 x 64 tokens) | {run['seconds']:.1f} | {run['peak_rss_bytes'] / 2**30:.2f} |"
+    )
+    (work / "g.safetensors").unlink()
+    run = mergeflow(
+        "eval", "barrier", str(a), str(b), "--data", str(data), "--points", "3", "-o", str(work / "bar"),
+        "--max-memory", budget,
+    )  # fmt: skip
+    rep = json.loads((work / "bar.json").read_text())["variants"]["naive"]
+    print(
+        f"| eval barrier, 3 points (one written, {2 * size(a) / 1e9:.1f} GB float32) | {run['seconds']:.1f} | "
+        f"{run['peak_rss_bytes'] / 2**30:.2f} |"
+    )
+    print(f"losses along the path: {[round(p['loss'], 4) for p in rep['points']]}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=4, help="decoder layers per model (Mistral-7B has 32)")
@@ -111,6 +143,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--solvers", default="sparse,sketch,dense", help="permute solvers to time, in order")
     ap.add_argument("--no-merge", action="store_true", help="skip the linear merge of three")
+    ap.add_argument("--out-of-core", metavar="SIZE", help="also run stats and eval barrier under this budget")
     ap.add_argument("--keep", action="store_true", help="keep the models for another run")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
@@ -170,6 +203,8 @@ def main() -> None:
             f"| {args.layers} layers, {3 * size(a) / 1e9:.1f} GB in | {m['wall']:.1f} | {m['merge']:.1f} | "
             f"{m['rss'] / 2**30:.2f} | {moved / m['merge'] / 1e9:.2f} |"
         )
+    if args.out_of_core:
+        out_of_core(work, a, b, args.out_of_core)
     if not args.keep:
         shutil.rmtree(work / "models")
 
