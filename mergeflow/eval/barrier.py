@@ -63,7 +63,13 @@ def curve_on_disk(
     (streamed, tensor by tensor, float32) into ``work`` and evaluated placed under the budget."""
     rows = []
     for lam in grid(points):
-        path = a_dir if lam == 0 else b_dir if lam == 1 else interpolated(a_dir, b_dir, lam, work, device)
+        path = (
+            a_dir
+            if lam == 0
+            else b_dir
+            if lam == 1
+            else interpolated(a_dir, b_dir, lam, work, device, max_memory)
+        )
         loaded = load_model(path, device, max_memory=max_memory)
         rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length)})
         del loaded
@@ -71,8 +77,11 @@ def curve_on_disk(
     return summary(rows)
 
 
-def interpolated(a_dir: str | Path, b_dir: str | Path, lam: float, work: Path, device: torch.device) -> Path:
-    """(1 - lam) A + lam B in float32, written to work/point (replacing the previous point)."""
+def interpolated(
+    a_dir: str | Path, b_dir: str | Path, lam: float, work: Path, device: torch.device, max_memory: int
+) -> Path:
+    """(1 - lam) A + lam B in float32, written to work/point (replacing the previous point) by a merge that
+    keeps within ``max_memory``."""
     from mergeflow.api import Options, merge
 
     recipe = work / "point.yml"
@@ -83,7 +92,8 @@ def interpolated(a_dir: str | Path, b_dir: str | Path, lam: float, work: Path, d
         "merge: {linear: {normalize: false}}\ndtype: float32\nout_dtype: float32\n"
     )
     out = work / "point"
-    merge(recipe, out, Options(device=str(device), force=True))
+    budget = max(max_memory, 256 << 20)  # a merge needs a little room whatever the model's size
+    merge(recipe, out, Options(device=str(device), force=True, max_memory=budget))
     return out
 
 

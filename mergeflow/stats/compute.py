@@ -62,7 +62,9 @@ def compute_stats(
                 {n: torch.tensor([c], dtype=torch.float64, device=device) for n, c in counts.items()}
             )
             sums = group.sum(sums)
-            tensors = {n: t / float(rows[n][0]) for n, t in sums.items() if float(rows[n][0]) > 0}
+            tensors = {
+                n: t.div_(float(rows[n][0])) for n, t in sums.items() if float(rows[n][0]) > 0
+            }  # in place
             transposed &= set(tensors)
             extra: dict[str, int | str] = {
                 "tokens": int(max((float(r[0]) for r in rows.values()), default=0))
@@ -73,7 +75,7 @@ def compute_stats(
             torch.manual_seed(seed + group.index)
             sums, count = fisher(loaded, it, bar.update, samples=samples, seed=seed + group.index)
             examples = group.total(float(count))
-            tensors = {name: t / max(examples, 1.0) for name, t in group.sum(sums).items()}
+            tensors = {name: t.div_(max(examples, 1.0)) for name, t in group.sum(sums).items()}
             transposed, extra = set(), {"samples": "exact" if loaded.task == "classifier" else samples}
     finally:
         bar.close()
