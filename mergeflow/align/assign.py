@@ -41,6 +41,7 @@ class Solve:
     added: int = 0  # edges added because they broke the certificate
     certified: bool = False  # the result is the optimum of the whole matrix
     dense: bool = False  # the dense solver decided
+    fallback: bool = False  # ... because the certificate kept failing
 
 
 def candidates(blocks: Iterable[tuple[int, torch.Tensor]], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -182,6 +183,5 @@ def certified(score: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, Solve]:
             return torch.as_tensor(perm, device=score.device), info
         info.added += len(bad_r)
         rows, cols = split(np.union1d(rows * n + cols, bad_r * n + bad_c), n)
-    info.dense = True
-    info.certified = True
+    info.dense = info.fallback = info.certified = True
     return dense(score), info

@@ -251,7 +251,7 @@ def permute(
         info = permute_ffn(local, anchor, p.similarity, pre, p.solver, p.candidates, p.sketch_dims)
         counts["ffn_solves"] += 1
         counts["certified"] += info.certified
-        counts["dense_fallbacks"] += info.dense and p.solver != "dense"
+        counts["dense_fallbacks"] += info.fallback
         counts["rounds"] += info.rounds
         counts["edges_added"] += info.added
     return counts

@@ -25,6 +25,7 @@ import torch
 from mergeflow.align import assign
 
 SKETCH_SEED = 0x5EED
+SPARSE_FROM = 2048  # units: below this the dense solver is as fast (no candidates, duals or certificate)
 Parts = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (local, anchor) feature blocks, (f, d_i) each
 
 
@@ -44,7 +45,8 @@ def match_units(
     parts: Parts, solver: str = "sparse", k: int = 8, dims: int = 512, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, assign.Solve]:
     """perm with unit c of the result = unit perm[c] of the local model, and how the solve went."""
-    if solver == "dense":
+    n = parts[0][0].shape[0]
+    if solver == "dense" or (solver == "sparse" and n < SPARSE_FROM):  # the same optimum either way
         return assign.dense(similarity(parts, dtype)), assign.Solve(certified=True, dense=True)
     width = sum(local.shape[1] for local, _ in parts)
     if solver == "sparse" or (solver == "sketch" and dims >= width):  # a sketch would cost no less
