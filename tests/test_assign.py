@@ -140,3 +140,13 @@ def test_recipe_solvers_recover_a_scrambled_llama_like_the_default(tmp_path, toy
     counts = report["counts"]["permute"]
     assert counts["ffn_solves"] == counts["certified"] + (solver == "sketch") * counts["ffn_solves"]
     assert counts["dense_fallbacks"] == 0
+
+
+def test_best_assignment_of_a_given_score_matrix_is_the_optimum(monkeypatch):
+    """What activation matching calls on its correlation matrices: dense when small, certified sparse when
+    large (the threshold lowered here), the same permutation."""
+    score = torch.randn(150, 150, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    ref = assign.dense(score)
+    assert torch.equal(unit_match.best_assignment(score), ref)
+    monkeypatch.setattr(unit_match, "SPARSE_FROM", 100)
+    assert torch.equal(unit_match.best_assignment(score, k=2), ref)

@@ -29,6 +29,7 @@ import torch
 from mergeflow.align.matching import Found, Want
 from mergeflow.align.permute import assignment
 from mergeflow.align.stream_map import solve
+from mergeflow.align.unit_match import best_assignment
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import InputError
 from mergeflow.learn.moments import Moments, head_score
@@ -148,7 +149,7 @@ def match_activations(
             ffn, heads = moments.pop(("ffn", i), None), moments.pop(("heads", i), None)
             if ffn is not None:
                 corr = ffn.correlation()
-                perm = assignment(corr)
+                perm = best_assignment(corr)  # FFN widths of 10^4 units: the certified sparse solver
                 found[i]["ffn"] = perm
                 _agree(agree, "ffn", corr, perm)
             if heads is not None:
