@@ -46,15 +46,13 @@ def write_stats(
     transposed: set[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    from safetensors.torch import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         raise StatsError(f"{path}: name statistics files *.safetensors")
-    total = sum(float(t.double().sum()) for t in tensors.values())
+    # in float64, a block at a time (a float64 copy of a 14336^2 Gram would be 1.6 GB)
+    total = sum(float(b.double().sum()) for t in tensors.values() for b in t.reshape(-1).split(1 << 22))
     numel = sum(t.numel() for t in tensors.values())
     meta = {
-        "format": "pt",
         "mergeflow_stats": kind,
         "examples": str(examples),
         "model": str(model),
@@ -62,8 +60,32 @@ def write_stats(
         "transposed": json.dumps(sorted(transposed or ())),
     }
     meta.update({k: str(v) for k, v in (extra or {}).items()})
-    host = {k: v.contiguous().float().cpu() for k, v in tensors.items()}
-    return atomic_write(lexical(path), lambda tmp: save_file(host, str(tmp), metadata=meta))
+    return atomic_write(lexical(path), lambda tmp: save_float32(tensors, tmp, meta))
+
+
+def save_float32(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """A safetensors file of float32 tensors, written a tensor at a time (safetensors' ``save_file`` builds the
+    whole file in memory first: 2x the statistics, gigabytes for the Grams of a large model)."""
+    import struct
+
+    header: dict[str, Any] = {"__metadata__": {"format": "pt", **metadata}}
+    offset = 0
+    for name in sorted(tensors):
+        size = tensors[name].numel() * 4
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name in sorted(tensors):
+            t = tensors[name].detach().to("cpu", torch.float32).contiguous()
+            fh.write(memoryview(t.numpy()).cast("B") if t.numel() else b"")
 
 
 def stats_info(path: str | Path, who: str) -> StatsInfo:
