@@ -160,3 +160,31 @@ def test_statistics_of_two_processes_equal_those_of_one(tmp_path, digits_finetun
         assert set(got) == set(want) and want
         for name, t in want.items():
             torch.testing.assert_close(got[name], t, rtol=1e-4, atol=1e-6, msg=f"{kind} {name}")
+
+
+def test_statistics_files_written_a_tensor_at_a_time_read_back_exactly(tmp_path):
+    """The streaming writer (no in-memory copy of the file): any shape, 0-d, empty and transposed tensors,
+    bf16 converted to float32; metadata as safetensors writes it."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from mergeflow.io.stats_file import stats_info, write_stats
+
+    t = {
+        "a.weight": torch.randn(3, 4),
+        "b": torch.randn(5, dtype=torch.bfloat16),
+        "c": torch.zeros(0, 2),
+        "d": torch.tensor(2.5),
+        "e": torch.randn(4, 3).T,
+    }
+    path = write_stats(tmp_path / "s.safetensors", t, "gram", 7, "m", {"a.weight"}, {"tokens": 9})
+    got = load_file(path)
+    assert set(got) == set(t)
+    for k, v in t.items():
+        assert got[k].dtype == torch.float32 and torch.equal(got[k], v.float()), k
+    info = stats_info(path, "s")
+    assert info.kind == "gram" and info.examples == 7 and info.transposed == {"a.weight"}
+    mean = sum(float(v.double().sum()) for v in t.values()) / sum(v.numel() for v in t.values())
+    assert info.mean == pytest.approx(mean, rel=1e-12)
+    with safe_open(str(path), "pt") as h:
+        assert h.metadata()["tokens"] == "9" and h.metadata()["format"] == "pt"
