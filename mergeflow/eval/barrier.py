@@ -190,7 +190,9 @@ def barrier_report(
     first = load_model(a_dir, device, max_memory=max_memory)
     check_fits(first, data, a_dir)
     max_length = max_length_for(first, data, None)  # once, not at every point of every curve
-    a = (first, {} if on_disk else state_of(first))
+    # in memory: A loaded once for every curve, and a copy of its weights; placed: each point loads its own
+    a = None if on_disk else (first, state_of(first))
+    del first
     with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
         if (
             steps
@@ -208,6 +210,7 @@ def barrier_report(
                 work.mkdir(exist_ok=True)
                 path = curve_on_disk(a_path, b, data, points, device, max_memory, work, progress, max_length)
             else:
+                assert a is not None
                 path = curve(
                     load_endpoint(a_path, device) if folded else a, b, data, points, progress, max_length
                 )
