@@ -36,7 +36,6 @@ def dense(score: torch.Tensor) -> torch.Tensor:
 class Solve:
     """How a sparse solve went, for the alignment report."""
 
-    edges: int = 0  # candidate edges of the last round
     rounds: int = 0  # sparse solves
     added: int = 0  # edges added because they broke the certificate
     certified: bool = False  # the result is the optimum of the whole matrix
@@ -170,7 +169,6 @@ def certified(score: torch.Tensor, k: int = 8) -> tuple[torch.Tensor, Solve]:
     flat, size = score.reshape(-1), largest(score)
     for _ in range(ROUNDS):
         info.rounds += 1
-        info.edges = len(rows)
         lin = torch.as_tensor(rows * n + cols, device=score.device)
         w = flat[lin].double().cpu().numpy()
         perm = solve_edges(rows, cols, w, n)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -59,10 +59,15 @@ def run_steps(
         counts = STEPS[name].fn(local, anchor, spec.geometry, params, found)
         if report is not None:
             report.seconds[name] = report.seconds.get(name, 0.0) + time.perf_counter() - start
-            for key, value in (counts or {}).items():
-                mine = report.counts.setdefault(name, {})
-                mine[key] = mine.get(key, 0.0) + value
+            add_counts(report.counts, name, counts or {})
             report.steps.append((name, distances(local, anchor)))
+
+
+def add_counts(into: dict[str, dict[str, float]], step: str, counts: Mapping[str, float]) -> None:
+    """Add a step's solve counts to the per-step totals ``into``."""
+    mine = into.setdefault(step, {})
+    for key, value in counts.items():
+        mine[key] = mine.get(key, 0.0) + value
 
 
 @dataclass

@@ -85,10 +85,7 @@ class PermuteParams(MatchedParams):
     )
 
 
-def assignment(score: torch.Tensor) -> torch.Tensor:
-    """perm with new[c] = old[perm[c]] maximising sum_c score[perm[c], c] (rows: local, columns: anchor):
-    scipy's dense solver."""
-    return assign.dense(score)
+assignment = assign.dense  # perm maximising sum_c score[perm[c], c] (rows: local, columns: anchor)
 
 
 def _unit_parts(layer: Layer, pre: str = "") -> list[torch.Tensor]:
@@ -231,8 +228,9 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
 def permute(
     local: Layer, anchor: Layer, g: Geometry, p: PermuteParams, found: Found = None
 ) -> dict[str, float] | None:
-    """FFN hidden units by linear assignment (certified sparse, dense or sketched); whole heads with ``heads: true``; the residual stream
-    with ``residual: true`` (solved jointly with the layers by coordinate descent). ``method: activations``
+    """FFN hidden units by linear assignment (certified sparse, dense or sketched); whole heads with
+    ``heads: true``; the residual stream with ``residual: true`` (solved jointly with the layers by coordinate
+    descent). ``method: activations``
     matches them by activation correlations on data instead."""
     if p.method == "activations":
         if found is None:

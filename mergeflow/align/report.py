@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mergeflow.align.layer import MODULES, LayerReport
+from mergeflow.align.layer import MODULES, LayerReport, add_counts
 
 
 def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
@@ -29,9 +29,7 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     counts: dict[str, dict[str, float]] = {}
     for rep in reports:
         for step, c in rep.counts.items():
-            mine = counts.setdefault(step, {})
-            for key, value in c.items():
-                mine[key] = mine.get(key, 0.0) + value
+            add_counts(counts, step, c)
     for rep in reports:
         for step, sec in rep.seconds.items():
             seconds[step] = seconds.get(step, 0.0) + sec

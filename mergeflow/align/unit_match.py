@@ -45,21 +45,25 @@ def match_units(
     parts: Parts, solver: str = "sparse", k: int = 8, dims: int = 512, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, assign.Solve]:
     """perm with unit c of the result = unit perm[c] of the local model, and how the solve went."""
-    n = parts[0][0].shape[0]
-    if solver == "dense" or (solver == "sparse" and n < SPARSE_FROM):  # the same optimum either way
-        return assign.dense(similarity(parts, dtype)), assign.Solve(certified=True, dense=True)
     width = sum(local.shape[1] for local, _ in parts)
-    if solver == "sparse" or (solver == "sketch" and dims >= width):  # a sketch would cost no less
-        return assign.certified(similarity(parts, dtype), k)
-    if solver == "sketch":
+    if solver == "sketch" and dims < width:
         return sketched(parts, k, dims)
-    raise ValueError(f"unknown solver {solver!r}")
+    if solver not in ("dense", "sparse", "sketch"):  # a sketch as wide as the features would cost no less
+        raise ValueError(f"unknown solver {solver!r}")
+    return exact(similarity(parts, dtype), k, dense=solver == "dense")
+
+
+def exact(score: torch.Tensor, k: int = 8, dense: bool = False) -> tuple[torch.Tensor, assign.Solve]:
+    """The optimal assignment of a score matrix: scipy's dense solver when asked or below SPARSE_FROM units,
+    the certified sparse solver above (the same optimum, much faster on hard 10^4-unit problems)."""
+    if dense or score.shape[0] < SPARSE_FROM:
+        return assign.dense(score), assign.Solve(certified=True, dense=True)
+    return assign.certified(score, k)
 
 
 def best_assignment(score: torch.Tensor, k: int = 8) -> torch.Tensor:
-    """The optimal assignment of a given score matrix (e.g. activation correlations): dense below SPARSE_FROM
-    units, the certified sparse solver above (the same optimum, much faster on hard 10^4-unit problems)."""
-    return assign.dense(score) if score.shape[0] < SPARSE_FROM else assign.certified(score, k)[0]
+    """The optimal assignment of a given score matrix (e.g. activation correlations); see :func:`exact`."""
+    return exact(score, k)[0]
 
 
 def count_sketch(x: torch.Tensor, dims: int, seed: int = 0) -> torch.Tensor:
@@ -78,15 +82,14 @@ def count_sketch(x: torch.Tensor, dims: int, seed: int = 0) -> torch.Tensor:
             out_t.index_add_(0, bucket[j : j + assign.BLOCK], rows)
         return out_t.T
     out = torch.zeros(n, dims, device=x.device, dtype=torch.float32)
-    for i in range(0, n, assign.BLOCK):  # converted a block at a time: no float32 copy of x
+    for i in range(0, n, assign.BLOCK):  # converted a block at a time (no float32 copy of a float64 x)
         out[i : i + assign.BLOCK].index_add_(1, bucket, x[i : i + assign.BLOCK].float() * sign)
     return out
 
 
 def edge_scores(parts: Parts, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Summed <local[rows[e]], anchor[cols[e]]> of the parts for every edge e (sorted by row), in float32
-    per part, summed in float64:
-    sampled matrix products (only the edges' entries of local @ anchor.T are computed)."""
+    """Summed <local[rows[e]], anchor[cols[e]]> of the parts for every edge e (sorted by row): one sampled
+    matrix product per part (only the edges' entries of local @ anchor.T, in float32), summed in float64."""
     local0 = parts[0][0]
     n, dev = local0.shape[0], local0.device
     crow = torch.as_tensor(np.searchsorted(rows, np.arange(n + 1)), device=dev)
@@ -113,4 +116,4 @@ def sketched(parts: Parts, k: int, dims: int) -> tuple[torch.Tensor, assign.Solv
     rows, cols = assign.candidates(blocks, n, k)
     w = edge_scores(parts, rows, cols)
     perm = assign.solve_edges(rows, cols, w, n)
-    return torch.as_tensor(perm, device=parts[0][0].device), assign.Solve(edges=len(rows), rounds=1)
+    return torch.as_tensor(perm, device=parts[0][0].device), assign.Solve(rounds=1)

@@ -14,7 +14,7 @@ import torch
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, weight_bytes
+from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -186,8 +186,8 @@ def barrier_report(
         "examples": len(data),
         "variants": {},
     }
-    on_disk = max_memory is not None and weight_bytes(a_dir) > max_memory
     first = load_model(a_dir, device, max_memory=max_memory)
+    on_disk = first.offloaded  # larger than the budget: every point is placed, inner ones written to disk
     check_fits(first, data, a_dir)
     max_length = max_length_for(first, data, None)  # once, not at every point of every curve
     # in memory: A loaded once for every curve, and a copy of its weights; placed: each point loads its own

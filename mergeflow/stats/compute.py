@@ -33,8 +33,8 @@ def compute_stats(
     check_file_target(out, [Path(model_dir), Path(data_path)], "statistics file")
     if Path(out).suffix != ".safetensors":  # said before the work, not after
         raise InputError(f"{out}: name statistics files *.safetensors")
-    if kind == "fisher" and max_memory is not None and 2 * weight_bytes(model_dir) > max_memory:
-        need = 2 * weight_bytes(model_dir)
+    need = 2 * weight_bytes(model_dir) if kind == "fisher" and max_memory is not None else 0
+    if max_memory is not None and need > max_memory:
         raise InputError(
             f"{model_dir}: fisher statistics need the weights and their gradients in memory, {need / 2**30:.2f} "
             f"GiB in float32, more than --max-memory {max_memory / 2**30:.2f} GiB; raise it, or take gram "

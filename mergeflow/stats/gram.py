@@ -54,8 +54,8 @@ def gram(
     finally:
         for h in handles:
             h.remove()
-    for n, (mod, _t) in layers.items():  # a layer no row reached (empty shard) still has its zero sum
+    for n, (mod, stored_transposed) in layers.items():  # a layer no row reached still has its zero sum
         if n not in sums:
-            width = mod.weight.shape[0 if _t else 1]
+            width = mod.weight.shape[0 if stored_transposed else 1]
             sums[n] = torch.zeros(width, width, device=loaded.input_device)
     return sums, counts, {n for n, (_m, t) in layers.items() if t}
