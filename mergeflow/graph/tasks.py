@@ -98,10 +98,10 @@ class Merge:
         flat, dst = [t.reshape(-1) for t in inputs], out.view(-1)
         step = min(POINTWISE_PIECE, max(1, dst.numel()))
         bufs = [torch.empty(step, dtype=cd) for _ in inputs]
+        n = len(tensors)
         for start in range(0, dst.numel(), step):
             stop = min(start + step, dst.numel())
             piece = [b[: stop - start].copy_(t[start:stop]) for b, t in zip(bufs, flat, strict=True)]
-            n = len(tensors)
             res = fn(piece[:n], piece[n] if base is not None else None, self.params, self.model_params, mctx)
             dst[start:stop].copy_(res)
         return out
