@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--workdir", default="bench_out")
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--similarity", default="float32", help="permute's similarity precision")
+    ap.add_argument("--solver", default="sparse", help="permute's FFN solver: sparse, dense or sketch")
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     dims = llama_dims(args.params)
@@ -56,7 +57,7 @@ def main() -> None:
         f"Llama-shaped pair: {dims['num_hidden_layers']} layers, hidden {dims['hidden_size']}, "
         f"{dims['num_attention_heads']} query / {dims['num_key_value_heads']} key-value heads, FFN "
         f"{dims['intermediate_size']}, {size / 1e9:.2f} GB each (bf16); the second is a scrambled copy + "
-        f"{args.noise:.0%} noise; permute similarity in {args.similarity}"
+        f"{args.noise:.0%} noise; permute similarity in {args.similarity}, solver {args.solver}"
     )
     warm([a, b])
     read = subprocess.run(
@@ -65,7 +66,7 @@ def main() -> None:
     read_s = float(read.stdout.strip())
     steps = work / "align-steps.yml"
     steps.write_text(
-        f"align:\n  - permute: {{ffn: true, heads: true, similarity: {args.similarity}}}\n"
+        f"align:\n  - permute: {{ffn: true, heads: true, similarity: {args.similarity}, solver: {args.solver}}}\n"
         "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n"
     )
     out, report = work / "out" / f"aligned-{tag}", work / "align.report.json"
@@ -96,7 +97,7 @@ def main() -> None:
     print()
     print("| step | solve time (s) | squared distance after | vs before |")
     print("|---|---|---|---|")
-    totals = summary["totals"]["model"]
+    totals = next(iter(summary["totals"].values()))
     before = totals["before"]["total"]
     print(f"| before | - | {before:.4g} | 1.0000 |")
     for stage, d in totals.items():
