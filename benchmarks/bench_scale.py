@@ -9,7 +9,11 @@ disk at hand (4 layers: 2.3 GB per model, about 9 GB of files in all), and the t
 costs to 32 layers. Measured side by side in one run:
   (a) reading both models once with mergeflow's reader, cold (pages evicted with posix_fadvise) and warm;
   (b) `mergeflow align` with each FFN solver: wall, solve time per step, peak RSS, distance left;
-  (c) `mergeflow run` of a linear merge of the three: wall, merge time, peak RSS, bytes/s;
+  (c) `mergeflow run` of a linear merge of the three: wall, merge time, peak RSS, bytes/s, and the same merge by
+      mergekit when installed (see bench_merge.py); when the three inputs exceed the page cache (--layers 32:
+      43 GB) both tools start cold and are set against the disk bound (one cold read of the inputs + the
+      output at the fsync'd write rate). Merge only, at full size (about 58 GB of disk at the peak):
+          python benchmarks/bench_scale.py --layers 32 --solvers ""
   (d) with --out-of-core SIZE: `stats --kind gram` and `eval barrier` (3 points) of the pair under
       --max-memory SIZE (smaller than the models' float32 weights): wall, peak RSS.
 Files are deleted at the end unless --keep.
@@ -23,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -90,20 +95,104 @@ def align(work: Path, a: Path, b: Path, solver: str) -> dict:
     }
 
 
-def merge(work: Path, models: list[Path]) -> dict:
-    rec = work / "linear.yml"
-    rec.write_text(
-        "models:\n"
-        + "".join(f"  m{i}: {p}\n" for i, p in enumerate(models))
-        + "merge: {linear: {weight: 1.0}}\ndtype: float32\nout_dtype: bfloat16\noutput: {shard_size: 5GB}\n"
-    )
+def write_rate(work: Path, nbytes: int = 2 << 30) -> float:
+    """Bytes per second of writing a file to the benchmark's disk, flushed with fsync."""
+    block = os.urandom(16 << 20)
+    path = work / "write-rate.bin"
+    t = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(nbytes // len(block)):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    rate = nbytes / (time.perf_counter() - t)
+    path.unlink()
+    return rate
+
+
+def sample(out: Path, per_tensor: int = 1 << 18) -> dict:
+    """Evenly strided float32 samples of every tensor of an output (to compare outputs without keeping both)."""
+    from safetensors import safe_open
+
+    got = {}
+    for f in sorted(out.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            for k in h.keys():  # noqa: SIM118
+                t = h.get_tensor(k).flatten()
+                got[k] = t[:: max(1, t.numel() // per_tensor)].float().clone()
+                del t
+    return got
+
+
+def merge(work: Path, models: list[Path], mergekit: Path | None, cold: bool) -> dict:
+    """A linear merge of ``models`` by mergeflow and (when given) mergekit, one after the other, each from a
+    cold page cache when ``cold``; outputs compared on strided samples, one output on disk at a time."""
+    from bench_merge import recipes
+
+    mf_text, mk_text = recipes("linear", models)
+    (work / "linear.yml").write_text(mf_text)
+    (work / "linear.mergekit.yml").write_text(mk_text)
     out, report = work / "merged", work / "merge-report.json"
-    warm(models)
-    run = mergeflow("run", str(rec), str(out), "--force", "--report", str(report))
+    evict(models) if cold else warm(models)
+    run = mergeflow("run", str(work / "linear.yml"), str(out), "--force", "--report", str(report))
     rep = json.loads(report.read_text())
-    written = size(out)
+    res = {
+        "wall": run["seconds"],
+        "rss": run["peak_rss_bytes"],
+        "merge": rep["seconds"],
+        "written": size(out),
+    }
+    if mergekit is not None:
+        ours = sample(out)
+        shutil.rmtree(out)
+        evict(models) if cold else warm(models)
+        mk = timed([str(mergekit), str(work / "linear.mergekit.yml"), str(out), "--no-copy-tokenizer"])
+        theirs = sample(out)
+        res.update(mk_wall=mk["seconds"], mk_rss=mk["peak_rss_bytes"], mk_written=size(out))
+        same = set(ours) == set(theirs)
+        res["maxdiff"] = max((ours[k] - theirs[k]).abs().max().item() for k in ours) if same else float("inf")
     shutil.rmtree(out)
-    return {"wall": run["seconds"], "rss": run["peak_rss_bytes"], "merge": rep["seconds"], "written": written}
+    return res
+
+
+def mergekit_path(given: str | None) -> Path | None:
+    path = Path(given) if given else HERE.parent / "bench_out" / "mergekit-venv" / "bin" / "mergekit-yaml"
+    return path if path.exists() else None
+
+
+def report_merge(work: Path, models: list[Path], m: dict, read_s: float | None) -> None:
+    read = sum(size(p) for p in models)
+    moved = read + m["written"]
+    print()
+    print(
+        "| linear merge of three | wall s | merge s | peak RSS GiB | GB/s (read + written) / merge s | "
+        "disk bound s | wall / disk bound |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    bound = None
+    if read_s is not None:
+        wr = write_rate(work)
+        bound = read_s + m["written"] / wr
+        print(
+            f"disk bound = one cold read of the inputs by mergeflow's reader ({read_s:.1f} s, "
+            f"{read / read_s / 1e9:.2f} GB/s) + the output at the measured fsync'd write rate ({wr / 1e9:.2f} GB/s)"
+        )
+
+    def vs_bound(wall: float) -> str:
+        return f"{bound:.1f} | {wall / bound:.2f}x" if bound else "- | -"
+
+    print(
+        f"| mergeflow, {read / 1e9:.1f} GB in | {m['wall']:.1f} | {m['merge']:.1f} | {m['rss'] / 2**30:.2f} | "
+        f"{moved / m['merge'] / 1e9:.2f} | {vs_bound(m['wall'])} |"
+    )
+    if "mk_wall" in m:
+        print(
+            f"| mergekit 0.1.5 | {m['mk_wall']:.1f} | - | {m['mk_rss'] / 2**30:.2f} | - | {vs_bound(m['mk_wall'])} |"
+        )
+        print(
+            f"mergeflow / mergekit: time {m['wall'] / m['mk_wall']:.2f}x, peak RSS {m['rss'] / m['mk_rss']:.2f}x; "
+            f"largest |difference| on strided samples of every tensor: {m['maxdiff']:.3g}"
+        )
 
 
 def out_of_core(work: Path, a: Path, b: Path, budget: str) -> None:
@@ -145,13 +234,20 @@ def main() -> None:
     ap.add_argument("--no-merge", action="store_true", help="skip the linear merge of three")
     ap.add_argument("--out-of-core", metavar="SIZE", help="also run stats and eval barrier under this budget")
     ap.add_argument("--keep", action="store_true", help="keep the models for another run")
+    ap.add_argument(
+        "--mergekit",
+        default=os.environ.get("MERGEKIT_YAML"),
+        help="mergekit-yaml to run the same merge with (default: bench_out/mergekit-venv/bin/mergekit-yaml if any)",
+    )
     args = ap.parse_args()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     dims = {**MISTRAL, "num_hidden_layers": args.layers}
     a, b, c = (work / "models" / n for n in ("anchor", "scrambled", "third"))
     make_checkpoint(a, dims, seed=0, shard_bytes=5_000_000_000)
-    if not (b / "model.safetensors").exists():
+    if not args.solvers and not args.out_of_core:  # merge only: three unrelated models
+        make_checkpoint(b, dims, seed=1, shard_bytes=5_000_000_000)
+    elif not (b / "model.safetensors").exists():
         from mergeflow.testing.models import scramble_model
 
         scramble_model(a, b, seed=1, noise=args.noise, heads_perm=True)
@@ -194,15 +290,21 @@ def main() -> None:
             flush=True,
         )
     if not args.no_merge:
-        m = merge(work, [a, b, c])
-        moved = size(a) + size(b) + size(c) + m["written"]
-        print()
-        print("| linear merge of three | wall s | merge s | peak RSS GiB | GB/s (read + written) / merge s |")
-        print("|---|---|---|---|---|")
-        print(
-            f"| {args.layers} layers, {3 * size(a) / 1e9:.1f} GB in | {m['wall']:.1f} | {m['merge']:.1f} | "
-            f"{m['rss'] / 2**30:.2f} | {moved / m['merge'] / 1e9:.2f} |"
-        )
+        models = [a, b, c]
+        big = 3 * size(a) > 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        read_s = None
+        if big:  # inputs larger than the page cache can hold: both tools read from the disk
+            evict(models)
+            read_s = float(
+                subprocess.run(
+                    [sys.executable, "-c", READ_BOTH, *map(str, models)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout
+            )
+        m = merge(work, models, mergekit_path(args.mergekit), cold=big)
+        report_merge(work, models, m, read_s)
     if args.out_of_core:
         out_of_core(work, a, b, args.out_of_core)
     if not args.keep:
