@@ -245,7 +245,8 @@ def main() -> None:
     dims = {**MISTRAL, "num_hidden_layers": args.layers}
     a, b, c = (work / "models" / n for n in ("anchor", "scrambled", "third"))
     make_checkpoint(a, dims, seed=0, shard_bytes=5_000_000_000)
-    if not args.solvers and not args.out_of_core:  # merge only: three unrelated models
+    merge_only = not args.solvers and not args.out_of_core
+    if merge_only:  # three unrelated models
         make_checkpoint(b, dims, seed=1, shard_bytes=5_000_000_000)
     elif not (b / "model.safetensors").exists():
         from mergeflow.testing.models import scramble_model
@@ -254,10 +255,14 @@ def main() -> None:
     if not args.no_merge:
         make_checkpoint(c, dims, seed=2, shard_bytes=5_000_000_000)
     pair = size(a) + size(b)
+    second = (
+        "three unrelated random models"
+        if merge_only
+        else f"the second is the first with a planted exact symmetry + {args.noise:.0%} noise"
+    )
     print(
         f"Mistral-7B-shaped layers x {args.layers} (hidden 4096, 32/8 heads, FFN 14336, vocab 32000, bf16): "
-        f"{size(a) / 1e9:.2f} GB per model; the second is the first with a planted exact symmetry + "
-        f"{args.noise:.0%} noise. os.cpu_count() = {os.cpu_count()}."
+        f"{size(a) / 1e9:.2f} GB per model; {second}. os.cpu_count() = {os.cpu_count()}."
     )
     evict([a, b])
     cold = read_both(a, b)

@@ -232,10 +232,10 @@ class AlignPlanner:
         if self.refine is not None:
             return (
                 40 * self.numel,
-                "refine holds both models whole (float64 copies, a float32 model, the graph)",
+                "refine (it holds both models whole: float64 copies, a float32 model, the graph)",
             )
         if self.want is not None:
-            return 8 * self.numel, "activation matching runs both models whole (float32)"
+            return 8 * self.numel, "activation matching (it runs both models whole, in float32)"
         return None
 
     def layer_bytes(self) -> int:

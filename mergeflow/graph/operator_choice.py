@@ -94,11 +94,19 @@ def choose_operator(
     return Choice(op, params, mparams, members, with_base, info, tstats)
 
 
-def check_budget(peak: int, peak_name: str, max_memory: int | None) -> None:
+def check_budget(peak: int, what: str, max_memory: int | None, hint: str = "") -> None:
+    """Refuse a plan whose largest working set ``peak`` (bytes, described by ``what``, e.g. "tensor 'x' to
+    merge") exceeds ``max_memory``, the three quarters of --max-memory that tensors in flight may use."""
     if max_memory is not None and peak > max_memory:
         raise MemoryBudgetError(
-            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB to merge, more than the "
-            f"{max_memory / 2**20:.1f} MiB that tensors in flight may use (three quarters of the memory budget; "
-            f"the rest is kept for mapped file pages and headroom); raise --max-memory to at least "
-            f"{peak * 4 / 3 / 2**20 + 1:.0f}MiB"
+            f"{what} needs about {_size(peak)}, more than the {_size(max_memory)} that tensors in flight may use "
+            f"(three quarters of the memory budget; the rest is kept for mapped file pages and headroom); raise "
+            f"--max-memory to at least {_size(peak * 4 // 3 + 2**20, up=True).replace(' ', '')}{hint}"
         )
+
+
+def _size(n: int, up: bool = False) -> str:
+    """Bytes as MiB below 4 GiB, else GiB (rounded up when ``up``)."""
+    unit, name = (2**20, "MiB") if n < 4 * 2**30 else (2**30, "GiB")
+    value = -(-n // unit) if up else n / unit
+    return f"{value:.0f} {name}" if up else f"{value:.1f} {name}"

@@ -13,7 +13,6 @@ import torch
 
 from mergeflow.arch.layers import num_layers
 from mergeflow.arch.spec import ArchSpec
-from mergeflow.errors import MemoryBudgetError
 from mergeflow.graph.checks import check_models, describe_override
 from mergeflow.graph.operator_choice import check_budget, choose_operator
 from mergeflow.graph.parts import needs_parts, part_items
@@ -237,13 +236,11 @@ def build_plan(
     if aligner is not None and aligner.tasks:
         peak = max(peak, aligner.layer_bytes())
     whole = aligner.whole_model_bytes() if hasattr(aligner, "whole_model_bytes") else None
-    if whole is not None and max_memory is not None and whole[0] > max_memory * 4 // 3:
-        raise MemoryBudgetError(  # max_memory is the tensors' three quarters of the budget
-            f"{whole[1]}: about {whole[0] / 2**30:.2f} GiB for this model, more than --max-memory allows "
-            f"({max_memory * 4 / 3 / 2**30:.2f} GiB); raise it to at least {whole[0] / 2**30 + 0.5:.0f}GB, or "
-            "align by weights (those steps run one layer at a time)"
+    if whole is not None and whole[0] > peak:  # a whole-model step is the plan's largest working set
+        check_budget(
+            whole[0], whole[1], max_memory, hint=", or align by weights (those steps run a layer at a time)"
         )
-    check_budget(peak, peak_name, max_memory)
+    check_budget(peak, f"tensor {peak_name!r} to merge", max_memory)
     arch = getattr(aligner, "spec", None)
     arch = arch if isinstance(arch, ArchSpec) else None  # the mlp family has no transformer layout
     anchor = aligner.anchor if aligner is not None else None

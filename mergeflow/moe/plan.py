@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from mergeflow.errors import MemoryBudgetError, ModelError
+from mergeflow.errors import ModelError
+from mergeflow.graph.operator_choice import check_budget
 from mergeflow.graph.plan import Plan
 from mergeflow.graph.tasks import Load, Write
 from mergeflow.io.dtypes import NAMES, TORCH_TO_ST, is_float
@@ -132,11 +133,7 @@ def build_moe_plan(
         raise ModelError(
             f"model '{base}' has no MLP projections (model.layers.N.mlp.gate_proj/up_proj/down_proj)"
         )
-    if max_memory is not None and peak > max_memory:
-        raise MemoryBudgetError(
-            f"tensor {peak_name!r} needs about {peak / 2**20:.1f} MiB, more than the "
-            f"{max_memory / 2**20:.1f} MiB tensors in flight may use; raise --max-memory"
-        )
+    check_budget(peak, f"tensor {peak_name!r}", max_memory)
     layouts = plan_shards(outs, int(recipe.output.shard_size))
     return Plan(
         recipe,
