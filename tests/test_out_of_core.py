@@ -59,6 +59,23 @@ def test_fisher_under_a_smaller_budget_says_what_it_needs(setup):
     assert not (root / "f.safetensors").exists()
 
 
+def test_grams_larger_than_the_free_memory_are_refused_before_the_forward_passes(setup, monkeypatch):
+    """A 7B model's Grams are about 39 GB: where they cannot be held, stats says so (with the size) before
+    any forward pass, instead of running out of memory; the size is the sum of in_features^2 x 4 bytes."""
+    from mergeflow.stats import gram
+
+    root, a, data, _budget = setup
+    model = load_model(a, CPU, headless=True).model
+    need, largest, largest_bytes = gram.gram_bytes(model)
+    widths = [m.in_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert need == 4 * sum(w * w for w in widths) and largest_bytes == 4 * max(widths) ** 2
+    monkeypatch.setattr(gram, "available_bytes", lambda device: (need - 1, "this machine's available memory"))
+    monkeypatch.setattr(gram, "gram", lambda *a: pytest.fail("forward passes ran"))
+    with pytest.raises(InputError, match=rf"{need / 2**30:.2f} GiB for this model \(largest '{largest}'"):
+        compute_stats(a, data, "gram", root / "g2.safetensors", CPU)
+    assert not (root / "g2.safetensors").exists()
+
+
 def test_barrier_under_a_budget_gives_the_in_memory_curves(setup, tmp_path):
     root, a, data, budget = setup
     b = scramble_model(a, tmp_path / "scrambled", seed=4)

@@ -10,7 +10,7 @@ from mergeflow.errors import InputError
 from mergeflow.io.stats_file import write_stats
 from mergeflow.progress import SILENT, Progress
 from mergeflow.stats.data import batches, load_data
-from mergeflow.stats.model import check_fits, load_model, max_length_for, stored_names, weight_bytes
+from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, stored_names, weight_bytes
 from mergeflow.stats.parallel import process_group
 
 
@@ -46,6 +46,8 @@ def compute_stats(
     # Grams do not depend on a head
     loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
     check_fits(loaded, data, model_dir)
+    if kind == "gram":
+        check_gram_memory(loaded, model_dir)
     max_length = max_length_for(loaded, data, max_length)  # from the whole data: the same in every process
     mine = data.part(group.index, group.size)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
@@ -102,3 +104,19 @@ def compute_stats(
         "offloaded": loaded.offloaded,
         "processes": group.size,
     }
+
+
+def check_gram_memory(loaded: Loaded, model_dir: str | Path) -> None:
+    """Refuse, before any forward pass, Grams that cannot be held where they are summed (a float32
+    in x in matrix per linear layer, held whole until the file is written)."""
+    from mergeflow.stats import gram
+
+    need, largest, largest_bytes = gram.gram_bytes(loaded.model)
+    free, where = gram.available_bytes(loaded.input_device)
+    if need > free:
+        raise InputError(
+            f"{model_dir}: gram statistics hold a float32 Gram per linear layer, {need / 2**30:.2f} GiB for this "
+            f"model (largest {largest!r}, {largest_bytes / 2**20:.0f} MiB), more than {where} "
+            f"({free / 2**30:.2f} GiB); take fisher statistics (the weights' size), or run on a machine with more "
+            "memory"
+        )

@@ -22,6 +22,25 @@ def linear_layers(model: Any) -> dict[str, tuple[Any, bool]]:
     return out
 
 
+def gram_bytes(model: Any) -> tuple[int, str, int]:
+    """(bytes of all float32 Grams, the largest one's weight name, its bytes) for ``model``'s linear layers."""
+    sizes = {
+        n: 4 * mod.weight.shape[0 if transposed else 1] ** 2
+        for n, (mod, transposed) in linear_layers(model).items()
+    }
+    largest = max(sizes, key=sizes.__getitem__, default="")
+    return sum(sizes.values()), largest, sizes.get(largest, 0)
+
+
+def available_bytes(device: torch.device) -> tuple[int, str]:
+    """Memory free for new tensors on ``device``, and what it is called in messages."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], f"{device}'s free memory"
+    import psutil
+
+    return psutil.virtual_memory().available, "this machine's available memory"
+
+
 def gram(
     loaded: Loaded, batches: Any, progress: Any
 ) -> tuple[dict[str, torch.Tensor], dict[str, int], set[str]]:
