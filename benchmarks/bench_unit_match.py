@@ -34,9 +34,11 @@ def main() -> None:
     ap.add_argument("--units", type=int, default=5632)
     ap.add_argument("--width", type=int, default=6144)
     ap.add_argument("--dims", default="256,1024", help="sketch dimensions to try")
+    ap.add_argument("--principal", default="64,256", help="principal-subspace sketch dimensions to try")
     ap.add_argument("--candidates", type=int, default=8)
     args = ap.parse_args()
     solvers = ["dense", "sparse"] + [f"sketch:{d}" for d in args.dims.split(",")]
+    solvers += [f"principal:{d}" for d in args.principal.split(",") if d]
     print(
         f"{args.units} units x {args.width} features, float32 similarity, {torch.get_num_threads()} threads"
     )
@@ -51,7 +53,11 @@ def main() -> None:
         for name in solvers:
             solver, _, dims = name.partition(":")
             start = time.perf_counter()
-            perm, info = match_units([(local, anchor)], solver, args.candidates, int(dims or 512))
+            kind = "principal" if solver == "principal" else "count"
+            solver = "sketch" if kind == "principal" else solver
+            perm, info = match_units(
+                [(local, anchor)], solver, args.candidates, int(dims or 512), sketch=kind
+            )
             sec = time.perf_counter() - start
             obj = float(score[perm, cols].sum())
             best = obj if best is None else best

@@ -78,6 +78,13 @@ class PermuteParams(MatchedParams):
         le=1 << 16,
         description="Dimensions of the sketch (solver: sketch); more is slower and closer to exact.",
     )
+    sketch_kind: Literal["count", "principal"] = Field(
+        "count",
+        description="How units are sketched (solver: sketch). count: a count sketch of the features (one pass "
+        "of additions). principal: both models' units projected on the top sketch_dims principal directions of "
+        "the anchor's units (a randomised SVD, 7 passes of f x width x sketch_dims multiply-adds), which keeps "
+        "far more of a weak signal at the same dimensions.",
+    )
     aligner: str | None = Field(
         None,
         description="A Deep-Align aligner folder made by `mergeflow learn-aligner` (method: learned), "
@@ -113,11 +120,12 @@ def permute_ffn(
     solver: str = "sparse",
     candidates: int = 8,
     sketch_dims: int = 512,
+    sketch_kind: str = "count",
 ) -> Solve:
     """The hidden units of one FFN (``pre``: its roles' prefix, see ffn_prefixes) by linear assignment."""
     dtype = getattr(torch, similarity)
     parts = list(zip(_unit_parts(local, pre), _unit_parts(anchor, pre), strict=True))
-    perm, info = match_units(parts, solver, candidates, sketch_dims, dtype)
+    perm, info = match_units(parts, solver, candidates, sketch_dims, dtype, sketch_kind)
     # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
     if dtype == torch.bfloat16 and _agreement(local, anchor, perm, pre) < _agreement(
         local, anchor, None, pre
@@ -246,7 +254,9 @@ def permute(
         return None
     counts = dict.fromkeys(("ffn_solves", "certified", "dense_fallbacks", "rounds", "edges_added"), 0.0)
     for pre in ffn_prefixes(local):  # the dense FFN and each expert: spaces of their own
-        info = permute_ffn(local, anchor, p.similarity, pre, p.solver, p.candidates, p.sketch_dims)
+        info = permute_ffn(
+            local, anchor, p.similarity, pre, p.solver, p.candidates, p.sketch_dims, p.sketch_kind
+        )
         counts["ffn_solves"] += 1
         counts["certified"] += info.certified
         counts["dense_fallbacks"] += info.fallback
