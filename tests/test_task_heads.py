@@ -5,6 +5,7 @@ merged backbone."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,6 +125,44 @@ def test_eval_tasks_attaches_each_head(tmp_path, trio, data):  # noqa: F811
     assert r["merged"] == r["fine_tuned"]
     bad = cli("eval", "tasks", str(out), "--task", f"ner={ner}:{sent_data}")
     assert bad.returncode == 2 and "per-word tags" in bad.stderr
+
+
+def test_eval_tasks_under_a_weights_budget_gives_the_in_memory_scores(tmp_path, trio, data):  # noqa: F811
+    """Task models larger than --max-memory are placed by accelerate and the merged backbone goes into a
+    streamed copy on disk (no swap in memory): the same scores as the in-memory path, nothing left behind."""
+    import tempfile
+
+    from mergeflow.eval.tasks import eval_tasks
+    from mergeflow.stats.model import weight_bytes
+
+    base, sent, ner = trio
+    ner_data, sent_data = data
+    rec = write(tmp_path / "r.yml", body(*trio, "merge_only: backbone\npartial: {keep: sent}\n"))
+    out = tmp_path / "out"
+    assert cli("run", str(rec), str(out), "-q").returncode == 0
+    tasks = [("sent", str(sent), str(sent_data)), ("ner", str(ner), str(ner_data))]
+    reports = {}
+    for label, budget in (("memory", None), ("placed", weight_bytes(ner) // 3)):
+        before = set(Path(tempfile.gettempdir()).glob("mergeflow-tasks-*"))
+        reports[label] = eval_tasks(out, tasks, torch.device("cpu"), max_memory=budget)["tasks"]
+        assert set(Path(tempfile.gettempdir()).glob("mergeflow-tasks-*")) == before
+    res = cli(  # the option reaches it (1 MiB holds these tiny models: loaded whole)
+        "eval", "tasks", str(out), "--task", f"ner={ner}:{ner_data}", "--json", str(tmp_path / "t.json"),
+        "--device", "cpu", "--max-memory", "1MiB",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (
+        json.loads((tmp_path / "t.json").read_text())["tasks"]["ner"]["merged"]
+        == reports["memory"]["ner"]["merged"]
+    )
+    for task in ("sent", "ner"):
+        mem, placed = reports["memory"][task], reports["placed"][task]
+        assert placed["placed"] and not mem["placed"]
+        assert placed["tensors_attached"] == mem["tensors_attached"] > 0
+        for key in ("fine_tuned", "merged"):
+            for metric, value in mem[key].items():
+                assert placed[key][metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (task, key, metric)
+    assert reports["memory"]["ner"]["merged"] != reports["memory"]["ner"]["fine_tuned"]  # a real merge
 
 
 def test_masked_lm_stats_and_eval(tmp_path, data):

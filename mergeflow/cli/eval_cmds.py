@@ -175,11 +175,19 @@ def equivalence(
     "--json", "json_out", default=None, type=click.Path(dir_okay=False), help="Also write the report here."
 )
 @DEVICE
+@WEIGHTS_MEMORY
 def tasks(
-    merged: str, tasks: tuple[str, ...], max_examples: int | None, json_out: str | None, device: str
+    merged: str,
+    tasks: tuple[str, ...],
+    max_examples: int | None,
+    json_out: str | None,
+    device: str,
+    max_memory: str | None,
 ) -> None:
     """Score MERGED (a merged backbone, or a full merged model) on every task with that task's own head: accuracy,
-    token accuracy and entity F1, or loss; beside each fine-tuned model's own score and their ratio."""
+    token accuracy and entity F1, or loss; beside each fine-tuned model's own score and their ratio. A task model
+    larger than --max-memory is placed, and its merged version written to a temporary folder (its size in free
+    disk) rather than swapped in memory."""
     from mergeflow.errors import InputError
     from mergeflow.eval.tasks import eval_tasks
     from mergeflow.graph.run import resolve_device
@@ -193,7 +201,8 @@ def tasks(
         parsed.append((name, model, data))
     if len({n for n, _m, _d in parsed}) < len(parsed):
         raise InputError("--task: two tasks have the same name")
-    report = eval_tasks(merged, parsed, resolve_device(device), max_examples)
+    budget = parse_size(max_memory, least=1 << 20)
+    report = eval_tasks(merged, parsed, resolve_device(device), max_examples, max_memory=budget)
     if json_out:
         from mergeflow.io.ownership import atomic_write, check_file_target
 

@@ -4,6 +4,9 @@ reports it)."""
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,9 @@ import torch
 
 from mergeflow.errors import InputError
 from mergeflow.eval.loss import evaluate
+from mergeflow.io.dtypes import ST_TO_TORCH
 from mergeflow.io.reader import ModelReader
+from mergeflow.io.stream_save import Entry, save_streamed
 from mergeflow.stats.data import load_data
 from mergeflow.stats.model import check_fits, load_model, stored_names
 
@@ -22,9 +27,10 @@ def _strip(names: list[str], prefix: str) -> dict[str, str]:
     return {(n[len(prefix) :] if prefixed and n.startswith(prefix) else n): n for n in names}
 
 
-def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
-    """Load the merged checkpoint's tensors into ``loaded.model`` wherever a parameter of its base model
-    (its backbone) has the same name, with or without the base-model prefix. Returns how many."""
+def backbone_sources(loaded: Any, merged_dir: str | Path) -> dict[str, str]:
+    """Parameter name of ``loaded.model`` -> the merged checkpoint's tensor for it: every parameter of the
+    model's base model (its backbone) that the checkpoint holds, with or without the base-model prefix, shapes
+    checked. Works on placed models (meta parameters have shapes)."""
     model = loaded.model
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
     reader = ModelReader("merged", merged_dir)
@@ -36,22 +42,57 @@ def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
     backbone = (
         {f"{prefix}{k}" if prefix else k for k in model.base_model.state_dict()} if prefix else set(state)
     )
-    new = {}
+    out = {}
     for canon, s in own.items():
         name = by_stored[s]
         if canon in merged and name in backbone:
-            t = reader.read(merged[canon], dtype=state[name].dtype)
-            if tuple(t.shape) != tuple(state[name].shape):
+            shape = reader.tensors[merged[canon]].shape
+            if tuple(shape) != tuple(state[name].shape):
                 raise InputError(
-                    f"{merged_dir}: tensor {merged[canon]!r} has shape {list(t.shape)}, the task model's "
+                    f"{merged_dir}: tensor {merged[canon]!r} has shape {list(shape)}, the task model's "
                     f"{name!r} {list(state[name].shape)}: not the same backbone"
                 )
-            new[name] = t
+            out[name] = merged[canon]
     reader.close()
-    if not new:
+    if not out:
         raise InputError(f"{merged_dir}: none of its tensors is a backbone parameter of the task model")
-    model.load_state_dict(new, strict=False)
+    return out
+
+
+def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
+    """Load the merged backbone into ``loaded.model`` (in memory). Returns how many tensors."""
+    sources = backbone_sources(loaded, merged_dir)
+    state = dict(loaded.model.state_dict())
+    reader = ModelReader("merged", merged_dir)
+    new = {name: reader.read(src, dtype=state[name].dtype) for name, src in sources.items()}
+    reader.close()
+    loaded.model.load_state_dict(new, strict=False)
     return len(new)
+
+
+def grafted(loaded: Any, task_dir: str | Path, merged_dir: str | Path, out: Path) -> int:
+    """Write the task model with the merged backbone to ``out`` (a model folder: one safetensors file written a
+    tensor at a time, the task folder's other files copied), for a model too large to swap in memory.
+    Returns how many tensors came from the merged checkpoint."""
+    sources = backbone_sources(loaded, merged_dir)
+    stored = stored_names(loaded.model)
+    from_merged = {stored[n]: src for n, src in sources.items()}
+    task, merged = ModelReader("task", task_dir), ModelReader("merged", merged_dir)
+    entries = []
+    for name, info in task.tensors.items():
+        reader, src = (merged, from_merged[name]) if name in from_merged else (task, name)
+        dtype = ST_TO_TORCH[info.dtype]
+        entries.append(Entry(name, tuple(info.shape), dtype, partial(reader.read, src, dtype=dtype)))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        save_streamed(entries, out / "model.safetensors", {})
+    finally:
+        task.close()
+        merged.close()
+    for f in Path(task_dir).iterdir():  # config, tokenizer, generation settings: not the weights
+        if f.is_file() and not f.name.endswith((".safetensors", ".bin", ".index.json", ".pt", ".pth")):
+            shutil.copy2(f, out / f.name)
+    return len(from_merged)
 
 
 def primary(scores: dict[str, float]) -> tuple[str, float]:
@@ -67,15 +108,27 @@ def eval_tasks(
     device: torch.device,
     max_examples: int | None = None,
     batch_size: int = 32,
+    max_memory: int | None = None,
 ) -> dict[str, Any]:
+    """Each task model scored as it is and with the merged backbone. A model whose float32 weights exceed
+    ``max_memory`` is placed by accelerate (see ``load_model``), and its merged version is written to a
+    temporary folder (W bytes of disk) and placed the same way instead of being swapped in memory."""
     rows: dict[str, dict[str, Any]] = {}
     for name, model_dir, data_path in tasks:
         data = load_data(data_path).subset(max_examples)
-        loaded = load_model(model_dir, device)
+        loaded = load_model(model_dir, device, max_memory=max_memory)
         check_fits(loaded, data, model_dir)
         own = evaluate(loaded, data, batch_size)
-        n = attach_backbone(loaded, merged)
-        got = evaluate(loaded, data, batch_size)
+        placed = loaded.offloaded
+        if placed:
+            with tempfile.TemporaryDirectory(prefix="mergeflow-tasks-") as tmp:
+                n = grafted(loaded, model_dir, merged, Path(tmp))
+                del loaded
+                loaded = load_model(tmp, device, max_memory=max_memory)
+                got = evaluate(loaded, data, batch_size)
+        else:
+            n = attach_backbone(loaded, merged)
+            got = evaluate(loaded, data, batch_size)
         metric, value = primary(got)
         base = primary(own)[1]
         norm = value / base if metric != "loss" and base > 0 else None
@@ -85,6 +138,7 @@ def eval_tasks(
             "task": loaded.task,
             "examples": len(data),
             "tensors_attached": n,
+            "placed": placed,
             "metric": metric,
             "fine_tuned": own,
             "merged": got,

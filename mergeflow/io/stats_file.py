@@ -19,6 +19,7 @@ import torch
 from mergeflow.errors import InputError
 from mergeflow.files import check_regular
 from mergeflow.io.ownership import atomic_write, lexical
+from mergeflow.io.stream_save import Entry, save_streamed
 
 KINDS = ("fisher", "gram")
 
@@ -64,28 +65,10 @@ def write_stats(
 
 
 def save_float32(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """A safetensors file of float32 tensors, written a tensor at a time (safetensors' ``save_file`` builds the
-    whole file in memory first: 2x the statistics, gigabytes for the Grams of a large model)."""
-    import struct
-
-    header: dict[str, Any] = {"__metadata__": {"format": "pt", **metadata}}
-    offset = 0
-    for name in sorted(tensors):
-        size = tensors[name].numel() * 4
-        header[name] = {
-            "dtype": "F32",
-            "shape": list(tensors[name].shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for name in sorted(tensors):
-            t = tensors[name].detach().to("cpu", torch.float32).contiguous()
-            fh.write(t.numpy().data)  # the tensor's own memory, no bytes copy
+    """A safetensors file of float32 tensors, written a tensor at a time (the Grams of a large model are
+    gigabytes; safetensors' ``save_file`` would hold a second copy)."""
+    entries = [Entry(n, tuple(t.shape), torch.float32, t.detach) for n, t in tensors.items()]
+    save_streamed(entries, path, metadata)
 
 
 def stats_info(path: str | Path, who: str) -> StatsInfo:
