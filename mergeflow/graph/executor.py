@@ -64,10 +64,45 @@ def _nbytes(task: Any, ctx: ExecContext) -> int:
     return task.numel * size
 
 
+class _Advisor:
+    """Keeps up to ``budget`` stored bytes of the loads after the current one advised to the kernel."""
+
+    def __init__(self, loads: list[Load], ctx: ExecContext, budget: int) -> None:
+        self.loads, self.ctx, self.budget = loads, ctx, budget
+        self.next = 0  # first load not yet advised
+        self.done = 0  # loads consumed
+        self.pending = 0  # stored bytes advised and not yet consumed
+        self.seen: set[tuple[str, str]] = set()
+
+    def consumed(self, task: Load) -> None:
+        if self.budget > 0:
+            if self.done < self.next:
+                self.pending -= task.stored_bytes
+            self.done += 1
+            self.next = max(self.next, self.done)
+
+    def ahead(self) -> None:
+        while self.budget > 0 and self.next < len(self.loads) and self.pending < self.budget:
+            task = self.loads[self.next]
+            if (task.model, task.tensor) not in self.seen:  # row blocks of one tensor: advised once
+                self.seen.add((task.model, task.tensor))
+                self.ctx.readers[task.model].advise(task.tensor)
+            self.pending += task.stored_bytes
+            self.next += 1
+
+
 def execute(
-    roots: list[Any], ctx: ExecContext, prefetch_bytes: int = 0, on_done: Callable[[Any], None] | None = None
+    roots: list[Any],
+    ctx: ExecContext,
+    prefetch_bytes: int = 0,
+    on_done: Callable[[Any], None] | None = None,
+    advise_bytes: int = 0,
 ) -> None:
-    """Run every task reachable from ``roots``. ``prefetch_bytes``: how much may be read ahead."""
+    """Run every task reachable from ``roots``. ``prefetch_bytes``: how much may be read ahead (by a thread, into
+    tensors). ``advise_bytes``: how many stored bytes of the next loads the kernel is asked to bring into the
+    page cache ahead of use (asynchronous readahead, no thread, no memory of ours): for compute-bound runs such
+    as alignment, where a reading thread would compete with the solves, so that reading the next layer
+    overlaps solving this one."""
     order = schedule(roots)
     users: dict[Any, int] = {}
     for task in order:
@@ -82,6 +117,8 @@ def execute(
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergeflow-read") if prefetch_bytes > 0 else None
     )
 
+    advise = _Advisor(loads, ctx, advise_bytes)
+
     def top_up() -> None:
         nonlocal ahead, next_load
         while pool is not None and next_load < len(loads):
@@ -95,6 +132,9 @@ def execute(
 
     try:
         for task in order:
+            if isinstance(task, Load):
+                advise.consumed(task)
+            advise.ahead()
             if isinstance(task, Load) and pool is not None:
                 top_up()
                 if not pending or pending[0][0] != task:  # cannot happen: loads are consumed in order

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 import warnings
@@ -60,6 +61,11 @@ from mergeflow.recipe.yaml_source import MAX_BYTES
 from mergeflow.tokenizer.recipe import recipe_tokenizer
 
 PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
+ADVISE_CAP = (
+    2**30
+)  # alignment: stored bytes the kernel is asked to read ahead (about two 7B layers of a pair)
+# MERGEFLOW_READAHEAD=off: no kernel readahead advice in alignment runs (benchmarks; --no-prefetch also stops it)
+READAHEAD = os.environ.get("MERGEFLOW_READAHEAD", "on") != "off"
 MAPPED_CAP = 4 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
 
 
@@ -222,11 +228,14 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
         window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
         # reading ahead competes with the solves for the cores: alignment runs are compute-bound
         prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0
+        # ... but the kernel may read the next layers while this one is solved (no thread, no memory of ours)
+        advise = min(tensor_budget(prep.max_memory), ADVISE_CAP) if opts.prefetch and READAHEAD else 0
+        advise = advise if plan.arch is not None else 0
         if opts.tune_malloc:
             malloc_returns_large_blocks(prep.max_memory)
         try:
             fetcher = start_downloads(prep, todo, tmp, opts.disk_budget, progress)
-            execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done)
+            execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done, advise_bytes=advise)
         finally:
             if fetcher is not None:
                 fetcher.close()

@@ -178,6 +178,24 @@ class ModelReader:
         except KeyError:
             raise MissingTensor(f"model '{self.name}' ({self.path}) has no tensor {tensor!r}") from None
 
+    def advise(self, tensor: str) -> None:
+        """Ask the kernel to start reading ``tensor``'s bytes into the page cache (asynchronous: no thread and
+        no memory of this process; the pages are the kernel's to drop). A no-op for pickled checkpoints, where
+        posix_fadvise is missing, or when the file cannot be opened (e.g. still downloading)."""
+        if tensor in self._pickled or not hasattr(os, "posix_fadvise"):
+            return
+        info = self.info(tensor)
+        try:
+            fd = os.open(info.file, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, info.begin, info.nbytes, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def read(
         self,
         tensor: str,
