@@ -73,14 +73,14 @@ def mergeflow(*args: str) -> dict:
     return timed([str(Path(sys.executable).with_name("mergeflow")), *args, "-q", "--device", "cpu"])
 
 
-def align(work: Path, a: Path, b: Path, solver: str) -> dict:
+def align(work: Path, a: Path, b: Path, solver: str, cold: bool = False) -> dict:
     steps = work / f"steps-{solver}.yml"
     steps.write_text(
         f"align:\n  - permute: {{ffn: true, heads: true, solver: {solver}}}\n"
         "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n"
     )
     out = work / f"aligned-{solver}"
-    warm([a, b])
+    evict([a, b]) if cold else warm([a, b])
     run = mergeflow("align", str(b), "--anchor", str(a), "-o", str(out), "--steps", str(steps), "--force")
     summary = json.loads((out / "alignment.json").read_text())
     shutil.rmtree(out)  # one aligned model on disk at a time
@@ -235,6 +235,11 @@ def main() -> None:
     ap.add_argument("--out-of-core", metavar="SIZE", help="also run stats and eval barrier under this budget")
     ap.add_argument("--keep", action="store_true", help="keep the models for another run")
     ap.add_argument(
+        "--cold",
+        action="store_true",
+        help="align from a cold page cache (pages evicted) instead of a warm one",
+    )
+    ap.add_argument(
         "--mergekit",
         default=os.environ.get("MERGEKIT_YAML"),
         help="mergekit-yaml to run the same merge with (default: bench_out/mergekit-venv/bin/mergekit-yaml if any)",
@@ -281,7 +286,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for solver in [s for s in args.solvers.split(",") if s]:
-        r = align(work, a, b, solver)
+        r = align(work, a, b, solver, cold=args.cold)
         sec = r["seconds"]
         per_layer = sum(sec.values()) / args.layers
         at_full = per_layer * FULL_LAYERS
