@@ -73,7 +73,7 @@ def mergeflow(*args: str) -> dict:
     return timed([str(Path(sys.executable).with_name("mergeflow")), *args, "-q", "--device", "cpu"])
 
 
-def align(work: Path, a: Path, b: Path, solver: str, cold: bool = False) -> dict:
+def align(work: Path, a: Path, b: Path, solver: str, cold: bool = False, dtype: str = "float64") -> dict:
     steps = work / f"steps-{solver}.yml"
     steps.write_text(
         f"align:\n  - permute: {{ffn: true, heads: true, solver: {solver}}}\n"
@@ -81,7 +81,19 @@ def align(work: Path, a: Path, b: Path, solver: str, cold: bool = False) -> dict
     )
     out = work / f"aligned-{solver}"
     evict([a, b]) if cold else warm([a, b])
-    run = mergeflow("align", str(b), "--anchor", str(a), "-o", str(out), "--steps", str(steps), "--force")
+    run = mergeflow(
+        "align",
+        str(b),
+        "--anchor",
+        str(a),
+        "-o",
+        str(out),
+        "--steps",
+        str(steps),
+        "--force",
+        "--align-dtype",
+        dtype,
+    )
     summary = json.loads((out / "alignment.json").read_text())
     shutil.rmtree(out)  # one aligned model on disk at a time
     totals = next(iter(summary["totals"].values()))
@@ -235,6 +247,9 @@ def main() -> None:
     ap.add_argument("--out-of-core", metavar="SIZE", help="also run stats and eval barrier under this budget")
     ap.add_argument("--keep", action="store_true", help="keep the models for another run")
     ap.add_argument(
+        "--align-dtype", default="float64", help="mergeflow align --align-dtype (float64 or float32)"
+    )
+    ap.add_argument(
         "--cold",
         action="store_true",
         help="align from a cold page cache (pages evicted) instead of a warm one",
@@ -286,7 +301,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for solver in [s for s in args.solvers.split(",") if s]:
-        r = align(work, a, b, solver, cold=args.cold)
+        r = align(work, a, b, solver, cold=args.cold, dtype=args.align_dtype)
         sec = r["seconds"]
         per_layer = sum(sec.values()) / args.layers
         at_full = per_layer * FULL_LAYERS

@@ -53,11 +53,12 @@ def exact_steps(family: str, steps: str) -> str:
     return steps
 
 
-def align(tmp_path, model, anchor, steps: str, name="aligned"):
+def align(tmp_path, model, anchor, steps: str, name="aligned", extra: str = ""):
+    """``extra``: more top-level recipe lines (e.g. "align_dtype: float32\n")."""
     rec = write(
         tmp_path / f"{name}.yml",
         f"models: {{anchor: {anchor}, model: {model}}}\nanchor: anchor\n"
-        f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n",
+        f"align: {steps}\nmerge: {{passthrough: {{source: model}}}}\noutput: {{config: model}}\n{extra}",
     )
     opts = runner.Options(device="cpu")
     res = runner.run(runner.prepare(rec, opts), tmp_path / name, opts)

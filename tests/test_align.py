@@ -43,6 +43,35 @@ def test_scrambled_copy_is_recovered_exactly_and_function_is_kept(tmp_path, toy,
     assert totals[stages[-1]]["total"] < 1e-9 * totals["before"]["total"]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_float32_alignment_recovers_the_same_copy_and_keeps_the_function(tmp_path, toy, family):
+    """align_dtype: float32 (layers aligned in float32, for speed at size): the planted symmetry is undone and
+    the function kept as in float64, and its reported distances are float64-accurate (summed differences)."""
+    a = toy(family)
+    b = scramble_model(a, tmp_path / "scrambled", seed=3, heads_perm=True)
+    c, report = align(tmp_path, b, a, steps_for(family), name="f32", extra="align_dtype: float32\n")
+    c64, report64 = align(tmp_path, b, a, steps_for(family), name="f64")
+    for x, y in zip(outputs(b, family), outputs(c, family), strict=True):
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+    sa, sc, s64 = state(a), state(c), state(c64)
+    assert max((sa[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
+    assert max((s64[k] - sc[k]).abs().max().item() for k in sa) < 1e-5
+    t, t64 = report["totals"]["model"], report64["totals"]["model"]
+    assert t["before"]["total"] == pytest.approx(t64["before"]["total"], rel=1e-6)
+    assert list(t.values())[-1]["total"] < 1e-9 * t["before"]["total"]
+
+
+def test_align_command_takes_the_alignment_precision(tmp_path, toy):
+    a = toy("llama")
+    b = scramble_model(a, tmp_path / "scrambled", seed=3, heads_perm=True)
+    out = tmp_path / "out"
+    res = cli("align", str(b), "--anchor", str(a), "-o", str(out), "--align-dtype", "float32", "-q")
+    assert res.returncode == 0, res.stderr
+    assert "align_dtype: float32" in (out / "README.md").read_text()  # the recipe it ran, in the model card
+    sa, so = state(a), state(out)
+    assert max((sa[k] - so[k]).abs().max().item() for k in sa) < 1e-5
+
+
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "qwen3"])
 def test_independent_models_distance_never_increases(tmp_path, toy, family):
     """Each solver is at least as good as the identity it could have chosen: per layer and module, no

@@ -63,6 +63,30 @@ def test_planted_orthogonal_residual_map_is_recovered(tmp_path, toy, family):
         torch.testing.assert_close(hc.norm(dim=-1), hb.norm(dim=-1), atol=1e-5, rtol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "phi3"])
+def test_float32_layers_under_a_residual_map_keep_the_function(tmp_path, toy, family):
+    """align_dtype: float32 with a stream map (solved in float64, applied to float32 layers): the function is
+    kept and the weights are those of the float64 alignment."""
+    steps = PERM if family == "gpt2" else ORTH
+    untied = {"config": {"tie_word_embeddings": False}}
+    a = trained_norms(toy(family, **untied), tmp_path / "a")
+    b = scramble_model(
+        a,
+        tmp_path / "b",
+        seed=6,
+        heads_perm=True,
+        residual="permutation" if family == "gpt2" else "orthogonal",
+    )
+    c, _ = align(tmp_path, b, a, exact_steps(family, steps), name="f32", extra="align_dtype: float32\n")
+    c64, _ = align(tmp_path, b, a, exact_steps(family, steps), name="f64")
+    torch.testing.assert_close(outputs(c, family)[0], outputs(b, family)[0], atol=1e-5, rtol=1e-5)
+    s64, sc = (
+        state(c64),
+        state(c),
+    )  # the same weights as the float64 alignment (folded, for an orthogonal map)
+    assert max((s64[k] - sc[k]).abs().max().item() for k in s64) < 1e-4
+
+
 @pytest.mark.parametrize("family", ["vit", "llama", "gpt2"])
 def test_aligning_to_itself_keeps_the_model_and_the_identity_map(tmp_path, toy, family):
     a = trained_norms(toy(family), tmp_path / "a")

@@ -14,6 +14,7 @@ from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 
+DIST_BLOCK = 1 << 20  # entries per block of a float32 distance
 MODULES = {
     "qk": ("q", "q.b", "k", "k.b"),
     "vo": ("v", "v.b", "o"),
@@ -22,10 +23,17 @@ MODULES = {
 
 
 def sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b||^2 as ||a||^2 + ||b||^2 - 2<a, b>: three reductions, no difference tensor (float64 keeps
-    the cancellation error near 1e-16 of the norms)."""
+    """||a - b||^2. float64: as ||a||^2 + ||b||^2 - 2<a, b>, three reductions and no difference tensor (the
+    cancellation error stays near 1e-16 of the norms). Lower precisions would lose the distance to that
+    cancellation: the difference of blocks, summed in float64."""
     a, b = a.reshape(-1), b.reshape(-1)
-    return max(float(torch.dot(a, a) + torch.dot(b, b) - 2 * torch.dot(a, b)), 0.0)
+    if a.dtype == torch.float64:
+        return max(float(torch.dot(a, a) + torch.dot(b, b) - 2 * torch.dot(a, b)), 0.0)
+    total = 0.0
+    for i in range(0, a.numel(), DIST_BLOCK):
+        d = (a[i : i + DIST_BLOCK] - b[i : i + DIST_BLOCK]).double()
+        total += float(torch.dot(d, d))
+    return total
 
 
 def distances(local: Layer, anchor: Layer) -> dict[str, float]:
@@ -90,12 +98,14 @@ def align_layer(
     residual: ResidualMap | None = None,
     fold: bool = False,
     found: Found = None,
+    canonical: torch.dtype = torch.float64,
 ) -> tuple[dict[str, torch.Tensor], LayerReport]:
     """The layer's tensors re-parameterised toward the anchor (same function), and the distances.
     ``fold``: norm scales folded into their readers first (both models); ``residual``: the stream's map,
-    applied before the steps; ``found``: the layer's permutations from activation matching."""
-    local = to_canonical(spec, layer, local_stored)
-    anchor = to_canonical(spec, layer, anchor_stored)
+    applied before the steps; ``found``: the layer's permutations from activation matching; ``canonical``: the
+    precision the layer is aligned in (the recipe's ``align_dtype``)."""
+    local = to_canonical(spec, layer, local_stored, canonical)
+    anchor = to_canonical(spec, layer, anchor_stored, canonical)
     if fold:
         fold_layer(local, spec.family.norm_offset)
         fold_layer(anchor, spec.family.norm_offset)
@@ -108,9 +118,13 @@ def align_layer(
 
 
 def fold_only(
-    spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor], dtype: torch.dtype
+    spec: ArchSpec,
+    layer: LayerNames,
+    stored: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+    canonical: torch.dtype = torch.float64,
 ) -> dict[str, torch.Tensor]:
     """The anchor's layer with its norm scales folded (the same re-parameterisation its sources get)."""
-    canon = to_canonical(spec, layer, stored)
+    canon = to_canonical(spec, layer, stored, canonical)
     fold_layer(canon, spec.family.norm_offset)
     return from_canonical(spec, layer, canon, dtype)

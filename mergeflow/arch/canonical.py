@@ -1,6 +1,6 @@
 """One layer's alignable tensors in a canonical layout, and back.
 
-Canonical: float64, ``nn.Linear`` orientation (out, in): q (h_q*d_h, d), k and v (h_kv*d_h, d),
+Canonical: float64 (or float32 when asked), ``nn.Linear`` orientation (out, in): q (h_q*d_h, d), k and v (h_kv*d_h, d),
 o (d, h_q*d_h), up/gate (f, d), down (d, f); biases follow their rows; norm weights as stored (a
 family's ``norm_offset`` is applied where scales are folded). GPT-2's Conv1D weights are stored
 (in, out), GPT-2's c_attn and Phi-3's qkv_proj fuse q, k, v along the output, Phi-3's gate_up_proj
@@ -16,12 +16,13 @@ from mergeflow.arch.spec import ArchSpec, LayerNames
 
 
 def to_canonical(
-    spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor]
+    spec: ArchSpec, layer: LayerNames, stored: dict[str, torch.Tensor], dtype: torch.dtype = torch.float64
 ) -> dict[str, torch.Tensor]:
+    """``dtype``: float64 (the default, the reference) or float32 (a recipe's ``align_dtype``)."""
     conv = spec.family.conv1d
     out: dict[str, torch.Tensor] = {}
     for role, name in layer.names:
-        t = stored[name].to(torch.float64)
+        t = stored[name].to(dtype)
         if conv and t.ndim == 2:
             t = t.T  # (in, out) -> (out, in)
         out[role] = t.contiguous()

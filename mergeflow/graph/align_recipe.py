@@ -63,19 +63,33 @@ def model_names(anchor: str, model: str) -> tuple[str, str]:
     return a, m
 
 
-def align_recipe(model: str, anchor: str, steps_file: str | None, keep: str = "model") -> tuple[Recipe, str]:
+def align_recipe(
+    model: str, anchor: str, steps_file: str | None, keep: str = "model", align_dtype: str = "float64"
+) -> tuple[Recipe, str]:
     """The recipe that writes ``model`` aligned to ``anchor`` with the steps of ``steps_file`` (default steps
     when None); see :func:`steps_recipe`."""
     if steps_file is not None:
         src, steps = read_steps(steps_file)
-        return steps_recipe(model, anchor, steps, Path(steps_file).resolve().parent, src, keep)
+        return steps_recipe(model, anchor, steps, Path(steps_file).resolve().parent, src, keep, align_dtype)
     return steps_recipe(
-        model, anchor, default_steps(anchor), Path.cwd(), YamlSource(None, "<default steps>"), keep
+        model,
+        anchor,
+        default_steps(anchor),
+        Path.cwd(),
+        YamlSource(None, "<default steps>"),
+        keep,
+        align_dtype,
     )
 
 
 def steps_recipe(
-    model: str, anchor: str, steps: list[Any], root: Path, src: YamlSource | None = None, keep: str = "model"
+    model: str,
+    anchor: str,
+    steps: list[Any],
+    root: Path,
+    src: YamlSource | None = None,
+    keep: str = "model",
+    align_dtype: str = "float64",
 ) -> tuple[Recipe, str]:
     """The recipe that writes ``model`` aligned to ``anchor`` with ``steps`` (data paths relative to ``root``),
     validated; ``keep="anchor"`` writes the anchor as the same steps re-parameterise it (its norm scales
@@ -88,6 +102,7 @@ def steps_recipe(
         "align": steps,
         "merge": {"passthrough": {"source": a_name if keep == "anchor" else m_name}},
         "output": {"config": m_name, "tokenizer": m_name},
+        **({"align_dtype": align_dtype} if align_dtype != "float64" else {}),
     }
     recipe = validate(YamlSource(data, src.name, src.locations), OPERATORS, STEPS, root=root)
     return recipe, yaml.safe_dump(data, sort_keys=False)

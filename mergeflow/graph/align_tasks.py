@@ -35,6 +35,7 @@ class AlignLayer:
     residual: SolveResidual | None = None  # the stream's map of this model
     fold: bool = False  # norm scales folded into their readers (orthogonal stream maps); alone for the anchor
     match: MatchModel | None = None  # activation matching, when a step asks for it
+    canonical: str = "float64"  # the recipe's align_dtype: the precision the layer is aligned in
 
     def deps(self) -> tuple[Any, ...]:
         return self.local + self.anchor + tuple(t for t in (self.residual, self.match) if t is not None)
@@ -45,12 +46,22 @@ class AlignLayer:
         spec: ArchSpec = ctx.arch
         layer = spec.layers[self.position]
         if not self.anchor:  # the anchor itself, folded
-            return fold_only(spec, layer, local, ctx.compute_dtype)
+            return fold_only(spec, layer, local, ctx.compute_dtype, getattr(torch, self.canonical))
         anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n : n + k], strict=True)}
         rmap = values[n + k] if self.residual is not None else None
         found = values[-1].layers.get(layer.index) if self.match is not None else None
         out, report = align_layer(
-            spec, layer, local, anchor, self.steps, ctx.compute_dtype, self.model, rmap, self.fold, found
+            spec,
+            layer,
+            local,
+            anchor,
+            self.steps,
+            ctx.compute_dtype,
+            self.model,
+            rmap,
+            self.fold,
+            found,
+            getattr(torch, self.canonical),
         )
         ctx.align_reports.append(report)
         return out
@@ -101,6 +112,7 @@ class AlignPlanner:
 
     def __init__(self, recipe: Recipe, spec: ArchSpec, anchor: str, load: Any, reader: ModelReader) -> None:
         self.spec, self.anchor, self.load = spec, anchor, load
+        self.canonical = recipe.align_dtype
         self.numel = sum(t.numel for t in reader.tensors.values())  # the anchor's parameters
         self.steps = check_steps(recipe, spec)
         self.where = spec.layer_of()
@@ -190,7 +202,7 @@ class AlignPlanner:
             names = self.spec.layers[pos].tensors()
             mine = tuple(self.load(model, n, None) for n in names)
             if model == self.anchor:
-                self.tasks[key] = AlignLayer(model, pos, mine, (), (), None, True)
+                self.tasks[key] = AlignLayer(model, pos, mine, (), (), None, True, canonical=self.canonical)
             else:
                 self.tasks[key] = AlignLayer(
                     model,
@@ -201,6 +213,7 @@ class AlignPlanner:
                     self._solve(model),
                     fold,
                     self._match(model),
+                    self.canonical,
                 )
         return Aligned(self.tasks[key], tensor, rows)
 
@@ -239,7 +252,7 @@ class AlignPlanner:
         return None
 
     def layer_bytes(self) -> int:
-        """Working set of one AlignLayer: both models' layer tensors in float64, plus copies."""
+        """Working set of one AlignLayer: both models' layer tensors in the canonical precision, plus copies."""
         lay = self.spec.layers[0]
         numel = sum(self.load(self.anchor, n, None).numel for n in lay.tensors())
-        return numel * 8 * 4
+        return numel * (4 if self.canonical == "float32" else 8) * 4
