@@ -82,18 +82,9 @@ def align(work: Path, a: Path, b: Path, solver: str, cold: bool = False, dtype: 
     out = work / f"aligned-{solver}"
     evict([a, b]) if cold else warm([a, b])
     run = mergeflow(
-        "align",
-        str(b),
-        "--anchor",
-        str(a),
-        "-o",
-        str(out),
-        "--steps",
-        str(steps),
-        "--force",
-        "--align-dtype",
-        dtype,
-    )
+        "align", str(b), "--anchor", str(a), "-o", str(out), "--steps", str(steps), "--force",
+        "--align-dtype", dtype,
+    )  # fmt: skip
     summary = json.loads((out / "alignment.json").read_text())
     shutil.rmtree(out)  # one aligned model on disk at a time
     totals = next(iter(summary["totals"].values()))
