@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mergeflow.errors import InputError
+from mergeflow.io.ownership import atomic_write, lexical
 from mergeflow.io.stats_file import write_stats
 from mergeflow.progress import SILENT, Progress
 from mergeflow.stats.data import batches, load_data
+from mergeflow.stats.gram import linear_layers
+from mergeflow.stats.gram_passes import averaged, plan_groups, write_groups
 from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, stored_names, weight_bytes
 from mergeflow.stats.parallel import process_group
 
@@ -46,77 +52,110 @@ def compute_stats(
     # Grams do not depend on a head
     loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
     check_fits(loaded, data, model_dir)
-    if kind == "gram":
-        check_gram_memory(loaded, model_dir)
+    groups = plan_groups(loaded, model_dir) if kind == "gram" else [[]]  # passes over the data
     max_length = max_length_for(loaded, data, max_length)  # from the whole data: the same in every process
     mine = data.part(group.index, group.size)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    bar = (progress if group.main and progress else SILENT).bar(f"{kind} statistics", len(mine), unit="ex")
-    it = batches(mine, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
+    label = f"{kind} statistics" + (f" ({len(groups)} passes)" if len(groups) > 1 else "")
+    bar = (progress if group.main and progress else SILENT).bar(label, len(mine) * len(groups), unit="ex")
+
+    def make() -> Any:
+        return batches(mine, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
+
+    names = stored_names(loaded.model)
+    info: dict[str, object] = {"path": str(out), "kind": kind, "examples": len(data)}
     try:
         if kind == "gram":
-            from mergeflow.stats.gram import gram
-
-            sums, counts, transposed = gram(loaded, it, bar.update)
-            rows = group.sum(
-                {n: torch.tensor([c], dtype=torch.float64, device=device) for n, c in counts.items()}
+            n_tensors, written = gram_file(
+                loaded, groups, make, bar.update, group, names, out, data, model_dir
             )
-            sums = group.sum(sums)
-            tensors = {
-                n: t.div_(float(rows[n][0])) for n, t in sums.items() if float(rows[n][0]) > 0
-            }  # in place
-            transposed &= set(tensors)
-            extra: dict[str, int | str] = {
-                "tokens": int(max((float(r[0]) for r in rows.values()), default=0))
-            }
         else:
             from mergeflow.stats.fisher import fisher
 
             torch.manual_seed(seed + group.index)
-            sums, count = fisher(loaded, it, bar.update, samples=samples, seed=seed + group.index)
+            sums, count = fisher(loaded, make(), bar.update, samples=samples, seed=seed + group.index)
             examples = group.total(float(count))
-            tensors = {name: t.div_(max(examples, 1.0)) for name, t in group.sum(sums).items()}
-            transposed, extra = set(), {"samples": "exact" if loaded.task == "classifier" else samples}
+            fisher_sums = {name: t.div_(max(examples, 1.0)) for name, t in group.sum(sums).items()}
+            check_finite(fisher_sums, kind, data.path)
+            tensors = {names[n]: t for n, t in fisher_sums.items() if n in names}
+            n_tensors, written = len(tensors), None
+            if group.main:
+                extra = {"samples": "exact" if loaded.task == "classifier" else samples}
+                written = write_stats(
+                    out, tensors, kind, len(data), str(Path(model_dir).resolve()), set(), extra
+                )
     finally:
         bar.close()
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    for n, t in tensors.items():
-        if not bool(torch.isfinite(t).all()):
-            raise InputError(
-                f"{kind} statistics of {n!r} came out NaN or Inf over {data.path}; check the data "
-                "and the model's outputs for non-finite values"
-            )
-    names = stored_names(loaded.model)
-    tensors = {names[n]: t for n, t in tensors.items() if n in names}
-    transposed = {names[n] for n in transposed if n in names}
-    if not group.main:  # the first process writes the file
-        return {"path": str(out), "kind": kind, "examples": len(data), "written": False}
-    path = write_stats(out, tensors, kind, len(data), str(Path(model_dir).resolve()), transposed, extra)
+    if written is None:  # the first process writes the file
+        return {**info, "written": False}
     return {
-        "path": str(path),
-        "kind": kind,
-        "examples": len(data),
-        "tensors": len(tensors),
+        **info,
+        "path": str(written),
+        "tensors": n_tensors,
         "max_length": max_length,
         "task": loaded.task,
         "offloaded": loaded.offloaded,
         "processes": group.size,
+        "passes": len(groups),
     }
 
 
-def check_gram_memory(loaded: Loaded, model_dir: str | Path) -> None:
-    """Refuse, before any forward pass, Grams that cannot be held where they are summed (a float32
-    in x in matrix per linear layer, held whole until the file is written)."""
-    from mergeflow.stats import gram
+def check_finite(tensors: dict[str, torch.Tensor], kind: str, data_path: object) -> None:
+    for n, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            raise InputError(
+                f"{kind} statistics of {n!r} came out NaN or Inf over {data_path}; check the data "
+                "and the model's outputs for non-finite values"
+            )
 
-    need, largest, largest_bytes = gram.gram_bytes(loaded.model)
-    free, where = gram.available_bytes(loaded.input_device)
-    if need > free:
-        raise InputError(
-            f"{model_dir}: gram statistics hold a float32 Gram per linear layer, {need / 2**30:.2f} GiB for this "
-            f"model (largest {largest!r}, {largest_bytes / 2**20:.0f} MiB), more than {where} "
-            f"({free / 2**30:.2f} GiB); take fisher statistics (the weights' size), or run on a machine with more "
-            "memory"
-        )
+
+def gram_file(
+    loaded: Loaded,
+    groups: list[list[str]],
+    make: Any,
+    progress: Any,
+    group: Any,
+    names: dict[str, str],
+    out: str | Path,
+    data: Any,
+    model_dir: str | Path,
+) -> tuple[int, Path | None]:
+    """Run the Gram passes and (first process) write them as they come; (tensors written, path or None)."""
+    passes = averaged(loaded, groups, make, progress, group)
+    first, rows = next(passes)  # every layer's row count: which layers the file holds, before writing
+    layers = linear_layers(loaded.model)
+    held = [n for n in layers if rows[n] > 0 and n in names]
+    shapes = [(names[n], tuple(first[n].shape) if n in first else _gram_shape(layers[n])) for n in held]
+    transposed = sorted(names[n] for n in held if layers[n][1])
+    tokens = max(rows.values(), default=0)
+
+    def chunks() -> Iterator[dict[str, torch.Tensor]]:
+        for chunk in (first, *(c for c, _r in passes)):
+            check_finite(chunk, "gram", data.path)
+            yield {names[n]: t for n, t in chunk.items() if n in names}
+
+    def meta(mean: float) -> dict[str, str]:
+        return {
+            "mergeflow_stats": "gram",
+            "examples": str(len(data)),
+            "model": str(Path(model_dir).resolve()),
+            "mean": repr(mean),
+            "transposed": json.dumps(transposed),
+            "tokens": str(tokens),
+        }
+
+    if not group.main:
+        for _chunk in chunks():  # the collectives of every pass, nothing written
+            pass
+        return len(shapes), None
+    path = atomic_write(lexical(Path(out)), lambda tmp: write_groups(tmp, shapes, chunks(), meta))
+    return len(shapes), path
+
+
+def _gram_shape(layer: tuple[Any, bool]) -> tuple[int, int]:
+    mod, transposed = layer
+    width = int(mod.weight.shape[0 if transposed else 1])
+    return width, width

@@ -22,16 +22,6 @@ def linear_layers(model: Any) -> dict[str, tuple[Any, bool]]:
     return out
 
 
-def gram_bytes(model: Any) -> tuple[int, str, int]:
-    """(bytes of all float32 Grams, the largest one's weight name, its bytes) for ``model``'s linear layers."""
-    sizes = {
-        n: 4 * mod.weight.shape[0 if transposed else 1] ** 2
-        for n, (mod, transposed) in linear_layers(model).items()
-    }
-    largest = max(sizes, key=sizes.__getitem__, default="")
-    return sum(sizes.values()), largest, sizes.get(largest, 0)
-
-
 def available_bytes(device: torch.device) -> tuple[int, str]:
     """Memory free for new tensors on ``device``, and what it is called in messages."""
     if device.type == "cuda":
@@ -42,9 +32,10 @@ def available_bytes(device: torch.device) -> tuple[int, str]:
 
 
 def gram(
-    loaded: Loaded, batches: Any, progress: Any
+    loaded: Loaded, batches: Any, progress: Any, only: set[str] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, int], set[str]]:
-    """(weight name -> summed Gram, weight name -> rows counted, transposed weight names)."""
+    """(weight name -> summed Gram, weight name -> rows counted, transposed weight names). ``only``: the layers
+    whose Grams are summed (default all); rows are counted for every layer."""
     layers = linear_layers(loaded.model)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = dict.fromkeys(layers, 0)
@@ -56,10 +47,13 @@ def gram(
             mask = state["mask"]
             if mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape:
                 x = x[mask.bool()]
-            x = x.reshape(-1, x.shape[-1]).float()
+            x = x.reshape(-1, x.shape[-1])
+            counts[name] += x.shape[0]
+            if only is not None and name not in only:
+                return
+            x = x.float()
             g = x.T @ x
             sums[name] = sums[name].add_(g) if name in sums else g
-            counts[name] += x.shape[0]
 
         return fn
 
@@ -74,7 +68,7 @@ def gram(
         for h in handles:
             h.remove()
     for n, (mod, stored_transposed) in layers.items():  # a layer no row reached still has its zero sum
-        if n not in sums:
+        if n not in sums and (only is None or n in only):
             width = mod.weight.shape[0 if stored_transposed else 1]
             sums[n] = torch.zeros(width, width, device=loaded.input_device)
     return sums, counts, {n for n, (_m, t) in layers.items() if t}
