@@ -79,5 +79,7 @@ def stats(
     if not quiet and res.get("written", True):  # under a launcher, the first process reports
         click.echo(
             f"wrote {res['path']}: {kind} statistics of {res['tensors']} tensors over {res['examples']} "
-            f"examples ({res['task']}, up to {res['max_length']} tokens each)"
+            f"examples ({res['task']}, up to {res['max_length']} tokens each"
+            + (f"; {res['passes']} passes over the data" if res["passes"] > 1 else "")
+            + ")"
         )
