@@ -65,7 +65,7 @@ def test_grams_larger_than_the_free_memory_take_several_passes_and_give_the_same
     whose Gram alone does not fit is refused before any forward pass."""
     from safetensors import safe_open
 
-    from mergeflow.stats import gram
+    from mergeflow.stats import compute, gram, gram_passes
 
     root, a, data, _budget = setup
     model = load_model(a, CPU, headless=True).model
@@ -73,7 +73,25 @@ def test_grams_larger_than_the_free_memory_take_several_passes_and_give_the_same
     one = compute_stats(a, data, "gram", root / "one.safetensors", CPU)
     free = 2 * 4 * (2 * max(widths) ** 2)  # about two of the largest Grams per group
     monkeypatch.setattr(gram, "available_bytes", lambda device: (free, "this machine's available memory"))
+    events: list[str] = []  # each group written before the next pass runs (one group's Grams held at a time)
+    real_gram, real_write = gram.gram, gram_passes.write_groups
+
+    def logged_gram(*args):
+        events.append("pass")
+        return real_gram(*args)
+
+    def logged_write(path, shapes, chunks, meta):
+        def seen():
+            for chunk in chunks:
+                events.append("write")
+                yield chunk
+
+        return real_write(path, shapes, seen(), meta)
+
+    monkeypatch.setattr(gram, "gram", logged_gram)
+    monkeypatch.setattr(compute, "write_groups", logged_write)
     many = compute_stats(a, data, "gram", root / "many.safetensors", CPU)
+    assert events == ["pass", "write"] * many["passes"]
     assert many["passes"] > 2 and one["passes"] == 1 and many["tensors"] == one["tensors"]
     with safe_open(root / "one.safetensors", "pt") as h1, safe_open(root / "many.safetensors", "pt") as h2:
         assert h1.metadata() == {**h2.metadata(), "model": h1.metadata()["model"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def gram_file(
     tokens = max(rows.values(), default=0)
 
     def chunks() -> Iterator[dict[str, torch.Tensor]]:
-        for chunk in (first, *(c for c, _r in passes)):
+        for chunk in chain([first], (c for c, _r in passes)):  # lazily: one group's Grams at a time
             check_finite(chunk, "gram", data.path)
             yield {names[n]: t for n, t in chunk.items() if n in names}
 
