@@ -63,6 +63,8 @@ def test_grams_larger_than_the_free_memory_take_several_passes_and_give_the_same
     """A 7B model's Grams are about 39 GB: where they do not fit, the layers are split into groups (one pass
     over the data each), each written as its pass ends; the file equals the one-pass file exactly. A layer
     whose Gram alone does not fit is refused before any forward pass."""
+    import weakref
+
     from safetensors import safe_open
 
     from mergeflow.stats import compute, gram, gram_passes
@@ -73,25 +75,29 @@ def test_grams_larger_than_the_free_memory_take_several_passes_and_give_the_same
     one = compute_stats(a, data, "gram", root / "one.safetensors", CPU)
     free = 2 * 4 * (2 * max(widths) ** 2)  # about two of the largest Grams per group
     monkeypatch.setattr(gram, "available_bytes", lambda device: (free, "this machine's available memory"))
-    events: list[str] = []  # each group written before the next pass runs (one group's Grams held at a time)
+    events: list[str] = []  # each group written, and freed, before the next pass runs
+    written: list[weakref.ref] = []
     real_gram, real_write = gram.gram, gram_passes.write_groups
 
     def logged_gram(*args):
         events.append("pass")
+        assert all(ref() is None for ref in written), "an earlier group's Grams are still held"
         return real_gram(*args)
 
     def logged_write(path, shapes, chunks, meta):
         def seen():
             for chunk in chunks:
                 events.append("write")
+                written.extend(weakref.ref(t) for t in chunk.values())
                 yield chunk
+                del chunk
 
         return real_write(path, shapes, seen(), meta)
 
     monkeypatch.setattr(gram, "gram", logged_gram)
     monkeypatch.setattr(compute, "write_groups", logged_write)
     many = compute_stats(a, data, "gram", root / "many.safetensors", CPU)
-    assert events == ["pass", "write"] * many["passes"]
+    assert events == ["pass", "write"] * many["passes"] and written
     assert many["passes"] > 2 and one["passes"] == 1 and many["tensors"] == one["tensors"]
     with safe_open(root / "one.safetensors", "pt") as h1, safe_open(root / "many.safetensors", "pt") as h2:
         assert h1.metadata() == {**h2.metadata(), "model": h1.metadata()["model"]}

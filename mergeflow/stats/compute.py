@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +132,21 @@ def gram_file(
     transposed = sorted(names[n] for n in held if layers[n][1])
     tokens = max(rows.values(), default=0)
 
+    head = [first]  # handed over below, so that nothing here keeps the first group alive afterwards
+    del first
+
     def chunks() -> Iterator[dict[str, torch.Tensor]]:
-        for chunk in chain([first], (c for c, _r in passes)):  # lazily: one group's Grams at a time
+        """One group's Grams at a time: no name here holds a group while the next pass runs."""
+        chunk: dict[str, torch.Tensor] | None = head.pop()
+        while chunk is not None:
             check_finite(chunk, "gram", data.path)
-            yield {names[n]: t for n, t in chunk.items() if n in names}
+            renamed = {names[n]: t for n, t in chunk.items() if n in names}
+            chunk = None
+            yield renamed
+            del renamed
+            following = next(passes, None)
+            chunk = following[0] if following is not None else None
+            del following
 
     def meta(mean: float) -> dict[str, str]:
         return {

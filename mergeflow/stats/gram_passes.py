@@ -59,7 +59,10 @@ def averaged(
         )
         rows = {n: int(float(r[0])) for n, r in summed.items()}
         sums = group.sum(sums)
-        yield {n: t.div_(float(rows[n])) for n, t in sums.items() if rows[n] > 0}, rows
+        out = {n: t.div_(float(rows[n])) for n, t in sums.items() if rows[n] > 0}
+        del sums  # nothing here may keep a group alive while the next pass runs
+        yield out, rows
+        del out
 
 
 def write_groups(
@@ -89,14 +92,15 @@ def write_groups(
     with open(path, "w+b") as fh:
         fh.write(struct.pack("<Q", room) + b" " * room)
         fh.truncate(8 + room + offset)  # zeros until written
-        for chunk in chunks:
-            for name, t in chunk.items():
-                if name not in offsets:
-                    continue
-                t = t.detach().to("cpu", torch.float32).contiguous()
+        it = iter(chunks)
+        while (chunk := next(it, None)) is not None:  # no name holds the last chunk during the next pass
+            for name in [n for n in chunk if n in offsets]:
+                t = chunk.pop(name).detach().to("cpu", torch.float32).contiguous()
                 total += sum(float(b.double().sum()) for b in t.reshape(-1).split(1 << 22))
                 fh.seek(8 + room + offsets[name][0])
                 fh.write(t.numpy().data)
+                del t
+            del chunk
         final = header(metadata(total / max(numel, 1)), room)
         if len(final) > room:
             raise InputError(f"{path}: statistics metadata too long for the room kept for it")
