@@ -80,6 +80,6 @@ def stats(
         click.echo(
             f"wrote {res['path']}: {kind} statistics of {res['tensors']} tensors over {res['examples']} "
             f"examples ({res['task']}, up to {res['max_length']} tokens each"
-            + (f"; {res['passes']} passes over the data" if res["passes"] > 1 else "")
+            + (f"; {res['passes']} passes over the data" if int(str(res.get("passes", 1))) > 1 else "")
             + ")"
         )
