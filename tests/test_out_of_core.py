@@ -195,8 +195,10 @@ def test_statistics_of_two_processes_equal_those_of_one(tmp_path, digits_finetun
         return ["stats", str(model), "--data", data, "--kind", kind, "--device", "cpu", "-q", "-o", str(out)]
 
     script = tmp_path / "both.py"
-    script.write_text(
-        "import sys\nfrom mergeflow.cli.main import main\n"
+    script.write_text(  # the processes see different free memory: the first alone would take several passes
+        "import os, sys\nfrom mergeflow.cli.main import main\nfrom mergeflow.stats import gram\n"
+        "free = (128 << 10) if os.environ['RANK'] == '0' else (1 << 30)\n"
+        "gram.available_bytes = lambda device: (free, 'memory')\n"
         f"for argv in {[args(k, tmp_path / f'two-{k}.safetensors') for k in ('gram', 'fisher')]!r}:\n"
         "    try:\n        main(argv)\n    except SystemExit as exc:\n        if exc.code:\n            raise\n"
     )

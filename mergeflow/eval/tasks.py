@@ -27,13 +27,13 @@ def _strip(names: list[str], prefix: str) -> dict[str, str]:
     return {(n[len(prefix) :] if prefixed and n.startswith(prefix) else n): n for n in names}
 
 
-def backbone_sources(loaded: Any, merged_dir: str | Path) -> dict[str, str]:
-    """Parameter name of ``loaded.model`` -> the merged checkpoint's tensor for it: every parameter of the
-    model's base model (its backbone) that the checkpoint holds, with or without the base-model prefix, shapes
-    checked. Works on placed models (meta parameters have shapes)."""
+def backbone_sources(loaded: Any, reader: ModelReader) -> dict[str, str]:
+    """Parameter name of ``loaded.model`` -> the merged checkpoint's tensor for it (``reader``: that checkpoint):
+    every parameter of the model's base model (its backbone) that the checkpoint holds, with or without the
+    base-model prefix, shapes checked. Works on placed models (meta parameters have shapes)."""
     model = loaded.model
+    merged_dir = reader.path
     prefix = f"{model.base_model_prefix}." if getattr(model, "base_model_prefix", "") else ""
-    reader = ModelReader("merged", merged_dir)
     merged = _strip(list(reader.tensors), prefix)
     stored = stored_names(model)
     own = _strip(list(stored.values()), prefix)
@@ -53,7 +53,6 @@ def backbone_sources(loaded: Any, merged_dir: str | Path) -> dict[str, str]:
                     f"{name!r} {list(state[name].shape)}: not the same backbone"
                 )
             out[name] = merged[canon]
-    reader.close()
     if not out:
         raise InputError(f"{merged_dir}: none of its tensors is a backbone parameter of the task model")
     return out
@@ -61,11 +60,13 @@ def backbone_sources(loaded: Any, merged_dir: str | Path) -> dict[str, str]:
 
 def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
     """Load the merged backbone into ``loaded.model`` (in memory). Returns how many tensors."""
-    sources = backbone_sources(loaded, merged_dir)
-    state = dict(loaded.model.state_dict())
     reader = ModelReader("merged", merged_dir)
-    new = {name: reader.read(src, dtype=state[name].dtype) for name, src in sources.items()}
-    reader.close()
+    try:
+        sources = backbone_sources(loaded, reader)
+        state = dict(loaded.model.state_dict())
+        new = {name: reader.read(src, dtype=state[name].dtype) for name, src in sources.items()}
+    finally:
+        reader.close()
     loaded.model.load_state_dict(new, strict=False)
     return len(new)
 
@@ -74,17 +75,16 @@ def grafted(loaded: Any, task_dir: str | Path, merged_dir: str | Path, out: Path
     """Write the task model with the merged backbone to ``out`` (a model folder: one safetensors file written a
     tensor at a time, the task folder's other files copied), for a model too large to swap in memory.
     Returns how many tensors came from the merged checkpoint."""
-    sources = backbone_sources(loaded, merged_dir)
-    stored = stored_names(loaded.model)
-    from_merged = {stored[n]: src for n, src in sources.items()}
     task, merged = ModelReader("task", task_dir), ModelReader("merged", merged_dir)
-    entries = []
-    for name, info in task.tensors.items():
-        reader, src = (merged, from_merged[name]) if name in from_merged else (task, name)
-        dtype = ST_TO_TORCH[info.dtype]
-        entries.append(Entry(name, tuple(info.shape), dtype, partial(reader.read, src, dtype=dtype)))
-    out.mkdir(parents=True, exist_ok=True)
     try:
+        stored = stored_names(loaded.model)
+        from_merged = {stored[n]: src for n, src in backbone_sources(loaded, merged).items()}
+        entries = []
+        for name, info in task.tensors.items():
+            reader, src = (merged, from_merged[name]) if name in from_merged else (task, name)
+            dtype = ST_TO_TORCH[info.dtype]
+            entries.append(Entry(name, tuple(info.shape), dtype, partial(reader.read, src, dtype=dtype)))
+        out.mkdir(parents=True, exist_ok=True)
         save_streamed(entries, out / "model.safetensors", {})
     finally:
         task.close()

@@ -14,7 +14,7 @@ from mergeflow.io.ownership import atomic_write, lexical
 from mergeflow.io.stats_file import write_stats
 from mergeflow.progress import SILENT, Progress
 from mergeflow.stats.data import batches, load_data
-from mergeflow.stats.gram import linear_layers
+from mergeflow.stats.gram import in_width, linear_layers
 from mergeflow.stats.gram_passes import averaged, plan_groups, write_groups
 from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, stored_names, weight_bytes
 from mergeflow.stats.parallel import process_group
@@ -52,7 +52,7 @@ def compute_stats(
     # Grams do not depend on a head
     loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
     check_fits(loaded, data, model_dir)
-    groups = plan_groups(loaded, model_dir) if kind == "gram" else [[]]  # passes over the data
+    groups = plan_groups(loaded, model_dir, group) if kind == "gram" else [[]]  # passes over the data
     max_length = max_length_for(loaded, data, max_length)  # from the whole data: the same in every process
     mine = data.part(group.index, group.size)
     # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
@@ -128,7 +128,7 @@ def gram_file(
     first, rows = next(passes)  # every layer's row count: which layers the file holds, before writing
     layers = linear_layers(loaded.model)
     held = [n for n in layers if rows[n] > 0 and n in names]
-    shapes = [(names[n], tuple(first[n].shape) if n in first else _gram_shape(layers[n])) for n in held]
+    shapes = [(names[n], (in_width(layers[n]), in_width(layers[n]))) for n in held]
     transposed = sorted(names[n] for n in held if layers[n][1])
     tokens = max(rows.values(), default=0)
 
@@ -164,9 +164,3 @@ def gram_file(
         return len(shapes), None
     path = atomic_write(lexical(Path(out)), lambda tmp: write_groups(tmp, shapes, chunks(), meta))
     return len(shapes), path
-
-
-def _gram_shape(layer: tuple[Any, bool]) -> tuple[int, int]:
-    mod, transposed = layer
-    width = int(mod.weight.shape[0 if transposed else 1])
-    return width, width

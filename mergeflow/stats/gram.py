@@ -22,6 +22,12 @@ def linear_layers(model: Any) -> dict[str, tuple[Any, bool]]:
     return out
 
 
+def in_width(layer: tuple[Any, bool]) -> int:
+    """A linear layer's input width (its Gram is in_width x in_width), from (module, stored transposed)."""
+    mod, transposed = layer
+    return int(mod.weight.shape[0 if transposed else 1])
+
+
 def available_bytes(device: torch.device) -> tuple[int, str]:
     """Memory free for new tensors on ``device``, and what it is called in messages."""
     if device.type == "cuda":
@@ -67,8 +73,7 @@ def gram(
     finally:
         for h in handles:
             h.remove()
-    for n, (mod, stored_transposed) in layers.items():  # a layer no row reached still has its zero sum
+    for n, layer in layers.items():  # a layer no row reached still has its zero sum
         if n not in sums and (only is None or n in only):
-            width = mod.weight.shape[0 if stored_transposed else 1]
-            sums[n] = torch.zeros(width, width, device=loaded.input_device)
+            sums[n] = torch.zeros(in_width(layer), in_width(layer), device=loaded.input_device)
     return sums, counts, {n for n, (_m, t) in layers.items() if t}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,21 @@ HEADROOM = 2  # a group's Grams may take at most this fraction (1/HEADROOM) of t
 META_ROOM = 4096  # bytes of header kept free for the metadata only known after the passes
 
 
-def plan_groups(loaded: Loaded, model_dir: str | Path) -> list[list[str]]:
+def plan_groups(loaded: Loaded, model_dir: str | Path, group: Group) -> list[list[str]]:
     """Weight names of the linear layers in model order, split so that each group's float32 Grams take at most
-    1/HEADROOM of the free memory where they are summed; refused when one layer's alone does not fit."""
+    1/HEADROOM of the free memory where they are summed; refused when one layer's alone does not fit. Under a
+    launcher every process gets the same groups (its passes' collectives must match): planned from the least
+    free memory of any process, shared by the processes on one machine when they compute on its host memory."""
     layers = gram_mod.linear_layers(loaded.model)
     free, where = gram_mod.available_bytes(loaded.input_device)
+    share = group.sharing_host if loaded.input_device.type != "cuda" else 1
+    free = group.least(free // share)
+    where += f" per process ({share} on this machine)" if share > 1 else ""
     budget = free // HEADROOM
     groups: list[list[str]] = [[]]
     held = 0
-    for name, (mod, transposed) in layers.items():
-        size = 4 * mod.weight.shape[0 if transposed else 1] ** 2
+    for name, layer in layers.items():
+        size = 4 * gram_mod.in_width(layer) ** 2
         if size > budget:
             raise InputError(
                 f"{model_dir}: the Gram of {name!r} alone is {size / 2**20:.0f} MiB, more than half of {where} "
@@ -67,7 +72,7 @@ def averaged(
 
 def write_groups(
     path: Path,
-    shapes: list[tuple[str, tuple[int, ...]]],
+    shapes: Sequence[tuple[str, tuple[int, ...]]],
     chunks: Iterator[dict[str, torch.Tensor]],
     metadata: Callable[[float], dict[str, str]],
 ) -> None:

@@ -29,6 +29,21 @@ class Group:
 
         return {name: reduce(tensors[name].contiguous(), "sum") for name in sorted(tensors)}
 
+    def least(self, value: int) -> int:
+        """The smallest of every process's ``value`` (the same answer on every process)."""
+        if self.size == 1:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t[0])
+
+    @property
+    def sharing_host(self) -> int:
+        """Processes of the group on this machine (torchrun's LOCAL_WORLD_SIZE; 1 when not launched)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.size > 1 else 1
+
     def total(self, value: float) -> float:
         if self.size == 1:
             return value
