@@ -16,7 +16,7 @@ costs to 32 layers. Measured side by side in one run:
           python benchmarks/bench_scale.py --layers 32 --solvers ""
   (d) with --out-of-core SIZE: `stats --kind gram` and `eval barrier` (3 points) of the pair under
       --max-memory SIZE (smaller than the models' float32 weights): wall, peak RSS.
-Files are deleted at the end unless --keep.
+Models this run built are deleted at the end unless --keep (models kept by an earlier --keep run stay).
 """
 
 from __future__ import annotations
@@ -255,6 +255,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     dims = {**MISTRAL, "num_hidden_layers": args.layers}
     a, b, c = (work / "models" / n for n in ("anchor", "scrambled", "third"))
+    before = {p for p in (a, b, c) if p.exists()}  # kept by an earlier --keep run: left as they are
     make_checkpoint(a, dims, seed=0, shard_bytes=5_000_000_000)
     merge_only = not args.solvers and not args.out_of_core
     if merge_only:  # three unrelated models
@@ -324,7 +325,8 @@ def main() -> None:
     if args.out_of_core:
         out_of_core(work, a, b, args.out_of_core)
     if not args.keep:
-        shutil.rmtree(work / "models")
+        for p in {a, b, c} - before:  # only the models this run built
+            shutil.rmtree(p, ignore_errors=True)
 
 
 if __name__ == "__main__":

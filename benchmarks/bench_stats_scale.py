@@ -39,6 +39,7 @@ def main() -> None:
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     model = work / f"mistral-{args.layers}"
+    built = not (model / "model.safetensors.index.json").exists()  # kept from an earlier --keep run otherwise
     make_checkpoint(model, {**MISTRAL, "num_hidden_layers": args.layers}, seed=0, shard_bytes=5_000_000_000)
     data = work / "tokens.npz"
     np.savez(data, x=np.random.default_rng(0).integers(0, MISTRAL["vocab_size"], size=(8, args.tokens)))
@@ -71,8 +72,11 @@ def main() -> None:
         f"{stats['peak_rss_bytes'] / 2**30:.2f} | {passes.group(1) if passes else 1} | "
         f"{out.stat().st_size / 1e9:.1f} |"
     )
-    if not args.keep:
-        shutil.rmtree(work)
+    if not args.keep:  # only what this script wrote: --workdir may be a folder of the user's
+        out.unlink()
+        data.unlink()
+        if built:
+            shutil.rmtree(model)
 
 
 if __name__ == "__main__":

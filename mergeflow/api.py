@@ -133,7 +133,7 @@ def align(
     ``align:`` list (default :func:`align_steps`; data paths relative to ``root``, default the working
     directory) or a YAML file holding one. ``keep="anchor"`` writes the anchor as the steps re-parameterise it
     (folded norms), the endpoint a merge interpolates from. ``align_dtype="float32"`` aligns each layer in
-    float32 (about twice as fast on large models). ``result.alignment`` holds the report."""
+    float32 (half the memory per layer, up to twice as fast at size). ``result.alignment`` holds the report."""
     opts = options or Options(label="aligning")
     return _run(prepare_align(model, anchor, steps, opts, keep, root, align_dtype), out, opts, progress)
 

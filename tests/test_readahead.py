@@ -69,11 +69,21 @@ def test_no_budget_no_advice_and_row_blocks_are_advised_once():
     assert [e for e in log if e[0] == "advise"] == [("advise", "m", "w")]
 
 
-def test_a_reader_advises_real_files_and_ignores_missing_ones(tmp_path):
+def test_a_reader_advises_the_tensors_byte_range_and_ignores_missing_files(tmp_path, monkeypatch):
+    import os
+
     from safetensors.torch import save_file
 
-    save_file({"w": torch.ones(1000)}, str(tmp_path / "model.safetensors"))
+    save_file({"a": torch.zeros(10), "w": torch.ones(1000)}, str(tmp_path / "model.safetensors"))
     reader = ModelReader("m", tmp_path)
-    reader.advise("w")  # asks the kernel; nothing to observe but that it returns
+    calls: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+    monkeypatch.setattr(
+        os, "posix_fadvise", lambda fd, off, n, how: calls.append((off, n, how)) or real(fd, off, n, how)
+    )
+    reader.advise("w")
+    info = reader.info("w")
+    assert calls == [(info.begin, info.nbytes, os.POSIX_FADV_WILLNEED)] and info.nbytes == 4000
     (tmp_path / "model.safetensors").unlink()
     reader.advise("w")  # the file is gone: a no-op, not an error
+    assert len(calls) == 1
