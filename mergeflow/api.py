@@ -148,10 +148,12 @@ def barrier(
     max_examples: int | None = None,
     progress: Progress | None = None,
     max_memory: int | None = None,
+    scratch: str | Path | None = None,
 ) -> dict[str, Any]:
     """Loss along (1 - l) A + l B, naive and after each of ``steps`` added one at a time (see `mergeflow eval
     barrier`); returns the report (every point, the barrier of each variant). ``max_memory``: the most bytes
-    of weights in memory; larger models are evaluated placed by accelerate, their points written to disk."""
+    of weights in memory; larger models are evaluated placed by accelerate, their points written to disk.
+    ``scratch``: the folder temporary models go under (default: the system's temporary folder)."""
     from mergeflow.eval.barrier import barrier_report
     from mergeflow.stats.data import load_data
 
@@ -160,7 +162,15 @@ def barrier(
     bar = (progress or SILENT).bar("barrier", points * (1 + len(steps or [])), unit="pt")
     try:
         return barrier_report(
-            str(model_a), str(model_b), ds, steps, points, resolve_device(device), bar.update, max_memory
+            str(model_a),
+            str(model_b),
+            ds,
+            steps,
+            points,
+            resolve_device(device),
+            bar.update,
+            max_memory,
+            scratch,
         )
     finally:
         bar.close()

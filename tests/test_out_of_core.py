@@ -247,3 +247,51 @@ def test_statistics_files_written_a_tensor_at_a_time_read_back_exactly(tmp_path)
     assert info.mean == pytest.approx(mean, rel=1e-12)
     with safe_open(str(path), "pt") as h:
         assert h.metadata()["tokens"] == "9" and h.metadata()["format"] == "pt"
+
+
+def test_barrier_temporary_models_go_under_scratch_and_are_deleted_per_variant(setup, tmp_path, monkeypatch):
+    """Aligned copies and points are written under --scratch, each variant's deleted before the next is made,
+    and the folder the command made is gone after; the user's own files there are untouched."""
+    from mergeflow.eval import barrier as barrier_mod
+
+    _root, a, data, budget = setup
+    b = scramble_model(a, tmp_path / "scrambled", seed=5)
+    scratch = tmp_path / "scratch"
+    mine = write(scratch / "mine.txt", "a user's file")
+    seen: list[list[str]] = []
+    real_copy = barrier_mod.aligned_copy
+
+    def copy(a_dir, b_dir, steps, work, device, keep="model"):
+        tmp = work.parent
+        assert tmp.parent == scratch  # the command's own folder, under --scratch
+        seen.append(sorted(p.name for p in tmp.iterdir()))
+        return real_copy(a_dir, b_dir, steps, work, device, keep)
+
+    monkeypatch.setattr(barrier_mod, "aligned_copy", copy)
+    steps = [{"permute": {"heads": True}}, {"rotate": {}}]
+    report = api.barrier(a, b, str(data), steps, points=3, device="cpu", max_memory=budget, scratch=scratch)
+    assert set(report["variants"]) == {"naive", "+permute", "+rotate"}
+    # when +rotate's copy is made, +permute's folder is already gone
+    assert seen == [["check"], ["check"]]
+    assert [p.name for p in scratch.iterdir()] == ["mine.txt"] and mine.read_text() == "a user's file"
+
+
+def test_barrier_refuses_a_scratch_disk_without_room_before_writing(setup, tmp_path, monkeypatch):
+    from mergeflow.io import scratch as scratch_mod
+
+    _root, a, data, _budget = setup
+    b = scramble_model(a, tmp_path / "scrambled", seed=6)
+    monkeypatch.setattr(scratch_mod, "nearest_free", lambda path: 1000)
+    out = tmp_path / "bar"
+    res = cli(
+        "eval", "barrier", str(a), str(b), "--data", str(data), "--align", "default", "--points", "3",
+        "--device", "cpu", "-o", str(out), "--scratch", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "eval barrier needs" in res.stderr and "--scratch DIR" in res.stderr
+    assert not list(tmp_path.glob("bar.*")) and not list(tmp_path.glob("mergeflow-barrier-*"))
+    res = cli(
+        "eval", "barrier", str(a), str(b), "--data", str(data), "--device", "cpu", "-o", str(out),
+        "--scratch", str(tmp_path / "nowhere"),
+    )  # fmt: skip
+    assert res.returncode == 2 and "--scratch" in res.stderr and "not an existing folder" in res.stderr

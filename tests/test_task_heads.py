@@ -5,12 +5,14 @@ merged backbone."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from mergeflow.errors import InputError
 from mergeflow.eval.tokens import entity_f1, is_bio, spans
 from tests.conftest import cli, write
 from tests.helpers import NER, body
@@ -127,12 +129,19 @@ def test_eval_tasks_attaches_each_head(tmp_path, trio, data):  # noqa: F811
     assert bad.returncode == 2 and "per-word tags" in bad.stderr
 
 
-def test_eval_tasks_under_a_weights_budget_gives_the_in_memory_scores(tmp_path, trio, data):  # noqa: F811
+def test_eval_tasks_under_a_weights_budget_gives_the_in_memory_scores(
+    tmp_path,
+    trio,  # noqa: F811
+    data,
+    monkeypatch,
+):
     """Task models larger than --max-memory are placed by accelerate and the merged backbone goes into a
-    streamed copy on disk (no swap in memory): the same scores as the in-memory path, nothing left behind."""
+    streamed copy on disk (no swap in memory, under --scratch): the same scores as the in-memory path, nothing
+    left behind; a scratch disk without room is refused before anything is written."""
     import tempfile
 
     from mergeflow.eval.tasks import eval_tasks
+    from mergeflow.io import scratch as scratch_mod
     from mergeflow.stats.model import weight_bytes
 
     base, sent, ner = trio
@@ -142,10 +151,31 @@ def test_eval_tasks_under_a_weights_budget_gives_the_in_memory_scores(tmp_path, 
     assert cli("run", str(rec), str(out), "-q").returncode == 0
     tasks = [("sent", str(sent), str(sent_data)), ("ner", str(ner), str(ner_data))]
     reports = {}
+    scratch = tmp_path / "scratch"
+    write(scratch / "mine.txt", "a user's file")
+    made = []
+    real = scratch_mod.scratch_folder
+
+    def spy(*args):
+        with real(*args) as folder:
+            made.append(folder)
+            yield folder
+
+    monkeypatch.setattr("mergeflow.eval.tasks.scratch_folder", contextmanager(spy))
     for label, budget in (("memory", None), ("placed", weight_bytes(ner) // 3)):
         before = set(Path(tempfile.gettempdir()).glob("mergeflow-tasks-*"))
-        reports[label] = eval_tasks(out, tasks, torch.device("cpu"), max_memory=budget)["tasks"]
+        reports[label] = eval_tasks(out, tasks, torch.device("cpu"), max_memory=budget, scratch=scratch)[
+            "tasks"
+        ]
         assert set(Path(tempfile.gettempdir()).glob("mergeflow-tasks-*")) == before
+    assert len(made) == 2 and all(m.parent == scratch for m in made)  # one grafted copy per placed task
+    assert [p.name for p in scratch.iterdir()] == ["mine.txt"]
+    monkeypatch.setattr(scratch_mod, "nearest_free", lambda path: 1000)
+    with pytest.raises(
+        InputError, match=r"eval tasks \(sent\) needs .* GiB of temporary disk .* --scratch DIR"
+    ):
+        eval_tasks(out, tasks, torch.device("cpu"), max_memory=weight_bytes(ner) // 3, scratch=scratch)
+    assert [p.name for p in scratch.iterdir()] == ["mine.txt"]
     res = cli(  # the option reaches it (1 MiB holds these tiny models: loaded whole)
         "eval", "tasks", str(out), "--task", f"ner={ner}:{ner_data}", "--json", str(tmp_path / "t.json"),
         "--device", "cpu", "--max-memory", "1MiB",

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mergeflow.cli.convert_eval import eval_group
-from mergeflow.cli.options import DEVICE, MODEL, QUIET, WEIGHTS_MEMORY
+from mergeflow.cli.options import DEVICE, MODEL, QUIET, SCRATCH, WEIGHTS_MEMORY
 from mergeflow.cli.output import parse_size
 
 
@@ -58,6 +58,7 @@ def _steps(spec: str | None, anchor: str) -> list | None:
 )
 @DEVICE
 @WEIGHTS_MEMORY
+@SCRATCH
 @QUIET
 def barrier(
     model_a: str,
@@ -69,6 +70,7 @@ def barrier(
     out: str,
     device: str,
     max_memory: str | None,
+    scratch: str | None,
     quiet: bool,
 ) -> None:
     """Loss of (1-l) A + l B over a grid of l, naive and after each alignment step; the barrier of each."""
@@ -93,6 +95,7 @@ def barrier(
         max_examples,
         console(quiet),
         parse_size(max_memory, least=1 << 20),
+        scratch,
     )
     text = json.dumps({"written_by": "mergeflow", **report}, indent=2) + "\n"
     atomic_write(json_out, lambda tmp: tmp.write_text(text))
@@ -176,6 +179,7 @@ def equivalence(
 )
 @DEVICE
 @WEIGHTS_MEMORY
+@SCRATCH
 def tasks(
     merged: str,
     tasks: tuple[str, ...],
@@ -183,11 +187,12 @@ def tasks(
     json_out: str | None,
     device: str,
     max_memory: str | None,
+    scratch: str | None,
 ) -> None:
     """Score MERGED (a merged backbone, or a full merged model) on every task with that task's own head: accuracy,
     token accuracy and entity F1, or loss; beside each fine-tuned model's own score and their ratio. A task model
     larger than --max-memory is placed, and its merged version written to a temporary folder (its size in free
-    disk) rather than swapped in memory."""
+    disk, under --scratch) rather than swapped in memory."""
     from mergeflow.errors import InputError
     from mergeflow.eval.tasks import eval_tasks
     from mergeflow.graph.run import resolve_device
@@ -202,7 +207,9 @@ def tasks(
     if len({n for n, _m, _d in parsed}) < len(parsed):
         raise InputError("--task: two tasks have the same name")
     budget = parse_size(max_memory, least=1 << 20)
-    report = eval_tasks(merged, parsed, resolve_device(device), max_examples, max_memory=budget)
+    report = eval_tasks(
+        merged, parsed, resolve_device(device), max_examples, max_memory=budget, scratch=scratch
+    )
     if json_out:
         from mergeflow.io.ownership import atomic_write, check_file_target
 

@@ -24,6 +24,14 @@ WEIGHTS_MEMORY = click.option(
     "whole modules in memory up to SIZE, the rest read from its files at each forward pass (slower, never out "
     "of memory). Default: no limit.",
 )
+SCRATCH = click.option(
+    "--scratch",
+    default=None,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Existing folder for the temporary models this command writes and deletes again (checked for room "
+    "first). Default: the system's temporary folder ($TMPDIR), which may be small or in memory.",
+)
 DISK = click.option(
     "--disk-budget",
     default=None,

@@ -4,7 +4,7 @@ after aligning B to A, and the barrier max_l [L(l) - ((1 - l) L(0) + l L(1))].""
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +13,9 @@ from typing import Any
 import torch
 
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
+from mergeflow.io.scratch import scratch_folder
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for
+from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, stored_bytes, weight_bytes
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -176,9 +177,12 @@ def barrier_report(
     device: torch.device,
     progress: Callable[[int], None] = lambda n: None,
     max_memory: int | None = None,
+    scratch: str | Path | None = None,
 ) -> dict[str, Any]:
     """Every curve of the report; models whose float32 weights exceed ``max_memory`` are evaluated placed
-    under it, their inner points written to disk (curve_on_disk)."""
+    under it, their inner points written to disk (curve_on_disk). Aligned copies and points go to a temporary
+    folder under ``scratch`` (default: the system's), checked for room first; each variant's copies are
+    deleted once its curve is done."""
     out: dict[str, Any] = {
         "a": str(a_dir),
         "b": str(b_dir),
@@ -193,29 +197,44 @@ def barrier_report(
     # in memory: A loaded once for every curve, and a copy of its weights; placed: each point loads its own
     a = None if on_disk else (first, state_of(first))
     del first
-    with tempfile.TemporaryDirectory(prefix="mergeflow-barrier-") as tmp:
+    need = scratch_need(a_dir, b_dir, steps, on_disk)
+    with scratch_folder("mergeflow-barrier-", need, scratch, "eval barrier") as tmp:
         if (
             steps
         ):  # every step validated and planned (e.g. a step the family refuses) before any curve is computed
-            _prepared(a_dir, b_dir, steps, Path(tmp) / "check", str(device))
-        for name, prefix in variants(steps):
+            _prepared(a_dir, b_dir, steps, tmp / "check", str(device))
+        for i, (name, prefix) in enumerate(variants(steps)):
+            mine = tmp / f"variant{i}"  # this variant's copies and points, deleted after its curve
             start = time.perf_counter()
-            b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device))
+            b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, mine, str(device))
             seconds = time.perf_counter() - start if prefix else 0.0
             # an orthogonal stream map folds the anchor too: the path runs between the folded endpoints, as a merge's
             folded = prefix and folds(prefix)
-            a_path = aligned_copy(a_dir, b_dir, prefix, Path(tmp), str(device), "anchor") if folded else a_dir
+            a_path = aligned_copy(a_dir, b_dir, prefix, mine, str(device), "anchor") if folded else a_dir
             if on_disk and max_memory is not None:
-                work = Path(tmp) / "points"
-                work.mkdir(exist_ok=True)
-                path = curve_on_disk(a_path, b, data, points, device, max_memory, work, progress, max_length)
+                (mine / "points").mkdir(parents=True, exist_ok=True)
+                path = curve_on_disk(
+                    a_path, b, data, points, device, max_memory, mine / "points", progress, max_length
+                )
             else:
                 assert a is not None
                 path = curve(
                     load_endpoint(a_path, device) if folded else a, b, data, points, progress, max_length
                 )
+            shutil.rmtree(mine, ignore_errors=True)
             out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3), **path}
     return out
+
+
+def scratch_need(
+    a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]] | None, on_disk: bool
+) -> int:
+    """The most temporary disk one variant holds: B aligned (as stored), A folded where a step folds it, and
+    for placed models two float32 points (the next one is written before the last is replaced)."""
+    need = 0
+    if steps:
+        need += stored_bytes(b_dir) + (stored_bytes(a_dir) if folds(steps) else 0)
+    return need + (2 * weight_bytes(a_dir) if on_disk else 0)
 
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:

@@ -5,7 +5,6 @@ reports it)."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,10 @@ from mergeflow.errors import InputError
 from mergeflow.eval.loss import evaluate
 from mergeflow.io.dtypes import ST_TO_TORCH
 from mergeflow.io.reader import ModelReader
+from mergeflow.io.scratch import scratch_folder
 from mergeflow.io.stream_save import Entry, save_streamed
 from mergeflow.stats.data import load_data
-from mergeflow.stats.model import check_fits, load_model, stored_names
+from mergeflow.stats.model import check_fits, load_model, stored_bytes, stored_names
 
 
 def _strip(names: list[str], prefix: str) -> dict[str, str]:
@@ -109,10 +109,12 @@ def eval_tasks(
     max_examples: int | None = None,
     batch_size: int = 32,
     max_memory: int | None = None,
+    scratch: str | Path | None = None,
 ) -> dict[str, Any]:
     """Each task model scored as it is and with the merged backbone. A model whose float32 weights exceed
     ``max_memory`` is placed by accelerate (see ``load_model``), and its merged version is written to a
-    temporary folder (W bytes of disk) and placed the same way instead of being swapped in memory."""
+    temporary folder under ``scratch`` (its stored size of disk, checked first) and placed the same way instead
+    of being swapped in memory."""
     rows: dict[str, dict[str, Any]] = {}
     for name, model_dir, data_path in tasks:
         data = load_data(data_path).subset(max_examples)
@@ -121,8 +123,9 @@ def eval_tasks(
         own = evaluate(loaded, data, batch_size)
         placed = loaded.offloaded
         if placed:
-            with tempfile.TemporaryDirectory(prefix="mergeflow-tasks-") as tmp:
-                n = grafted(loaded, model_dir, merged, Path(tmp))
+            need = stored_bytes(model_dir)
+            with scratch_folder("mergeflow-tasks-", need, scratch, f"eval tasks ({name})") as tmp:
+                n = grafted(loaded, model_dir, merged, tmp)
                 del loaded
                 loaded = load_model(tmp, device, max_memory=max_memory)
                 got = evaluate(loaded, data, batch_size)

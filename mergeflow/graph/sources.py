@@ -3,13 +3,13 @@ of everything a run reads (which no output may overlap)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergeflow.errors import InputError
 from mergeflow.graph.shard_uses import ShardUse, disk_needed, shard_uses, whole_model_reads
 from mergeflow.io.reader import ModelReader
+from mergeflow.io.scratch import existing, nearest_free
 from mergeflow.patterns import parse_repo_ref
 from mergeflow.progress import Progress
 from mergeflow.recipe.schema import Recipe
@@ -117,19 +117,6 @@ def disk_held(shards: list[tuple[HubReader, str, ShardUse]]) -> int:
     )
 
 
-def _existing(path: Path) -> Path:
-    """``path`` or, when it does not exist yet, its nearest existing parent (where it would be created)."""
-    where = Path(path).absolute()
-    while not where.exists():
-        where = where.parent
-    return where
-
-
-def nearest_free(path: Path) -> int:
-    """Free bytes on the file system that holds ``path`` (or would)."""
-    return shutil.disk_usage(_existing(path)).free
-
-
 def preflight(prep: Any, disk_budget: int | None = None) -> tuple[int, int]:
     """Checks made on headers before any weight byte is fetched: the plan (already built), and room for
     the downloads: in the Hugging Face cache, or within ``disk_budget`` when shards are fetched into a
@@ -181,7 +168,7 @@ def check_room(prep: Any, out: Path, disk_budget: int | None) -> None:
     need = prep.plan.bytes_written
     if disk_budget is not None:
         need += min(disk_budget, down)
-    elif down and _existing(hub_cache()).stat().st_dev == _existing(parent).stat().st_dev:
+    elif down and existing(hub_cache()).stat().st_dev == existing(parent).stat().st_dev:
         need += down
     free = nearest_free(parent)
     if need > free:

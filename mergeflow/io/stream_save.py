@@ -23,11 +23,14 @@ class Entry:
     make: Callable[[], torch.Tensor]  # called once, when the tensor is written
 
 
-def save_streamed(entries: Sequence[Entry], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``entries`` (in name order) to ``path``; each tensor is made, converted to its entry's dtype on the
-    host, written from its own memory and dropped before the next."""
+def save_streamed(
+    entries: Sequence[Entry], path: Path, metadata: dict[str, str], in_order: bool = False
+) -> None:
+    """Write ``entries`` (in name order; ``in_order``: in the order given, which is the order their ``make`` is
+    called in) to ``path``; each tensor is made, converted to its entry's dtype on the host, written from its
+    own memory and dropped before the next."""
     header: dict[str, object] = {"__metadata__": {"format": "pt", **metadata}}
-    ordered = sorted(entries, key=lambda e: e.name)
+    ordered = list(entries) if in_order else sorted(entries, key=lambda e: e.name)
     offset = 0
     for e in ordered:
         size = torch.Size(e.shape).numel() * torch.empty((), dtype=e.dtype).element_size()

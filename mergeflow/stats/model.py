@@ -47,6 +47,13 @@ def weight_bytes(path: str | Path) -> int:
     return sum(4 * t.numel for t in reader.tensors.values())
 
 
+def stored_bytes(path: str | Path) -> int:
+    """The model's weights as stored (their dtypes), from its safetensors headers."""
+    from mergeflow.io.reader import ModelReader
+
+    return ModelReader("model", Path(path)).total_bytes
+
+
 def placement(device: torch.device, budget: int) -> dict[str, Any]:
     """from_pretrained arguments that place a model under ``budget`` bytes of weights per device: the GPU (when
     ``device`` is one) first, then host memory, then the checkpoint's files."""
