@@ -14,7 +14,7 @@ from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer
 from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 
-DIST_BLOCK = 1 << 20  # entries per block of a float32 distance
+DIST_BLOCK = 1 << 16  # entries per block of a float32 distance: one reused, cache-sized buffer
 MODULES = {
     "qk": ("q", "q.b", "k", "k.b"),
     "vo": ("v", "v.b", "o"),
@@ -25,15 +25,20 @@ MODULES = {
 def sq_dist(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b||^2. float64: as ||a||^2 + ||b||^2 - 2<a, b>, three reductions and no difference tensor (the
     cancellation error stays near 1e-16 of the norms). Lower precisions would lose the distance to that
-    cancellation: the difference of blocks, summed in float64."""
+    cancellation: the difference of small blocks into one reused buffer, each block's squares summed in its
+    dtype (64K terms: a relative error near 1e-8) and the blocks in float64. No allocation per block: fresh
+    blocks made every distance pay page faults (half the time of an alignment without solves at 7B)."""
     a, b = a.reshape(-1), b.reshape(-1)
     if a.dtype == torch.float64:
         return max(float(torch.dot(a, a) + torch.dot(b, b) - 2 * torch.dot(a, b)), 0.0)
-    total = 0.0
-    for i in range(0, a.numel(), DIST_BLOCK):
-        d = (a[i : i + DIST_BLOCK] - b[i : i + DIST_BLOCK]).double()
-        total += float(torch.dot(d, d))
-    return total
+    n = a.numel()
+    buf = torch.empty(min(n, DIST_BLOCK), dtype=a.dtype, device=a.device)
+    total = torch.zeros((), dtype=torch.float64, device=a.device)
+    for i in range(0, n, DIST_BLOCK):
+        d = buf[: min(DIST_BLOCK, n - i)]
+        torch.sub(a[i : i + DIST_BLOCK], b[i : i + DIST_BLOCK], out=d)
+        total += torch.dot(d, d)
+    return float(total)
 
 
 def distances(local: Layer, anchor: Layer) -> dict[str, float]:

@@ -79,8 +79,12 @@ class Aligned:
         return (self.source,)
 
     def run(self, ctx: Any, layer: dict[str, torch.Tensor]) -> torch.Tensor:
-        t = layer[self.tensor]
-        return (t if self.rows is None else t[self.rows[0] : self.rows[1]]).clone()
+        """Handed over without a copy (a copy of a 7B model's layers costs seconds): a whole tensor leaves the
+        source's dict, which nothing else reads it from (the executor copies for a second user that may
+        overwrite it); a block of rows is a view of rows no other block covers."""
+        if self.rows is None:
+            return layer.pop(self.tensor)
+        return layer[self.tensor][self.rows[0] : self.rows[1]]
 
 
 def check_steps(recipe: Recipe, spec: ArchSpec) -> tuple[tuple[str, StepParams], ...]:

@@ -289,7 +289,9 @@ def scramble_model(
         if name not in placed:
             entries.append(Entry(name, tuple(info.shape), ST_TO_TORCH[info.dtype], partial(other, name)))
     dst.mkdir(parents=True, exist_ok=True)
-    save_streamed(entries, dst / "model.safetensors", {}, in_order=True)
+    partial_file = dst / ".model.safetensors.partial"  # renamed when whole: no half file under the real name
+    save_streamed(entries, partial_file, {}, in_order=True)
+    partial_file.replace(dst / "model.safetensors")
     reader.close()
     for f in src.iterdir():
         if f.is_file() and not f.name.startswith("model") and f.suffix != ".safetensors":
