@@ -73,10 +73,18 @@ def mergeflow(*args: str) -> dict:
     return timed([str(Path(sys.executable).with_name("mergeflow")), *args, "-q", "--device", "cpu"])
 
 
-def align(work: Path, a: Path, b: Path, solver: str, cold: bool = False, dtype: str = "float64") -> dict:
+def align(
+    work: Path,
+    a: Path,
+    b: Path,
+    solver: str,
+    cold: bool = False,
+    dtype: str = "float64",
+    similarity: str = "float32",
+) -> dict:
     steps = work / f"steps-{solver}.yml"
     steps.write_text(
-        f"align:\n  - permute: {{ffn: true, heads: true, solver: {solver}}}\n"
+        f"align:\n  - permute: {{ffn: true, heads: true, solver: {solver}, similarity: {similarity}}}\n"
         "  - rotate: {qk: true, vo: true}\n  - rescale: {}\n"
     )
     out = work / f"aligned-{solver}"
@@ -241,6 +249,11 @@ def main() -> None:
         "--align-dtype", default="float64", help="mergeflow align --align-dtype (float64 or float32)"
     )
     ap.add_argument(
+        "--similarity",
+        default="float32",
+        help="the permute step's similarity precision (the sketch product's, with solver sketch)",
+    )
+    ap.add_argument(
         "--cold",
         action="store_true",
         help="align from a cold page cache (pages evicted) instead of a warm one",
@@ -293,14 +306,15 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for solver in [s for s in args.solvers.split(",") if s]:
-        r = align(work, a, b, solver, cold=args.cold, dtype=args.align_dtype)
+        r = align(work, a, b, solver, cold=args.cold, dtype=args.align_dtype, similarity=args.similarity)
         sec = r["seconds"]
         per_layer = sum(sec.values()) / args.layers
         at_full = per_layer * FULL_LAYERS
         cold_full = full_pair / (pair / cold)
         cert = r["counts"]
+        label = solver if args.similarity == "float32" else f"{solver} ({args.similarity})"
         print(
-            f"| {solver} | {r['wall']:.1f} | {sec.get('permute', 0):.2f} | {sec.get('rotate', 0):.2f} | "
+            f"| {label} | {r['wall']:.1f} | {sec.get('permute', 0):.2f} | {sec.get('rotate', 0):.2f} | "
             f"{sec.get('rescale', 0):.2f} | {per_layer:.2f} | {at_full:.0f} | {at_full / cold_full:.2f}x | "
             f"{r['rss'] / 2**30:.2f} | {r['after'] / r['before']:.2e} | "
             f"{cert.get('certified', 0):g}/{cert.get('ffn_solves', 0):g} |",

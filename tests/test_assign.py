@@ -86,12 +86,21 @@ def test_edge_scores_are_the_inner_products_of_the_edges():
 
 
 @pytest.mark.parametrize(
-    "solver,kind", [("dense", ""), ("sparse", ""), ("sketch", "count"), ("sketch", "principal")]
+    "solver,kind,dtype",
+    [
+        ("dense", "", "float32"),
+        ("sparse", "", "float32"),
+        ("sketch", "count", "float32"),
+        ("sketch", "count", "bfloat16"),  # the sketch product in bfloat16, the candidates' scores float32
+        ("sketch", "principal", "float32"),
+    ],
 )
-def test_every_solver_undoes_a_planted_permutation_of_near_copies(solver, kind, monkeypatch):
+def test_every_solver_undoes_a_planted_permutation_of_near_copies(solver, kind, dtype, monkeypatch):
     monkeypatch.setattr(unit_match, "SPARSE_FROM", 0)
     local, anchor, truth = planted(500, 256, 0.1, 9)
-    perm, info = unit_match.match_units([(local, anchor)], solver, k=4, dims=32, sketch=kind or "count")
+    perm, info = unit_match.match_units(
+        [(local, anchor)], solver, k=4, dims=32, dtype=getattr(torch, dtype), sketch=kind or "count"
+    )
     assert torch.equal(perm, truth)
     assert info.certified == (solver != "sketch")
 

@@ -57,7 +57,9 @@ class PermuteParams(MatchedParams):
         "float32",
         description="Precision of the FFN similarity matrix (f x f x 3d multiply-adds, the step's whole "
         "cost): float32 is exact for the assignment up to near-ties; bfloat16 is several times faster on CPUs "
-        "with bf16 matrix units and approximate. The assignment itself is solved in float64.",
+        "with bf16 matrix units and approximate. The assignment itself is solved in float64. With solver "
+        "sketch: the precision of the sketch product that picks the candidates (bfloat16: twice as fast on "
+        "CPUs with AVX512-BF16 or AMX and on GPUs; the candidates' scores stay float32).",
     )
     solver: Literal["sparse", "dense", "sketch"] = Field(
         "sparse",
@@ -126,9 +128,12 @@ def permute_ffn(
     dtype = getattr(torch, similarity)
     parts = list(zip(_unit_parts(local, pre), _unit_parts(anchor, pre), strict=True))
     perm, info = match_units(parts, solver, candidates, sketch_dims, dtype, sketch_kind)
-    # a bfloat16 similarity could in principle pick a worse matching than none: check in float64
-    if dtype == torch.bfloat16 and _agreement(local, anchor, perm, pre) < _agreement(
-        local, anchor, None, pre
+    # a bfloat16 similarity could in principle pick a worse matching than none: check in float64 (a sketch's
+    # candidates are scored in float32 and always include the identity: never worse)
+    if (
+        dtype == torch.bfloat16
+        and solver != "sketch"
+        and _agreement(local, anchor, perm, pre) < _agreement(local, anchor, None, pre)
     ):
         return info
     apply_ffn(local, perm, pre)

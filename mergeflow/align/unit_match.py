@@ -9,8 +9,8 @@ Three solvers, chosen by the permute step's ``solver``:
 - ``sparse``: the whole similarity on the tensors' device, a sparse assignment on each row's and column's
   best candidates, certified optimal on the whole matrix (``mergeflow.align.assign``); same answer as dense;
 - ``sketch``: candidates from the similarity of count sketches of the rows to ``dims`` dimensions
-  (f x f x dims multiply-adds instead of f x f x sum d_i), their exact similarity (float32, only the candidate
-  entries), the sparse assignment on them. Approximate (a pair outside the candidates cannot be matched) and
+  (f x f x dims multiply-adds instead of f x f x sum d_i, in the step's ``similarity`` precision), their
+  exact similarity (float32, only the candidate entries), the sparse assignment on them. Approximate (a pair outside the candidates cannot be matched) and
   not certified; never worse than the identity, whose edges are always candidates.
 """
 
@@ -52,7 +52,7 @@ def match_units(
     """perm with unit c of the result = unit perm[c] of the local model, and how the solve went."""
     width = sum(local.shape[1] for local, _ in parts)
     if solver == "sketch" and dims < width:
-        return sketched(parts, k, dims, sketch)
+        return sketched(parts, k, dims, sketch, dtype)
     if solver not in ("dense", "sparse", "sketch"):  # a sketch as wide as the features would cost no less
         raise ValueError(f"unknown solver {solver!r}")
     return exact(similarity(parts, dtype), k, dense=solver == "dense")
@@ -128,7 +128,12 @@ def principal(parts: Parts, dims: int, iters: int = 2, seed: int = 0) -> list[to
     return basis
 
 
-def sketched(parts: Parts, k: int, dims: int, kind: str = "count") -> tuple[torch.Tensor, assign.Solve]:
+def sketched(
+    parts: Parts, k: int, dims: int, kind: str = "count", dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, assign.Solve]:
+    """``dtype``: of the f x f x dims sketch product that picks the candidates (the solve's largest product;
+    bfloat16 halves it where the hardware has bf16 matrix units, and its rounding is far below the sketch's own
+    error); the candidates' scores are float32 whatever it is."""
     n = parts[0][0].shape[0]
     parts = [(local.float(), anchor.float()) for local, anchor in parts]  # once, for the sketch and the edges
     if kind == "principal":  # both sides projected on the anchor's dominant subspace
@@ -139,7 +144,8 @@ def sketched(parts: Parts, k: int, dims: int, kind: str = "count") -> tuple[torc
         ls = sum(count_sketch(local, dims, i) for i, (local, _) in enumerate(parts))
         anc = sum(count_sketch(anchor, dims, i) for i, (_, anchor) in enumerate(parts))
     assert isinstance(ls, torch.Tensor) and isinstance(anc, torch.Tensor)
-    blocks = ((i, ls[i : i + assign.BLOCK] @ anc.T) for i in range(0, n, assign.BLOCK))
+    ls, anc = ls.to(dtype), anc.to(dtype)
+    blocks = ((i, (ls[i : i + assign.BLOCK] @ anc.T).float()) for i in range(0, n, assign.BLOCK))
     rows, cols = assign.candidates(blocks, n, k)
     w = edge_scores(parts, rows, cols)
     perm = assign.solve_edges(rows, cols, w, n)
