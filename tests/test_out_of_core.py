@@ -268,9 +268,18 @@ def test_barrier_temporary_models_go_under_scratch_and_are_deleted_per_variant(s
         return real_copy(a_dir, b_dir, steps, work, device, keep)
 
     monkeypatch.setattr(barrier_mod, "aligned_copy", copy)
+    real_point, points = barrier_mod.interpolated, []
+
+    def point(a_dir, b_dir, lam, work, *rest):
+        assert not (work / "point").exists()  # the previous point is gone: one on disk at a time
+        points.append(lam)
+        return real_point(a_dir, b_dir, lam, work, *rest)
+
+    monkeypatch.setattr(barrier_mod, "interpolated", point)
     steps = [{"permute": {"heads": True}}, {"rotate": {}}]
-    report = api.barrier(a, b, str(data), steps, points=3, device="cpu", max_memory=budget, scratch=scratch)
+    report = api.barrier(a, b, str(data), steps, points=4, device="cpu", max_memory=budget, scratch=scratch)
     assert set(report["variants"]) == {"naive", "+permute", "+rotate"}
+    assert len(points) == 3 * 2  # two inner points per curve
     # when +rotate's copy is made, +permute's folder is already gone
     assert seen == [["check"], ["check"]]
     assert [p.name for p in scratch.iterdir()] == ["mine.txt"] and mine.read_text() == "a user's file"

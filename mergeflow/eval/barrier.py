@@ -74,6 +74,8 @@ def curve_on_disk(
         loaded = load_model(path, device, max_memory=max_memory)
         rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length)})
         del loaded
+        if 0 < lam < 1:  # the point this function wrote: gone before the next one is written
+            shutil.rmtree(path)
         progress(1)
     return summary(rows)
 
@@ -81,8 +83,7 @@ def curve_on_disk(
 def interpolated(
     a_dir: str | Path, b_dir: str | Path, lam: float, work: Path, device: torch.device, max_memory: int
 ) -> Path:
-    """(1 - lam) A + lam B in float32, written to work/point (replacing the previous point) by a merge that
-    keeps within ``max_memory``."""
+    """(1 - lam) A + lam B in float32, written to work/point by a merge that keeps within ``max_memory``."""
     from mergeflow.api import Options, merge
 
     recipe = work / "point.yml"
@@ -230,11 +231,11 @@ def scratch_need(
     a_dir: str | Path, b_dir: str | Path, steps: list[dict[str, Any]] | None, on_disk: bool
 ) -> int:
     """The most temporary disk one variant holds: B aligned (as stored), A folded where a step folds it, and
-    for placed models two float32 points (the next one is written before the last is replaced)."""
+    for placed models one float32 point at a time."""
     need = 0
     if steps:
         need += stored_bytes(b_dir) + (stored_bytes(a_dir) if folds(steps) else 0)
-    return need + (2 * weight_bytes(a_dir) if on_disk else 0)
+    return need + (weight_bytes(a_dir) if on_disk else 0)
 
 
 def plot(report: dict[str, Any], path: str | Path) -> Path:
