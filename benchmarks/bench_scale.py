@@ -206,8 +206,9 @@ def report_merge(work: Path, models: list[Path], m: dict, read_s: float | None) 
         )
 
 
-def out_of_core(work: Path, a: Path, b: Path, budget: str) -> None:
-    """stats and eval barrier of models larger than ``budget`` (token-id data: the models have no tokenizer)."""
+def out_of_core(work: Path, a: Path, b: Path, budget: str, kinds: str = "stats,barrier") -> None:
+    """stats and eval barrier of models larger than ``budget`` (token-id data: the models have no tokenizer);
+    ``kinds``: which of the two."""
     import numpy as np
 
     data = work / "tokens.npz"
@@ -216,6 +217,23 @@ def out_of_core(work: Path, a: Path, b: Path, budget: str) -> None:
     print()
     print(f"| under --max-memory {budget} | wall s | peak RSS GiB |")
     print("|---|---|---|")
+    if "stats" in kinds:
+        stats(work, a, data, budget)
+    if "barrier" not in kinds:
+        return
+    run = mergeflow(
+        "eval", "barrier", str(a), str(b), "--data", str(data), "--points", "3", "-o", str(work / "bar"),
+        "--max-memory", budget, "--scratch", str(work),
+    )  # fmt: skip
+    rep = json.loads((work / "bar.json").read_text())["variants"]["naive"]
+    print(
+        f"| eval barrier, 3 points (one written, {2 * size(a) / 1e9:.1f} GB float32) | {run['seconds']:.1f} | "
+        f"{run['peak_rss_bytes'] / 2**30:.2f} |"
+    )
+    print(f"losses along the path: {[round(p['loss'], 4) for p in rep['points']]}")
+
+
+def stats(work: Path, a: Path, data: Path, budget: str) -> None:
     run = mergeflow(
         "stats", str(a), "--data", str(data), "--kind", "gram", "-o", str(work / "g.safetensors"),
         "--max-memory", budget,
@@ -224,16 +242,6 @@ def out_of_core(work: Path, a: Path, b: Path, budget: str) -> None:
         f"| stats --kind gram (8 x 64 tokens) | {run['seconds']:.1f} | {run['peak_rss_bytes'] / 2**30:.2f} |"
     )
     (work / "g.safetensors").unlink()
-    run = mergeflow(
-        "eval", "barrier", str(a), str(b), "--data", str(data), "--points", "3", "-o", str(work / "bar"),
-        "--max-memory", budget,
-    )  # fmt: skip
-    rep = json.loads((work / "bar.json").read_text())["variants"]["naive"]
-    print(
-        f"| eval barrier, 3 points (one written, {2 * size(a) / 1e9:.1f} GB float32) | {run['seconds']:.1f} | "
-        f"{run['peak_rss_bytes'] / 2**30:.2f} |"
-    )
-    print(f"losses along the path: {[round(p['loss'], 4) for p in rep['points']]}")
 
 
 def main() -> None:
@@ -244,6 +252,9 @@ def main() -> None:
     ap.add_argument("--solvers", default="sparse,sketch,dense", help="permute solvers to time, in order")
     ap.add_argument("--no-merge", action="store_true", help="skip the linear merge of three")
     ap.add_argument("--out-of-core", metavar="SIZE", help="also run stats and eval barrier under this budget")
+    ap.add_argument(
+        "--out-of-core-kinds", default="stats,barrier", help="with --out-of-core: stats, barrier or both"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the models for another run")
     ap.add_argument(
         "--align-dtype", default="float64", help="mergeflow align --align-dtype (float64 or float32)"
@@ -337,7 +348,7 @@ def main() -> None:
         m = merge(work, models, mergekit_path(args.mergekit), cold=big)
         report_merge(work, models, m, read_s)
     if args.out_of_core:
-        out_of_core(work, a, b, args.out_of_core)
+        out_of_core(work, a, b, args.out_of_core, args.out_of_core_kinds)
     if not args.keep:
         for p in {a, b, c} - before:  # only the models this run built
             shutil.rmtree(p, ignore_errors=True)
