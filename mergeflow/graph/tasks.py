@@ -7,8 +7,7 @@ loaded tensor used by two merges) by being equal.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,8 +15,7 @@ import torch
 from mergeflow.errors import InputError
 from mergeflow.io.dtypes import ST_TO_TORCH
 from mergeflow.io.writer import OutTensor
-from mergeflow.merge import base as merge_base
-from mergeflow.merge.base import OPERATORS, MergeContext, OpParams, ReduceFn
+from mergeflow.merge.base import OPERATORS, MergeContext, OpParams
 
 
 class NonFiniteTensor(InputError):  # the inputs or the recipe's parameters produce NaN/Inf
@@ -77,25 +75,18 @@ class Merge:
         )
         try:
             if self.stored_out is not None:
-                return self._pointwise(ctx, op.fn, tensors, base, mctx, op.reduce)
+                return self._pointwise(ctx, op.fn, tensors, base, mctx)
             return op.fn(tensors, base, self.params, self.model_params, mctx)
         except ValueError as exc:  # operators raise ValueError for parameter values that cannot work here
             raise InputError(f"tensor {self.out!r}, operator {self.op}: {exc}") from None
 
     def _pointwise(
-        self,
-        ctx: Any,
-        fn: Any,
-        tensors: list[torch.Tensor],
-        base: torch.Tensor | None,
-        mctx: MergeContext,
-        reduce: ReduceFn | None = None,
+        self, ctx: Any, fn: Any, tensors: list[torch.Tensor], base: torch.Tensor | None, mctx: MergeContext
     ) -> torch.Tensor:
         """The operator on cache-sized pieces of the stored inputs, each converted to the compute dtype into
         a reused buffer, the result written into the output dtype: one pass over memory instead of a
         conversion, several arithmetic passes and a conversion back over whole tensors. Entry for entry the
-        same arithmetic, so the same bits. An operator with a ``reduce`` gets a first pass over the pieces
-        for its whole-tensor sums."""
+        same arithmetic, so the same bits."""
         assert self.stored_out is not None
         cd = ctx.compute_dtype
         inputs = [*tensors, *([base] if base is not None else [])]
@@ -105,28 +96,18 @@ class Merge:
                       self.model_params, mctx)  # fmt: skip
         out = torch.empty(tensors[0].shape, dtype=ST_TO_TORCH[self.stored_out])
         flat, dst = [t.reshape(-1) for t in inputs], out.view(-1)
-        step = min(merge_base.PIECE, max(1, dst.numel()))
+        step = min(POINTWISE_PIECE, max(1, dst.numel()))
         bufs = [torch.empty(step, dtype=cd) for _ in inputs]
         n = len(tensors)
-
-        def pieces() -> Iterator[tuple[int, int, list[torch.Tensor]]]:
-            for start in range(0, dst.numel(), step):
-                stop = min(start + step, dst.numel())
-                yield (
-                    start,
-                    stop,
-                    [b[: stop - start].copy_(t[start:stop]) for b, t in zip(bufs, flat, strict=True)],
-                )
-
-        if reduce is not None:  # first pass: the whole-tensor sums the operator needs
-            total = torch.zeros((), dtype=torch.float64)
-            for _start, _stop, piece in pieces():
-                total = total + reduce(piece[:n], piece[n] if base is not None else None)
-            mctx = replace(mctx, sums=total)
-        for start, stop, piece in pieces():
+        for start in range(0, dst.numel(), step):
+            stop = min(start + step, dst.numel())
+            piece = [b[: stop - start].copy_(t[start:stop]) for b, t in zip(bufs, flat, strict=True)]
             res = fn(piece[:n], piece[n] if base is not None else None, self.params, self.model_params, mctx)
             dst[start:stop].copy_(res)
         return out
+
+
+POINTWISE_PIECE = 1 << 18  # entries per piece: 1 MiB in float32, so a piece of every input stays in cache
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,6 @@ class MergeContext:
     stats: tuple[torch.Tensor, ...] = ()  # per merged model, for operators that take statistics
     stats_scale: tuple[float, ...] = ()  # per model: the mean of its whole statistics file
     transposed: bool = False  # the weight is stored [in, out] (GPT-2 Conv1D), for Gram statistics
-    # an operator with a ``reduce``: its whole-tensor sums, when it is given pieces (see :func:`piece_sums`)
-    sums: torch.Tensor | None = None
 
     def generator(self, device: torch.device) -> torch.Generator:
         """A generator seeded from (recipe seed, tensor name, row block): the same output whatever the
@@ -69,9 +67,6 @@ class StatsFallbackParams(OpParams):
 # since a function of a subclass is not a function of OpParams to a type checker
 MergeFn = Callable[..., torch.Tensor]
 SelectFn = Callable[..., list[str]]  # select(params: P, models: Sequence[str]) -> the models it reads
-# reduce(tensors, base) -> a float64 vector of sums over the entries given; summed over pieces (piece_sums)
-ReduceFn = Callable[[Sequence[torch.Tensor], "torch.Tensor | None"], torch.Tensor]
-PIECE = 1 << 18  # entries per piece: 1 MiB in float32, so a piece of every input stays in cache
 
 
 @dataclass(frozen=True)
@@ -95,13 +90,9 @@ class MergeOperator:
     # the statistics each merged model must provide ("fisher" or "gram"), and the operator that
     # merges tensors for which there are none
     stats: str | None = None
-    # deterministic, blind to where an entry sits, each output entry a function of the same entry of the
-    # inputs (and, with ``reduce``, of whole-tensor sums): the executor may feed it cache-sized pieces of the
-    # stored tensors, converted as it goes, instead of whole converted tensors; it must not overwrite them
+    # elementwise, deterministic and blind to where an entry sits: the executor may feed it cache-sized
+    # pieces of the stored tensors, converted as it goes, instead of whole converted tensors
     pointwise: bool = False
-    # pointwise once a few whole-tensor sums are known (SLERP's norms and inner product): the executor runs
-    # ``reduce`` over the pieces first and gives the operator the total in ``ctx.sums``
-    reduce: ReduceFn | None = None
 
     def uses_base(self, base: str | None) -> bool:
         return self.needs_base or (self.optional_base and base is not None)
@@ -139,7 +130,6 @@ def merge_operator(
     optional_base: bool = False,
     stats: str | None = None,
     pointwise: bool = False,
-    reduce: ReduceFn | None = None,
 ) -> Callable[[MergeFn], MergeFn]:
     """Register ``fn(tensors, base, params, model_params, ctx) -> tensor`` under ``name``.
 
@@ -168,32 +158,11 @@ def merge_operator(
                 optional_base,
                 stats,
                 pointwise,
-                reduce,
             ),
         )
         return fn
 
     return deco
-
-
-def piece_sums(
-    reduce: ReduceFn, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, ctx: MergeContext
-) -> torch.Tensor:
-    """``ctx.sums`` when the executor computed them over pieces, else the same sums over the same pieces of
-    the whole tensors (so both paths give the same bits)."""
-    if ctx.sums is not None:
-        return ctx.sums
-    flat = [t.reshape(-1) for t in tensors]
-    bflat = base.reshape(-1) if base is not None else None
-    total: torch.Tensor | None = None
-    for start in range(0, max(1, flat[0].numel()), PIECE):
-        part = reduce(
-            [t[start : start + PIECE] for t in flat],
-            bflat[start : start + PIECE] if bflat is not None else None,
-        )
-        total = part if total is None else total + part
-    assert total is not None
-    return total
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
