@@ -3,6 +3,8 @@ the weights read from the files at each forward pass; the numbers are those of t
 
 from __future__ import annotations
 
+import weakref
+
 import pytest
 import torch
 
@@ -269,13 +271,22 @@ def test_barrier_temporary_models_go_under_scratch_and_are_deleted_per_variant(s
 
     monkeypatch.setattr(barrier_mod, "aligned_copy", copy)
     real_point, points = barrier_mod.interpolated, []
+    real_load, models = barrier_mod.load_model, []
+
+    def load(*args, **kw):
+        loaded = real_load(*args, **kw)
+        models.append(weakref.ref(loaded.model))
+        return loaded
 
     def point(a_dir, b_dir, lam, work, *rest):
         assert not (work / "point").exists()  # the previous point is gone: one on disk at a time
+        # and so is every model loaded before (reference cycles collected): the merge runs beside none of them
+        assert models and all(ref() is None for ref in models)
         points.append(lam)
         return real_point(a_dir, b_dir, lam, work, *rest)
 
     monkeypatch.setattr(barrier_mod, "interpolated", point)
+    monkeypatch.setattr(barrier_mod, "load_model", load)
     steps = [{"permute": {"heads": True}}, {"rotate": {}}]
     report = api.barrier(a, b, str(data), steps, points=4, device="cpu", max_memory=budget, scratch=scratch)
     assert set(report["variants"]) == {"naive", "+permute", "+rotate"}

@@ -15,7 +15,15 @@ import torch
 from mergeflow.eval.loss import evaluate, interpolate_into, state_of
 from mergeflow.io.scratch import scratch_folder
 from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, check_fits, load_model, max_length_for, stored_bytes, weight_bytes
+from mergeflow.stats.model import (
+    Loaded,
+    check_fits,
+    freed,
+    load_model,
+    max_length_for,
+    stored_bytes,
+    weight_bytes,
+)
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -74,6 +82,7 @@ def curve_on_disk(
         loaded = load_model(path, device, max_memory=max_memory)
         rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length)})
         del loaded
+        freed()
         if 0 < lam < 1:  # the point this function wrote: gone before the next one is written
             shutil.rmtree(path)
         progress(1)
@@ -198,6 +207,7 @@ def barrier_report(
     # in memory: A loaded once for every curve, and a copy of its weights; placed: each point loads its own
     a = None if on_disk else (first, state_of(first))
     del first
+    freed()
     need = scratch_need(a_dir, b_dir, steps, on_disk)
     with scratch_folder("mergeflow-barrier-", need, scratch, "eval barrier") as tmp:
         if (
@@ -223,6 +233,7 @@ def barrier_report(
                     load_endpoint(a_path, device) if folded else a, b, data, points, progress, max_length
                 )
             shutil.rmtree(mine, ignore_errors=True)
+            freed()  # a folded variant's endpoint model
             out["variants"][name] = {"steps": prefix, "align_seconds": round(seconds, 3), **path}
     return out
 

@@ -18,7 +18,7 @@ from mergeflow.io.reader import ModelReader
 from mergeflow.io.scratch import scratch_folder
 from mergeflow.io.stream_save import Entry, save_streamed
 from mergeflow.stats.data import load_data
-from mergeflow.stats.model import check_fits, load_model, stored_bytes, stored_names
+from mergeflow.stats.model import check_fits, freed, load_model, stored_bytes, stored_names
 
 
 def _strip(names: list[str], prefix: str) -> dict[str, str]:
@@ -127,6 +127,7 @@ def eval_tasks(
             with scratch_folder("mergeflow-tasks-", need, scratch, f"eval tasks ({name})") as tmp:
                 n = grafted(loaded, model_dir, merged, tmp)
                 del loaded
+                freed()
                 loaded = load_model(tmp, device, max_memory=max_memory)
                 got = evaluate(loaded, data, batch_size)
         else:

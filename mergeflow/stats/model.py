@@ -7,6 +7,7 @@ own files at each forward pass. Slower, never out of memory; forward passes only
 
 from __future__ import annotations
 
+import gc
 import json
 import warnings
 from dataclasses import dataclass
@@ -52,6 +53,13 @@ def stored_bytes(path: str | Path) -> int:
     from mergeflow.io.reader import ModelReader
 
     return ModelReader("model", Path(path)).total_bytes
+
+
+def freed() -> None:
+    """Call after dropping the last reference to a loaded model: transformers' modules and accelerate's hooks
+    form reference cycles, so its weights stay in memory until the cycle collector runs (measured on a placed
+    7B model: the next barrier point's merge ran beside the last point's model, 15 GiB under an 8 GB budget)."""
+    gc.collect()
 
 
 def placement(device: torch.device, budget: int) -> dict[str, Any]:
