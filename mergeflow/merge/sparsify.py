@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
 from mergeflow.merge.base import MergeContext, OpParams, deltas_
+from mergeflow.merge.select import kth_largest_cpu
 
 
 class SparseModelParams(OpParams):
@@ -62,14 +62,13 @@ class SignParams(OpParams):
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th largest entry of a 1-D tensor, exactly, in linear time (a selection, not a sort).
 
-    On the CPU this is numpy's introselect on a view of the same memory: torch's CPU kthvalue is
-    about ten times slower on tensors of millions of entries. Elsewhere torch's own kthvalue runs
-    on the device.
+    On the CPU: a sample-bracketed selection (``mergeflow.merge.select``; numpy's introselect over the
+    entries inside the bracket, torch's CPU kthvalue being about ten times slower). Elsewhere torch's own
+    kthvalue runs on the device.
     """
     n = values.numel()
     if values.device.type == "cpu":
-        picked = np.partition(values.detach().numpy(), n - k)[n - k]
-        return torch.tensor(picked, dtype=values.dtype)
+        return kth_largest_cpu(values, k)
     return torch.kthvalue(values, n - k + 1).values
 
 
