@@ -31,10 +31,11 @@ def kth_largest_cpu(values: torch.Tensor, k: int) -> torch.Tensor:
     m = sample.size
     rank = k * m / n  # where the k-th largest falls in the sample (from the top)
     spread = MARGIN * math.sqrt(max(rank * (1 - rank / m), 1.0)) + 2
-    top = np.sort(sample)[::-1]
-    first, last = int(rank - spread), int(rank + spread)
-    hi = top[first] if first >= 0 else math.inf  # near the top: no upper bound, nothing above
-    lo = top[last] if last < m else -math.inf
+    first, last = int(rank - spread), int(rank + spread)  # ranks from the top that bracket it
+    wanted = [m - 1 - r for r in (first, last) if 0 <= r < m]  # as ascending positions
+    part = np.partition(sample, wanted) if wanted else sample
+    hi = part[m - 1 - first] if first >= 0 else math.inf  # near the top: no upper bound, nothing above
+    lo = part[m - 1 - last] if last < m else -math.inf
     above = int(torch.count_nonzero(values > hi))
     inside = values[(values >= lo) & (values <= hi)]
     if above < k <= above + inside.numel():
