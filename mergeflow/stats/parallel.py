@@ -55,7 +55,21 @@ def process_group(device: torch.device) -> Group:
     computes on its own GPU (cuda:LOCAL_RANK)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Group(0, 1, device)
+    import atexit
+
     from accelerate import PartialState
 
     state = PartialState(cpu=device.type == "cpu")
+    atexit.unregister(_close)  # once, however many commands the process runs
+    atexit.register(_close)
     return Group(state.process_index, state.num_processes, state.device if device.type != "cpu" else device)
+
+
+def _close() -> None:
+    """Tear the process group down before the interpreter exits: left to the exit itself, gloo's threads were
+    still joinable when their owner was destroyed and a process that finished first died of SIGABRT
+    ("terminate called without an active exception"), failing the launch after a correct result."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
