@@ -122,6 +122,7 @@ def run(
         )
     prep = runner.prepare(recipe, opts)
     check_report(report, prep, out)
+    note(prep, quiet)
     result = runner.run(prep, out, opts, progress=console(quiet))
     write_run_report(report, result, prep)
     tasks = []
@@ -188,11 +189,21 @@ def align(
     )
     prep = api.prepare_align(model, anchor, steps_file, opts, align_dtype=align_dtype)
     check_report(report, prep, out)
+    note(prep, quiet)
     result = api.merge(prep, out, opts, console(quiet))
     write_run_report(report, result, prep)
     if not quiet:
         click.echo(f"wrote {result.out}: '{model}' aligned to '{anchor}' in {result.seconds:.2f} s")
         print_alignment(result)
+
+
+def note(prep: object, quiet: bool) -> None:
+    """A cost note for the prepared run (on stderr, unless quiet)."""
+    from mergeflow.graph.cost_notes import ffn_note
+
+    line = None if quiet else ffn_note(prep)
+    if line:
+        click.echo(line, err=True)
 
 
 cli.add_command(convert)
