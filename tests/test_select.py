@@ -38,15 +38,21 @@ def test_exact_for_every_k(name):
         assert select.kth_largest_cpu(v, k).item() == reference(v, k), (name, k)
 
 
-def test_the_bracket_selects_among_a_few_percent(monkeypatch):
-    sizes = []
+@pytest.fixture
+def sizes(monkeypatch) -> list[int]:
+    """How many entries each selection ran over."""
+    seen: list[int] = []
     real = select.select_all
 
     def spy(values, k):
-        sizes.append(values.numel())
+        seen.append(values.numel())
         return real(values, k)
 
     monkeypatch.setattr(select, "select_all", spy)
+    return seen
+
+
+def test_the_bracket_selects_among_a_few_percent(sizes):
     n = 4 * select.SMALL
     v = layouts(n)["gaussian magnitudes"]
     for k in (1, n // 2, n - 1):
@@ -54,15 +60,7 @@ def test_the_bracket_selects_among_a_few_percent(monkeypatch):
     assert len(sizes) == 3 and max(sizes) < 0.05 * n  # no selection over everything
 
 
-def test_a_misleading_sample_or_nan_falls_back_to_everything(monkeypatch):
-    sizes = []
-    real = select.select_all
-
-    def spy(values, k):
-        sizes.append(values.numel())
-        return real(values, k)
-
-    monkeypatch.setattr(select, "select_all", spy)
+def test_a_misleading_sample_or_nan_falls_back_to_everything(sizes):
     n = 2 * select.SMALL
     v = layouts(n)["periodic (the sample sees one value)"]
     assert select.kth_largest_cpu(v, n // 2).item() == reference(v, n // 2)
