@@ -201,3 +201,17 @@ def test_learn_aligner_refuses_a_zoo_of_mixed_shapes(zoo, tmp_path, capsys):
         capsys, ["learn-aligner", str(mixed), "--data", str(root / "digits.npz"), "-o", str(out), "-q"], out
     )
     assert "layer sizes" in err
+
+
+def test_a_weight_matched_mlp_run_prints_no_cost_note(zoo, tmp_path, monkeypatch):
+    """The cost note reads transformer layouts; an mlp model has none: no note, and never a failed run."""
+    from mergeflow.graph import cost_notes
+
+    monkeypatch.setattr(cost_notes, "NOTE_FROM", 1)
+    _root, paths, _nets = zoo
+    recipe = write(
+        tmp_path / "r.yml",
+        f"models: {{a: {paths[4]}, b: {paths[5]}}}\nanchor: a\nalign: [{{permute: {{}}}}]\nmerge: linear\n",
+    )
+    res = cli("run", str(recipe), str(tmp_path / "out"), "--device", "cpu")
+    assert res.returncode == 0 and "note:" not in res.stderr, res.stderr

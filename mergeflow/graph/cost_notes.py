@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from mergeflow.align.permute import PermuteParams
-from mergeflow.arch.spec import arch_spec
 
 NOTE_FROM = 8192  # FFN units from which an exact solve on a CPU takes tens of seconds per layer
 
@@ -14,17 +13,17 @@ NOTE_FROM = 8192  # FFN units from which an exact solve on a CPU takes tens of s
 def ffn_note(prep: Any) -> str | None:
     """The note for a prepared run (``graph.run.Prepared``), or None."""
     recipe = prep.recipe
-    if prep.device.type != "cpu" or not recipe.align:
+    spec = prep.plan.arch  # the transformer layout the plan aligns (None for mlp models: no such note)
+    if prep.device.type != "cpu" or not recipe.align or spec is None:
         return None
     exact = [
         p
         for p in (PermuteParams.model_validate(s.params) for s in recipe.align if s.name == "permute")
         if p.ffn and p.method == "weights" and p.solver != "sketch"
     ]
-    reader = prep.readers.get(next(iter(recipe.models), ""))
+    reader = prep.readers.get(prep.plan.anchor or "")
     if not exact or reader is None:
         return None
-    spec = arch_spec(reader.config, reader.tensors, {n: t.shape for n, t in reader.tensors.items()})
     down = spec.layers[0].get("down") if spec.layers else None
     if down is None:  # no dense FFN (experts): matched per expert, smaller
         return None
