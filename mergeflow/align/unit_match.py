@@ -133,7 +133,8 @@ def sketched(
 ) -> tuple[torch.Tensor, assign.Solve]:
     """``dtype``: of the f x f x dims sketch product that picks the candidates (the solve's largest product;
     bfloat16 halves it where the hardware has bf16 matrix units, and its rounding is far below the sketch's own
-    error); the candidates' scores are float32 whatever it is."""
+    error). The candidates are picked on the product as it comes (bfloat16 blocks: half the bytes to transpose
+    for the per-column top-k); their scores are float32 whatever it is."""
     n = parts[0][0].shape[0]
     parts = [(local.float(), anchor.float()) for local, anchor in parts]  # once, for the sketch and the edges
     if kind == "principal":  # both sides projected on the anchor's dominant subspace
@@ -145,7 +146,7 @@ def sketched(
         anc = sum(count_sketch(anchor, dims, i) for i, (_, anchor) in enumerate(parts))
     assert isinstance(ls, torch.Tensor) and isinstance(anc, torch.Tensor)
     ls, anc = ls.to(dtype), anc.to(dtype)
-    blocks = ((i, (ls[i : i + assign.BLOCK] @ anc.T).float()) for i in range(0, n, assign.BLOCK))
+    blocks = ((i, (ls[i : i + assign.BLOCK] @ anc.T)) for i in range(0, n, assign.BLOCK))
     rows, cols = assign.candidates(blocks, n, k)
     w = edge_scores(parts, rows, cols)
     perm = assign.solve_edges(rows, cols, w, n)
