@@ -10,8 +10,9 @@ Three solvers, chosen by the permute step's ``solver``:
   best candidates, certified optimal on the whole matrix (``mergeflow.align.assign``); same answer as dense;
 - ``sketch``: candidates from the similarity of count sketches of the rows to ``dims`` dimensions
   (f x f x dims multiply-adds instead of f x f x sum d_i, in the step's ``similarity`` precision), their
-  exact similarity (float32, only the candidate entries), the sparse assignment on them. Approximate (a pair outside the candidates cannot be matched) and
-  not certified; never worse than the identity, whose edges are always candidates.
+  exact similarity (float32, only the candidate entries), the sparse assignment on them. Approximate (a pair
+  outside the candidates cannot be matched) and not certified; never worse than the identity, whose edges are
+  always candidates.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def sketched(
         anc = sum(count_sketch(anchor, dims, i) for i, (_, anchor) in enumerate(parts))
     assert isinstance(ls, torch.Tensor) and isinstance(anc, torch.Tensor)
     ls, anc = ls.to(dtype), anc.to(dtype)
-    blocks = ((i, (ls[i : i + assign.BLOCK] @ anc.T)) for i in range(0, n, assign.BLOCK))
+    blocks = ((i, ls[i : i + assign.BLOCK] @ anc.T) for i in range(0, n, assign.BLOCK))
     rows, cols = assign.candidates(blocks, n, k)
     w = edge_scores(parts, rows, cols)
     perm = assign.solve_edges(rows, cols, w, n)

@@ -250,6 +250,8 @@ def scramble_model(
             rmap = solve(random_orthogonal(d, gen), group)
     fold = residual is not None and residual != "permutation"
     stream = {st.name: st for st in layout.tensors} if rmap is not None and layout is not None else {}
+    final = layout.final_norm if stream and layout is not None else None
+    gamma = reader.read(final).double() if final else None  # read once for every stream tensor
     done: dict[str, torch.Tensor] = {}  # the current layer's scrambled tensors, until written
 
     def noisy(t: torch.Tensor) -> torch.Tensor:
@@ -272,8 +274,6 @@ def scramble_model(
         t = reader.read(name)
         st = stream.get(name)
         if st is not None and rmap is not None and layout is not None:
-            final = layout.final_norm
-            gamma = reader.read(final).double() if final else None
             t = map_stream(t.double(), st.kind, st.axis, rmap, fold, gamma, layout.norm_offset).float()
         return noisy(t)
 
