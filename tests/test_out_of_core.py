@@ -173,15 +173,26 @@ def test_whole_model_steps_over_the_budget_say_what_they_need(tmp_path, step, wh
     assert "Traceback" not in res.stderr and not (tmp_path / "out").exists()
 
 
+def launch_two(script, timeout: int = 300):
+    """``script`` started by ``torchrun --standalone --nproc_per_node 2`` (a free port of its own)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_statistics_of_two_processes_equal_those_of_one(tmp_path, digits_finetunes):
     """`mergeflow stats` started by `torchrun --nproc_per_node 2`: each process takes half the examples, the
     sums are added up with accelerate's collectives (gloo on CPUs) and the first process writes the file: the
     same statistics as one process (Fisher of a classifier is exact, so both kinds are deterministic). One
-    launch runs the command for both kinds (the processes' start-up is most of the time)."""
-    import os
-    import subprocess
-    import sys
+    launch runs the command for both kinds (the processes' start-up is most of the time). The launch exits 0:
+    before the processes met at a barrier at exit, one in six died of SIGABRT after a correct result."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -204,15 +215,7 @@ def test_statistics_of_two_processes_equal_those_of_one(tmp_path, digits_finetun
         f"for argv in {[args(k, tmp_path / f'two-{k}.safetensors') for k in ('gram', 'fisher')]!r}:\n"
         "    try:\n        main(argv)\n    except SystemExit as exc:\n        if exc.code:\n            raise\n"
     )
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script)],  # a free port of its own
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    res = launch_two(script)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
     for kind in ("gram", "fisher"):
         one = tmp_path / f"one-{kind}.safetensors"
@@ -221,6 +224,28 @@ def test_statistics_of_two_processes_equal_those_of_one(tmp_path, digits_finetun
         assert set(got) == set(want) and want
         for name, t in want.items():
             torch.testing.assert_close(got[name], t, rtol=1e-4, atol=1e-6, msg=f"{kind} {name}")
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_does_not_hang_the_launch(tmp_path, digits_finetunes):
+    """The first process's data file is missing: it says so and exits 2 while the second waits in a
+    collective; the launch ends promptly and non-zero, no file written (a process that failed skips the
+    meeting at exit: with it, the launch hung until the collective's 30-minute timeout)."""
+    from mergeflow.testing import train as tt
+
+    x, y = tt.digits("train")
+    tt.save_npz(tmp_path / "d.npz", x[:20], y[:20])
+    out = tmp_path / "s.safetensors"
+    script = tmp_path / "bad.py"
+    script.write_text(
+        "import os\nfrom mergeflow.cli.main import main\n"
+        f"data = {str(tmp_path / 'd.npz')!r} if os.environ['RANK'] == '1' else {str(tmp_path / 'no.npz')!r}\n"
+        f"main(['stats', {str(digits_finetunes / 'a')!r}, '--data', data, '--kind', 'gram', '--device', 'cpu', "
+        f"'-q', '-o', {str(out)!r}])\n"
+    )
+    res = launch_two(script, timeout=150)  # seconds: it takes under 10
+    assert res.returncode != 0 and "no.npz does not exist" in res.stderr, res.stderr[-3000:]
+    assert not out.exists()
 
 
 def test_statistics_files_written_a_tensor_at_a_time_read_back_exactly(tmp_path):

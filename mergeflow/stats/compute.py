@@ -47,60 +47,63 @@ def compute_stats(
             "statistics (forward passes only, placed under the budget)"
         )
     group = process_group(device)  # several processes under torchrun / accelerate launch: a block each
-    device = group.device
-    data = load_data(data_path).subset(max_examples)
-    # Grams do not depend on a head
-    loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
-    check_fits(loaded, data, model_dir)
-    groups = plan_groups(loaded, model_dir, group) if kind == "gram" else [[]]  # passes over the data
-    max_length = max_length_for(loaded, data, max_length)  # from the whole data: the same in every process
-    mine = data.part(group.index, group.size)
-    # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    label = f"{kind} statistics" + (f" ({len(groups)} passes)" if len(groups) > 1 else "")
-    bar = (progress if group.main and progress else SILENT).bar(label, len(mine) * len(groups), unit="ex")
+    with group.working():  # a failure inside skips the meeting at exit (the others would wait for it)
+        device = group.device
+        data = load_data(data_path).subset(max_examples)
+        # Grams do not depend on a head
+        loaded = load_model(model_dir, device, headless=kind == "gram", max_memory=max_memory)
+        check_fits(loaded, data, model_dir)
+        groups = plan_groups(loaded, model_dir, group) if kind == "gram" else [[]]  # passes over the data
+        max_length = max_length_for(
+            loaded, data, max_length
+        )  # from the whole data: the same in every process
+        mine = data.part(group.index, group.size)
+        # statistics are float32 quantities: no TF32 in cuDNN convolutions or matmuls (on by default for cuDNN)
+        tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        label = f"{kind} statistics" + (f" ({len(groups)} passes)" if len(groups) > 1 else "")
+        bar = (progress if group.main and progress else SILENT).bar(label, len(mine) * len(groups), unit="ex")
 
-    def make() -> Any:
-        return batches(mine, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
+        def make() -> Any:
+            return batches(mine, loaded.tokenizer, batch_size, max_length, device, loaded.image_shape)
 
-    names = stored_names(loaded.model)
-    info: dict[str, object] = {"path": str(out), "kind": kind, "examples": len(data)}
-    try:
-        if kind == "gram":
-            n_tensors, written = gram_file(
-                loaded, groups, make, bar.update, group, names, out, data, model_dir
-            )
-        else:
-            from mergeflow.stats.fisher import fisher
-
-            torch.manual_seed(seed + group.index)
-            sums, count = fisher(loaded, make(), bar.update, samples=samples, seed=seed + group.index)
-            examples = group.total(float(count))
-            fisher_sums = {name: t.div_(max(examples, 1.0)) for name, t in group.sum(sums).items()}
-            check_finite(fisher_sums, kind, data.path)
-            tensors = {names[n]: t for n, t in fisher_sums.items() if n in names}
-            n_tensors, written = len(tensors), None
-            if group.main:
-                extra = {"samples": "exact" if loaded.task == "classifier" else samples}
-                written = write_stats(
-                    out, tensors, kind, len(data), str(Path(model_dir).resolve()), set(), extra
+        names = stored_names(loaded.model)
+        info: dict[str, object] = {"path": str(out), "kind": kind, "examples": len(data)}
+        try:
+            if kind == "gram":
+                n_tensors, written = gram_file(
+                    loaded, groups, make, bar.update, group, names, out, data, model_dir
                 )
-    finally:
-        bar.close()
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    if written is None:  # the first process writes the file
-        return {**info, "written": False}
-    return {
-        **info,
-        "path": str(written),
-        "tensors": n_tensors,
-        "max_length": max_length,
-        "task": loaded.task,
-        "offloaded": loaded.offloaded,
-        "processes": group.size,
-        "passes": len(groups),
-    }
+            else:
+                from mergeflow.stats.fisher import fisher
+
+                torch.manual_seed(seed + group.index)
+                sums, count = fisher(loaded, make(), bar.update, samples=samples, seed=seed + group.index)
+                examples = group.total(float(count))
+                fisher_sums = {name: t.div_(max(examples, 1.0)) for name, t in group.sum(sums).items()}
+                check_finite(fisher_sums, kind, data.path)
+                tensors = {names[n]: t for n, t in fisher_sums.items() if n in names}
+                n_tensors, written = len(tensors), None
+                if group.main:
+                    extra = {"samples": "exact" if loaded.task == "classifier" else samples}
+                    written = write_stats(
+                        out, tensors, kind, len(data), str(Path(model_dir).resolve()), set(), extra
+                    )
+        finally:
+            bar.close()
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+        if written is None:  # the first process writes the file
+            return {**info, "written": False}
+        return {
+            **info,
+            "path": str(written),
+            "tensors": n_tensors,
+            "max_length": max_length,
+            "task": loaded.task,
+            "offloaded": loaded.offloaded,
+            "processes": group.size,
+            "passes": len(groups),
+        }
 
 
 def check_finite(tensors: dict[str, torch.Tensor], kind: str, data_path: object) -> None:
