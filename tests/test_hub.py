@@ -154,3 +154,8 @@ def test_commands_taking_model_arguments_accept_repo_ids(hub):
     assert res.returncode == 0, res.stderr
     summary = json.loads((root / "aligned" / "alignment.json").read_text())
     assert list(summary["totals"]) == ["tuned"]  # named after the repo, not the snapshot's commit
+    res = cli("eval", "tasks", str(root / "aligned"), "--task", f"lm=org/base:{data}", "--device", "cpu")
+    assert res.returncode == 0, res.stderr  # the task's model by repo id too
+    assert "lm " in res.stdout and "loss" in res.stdout
+    res = cli("eval", "tasks", "org/base", "--task", f"lm=org/missing:{data}", "--device", "cpu")
+    assert res.returncode == 2 and "--task lm" in res.stderr and "org/missing" in res.stderr, res.stderr

@@ -170,8 +170,8 @@ def equivalence(
     required=True,
     multiple=True,
     metavar="NAME=MODEL:DATA",
-    help="A fine-tuned model and its held-out data; its head (and extras) go on the merged backbone. "
-    "Repeat for each task.",
+    help="A fine-tuned model (a folder or a Hub repo id) and its held-out data; its head (and extras) go on "
+    "the merged backbone. Repeat for each task.",
 )
 @click.option("--max-examples", default=None, type=click.IntRange(1))
 @click.option(
@@ -197,13 +197,17 @@ def tasks(
     from mergeflow.eval.tasks import eval_tasks
     from mergeflow.graph.run import resolve_device
 
+    from mergeflow.io.hub import resolve_model
+
     parsed = []
     for spec in tasks:
         name, eq, rest = spec.partition("=")
         model, colon, data = rest.rpartition(":")
         if not (name and eq and model and colon and data):
             raise InputError(f"--task {spec}: write NAME=MODEL:DATA")
-        parsed.append((name, model, data))
+        parsed.append(
+            (name, resolve_model(model, Path.cwd(), f"--task {name}").path, data)
+        )  # folder or repo id
     if len({n for n, _m, _d in parsed}) < len(parsed):
         raise InputError("--task: two tasks have the same name")
     budget = parse_size(max_memory, least=1 << 20)
