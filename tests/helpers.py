@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +220,36 @@ def save_model(model, path, state=None):
 
 def body(base, sent, ner, extra=""):
     return f"models: {{base: {base}, sent: {sent}, ner: {ner}}}\nbase: base\nmerge: task_arithmetic\n{extra}"
+
+
+def files(path):
+    return {f.name: f.read_bytes() for f in sorted(path.iterdir())}
+
+
+def kill_after(rec, out, shards: int, sig=signal.SIGKILL, stderr: list | None = None) -> int:
+    """Start a real CLI run and send ``sig`` once its journal lists ``shards`` completed shards."""
+    journal = out.parent / f".{out.name}.mergeflow-partial" / ".mergeflow-journal.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mergeflow.cli.main", "run", str(rec), str(out), "-q"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    seen = 0
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if shards == 0 and journal.parent.exists():
+            break
+        try:
+            seen = len(json.loads(journal.read_text())["shards"])
+        except (OSError, ValueError, KeyError):
+            seen = 0
+        if seen >= shards:
+            break
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    text = proc.stderr.read().decode()
+    proc.wait()
+    proc.stderr.close()
+    if stderr is not None:
+        stderr += [text, proc.returncode]
+    return seen

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from mergeflow.io.ownership import write_marker
 from tests.conftest import cli, run_cli, write
-from tests.helpers import make_model
+from tests.helpers import files, kill_after, make_model
 
 
 @pytest.fixture(scope="module")
@@ -32,45 +28,12 @@ def big_recipe(tmp_path_factory):
     return rec, ref
 
 
-def files(path):
-    return {f.name: f.read_bytes() for f in sorted(path.iterdir())}
-
-
-def _kill_after(rec, out, shards: int, sig=signal.SIGKILL, stderr: list | None = None) -> int:
-    """Start a real CLI run and send ``sig`` once its journal lists ``shards`` completed shards."""
-    journal = out.parent / f".{out.name}.mergeflow-partial" / ".mergeflow-journal.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mergeflow.cli.main", "run", str(rec), str(out), "-q"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    seen = 0
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if shards == 0 and journal.parent.exists():
-            break
-        try:
-            seen = len(json.loads(journal.read_text())["shards"])
-        except (OSError, ValueError, KeyError):
-            seen = 0
-        if seen >= shards:
-            break
-        time.sleep(0.002)
-    proc.send_signal(sig)
-    text = proc.stderr.read().decode()
-    proc.wait()
-    proc.stderr.close()
-    if stderr is not None:
-        stderr += [text, proc.returncode]
-    return seen
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [0, 2, 7, 11])
 def test_killed_run_resumes_to_identical_output(tmp_path, big_recipe, kill_at):
     rec, ref = big_recipe
     out = tmp_path / "out"
-    _kill_after(rec, out, kill_at)
+    kill_after(rec, out, kill_at)
     assert not out.exists(), "a killed run must leave nothing under the final name"
     res = cli("run", str(rec), str(out), "--resume")
     assert res.returncode == 0, res.stderr
@@ -83,7 +46,7 @@ def test_killed_run_resumes_to_identical_output(tmp_path, big_recipe, kill_at):
 def test_sigterm_keeps_partial_work_and_resume_skips_it(tmp_path, big_recipe):
     rec, ref = big_recipe
     out = tmp_path / "out"
-    seen = _kill_after(rec, out, 4, signal.SIGTERM)
+    seen = kill_after(rec, out, 4, signal.SIGTERM)
     assert not out.exists() and (tmp_path / ".out.mergeflow-partial").is_dir()
     res = cli("run", str(rec), str(out), "--resume")
     assert res.returncode == 0, res.stderr
@@ -101,7 +64,7 @@ def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(
     rec, _ref = big_recipe
     out = tmp_path / "out"
     got: list = []
-    _kill_after(rec, out, 2, sig, got)
+    kill_after(rec, out, 2, sig, got)
     err, rc = got
     assert rc == code, err
     last = err.strip().splitlines()[-1]
@@ -117,7 +80,7 @@ def test_an_interruption_says_what_was_kept_and_a_new_run_says_what_it_discards(
 def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe):
     rec, ref = big_recipe
     out = tmp_path / "out"
-    _kill_after(rec, out, 6)
+    kill_after(rec, out, 6)
     partial = tmp_path / ".out.mergeflow-partial"
     first = sorted(partial.glob("model-*.safetensors"))[0]
     data = bytearray(first.read_bytes())
@@ -127,7 +90,7 @@ def test_resume_redoes_corrupted_shards_and_changed_recipes(tmp_path, big_recipe
     assert res.returncode == 0 and files(out) == files(ref)
     # a different recipe must not reuse shards of another
     out2 = tmp_path / "out2"
-    _kill_after(rec, out2, 6)
+    kill_after(rec, out2, 6)
     rec2 = write(tmp_path / "r2.yml", rec.read_text().replace("seed: 3", "seed: 4"))
     res = cli("run", str(rec2), str(out2), "--resume")
     assert res.returncode == 0 and "kept 0 of" in res.stdout

@@ -196,7 +196,6 @@ def tasks(
     from mergeflow.errors import InputError
     from mergeflow.eval.tasks import eval_tasks
     from mergeflow.graph.run import resolve_device
-
     from mergeflow.io.hub import resolve_model
 
     parsed = []

@@ -28,6 +28,7 @@ def plan(
 ) -> None:
     """Print what a run of RECIPE would do: tensors, bytes to read and write, estimated peak memory."""
     from mergeflow.graph import run as runner
+    from mergeflow.graph.memory import overlap
     from mergeflow.graph.sources import preflight
 
     budget = parse_size(disk_budget, "--disk-budget", 1)
@@ -113,13 +114,13 @@ def plan(
         )
     click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     share = runner.tensor_budget(prep.max_memory)
-    ahead = min(max(share - p.peak_task_bytes, 0), runner.PREFETCH_CAP)
+    ahead = overlap(prep.max_memory, p.peak_task_bytes, p.arch is not None)
     given = f"--max-memory {max_memory}" if max_memory else "default: half the available memory"
     click.echo(
         f"memory budget: {human(prep.max_memory)} ({given}); tensors in flight may use {human(share)} of it, "
         f"the rest is kept for mapped file pages and headroom"
     )
     click.echo(
-        f"estimated peak for tensors in flight, read-ahead included: "
-        f"{human(p.peak_task_bytes + min(ahead, p.bytes_read))}"
+        f"estimated peak for tensors in flight, read-ahead and writes waiting for the writing thread included: "
+        f"{human(p.peak_task_bytes + min(ahead.prefetch, p.bytes_read) + min(ahead.write_behind, p.bytes_written))}"
     )

@@ -19,7 +19,11 @@ from mergeflow.progress import SILENT, Progress
 class TensorSink(Protocol):
     """Where Write tasks put the merged tensors: the sharded writer, or memory (graph.in_memory)."""
 
-    def write(self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> None: ...
+    def write(
+        self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None, owned: bool = False
+    ) -> None:
+        """``owned``: the tensor was made for this write and nothing else holds it (it may be kept, or written
+        later by another thread)."""
 
 
 @dataclass

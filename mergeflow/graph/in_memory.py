@@ -20,7 +20,9 @@ class MemoryWriter:
         self.outs = {o.name: o for o in outs}
         self.tensors: dict[str, torch.Tensor] = {}
 
-    def write(self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
+    def write(
+        self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None, owned: bool = False
+    ) -> None:
         if rows is None:
             self.tensors[name] = tensor
             return

@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass
 
 import psutil
 
 MAPPED_SHARE = 8
+PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
+ADVISE_CAP = (
+    2**30
+)  # alignment: stored bytes the kernel is asked to read ahead (about two 7B layers of a pair)
+WRITE_BEHIND_CAP = (
+    512 * 2**20
+)  # finished tensors waiting for the writing thread (a 7B layer's outputs: 440 MB)
+# MERGEFLOW_READAHEAD=off: no kernel readahead advice in alignment runs (benchmarks; --no-prefetch also stops it)
+READAHEAD = os.environ.get("MERGEFLOW_READAHEAD", "on") != "off"
+# MERGEFLOW_WRITE_BEHIND=off: every write made by the computing thread (benchmarks)
+WRITE_BEHIND = os.environ.get("MERGEFLOW_WRITE_BEHIND", "on") != "off"
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """How a run overlaps its reading and writing with its computing, in bytes (0: not at all)."""
+
+    prefetch: int  # read ahead into tensors by a thread (merges: reading is most of their time)
+    advise: int  # stored bytes the kernel is asked to read ahead, no thread (alignment: compute-bound)
+    write_behind: int  # finished tensors handed to a writing thread
+
+
+def overlap(budget: int, peak_task_bytes: int, aligning: bool, enabled: bool = True) -> Overlap:
+    """Within the part of the budget the plan's largest task leaves. A reading thread would compete with an
+    alignment's solves for the cores, so alignment asks the kernel to read its next layers instead."""
+    window = max(tensor_budget(budget) - peak_task_bytes, 0)
+    prefetch = min(window, PREFETCH_CAP) if enabled and not aligning else 0
+    advise = min(tensor_budget(budget), ADVISE_CAP) if enabled and READAHEAD and aligning else 0
+    behind = min(window - prefetch, WRITE_BEHIND_CAP) if enabled and WRITE_BEHIND else 0
+    return Overlap(prefetch, advise, behind)
 
 
 def malloc_returns_large_blocks(budget: int) -> None:

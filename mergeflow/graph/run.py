@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 import warnings
@@ -26,6 +25,7 @@ from mergeflow.graph.memory import (
     MAPPED_SHARE,
     default_max_memory,
     malloc_returns_large_blocks,
+    overlap,
     peak_rss_bytes,
     tensor_budget,
 )
@@ -45,6 +45,7 @@ from mergeflow.graph.stats_inputs import open_stats
 from mergeflow.graph.support import write_support
 from mergeflow.graph.tasks import Load, Write
 from mergeflow.graph.untie import untie_models
+from mergeflow.io.background import BackgroundWriter
 from mergeflow.io.card import write_card
 from mergeflow.io.dtypes import NAMES
 from mergeflow.io.hub_reader import HubReader
@@ -60,12 +61,6 @@ from mergeflow.recipe.validate import load_recipe
 from mergeflow.recipe.yaml_source import MAX_BYTES
 from mergeflow.tokenizer.recipe import recipe_tokenizer
 
-PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
-ADVISE_CAP = (
-    2**30
-)  # alignment: stored bytes the kernel is asked to read ahead (about two 7B layers of a pair)
-# MERGEFLOW_READAHEAD=off: no kernel readahead advice in alignment runs (benchmarks; --no-prefetch also stops it)
-READAHEAD = os.environ.get("MERGEFLOW_READAHEAD", "on") != "off"
 MAPPED_CAP = 4 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
 
 
@@ -211,7 +206,11 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
     with out_dir as tmp:
         journal = Journal(tmp, run_fingerprint(prep))
         kept = journal.load_verified() if opts.resume else set()
+        ahead = overlap(prep.max_memory, plan.peak_task_bytes, plan.arch is not None, opts.prefetch)
+        writer: ShardedWriter | BackgroundWriter
         writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)
+        if ahead.write_behind:
+            writer = BackgroundWriter(writer, ahead.write_behind)
         todo = [w for w in plan.writes if not writer.is_done(w.out.name)]
         bar.set_total(sum(w.nbytes for w in todo))
         ctx = ExecContext(
@@ -225,17 +224,12 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
             note=bar.describe,
             progress=progress,
         )
-        window = tensor_budget(prep.max_memory) - plan.peak_task_bytes
-        # reading ahead competes with the solves for the cores: alignment runs are compute-bound
-        prefetch = min(max(window, 0), PREFETCH_CAP) if opts.prefetch and plan.arch is None else 0
-        # ... but the kernel may read the next layers while this one is solved (no thread, no memory of ours)
-        advise = min(tensor_budget(prep.max_memory), ADVISE_CAP) if opts.prefetch and READAHEAD else 0
-        advise = advise if plan.arch is not None else 0
         if opts.tune_malloc:
             malloc_returns_large_blocks(prep.max_memory)
         try:
             fetcher = start_downloads(prep, todo, tmp, opts.disk_budget, progress)
-            execute(todo, ctx, prefetch_bytes=prefetch, on_done=on_done, advise_bytes=advise)
+            execute(todo, ctx, prefetch_bytes=ahead.prefetch, on_done=on_done, advise_bytes=ahead.advise)
+            writer.drain()  # a failure drops what is queued (close), a success waits for it
         finally:
             if fetcher is not None:
                 fetcher.close()

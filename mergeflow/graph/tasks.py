@@ -126,8 +126,9 @@ class Write:
         return (self.source,)
 
     def run(self, ctx: Any, value: torch.Tensor) -> None:
-        value = value.to(ST_TO_TORCH[self.out.dtype])
-        if ctx.check_finite and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        stored = value.to(ST_TO_TORCH[self.out.dtype])
+        if ctx.check_finite and stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
             raise NonFiniteTensor(f"tensor {self.out.name!r} has NaN or Inf after merging ({self.source.op})")
-        ctx.writer.write(self.out.name, value, rows=self.rows)
+        # a converted copy is this write's alone; the value itself may be another task's input too
+        ctx.writer.write(self.out.name, stored, rows=self.rows, owned=stored is not value)
         return None

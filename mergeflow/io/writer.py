@@ -127,8 +127,11 @@ class ShardedWriter:
             self._fds[i] = fd
         return fd
 
-    def write(self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None) -> None:
-        """Write a whole tensor, or the block of rows [start, stop) of its first dimension."""
+    def write(
+        self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None, owned: bool = False
+    ) -> None:
+        """Write a whole tensor, or the block of rows [start, stop) of its first dimension (at once, whoever
+        owns it)."""
         i, spec = self._where[name]
         want = spec.shape if rows is None else (rows[1] - rows[0], *spec.shape[1:])
         if TORCH_TO_ST.get(tensor.dtype) != spec.dtype or tuple(tensor.shape) != want:
@@ -158,6 +161,9 @@ class ShardedWriter:
         self._left[i] -= end - begin
         if self._left[i] == 0:
             self._complete(i)
+
+    def drain(self) -> None:
+        """Nothing to wait for: every write is made when it is asked for (see io.background)."""
 
     def is_done(self, name: str) -> bool:
         return self.layouts[self._where[name][0]].filename in self.done
