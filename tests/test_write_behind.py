@@ -79,6 +79,27 @@ def test_an_error_in_the_thread_is_raised_in_the_caller_and_close_drops_the_rest
     assert inner.closed and len(inner.calls) < 5  # what was queued behind the failure is dropped
 
 
+def test_the_thread_is_used_by_default_only_off_the_cpu(monkeypatch):
+    """On a CPU the writing thread competes with the computing threads (neutral on 2 cores, measured); on an
+    accelerator the host is idle. Never beyond the budget's window; MERGEFLOW_WRITE_BEHIND decides."""
+    gib = 2**30
+    assert memory.overlap(8 * gib, gib, False).write_behind == 0
+    assert memory.overlap(8 * gib, gib, False, device_type="cuda").write_behind == memory.WRITE_BEHIND_CAP
+    assert memory.overlap(8 * gib, 6 * gib, True, device_type="cuda").write_behind == 0  # no room left
+    assert memory.overlap(8 * gib, gib, False, enabled=False, device_type="cuda") == memory.Overlap(0, 0, 0)
+    monkeypatch.setattr(memory, "WRITE_BEHIND", "on")
+    assert memory.overlap(8 * gib, gib, True).write_behind == memory.WRITE_BEHIND_CAP
+    monkeypatch.setattr(memory, "WRITE_BEHIND", "off")
+    assert memory.overlap(8 * gib, gib, True, device_type="cuda").write_behind == 0
+
+
+@pytest.fixture
+def behind(monkeypatch):
+    """The writing thread on the CPU too (the path an accelerator run takes, after its host copy)."""
+    monkeypatch.setattr(memory, "WRITE_BEHIND", "on")
+    monkeypatch.setenv("MERGEFLOW_WRITE_BEHIND", "on")  # for runs in a child process
+
+
 @pytest.fixture(scope="module")
 def bf16_recipe(tmp_path_factory):
     """Three float32 checkpoints merged into bfloat16 (the converted tensors are the writes' own: handed to
@@ -95,7 +116,7 @@ def bf16_recipe(tmp_path_factory):
     return rec
 
 
-def test_same_files_with_and_without_the_writing_thread(tmp_path, bf16_recipe, monkeypatch):
+def test_same_files_with_and_without_the_writing_thread(tmp_path, bf16_recipe, monkeypatch, behind):
     made: list[BackgroundWriter] = []
     real = background.BackgroundWriter.__init__
 
@@ -106,7 +127,7 @@ def test_same_files_with_and_without_the_writing_thread(tmp_path, bf16_recipe, m
     monkeypatch.setattr(background.BackgroundWriter, "__init__", spy)
     assert cli("run", str(bf16_recipe), str(tmp_path / "behind"), "-q").returncode == 0
     assert made and made[0].overlapped > 20 * 2**20  # most of the 36 MiB went through the thread
-    monkeypatch.setattr(memory, "WRITE_BEHIND", False)
+    monkeypatch.setattr(memory, "WRITE_BEHIND", "off")
     assert cli("run", str(bf16_recipe), str(tmp_path / "direct"), "-q").returncode == 0
     assert len(made) == 1
     a, b = files(tmp_path / "behind"), files(tmp_path / "direct")
@@ -115,7 +136,7 @@ def test_same_files_with_and_without_the_writing_thread(tmp_path, bf16_recipe, m
 
 
 def test_disk_full_in_the_writing_thread_is_one_line_and_cleans_up(
-    tmp_path, bf16_recipe, monkeypatch, capsys
+    tmp_path, bf16_recipe, monkeypatch, capsys, behind
 ):
     from mergeflow.cli import main as cli_main
 
@@ -137,7 +158,7 @@ def test_disk_full_in_the_writing_thread_is_one_line_and_cleans_up(
 
 
 @pytest.mark.slow
-def test_a_killed_run_with_the_writing_thread_resumes_to_identical_output(tmp_path, bf16_recipe):
+def test_a_killed_run_with_the_writing_thread_resumes_to_identical_output(tmp_path, bf16_recipe, behind):
     """Shards completed by the thread are journalled by it; after SIGKILL the resumed run keeps them."""
     ref = tmp_path / "ref"
     assert cli("run", str(bf16_recipe), str(ref), "-q").returncode == 0
@@ -147,3 +168,20 @@ def test_a_killed_run_with_the_writing_thread_resumes_to_identical_output(tmp_pa
     assert res.returncode == 0, res.stderr
     assert seen >= 4 and "resumed: kept" in res.stdout and "kept 0 of" not in res.stdout, (seen, res.stdout)
     assert files(out) == files(ref)
+
+
+def test_a_write_hands_over_only_a_converted_copy():
+    """A value already in the output dtype is the task's value itself (a later task may still read or change
+    it in place): not owned. A converted copy is the write's own."""
+    from types import SimpleNamespace
+
+    from mergeflow.graph.tasks import Write
+    from mergeflow.io.writer import OutTensor
+
+    got = []
+    sink = SimpleNamespace(write=lambda name, tensor, rows=None, owned=False: got.append((name, owned)))
+    ctx = SimpleNamespace(check_finite=True, writer=sink)
+    value = torch.ones(4)
+    Write(OutTensor("same", "F32", (4,)), None).run(ctx, value)  # type: ignore[arg-type]
+    Write(OutTensor("cast", "BF16", (4,)), None).run(ctx, value)  # type: ignore[arg-type]
+    assert got == [("same", False), ("cast", True)]

@@ -114,7 +114,7 @@ def plan(
         )
     click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     share = runner.tensor_budget(prep.max_memory)
-    ahead = overlap(prep.max_memory, p.peak_task_bytes, p.arch is not None)
+    ahead = overlap(prep.max_memory, p.peak_task_bytes, p.arch is not None, device_type=prep.device.type)
     given = f"--max-memory {max_memory}" if max_memory else "default: half the available memory"
     click.echo(
         f"memory budget: {human(prep.max_memory)} ({given}); tensors in flight may use {human(share)} of it, "

@@ -18,8 +18,9 @@ WRITE_BEHIND_CAP = (
 )  # finished tensors waiting for the writing thread (a 7B layer's outputs: 440 MB)
 # MERGEFLOW_READAHEAD=off: no kernel readahead advice in alignment runs (benchmarks; --no-prefetch also stops it)
 READAHEAD = os.environ.get("MERGEFLOW_READAHEAD", "on") != "off"
-# MERGEFLOW_WRITE_BEHIND=off: every write made by the computing thread (benchmarks)
-WRITE_BEHIND = os.environ.get("MERGEFLOW_WRITE_BEHIND", "on") != "off"
+# MERGEFLOW_WRITE_BEHIND: auto (a writing thread when computing on an accelerator, whose host cores are idle;
+# on a CPU it competes with the computing threads: neutral on 2 cores, see docs/performance.md), on, off
+WRITE_BEHIND = os.environ.get("MERGEFLOW_WRITE_BEHIND", "auto")
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,16 @@ class Overlap:
     write_behind: int  # finished tensors handed to a writing thread
 
 
-def overlap(budget: int, peak_task_bytes: int, aligning: bool, enabled: bool = True) -> Overlap:
+def overlap(
+    budget: int, peak_task_bytes: int, aligning: bool, enabled: bool = True, device_type: str = "cpu"
+) -> Overlap:
     """Within the part of the budget the plan's largest task leaves. A reading thread would compete with an
     alignment's solves for the cores, so alignment asks the kernel to read its next layers instead."""
+    writing = WRITE_BEHIND == "on" or (WRITE_BEHIND == "auto" and device_type != "cpu")
     window = max(tensor_budget(budget) - peak_task_bytes, 0)
     prefetch = min(window, PREFETCH_CAP) if enabled and not aligning else 0
     advise = min(tensor_budget(budget), ADVISE_CAP) if enabled and READAHEAD and aligning else 0
-    behind = min(window - prefetch, WRITE_BEHIND_CAP) if enabled and WRITE_BEHIND else 0
+    behind = min(window - prefetch, WRITE_BEHIND_CAP) if enabled and writing else 0
     return Overlap(prefetch, advise, behind)
 
 

@@ -206,7 +206,9 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
     with out_dir as tmp:
         journal = Journal(tmp, run_fingerprint(prep))
         kept = journal.load_verified() if opts.resume else set()
-        ahead = overlap(prep.max_memory, plan.peak_task_bytes, plan.arch is not None, opts.prefetch)
+        ahead = overlap(
+            prep.max_memory, plan.peak_task_bytes, plan.arch is not None, opts.prefetch, prep.device.type
+        )
         writer: ShardedWriter | BackgroundWriter
         writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)
         if ahead.write_behind:

@@ -1,10 +1,11 @@
 """Writes handed to one background thread, so that copying a finished tensor into the output file overlaps
 computing the next one (an aligned 7B layer is solved while the previous layer's 440 MB go to disk).
 
-Only tensors the caller made for the write and holds nowhere else (``owned``) are handed over: a tensor that
-may still be read or changed in place by a later task is written at once, after the queue has drained, so the
-file is written in the same order as without the thread (the shard CRC runs over writes in file order). At
-most ``cap`` bytes wait in the queue; ``write`` blocks while more would."""
+Only tensors the caller made for the write and holds nowhere else (``owned``), or host copies of tensors on an
+accelerator, are handed over: a CPU tensor that may still be read or changed in place by a later task is
+written at once, after the queue has drained, so the file is written in the same order as without the thread
+(the shard CRC runs over writes in file order). At most ``cap`` bytes wait in the queue; ``write`` blocks while
+more would. Used by default when computing on an accelerator (``graph.memory.overlap``)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,13 @@ class BackgroundWriter:
         self, name: str, tensor: torch.Tensor, rows: tuple[int, int] | None = None, owned: bool = False
     ) -> None:
         size = tensor.numel() * tensor.element_size()
-        if not owned or size > self.cap or tensor.device.type != "cpu":
+        if size > self.cap or not (owned or tensor.device.type != "cpu"):
             self.drain()
             self.inner.write(name, tensor, rows)
             return
+        tensor = tensor.to(
+            "cpu"
+        )  # from an accelerator: a host copy of our own (and the thread needs no device)
         while self._queued and self._bytes + size > self.cap:
             self._wait_oldest()
         self._queued.append((self._pool.submit(self._write, name, tensor, rows), size))
