@@ -332,3 +332,19 @@ def test_reports_and_barrier_json_of_earlier_versions_are_recognised(tmp_path):
     for i, data in enumerate((old_report, old_barrier)):
         assert file_written_by_mergeflow(write(tmp_path / f"{i}.json", json.dumps(data)))
     assert not file_written_by_mergeflow(write(tmp_path / "x.json", json.dumps({**old_barrier, "mine": 1})))
+
+
+def test_the_scrambling_utility_never_writes_into_a_users_folder(tmp_path, toy):
+    """mergeflow.testing.scramble_model (used by benchmarks and the demo) would overwrite config.json and
+    model.safetensors in its destination: a folder with anything in it is refused, untouched."""
+    from mergeflow.testing.models import scramble_model
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own")
+    with pytest.raises(FileExistsError, match="not empty"):
+        scramble_model(toy("llama"), mine, seed=1)
+    assert [f.name for f in mine.iterdir()] == ["config.json"] and (
+        mine / "config.json"
+    ).read_text() == "my own"
+    assert (scramble_model(toy("llama"), tmp_path / "new", seed=1) / "model.safetensors").exists()

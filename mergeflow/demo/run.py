@@ -36,7 +36,9 @@ def build_models(models_dir: Path) -> dict[str, Path]:
         "base": base,
         "math": math,
         "code": build("llama", models_dir / "code", seed=2, perturb_from=base, perturb_scale=0.005),
-        "math-scrambled": scramble_model(math, models_dir / "math-scrambled", seed=3, heads_perm=True),
+        "math-scrambled": scramble_model(
+            math, models_dir / "math-scrambled", seed=3, heads_perm=True, replace=True
+        ),  # the demo's own folder, rebuilt each run
     }
 
 

@@ -214,13 +214,15 @@ def scramble_model(
     seed: int = 0,
     noise: float = 0.0,
     residual: str | None = None,
+    replace: bool = False,
     **which: bool,
 ) -> Path:
     """Copy a model with a random exact symmetry applied to every layer (see align.scramble), plus
     optional Gaussian noise of relative size ``noise`` on every tensor. ``residual``: also map the residual
     stream by a random ``permutation`` or ``orthogonal`` matrix (norm scales folded). Returns ``dst``.
     Written one layer at a time into one safetensors file (a layer in memory, whatever the model's size):
-    the layers in order, then the tensors outside them."""
+    the layers in order, then the tensors outside them. ``dst`` must be new or empty (its files would be
+    overwritten) unless ``replace``: for a folder of the caller's own making, such as the demo's."""
     import shutil
 
     from mergeflow.align.scramble import scramble_layer
@@ -232,6 +234,8 @@ def scramble_model(
     from mergeflow.io.stream_save import Entry, save_streamed
 
     src, dst = Path(src), Path(dst)
+    if not replace and dst.is_dir() and any(dst.iterdir()):
+        raise FileExistsError(f"{dst}: not empty; scramble_model writes into a new or empty folder")
     reader = ModelReader("src", src)
     shapes = {n: t.shape for n, t in reader.tensors.items()}
     spec = arch_spec(reader.config, reader.tensors, shapes)
