@@ -49,7 +49,7 @@ def main() -> None:
     b = work / "models" / f"llama-{tag}-gqa-scrambled"
     make_checkpoint(a, dims, seed=0)
     if not (b / "model.safetensors").exists():
-        from mergeflow.testing.models import scramble_model
+        from mergeflow.testing.scramble import scramble_model
 
         scramble_model(a, b, seed=1, noise=args.noise, heads_perm=True)
     size = sum(f.stat().st_size for f in a.glob("*.safetensors"))

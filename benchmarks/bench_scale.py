@@ -285,7 +285,7 @@ def main() -> None:
     if merge_only:  # three unrelated models
         make_checkpoint(b, dims, seed=1, shard_bytes=5_000_000_000)
     elif not (b / "model.safetensors").exists():
-        from mergeflow.testing.models import scramble_model
+        from mergeflow.testing.scramble import scramble_model
 
         scramble_model(a, b, seed=1, noise=args.noise, heads_perm=True)
     if not args.no_merge:

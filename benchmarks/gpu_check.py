@@ -102,7 +102,8 @@ def largest_difference(a: Path, b: Path) -> float:
 
 def end_to_end(device: torch.device, work: Path) -> dict[str, Any]:
     from mergeflow import api
-    from mergeflow.testing.models import build, scramble_model
+    from mergeflow.testing.models import build
+    from mergeflow.testing.scramble import scramble_model
 
     a = build("llama", work / "a", seed=0)
     b = scramble_model(a, work / "b", seed=3, heads_perm=True)

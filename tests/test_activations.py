@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 from tests.helpers import CAUSAL, align, exact_steps, outputs, state, text_data, trained_norms, vision_data
 

@@ -14,7 +14,7 @@ from mergeflow.align.procrustes import procrustes, rope_procrustes
 from mergeflow.align.rescale import best_scale
 from mergeflow.align.scramble import random_orthogonal, scramble_layer
 from mergeflow.arch.spec import Geometry
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 from tests.helpers import CAUSAL, CLASSIFY, align, align_refused, exact_steps, outputs, state
 

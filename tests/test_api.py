@@ -7,7 +7,7 @@ import torch
 
 from mergeflow import api
 from mergeflow.progress import callback
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 from tests.helpers import outputs, state
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mergeflow.align import assign, unit_match
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.helpers import align, state
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mergeflow.graph import cost_notes
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 
 TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nalign then merge\n" * 3

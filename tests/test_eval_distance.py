@@ -6,7 +6,7 @@ import pytest
 
 from mergeflow.eval.distance import model_distance
 from mergeflow.io.reader import ModelReader
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mergeflow.io.ownership import MARKER
 from mergeflow.io.reader import ModelReader
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 from tests.helpers import clean_failure
 

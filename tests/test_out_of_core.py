@@ -14,7 +14,7 @@ from mergeflow.eval.loss import evaluate
 from mergeflow.stats.compute import compute_stats
 from mergeflow.stats.data import load_data
 from mergeflow.stats.model import load_model, weight_bytes
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 
 TEXT = "the quick brown fox\njumps over the lazy dog\nhello world, merge me!\nalign then merge\n" * 3

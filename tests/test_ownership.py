@@ -337,7 +337,7 @@ def test_reports_and_barrier_json_of_earlier_versions_are_recognised(tmp_path):
 def test_the_scrambling_utility_never_writes_into_a_users_folder(tmp_path, toy):
     """mergeflow.testing.scramble_model (used by benchmarks and the demo) would overwrite config.json and
     model.safetensors in its destination: a folder with anything in it is refused, untouched."""
-    from mergeflow.testing.models import scramble_model
+    from mergeflow.testing.scramble import scramble_model
 
     mine = tmp_path / "mine"
     mine.mkdir()

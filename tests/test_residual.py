@@ -7,7 +7,7 @@ import torch
 
 from mergeflow.align.scramble import random_orthogonal
 from mergeflow.align.stream_map import ResidualMap, centred_basis, solve
-from mergeflow.testing.models import scramble_model
+from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
 from tests.helpers import align, exact_steps, outputs, state, trained_norms
 

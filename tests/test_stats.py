@@ -161,7 +161,7 @@ def test_stats_and_data_aware_merges_on_trained_digits_models(digits_pair):
 def test_gram_of_a_permuted_model_is_the_permuted_gram(tmp_path, toy):
     """FFN neurons permuted by P: down_proj's inputs are P x, so its Gram becomes P G P^T; the residual
     stream is untouched, so q/k/v/up/gate Grams stay the same."""
-    from mergeflow.testing.models import scramble_model
+    from mergeflow.testing.scramble import scramble_model
 
     src = toy("llama")
     dst = scramble_model(src, tmp_path / "perm", seed=3, rotate=False, permute=True, scale=False)

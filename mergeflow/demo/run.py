@@ -29,7 +29,7 @@ def build_models(models_dir: Path) -> dict[str, Path]:
 
     models_dir.mkdir(parents=True, exist_ok=True)
     base = build("llama", models_dir / "base", seed=0)
-    from mergeflow.testing.models import scramble_model
+    from mergeflow.testing.scramble import scramble_model
 
     math = build("llama", models_dir / "math", seed=1, perturb_from=base, perturb_scale=0.005)
     return {
