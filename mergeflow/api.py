@@ -156,10 +156,14 @@ def barrier(
     ``scratch``: the folder temporary models go under (default: the system's temporary folder)."""
     from mergeflow.eval.barrier import barrier_report
     from mergeflow.stats.data import load_data
+    from mergeflow.stats.parallel import process_group
 
     model_a, model_b = _local(model_a, "model_a"), _local(model_b, "model_b")
     ds = load_data(str(data)).subset(max_examples)
-    bar = (progress or SILENT).bar("barrier", points * (1 + len(steps or [])), unit="pt")
+    shown = (
+        (progress or SILENT) if process_group(resolve_device(device)).main else SILENT
+    )  # one bar per launch
+    bar = shown.bar("barrier", points * (1 + len(steps or [])), unit="pt")
     try:
         return barrier_report(
             str(model_a),

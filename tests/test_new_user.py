@@ -144,7 +144,7 @@ def test_run_creates_only_the_last_folder_unless_parents(tmp_path, toy, capsys):
 
 
 def test_barrier_plot_names_a_b_and_the_loss(tmp_path, toy):
-    from mergeflow.eval.barrier import plot
+    from mergeflow.eval.barrier_plot import plot
 
     rep = {
         "a": "/m/vit-seed11",

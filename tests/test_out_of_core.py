@@ -248,6 +248,69 @@ def test_a_process_that_fails_does_not_hang_the_launch(tmp_path, digits_finetune
     assert not out.exists()
 
 
+@pytest.mark.slow
+def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes):
+    """`eval tasks` (a sequence and a token classifier: summed losses and counts, gathered entity spans) and
+    `eval barrier --align default` (a ViT pair) started by `torchrun --nproc_per_node 2`, each process scoring
+    half the examples: the first process writes the same report as one process."""
+    import json
+
+    base, sent, ner = trio
+    words = [["ann", "lives", "in", "paris"], ["bob", "went", "to", "rome"], ["nice", "day"]] * 3
+    tags = [[1, 0, 0, 3], [1, 0, 0, 3], [0, 0]] * 3
+    ner_data = tmp_path / "ner.jsonl"
+    ner_data.write_text(
+        "".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in zip(words, tags, strict=True))
+    )
+    sent_data = tmp_path / "sent.jsonl"
+    sent_data.write_text(
+        "".join(json.dumps({"text": " ".join(w), "label": i % 3}) + "\n" for i, w in enumerate(words))
+    )
+    from mergeflow.testing import train as tt
+
+    x, y = tt.digits("test")
+    tt.save_npz(tmp_path / "d.npz", x[:45], y[:45])  # odd: the halves differ in size
+
+    def args(tag: str) -> list[list[str]]:
+        tasks = [
+            "eval",
+            "tasks",
+            str(base),
+            "--task",
+            f"sent={sent}:{sent_data}",
+            "--task",
+            f"ner={ner}:{ner_data}",
+        ]
+        barrier = ["eval", "barrier", str(digits_finetunes / "a"), str(digits_finetunes / "b"), "--data"]
+        barrier += [str(tmp_path / "d.npz"), "--align", "default", "--points", "3", "-q"]
+        return [
+            tasks + ["--device", "cpu", "--json", str(tmp_path / f"{tag}-tasks.json")],
+            barrier + ["--device", "cpu", "-o", str(tmp_path / f"{tag}-barrier")],
+        ]
+
+    script = tmp_path / "both.py"
+    script.write_text(
+        "from mergeflow.cli.main import main\n"
+        f"for argv in {args('two')!r}:\n"
+        "    try:\n        main(argv)\n    except SystemExit as exc:\n        if exc.code:\n            raise\n"
+    )
+    res = launch_two(script)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    for argv in args("one"):
+        assert cli(*argv).returncode == 0
+    two, one = (json.loads((tmp_path / f"{t}-tasks.json").read_text()) for t in ("two", "one"))
+    assert two["processes"] == 2 and one["processes"] == 1
+    for name in ("sent", "ner"):
+        for side in ("fine_tuned", "merged"):
+            assert two["tasks"][name][side] == pytest.approx(one["tasks"][name][side], rel=1e-5), (name, side)
+    assert "entity_f1" in one["tasks"]["ner"]["merged"]
+    two, one = (json.loads((tmp_path / f"{t}-barrier.json").read_text()) for t in ("two", "one"))
+    assert list(two["variants"]) == list(one["variants"]) == ["naive", "+permute", "+rotate", "+rescale"]
+    for name, v in one["variants"].items():
+        for p, q in zip(two["variants"][name]["points"], v["points"], strict=True):
+            assert p == pytest.approx(q, rel=1e-5), name
+
+
 def test_statistics_files_written_a_tensor_at_a_time_read_back_exactly(tmp_path):
     """The streaming writer (no in-memory copy of the file): any shape, 0-d, empty and transposed tensors,
     bf16 converted to float32; metadata as safetensors writes it."""

@@ -220,6 +220,8 @@ def test_masked_lm_stats_and_eval(tmp_path, data):
     scores = evaluate(load_model(mlm, torch.device("cpu")), load_data(sent))
     assert 0 <= scores["accuracy"] <= 1 and scores["loss"] > 0
     assert scores == evaluate(load_model(mlm, torch.device("cpu")), load_data(sent))  # same tokens masked
+    one_by_one = evaluate(load_model(mlm, torch.device("cpu")), load_data(sent), batch_size=1)
+    assert one_by_one == pytest.approx(scores, rel=1e-6)  # each example masked by its own seed, in any batch
 
 
 def test_char_vocab_json_and_token_id_npz(tmp_path):

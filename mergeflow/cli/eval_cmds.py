@@ -31,6 +31,14 @@ def _steps(spec: str | None, anchor: str) -> list | None:
     return steps
 
 
+def _main(device: str) -> bool:
+    """Whether this is the first (or only) process of a launch."""
+    from mergeflow.graph.run import resolve_device
+    from mergeflow.stats.parallel import process_group
+
+    return process_group(resolve_device(device)).main
+
+
 @eval_group.command()
 @click.argument("model_a", type=MODEL)
 @click.argument("model_b", type=MODEL)
@@ -76,7 +84,7 @@ def barrier(
     """Loss of (1-l) A + l B over a grid of l, naive and after each alignment step; the barrier of each."""
     from mergeflow import api
     from mergeflow.cli.progress import console
-    from mergeflow.eval.barrier import plot
+    from mergeflow.eval.barrier_plot import plot
     from mergeflow.io.ownership import atomic_write, check_file_target
 
     inputs = [Path(model_a), Path(model_b), Path(data)]
@@ -97,6 +105,8 @@ def barrier(
         parse_size(max_memory, least=1 << 20),
         scratch,
     )
+    if not _main(device):  # several processes: the first writes and reports
+        return
     text = json.dumps({"written_by": "mergeflow", **report}, indent=2) + "\n"
     atomic_write(json_out, lambda tmp: tmp.write_text(text))
     atomic_write(png_out, lambda tmp: plot(report, tmp))
@@ -213,6 +223,8 @@ def tasks(
     report = eval_tasks(
         merged, parsed, resolve_device(device), max_examples, max_memory=budget, scratch=scratch
     )
+    if not _main(device):  # several processes: the first writes and reports
+        return
     if json_out:
         from mergeflow.io.ownership import atomic_write, check_file_target
 

@@ -14,7 +14,8 @@ def run_trained(work: Path, table) -> tuple[dict, dict]:  # noqa: ANN001  (table
     """Train, merge and measure; returns (accuracies, barrier rows) for the demo's results."""
     import torch
 
-    from mergeflow.eval.barrier import barrier_report, plot
+    from mergeflow.eval.barrier import barrier_report
+    from mergeflow.eval.barrier_plot import plot
     from mergeflow.eval.distance import model_distance
     from mergeflow.graph import run as runner
     from mergeflow.io.reader import ModelReader

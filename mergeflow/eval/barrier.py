@@ -24,6 +24,7 @@ from mergeflow.stats.model import (
     stored_bytes,
     weight_bytes,
 )
+from mergeflow.stats.parallel import Group, process_group
 
 
 def load_endpoint(a_dir: str | Path, device: torch.device) -> tuple[Loaded, dict[str, torch.Tensor]]:
@@ -39,6 +40,7 @@ def curve(
     points: int,
     progress: Callable[[int], None] = lambda n: None,
     max_length: int | None = None,
+    group: Group | None = None,
 ) -> dict[str, Any]:
     """The path from A (see load_endpoint; its model is overwritten along the way) to the model in b_dir."""
     la, sa = a
@@ -48,7 +50,7 @@ def curve(
     rows = []
     for lam in grid(points):
         interpolate_into(la, sa, sb, lam)
-        rows.append({"lambda": lam, **evaluate(la, data, max_length=max_length)})
+        rows.append({"lambda": lam, **evaluate(la, data, max_length=max_length, group=group)})
         progress(1)
     return summary(rows)
 
@@ -67,6 +69,7 @@ def curve_on_disk(
     work: Path,
     progress: Callable[[int], None] = lambda n: None,
     max_length: int | None = None,
+    group: Group | None = None,
 ) -> dict[str, Any]:
     """The same path for models larger than ``max_memory``: each inner point is written by a linear merge
     (streamed, tensor by tensor, float32) into ``work`` and evaluated placed under the budget."""
@@ -80,7 +83,7 @@ def curve_on_disk(
             else interpolated(a_dir, b_dir, lam, work, device, max_memory)
         )
         loaded = load_model(path, device, max_memory=max_memory)
-        rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length)})
+        rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length, group=group)})
         del loaded
         freed()
         if 0 < lam < 1:  # the point this function wrote: gone before the next one is written
@@ -192,12 +195,31 @@ def barrier_report(
     """Every curve of the report; models whose float32 weights exceed ``max_memory`` are evaluated placed
     under it, their inner points written to disk (curve_on_disk). Aligned copies and points go to a temporary
     folder under ``scratch`` (default: the system's), checked for room first; each variant's copies are
-    deleted once its curve is done."""
+    deleted once its curve is done. Under a launcher the processes share the examples (stats.parallel); each
+    makes its own aligned copies (under its own temporary folder)."""
+    group = process_group(device)
+    with group.working():
+        return _report(a_dir, b_dir, data, steps, points, group, progress, max_memory, scratch)
+
+
+def _report(
+    a_dir: str | Path,
+    b_dir: str | Path,
+    data: Data,
+    steps: list[dict[str, Any]] | None,
+    points: int,
+    group: Group,
+    progress: Callable[[int], None],
+    max_memory: int | None,
+    scratch: str | Path | None,
+) -> dict[str, Any]:
+    device = group.device
     out: dict[str, Any] = {
         "a": str(a_dir),
         "b": str(b_dir),
         "data": str(data.path),
         "examples": len(data),
+        "processes": group.size,
         "variants": {},
     }
     first = load_model(a_dir, device, max_memory=max_memory)
@@ -225,12 +247,18 @@ def barrier_report(
             if on_disk and max_memory is not None:
                 (mine / "points").mkdir(parents=True, exist_ok=True)
                 path = curve_on_disk(
-                    a_path, b, data, points, device, max_memory, mine / "points", progress, max_length
+                    a_path, b, data, points, device, max_memory, mine / "points", progress, max_length, group
                 )
             else:
                 assert a is not None
                 path = curve(
-                    load_endpoint(a_path, device) if folded else a, b, data, points, progress, max_length
+                    load_endpoint(a_path, device) if folded else a,
+                    b,
+                    data,
+                    points,
+                    progress,
+                    max_length,
+                    group,
                 )
             shutil.rmtree(mine, ignore_errors=True)
             freed()  # a folded variant's endpoint model
@@ -247,34 +275,3 @@ def scratch_need(
     if steps:
         need += stored_bytes(b_dir) + (stored_bytes(a_dir) if folds(steps) else 0)
     return need + (weight_bytes(a_dir) if on_disk else 0)
-
-
-def plot(report: dict[str, Any], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
-    for name, v in report["variants"].items():
-        xs = [p["lambda"] for p in v["points"]]
-        ax.plot(
-            xs,
-            [p["loss"] for p in v["points"]],
-            marker="o",
-            ms=3,
-            label=f"{name} (barrier {v['barrier']:.3g})",
-        )
-    a, b = (Path(str(report.get(k, k.upper()))).name for k in ("a", "b"))
-    ax.set_xlabel(f"lambda: (1 - lambda) A + lambda B      (A = {a}, B = {b})")
-    data = Path(str(report.get("data", "the data"))).name
-    ax.set_ylabel(f"cross-entropy on {data} ({report.get('examples', '?')} ex.)")
-    ax.set_title(f"loss along the straight path from A = {a} to B = {b}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(
-        loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8
-    )  # beside, never on peaks
-    fig.tight_layout()
-    fig.savefig(str(path), format="png", metadata={"Software": "mergeflow"})  # marks the file as mergeflow's
-    plt.close(fig)
-    return Path(path)

@@ -19,6 +19,7 @@ from mergeflow.io.scratch import scratch_folder
 from mergeflow.io.stream_save import Entry, save_streamed
 from mergeflow.stats.data import load_data
 from mergeflow.stats.model import check_fits, freed, load_model, stored_bytes, stored_names
+from mergeflow.stats.parallel import Group, process_group
 
 
 def _strip(names: list[str], prefix: str) -> dict[str, str]:
@@ -114,13 +115,28 @@ def eval_tasks(
     """Each task model scored as it is and with the merged backbone. A model whose float32 weights exceed
     ``max_memory`` is placed by accelerate (see ``load_model``), and its merged version is written to a
     temporary folder under ``scratch`` (its stored size of disk, checked first) and placed the same way instead
-    of being swapped in memory."""
+    of being swapped in memory. Under a launcher the processes share each task's examples (stats.parallel)."""
+    group = process_group(device)
+    with group.working():
+        return _eval_tasks(merged, tasks, group, max_examples, batch_size, max_memory, scratch)
+
+
+def _eval_tasks(
+    merged: str | Path,
+    tasks: list[tuple[str, str, str]],
+    group: Group,
+    max_examples: int | None,
+    batch_size: int,
+    max_memory: int | None,
+    scratch: str | Path | None,
+) -> dict[str, Any]:
+    device, score = group.device, partial(evaluate, batch_size=batch_size, group=group)
     rows: dict[str, dict[str, Any]] = {}
     for name, model_dir, data_path in tasks:
         data = load_data(data_path).subset(max_examples)
         loaded = load_model(model_dir, device, max_memory=max_memory)
         check_fits(loaded, data, model_dir)
-        own = evaluate(loaded, data, batch_size)
+        own = score(loaded, data)
         placed = loaded.offloaded
         if placed:
             need = stored_bytes(model_dir)
@@ -129,10 +145,10 @@ def eval_tasks(
                 del loaded
                 freed()
                 loaded = load_model(tmp, device, max_memory=max_memory)
-                got = evaluate(loaded, data, batch_size)
+                got = score(loaded, data)
         else:
             n = attach_backbone(loaded, merged)
-            got = evaluate(loaded, data, batch_size)
+            got = score(loaded, data)
         metric, value = primary(got)
         base = primary(own)[1]
         norm = value / base if metric != "loss" and base > 0 else None
@@ -153,4 +169,5 @@ def eval_tasks(
         "merged": str(merged),
         "tasks": rows,
         "mean_normalized": sum(norms) / len(norms) if norms else None,
+        "processes": group.size,
     }

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -40,6 +41,16 @@ class Group:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t[0])
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (any picklable object), in process order, on every process."""
+        if self.size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.size
+        dist.all_gather_object(out, value)
+        return out
 
     @contextmanager
     def working(self) -> Iterator[None]:
