@@ -403,3 +403,31 @@ def test_barrier_refuses_a_scratch_disk_without_room_before_writing(setup, tmp_p
         "--scratch", str(tmp_path / "nowhere"),
     )  # fmt: skip
     assert res.returncode == 2 and "--scratch" in res.stderr and "not an existing folder" in res.stderr
+
+
+def test_processes_sharing_a_machine_are_checked_for_their_scratch_together(setup, tmp_path, monkeypatch):
+    """Each process of a launch makes its own aligned copy: two on one machine need twice the temporary disk,
+    and the refusal says so (room for one copy only)."""
+    from mergeflow.eval import barrier as barrier_mod
+    from mergeflow.io import scratch as scratch_mod
+    from mergeflow.stats.model import stored_bytes
+    from mergeflow.stats.parallel import Group
+
+    class TwoOnHost(Group):
+        sharing_host = 2  # type: ignore[assignment]
+
+    _root, a, data, _budget = setup
+    b = scramble_model(a, tmp_path / "scrambled", seed=7)
+    monkeypatch.setattr(barrier_mod, "process_group", lambda device: TwoOnHost(0, 1, CPU))
+    monkeypatch.setattr(scratch_mod, "nearest_free", lambda path: int(stored_bytes(b) * 1.5))
+    res = cli(
+        "eval", "barrier", str(a), str(b), "--data", str(data), "--align", "default", "--points", "3",
+        "--device", "cpu", "-o", str(tmp_path / "bar"), "--scratch", str(tmp_path),
+    )  # fmt: skip
+    assert res.returncode == 2 and "(2 processes on this machine) needs" in res.stderr, res.stderr
+    monkeypatch.setattr(barrier_mod, "process_group", lambda device: Group(0, 1, CPU))
+    res = cli(
+        "eval", "barrier", str(a), str(b), "--data", str(data), "--align", "default", "--points", "3",
+        "--device", "cpu", "-o", str(tmp_path / "bar"), "--scratch", str(tmp_path), "-q",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr

@@ -230,8 +230,8 @@ def _report(
     a = None if on_disk else (first, state_of(first))
     del first
     freed()
-    need = scratch_need(a_dir, b_dir, steps, on_disk)
-    with scratch_folder("mergeflow-barrier-", need, scratch, "eval barrier") as tmp:
+    need = scratch_need(a_dir, b_dir, steps, on_disk) * group.sharing_host  # each process makes its own
+    with scratch_folder("mergeflow-barrier-", need, scratch, "eval barrier" + group.on_host) as tmp:
         if (
             steps
         ):  # every step validated and planned (e.g. a step the family refuses) before any curve is computed

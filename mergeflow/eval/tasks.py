@@ -139,8 +139,10 @@ def _eval_tasks(
         own = score(loaded, data)
         placed = loaded.offloaded
         if placed:
-            need = stored_bytes(model_dir)
-            with scratch_folder("mergeflow-tasks-", need, scratch, f"eval tasks ({name})") as tmp:
+            need = stored_bytes(model_dir) * group.sharing_host  # each process on this machine writes one
+            with scratch_folder(
+                "mergeflow-tasks-", need, scratch, f"eval tasks ({name}){group.on_host}"
+            ) as tmp:
                 n = grafted(loaded, model_dir, merged, tmp)
                 del loaded
                 freed()

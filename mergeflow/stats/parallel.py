@@ -68,6 +68,11 @@ class Group:
         """Processes of the group on this machine (torchrun's LOCAL_WORLD_SIZE; 1 when not launched)."""
         return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.size > 1 else 1
 
+    @property
+    def on_host(self) -> str:
+        """ " (N processes on this machine)" when several share it, for messages about its resources."""
+        return f" ({self.sharing_host} processes on this machine)" if self.sharing_host > 1 else ""
+
     def total(self, value: float) -> float:
         if self.size == 1:
             return value
