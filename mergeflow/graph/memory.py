@@ -10,12 +10,10 @@ import psutil
 
 MAPPED_SHARE = 8
 PREFETCH_CAP = 64 * 2**20  # reading further ahead than this buys no throughput, only memory
-ADVISE_CAP = (
-    2**30
-)  # alignment: stored bytes the kernel is asked to read ahead (about two 7B layers of a pair)
-WRITE_BEHIND_CAP = (
-    512 * 2**20
-)  # finished tensors waiting for the writing thread (a 7B layer's outputs: 440 MB)
+# alignment: stored bytes the kernel is asked to read ahead (about two 7B layers of a pair)
+ADVISE_CAP = 2**30
+# finished tensors waiting for the writing thread (a 7B layer's outputs: 440 MB)
+WRITE_BEHIND_CAP = 512 * 2**20
 # MERGEFLOW_READAHEAD=off: no kernel readahead advice in alignment runs (benchmarks; --no-prefetch also stops it)
 READAHEAD = os.environ.get("MERGEFLOW_READAHEAD", "on") != "off"
 # MERGEFLOW_WRITE_BEHIND: auto (a writing thread when computing on an accelerator, whose host cores are idle;
