@@ -250,10 +250,18 @@ def test_a_process_that_fails_does_not_hang_the_launch(tmp_path, digits_finetune
 
 @pytest.mark.slow
 def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes):
-    """`eval tasks` (a sequence and a token classifier: summed losses and counts, gathered entity spans) and
-    `eval barrier --align default` (a ViT pair) started by `torchrun --nproc_per_node 2`, each process scoring
-    half the examples: the first process writes the same report as one process."""
+    """`eval tasks` (a sequence and a token classifier: summed losses and counts, gathered entity spans),
+    `eval barrier --align default` (a ViT pair) and `eval barrier` of a Llama larger than --max-memory (its
+    inner point written to disk) started by `torchrun --nproc_per_node 2`, each process scoring half the
+    examples: the first process writes the same reports as one process. The aligned copies and the point are
+    written once, by the first process (both are on this machine), and read by both."""
     import json
+
+    from mergeflow.testing.models import build
+
+    cfg = {"hidden_size": 256, "intermediate_size": 688, "vocab_size": 16000, "num_hidden_layers": 2}
+    llama = build("llama", tmp_path / "llama", seed=0, shard_size="50MB", config=cfg)  # 39 MB in float32
+    text = write(tmp_path / "t.txt", TEXT)
 
     base, sent, ner = trio
     words = [["ann", "lives", "in", "paris"], ["bob", "went", "to", "rome"], ["nice", "day"]] * 3
@@ -283,14 +291,22 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
         ]
         barrier = ["eval", "barrier", str(digits_finetunes / "a"), str(digits_finetunes / "b"), "--data"]
         barrier += [str(tmp_path / "d.npz"), "--align", "default", "--points", "3", "-q"]
+        placed = ["eval", "barrier", str(llama), str(scramble_model(llama, tmp_path / f"b-{tag}", seed=9))]
+        placed += ["--data", str(text), "--points", "3", "--max-memory", "16MiB", "-q"]
         return [
             tasks + ["--device", "cpu", "--json", str(tmp_path / f"{tag}-tasks.json")],
             barrier + ["--device", "cpu", "-o", str(tmp_path / f"{tag}-barrier")],
+            placed + ["--device", "cpu", "-o", str(tmp_path / f"{tag}-placed")],
         ]
 
     script = tmp_path / "both.py"
-    script.write_text(
-        "from mergeflow.cli.main import main\n"
+    script.write_text(  # each process notes the temporary models it writes
+        "import os\nfrom mergeflow.cli.main import main\nfrom mergeflow.eval import barrier\n"
+        "def noted(f):\n    def g(*a, **k):\n"
+        f"        with open({str(tmp_path / 'made.txt')!r}, 'a') as fh:\n"
+        "            fh.write(os.environ['RANK'] + ' ' + f.__name__ + '\\n')\n"
+        "        return f(*a, **k)\n    return g\n"
+        "barrier.aligned_copy, barrier.interpolated = noted(barrier.aligned_copy), noted(barrier.interpolated)\n"
         f"for argv in {args('two')!r}:\n"
         "    try:\n        main(argv)\n    except SystemExit as exc:\n        if exc.code:\n            raise\n"
     )
@@ -309,6 +325,11 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
     for name, v in one["variants"].items():
         for p, q in zip(two["variants"][name]["points"], v["points"], strict=True):
             assert p == pytest.approx(q, rel=1e-5), name
+    two, one = (json.loads((tmp_path / f"{t}-placed.json").read_text()) for t in ("two", "one"))
+    for p, q in zip(two["variants"]["naive"]["points"], one["variants"]["naive"]["points"], strict=True):
+        assert p == pytest.approx(q, rel=1e-5)
+    made = (tmp_path / "made.txt").read_text().split()
+    assert sorted(set(made[0::2])) == ["0"] and made[1::2] == ["aligned_copy"] * 3 + ["interpolated"], made
 
 
 def test_statistics_files_written_a_tensor_at_a_time_read_back_exactly(tmp_path):
@@ -406,8 +427,9 @@ def test_barrier_refuses_a_scratch_disk_without_room_before_writing(setup, tmp_p
 
 
 def test_processes_sharing_a_machine_are_checked_for_their_scratch_together(setup, tmp_path, monkeypatch):
-    """Each process of a launch makes its own aligned copy: two on one machine need twice the temporary disk,
-    and the refusal says so (room for one copy only)."""
+    """A launch over several machines (4 processes, 2 on this one): each process makes its own aligned copy, so
+    the two here need twice the temporary disk, and the refusal says so (room for one copy only). (All on one
+    machine, the first process makes the copies for all: the two-process test.)"""
     from mergeflow.eval import barrier as barrier_mod
     from mergeflow.io import scratch as scratch_mod
     from mergeflow.stats.model import stored_bytes
@@ -418,7 +440,7 @@ def test_processes_sharing_a_machine_are_checked_for_their_scratch_together(setu
 
     _root, a, data, _budget = setup
     b = scramble_model(a, tmp_path / "scrambled", seed=7)
-    monkeypatch.setattr(barrier_mod, "process_group", lambda device: TwoOnHost(0, 1, CPU))
+    monkeypatch.setattr(barrier_mod, "process_group", lambda device: TwoOnHost(0, 4, CPU))
     monkeypatch.setattr(scratch_mod, "nearest_free", lambda path: int(stored_bytes(b) * 1.5))
     res = cli(
         "eval", "barrier", str(a), str(b), "--data", str(data), "--align", "default", "--points", "3",
@@ -431,3 +453,28 @@ def test_processes_sharing_a_machine_are_checked_for_their_scratch_together(setu
         "--device", "cpu", "-o", str(tmp_path / "bar"), "--scratch", str(tmp_path), "-q",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
+
+
+def test_a_model_made_once_for_the_machine_fails_in_every_process():
+    """Group.made_once: the first process's failure is handed to the others as a one-line error naming it;
+    a process on another machine (not all on one host) makes its own."""
+    from mergeflow.stats.parallel import Group
+
+    sent: list[object] = []
+
+    class Fake(Group):
+        sharing_host = 2  # type: ignore[assignment]
+
+        def gather(self, value):
+            sent.append(value)
+            return [("failed", "no space left on /scratch"), value]
+
+    def boom():
+        raise OSError("no space left on /scratch")
+
+    with pytest.raises(OSError):
+        Fake(0, 2, CPU).made_once(boom, "eval barrier's point")
+    assert sent == [("failed", "no space left on /scratch")]
+    with pytest.raises(InputError, match="eval barrier's point: the first process failed .no space left"):
+        Fake(1, 2, CPU).made_once(boom, "eval barrier's point")
+    assert Group(0, 1, CPU).made_once(lambda: "here", "x") == "here"

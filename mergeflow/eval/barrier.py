@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,9 @@ def curve_on_disk(
     group: Group | None = None,
 ) -> dict[str, Any]:
     """The same path for models larger than ``max_memory``: each inner point is written by a linear merge
-    (streamed, tensor by tensor, float32) into ``work`` and evaluated placed under the budget."""
+    (streamed, tensor by tensor, float32) into ``work`` and evaluated placed under the budget. Processes on one
+    machine share each point: the first writes it (see ``Group.made_once``)."""
+    group = group or Group(0, 1, device)
     rows = []
     for lam in grid(points):
         path = (
@@ -80,13 +83,17 @@ def curve_on_disk(
             if lam == 0
             else b_dir
             if lam == 1
-            else interpolated(a_dir, b_dir, lam, work, device, max_memory)
+            else group.made_once(
+                partial(interpolated, a_dir, b_dir, lam, work, device, max_memory), "eval barrier's point"
+            )
         )
         loaded = load_model(path, device, max_memory=max_memory)
         rows.append({"lambda": lam, **evaluate(loaded, data, max_length=max_length, group=group)})
         del loaded
         freed()
-        if 0 < lam < 1:  # the point this function wrote: gone before the next one is written
+        # the point this process wrote: gone before the next one is written (every process is done with it:
+        # evaluate ends with a collective)
+        if 0 < lam < 1 and group.makes_files:
             shutil.rmtree(path)
         progress(1)
     return summary(rows)
@@ -230,8 +237,14 @@ def _report(
     a = None if on_disk else (first, state_of(first))
     del first
     freed()
-    need = scratch_need(a_dir, b_dir, steps, on_disk) * group.sharing_host  # each process makes its own
-    with scratch_folder("mergeflow-barrier-", need, scratch, "eval barrier" + group.on_host) as tmp:
+    need = scratch_need(a_dir, b_dir, steps, on_disk) if group.makes_files else 0
+    # processes on several machines each make their own copies: those on this one together
+    need, what = (
+        (need, "eval barrier")
+        if group.one_host
+        else (need * group.sharing_host, "eval barrier" + group.on_host)
+    )
+    with scratch_folder("mergeflow-barrier-", need, scratch, what) as tmp:
         if (
             steps
         ):  # every step validated and planned (e.g. a step the family refuses) before any curve is computed
@@ -239,11 +252,14 @@ def _report(
         for i, (name, prefix) in enumerate(variants(steps)):
             mine = tmp / f"variant{i}"  # this variant's copies and points, deleted after its curve
             start = time.perf_counter()
-            b = b_dir if not prefix else aligned_copy(a_dir, b_dir, prefix, mine, str(device))
+            copy = partial(aligned_copy, a_dir, b_dir, prefix, mine, str(device))
+            b = b_dir if not prefix else group.made_once(copy, "eval barrier's aligned copy")
             seconds = time.perf_counter() - start if prefix else 0.0
             # an orthogonal stream map folds the anchor too: the path runs between the folded endpoints, as a merge's
             folded = prefix and folds(prefix)
-            a_path = aligned_copy(a_dir, b_dir, prefix, mine, str(device), "anchor") if folded else a_dir
+            a_path = (
+                group.made_once(partial(copy, "anchor"), "eval barrier's folded anchor") if folded else a_dir
+            )
             if on_disk and max_memory is not None:
                 (mine / "points").mkdir(parents=True, exist_ok=True)
                 path = curve_on_disk(

@@ -6,12 +6,20 @@ run is one process and touches no distributed state."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypeVar, cast
 
 import torch
+
+from mergeflow.errors import InputError
+
+T = TypeVar("T")
+# the first process may write a large temporary model alone (an aligned 7B copy, an interpolated point) while
+# the others wait in a collective: far longer than torch's default timeouts (10 min NCCL, 30 min gloo)
+TIMEOUT = timedelta(hours=3)
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,35 @@ class Group:
         """ " (N processes on this machine)" when several share it, for messages about its resources."""
         return f" ({self.sharing_host} processes on this machine)" if self.sharing_host > 1 else ""
 
+    @property
+    def one_host(self) -> bool:
+        """Several processes, all on this machine: files one of them writes, the others can read."""
+        return self.size > 1 and self.sharing_host == self.size
+
+    @property
+    def makes_files(self) -> bool:
+        """Whether this process writes (and deletes) the temporary models it evaluates (see ``made_once``)."""
+        return self.main or not self.one_host
+
+    def made_once(self, make: Callable[[], T], what: str) -> T:
+        """``make()`` (which writes a temporary model and returns its path) run by the first process alone when
+        every process is on this machine, its result handed to the others (which wait); else each process
+        makes its own. A failure in the first process is an error in every process."""
+        if not self.one_host:
+            return make()
+        if not self.main:
+            status, value = self.gather(None)[0]
+            if status != "ok":
+                raise InputError(f"{what}: the first process failed ({value}); see its message")
+            return cast(T, value)
+        try:
+            result = make()
+        except BaseException as exc:
+            self.gather(("failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            raise
+        self.gather(("ok", result))
+        return result
+
     def total(self, value: float) -> float:
         if self.size == 1:
             return value
@@ -91,7 +128,7 @@ def process_group(device: torch.device) -> Group:
 
     from accelerate import PartialState
 
-    state = PartialState(cpu=device.type == "cpu")
+    state = PartialState(cpu=device.type == "cpu", timeout=TIMEOUT)
     atexit.unregister(_close)  # once, however many commands the process runs
     atexit.register(_close)
     return Group(state.process_index, state.num_processes, state.device if device.type != "cpu" else device)
