@@ -299,6 +299,10 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
             placed + ["--device", "cpu", "-o", str(tmp_path / f"{tag}-placed")],
         ]
 
+    from mergeflow.eval.tasks import eval_tasks
+    from mergeflow.stats.model import weight_bytes
+
+    placed_task, budget = [("ner", str(ner), str(ner_data))], weight_bytes(ner) // 3
     script = tmp_path / "both.py"
     script.write_text(  # each process notes the temporary models it writes
         "import os\nfrom mergeflow.cli.main import main\nfrom mergeflow.eval import barrier\n"
@@ -307,8 +311,12 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
         "            fh.write(os.environ['RANK'] + ' ' + f.__name__ + '\\n')\n"
         "        return f(*a, **k)\n    return g\n"
         "barrier.aligned_copy, barrier.interpolated = noted(barrier.aligned_copy), noted(barrier.interpolated)\n"
+        "from mergeflow.eval import tasks\ntasks._grafted_copy = noted(tasks._grafted_copy)\n"
         f"for argv in {args('two')!r}:\n"
         "    try:\n        main(argv)\n    except SystemExit as exc:\n        if exc.code:\n            raise\n"
+        "import json, torch\n"  # a task model placed under a budget below the CLI's floor: its grafted copy
+        f"r = tasks.eval_tasks({str(base)!r}, {placed_task!r}, torch.device('cpu'), max_memory={budget})\n"
+        f"if os.environ['RANK'] == '0':\n    open({str(tmp_path / 'two-placed-tasks.json')!r}, 'w').write(json.dumps(r))\n"
     )
     res = launch_two(script)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
@@ -329,7 +337,12 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
     for p, q in zip(two["variants"]["naive"]["points"], one["variants"]["naive"]["points"], strict=True):
         assert p == pytest.approx(q, rel=1e-5)
     made = (tmp_path / "made.txt").read_text().split()
-    assert sorted(set(made[0::2])) == ["0"] and made[1::2] == ["aligned_copy"] * 3 + ["interpolated"], made
+    assert sorted(set(made[0::2])) == ["0"], made
+    assert made[1::2] == ["aligned_copy"] * 3 + ["interpolated", "_grafted_copy"], made
+    two = json.loads((tmp_path / "two-placed-tasks.json").read_text())["tasks"]["ner"]
+    one = eval_tasks(base, placed_task, CPU, max_memory=budget)["tasks"]["ner"]
+    assert two["placed"] and one["placed"]
+    assert two["merged"] == pytest.approx(one["merged"], rel=1e-5) and two["merged"] != two["fine_tuned"]
 
 
 def test_statistics_files_written_a_tensor_at_a_time_read_back_exactly(tmp_path):

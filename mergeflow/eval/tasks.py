@@ -72,6 +72,10 @@ def attach_backbone(loaded: Any, merged_dir: str | Path) -> int:
     return len(new)
 
 
+def _grafted_copy(loaded: Any, task_dir: str | Path, merged_dir: str | Path, out: Path) -> tuple[Path, int]:
+    return out, grafted(loaded, task_dir, merged_dir, out)
+
+
 def grafted(loaded: Any, task_dir: str | Path, merged_dir: str | Path, out: Path) -> int:
     """Write the task model with the merged backbone to ``out`` (a model folder: one safetensors file written a
     tensor at a time, the task folder's other files copied), for a model too large to swap in memory.
@@ -139,15 +143,17 @@ def _eval_tasks(
         own = score(loaded, data)
         placed = loaded.offloaded
         if placed:
-            need = stored_bytes(model_dir) * group.sharing_host  # each process on this machine writes one
-            with scratch_folder(
-                "mergeflow-tasks-", need, scratch, f"eval tasks ({name}){group.on_host}"
-            ) as tmp:
-                n = grafted(loaded, model_dir, merged, tmp)
-                del loaded
+            # one grafted copy for the machine when every process is on it (the first writes it), else each its own
+            need = stored_bytes(model_dir) if group.makes_files else 0
+            copies = 1 if group.one_host else group.sharing_host
+            what = f"eval tasks ({name})" + ("" if group.one_host else group.on_host)
+            with scratch_folder("mergeflow-tasks-", need * copies, scratch, what) as tmp:
+                write = partial(_grafted_copy, loaded, model_dir, merged, tmp)
+                path, n = group.made_once(write, f"eval tasks ({name})'s grafted copy")
+                del loaded, write
                 freed()
-                loaded = load_model(tmp, device, max_memory=max_memory)
-                got = score(loaded, data)
+                loaded = load_model(path, device, max_memory=max_memory)
+                got = score(loaded, data)  # ends with a collective: every process has read the copy
         else:
             n = attach_backbone(loaded, merged)
             got = score(loaded, data)
