@@ -291,9 +291,11 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
         ]
         barrier = ["eval", "barrier", str(digits_finetunes / "a"), str(digits_finetunes / "b"), "--data"]
         barrier += [str(tmp_path / "d.npz"), "--align", "default", "--points", "3", "-q"]
-        placed = ["eval", "barrier", str(llama), str(scramble_model(llama, tmp_path / f"b-{tag}", seed=9))]
+        scrambled = scramble_model(llama, tmp_path / f"b-{tag}", seed=9)  # the same function
+        placed = ["eval", "barrier", str(llama), str(scrambled)]
         placed += ["--data", str(text), "--points", "3", "--max-memory", "16MiB", "-q"]
         return [
+            ["eval", "equivalence", str(llama), str(scrambled), "--data", str(text), "--device", "cpu"],
             tasks + ["--device", "cpu", "--json", str(tmp_path / f"{tag}-tasks.json")],
             barrier + ["--device", "cpu", "-o", str(tmp_path / f"{tag}-barrier")],
             placed + ["--device", "cpu", "-o", str(tmp_path / f"{tag}-placed")],
@@ -320,6 +322,8 @@ def test_evaluation_by_two_processes_equals_one(tmp_path, trio, digits_finetunes
     )
     res = launch_two(script)
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    lines = res.stdout.splitlines()  # equivalence: the largest differences of both halves, said once
+    assert lines.count("equivalent") == 1 and sum("max |logits difference|" in x for x in lines) == 1, lines
     for argv in args("one"):
         assert cli(*argv).returncode == 0
     two, one = (json.loads((tmp_path / f"{t}-tasks.json").read_text()) for t in ("two", "one"))

@@ -1,4 +1,5 @@
-"""Is B the same function as A on this data? Max |difference| of logits and of every hidden state."""
+"""Is B the same function as A on this data? Max |difference| of logits and of every hidden state. Under a
+launcher the processes split the examples and take the largest of their maxima (stats.parallel)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import check_fits, load_model
+from mergeflow.stats.parallel import process_group
 
 
 def equivalence(
@@ -20,6 +22,24 @@ def equivalence(
     max_memory: int | None = None,
 ) -> dict[str, Any]:
     """``max_memory``: the most bytes of each model's weights held in memory (see stats.model)."""
+    group = process_group(device)
+    with group.working():
+        worst = _worst(
+            a_dir, b_dir, data.part(group.index, group.size), group.device, batch_size, max_length, max_memory
+        )
+        keys = ("logits", "hidden_states", "logits_scale")
+        return {**worst, **dict(zip(keys, group.most([worst[k] for k in keys]), strict=True))}
+
+
+def _worst(
+    a_dir: str,
+    b_dir: str,
+    data: Data,
+    device: torch.device,
+    batch_size: int,
+    max_length: int,
+    max_memory: int | None,
+) -> dict[str, Any]:
     la = load_model(a_dir, device, headless=True, max_memory=max_memory)
     lb = load_model(b_dir, device, headless=True, max_memory=max_memory)
     check_fits(la, data, a_dir)

@@ -50,6 +50,16 @@ class Group:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return int(t[0])
 
+    def most(self, values: list[float]) -> list[float]:
+        """The largest of every process's ``values``, element by element (the same answer on every process)."""
+        if self.size == 1:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [float(v) for v in t]
+
     def gather(self, value: Any) -> list[Any]:
         """Every process's ``value`` (any picklable object), in process order, on every process."""
         if self.size == 1:
