@@ -216,9 +216,8 @@ def tasks(
         model, colon, data = rest.rpartition(":")
         if not (name and eq and model and colon and data):
             raise InputError(f"--task {spec}: write NAME=MODEL:DATA")
-        parsed.append(
-            (name, resolve_model(model, Path.cwd(), f"--task {name}").path, data)
-        )  # folder or repo id
+        local = resolve_model(model, Path.cwd(), f"--task {name}").path  # a folder, or a repo id's snapshot
+        parsed.append((name, local, data))
     if len({n for n, _m, _d in parsed}) < len(parsed):
         raise InputError("--task: two tasks have the same name")
     budget = parse_size(max_memory, least=1 << 20)

@@ -202,8 +202,9 @@ def barrier_report(
     """Every curve of the report; models whose float32 weights exceed ``max_memory`` are evaluated placed
     under it, their inner points written to disk (curve_on_disk). Aligned copies and points go to a temporary
     folder under ``scratch`` (default: the system's), checked for room first; each variant's copies are
-    deleted once its curve is done. Under a launcher the processes share the examples (stats.parallel); each
-    makes its own aligned copies (under its own temporary folder)."""
+    deleted once its curve is done. Under a launcher the processes share the examples (stats.parallel); when
+    they are all on this machine the first writes the temporary models for all (``Group.made_once``), else each
+    writes its own."""
     group = process_group(device)
     with group.working():
         return _report(a_dir, b_dir, data, steps, points, group, progress, max_memory, scratch)
