@@ -69,8 +69,13 @@ def read_both(a: Path, b: Path) -> float:
     return float(out.stdout.strip())
 
 
+DEVICE = "cpu"  # --device: where mergeflow computes (a GPU machine: cuda)
+
+
 def mergeflow(*args: str) -> dict:
-    return timed([str(Path(sys.executable).with_name("mergeflow")), *args, "-q", "--device", "cpu"])
+    """A mergeflow command in a process of its own (``python -m mergeflow``: also from a source checkout on
+    PYTHONPATH, as on a lent GPU machine), timed, with its peak RSS."""
+    return timed([sys.executable, "-m", "mergeflow", *args, "-q", "--device", DEVICE])
 
 
 def align(
@@ -274,7 +279,10 @@ def main() -> None:
         default=os.environ.get("MERGEKIT_YAML"),
         help="mergekit-yaml to run the same merge with (default: bench_out/mergekit-venv/bin/mergekit-yaml if any)",
     )
+    ap.add_argument("--device", default="cpu", help="where mergeflow computes: cpu, or cuda on a GPU machine")
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     dims = {**MISTRAL, "num_hidden_layers": args.layers}
