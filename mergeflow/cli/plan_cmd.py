@@ -120,7 +120,9 @@ def plan(
         f"memory budget: {human(prep.max_memory)} ({given}); tensors in flight may use {human(share)} of it, "
         f"the rest is kept for mapped file pages and headroom"
     )
+    behind = min(ahead.write_behind, p.bytes_written)
+    extra = " and writes queued for the writing thread" if behind else ""
     click.echo(
-        f"estimated peak for tensors in flight, read-ahead and writes waiting for the writing thread included: "
-        f"{human(p.peak_task_bytes + min(ahead.prefetch, p.bytes_read) + min(ahead.write_behind, p.bytes_written))}"
+        f"estimated peak for tensors in flight, read-ahead{extra} included: "
+        f"{human(p.peak_task_bytes + min(ahead.prefetch, p.bytes_read) + behind)}"
     )
