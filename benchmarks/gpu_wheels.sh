@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Run HERE (where pip reaches the package registry), before a GPU check: the wheels of mergeflow's dependencies
 # that the GPU machine's image lacks (pydantic and its parts, google-re2), for its Python 3.12, at the versions
-# this checkout's venv uses, into .whl/ (git-ignored locally; carried by the device call). See
+# this checkout's venv uses, into .whl/ (git-ignored; the device call carries it). See
 # docs/performance.md, "On a GPU".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
 for name in pydantic pydantic_core annotated-types typing-inspection google-re2; do
     version=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$name'))")
