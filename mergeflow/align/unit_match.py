@@ -134,8 +134,8 @@ def sketched(
 ) -> tuple[torch.Tensor, assign.Solve]:
     """``dtype``: of the f x f x dims sketch product that picks the candidates (the solve's largest product;
     bfloat16 halves it where the hardware has bf16 matrix units, and its rounding is far below the sketch's own
-    error). The candidates are picked on the product as it comes (bfloat16 blocks: half the bytes to transpose
-    for the per-column top-k); their scores are float32 whatever it is."""
+    error). The candidates are picked on the product's blocks as they come (no float32 copy of bfloat16
+    blocks); their scores are float32 whatever it is."""
     n = parts[0][0].shape[0]
     parts = [(local.float(), anchor.float()) for local, anchor in parts]  # once, for the sketch and the edges
     if kind == "principal":  # both sides projected on the anchor's dominant subspace

@@ -238,13 +238,7 @@ def _report(
     a = None if on_disk else (first, state_of(first))
     del first
     freed()
-    need = scratch_need(a_dir, b_dir, steps, on_disk) if group.makes_files else 0
-    # processes on several machines each make their own copies: those on this one together
-    need, what = (
-        (need, "eval barrier")
-        if group.one_host
-        else (need * group.sharing_host, "eval barrier" + group.on_host)
-    )
+    need, what = group.temporary_need(scratch_need(a_dir, b_dir, steps, on_disk), "eval barrier")
     with scratch_folder("mergeflow-barrier-", need, scratch, what) as tmp:
         if (
             steps

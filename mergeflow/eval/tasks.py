@@ -144,10 +144,8 @@ def _eval_tasks(
         placed = loaded.offloaded
         if placed:
             # one grafted copy for the machine when every process is on it (the first writes it), else each its own
-            need = stored_bytes(model_dir) if group.makes_files else 0
-            copies = 1 if group.one_host else group.sharing_host
-            what = f"eval tasks ({name})" + ("" if group.one_host else group.on_host)
-            with scratch_folder("mergeflow-tasks-", need * copies, scratch, what) as tmp:
+            need, what = group.temporary_need(stored_bytes(model_dir), f"eval tasks ({name})")
+            with scratch_folder("mergeflow-tasks-", need, scratch, what) as tmp:
                 write = partial(_grafted_copy, loaded, model_dir, merged, tmp)
                 path, n = group.made_once(write, f"eval tasks ({name})'s grafted copy")
                 del loaded, write

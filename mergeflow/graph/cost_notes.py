@@ -24,15 +24,17 @@ def ffn_note(prep: Any) -> str | None:
     reader = prep.readers.get(prep.plan.anchor or "")
     if not exact or reader is None:
         return None
-    down = spec.layers[0].get("down") if spec.layers else None
-    if down is None:  # no dense FFN (experts): matched per expert, smaller
+    layer = spec.layers[0] if spec.layers else None
+    down = layer.get("down") if layer is not None else None
+    if layer is None or down is None:  # no dense FFN (experts): matched per expert, smaller
         return None
     shape = reader.tensors[down].shape
     f, d = (shape[0], shape[1]) if spec.family.conv1d else (shape[1], shape[0])
     if f < NOTE_FROM:
         return None
+    parts = sum(layer.get(role) is not None for role in ("gate", "up", "down"))  # d features per unit each
     return (
         f"note: permute (solver {exact[0].solver}) matches FFN units exactly: a {f} x {f} similarity per layer "
-        f"({f * f * 3 * d:.1e} multiply-adds, {len(spec.layers)} layers), minutes per model on a CPU; "
+        f"({f * f * parts * d:.1e} multiply-adds, {len(spec.layers)} layers), minutes per model on a CPU; "
         "--device cuda, or 'solver: sketch' (approximate, several times faster on CPUs): docs/performance.md"
     )

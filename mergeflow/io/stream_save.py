@@ -5,6 +5,7 @@ whole file in memory first)."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 
 from mergeflow.io.dtypes import TORCH_TO_ST
+from mergeflow.io.ownership import open_new
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def save_streamed(
         offset += size
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as fh:
+    with os.fdopen(open_new(Path(path)), "wb") as fh:  # a new file: nothing under the name is written through
         fh.write(struct.pack("<Q", len(raw)))
         fh.write(raw)
         for e in ordered:

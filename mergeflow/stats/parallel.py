@@ -42,22 +42,19 @@ class Group:
 
     def least(self, value: int) -> int:
         """The smallest of every process's ``value`` (the same answer on every process)."""
-        if self.size == 1:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return int(t[0])
+        return int(self._reduce([value], "MIN")[0])
 
     def most(self, values: list[float]) -> list[float]:
         """The largest of every process's ``values``, element by element (the same answer on every process)."""
+        return self._reduce(values, "MAX")
+
+    def _reduce(self, values: list[float], op: str) -> list[float]:
         if self.size == 1:
-            return values
+            return [float(v) for v in values]
         import torch.distributed as dist
 
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=getattr(dist.ReduceOp, op))
         return [float(v) for v in t]
 
     def gather(self, value: Any) -> list[Any]:
@@ -100,6 +97,14 @@ class Group:
     def makes_files(self) -> bool:
         """Whether this process writes (and deletes) the temporary models it evaluates (see ``made_once``)."""
         return self.main or not self.one_host
+
+    def temporary_need(self, need: int, what: str) -> tuple[int, str]:
+        """The disk this process checks for before writing temporary models of ``need`` bytes (see
+        ``made_once``), and how a refusal names the work: nothing for a process the first one writes for, the
+        processes on this machine together when each writes its own."""
+        if self.one_host or self.sharing_host == 1:
+            return (need if self.makes_files else 0), what
+        return need * self.sharing_host, what + self.on_host
 
     def made_once(self, make: Callable[[], T], what: str) -> T:
         """``make()`` (which writes a temporary model and returns its path) run by the first process alone when

@@ -25,13 +25,12 @@ def scramble_model(
     Written one layer at a time into one safetensors file (a layer in memory, whatever the model's size):
     the layers in order, then the tensors outside them. ``dst`` must be new or empty (its files would be
     overwritten) unless ``replace``: for a folder of the caller's own making, such as the demo's."""
-    import shutil
-
     from mergeflow.align.scramble import scramble_layer
     from mergeflow.align.stream_map import ResidualMap, apply_layer, fold_layer, map_stream, solve
     from mergeflow.arch.canonical import from_canonical, to_canonical
     from mergeflow.arch.spec import arch_spec
     from mergeflow.io.dtypes import ST_TO_TORCH
+    from mergeflow.io.ownership import copy_new
     from mergeflow.io.reader import ModelReader
     from mergeflow.io.stream_save import Entry, save_streamed
 
@@ -101,5 +100,5 @@ def scramble_model(
     reader.close()
     for f in src.iterdir():
         if f.is_file() and not f.name.startswith("model") and f.suffix != ".safetensors":
-            shutil.copyfile(f, dst / f.name)
+            copy_new(f, dst / f.name)  # a link planted under the name is replaced, never written through
     return dst
