@@ -148,8 +148,12 @@ def test_cli_equivalence_and_stats_take_the_weights_budget(setup):
     "step,what",
     [
         (
-            "{permute: {residual: true}}, {refine: {data: DATA, steps: 2}}",
+            "{permute: {residual: true}}, {refine: {data: DATA, steps: 2, mode: whole}}",
             "refine (it holds both models whole",
+        ),
+        (  # auto: layered, as the whole mode does not fit; nor does it
+            "{permute: {residual: true}}, {refine: {data: DATA, steps: 2}}",
+            "refine (mode: layered: both models in float32",
         ),
         ("{permute: {method: activations, data: DATA}}", "activation matching (it runs both models whole"),
     ],

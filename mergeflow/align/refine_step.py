@@ -11,6 +11,7 @@ runs in ``mergeflow.learn.refine``; this file declares the step and its paramete
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -45,6 +46,21 @@ class RefineParams(StepParams):
         "at most the model's positions.",
     )
 
+    mode: Literal["auto", "whole", "layered"] = Field(
+        "auto",
+        description="whole: both models held whole (about 40 bytes per parameter, dense f x f permutation "
+        "latents); layered: both models in float32 (8 bytes per parameter), each layer's weights built and "
+        "recomputed under activation checkpointing, permutations learned on candidate edges; auto: whole "
+        "when it fits the memory budget, else layered.",
+    )
+    candidates: int = Field(
+        16,
+        ge=1,
+        description="layered mode: candidate units per FFN unit (its most similar units of the other model, "
+        "both ways, plus itself) on which a permutation is learned; at least the FFN width gives the whole "
+        "mode's permutations.",
+    )
+
     @model_validator(mode="after")
     def _range(self) -> RefineParams:
         lo, hi = self.lambda_range
@@ -76,3 +92,19 @@ def _check(g: Geometry, p: RefineParams, family: str) -> str | None:
 @align_step("refine", RefineParams, _check, in_list=_in_list, whole_model=True)
 def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams, found: Found = None) -> None:
     """Learned refinement of the residual map and FFN permutations on data (after a residual step)."""
+
+
+def whole_bytes(numel: int, ffn: int, layers: int, p: RefineParams) -> int:
+    """What the whole mode holds: both models in float64, the re-parameterised source, a float32 model and the
+    interpolated weights of its graph (about 40 bytes per parameter), and with permutations a float64 latent
+    matrix per FFN with Adam's two moments."""
+    return 40 * numel + (24 * ffn * ffn * layers if p.permutations else 0)
+
+
+def layered_bytes(
+    numel: int, layer_numel: int, outside_numel: int, ffn: int, layers: int, p: RefineParams
+) -> int:
+    """What the layered mode holds: both models in float32, one layer's transformed, interpolated and gradient
+    copies (about 6 float32 copies), the tensors outside the stack likewise, and the edge latents with Adam."""
+    edges = 24 * ffn * (2 * p.candidates + 1) * layers if p.permutations else 0
+    return 8 * numel + 24 * layer_numel + 24 * outside_numel + edges

@@ -1,6 +1,7 @@
 """Part-1 alignment of a whole model held in memory (stored names -> tensors): the same per-layer and
 stream transforms the task graph applies tensor by tensor, for steps that need the whole model at once
-(learned refinement)."""
+(learned refinement). The models may be lazy mappings that read a tensor when asked: only one layer of
+float64 is then made at a time, and the result is kept in ``keep``'s precision."""
 
 from __future__ import annotations
 
@@ -16,32 +17,38 @@ from mergeflow.arch.stream_layout import ResidualLayout
 
 
 def fold_state(
-    spec: ArchSpec, layout: ResidualLayout, state: dict[str, torch.Tensor]
+    spec: ArchSpec,
+    layout: ResidualLayout,
+    state: Mapping[str, torch.Tensor],
+    keep: torch.dtype = torch.float64,
 ) -> dict[str, torch.Tensor]:
     """The anchor with its norm scales folded into their readers."""
-    out = dict(state)
+    out = {}
     for lay in spec.layers:
-        out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, torch.float64))
+        out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, keep))
     gamma = state[layout.final_norm].double() if layout.final_norm else None
     for st in layout.tensors:
-        out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma, layout.norm_offset)
-    return out
+        out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma, layout.norm_offset).to(
+            keep
+        )
+    return _rest(state, out, keep)
 
 
 def align_state(
     spec: ArchSpec,
     layout: ResidualLayout,
-    local: dict[str, torch.Tensor],
-    anchor: dict[str, torch.Tensor],
+    local: Mapping[str, torch.Tensor],
+    anchor: Mapping[str, torch.Tensor],
     steps: Sequence[tuple[str, StepParams]],
     rmap: ResidualMap,
     fold: bool,
     model: str,
     found: Mapping[int, Found] | None = None,
+    keep: torch.dtype = torch.float64,
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
-    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), in float64;
+    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), computed in float64;
     ``found``: per layer index, what activation matching found."""
-    out = dict(local)
+    out = {}
     reports = []
     for lay in spec.layers:
         names = lay.tensors()
@@ -51,7 +58,7 @@ def align_state(
             {n: local[n] for n in names},
             {n: anchor[n] for n in names},
             steps,
-            torch.float64,
+            keep,
             model,
             rmap,
             fold,
@@ -63,5 +70,15 @@ def align_state(
     for st in layout.tensors:
         out[st.name] = map_stream(
             local[st.name].double(), st.kind, st.axis, rmap, fold, gamma, layout.norm_offset
-        )
-    return out, reports
+        ).to(keep)
+    return _rest(local, out, keep), reports
+
+
+def _rest(
+    state: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor], keep: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """``out`` and the tensors of ``state`` it does not hold, in ``keep``."""
+    for name in state:
+        if name not in out:
+            out[name] = state[name].to(keep)
+    return out

@@ -13,7 +13,7 @@ from mergeflow.align.base import StepParams, list_problems, maps_stream
 from mergeflow.align.catalog import STEPS
 from mergeflow.align.layer import align_layer, fold_only
 from mergeflow.align.matching import Want
-from mergeflow.align.refine_step import RefineParams
+from mergeflow.align.refine_step import RefineParams, layered_bytes, whole_bytes
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.arch.stream_layout import residual_layout
 from mergeflow.errors import RecipeError
@@ -114,18 +114,26 @@ class AlignPlanner:
     """Makes (and shares) the AlignLayer tasks of a plan, and with a residual map its solve per model and the
     tasks that map the tensors outside the layer stack."""
 
-    def __init__(self, recipe: Recipe, spec: ArchSpec, anchor: str, load: Any, reader: ModelReader) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        spec: ArchSpec,
+        anchor: str,
+        load: Any,
+        reader: ModelReader,
+        max_memory: int | None = None,
+    ) -> None:
         self.spec, self.anchor, self.load = spec, anchor, load
         self.canonical = recipe.align_dtype
         self.numel = sum(t.numel for t in reader.tensors.values())  # the anchor's parameters
+        self.shapes = {n: t.shape for n, t in reader.tensors.items()}
         self.steps = check_steps(recipe, spec)
         self.where = spec.layer_of()
         self.position = {lay.index: k for k, lay in enumerate(spec.layers)}
         self.tasks: dict[tuple[str, int], AlignLayer] = {}
         self.layout = self.residual = None
         if any(getattr(p, "residual", False) for _n, p in self.steps):
-            shapes = {n: t.shape for n, t in reader.tensors.items()}
-            self.layout = residual_layout(spec, shapes, reader.config or {})
+            self.layout = residual_layout(spec, self.shapes, reader.config or {})
             self.residual = residual_plan(self.steps, self.layout)
             if self.residual is not None and self.residual.fold and self.layout.no_orthogonal:
                 i, name = next(
@@ -153,6 +161,9 @@ class AlignPlanner:
         self.refines: dict[str, RefineModel] = {}
         self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if STEPS[n].whole_model), None)
         self.anchor_dir = str(reader.path)
+        self.layered = self.refine is not None and self._layered(
+            cast(RefineParams, self.refine[1]), max_memory
+        )
 
     def _refined(self, model: str) -> RefineModel:
         if model not in self.refines:
@@ -169,8 +180,24 @@ class AlignPlanner:
                 self.residual,
                 solve,
                 self._match(model),
+                self.layered,
             )
         return self.refines[model]
+
+    def _refine_sizes(self, p: RefineParams) -> tuple[int, int]:
+        """(whole mode's, layered mode's) memory need, in bytes."""
+        lay = self.spec.layers[0]
+        layer = sum(self.load(self.anchor, n, None).numel for n in lay.tensors())
+        f = self.spec.ffn_width(self.shapes.__getitem__)
+        count = len(self.spec.layers)
+        outside = max(0, self.numel - count * layer)
+        return whole_bytes(self.numel, f, count, p), layered_bytes(self.numel, layer, outside, f, count, p)
+
+    def _layered(self, p: RefineParams, max_memory: int | None) -> bool:
+        """refine's mode: as asked, or (auto) whole when it fits the budget."""
+        if p.mode != "auto":
+            return p.mode == "layered"
+        return max_memory is not None and self._refine_sizes(p)[0] > max_memory
 
     def _match(self, model: str) -> MatchModel | None:
         if self.want is None:
@@ -247,10 +274,11 @@ class AlignPlanner:
         the source as re-parameterised, the anchor's float32 model and the interpolated weights of its graph
         (about 40 bytes per parameter); activation matching two float32 models (8)."""
         if self.refine is not None:
-            return (
-                40 * self.numel,
-                "refine (it holds both models whole: float64 copies, a float32 model, the graph)",
-            )
+            whole, layered = self._refine_sizes(cast(RefineParams, self.refine[1]))
+            if self.layered:
+                return layered, "refine (mode: layered: both models in float32 and one layer's working set)"
+            return whole, "refine (it holds both models whole: float64 copies, a float32 model, the graph)"
+
         if self.want is not None:
             return 8 * self.numel, "activation matching (it runs both models whole, in float32)"
         return None

@@ -5,7 +5,7 @@ models in memory (the forward passes need whole models); its statistics are per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -26,8 +26,26 @@ _SETTINGS = ("data", "batches", "batch_size", "max_length")
 
 def read_model(ctx: Any, model: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Every float tensor of ``model`` (stored names), on the run's device."""
-    r = ctx.readers[model]
-    return {n: r.read(n, dtype=dtype, device=ctx.device) for n, t in r.tensors.items() if is_float(t.dtype)}
+    return dict(LazyModel(ctx, model, dtype))
+
+
+class LazyModel(Mapping[str, torch.Tensor]):
+    """The float tensors of ``model`` (stored names) on the run's device, each read when asked for."""
+
+    def __init__(self, ctx: Any, model: str, dtype: torch.dtype) -> None:
+        self.reader, self.dtype, self.device = ctx.readers[model], dtype, ctx.device
+        self.names = [n for n, t in self.reader.tensors.items() if is_float(t.dtype)]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.reader.tensors:
+            raise KeyError(name)
+        return cast(torch.Tensor, self.reader.read(name, dtype=self.dtype, device=self.device))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def stream_group(norm: str) -> str:

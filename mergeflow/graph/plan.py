@@ -144,7 +144,9 @@ def build_plan(
         if is_mlp(readers[anchor].config):
             aligner = MLPAlignPlanner(recipe, readers, anchor, load)
         else:
-            aligner = AlignPlanner(recipe, model_spec(readers, anchor), anchor, load, readers[anchor])
+            aligner = AlignPlanner(
+                recipe, model_spec(readers, anchor), anchor, load, readers[anchor], max_memory
+            )
     source = aligner.input if aligner is not None else load
 
     origin: list[tuple[str, int]] = []

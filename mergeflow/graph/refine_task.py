@@ -1,7 +1,7 @@
 """The ``refine`` step in the task graph: one task per source model holds both models in memory, applies
 the weight-matching steps before it, trains the refinement (``mergeflow.learn.refine``) and hands out the
-source's re-parameterised tensors. Memory is two models, not one layer: refinement is meant for models
-of evaluation size."""
+source's re-parameterised tensors. The models are read a layer at a time (float64 only while a layer is
+aligned) and kept in float64 (whole mode) or float32 (layered mode, ``mergeflow.learn.layered``)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from mergeflow.align.whole_model import align_state, fold_state
 from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.arch.stream_layout import ResidualLayout
-from mergeflow.graph.match_task import MatchModel, read_model
+from mergeflow.graph.match_task import LazyModel, MatchModel
 from mergeflow.graph.stream_tasks import ResidualPlan, SolveResidual
 from mergeflow.io.untie import UntiedReader
 
@@ -38,35 +38,41 @@ class RefineModel:
     plan: ResidualPlan
     solve: SolveResidual
     match: MatchModel | None = None  # activation matching, when a step before it asks for it
+    layered: bool = False  # refine's layered mode (chosen by the planner): float32 models, a layer at a time
 
     def deps(self) -> tuple[Any, ...]:
         return (self.solve,) + ((self.match,) if self.match is not None else ())
 
     def run(self, ctx: Any, rmap: ResidualMap, found: Found | None = None) -> dict[str, torch.Tensor]:
+        from mergeflow.learn.layered import refine_layered
         from mergeflow.learn.refine import refine
         from mergeflow.stats.data import load_data
         from mergeflow.stats.model import load_model
 
-        a, b = read_model(ctx, self.anchor, torch.float64), read_model(ctx, self.model, torch.float64)
+        keep = torch.float32 if self.layered else torch.float64  # float64 one layer at a time when layered
+        a = LazyModel(ctx, self.anchor, torch.float64)
         b1, reports = align_state(
             self.spec,
             self.layout,
-            b,
+            LazyModel(ctx, self.model, torch.float64),
             a,
             self.steps,
             rmap,
             self.plan.fold,
             self.model,
             found.layers if found is not None else None,
+            keep,
         )
         ctx.align_reports.extend(reports)
-        if self.plan.fold:
-            a = fold_state(self.spec, self.layout, a)
+        a1 = fold_state(self.spec, self.layout, a, keep) if self.plan.fold else {n: a[n].to(keep) for n in a}
         group = self.plan.orthogonal
         assert self.params.data is not None  # validated: refine needs data
         data = load_data(self.params.data)
         loaded = load_model(
-            Path(self.anchor_dir), ctx.device, untie=isinstance(ctx.readers[self.anchor], UntiedReader)
+            Path(self.anchor_dir),
+            ctx.device,
+            untie=isinstance(ctx.readers[self.anchor], UntiedReader),
+            skeleton=self.layered,
         )
         bar = ctx.progress.bar(f"refine {self.model}", self.params.steps, nested=True)
 
@@ -74,21 +80,12 @@ class RefineModel:
             bar.update(n)
             bar.postfix(f"loss {loss:.4f}")
 
+        args = (loaded, self.spec, self.layout, a1, b1, data, self.params, group, self.plan.fold, self.model)
         try:
-            out, report = refine(
-                loaded,
-                self.spec,
-                self.layout,
-                a,
-                b1,
-                data,
-                self.params,
-                group,
-                self.plan.fold,
-                self.model,
-                ctx.device,
-                progress,
-            )
+            if self.layered:
+                out, report = refine_layered(*args, ctx.device, ctx.compute_dtype, progress)
+            else:
+                out, report = refine(*args, ctx.device, progress)
         finally:
             bar.close()
         ctx.align_reports.append(report)
@@ -97,7 +94,7 @@ class RefineModel:
             if isinstance(rep, LayerReport) and rep.layer in layers:
                 lay = layers[rep.layer]
                 rep.steps.append(
-                    ("refine", distances(to_canonical(self.spec, lay, out), to_canonical(self.spec, lay, a)))
+                    ("refine", distances(to_canonical(self.spec, lay, out), to_canonical(self.spec, lay, a1)))
                 )
         changed = set(self.spec.layer_of()) | {t.name for t in self.layout.tensors}
         return {n: out[n].to(ctx.compute_dtype) for n in changed}

@@ -13,7 +13,7 @@ assignment is used forward while gradients pass straight through to the latent m
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ from mergeflow.align.permute import FFN_ROWS, assignment
 from mergeflow.align.refine_step import RefineParams
 from mergeflow.align.stream_map import ResidualMap, apply_layer, map_stream, solve
 from mergeflow.arch.canonical import from_canonical, to_canonical
-from mergeflow.arch.spec import ArchSpec
+from mergeflow.arch.spec import ArchSpec, LayerNames
 from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import InputError
 from mergeflow.stats.data import Data, batches
@@ -64,21 +64,62 @@ def transform(
     out = {k: v.to(dtype) for k, v in state.items()}
     rmap = ResidualMap(matrix=omat) if omat is not None else None
     for lay, p in zip(spec.layers, perms, strict=True):
-        canon = to_canonical(spec, lay, {n: state[n] for n in lay.tensors()})
-        if p is not None:
-            p = p.to(canon["down"])
-            for role in FFN_ROWS:
-                if role in canon:
-                    canon[role] = p @ canon[role]
-            canon["down"] = canon["down"] @ p.T
-        if rmap is not None:
-            apply_layer(canon, rmap, fold)
-        out.update(from_canonical(spec, lay, canon, dtype))
-    for st in layout.tensors:  # already folded: only mapped here
-        out[st.name] = map_stream(
-            state[st.name].to(torch.float64), st.kind, st.axis, rmap, fold, None, layout.norm_offset
-        ).to(dtype)
+        stored = {n: state[n] for n in lay.tensors()}
+        out.update(
+            transform_layer(spec, lay, stored, rmap, None if p is None else _by_matrix(p), fold, dtype)
+        )
+    out.update(transform_stream(layout, state, rmap, fold, dtype))  # already folded: only mapped here
     return out
+
+
+def transform_layer(
+    spec: ArchSpec,
+    lay: LayerNames,
+    stored: dict[str, torch.Tensor],
+    rmap: ResidualMap | None,
+    permute: Callable[[dict[str, torch.Tensor]], None] | None,
+    fold: bool,
+    dtype: torch.dtype,
+    work: torch.dtype = torch.float64,
+) -> dict[str, torch.Tensor]:
+    """One layer's stored tensors with its FFN units permuted (``permute`` edits the canonical layer) and the
+    stream mapped, computed in ``work``, returned in ``dtype``."""
+    canon = to_canonical(spec, lay, stored, work)
+    if permute is not None:
+        permute(canon)
+    if rmap is not None:
+        apply_layer(canon, rmap, fold)
+    return from_canonical(spec, lay, canon, dtype)
+
+
+def transform_stream(
+    layout: ResidualLayout,
+    state: Mapping[str, torch.Tensor],
+    rmap: ResidualMap | None,
+    fold: bool,
+    dtype: torch.dtype,
+    work: torch.dtype = torch.float64,
+) -> dict[str, torch.Tensor]:
+    """The (already folded) tensors outside the layer stack, mapped."""
+    return {
+        st.name: map_stream(
+            state[st.name].to(work), st.kind, st.axis, rmap, fold, None, layout.norm_offset
+        ).to(dtype)
+        for st in layout.tensors
+    }
+
+
+def _by_matrix(p: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], None]:
+    """New units = P old units, as a (straight-through) matrix product."""
+
+    def permute(canon: dict[str, torch.Tensor]) -> None:
+        m = p.to(canon["down"])
+        for role in FFN_ROWS:
+            if role in canon:
+                canon[role] = m @ canon[role]
+        canon["down"] = canon["down"] @ m.T
+
+    return permute
 
 
 def _batch(data: Data, idx: np.ndarray) -> Data:
@@ -111,9 +152,12 @@ def _loss(
 def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, str]:
     """In-memory parameter name -> stored name, for every float parameter of the model."""
     names = stored_names(loaded.model)
-    params = dict(loaded.model.named_parameters())
+    params = dict(loaded.model.named_parameters())  # a tied parameter once, under its first name
+    tied = set(dict(loaded.model.named_parameters(remove_duplicate=False))) - set(params)
     out = {}
     for mod, t in loaded.model.state_dict().items():
+        if mod in tied:  # given under the first name, which functional_call ties it to
+            continue
         stored = names.get(mod, mod)
         if stored not in state and mod in state:  # tied weights: the stored name is the module's own
             stored = mod

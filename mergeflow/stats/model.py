@@ -19,6 +19,7 @@ import torch
 from mergeflow.errors import InputError, ModelError
 from mergeflow.files import read_text_capped
 from mergeflow.stats.data import Data, check_labels
+from mergeflow.stats.tokenizer_files import load_tokenizer
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Loaded:
         if self.offloaded:
             return self.device
         first = next(iter(self.model.parameters()), None)
-        return first.device if first is not None else self.device
+        return first.device if first is not None and not first.is_meta else self.device
 
 
 def weight_bytes(path: str | Path) -> int:
@@ -77,11 +78,13 @@ def load_model(
     headless: bool = False,
     untie: bool = False,
     max_memory: int | None = None,
+    skeleton: bool = False,
 ) -> Loaded:
     """The model of a Hugging Face folder with its tokenizer; ``headless`` also accepts a bare encoder
     (``BertModel``, ``ViTModel``: task "encoder"); ``untie``: a tied output head becomes a parameter of its
     own (its weights come from the caller, through ``torch.func.functional_call``); ``max_memory``: the most
-    bytes of weights held in memory (see the module's doc), None for no limit."""
+    bytes of weights held in memory (see the module's doc), None for no limit; ``skeleton``: no weights at all
+    (parameters on the meta device, buffers on ``device``), for callers that pass every weight themselves."""
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -114,6 +117,9 @@ def load_model(
             f"{p}: {arch} has none of the heads statistics and evaluation read (causal or masked LM, "
             "sequence, image or token classifier)"
         )
+    if skeleton:
+        model = _skeleton(cls, p, device, untie)
+        return _loaded(p, model, task, False, device)
     offload = max_memory is not None and weight_bytes(p) > max_memory
     try:
         model, info = cls.from_pretrained(
@@ -136,10 +142,35 @@ def load_model(
         )
     if not offload:
         model.to(device)
+    return _loaded(p, model, task, offload, device)
+
+
+def _skeleton(cls: Any, p: Path, device: torch.device, untie: bool) -> Any:
+    import transformers
+    from accelerate import init_empty_weights
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            str(p), **({"tie_word_embeddings": False} if untie else {})
+        )
+        config._attn_implementation = "eager"
+        with init_empty_weights():  # parameters on the meta device; buffers (e.g. RoPE's) computed as usual
+            model = cls._from_config(config, dtype=torch.float32)
+        model.tie_weights()  # as loading does: a tied head is the embedding's parameter
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{p}: cannot build the model ({str(exc).splitlines()[0]})") from None
+    for mod in model.modules():
+        for name, buf in mod._buffers.items():
+            if buf is not None and not buf.is_meta:
+                mod._buffers[name] = buf.to(device)
+    return model
+
+
+def _loaded(p: Path, model: Any, task: str, offload: bool, device: torch.device) -> Loaded:
     model.eval()
     tokenizer = None
     if any((p / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")):
-        tokenizer = _tokenizer(p)
+        tokenizer = load_tokenizer(p)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     image = None
@@ -188,44 +219,6 @@ def logits_and_mask(
     return logits, None
 
 
-def _tokenizer(p: Path) -> Any:
-    """The folder's tokenizer; a lone ``vocab.json`` of single characters (a character-level model's map,
-    no merges or tokenizer config) becomes a character tokenizer."""
-    import transformers
-
-    try:
-        return transformers.AutoTokenizer.from_pretrained(str(p))
-    except Exception as exc:  # noqa: BLE001  (transformers raises anything on files it cannot use)
-        why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    vocab_file = p / "vocab.json"
-    try:
-        vocab = json.loads(read_text_capped(vocab_file, "vocab", 64 << 20)) if vocab_file.is_file() else None
-    except (ValueError, InputError):
-        vocab = None
-    specials = [t for t in vocab or {} if len(t) > 1]
-    if (
-        not isinstance(vocab, dict)
-        or not vocab
-        or len(specials) > 8
-        or not all(isinstance(i, int) for i in vocab.values())
-    ):
-        raise InputError(
-            f"{p}: its tokenizer files do not load ({why}); give the folder a tokenizer "
-            "(tokenizer.json, or vocab.json with merges.txt)"
-        )
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    unk = next(
-        (t for t in specials if "unk" in t.lower()),
-        specials[0] if specials else min(vocab, key=lambda t: vocab[t]),
-    )
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
-    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    eos = next((t for t in specials if "end" in t.lower() or "eos" in t.lower() or t == "</s>"), None)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=unk, eos_token=eos)
-
-
 def max_length_for(loaded: Loaded, data: Data, given: int | None) -> int:
     """--max-length: as given, else the longest of the first 2,000 examples in tokens (a sample: enough to
     size batches without tokenizing a large file twice), at most what the model's positions allow."""
@@ -247,10 +240,12 @@ def stored_names(model: Any) -> dict[str, str]:
     ``layers.N.attention.q_proj``) and reverts that when saving; statistics must use stored names.
     Parameters that saving would transform rather than rename (fused or split weights) are left out."""
     state = {n: t.detach() for n, t in model.state_dict().items()}
-    if any(
-        t.is_meta for t in state.values()
-    ):  # weights left on disk: a distinct one-element stand-in for each
-        state = {n: torch.zeros((), dtype=t.dtype).expand(t.shape) for n, t in state.items()}
+    if any(t.is_meta for t in state.values()):  # weights left on disk, or none: a one-element stand-in for
+        stand_in: dict[int, torch.Tensor] = {}  # each, shared by tied parameters
+        state = {
+            n: stand_in.setdefault(id(t), torch.zeros((), dtype=t.dtype).expand(t.shape))
+            for n, t in model.state_dict(keep_vars=True).items()
+        }
     try:
         from transformers.core_model_loading import revert_weight_conversion
     except ImportError:  # transformers 4: names are stored as they are

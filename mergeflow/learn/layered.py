@@ -1,0 +1,228 @@
+"""Refinement a layer at a time (refine's ``mode: layered``), for models whose whole-model refinement does
+not fit: the memory is both models in float32 (8 bytes per parameter) and one layer's working set.
+
+The model is a skeleton (``load_model(skeleton=True)``: no weights of its own). Each decoder layer's module
+is replaced in its parent by a wrapper that, inside ``torch.utils.checkpoint``, builds that layer's weights
+(the source's layer under the current stream map and FFN permutation, interpolated with the anchor's) and
+runs the layer on them; backward recomputes them, so one layer's float32 weights and their gradients exist
+at a time. The FFN permutations are learned on candidate edges (``mergeflow.learn.edges``). The tensors
+outside the stack (embeddings, final norm, head) are built whole each step, as in the whole-model mode.
+The final map and permutations are applied exactly in float64, a layer at a time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from mergeflow.align.permute import apply_ffn
+from mergeflow.align.refine_step import RefineParams
+from mergeflow.align.stream_map import ResidualMap, solve
+from mergeflow.arch.canonical import to_canonical
+from mergeflow.arch.spec import ArchSpec, LayerNames
+from mergeflow.arch.stream_layout import ResidualLayout
+from mergeflow.errors import InputError
+from mergeflow.learn.edges import EdgePerm, candidate_edges, permuted_by_edges
+from mergeflow.learn.refine import (
+    RefineReport,
+    _batch,
+    _loss,
+    module_names,
+    transform_layer,
+    transform_stream,
+)
+from mergeflow.stats.data import Data
+from mergeflow.stats.model import Loaded, max_length_for
+
+Build = Callable[[], dict[str, torch.Tensor]]
+
+
+class _Checkpointed(torch.nn.Module):
+    """Runs ``inner`` (not registered: its parameters are not the model's) on the weights ``build`` makes,
+    under activation checkpointing; other attributes are the inner layer's (e.g. ``attention_type``)."""
+
+    def __init__(self, inner: torch.nn.Module, build: Build) -> None:
+        super().__init__()
+        self.__dict__["_inner"], self.__dict__["_build"] = inner, build
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return checkpoint(self._run, *args, use_reentrant=False, **kwargs)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        return torch.func.functional_call(self.__dict__["_inner"], self.__dict__["_build"](), args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_inner"], name)
+
+
+def layer_module(model: torch.nn.Module, module_params: list[str]) -> str:
+    """The dotted path of the smallest module holding these parameters (a decoder layer's)."""
+    parts = [n.split(".") for n in module_params]
+    prefix: list[str] = []
+    for group in zip(*parts, strict=False):
+        if len(set(group)) != 1:
+            break
+        prefix.append(group[0])
+    path = ".".join(prefix)
+    own = {f"{path}.{n}" for n, _ in model.get_submodule(path).named_parameters()} if path else set()
+    if not path or not own >= set(module_params):
+        raise InputError(
+            f"refine (mode: layered): the parameters of a layer ({module_params[0]}, ...) are not one module "
+            "of the model class; use mode: whole"
+        )
+    return path
+
+
+@contextmanager
+def wrapped(model: torch.nn.Module, builds: dict[str, Build]) -> Iterator[None]:
+    """Each module path of ``builds`` replaced by its checkpointed wrapper for the duration."""
+    originals = {}
+    for path, build in builds.items():
+        parent, _, child = path.rpartition(".")
+        owner = model.get_submodule(parent) if parent else model
+        originals[path] = (owner, child, owner.get_submodule(child))
+        setattr(owner, child, _Checkpointed(originals[path][2], build))
+    try:
+        yield
+    finally:
+        for owner, child, inner in originals.values():
+            setattr(owner, child, inner)
+
+
+def refine_layered(
+    loaded: Loaded,
+    spec: ArchSpec,
+    layout: ResidualLayout,
+    anchor: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    data: Data,
+    p: RefineParams,
+    group: str | None,
+    fold: bool,
+    model: str,
+    device: torch.device,
+    out_dtype: torch.dtype,
+    progress: Callable[[int, float], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], RefineReport]:
+    """As :func:`mergeflow.learn.refine.refine`, with ``anchor`` and ``source`` float32 (stored names) and the
+    result in ``out_dtype``: the layers' and the stream's tensors only."""
+    start = time.perf_counter()
+    report = RefineReport(model)
+    p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})
+    names = module_names(loaded, anchor)  # module -> stored
+    d = spec.geometry.d_model
+    omat = torch.eye(d, dtype=torch.float64, device=device, requires_grad=group is not None)
+    edges = [
+        _edges(spec, lay, source, anchor, p.candidates, device) if p.permutations else None
+        for lay in spec.layers
+    ]
+    groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
+    if p.permutations:
+        groups.append({"params": [e.z for e in edges if e is not None], "lr": p.perm_lr})
+    if not groups:
+        raise InputError("refine: nothing to learn (no orthogonal stream map and permutations: false)")
+    opt = torch.optim.Adam(groups)
+    rng = np.random.default_rng(p.seed)
+    now: dict[str, Any] = {}  # this step's interpolation weight, stream map and permutations
+
+    def build_for(lay: LayerNames, k: int, local: dict[str, str]) -> Build:
+        def build() -> dict[str, torch.Tensor]:
+            e, perm = edges[k], now["perms"][k]
+            stored = {n: source[n] for n in lay.tensors()}
+            moved = transform_layer(
+                spec,
+                lay,
+                stored,
+                now["rmap"],
+                None if e is None else permuted_by_edges(e, perm),
+                fold,
+                torch.float32,
+                torch.float32,
+            )
+            return {
+                m: torch.lerp(anchor[st], moved.get(st, source[st]), now["lam"]) for m, st in local.items()
+            }
+
+        return build
+
+    builds, inside = {}, set()
+    for k, lay in enumerate(spec.layers):
+        path = layer_module(loaded.model, [m for m, st in names.items() if st in set(lay.tensors())])
+        mods = [m for m in names if m.startswith(path + ".")]  # with any the alignment leaves as they are
+        builds[path] = build_for(lay, k, {m[len(path) + 1 :]: names[m] for m in mods})
+        inside.update(mods)
+    outer = {m: st for m, st in names.items() if m not in inside}
+    if hasattr(loaded.model.config, "use_cache"):  # a KV cache would grow again when a layer is recomputed
+        loaded.model.config.use_cache = False
+    with wrapped(loaded.model, builds):
+        for _step in range(p.steps):
+            now["perms"] = [None if e is None else e.hard() for e in edges]
+            now["rmap"] = ResidualMap(matrix=omat.float()) if group is not None else None
+            now["lam"] = float(rng.uniform(*p.lambda_range))
+            stream = transform_stream(layout, source, now["rmap"], fold, torch.float32, torch.float32)
+            params = {
+                m: torch.lerp(anchor[st], stream.get(st, source[st]), now["lam"]) for m, st in outer.items()
+            }
+            idx = rng.choice(len(data), size=min(p.batch_size, len(data)), replace=False)
+            loss = _loss(loaded, params, _batch(data, idx), p, device)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if group is not None:
+                with torch.no_grad():
+                    nearest = solve(omat.detach(), group).matrix
+                    assert nearest is not None
+                    omat.copy_(nearest)
+            report.losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(1, report.losses[-1])
+    with torch.no_grad():
+        final = solve(omat.detach(), group) if group is not None else None
+        hard = [None if e is None else e.hard() for e in edges]
+        out = transform_stream(layout, source, final, fold, out_dtype)
+        for lay, perm in zip(spec.layers, hard, strict=True):
+            stored = {n: source[n] for n in lay.tensors()}
+            out.update(
+                transform_layer(
+                    spec, lay, stored, final, None if perm is None else _by_index(perm), fold, out_dtype
+                )
+            )
+        eye = torch.eye(d, dtype=torch.float64, device=device)
+        report.moved = {
+            "residual_change": 0.0 if final is None else float(torch.linalg.norm(final.as_matrix(d) - eye)),
+            "ffn_units_moved": sum(
+                int((h != torch.arange(len(h), device=h.device)).sum()) for h in hard if h is not None
+            ),
+            "candidate_edges": sum(len(e.new) for e in edges if e is not None),
+        }
+    report.seconds = time.perf_counter() - start
+    return out, report
+
+
+def _edges(
+    spec: ArchSpec,
+    lay: LayerNames,
+    source: dict[str, torch.Tensor],
+    anchor: dict[str, torch.Tensor],
+    k: int,
+    device: torch.device,
+) -> EdgePerm:
+    local = to_canonical(spec, lay, {n: source[n] for n in lay.tensors()}, torch.float32)
+    anc = to_canonical(spec, lay, {n: anchor[n] for n in lay.tensors()}, torch.float32)
+    new, old = candidate_edges(local, anc, k)
+    return EdgePerm(new, old, local["down"].shape[1], device)
+
+
+def _by_index(perm: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], None]:
+    def permute(canon: dict[str, torch.Tensor]) -> None:
+        apply_ffn(canon, perm)
+
+    return permute
