@@ -136,6 +136,23 @@ def end_to_end(device: torch.device, work: Path) -> dict[str, Any]:
         compute_stats(a, data, "gram", work / f"gram-{tag}.safetensors", torch.device(dev))
     from safetensors.torch import load_file
 
+    refine = {
+        "data": str(data),
+        "steps": 5,
+        "batch_size": 4,
+        "perm_lr": 0.5,
+        "mode": "layered",
+        "candidates": 4,
+    }
+    steps = [
+        {"permute": {"residual": True, "ffn": True}},
+        {"orthogonal": {"residual": True}},
+        {"refine": refine},
+    ]
+    for tag, dev in runs:  # the layered refinement: its losses (the matchings may part on near-ties)
+        res = api.align(b, a, work / f"refined-{tag}", steps, api.Options(device=dev))
+        rep = res.alignment["refine"][0]
+        out[f"refine_layered_{tag}"] = [rep["loss_first"], rep["loss_last"], rep["ffn_units_moved"]]
     g1, g2 = load_file(work / "gram-ref.safetensors"), load_file(work / "gram-dev.safetensors")
     out["gram_max_rel_diff"] = max(
         float((g1[k] - g2[k]).abs().max() / g1[k].abs().max().clamp_min(1e-30)) for k in g1

@@ -48,7 +48,7 @@ class RefineParams(StepParams):
 
     mode: Literal["auto", "whole", "layered"] = Field(
         "auto",
-        description="whole: both models held whole (about 40 bytes per parameter, dense f x f permutation "
+        description="whole: both models held whole (about 48 bytes per parameter, dense f x f permutation "
         "latents); layered: both models in float32 (8 bytes per parameter), each layer's weights built and "
         "recomputed under activation checkpointing, permutations learned on candidate edges; auto: whole "
         "when it fits the memory budget, else layered.",
@@ -95,10 +95,11 @@ def refine(local: Layer, anchor: Layer, g: Geometry, p: RefineParams, found: Fou
 
 
 def whole_bytes(numel: int, ffn: int, layers: int, p: RefineParams) -> int:
-    """What the whole mode holds: both models in float64, the re-parameterised source, a float32 model and the
-    interpolated weights of its graph (about 40 bytes per parameter), and with permutations a float64 latent
-    matrix per FFN with Adam's two moments."""
-    return 40 * numel + (24 * ffn * ffn * layers if p.permutations else 0)
+    """What the whole mode holds: both models in float64, a float32 anchor, the transformed and interpolated
+    weights of its graph and the float64 inputs it saves for the backward pass (about 48 bytes per parameter,
+    from bench_refine.py's peak RSS less the mapped checkpoints and the latents), and with permutations a
+    float64 latent matrix per FFN with Adam's two moments."""
+    return 48 * numel + (24 * ffn * ffn * layers if p.permutations else 0)
 
 
 def layered_bytes(

@@ -272,7 +272,8 @@ class AlignPlanner:
     def whole_model_bytes(self) -> tuple[int, str] | None:
         """About what a task holding whole models needs, and what it is: refine holds both models in float64,
         the source as re-parameterised, the anchor's float32 model and the interpolated weights of its graph
-        (about 40 bytes per parameter); activation matching two float32 models (8)."""
+        (about 48 bytes per parameter, see mergeflow.align.refine_step); activation matching two float32 models
+        (8)."""
         if self.refine is not None:
             whole, layered = self._refine_sizes(cast(RefineParams, self.refine[1]))
             if self.layered:
