@@ -4,7 +4,8 @@
                                       [--modes whole,layered] [--candidates 16] [--device cpu] [--workdir DIR]
 
 Each mode runs as `mergeflow align` (permute + orthogonal weight matching, then refine) in a process of its own,
-timed with its peak RSS; the planner's estimate of each mode's need is printed beside it, so the estimate can
+timed with its peak RSS (the weight matching before refine in --align-dtype, float32 by default: at these sizes
+float64 matching on two cores takes minutes per layer); the planner's estimate of each mode's need is printed beside it, so the estimate can
 be checked against what the process really held. Data: random token ids (the models are random). The work
 folder is deleted at the end unless --keep.
 """
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=16)
     ap.add_argument("--modes", default="whole,layered")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--align-dtype", default="float32", help="of the weight matching before refine")
     ap.add_argument("--workdir")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -110,7 +112,8 @@ def main() -> None:
             out = work / f"out-{mode}"
             run = timed(
                 [sys.executable, "-m", "mergeflow", "align", str(model), "--anchor", str(anchor), "-o", str(out),
-                 "--steps", str(steps), "--force", "-q", "--device", args.device, "--max-memory", "1TB"]
+                 "--steps", str(steps), "--force", "-q", "--device", args.device, "--max-memory", "1TB",
+                 "--align-dtype", args.align_dtype]
             )  # fmt: skip
             rep = json.loads((out / "alignment.json").read_text())["refine"][0]
             shutil.rmtree(out)

@@ -104,7 +104,8 @@ def test_layered_mode_on_few_candidates_keeps_the_function_and_learns(tmp_path, 
     refine = (
         f"{{data: {data}, steps: 12, lr: 0.01, perm_lr: 0.5, batch_size: 8, mode: layered, candidates: 2}}"
     )
-    out, report = align(tmp_path, b, a, f"[{FULL}, {{refine: {refine}}}]")
+    # weight matching in float32 (the recipe's align_dtype) before the refinement, as the graph's layers do
+    out, report = align(tmp_path, b, a, f"[{FULL}, {{refine: {refine}}}]", extra="align_dtype: float32\n")
     torch.testing.assert_close(outputs(out, "llama")[0], outputs(b, "llama")[0], atol=1e-5, rtol=1e-5)
     rep = report["refine"][0]
     f = json.loads((b / "config.json").read_text())["intermediate_size"]

@@ -21,11 +21,12 @@ def fold_state(
     layout: ResidualLayout,
     state: Mapping[str, torch.Tensor],
     keep: torch.dtype = torch.float64,
+    canonical: torch.dtype = torch.float64,
 ) -> dict[str, torch.Tensor]:
-    """The anchor with its norm scales folded into their readers."""
+    """The anchor with its norm scales folded into their readers (in ``canonical``, the recipe's align_dtype)."""
     out = {}
     for lay in spec.layers:
-        out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, keep))
+        out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, keep, canonical))
     gamma = state[layout.final_norm].double() if layout.final_norm else None
     for st in layout.tensors:
         out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma, layout.norm_offset).to(
@@ -45,9 +46,10 @@ def align_state(
     model: str,
     found: Mapping[int, Found] | None = None,
     keep: torch.dtype = torch.float64,
+    canonical: torch.dtype = torch.float64,
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
-    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), computed in float64;
-    ``found``: per layer index, what activation matching found."""
+    """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), each layer computed in
+    ``canonical`` (the recipe's align_dtype); ``found``: per layer index, what activation matching found."""
     out = {}
     reports = []
     for lay in spec.layers:
@@ -63,6 +65,7 @@ def align_state(
             rmap,
             fold,
             (found or {}).get(lay.index),
+            canonical,
         )
         out.update(aligned)
         reports.append(rep)

@@ -181,6 +181,7 @@ class AlignPlanner:
                 solve,
                 self._match(model),
                 self.layered,
+                self.canonical,
             )
         return self.refines[model]
 

@@ -39,6 +39,7 @@ class RefineModel:
     solve: SolveResidual
     match: MatchModel | None = None  # activation matching, when a step before it asks for it
     layered: bool = False  # refine's layered mode (chosen by the planner): float32 models, a layer at a time
+    canonical: str = "float64"  # the recipe's align_dtype: the precision of the weight matching before it
 
     def deps(self) -> tuple[Any, ...]:
         return (self.solve,) + ((self.match,) if self.match is not None else ())
@@ -62,9 +63,14 @@ class RefineModel:
             self.model,
             found.layers if found is not None else None,
             keep,
+            getattr(torch, self.canonical),
         )
         ctx.align_reports.extend(reports)
-        a1 = fold_state(self.spec, self.layout, a, keep) if self.plan.fold else {n: a[n].to(keep) for n in a}
+        a1 = (
+            fold_state(self.spec, self.layout, a, keep, getattr(torch, self.canonical))
+            if self.plan.fold
+            else {n: a[n].to(keep) for n in a}
+        )
         group = self.plan.orthogonal
         assert self.params.data is not None  # validated: refine needs data
         data = load_data(self.params.data)
