@@ -182,6 +182,9 @@ class AlignPlanner:
                 self._match(model),
                 self.layered,
                 self.canonical,
+                self._refine_sizes(cast(RefineParams, self.refine[1]))[0]
+                if cast(RefineParams, self.refine[1]).mode == "auto"
+                else None,
             )
         return self.refines[model]
 

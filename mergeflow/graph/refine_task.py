@@ -40,6 +40,14 @@ class RefineModel:
     match: MatchModel | None = None  # activation matching, when a step before it asks for it
     layered: bool = False  # refine's layered mode (chosen by the planner): float32 models, a layer at a time
     canonical: str = "float64"  # the recipe's align_dtype: the precision of the weight matching before it
+    whole_need: int | None = None  # mode auto, planned whole: its bytes, checked against the GPU's memory
+
+    def layered_on(self, device: torch.device) -> bool:
+        """The mode to run: the planner's, or layered where auto planned whole (it fits the host budget) and
+        the whole mode's need exceeds the memory of the GPU it would run on."""
+        if self.layered or self.whole_need is None or device.type != "cuda":
+            return self.layered
+        return self.whole_need > torch.cuda.get_device_properties(device).total_memory
 
     def deps(self) -> tuple[Any, ...]:
         return (self.solve,) + ((self.match,) if self.match is not None else ())
@@ -50,7 +58,8 @@ class RefineModel:
         from mergeflow.stats.data import load_data
         from mergeflow.stats.model import load_model
 
-        keep = torch.float32 if self.layered else torch.float64  # float64 one layer at a time when layered
+        layered = self.layered_on(ctx.device)
+        keep = torch.float32 if layered else torch.float64  # float64 one layer at a time when layered
         a = LazyModel(ctx, self.anchor, torch.float64)
         b1, reports = align_state(
             self.spec,
@@ -78,7 +87,7 @@ class RefineModel:
             Path(self.anchor_dir),
             ctx.device,
             untie=isinstance(ctx.readers[self.anchor], UntiedReader),
-            skeleton=self.layered,
+            skeleton=layered,
         )
         bar = ctx.progress.bar(f"refine {self.model}", self.params.steps, nested=True)
 
@@ -88,7 +97,7 @@ class RefineModel:
 
         args = (loaded, self.spec, self.layout, a1, b1, data, self.params, group, self.plan.fold, self.model)
         try:
-            if self.layered:
+            if layered:
                 out, report = refine_layered(*args, ctx.device, ctx.compute_dtype, progress)
             else:
                 out, report = refine(*args, ctx.device, progress)

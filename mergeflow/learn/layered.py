@@ -115,7 +115,7 @@ def refine_layered(
     """As :func:`mergeflow.learn.refine.refine`, with ``anchor`` and ``source`` float32 (stored names) and the
     result in ``out_dtype``: the layers' and the stream's tensors only."""
     start = time.perf_counter()
-    report = RefineReport(model)
+    report = RefineReport(model, mode="layered")
     p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})
     names = module_names(loaded, anchor)  # module -> stored
     d = spec.geometry.d_model

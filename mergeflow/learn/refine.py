@@ -38,11 +38,13 @@ class RefineReport:
     losses: list[float] = field(default_factory=list)  # training loss per step (interpolated model)
     seconds: float = 0.0
     moved: dict[str, float] = field(default_factory=dict)  # ||O - I||_F and FFN units that changed
+    mode: str = "whole"  # or "layered" (mergeflow.learn.layered)
 
     def summary(self) -> dict[str, Any]:
         k = max(1, len(self.losses) // 10)
         return {
             "model": self.model,
+            "mode": self.mode,
             "steps": len(self.losses),
             "loss_first": float(np.mean(self.losses[:k])),
             "loss_last": float(np.mean(self.losses[-k:])),
