@@ -33,6 +33,7 @@ from mergeflow.learn.refine import (
     _batch,
     _loss,
     module_names,
+    train,
     transform_layer,
     transform_stream,
 )
@@ -124,13 +125,6 @@ def refine_layered(
         _edges(spec, lay, source, anchor, p.candidates, device) if p.permutations else None
         for lay in spec.layers
     ]
-    groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
-    if p.permutations:
-        groups.append({"params": [e.z for e in edges if e is not None], "lr": p.perm_lr})
-    if not groups:
-        raise InputError("refine: nothing to learn (no orthogonal stream map and permutations: false)")
-    opt = torch.optim.Adam(groups)
-    rng = np.random.default_rng(p.seed)
     now: dict[str, Any] = {}  # this step's interpolation weight, stream map and permutations
 
     def build_for(lay: LayerNames, k: int, local: dict[str, str]) -> Build:
@@ -162,28 +156,17 @@ def refine_layered(
     outer = {m: st for m, st in names.items() if m not in inside}
     if hasattr(loaded.model.config, "use_cache"):  # a KV cache would grow again when a layer is recomputed
         loaded.model.config.use_cache = False
+
+    def step_loss(lam: float, idx: np.ndarray) -> torch.Tensor:
+        now["perms"] = [None if e is None else e.hard() for e in edges]
+        now["rmap"] = ResidualMap(matrix=omat.float()) if group is not None else None
+        now["lam"] = lam
+        stream = transform_stream(layout, source, now["rmap"], fold, torch.float32, torch.float32)
+        params = {m: torch.lerp(anchor[st], stream.get(st, source[st]), lam) for m, st in outer.items()}
+        return _loss(loaded, params, _batch(data, idx), p, device)
+
     with wrapped(loaded.model, builds):
-        for _step in range(p.steps):
-            now["perms"] = [None if e is None else e.hard() for e in edges]
-            now["rmap"] = ResidualMap(matrix=omat.float()) if group is not None else None
-            now["lam"] = float(rng.uniform(*p.lambda_range))
-            stream = transform_stream(layout, source, now["rmap"], fold, torch.float32, torch.float32)
-            params = {
-                m: torch.lerp(anchor[st], stream.get(st, source[st]), now["lam"]) for m, st in outer.items()
-            }
-            idx = rng.choice(len(data), size=min(p.batch_size, len(data)), replace=False)
-            loss = _loss(loaded, params, _batch(data, idx), p, device)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if group is not None:
-                with torch.no_grad():
-                    nearest = solve(omat.detach(), group).matrix
-                    assert nearest is not None
-                    omat.copy_(nearest)
-            report.losses.append(float(loss.detach()))
-            if progress is not None:
-                progress(1, report.losses[-1])
+        train(p, len(data), omat, group, [e.z for e in edges if e is not None], step_loss, report, progress)
     with torch.no_grad():
         final = solve(omat.detach(), group) if group is not None else None
         hard = [None if e is None else e.hard() for e in edges]

@@ -201,33 +201,16 @@ def refine(
         torch.eye(f, dtype=torch.float64, device=device, requires_grad=True) if p.permutations else None
         for _lay in spec.layers
     ]
-    groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
-    if p.permutations:
-        groups.append({"params": [z for z in latents if z is not None], "lr": p.perm_lr})
-    if not groups:
-        raise InputError("refine: nothing to learn (no orthogonal stream map and permutations: false)")
-    opt = torch.optim.Adam(groups)
-    rng = np.random.default_rng(p.seed)
     for param in loaded.model.parameters():
         param.requires_grad_(False)
-    for _step in range(p.steps):
+
+    def step_loss(lam: float, idx: np.ndarray) -> torch.Tensor:
         perms = [None if z is None else _ste(z) for z in latents]
         tb = transform(spec, layout, b64, omat if group is not None else None, perms, fold, torch.float32)
-        lam = float(rng.uniform(*p.lambda_range))
         params = {mod: torch.lerp(a32[st], tb[st], lam) for mod, st in names.items()}
-        idx = rng.choice(len(data), size=min(p.batch_size, len(data)), replace=False)
-        loss = _loss(loaded, params, _batch(data, idx), p, device)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if group is not None:
-            with torch.no_grad():
-                nearest = solve(omat.detach(), group).matrix  # an orthogonal group: always a matrix
-                assert nearest is not None
-                omat.copy_(nearest)
-        report.losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(1, report.losses[-1])
+        return _loss(loaded, params, _batch(data, idx), p, device)
+
+    train(p, len(data), omat, group, [z for z in latents if z is not None], step_loss, report, progress)
     with torch.no_grad():
         final_o = solve(omat.detach(), group).matrix if group is not None else None
         hard = [None if z is None else _hard(z) for z in latents]
@@ -245,6 +228,41 @@ def refine(
         }
     report.seconds = time.perf_counter() - start
     return {k: v.detach() for k, v in out.items()}, report
+
+
+def train(
+    p: RefineParams,
+    examples: int,
+    omat: torch.Tensor,
+    group: str | None,
+    latents: list[torch.Tensor],
+    step_loss: Callable[[float, np.ndarray], torch.Tensor],
+    report: RefineReport,
+    progress: Callable[[int, float], None] | None,
+) -> None:
+    """The optimiser steps of either mode: each draws l and a batch, takes ``step_loss(l, example indices)``,
+    steps Adam on the stream map (then projected back to its group) and the permutations' latents."""
+    groups = [{"params": [omat], "lr": p.lr}] if group is not None else []
+    if latents:
+        groups.append({"params": latents, "lr": p.perm_lr})
+    if not groups:
+        raise InputError("refine: nothing to learn (no orthogonal stream map and permutations: false)")
+    opt = torch.optim.Adam(groups)
+    rng = np.random.default_rng(p.seed)
+    for _step in range(p.steps):
+        lam = float(rng.uniform(*p.lambda_range))
+        loss = step_loss(lam, rng.choice(examples, size=min(p.batch_size, examples), replace=False))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if group is not None:
+            with torch.no_grad():
+                nearest = solve(omat.detach(), group).matrix  # an orthogonal group: always a matrix
+                assert nearest is not None
+                omat.copy_(nearest)
+        report.losses.append(float(loss.detach()))
+        if progress is not None:
+            progress(1, report.losses[-1])
 
 
 def _hard(z: torch.Tensor) -> torch.Tensor:
