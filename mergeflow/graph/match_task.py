@@ -41,6 +41,9 @@ class LazyModel(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         return cast(torch.Tensor, self.reader.read(name, dtype=self.dtype, device=self.device))
 
+    def __contains__(self, name: object) -> bool:  # without reading the tensor (Mapping's default would)
+        return name in self.reader.tensors and name in set(self.names)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
 
