@@ -35,6 +35,7 @@ class LazyModel(Mapping[str, torch.Tensor]):
     def __init__(self, ctx: Any, model: str, dtype: torch.dtype) -> None:
         self.reader, self.dtype, self.device = ctx.readers[model], dtype, ctx.device
         self.names = [n for n, t in self.reader.tensors.items() if is_float(t.dtype)]
+        self.known = frozenset(self.names)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.reader.tensors:
@@ -42,7 +43,7 @@ class LazyModel(Mapping[str, torch.Tensor]):
         return cast(torch.Tensor, self.reader.read(name, dtype=self.dtype, device=self.device))
 
     def __contains__(self, name: object) -> bool:  # without reading the tensor (Mapping's default would)
-        return name in self.reader.tensors and name in set(self.names)
+        return name in self.known
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
