@@ -2,4 +2,5 @@
 
 from mergeflow.cli.main import main
 
-main()
+if __name__ == "__main__":  # not when a worker process imports it as its main module
+    main()

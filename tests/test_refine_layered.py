@@ -136,3 +136,33 @@ def test_auto_mode_is_layered_where_the_whole_mode_does_not_fit(tmp_path):
         assert res.returncode == 0, res.stderr
         rep = json.loads((out / "alignment.json").read_text())["refine"][0]
         assert rep["mode"] == ("layered" if layered else "whole") and ("candidate_edges" in rep) is layered
+
+
+def test_matchings_in_worker_processes_are_those_of_one_process(tmp_path, toy, monkeypatch):
+    """Every layer's matching by the sparse solver, in a pool of two spawned processes and in this one."""
+    a = trained_norms(toy("llama", seed=1), tmp_path / "a", 1)
+    b = trained_norms(toy("llama", seed=2), tmp_path / "b", 2)
+    data = write(tmp_path / "t.txt", TEXT)
+    refine = f"{{data: {data}, steps: 4, perm_lr: 0.5, batch_size: 8, mode: layered, candidates: 4}}"
+    from concurrent.futures import ProcessPoolExecutor
+
+    pools = []
+
+    class Recorded(ProcessPoolExecutor):
+        def submit(self, *args, **kwargs):
+            pools.append(args[1])  # the layer
+            return super().submit(*args, **kwargs)
+
+    monkeypatch.setattr("mergeflow.learn.edges.ProcessPoolExecutor", Recorded)
+    monkeypatch.setattr("mergeflow.learn.edges.DENSE_BELOW", 0)
+    got = []
+    for workers in (2, 1):
+        monkeypatch.setattr("mergeflow.learn.edges.WORKERS", workers)
+        out, report = align(tmp_path, b, a, f"[{FULL}, {{refine: {refine}}}]", name=f"w{workers}")
+        got.append((load_file(out / "model.safetensors"), report["refine"][0]))
+    (pool, pool_rep), (one, one_rep) = got
+    layers = json.loads((b / "config.json").read_text())["num_hidden_layers"]
+    assert sorted(set(pools)) == list(range(layers)) and len(pools) == layers * 5  # 4 steps and the final one
+    assert pool_rep["ffn_units_moved"] == one_rep["ffn_units_moved"] > 0
+    assert pool_rep["loss_last"] == one_rep["loss_last"]
+    assert all(torch.equal(pool[k], one[k]) for k in one)

@@ -12,16 +12,22 @@ edges. With every edge a candidate (k >= f) this is the dense estimator's gradie
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 import torch
 
-from mergeflow.align import assign
+from mergeflow.align import assign, lap
 from mergeflow.align.permute import FFN_ROWS
 
 EDGE_BLOCK_ELEMS = 1 << 24  # gathered elements per block of the backward's edge dot products
 DENSE_BELOW = 2048  # FFN units: below this the dense solver is fast and exact (as in alignment)
+WORKERS = max(
+    1, (os.cpu_count() or 1) - 1
+)  # processes matching layers in parallel (the sparse solver holds the GIL)
 LEVELS = 1 << 20  # integer levels of the latent's range the matching is solved on (see assign.solve_edges)
 
 
@@ -47,6 +53,56 @@ class EdgePerm:
             return assign.dense(torch.as_tensor(score)).to(self.new.device)
         perm = assign.solve_edges(self.old_np, self.new_np, w, self.n, levels=LEVELS)
         return torch.as_tensor(perm, device=self.new.device)
+
+
+class Matcher:
+    """Each step's matchings of all layers: the sparse ones (DENSE_BELOW units or more) in a pool of spawned
+    worker processes when there are two or more of them and WORKERS allows, each worker holding the layers'
+    edges from the start (a step sends only the latents); otherwise in this process. A context manager: the
+    pool is shut down on the way out."""
+
+    def __init__(self, edges: list[EdgePerm | None]) -> None:
+        self.edges = edges
+        self.sparse = [k for k, e in enumerate(edges) if e is not None and e.n >= DENSE_BELOW]
+        self.pool: ProcessPoolExecutor | None = None
+        if len(self.sparse) >= 2 and WORKERS >= 2:
+            held = {
+                k: (e.old_np, e.new_np, e.n)
+                for k, e in enumerate(edges)
+                if k in self.sparse and e is not None
+            }
+            self.pool = ProcessPoolExecutor(
+                min(WORKERS, len(self.sparse)),
+                mp_context=get_context("spawn"),
+                initializer=lap.hold,
+                initargs=(held,),
+            )
+
+    def __enter__(self) -> Matcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+    def hard(self) -> list[torch.Tensor | None]:
+        """Every layer's current matching (None where permutations are not learned)."""
+        if self.pool is None:
+            return [None if e is None else e.hard() for e in self.edges]
+        futures = {
+            k: self.pool.submit(lap.match_held, k, e.z.detach().cpu().numpy(), LEVELS)
+            for k, e in enumerate(self.edges)
+            if k in self.sparse and e is not None
+        }
+        out: list[torch.Tensor | None] = []
+        for k, e in enumerate(self.edges):
+            if e is None:
+                out.append(None)
+            elif k in futures:
+                out.append(torch.as_tensor(futures[k].result(), device=e.new.device))
+            else:
+                out.append(e.hard())
+        return out
 
 
 def candidate_edges(

@@ -27,7 +27,7 @@ from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import InputError
-from mergeflow.learn.edges import EdgePerm, candidate_edges, permuted_by_edges
+from mergeflow.learn.edges import EdgePerm, Matcher, candidate_edges, permuted_by_edges
 from mergeflow.learn.refine import (
     RefineReport,
     _batch,
@@ -158,18 +158,18 @@ def refine_layered(
         loaded.model.config.use_cache = False
 
     def step_loss(lam: float, idx: np.ndarray) -> torch.Tensor:
-        now["perms"] = [None if e is None else e.hard() for e in edges]
+        now["perms"] = matcher.hard()
         now["rmap"] = ResidualMap(matrix=omat.float()) if group is not None else None
         now["lam"] = lam
         stream = transform_stream(layout, source, now["rmap"], fold, torch.float32, torch.float32)
         params = {m: torch.lerp(anchor[st], stream.get(st, source[st]), lam) for m, st in outer.items()}
         return _loss(loaded, params, _batch(data, idx), p, device)
 
-    with wrapped(loaded.model, builds):
+    with wrapped(loaded.model, builds), Matcher(edges) as matcher:
         train(p, len(data), omat, group, [e.z for e in edges if e is not None], step_loss, report, progress)
+        hard = matcher.hard()  # the final matchings
     with torch.no_grad():
         final = solve(omat.detach(), group) if group is not None else None
-        hard = [None if e is None else e.hard() for e in edges]
         out = transform_stream(layout, source, final, fold, out_dtype)
         for lay, perm in zip(spec.layers, hard, strict=True):
             stored = {n: source[n] for n in lay.tensors()}
