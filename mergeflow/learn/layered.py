@@ -114,7 +114,8 @@ def refine_layered(
     progress: Callable[[int, float], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], RefineReport]:
     """As :func:`mergeflow.learn.refine.refine`, with ``anchor`` and ``source`` float32 (stored names) and the
-    result in ``out_dtype``: the layers' and the stream's tensors only."""
+    result in ``out_dtype``: the layers' and the stream's tensors only. ``source`` is consumed: each layer's
+    tensors leave it as the final transform of that layer is made, so the two never add up at 7B size."""
     start = time.perf_counter()
     report = RefineReport(model, mode="layered")
     p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})
@@ -172,7 +173,7 @@ def refine_layered(
         final = solve(omat.detach(), group) if group is not None else None
         out = transform_stream(layout, source, final, fold, out_dtype)
         for lay, perm in zip(spec.layers, hard, strict=True):
-            stored = {n: source[n] for n in lay.tensors()}
+            stored = {n: source.pop(n) for n in lay.tensors()}  # its result takes the layer's place
             out.update(
                 transform_layer(
                     spec, lay, stored, final, None if perm is None else _by_index(perm), fold, out_dtype
