@@ -1,6 +1,6 @@
 """Benchmark: mergeflow (and mergekit, when installed beside it) on Llama-shaped random bf16 checkpoints.
 
-    python benchmarks/bench_merge.py [--params 0.5e9] [--models 3] [--ops linear,ties,slerp]
+    python benchmarks/bench_merge.py [--params 0.5e9] [--models 3] [--ops linear,ties,slerp,dare_ties]
 
 Generates the checkpoints once under --workdir (reused by later runs), then runs every merge with
 each tool in the same run, alternating, --repeat times, page cache warm for both, and prints the
@@ -84,6 +84,12 @@ def recipes(op: str, models: list[Path]) -> tuple[str, str]:
             f"  - model: {p}\n    parameters: {{density: 0.5, weight: 1.0}}" for p in models[1:]
         ]
         mk += [f"base_model: {models[0]}", "merge_method: ties", "parameters: {normalize: true}"]
+    elif op == "dare_ties":  # seeded in mergeflow, unseeded in mergekit: the same method, other masks
+        mf += ["base: m0", "merge: {dare_ties: {density: 0.5, weight: 1.0}}"]
+        mk += [f"  - model: {models[0]}"] + [
+            f"  - model: {p}\n    parameters: {{density: 0.5, weight: 1.0}}" for p in models[1:]
+        ]
+        mk += [f"base_model: {models[0]}", "merge_method: dare_ties", "parameters: {normalize: true}"]
     elif op == "task_arithmetic":
         mf += ["base: m0", "merge: {task_arithmetic: {weight: 0.5}}"]
         mk += [f"  - model: {models[0]}"] + [
