@@ -79,12 +79,12 @@ def align_refused(tmp_path: Path, model: Path, steps: str) -> str:
     return res.stderr
 
 
-def clean_failure(capsys, argv, out: Path | None = None) -> str:
+def clean_failure(capsys, argv, out: Path | None = None, code: int = 2) -> str:
     capsys.readouterr()  # only what the command itself writes is checked, not the test's set-up
     with pytest.raises(SystemExit) as info:
         cli_main(argv)
     err = capsys.readouterr().err
-    assert info.value.code == 2, err
+    assert info.value.code == code, err
     assert "Traceback" not in err and err.strip(), err
     assert all(line.startswith("error: ") for line in err.strip().splitlines()), err
     if out is not None:

@@ -209,3 +209,20 @@ def test_cli_usage_errors_exit_2(tmp_path, demo_tree):
     assert cli("run", rec, str(tmp_path / "x"), "--max-memory", "lots").returncode == 2
     res = cli("run", rec, str(tmp_path / "y"), "--device", "cuda")
     assert res.returncode in (0, 2) and (res.returncode == 0 or "CUDA is not available" in res.stderr)
+
+
+def test_an_accelerator_out_of_memory_is_one_line_and_leaves_nothing(toy, tmp_path, capsys, monkeypatch):
+    """torch's OutOfMemoryError (CUDA, MPS) is a resource limit, not a bug: one line with what to lower."""
+    from mergeflow.graph import run
+    from tests.helpers import clean_failure
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run, "execute", oom)
+    a = toy("llama")
+    rec = write(tmp_path / "r.yml", f"models: {{a: {a}, b: {a}}}\nmerge: linear\n")
+    out = tmp_path / "out"
+    err = clean_failure(capsys, ["run", str(rec), str(out), "-q"], out, code=1)
+    assert "the device ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)" in err, err
+    assert "internal error" not in err

@@ -273,6 +273,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: one line by default, the traceback on request
         if os.environ.get("MERGEFLOW_DEBUG"):
             raise
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's, on an accelerator: a resource, not a bug
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+            click.echo(
+                f"error: the device ran out of memory ({first}); lower --max-memory, a batch size (e.g. "
+                "refine's batch_size) or the compute dtype, or use refine: {mode: layered}",
+                err=True,
+            )
+            sys.exit(1)
         click.echo(
             f"internal error: {type(exc).__name__}: {exc} (set MERGEFLOW_DEBUG=1 for the traceback)", err=True
         )
