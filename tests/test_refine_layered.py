@@ -75,6 +75,10 @@ def test_edge_gradient_is_the_dense_estimators_on_its_edges(monkeypatch, dense_b
     [
         ("llama", FULL + ", {rotate: {}}"),
         ("gpt2", "{permute: {residual: true, ffn: true}}"),  # Conv1D weights, tied head: permutations only
+        (
+            "gpt2",
+            "{permute: {residual: true, ffn: true}}, {orthogonal: {residual: true, untie: true}}",
+        ),  # untied
         ("vit", FULL + ", {rotate: {}}"),  # renamed modules (transformers 5), a classifier on images
     ],
 )
