@@ -54,7 +54,7 @@ class RefineModel:
 
     def run(self, ctx: Any, rmap: ResidualMap, found: Found | None = None) -> dict[str, torch.Tensor]:
         from mergeflow.learn.layered import refine_layered
-        from mergeflow.learn.refine import refine
+        from mergeflow.learn.refine import Problem, refine
         from mergeflow.stats.data import load_data
         from mergeflow.stats.model import load_model
 
@@ -95,12 +95,23 @@ class RefineModel:
             bar.update(n)
             bar.postfix(f"loss {loss:.4f}")
 
-        args = (loaded, self.spec, self.layout, a1, b1, data, self.params, group, self.plan.fold, self.model)
+        job = Problem(
+            loaded,
+            self.spec,
+            self.layout,
+            a1,
+            b1,
+            data,
+            self.params,
+            group,
+            self.plan.fold,
+            self.model,
+            ctx.device,
+        )
         try:
-            if layered:
-                out, report = refine_layered(*args, ctx.device, ctx.compute_dtype, progress)
-            else:
-                out, report = refine(*args, ctx.device, progress)
+            out, report = (
+                refine_layered(job, ctx.compute_dtype, progress) if layered else refine(job, progress)
+            )
         finally:
             bar.close()
         ctx.align_reports.append(report)

@@ -21,14 +21,13 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from mergeflow.align.permute import apply_ffn
-from mergeflow.align.refine_step import RefineParams
 from mergeflow.align.stream_map import ResidualMap, solve
 from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
-from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import InputError
 from mergeflow.learn.edges import EdgePerm, Matcher, candidate_edges, permuted_by_edges
 from mergeflow.learn.refine import (
+    Problem,
     RefineReport,
     _batch,
     _loss,
@@ -37,8 +36,7 @@ from mergeflow.learn.refine import (
     transform_layer,
     transform_stream,
 )
-from mergeflow.stats.data import Data
-from mergeflow.stats.model import Loaded, max_length_for
+from mergeflow.stats.model import max_length_for
 
 Build = Callable[[], dict[str, torch.Tensor]]
 
@@ -99,25 +97,18 @@ def wrapped(model: torch.nn.Module, builds: dict[str, Build]) -> Iterator[None]:
 
 
 def refine_layered(
-    loaded: Loaded,
-    spec: ArchSpec,
-    layout: ResidualLayout,
-    anchor: dict[str, torch.Tensor],
-    source: dict[str, torch.Tensor],
-    data: Data,
-    p: RefineParams,
-    group: str | None,
-    fold: bool,
-    model: str,
-    device: torch.device,
-    out_dtype: torch.dtype,
-    progress: Callable[[int, float], None] | None = None,
+    job: Problem, out_dtype: torch.dtype, progress: Callable[[int, float], None] | None = None
 ) -> tuple[dict[str, torch.Tensor], RefineReport]:
-    """As :func:`mergeflow.learn.refine.refine`, with ``anchor`` and ``source`` float32 (stored names) and the
-    result in ``out_dtype``: the layers' and the stream's tensors only. ``source`` is consumed: each layer's
-    tensors leave it as the final transform of that layer is made, so the two never add up at 7B size."""
+    """The layered mode, with ``job.anchor`` and ``job.source`` float32 and the result in ``out_dtype``: the
+    layers' and the stream's tensors only. ``job.source`` is consumed: each layer's tensors leave it as the
+    final transform of that layer is made, so the two never add up at 7B size."""
+    loaded, spec, layout, data, group, fold, device = (
+        job.loaded, job.spec, job.layout, job.data, job.group, job.fold, job.device
+    )  # fmt: skip
+    anchor, source = job.anchor, job.source
     start = time.perf_counter()
-    report = RefineReport(model, mode="layered")
+    report = RefineReport(job.model, mode="layered")
+    p = job.p
     p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})
     names = module_names(loaded, anchor)  # module -> stored
     d = spec.geometry.d_model

@@ -172,28 +172,40 @@ def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, st
     return out
 
 
+@dataclass
+class Problem:
+    """What a refinement works on, in either mode: the anchor's model class and layout, both models (stored
+    names; the anchor folded when the stream map is orthogonal, the source aligned by the steps before it),
+    the data, the step's parameters, and ``group``: the stream map's group (orthogonal or
+    orthogonal_centred), or None to learn permutations only."""
+
+    loaded: Loaded
+    spec: ArchSpec
+    layout: ResidualLayout
+    anchor: dict[str, torch.Tensor]
+    source: dict[str, torch.Tensor]
+    data: Data
+    p: RefineParams
+    group: str | None
+    fold: bool
+    model: str
+    device: torch.device
+
+
 def refine(
-    loaded: Loaded,
-    spec: ArchSpec,
-    layout: ResidualLayout,
-    anchor: dict[str, torch.Tensor],
-    source: dict[str, torch.Tensor],
-    data: Data,
-    p: RefineParams,
-    group: str | None,
-    fold: bool,
-    model: str,
-    device: torch.device,
-    progress: Callable[[int, float], None] | None = None,
+    job: Problem, progress: Callable[[int, float], None] | None = None
 ) -> tuple[dict[str, torch.Tensor], RefineReport]:
-    """``source`` (aligned, stored names, float64) refined toward ``anchor``; ``group``: the stream map's
-    group (orthogonal or orthogonal_centred), or None to learn permutations only."""
+    """The whole mode: ``job.source`` (float64) refined toward ``job.anchor``, every tensor of the result."""
+    loaded, spec, layout, data, group, fold, device = (
+        job.loaded, job.spec, job.layout, job.data, job.group, job.fold, job.device
+    )  # fmt: skip
     start = time.perf_counter()
-    report = RefineReport(model)
+    report = RefineReport(job.model)
+    p = job.p
     p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})  # once, not per step
-    names = module_names(loaded, anchor)
-    a32 = {k: v.to(device=device, dtype=torch.float32) for k, v in anchor.items()}
-    b64 = {k: v.to(device=device, dtype=torch.float64) for k, v in source.items()}
+    names = module_names(loaded, job.anchor)
+    a32 = {k: v.to(device=device, dtype=torch.float32) for k, v in job.anchor.items()}
+    b64 = {k: v.to(device=device, dtype=torch.float64) for k, v in job.source.items()}
     d = spec.geometry.d_model
     omat = torch.eye(d, dtype=torch.float64, device=device, requires_grad=group is not None)
     f = spec.ffn_width(lambda n: b64[n].shape)
