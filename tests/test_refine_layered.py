@@ -134,6 +134,8 @@ def test_auto_mode_is_layered_where_the_whole_mode_does_not_fit(tmp_path):
         f"align: [{{permute: {{residual: true, ffn: true}}}}, {{refine: {{data: {data}, steps: 2, batch_size: 4}}}}]\n"
         "merge: linear\n",
     )
+    shown = cli("plan", str(rec), "--max-memory", "480MiB", "--device", "cpu")
+    assert "whole-model step: refine (mode: layered" in shown.stdout, shown.stdout + shown.stderr
     for budget, layered in (("480MiB", True), (None, False)):
         out = tmp_path / f"out-{layered}"
         res = cli("run", str(rec), str(out), "--device", "cpu", *(("--max-memory", budget) if budget else ()))

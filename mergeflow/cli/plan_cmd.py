@@ -112,6 +112,8 @@ def plan(
             f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
             f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})"
         )
+    if p.whole_model is not None:
+        click.echo(f"whole-model step: {p.whole_model[1]}, about {human(p.whole_model[0])}")
     click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     share = runner.tensor_budget(prep.max_memory)
     ahead = overlap(prep.max_memory, p.peak_task_bytes, p.arch is not None, device_type=prep.device.type)

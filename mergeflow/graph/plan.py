@@ -70,6 +70,9 @@ class Plan:
     config_updates: dict = field(default_factory=dict)  # keys set in the config model's config.json
     left_out: list[str] = field(default_factory=list)  # tensors of the models that no output tensor holds
     stats_means: dict[str, float] = field(default_factory=dict)  # model -> mean of its statistics file
+    whole_model: tuple[int, str] | None = (
+        None  # a step holding whole models (refine...): its bytes, what it is
+    )
 
 
 class _Loads:
@@ -267,6 +270,7 @@ def build_plan(
         config_updates={"architectures": parts.architectures} if parts and parts.architectures else {},
         left_out=parts.left_out if parts else [],
         stats_means={m: st.info.mean for m, st in stats.items() if st.info.kind == "fisher"},
+        whole_model=whole,
     )
 
 
