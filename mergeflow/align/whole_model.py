@@ -22,17 +22,18 @@ def fold_state(
     state: Mapping[str, torch.Tensor],
     keep: torch.dtype = torch.float64,
     canonical: torch.dtype = torch.float64,
+    store: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The anchor with its norm scales folded into their readers (in ``canonical``, the recipe's align_dtype)."""
-    out = {}
+    """The anchor with its norm scales folded into their readers (in ``canonical``, the recipe's align_dtype);
+    the result in ``keep`` on ``store`` (default: where it was computed)."""
+    out: dict[str, torch.Tensor] = {}
     for lay in spec.layers:
-        out.update(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, keep, canonical))
+        out.update(_kept(fold_only(spec, lay, {n: state[n] for n in lay.tensors()}, keep, canonical), store))
     gamma = state[layout.final_norm].double() if layout.final_norm else None
     for st in layout.tensors:
-        out[st.name] = stream_value(state[st.name].double(), st.kind, True, gamma, layout.norm_offset).to(
-            keep
-        )
-    return _rest(state, out, keep)
+        value = stream_value(state[st.name].double(), st.kind, True, gamma, layout.norm_offset)
+        out[st.name] = value.to(store, keep)
+    return _rest(state, out, keep, store)
 
 
 def align_state(
@@ -47,10 +48,12 @@ def align_state(
     found: Mapping[int, Found] | None = None,
     keep: torch.dtype = torch.float64,
     canonical: torch.dtype = torch.float64,
+    store: torch.device | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]]:
     """``local`` mapped and aligned to ``anchor`` (both as stored; the anchor unfolded), each layer computed in
-    ``canonical`` (the recipe's align_dtype); ``found``: per layer index, what activation matching found."""
-    out = {}
+    ``canonical`` (the recipe's align_dtype), kept in ``keep`` on ``store`` (default: where computed);
+    ``found``: per layer index, what activation matching found."""
+    out: dict[str, torch.Tensor] = {}
     reports = []
     for lay in spec.layers:
         names = lay.tensors()
@@ -67,21 +70,28 @@ def align_state(
             (found or {}).get(lay.index),
             canonical,
         )
-        out.update(aligned)
+        out.update(_kept(aligned, store))
         reports.append(rep)
     gamma = local[layout.final_norm].double() if fold and layout.final_norm else None
     for st in layout.tensors:
         out[st.name] = map_stream(
             local[st.name].double(), st.kind, st.axis, rmap, fold, gamma, layout.norm_offset
-        ).to(keep)
-    return _rest(local, out, keep), reports
+        ).to(store, keep)
+    return _rest(local, out, keep, store), reports
 
 
 def _rest(
-    state: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor], keep: torch.dtype
+    state: Mapping[str, torch.Tensor],
+    out: dict[str, torch.Tensor],
+    keep: torch.dtype,
+    store: torch.device | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``out`` and the tensors of ``state`` it does not hold, in ``keep``."""
+    """``out`` and the tensors of ``state`` it does not hold, in ``keep`` on ``store``."""
     for name in state:
         if name not in out:
-            out[name] = state[name].to(keep)
+            out[name] = state[name].to(store, keep)
     return out
+
+
+def _kept(tensors: dict[str, torch.Tensor], store: torch.device | None) -> dict[str, torch.Tensor]:
+    return tensors if store is None else {n: t.to(store) for n, t in tensors.items()}

@@ -49,6 +49,16 @@ class RefineModel:
             return self.layered
         return self.whole_need > torch.cuda.get_device_properties(device).total_memory
 
+    def held_on(self, ctx: Any, layered: bool) -> torch.device | None:
+        """Where the layered mode holds the two float32 models: on the host when computing on a GPU whose
+        memory they would take more than half of (the rest is for a layer's working set and activations),
+        else where it computes (None)."""
+        if not layered or ctx.device.type != "cuda":
+            return None
+        numel = sum(t.numel for t in ctx.readers[self.anchor].tensors.values())
+        half = torch.cuda.get_device_properties(ctx.device).total_memory // 2
+        return torch.device("cpu") if 8 * numel > half else None
+
     def deps(self) -> tuple[Any, ...]:
         return (self.solve,) + ((self.match,) if self.match is not None else ())
 
@@ -60,6 +70,7 @@ class RefineModel:
 
         layered = self.layered_on(ctx.device)
         keep = torch.float32 if layered else torch.float64  # float64 one layer at a time when layered
+        hold = self.held_on(ctx, layered)
         a = LazyModel(ctx, self.anchor, torch.float64)
         b1, reports = align_state(
             self.spec,
@@ -73,12 +84,13 @@ class RefineModel:
             found.layers if found is not None else None,
             keep,
             getattr(torch, self.canonical),
+            hold,
         )
         ctx.align_reports.extend(reports)
         a1 = (
-            fold_state(self.spec, self.layout, a, keep, getattr(torch, self.canonical))
+            fold_state(self.spec, self.layout, a, keep, getattr(torch, self.canonical), hold)
             if self.plan.fold
-            else {n: a[n].to(keep) for n in a}
+            else {n: a[n].to(hold, keep) for n in a}
         )
         group = self.plan.orthogonal
         assert self.params.data is not None  # validated: refine needs data
@@ -123,4 +135,4 @@ class RefineModel:
                     ("refine", distances(to_canonical(self.spec, lay, out), to_canonical(self.spec, lay, a1)))
                 )
         changed = set(self.spec.layer_of()) | {t.name for t in self.layout.tensors}
-        return {n: out[n].to(ctx.compute_dtype) for n in changed}
+        return {n: out[n].to(ctx.device, ctx.compute_dtype) for n in changed}  # held on the host: back

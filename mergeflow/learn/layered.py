@@ -101,11 +101,14 @@ def refine_layered(
 ) -> tuple[dict[str, torch.Tensor], RefineReport]:
     """The layered mode, with ``job.anchor`` and ``job.source`` float32 and the result in ``out_dtype``: the
     layers' and the stream's tensors only. ``job.source`` is consumed: each layer's tensors leave it as the
-    final transform of that layer is made, so the two never add up at 7B size."""
+    final transform of that layer is made, so the two never add up at 7B size. The models may be held on the
+    host while ``job.device`` is a GPU: a layer's tensors then go to the GPU when its weights are built (and
+    again when rebuilt), the tensors outside the stack once, and the result comes back to the host."""
     loaded, spec, layout, data, group, fold, device = (
         job.loaded, job.spec, job.layout, job.data, job.group, job.fold, job.device
     )  # fmt: skip
     anchor, source = job.anchor, job.source
+    hold = next(iter(source.values())).device  # where the models are held (the host, or the device)
     start = time.perf_counter()
     report = RefineReport(job.model, mode="layered")
     p = job.p
@@ -122,7 +125,7 @@ def refine_layered(
     def build_for(lay: LayerNames, k: int, local: dict[str, str]) -> Build:
         def build() -> dict[str, torch.Tensor]:
             e, perm = edges[k], now["perms"][k]
-            stored = {n: source[n] for n in lay.tensors()}
+            stored = {n: source[n].to(device, non_blocking=True) for n in lay.tensors()}
             moved = transform_layer(
                 spec,
                 lay,
@@ -134,7 +137,10 @@ def refine_layered(
                 torch.float32,
             )
             return {
-                m: torch.lerp(anchor[st], moved.get(st, source[st]), now["lam"]) for m, st in local.items()
+                m: torch.lerp(
+                    anchor[st].to(device), moved[st] if st in moved else source[st].to(device), now["lam"]
+                )
+                for m, st in local.items()
             }
 
         return build
@@ -146,6 +152,9 @@ def refine_layered(
         builds[path] = build_for(lay, k, {m[len(path) + 1 :]: names[m] for m in mods})
         inside.update(mods)
     outer = {m: st for m, st in names.items() if m not in inside}
+    outside = set(outer.values()) | {st.name for st in layout.tensors}  # moved to the device once
+    near = {st: source[st].to(device) for st in outside}
+    near_anchor = {st: anchor[st].to(device) for st in outside}
     if hasattr(loaded.model.config, "use_cache"):  # a KV cache would grow again when a layer is recomputed
         loaded.model.config.use_cache = False
 
@@ -153,8 +162,8 @@ def refine_layered(
         now["perms"] = matcher.hard()
         now["rmap"] = ResidualMap(matrix=omat.float()) if group is not None else None
         now["lam"] = lam
-        stream = transform_stream(layout, source, now["rmap"], fold, torch.float32, torch.float32)
-        params = {m: torch.lerp(anchor[st], stream.get(st, source[st]), lam) for m, st in outer.items()}
+        stream = transform_stream(layout, near, now["rmap"], fold, torch.float32, torch.float32)
+        params = {m: torch.lerp(near_anchor[st], stream.get(st, near[st]), lam) for m, st in outer.items()}
         return _loss(loaded, params, _batch(data, idx), p, device)
 
     with wrapped(loaded.model, builds), Matcher(edges) as matcher:
@@ -162,14 +171,15 @@ def refine_layered(
         hard = matcher.hard()  # the final matchings
     with torch.no_grad():
         final = solve(omat.detach(), group) if group is not None else None
-        out = transform_stream(layout, source, final, fold, out_dtype)
+        out = {n: t.to(hold) for n, t in transform_stream(layout, near, final, fold, out_dtype).items()}
         for lay, perm in zip(spec.layers, hard, strict=True):
-            stored = {n: source.pop(n) for n in lay.tensors()}  # its result takes the layer's place
-            out.update(
-                transform_layer(
-                    spec, lay, stored, final, None if perm is None else _by_index(perm), fold, out_dtype
-                )
+            stored = {
+                n: source.pop(n).to(device) for n in lay.tensors()
+            }  # its result takes the layer's place
+            moved = transform_layer(
+                spec, lay, stored, final, None if perm is None else _by_index(perm), fold, out_dtype
             )
+            out.update({n: t.to(hold) for n, t in moved.items()})
         eye = torch.eye(d, dtype=torch.float64, device=device)
         report.moved = {
             "residual_change": 0.0 if final is None else float(torch.linalg.norm(final.as_matrix(d) - eye)),
@@ -190,8 +200,8 @@ def _edges(
     k: int,
     device: torch.device,
 ) -> EdgePerm:
-    local = to_canonical(spec, lay, {n: source[n] for n in lay.tensors()}, torch.float32)
-    anc = to_canonical(spec, lay, {n: anchor[n] for n in lay.tensors()}, torch.float32)
+    local = to_canonical(spec, lay, {n: source[n].to(device) for n in lay.tensors()}, torch.float32)
+    anc = to_canonical(spec, lay, {n: anchor[n].to(device) for n in lay.tensors()}, torch.float32)
     new, old = candidate_edges(local, anc, k)
     return EdgePerm(new, old, local["down"].shape[1], device)
 
