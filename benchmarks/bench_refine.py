@@ -7,7 +7,7 @@ Each mode runs as `mergeflow align` (permute + orthogonal weight matching, then 
 timed with its peak RSS (the weight matching before refine in --align-dtype, float32 by default: at these sizes
 float64 matching on two cores takes minutes per layer); the planner's estimate of each mode's need is printed beside it, so the estimate can
 be checked against what the process really held. Data: random token ids (the models are random). The work
-folder is deleted at the end unless --keep.
+folder (new or empty) is deleted at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def main() -> None:
     args = ap.parse_args()
     import numpy as np
 
+    if args.workdir and Path(args.workdir).exists() and any(Path(args.workdir).iterdir()):
+        raise SystemExit(f"{args.workdir}: not empty; give a new or empty folder (it is deleted at the end)")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-refine-"))
     work.mkdir(parents=True, exist_ok=True)
     heads = max(1, args.hidden // 128)

@@ -97,7 +97,7 @@ class PermuteParams(MatchedParams):
 assignment = assign.dense  # perm maximising sum_c score[perm[c], c] (rows: local, columns: anchor)
 
 
-def _unit_parts(layer: Layer, pre: str = "") -> list[torch.Tensor]:
+def unit_parts(layer: Layer, pre: str = "") -> list[torch.Tensor]:
     """An FFN's unit features as (f, d_i) views: the W_in (and gate) rows, biases, and W_out columns."""
     parts = [layer[pre + r].reshape(layer[pre + r].shape[0], -1) for r in FFN_ROWS if pre + r in layer]
     return [*parts, layer[pre + "down"].T]
@@ -126,7 +126,7 @@ def permute_ffn(
 ) -> Solve:
     """The hidden units of one FFN (``pre``: its roles' prefix, see ffn_prefixes) by linear assignment."""
     dtype = getattr(torch, similarity)
-    parts = list(zip(_unit_parts(local, pre), _unit_parts(anchor, pre), strict=True))
+    parts = list(zip(unit_parts(local, pre), unit_parts(anchor, pre), strict=True))
     perm, info = match_units(parts, solver, candidates, sketch_dims, dtype, sketch_kind)
     # a bfloat16 similarity could in principle pick a worse matching than none: check in float64 (a sketch's
     # candidates are scored in float32 and always include the identity: never worse)

@@ -3,6 +3,7 @@ model and of the anchor, runs the steps, and hands each re-parameterised tensor 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -161,14 +162,15 @@ class AlignPlanner:
         self.refines: dict[str, RefineModel] = {}
         self.refine = next(((i, p) for i, (n, p) in enumerate(self.steps) if STEPS[n].whole_model), None)
         self.anchor_dir = str(reader.path)
-        self.layered = self.refine is not None and self._layered(
-            cast(RefineParams, self.refine[1]), max_memory
-        )
+        self.refine_params = cast(RefineParams, self.refine[1]) if self.refine is not None else None
+        self.refine_sizes = self._refine_sizes(self.refine_params) if self.refine_params is not None else None
+        self.layered = self.refine_params is not None and self._layered(self.refine_params, max_memory)
 
     def _refined(self, model: str) -> RefineModel:
         if model not in self.refines:
             solve = self._solve(model)
-            assert self.refine is not None and self.layout is not None and self.residual is not None and solve
+            assert self.refine_params is not None and self.refine_sizes is not None
+            assert self.layout is not None and self.residual is not None and solve
             self.refines[model] = RefineModel(
                 model,
                 self.anchor,
@@ -176,22 +178,20 @@ class AlignPlanner:
                 self.spec,
                 self.layout,
                 self.steps,
-                cast(RefineParams, self.refine[1]),
+                self.refine_params,
                 self.residual,
                 solve,
                 self._match(model),
                 self.layered,
                 self.canonical,
-                self._refine_sizes(cast(RefineParams, self.refine[1]))[0]
-                if cast(RefineParams, self.refine[1]).mode == "auto"
-                else None,
+                self.refine_sizes[0] if self.refine_params.mode == "auto" else None,
             )
         return self.refines[model]
 
     def _refine_sizes(self, p: RefineParams) -> tuple[int, int]:
         """(whole mode's, layered mode's) memory need, in bytes."""
         lay = self.spec.layers[0]
-        layer = sum(self.load(self.anchor, n, None).numel for n in lay.tensors())
+        layer = sum(math.prod(self.shapes[n]) for n in lay.tensors())
         f = self.spec.ffn_width(self.shapes.__getitem__)
         count = len(self.spec.layers)
         outside = max(0, self.numel - count * layer)
@@ -201,7 +201,7 @@ class AlignPlanner:
         """refine's mode: as asked, or (auto) whole when it fits the budget."""
         if p.mode != "auto":
             return p.mode == "layered"
-        return max_memory is not None and self._refine_sizes(p)[0] > max_memory
+        return max_memory is not None and self.refine_sizes is not None and self.refine_sizes[0] > max_memory
 
     def _match(self, model: str) -> MatchModel | None:
         if self.want is None:
@@ -274,12 +274,11 @@ class AlignPlanner:
         )
 
     def whole_model_bytes(self) -> tuple[int, str] | None:
-        """About what a task holding whole models needs, and what it is: refine holds both models in float64,
-        the source as re-parameterised, the anchor's float32 model and the interpolated weights of its graph
-        (about 48 bytes per parameter, see mergeflow.align.refine_step); activation matching two float32 models
-        (8)."""
-        if self.refine is not None:
-            whole, layered = self._refine_sizes(cast(RefineParams, self.refine[1]))
+        """About what a task holding whole models needs, and what it is: refine in the mode the planner chose
+        (mergeflow.align.refine_step.whole_bytes / layered_bytes); activation matching two float32 models (8
+        bytes per parameter)."""
+        if self.refine_sizes is not None:
+            whole, layered = self.refine_sizes
             if self.layered:
                 return layered, "refine (mode: layered: both models in float32 and one layer's working set)"
             return whole, "refine (it holds both models whole: float64 copies, a float32 model, the graph)"

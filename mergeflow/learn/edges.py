@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from mergeflow.align import assign, lap
-from mergeflow.align.permute import FFN_ROWS
+from mergeflow.align.permute import FFN_ROWS, unit_parts
+from mergeflow.align.unit_match import SPARSE_FROM
 
 EDGE_BLOCK_ELEMS = 1 << 24  # gathered elements per block of the backward's edge dot products
-DENSE_BELOW = 2048  # FFN units: below this the dense solver is fast and exact (as in alignment)
+DENSE_BELOW = SPARSE_FROM  # FFN units: below this the dense solver is fast and exact (as in alignment)
 WORKERS = max(
     1, (os.cpu_count() or 1) - 1
 )  # processes matching layers in parallel (the sparse solver holds the GIL)
@@ -69,7 +70,7 @@ class Matcher:
             held = {
                 k: (e.old_np, e.new_np, e.n)
                 for k, e in enumerate(edges)
-                if k in self.sparse and e is not None
+                if e is not None and k in self.sparse
             }
             self.pool = ProcessPoolExecutor(
                 min(WORKERS, len(self.sparse)),
@@ -111,9 +112,7 @@ def candidate_edges(
     """(new, old): each anchor unit's and each local unit's ``k`` most similar units of the other layer by
     their weights (gate/up rows, biases, down columns; canonical layers), and the identity. The similarity
     is made a block of rows at a time."""
-    parts = [(local[r].float(), anchor[r].float()) for r in FFN_ROWS if r in local]
-    parts.append((local["down"].float().T, anchor["down"].float().T))
-    parts = [(lo.reshape(lo.shape[0], -1), an.reshape(an.shape[0], -1)) for lo, an in parts]
+    parts = [(lo.float(), an.float()) for lo, an in zip(unit_parts(local), unit_parts(anchor), strict=True)]
     n = parts[0][0].shape[0]
 
     def blocks() -> Any:

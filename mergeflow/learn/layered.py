@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from mergeflow.learn.refine import (
     _batch,
     _loss,
     module_names,
+    moved_by,
     train,
     transform_layer,
     transform_stream,
@@ -111,8 +113,7 @@ def refine_layered(
     hold = next(iter(source.values())).device  # where the models are held (the host, or the device)
     start = time.perf_counter()
     report = RefineReport(job.model, mode="layered")
-    p = job.p
-    p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})
+    p = job.p.model_copy(update={"max_length": max_length_for(loaded, data, job.p.max_length)})
     names = module_names(loaded, anchor)  # module -> stored
     d = spec.geometry.d_model
     omat = torch.eye(d, dtype=torch.float64, device=device, requires_grad=group is not None)
@@ -177,17 +178,17 @@ def refine_layered(
                 n: source.pop(n).to(device) for n in lay.tensors()
             }  # its result takes the layer's place
             moved = transform_layer(
-                spec, lay, stored, final, None if perm is None else _by_index(perm), fold, out_dtype
+                spec,
+                lay,
+                stored,
+                final,
+                None if perm is None else partial(apply_ffn, perm=perm),
+                fold,
+                out_dtype,
             )
             out.update({n: t.to(hold) for n, t in moved.items()})
-        eye = torch.eye(d, dtype=torch.float64, device=device)
-        report.moved = {
-            "residual_change": 0.0 if final is None else float(torch.linalg.norm(final.as_matrix(d) - eye)),
-            "ffn_units_moved": sum(
-                int((h != torch.arange(len(h), device=h.device)).sum()) for h in hard if h is not None
-            ),
-            "candidate_edges": sum(len(e.new) for e in edges if e is not None),
-        }
+        report.moved = moved_by(None if final is None else final.as_matrix(d), hard)
+        report.moved["candidate_edges"] = sum(len(e.new) for e in edges if e is not None)
     report.seconds = time.perf_counter() - start
     return out, report
 
@@ -204,10 +205,3 @@ def _edges(
     anc = to_canonical(spec, lay, {n: anchor[n].to(device) for n in lay.tensors()}, torch.float32)
     new, old = candidate_edges(local, anc, k)
     return EdgePerm(new, old, local["down"].shape[1], device)
-
-
-def _by_index(perm: torch.Tensor) -> Callable[[dict[str, torch.Tensor]], None]:
-    def permute(canon: dict[str, torch.Tensor]) -> None:
-        apply_ffn(canon, perm)
-
-    return permute

@@ -201,8 +201,7 @@ def refine(
     )  # fmt: skip
     start = time.perf_counter()
     report = RefineReport(job.model)
-    p = job.p
-    p = p.model_copy(update={"max_length": max_length_for(loaded, data, p.max_length)})  # once, not per step
+    p = job.p.model_copy(update={"max_length": max_length_for(loaded, data, job.p.max_length)})  # once
     names = module_names(loaded, job.anchor)
     a32 = {k: v.to(device=device, dtype=torch.float32) for k, v in job.anchor.items()}
     b64 = {k: v.to(device=device, dtype=torch.float64) for k, v in job.source.items()}
@@ -227,17 +226,7 @@ def refine(
         final_o = solve(omat.detach(), group).matrix if group is not None else None
         hard = [None if z is None else _hard(z) for z in latents]
         out = transform(spec, layout, b64, final_o, hard, fold, torch.float64)
-        eye = torch.eye(d, dtype=torch.float64, device=device)
-        report.moved = {
-            "residual_change": 0.0 if final_o is None else float(torch.linalg.norm(final_o - eye)),
-            "ffn_units_moved": int(
-                sum(
-                    int((h.argmax(1) != torch.arange(len(h), device=h.device)).sum())
-                    for h in hard
-                    if h is not None
-                )
-            ),
-        }
+        report.moved = moved_by(final_o, [None if h is None else h.argmax(1) for h in hard])
     report.seconds = time.perf_counter() - start
     return {k: v.detach() for k, v in out.items()}, report
 
@@ -275,6 +264,16 @@ def train(
         report.losses.append(float(loss.detach()))
         if progress is not None:
             progress(1, report.losses[-1])
+
+
+def moved_by(omat: torch.Tensor | None, perms: list[torch.Tensor | None]) -> dict[str, float]:
+    """How far the refinement moved: ||O - I||_F of the stream map and the FFN units whose place changed
+    (``perms``: new unit i takes old unit perm[i])."""
+    change = 0.0
+    if omat is not None:
+        change = float(torch.linalg.norm(omat - torch.eye(len(omat), dtype=omat.dtype, device=omat.device)))
+    units = sum(int((q != torch.arange(len(q), device=q.device)).sum()) for q in perms if q is not None)
+    return {"residual_change": change, "ffn_units_moved": units}
 
 
 def _hard(z: torch.Tensor) -> torch.Tensor:
