@@ -1,12 +1,17 @@
 """The sparse assignment on near-tied latents, as refine's layered mode meets them: scipy's solver on integer
 levels (what `learn.edges` uses) against real weights, each solve in a process of its own with a timeout.
 
-    python benchmarks/bench_ties.py [--problems 300] [--seeds 1,2,3] [--levels 20] [--timeout 10]
+    python benchmarks/bench_ties.py [--problems 300] [--seeds 1,2,3] [--levels 20] [--timeout 10] [--planted]
 
 Each problem: 50-300 units, the identity plus a random fraction (100%, 10% or 3%) of the edges, latents made by
 1-7 Adam-like sign steps of 0.5 (with 1e-5 relative jitter: near-ties), a third of them scaled down to 1e-3 with
 1e-9 noise. Prints, per weight kind, the problems solved, the ones that ran past the timeout (a hang), the worst
 solve time, and the largest shortfall against scipy's dense solver (levels: within n levels by construction).
+
+With --planted, also what alignment's solves meet (every sparse solve is on `lap.exact_levels(n)` levels): FFN-like
+unit matchings (anchor rows, the local model's a permutation of them plus noise; some with pruned all-zero or
+duplicated units), candidates as the `sparse` solver picks them; per problem, the solve on the real weights and on
+the levels: time, the same objective, and whether the certificate's duals exist on the real weights.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ def main() -> None:
     ap.add_argument("--levels", type=int, default=20, help="log2 of the integer levels")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds before a solve counts as a hang")
     ap.add_argument("--real", action="store_true", help="also solve on the real weights (hangs are expected)")
+    ap.add_argument(
+        "--planted", action="store_true", help="also alignment-like problems, real vs exact levels"
+    )
     args = ap.parse_args()
     from scipy.optimize import linear_sum_assignment
 
@@ -83,6 +91,52 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for kind, s in stats.items():
         print(f"| {kind} | {s['solved']} | {s['hung']} | {s['worst_s']:.4f} | {s['gap']:.2e} |")
+    if args.planted:
+        planted()
+
+
+def planted() -> None:
+    import torch
+
+    from mergeflow.align import assign, lap
+
+    print(
+        "\n| units | width | noise | pruned | duplicated | real s | levels s | same objective | certified |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    gen = torch.Generator().manual_seed(0)
+    cases = [
+        (4096, 1024, 0.5, 0, 0),
+        (4096, 1024, 3.0, 0, 0),
+        (14336, 1024, 1.0, 0, 0),
+        (4096, 1024, 0.5, 0.3, 0),
+    ]
+    cases += [(4096, 1024, 0.5, 0, 0.2), (4096, 256, 10.0, 0, 0)]
+    lap.solve_edges(np.arange(2), np.arange(2), np.ones(2), 2)  # imports outside the timings
+    for n, d, noise, prune, dup in cases:
+        anchor = torch.randn(n, d, generator=gen)
+        anchor[: int(prune * n)] = 0
+        if dup:
+            anchor[int((1 - dup) * n) :] = anchor[-1]
+        perm = torch.randperm(n, generator=gen)
+        local = anchor[perm] + noise * torch.randn(n, d, generator=gen) * (anchor[perm] != 0).any(
+            1, keepdim=True
+        )
+        score = local @ anchor.T
+        rows, cols = assign.candidates(assign.row_blocks(score), n, 8)
+        w = score.reshape(-1)[torch.as_tensor(rows * n + cols)].double().numpy()
+        got = []
+        for levels in (None, 0):
+            start = time.perf_counter()
+            p = lap.solve_edges(rows, cols, w, n, levels)
+            sec = time.perf_counter() - start
+            total = float(score[torch.as_tensor(p), torch.arange(n)].double().sum())
+            got.append((sec, total, assign.duals(rows, cols, w, p) is not None))
+        (real_s, real_total, real_ok), (lv_s, lv_total, lv_ok) = got
+        print(
+            f"| {n} | {d} | {noise} | {prune:.0%} | {dup:.0%} | {real_s:.3f} | {lv_s:.3f} | "
+            f"{real_total == lv_total} | {real_ok} / {lv_ok} |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ sketched solver is exact on near-copies and never worse than the identity."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from mergeflow.align import assign, unit_match
+from mergeflow.align import assign, lap, unit_match
 from mergeflow.testing.scramble import scramble_model
 from tests.helpers import align, state
 
@@ -187,3 +190,34 @@ def test_best_assignment_of_a_given_score_matrix_is_the_optimum(monkeypatch):
     assert torch.equal(unit_match.best_assignment(score), ref)
     monkeypatch.setattr(unit_match, "SPARSE_FROM", 100)
     assert torch.equal(unit_match.best_assignment(score, k=2), ref)
+
+
+def _solve_into(queue, rows, cols, w, n):
+    queue.put(lap.solve_edges(rows, cols, w, n))
+
+
+def test_sparse_solve_finishes_on_near_ties_that_loop_scipy_for_ever():
+    """A 71-unit problem of near-tied weights (benchmarks/bench_ties.py, seed 1, problem 192) on which scipy
+    1.17's LAPJVsp, given the real weights, never returns: every sparse solve hands it integer levels, and
+    this one ends (in a process of its own, so that a regression fails instead of hanging the tests) at the
+    dense optimum, within the n levels the quantisation may cost."""
+    from scipy.optimize import linear_sum_assignment
+
+    data = np.load(Path(__file__).parent / "corpus" / "ties" / "lapjvsp_loops.npz")
+    rows, cols, w, n = data["rows"], data["cols"], data["w"], int(data["n"])
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_solve_into, args=(queue, rows, cols, w, n))
+    proc.start()
+    proc.join(60)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        pytest.fail("the sparse solve did not end within 60 s")
+    perm = queue.get()
+    dense = np.full((n, n), -1e9)
+    dense[cols, rows] = w  # rows: new units, columns: old units
+    a, b = linear_sum_assignment(dense, maximize=True)
+    level = (w.max() - w.min()) / lap.exact_levels(n)
+    assert sorted(perm) == list(range(n))
+    assert dense[np.arange(n), perm].sum() >= dense[a, b].sum() - n * level - 1e-9

@@ -6,25 +6,33 @@ from __future__ import annotations
 import numpy as np
 
 
+def exact_levels(n: int) -> int:
+    """The most integer levels an n-unit matching can be solved on with every sum of costs exact in float64
+    (n * levels well below 2**53), at most 2**36: at 14336 units a level is 1.5e-11 of the weights' range."""
+    return 1 << min(36, 50 - max(n, 1).bit_length())
+
+
 def solve_edges(
-    rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n: int, levels: int | None = None
+    rows: np.ndarray, cols: np.ndarray, w: np.ndarray, n: int, levels: int | None = 0
 ) -> np.ndarray:
     """perm (new[c] = old[perm[c]]) of the maximum-weight full matching on the edges; they must hold one.
-    ``levels``: solve on integer costs, the weights' range cut into that many levels (optimal within n times
-    a level). scipy's LAPJVsp (1.17) can loop for ever on real weights with many near-ties, which a learned
-    latent has by construction (Adam moves every entry by about the learning rate at first):
-    benchmarks/bench_ties.py, 900 random tie-heavy problems of 50-300 units: none past a 10 s timeout with
-    2**20 levels, 16 with real weights (docs/performance.md)."""
+    The costs handed to scipy are integers: the weights' range cut into ``levels`` levels (0: the most that
+    stay exact, :func:`exact_levels`; the matching is optimal within n levels). scipy's LAPJVsp (1.17) can
+    loop for ever on real-valued weights with many near-ties (a learned latent has them by construction; a
+    pruned or duplicated unit's scores may), never on integers: benchmarks/bench_ties.py, 900 random
+    tie-heavy problems of 50-300 units: none past a 10 s timeout on 2**20 or 2**36 levels, 16 on the real
+    weights (docs/performance.md). ``levels=None``: the real weights (for that benchmark only)."""
     import scipy.sparse as sp
     from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-    if levels is not None:
+    if levels is None:
+        graph = sp.csr_matrix((w - w.min() + 1.0, (rows, cols)), shape=(n, n))
+        r, c = min_weight_full_bipartite_matching(graph, maximize=True)
+    else:
+        levels = levels or exact_levels(n)
         span = float(w.max() - w.min()) or 1.0
         cost = np.round((w.max() - w) / span * levels) + 1.0  # positive: no explicit zeros
         r, c = min_weight_full_bipartite_matching(sp.csr_matrix((cost, (rows, cols)), shape=(n, n)))
-    else:
-        graph = sp.csr_matrix((w - w.min() + 1.0, (rows, cols)), shape=(n, n))
-        r, c = min_weight_full_bipartite_matching(graph, maximize=True)
     perm = np.empty(n, dtype=np.int64)
     perm[c] = r
     return perm
