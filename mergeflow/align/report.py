@@ -12,13 +12,14 @@ from mergeflow.align.layer import MODULES, LayerReport, add_counts
 def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
     """Totals per model and stage (before, then after each step), per module and overall; with a residual
     map, the coordinate descent's passes per model."""
-    reports = [r for r in all_reports if isinstance(r, LayerReport)]
+    # layer order, whatever order they were made in (layers aligned in lanes finish in any order)
+    reports = sorted((r for r in all_reports if isinstance(r, LayerReport)), key=lambda r: (r.model, r.layer))
     sections: dict[str, list[Any]] = {}  # whole-model solves: residual maps, refinements
     for r in all_reports:
         if not isinstance(r, LayerReport):
             sections.setdefault(r.section, []).append(r.summary())
     models: dict[str, dict[str, dict[str, float]]] = {}
-    for rep in sorted(reports, key=lambda r: (r.model, r.layer)):
+    for rep in reports:
         stages = models.setdefault(rep.model, {})
         for stage, d in rep.steps:
             tot = stages.setdefault(stage, dict.fromkeys([*MODULES, "total"], 0.0))
@@ -35,7 +36,7 @@ def summarise(all_reports: Sequence[Any]) -> dict[str, Any]:
             seconds[step] = seconds.get(step, 0.0) + sec
     layers = [
         {"model": r.model, "layer": r.layer, "stages": [{"stage": s, **d} for s, d in r.steps]}
-        for r in sorted(reports, key=lambda r: (r.model, r.layer))
+        for r in reports
     ]
     for r in all_reports:
         if not isinstance(r, LayerReport):

@@ -17,7 +17,7 @@ from mergeflow.cli.convert_eval import convert, eval_group
 from mergeflow.cli.learn_cmd import learn_aligner
 from mergeflow.cli.lora_cmd import extract_lora
 from mergeflow.cli.moe_cmd import moe
-from mergeflow.cli.options import DEVICE, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
+from mergeflow.cli.options import DEVICES, DISK, MEMORY, MODEL, PARENTS, PICKLE, QUIET, REPORT, STRICT
 from mergeflow.cli.output import check_report, parse_size, print_alignment, print_summary, write_run_report
 from mergeflow.cli.plan_cmd import plan
 from mergeflow.cli.progress import console
@@ -42,7 +42,7 @@ def cli() -> None:
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.argument("out_pos", required=False, metavar="[OUT]")
 @click.option("-o", "--out", "out_opt", default=None, help="Output model directory (or give it as OUT).")
-@DEVICE
+@DEVICES
 @MEMORY
 @DISK
 @PICKLE
@@ -146,7 +146,7 @@ def run(
     help="YAML file with an 'align:' list in recipe syntax. Default: permute (heads, ffn), rotate (qk, vo), "
     "rescale; without QK rotation for QK-norm families.",
 )
-@DEVICE
+@DEVICES
 @MEMORY
 @PICKLE
 @click.option("--force", is_flag=True, help="Replace OUT if it is an output mergeflow wrote.")

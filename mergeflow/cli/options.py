@@ -10,6 +10,14 @@ DEVICE = click.option(
     show_default=True,
     help="Where matching and merging run: cpu, cuda, cuda:N, or auto (cuda when available).",
 )
+DEVICES = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where matching and merging run: cpu, cuda, cuda:N, a list such as cuda:0,cuda:1 (the alignment's "
+    "layers spread over them, one layer per device at a time; a device named twice gets two; merges run on "
+    "the first), or auto (every visible GPU, else the CPU).",
+)
 MEMORY = click.option(
     "--max-memory",
     default=None,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from mergeflow.cli.options import DEVICE, DISK, MEMORY, PICKLE, STRICT
+from mergeflow.cli.options import DEVICES, DISK, MEMORY, PICKLE, STRICT
 from mergeflow.cli.output import human, parse_size
 from mergeflow.cli.stages_cmd import INTERMEDIATE, is_multistage_file, plan_file
 
 
 @click.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-@DEVICE
+@DEVICES
 @MEMORY
 @DISK
 @PICKLE
@@ -111,6 +111,10 @@ def plan(
             f"align: {steps} on {len(p.arch.layers)} layers of {aligned} model(s) to anchor '{p.anchor}' "
             f"({p.arch.family.name}: {p.arch.geometry.h_q} query / {p.arch.geometry.h_kv} key-value heads "
             f"of {p.arch.geometry.d_h}, RoPE {p.arch.geometry.rope})"
+        )
+    if prep.lanes:
+        click.echo(
+            f"lanes: layers aligned {len(prep.lanes)} at a time, one on each of {', '.join(map(str, prep.lanes))}"
         )
     if p.whole_model is not None:
         click.echo(f"whole-model step: {p.whole_model[1]}, about {human(p.whole_model[0])}")

@@ -18,6 +18,7 @@ from mergeflow.align.refine_step import RefineParams, layered_bytes, whole_bytes
 from mergeflow.arch.spec import ArchSpec, arch_spec
 from mergeflow.arch.stream_layout import residual_layout
 from mergeflow.errors import RecipeError
+from mergeflow.graph.checks import check_steps
 from mergeflow.graph.match_task import MatchModel, match_want
 from mergeflow.graph.refine_task import RefineModel
 from mergeflow.graph.stream_tasks import MapStream, SolveResidual, residual_plan
@@ -41,16 +42,23 @@ class AlignLayer:
     def deps(self) -> tuple[Any, ...]:
         return self.local + self.anchor + tuple(t for t in (self.residual, self.match) if t is not None)
 
+    @property
+    def laned(self) -> bool:
+        """Runs in a lane of its own when the run has several (graph.lanes); the anchor's fold is cheap."""
+        return bool(self.anchor)
+
     def run(self, ctx: Any, *values: Any) -> dict[str, torch.Tensor]:
         n, k = len(self.local), len(self.anchor)
-        local = {ld.tensor: v for ld, v in zip(self.local, values[:n], strict=True)}
+        dev = ctx.device  # in a lane: the lane's device, the layer's tensors cross to it and back to ctx.home
+        local = {ld.tensor: v.to(dev) for ld, v in zip(self.local, values[:n], strict=True)}
         spec: ArchSpec = ctx.arch
         layer = spec.layers[self.position]
         if not self.anchor:  # the anchor itself, folded
             return fold_only(spec, layer, local, ctx.compute_dtype, getattr(torch, self.canonical))
-        anchor = {ld.tensor: v for ld, v in zip(self.anchor, values[n : n + k], strict=True)}
+        anchor = {ld.tensor: v.to(dev) for ld, v in zip(self.anchor, values[n : n + k], strict=True)}
         rmap = values[n + k] if self.residual is not None else None
         found = values[-1].layers.get(layer.index) if self.match is not None else None
+        found = {key: t.to(dev) for key, t in found.items()} if found is not None else None
         out, report = align_layer(
             spec,
             layer,
@@ -65,7 +73,8 @@ class AlignLayer:
             getattr(torch, self.canonical),
         )
         ctx.align_reports.append(report)
-        return out
+        home = ctx.home or dev
+        return {name: t.to(home) for name, t in out.items()}
 
 
 @dataclass(frozen=True)
@@ -86,24 +95,6 @@ class Aligned:
         if self.rows is None:
             return layer.pop(self.tensor)
         return layer[self.tensor][self.rows[0] : self.rows[1]]
-
-
-def check_steps(recipe: Recipe, spec: ArchSpec) -> tuple[tuple[str, StepParams], ...]:
-    """Validated step parameters; a step the family's symmetries do not allow is a recipe error."""
-    steps, problems = [], []
-    for i, step in enumerate(recipe.align):
-        info = STEPS[step.name]
-        params = info.params.model_validate(step.params)
-        why = info.check(spec.geometry, params, spec.family.name)
-        if why:
-            problems.append(
-                f"{recipe.located('align', i, step.name)}align[{i}].{step.name}: not valid for this "
-                f"model: {why}"
-            )
-        steps.append((step.name, params))
-    if problems:
-        raise RecipeError(problems)
-    return tuple(steps)
 
 
 def model_spec(readers: Mapping[str, ModelReader], anchor: str) -> ArchSpec:

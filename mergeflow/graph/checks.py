@@ -7,6 +7,9 @@ from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel
 
+from mergeflow.align.base import StepParams
+from mergeflow.align.catalog import STEPS
+from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import MissingTensor, ModelError, RecipeError, ShapeMismatch, UnsupportedArchitecture
 from mergeflow.io.dtypes import is_float
 from mergeflow.io.reader import ModelReader
@@ -80,3 +83,21 @@ def check_finite(tname: str, op: str, params: BaseModel, mparams: Mapping[str, B
                 raise RecipeError(
                     [f"tensor {tname!r}: {op} parameter {key!r}{who} is {value} (must be finite)"]
                 )
+
+
+def check_steps(recipe: Recipe, spec: ArchSpec) -> tuple[tuple[str, StepParams], ...]:
+    """Validated step parameters; a step the family's symmetries do not allow is a recipe error."""
+    steps, problems = [], []
+    for i, step in enumerate(recipe.align):
+        info = STEPS[step.name]
+        params = info.params.model_validate(step.params)
+        why = info.check(spec.geometry, params, spec.family.name)
+        if why:
+            problems.append(
+                f"{recipe.located('align', i, step.name)}align[{i}].{step.name}: not valid for this "
+                f"model: {why}"
+            )
+        steps.append((step.name, params))
+    if problems:
+        raise RecipeError(problems)
+    return tuple(steps)

@@ -1,5 +1,6 @@
 """Runs a plan: a topological order grouped by output tensor (so by shard), each value freed
-after its last use, tensor reads prefetched in a background thread within the memory budget."""
+after its last use, tensor reads prefetched in a background thread within the memory budget. With several
+lanes (devices), the tasks that ask for one (each layer's alignment) run a few at a time, a thread per lane."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any, Protocol
 
 import torch
 
+from mergeflow.graph.lanes import Lanes
+from mergeflow.graph.order import run_order, schedule
 from mergeflow.graph.tasks import Load, Merge
 from mergeflow.io.reader import ModelReader
 from mergeflow.progress import SILENT, Progress
@@ -38,25 +41,8 @@ class ExecContext:
     align_reports: list[Any] = field(default_factory=list)
     note: Callable[[str], None] | None = None  # shows what a long task is doing (the progress bar's caption)
     progress: Progress = SILENT  # where long tasks open their own bars
-
-
-def schedule(roots: list[Any]) -> list[Any]:
-    """Depth-first post-order from the roots, in root order; each task once."""
-    order: list[Any] = []
-    seen: set[Any] = set()
-    for root in roots:
-        stack = [(root, False)]
-        while stack:
-            task, expanded = stack.pop()
-            if expanded:
-                order.append(task)
-                continue
-            if task in seen:
-                continue
-            seen.add(task)
-            stack.append((task, True))
-            stack.extend((d, False) for d in reversed(task.deps()) if d not in seen)
-    return order
+    lanes: tuple[torch.device, ...] = ()  # with two or more: where laned tasks run, a thread each
+    home: torch.device | None = None  # in a lane's context: the run's device, where a laned task's results go
 
 
 def _nbytes(task: Any, ctx: ExecContext) -> int:
@@ -107,7 +93,8 @@ def execute(
     page cache ahead of use (asynchronous readahead, no thread, no memory of ours): for compute-bound runs such
     as alignment, where a reading thread would compete with the solves, so that reading the next layer
     overlaps solving this one."""
-    order = schedule(roots)
+    lanes = Lanes(ctx) if len(ctx.lanes) > 1 else None
+    order = run_order(roots, len(ctx.lanes))
     users: dict[Any, int] = {}
     for task in order:
         for d in task.deps():
@@ -150,8 +137,14 @@ def execute(
             else:
                 # a merge may overwrite its inputs: give it a copy of any value another task still needs
                 mutates = isinstance(task, Merge) and task.stored_out is None  # pointwise ones read only
+                if lanes is not None:
+                    lanes.resolve(values, task.deps())
                 args = [values[d].clone() if mutates and users[d] > 1 else values[d] for d in task.deps()]
-                value = task.run(ctx, *args)
+                value = (
+                    lanes.start(task, args)
+                    if lanes is not None and getattr(task, "laned", False)
+                    else task.run(ctx, *args)
+                )
                 del args
             for d in task.deps():
                 users[d] -= 1
@@ -162,10 +155,17 @@ def execute(
             del value
             if on_done is not None:
                 on_done(task)
+        if lanes is not None:
+            lanes.finish()  # a laned task whose value no task read still reports its failure
     finally:
+        if lanes is not None:
+            lanes.close()
         if pool is not None:
             for _t, fut in pending:
                 fut.cancel()
             pool.shutdown(wait=True)
         pending.clear()
         values.clear()
+
+
+__all__ = ["ExecContext", "TensorSink", "execute", "schedule"]

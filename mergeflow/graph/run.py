@@ -6,7 +6,7 @@ import json
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from mergeflow.files import read_text_capped
 from mergeflow.graph.anchor import auto_anchor
 from mergeflow.graph.executor import ExecContext, execute
 from mergeflow.graph.fingerprint import run_fingerprint
+from mergeflow.graph.lanes import lane_devices
 from mergeflow.graph.memory import (
     MAPPED_SHARE,
     default_max_memory,
@@ -29,8 +30,9 @@ from mergeflow.graph.memory import (
     peak_rss_bytes,
     tensor_budget,
 )
-from mergeflow.graph.options import Options, resolve_device
-from mergeflow.graph.plan import Plan, build_plan
+from mergeflow.graph.options import Options, resolve_device, resolve_devices
+from mergeflow.graph.plan import build_plan
+from mergeflow.graph.prepared import Prepared, Result
 from mergeflow.graph.sources import (
     check_room,
     hub_of,
@@ -64,33 +66,6 @@ from mergeflow.tokenizer.recipe import recipe_tokenizer
 MAPPED_CAP = 4 * 2**20  # reopening a file costs about a millisecond: no reason to keep more mapped
 
 
-@dataclass
-class Prepared:
-    recipe: Recipe
-    recipe_text: str
-    readers: dict[str, ModelReader]
-    plan: Plan
-    device: torch.device
-    max_memory: int
-    inputs: list[Path] = field(
-        default_factory=list
-    )  # every file or folder read: nothing is written over them
-    chat_template: str | None = None  # the Jinja text written into the output's tokenizer config
-
-
-@dataclass
-class Result:
-    out: Path
-    plan: Plan
-    files: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    alignment: dict | None = None  # summary of the alignment report, when the recipe aligns
-    resumed_shards: int = 0  # shards kept from an interrupted run (--resume)
-    downloaded: int = 0  # bytes of Hub shards fetched during the run
-    download_peak: int = 0  # with --disk-budget: the most bytes of them held at once
-    download_seconds: float = 0.0  # from the run's start of downloads to the last shard on disk
-
-
 def prepare(
     recipe_path: str | Path,
     opts: Options,
@@ -106,7 +81,8 @@ def prepare(
     given = given or {}
     if recipe is None:
         recipe = load_recipe(recipe_path, OPERATORS, STEPS)
-    device = resolve_device(opts.device)
+    devices = resolve_devices(opts.device)
+    device = devices[0]
     # pre-flight when Hub models must be fetched: the whole plan from config files and headers first (LoRA
     # adapters, which are small, are fetched whole for it)
     pre = None
@@ -173,8 +149,19 @@ def prepare(
         warnings.warn(line + " (--strict makes this an error)", stacklevel=2)
     readers.update({stats_key(m): st.reader for m, st in stats.items()})  # read during the run like models
     text = recipe_text if recipe_text is not None else read_text_capped(recipe_path, "recipe file", MAX_BYTES)
+    lanes = lane_devices(
+        devices, tensor_budget(budget), plan.peak_task_bytes, plan.arch is not None, opts.device
+    )
     return Prepared(
-        recipe, text, readers, plan, device, budget, recipe_inputs(recipe, recipe_path, readers), template
+        recipe,
+        text,
+        readers,
+        plan,
+        device,
+        budget,
+        recipe_inputs(recipe, recipe_path, readers),
+        template,
+        lanes,
     )
 
 
@@ -225,6 +212,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
             plan.arch,
             note=bar.describe,
             progress=progress,
+            lanes=prep.lanes,
         )
         if opts.tune_malloc:
             malloc_returns_large_blocks(prep.max_memory)
@@ -249,7 +237,6 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
         alignment = summarise(ctx.align_reports) if ctx.align_reports else None
         if alignment is not None:
             write_new(tmp / "alignment.json", json.dumps(alignment, indent=2) + "\n")
-        if alignment is not None:
             files.append("alignment.json")
         if recipe.output.card:
             write_card(

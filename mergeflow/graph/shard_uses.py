@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mergeflow.graph.executor import schedule
+from mergeflow.graph.order import run_order, schedule
 from mergeflow.graph.tasks import Load
 from mergeflow.io.reader import ModelReader
 
@@ -21,10 +21,11 @@ class ShardUse:
     loads: int  # how many loads read it
 
 
-def shard_uses(roots: list[Any], readers: Mapping[str, ModelReader]) -> list[ShardUse]:
-    """Every (model, shard file) the tasks reachable from ``roots`` read, in order of first use."""
+def shard_uses(roots: list[Any], readers: Mapping[str, ModelReader], lanes: int = 1) -> list[ShardUse]:
+    """Every (model, shard file) the tasks reachable from ``roots`` read, in order of first use (in the
+    executor's order for ``lanes`` lanes)."""
     uses: dict[tuple[str, str], ShardUse] = {}
-    for i, task in enumerate(schedule(roots)):
+    for i, task in enumerate(run_order(roots, lanes)):
         if isinstance(task, Load):
             key = (task.model, readers[task.model].info(task.tensor).file)
             use = uses.get(key)

@@ -88,7 +88,7 @@ def hub_shards(prep: Any, roots: list[Any] | None = None) -> list[tuple[HubReade
 
     if not any(isinstance(hub_of(r), HubReader) for r in prep.readers.values()):
         return []  # local models: no need to walk the plan
-    uses = shard_uses(prep.plan.writes if roots is None else roots, prep.readers)
+    uses = shard_uses(prep.plan.writes if roots is None else roots, prep.readers, len(prep.lanes))
     return [
         (r, u.file, u)
         for u in uses
