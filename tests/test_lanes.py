@@ -164,20 +164,6 @@ def test_device_lists_are_checked():
 
 
 def test_a_one_device_command_refuses_a_list(tmp_path, toy, capsys):
-    data = tmp_path / "d.npz"
-    err = clean_failure(
-        capsys,
-        [
-            "stats",
-            str(toy("llama")),
-            "--data",
-            str(data),
-            "--kind",
-            "gram",
-            "-o",
-            str(tmp_path / "s.safetensors"),
-            "--device",
-            "cpu,cpu",
-        ],
-    )
-    assert "runs on one device" in err
+    out = tmp_path / "s.safetensors"
+    argv = f"stats {toy('llama')} --data {tmp_path / 'd.npz'} --kind gram -o {out} --device cpu,cpu".split()
+    assert "runs on one device" in clean_failure(capsys, argv)
