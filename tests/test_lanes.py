@@ -17,7 +17,7 @@ from mergeflow.graph.options import resolve_device, resolve_devices
 from mergeflow.graph.order import hoist, schedule
 from mergeflow.testing.scramble import scramble_model
 from tests.conftest import cli, write
-from tests.helpers import clean_failure, state
+from tests.helpers import clean_failure, state, text_data
 
 STEPS = "{permute: {heads: true, ffn: true}}, {rotate: {qk: true, vo: true}}, {rescale: {}}]"
 STREAM = {
@@ -27,14 +27,23 @@ STREAM = {
 
 
 def three(tmp_path, toy, family="llama"):
-    """A recipe merging an anchor with two scrambled copies of a random model, all three aligned."""
+    """A recipe merging an anchor with two scrambled copies of a random model, all three aligned (``family``
+    "llama-activations": permutations matched on activations, a whole-model task the layers wait for)."""
+    family, _, how = family.partition("-")
     a = toy(family, seed=3)
     residual, first = STREAM[family]
     b = scramble_model(a, tmp_path / "b", seed=5, heads_perm=True, residual=residual)
     c = scramble_model(toy(family, seed=4), tmp_path / "c", seed=6, heads_perm=True)
+    steps = first + STEPS
+    if how:
+        data = text_data(tmp_path / "d.jsonl")
+        steps = (
+            f"[{{permute: {{residual: true, heads: true, ffn: true, method: activations, data: {data}}}}}, "
+        )
+        steps += STEPS.split("}}, ", 1)[1]
     return write(
         tmp_path / "r.yml",
-        f"models: {{a: {a}, b: {b}, c: {c}}}\nanchor: a\nalign: {first}{STEPS}\nmerge: {{linear: {{}}}}\n",
+        f"models: {{a: {a}, b: {b}, c: {c}}}\nanchor: a\nalign: {steps}\nmerge: {{linear: {{}}}}\n",
     )
 
 
@@ -44,7 +53,7 @@ def merged(rec, out, device, max_memory=None):
     return prep, runner.run(prep, out, opts)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "llama-activations"])
 def test_two_lanes_give_one_devices_output_and_report(tmp_path, toy, family, monkeypatch):
     """Every layer of both aligned models in a lane thread, two at a time; the merged tensors are bitwise
     those of one device, the alignment report's distances and counts equal."""
@@ -77,8 +86,13 @@ def test_two_lanes_give_one_devices_output_and_report(tmp_path, toy, family, mon
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     for key in ("totals", "counts", "layers"):
         assert one.alignment[key] == two.alignment[key]
+    assert ("activations" in one.alignment) == ("activations" in family)
     timeless = [
-        [{k: v for k, v in r.items() if k != "seconds"} for r in x.alignment["residual"]] for x in (one, two)
+        [
+            {k: v for k, v in r.items() if k != "seconds"}
+            for r in x.alignment["residual"] + x.alignment.get("activations", [])
+        ]
+        for x in (one, two)
     ]
     assert timeless[0] == timeless[1]
 
