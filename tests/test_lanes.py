@@ -80,7 +80,7 @@ def test_two_lanes_give_one_devices_output_and_report(tmp_path, toy, family, mon
     prep, two = merged(rec, tmp_path / "two", "cpu,cpu")
     assert prep.lanes == (torch.device("cpu"), torch.device("cpu"))
     assert len(seen) == 2 * 3 and all(name.startswith("mergeflow-lane") for name, _ in seen)
-    assert {name for name, _ in seen} == {"mergeflow-lane0_0", "mergeflow-lane1_0"}
+    assert {name for name, _ in seen} == {"mergeflow-lane0", "mergeflow-lane1"}
     assert most[0] == 2
     sa, sb = state(one.out), state(two.out)
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -110,7 +110,9 @@ def test_a_failure_in_a_lane_fails_the_run_cleanly(tmp_path, toy, capsys, monkey
     out = tmp_path / "out"
     err = clean_failure(capsys, ["run", str(rec), str(out), "--device", "cpu,cpu", "-q"], out, code=1)
     assert "ran out of memory" in err
-    assert not [t for t in threading.enumerate() if t.name.startswith("mergeflow-lane")]
+    for lane in [t for t in threading.enumerate() if t.name.startswith("mergeflow-lane")]:
+        lane.join(30)  # not waited for after a failure: each ends with the layer it was computing
+        assert not lane.is_alive()
 
 
 def test_the_budget_caps_the_lanes_and_plan_says_so(tmp_path, toy):
@@ -181,3 +183,44 @@ def test_a_one_device_command_refuses_a_list(tmp_path, toy, capsys):
     out = tmp_path / "s.safetensors"
     argv = f"stats {toy('llama')} --data {tmp_path / 'd.npz'} --kind gram -o {out} --device cpu,cpu".split()
     assert "runs on one device" in clean_failure(capsys, argv)
+
+
+def test_closing_lanes_after_a_failure_returns_at_once_and_drops_queued_work():
+    """Ctrl-C while a lane computes a layer (a minute at 7B on a CPU): the run ends now, not after it; what
+    was queued behind it never runs; after a success the lanes are joined and a failure nobody read is raised."""
+    from mergeflow.graph.executor import ExecContext
+    from mergeflow.graph.lanes import Lanes
+
+    release, ran = threading.Event(), []
+
+    class Slow:
+        def run(self, ctx, *args):
+            release.wait(30)
+            ran.append("slow")
+
+    class Quick:
+        def run(self, ctx, *args):
+            ran.append("quick")
+            raise ValueError("lost")
+
+    cpu = torch.device("cpu")
+    ctx = ExecContext({}, None, cpu, torch.float32, lanes=(cpu, cpu))
+    lanes = Lanes(ctx)
+    first, second = lanes.start(Slow(), []), lanes.start(Slow(), [])  # one per lane
+    behind = lanes.start(Quick(), [])  # lane 0, behind the first slow task
+    while not (first.future.running() and second.future.running()):
+        time.sleep(0.01)
+    start = time.perf_counter()
+    lanes.close(wait=False)
+    assert time.perf_counter() - start < 1.0
+    release.set()
+    first.future.result(10)
+    second.future.result(10)  # running when the lanes were closed: it ends with its task
+    for thread in lanes.threads:
+        thread.join(10)
+    assert behind.future.cancelled() and "quick" not in ran
+
+    lanes = Lanes(ctx)
+    lanes.start(Quick(), [])
+    with pytest.raises(ValueError, match="lost"):
+        lanes.close(wait=True)

@@ -109,6 +109,7 @@ def execute(
     )
 
     advise = _Advisor(loads, ctx, advise_bytes)
+    finished = False
 
     def top_up() -> None:
         nonlocal ahead, next_load
@@ -156,10 +157,11 @@ def execute(
             if on_done is not None:
                 on_done(task)
         if lanes is not None:
-            lanes.finish()  # a laned task whose value no task read still reports its failure
+            lanes.close(wait=True)  # a laned task whose value no task read still reports its failure
+        finished = True
     finally:
-        if lanes is not None:
-            lanes.close()
+        if lanes is not None and not finished:
+            lanes.close(wait=False)
         if pool is not None:
             for _t, fut in pending:
                 fut.cancel()

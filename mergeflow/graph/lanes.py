@@ -8,8 +8,10 @@ GIL) overlaps the others' device work, also when one device is named twice."""
 
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
@@ -48,19 +50,44 @@ class Pending:
 
 
 class Lanes:
+    """A daemon thread per lane, fed through a queue: an interrupted run (Ctrl-C) ends at once instead of
+    waiting for the layers in flight (a 7B layer takes a minute on a CPU); a lane computes and never writes,
+    so a thread cut short at exit leaves nothing half-done."""
+
     def __init__(self, ctx: Any) -> None:
         self.contexts = [replace(ctx, device=d, home=ctx.device, lanes=()) for d in ctx.lanes]
-        self.pools = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mergeflow-lane{i}")
+        self.queues: list[queue.SimpleQueue[Any]] = [queue.SimpleQueue() for _ in ctx.lanes]
+        self.started = 0
+        self.stopped = False  # after a failure: queued tasks are dropped
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(target=self._work, args=(i,), name=f"mergeflow-lane{i}", daemon=True)
             for i in range(len(ctx.lanes))
         ]
-        self.started: list[Future[Any]] = []
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self, lane: int) -> None:
+        # no future is kept here once its task is done: the consumers' values are the only references, so a
+        # layer's tensors are freed after their last use, as on one device
+        while (item := self.queues[lane].get()) is not None:
+            future, task, args = item
+            del item
+            if self.stopped:
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(_run(task, self.contexts[lane], args))
+                except BaseException as exc:  # handed to whoever waits for the value
+                    self.errors.append(exc)
+                    future.set_exception(exc)
+            del future, task, args
 
     def start(self, task: Any, args: list[Any]) -> Pending:
         """Run ``task`` on the next lane in turn (a group of hoisted tasks: one per lane)."""
-        lane = len(self.started) % len(self.pools)
-        future = self.pools[lane].submit(_run, task, self.contexts[lane], args)
-        self.started.append(future)
+        future: Future[Any] = Future()
+        self.queues[self.started % len(self.queues)].put((future, task, args))
+        self.started += 1
         return Pending(future)
 
     @staticmethod
@@ -71,15 +98,18 @@ class Lanes:
             if isinstance(value, Pending):
                 values[d] = value.future.result()
 
-    def finish(self) -> None:
-        for future in self.started:
-            future.result()
-
-    def close(self) -> None:
-        """After a failure: what has not started is dropped, what runs is waited for (no thread outlives the
-        run)."""
-        for pool in self.pools:
-            pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool) -> None:
+        """Stop the lanes. ``wait`` (after a success): join the threads, then raise a failure no task waited
+        for. Else (a failure, Ctrl-C): drop what is queued and return at once; a thread still computing ends
+        with its layer, or with the process."""
+        self.stopped = self.stopped or not wait
+        for q in self.queues:
+            q.put(None)
+        if wait:
+            for thread in self.threads:
+                thread.join()
+            if self.errors:
+                raise self.errors[0]
 
 
 def _run(task: Any, ctx: Any, args: list[Any]) -> Any:
