@@ -27,23 +27,24 @@ def schedule(roots: list[Any], placed: set[Any] | None = None) -> list[Any]:
 
 
 def hoist(order: list[Any], lanes: int) -> list[Any]:
-    """``order`` with its laned tasks (``task.laned``: each layer's alignment) taken ``lanes`` at a time: the
-    others of a group, with whatever they need that is not in place yet (their reads), moved up to just
-    after the group's first, so that the group runs at once while the tasks after it wait for their results.
-    Still a topological order; the reads of up to ``lanes`` laned tasks are held at once."""
+    """``order`` with its laned tasks (``task.laned``: each layer's alignment) started ``lanes`` at a time: at
+    each laned task's own place, the next ``lanes - 1`` laned tasks, with whatever they need that is not in
+    place yet (their reads), are moved up to just after it. A sliding window: while the tasks after a laned
+    task wait for its result, the others run, and when it is done the next one starts (its reads made while
+    the others compute). Still a topological order; the reads of up to ``lanes`` laned tasks are held at once."""
     laned = [t for t in order if getattr(t, "laned", False)]
     if lanes < 2 or len(laned) < 2:
         return order
-    group: dict[Any, list[Any]] = {}
-    for i in range(0, len(laned), lanes):
-        group[laned[i]] = laned[i : i + lanes]
+    at = {t: i for i, t in enumerate(laned)}
     out: list[Any] = []
     placed: set[Any] = set()
     for task in order:
-        if task in placed:
-            continue
-        for member in group.get(task, [task]):
-            out.extend(schedule([member], placed))  # the first: its reads are in place already
+        if task in at:
+            for member in laned[at[task] : at[task] + lanes]:
+                out.extend(schedule([member], placed))  # nothing for those placed already
+        elif task not in placed:
+            out.append(task)
+            placed.add(task)
     return out
 
 
