@@ -84,7 +84,8 @@ class Lanes:
             del future, task, args
 
     def start(self, task: Any, args: list[Any]) -> Pending:
-        """Run ``task`` on the next lane in turn (a group of hoisted tasks: one per lane)."""
+        """Run ``task`` on the next lane in turn (hoisted tasks start in order, so each finds the lane of the
+        task ``lanes`` before it, which is done or nearly)."""
         future: Future[Any] = Future()
         self.queues[self.started % len(self.queues)].put((future, task, args))
         self.started += 1
