@@ -155,7 +155,7 @@ def _skeleton(cls: Any, p: Path, device: torch.device, untie: bool) -> Any:
         )
         config._attn_implementation = "eager"
         with init_empty_weights():  # parameters on the meta device; buffers (e.g. RoPE's) computed as usual
-            model = cls._from_config(config, dtype=torch.float32)
+            model = cls(config)  # the public constructor; float32, the default dtype
         model.tie_weights()  # as loading does: a tied head is the embedding's parameter
     except (OSError, ValueError) as exc:
         raise InputError(f"{p}: cannot build the model ({str(exc).splitlines()[0]})") from None
