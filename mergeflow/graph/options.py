@@ -44,7 +44,7 @@ def resolve_devices(name: str) -> tuple[torch.device, ...]:
 
 @dataclass
 class Options:
-    device: str = "auto"
+    device: str = "auto"  # cpu, cuda, cuda:N, a list such as "cuda:0,cuda:1" (alignment lanes), or auto
     max_memory: int | None = None
     force: bool = False
     allow_pickle: bool = False
