@@ -120,7 +120,7 @@ def plan(
         click.echo(f"whole-model step: {p.whole_model[1]}, about {human(p.whole_model[0])}")
     click.echo(f"largest working set: {human(p.peak_task_bytes)} (tensor {p.peak_tensor})")
     share = runner.tensor_budget(prep.max_memory)
-    ahead = overlap(prep.max_memory, p.peak_task_bytes, p.arch is not None, device_type=prep.device.type)
+    ahead = overlap(prep.max_memory, runner.in_flight(prep), p.arch is not None, device_type=prep.device.type)
     given = f"--max-memory {max_memory}" if max_memory else "default: half the available memory"
     click.echo(
         f"memory budget: {human(prep.max_memory)} ({given}); tensors in flight may use {human(share)} of it, "

@@ -165,6 +165,11 @@ def prepare(
     )
 
 
+def in_flight(prep: Prepared) -> int:
+    """The largest working set the run holds at once: one task's, or one per lane."""
+    return prep.plan.peak_task_bytes * max(len(prep.lanes), 1)
+
+
 def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | None = None) -> Result:
     """Execute a prepared plan into ``out`` (appears only when complete), reporting to ``progress``."""
     recipe, plan = prep.recipe, prep.plan
@@ -194,7 +199,7 @@ def run(prep: Prepared, out: str | Path, opts: Options, progress: Progress | Non
         journal = Journal(tmp, run_fingerprint(prep))
         kept = journal.load_verified() if opts.resume else set()
         ahead = overlap(
-            prep.max_memory, plan.peak_task_bytes, plan.arch is not None, opts.prefetch, prep.device.type
+            prep.max_memory, in_flight(prep), plan.arch is not None, opts.prefetch, prep.device.type
         )
         writer: ShardedWriter | BackgroundWriter
         writer = ShardedWriter(tmp, plan.layouts, done=kept, on_shard=journal.record)
