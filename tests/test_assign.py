@@ -221,3 +221,11 @@ def test_sparse_solve_finishes_on_near_ties_that_loop_scipy_for_ever():
     level = (w.max() - w.min()) / lap.exact_levels(n)
     assert sorted(perm) == list(range(n))
     assert dense[np.arange(n), perm].sum() >= dense[a, b].sum() - n * level - 1e-9
+
+
+def test_exact_levels_keep_every_path_sum_exact_in_float64():
+    """An augmenting path's cost sums at most 2n edge costs of at most levels + 1: below 2**53 for any n."""
+    for n in (1, 2, 71, 2048, 14336, 16383, 16384, 28672, 1 << 17, 10**6):
+        levels = lap.exact_levels(n)
+        assert 2 * n * (levels + 1) < 2**53 and levels >= 1 << 29
+    assert lap.exact_levels(14336) == 1 << 36 and lap.exact_levels(28672) == 1 << 35

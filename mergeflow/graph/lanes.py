@@ -24,11 +24,11 @@ def lane_devices(
 ) -> tuple[torch.device, ...]:
     """The lanes a run gets: its devices when it aligns layers, as many as the tensors' budget holds the
     largest task's working set (each lane holds one layer's), none when that is one. ``flag``: the --device
-    value, for the warning when the budget holds fewer than it lists."""
+    value, for the warning when the budget holds fewer than it lists (none for auto)."""
     if not aligning or len(devices) < 2:
         return ()
     fits = budget // max(peak, 1)
-    if fits < len(devices):
+    if fits < len(devices) and flag != "auto":  # auto takes the GPUs that fit without a word
         warnings.warn(
             f"--device {flag}: the memory budget holds {max(fits, 1)} layer(s)' alignment at once; "
             + (
