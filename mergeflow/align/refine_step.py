@@ -81,26 +81,12 @@ def _in_list(i: int, steps: Sequence[tuple[str, StepParams | None]]) -> str | No
 
 
 def _check(g: Geometry, p: RefineParams, family: str) -> str | None:
-    if FAMILIES[family].experts is not None and _fuses_experts():
-        return (
-            f"{family} has experts, whose weights this transformers fuses into tensors the checkpoint does not "
-            "hold (one per layer for all experts); refine cannot rebuild them yet"
-        )
     if p.permutations and FAMILIES[family].experts is not None:
         return (
             f"{family} has experts, whose units refine does not learn yet; use refine: {{permutations: false}} "
             "(the stream map alone)"
         )
     return None
-
-
-def _fuses_experts() -> bool:
-    """transformers 5 holds a mixture's experts as fused parameters (e.g. ``experts.gate_up_proj``), made
-    from the stored per-expert tensors when loading; refine runs the model on weights it builds from the
-    stored tensors, by name."""
-    import transformers
-
-    return int(transformers.__version__.split(".")[0]) >= 5
 
 
 @align_step("refine", RefineParams, _check, in_list=_in_list, whole_model=True)

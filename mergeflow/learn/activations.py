@@ -32,6 +32,7 @@ from mergeflow.align.stream_map import solve
 from mergeflow.align.unit_match import best_assignment
 from mergeflow.arch.spec import ArchSpec
 from mergeflow.errors import InputError
+from mergeflow.learn.fused import Source, params_from
 from mergeflow.learn.moments import Moments, head_score
 from mergeflow.learn.refine import module_names
 from mergeflow.stats.data import Data, batches
@@ -85,12 +86,13 @@ class _Points:
     block: dict[int, Any]
 
 
-def _points(loaded: Loaded, spec: ArchSpec, names: dict[str, str]) -> _Points:
+def _points(loaded: Loaded, spec: ArchSpec, names: dict[str, Source], ffn: bool = True) -> _Points:
+    """``ffn``: the FFNs' inputs are wanted (a mixture's layers have no one FFN to watch)."""
     stored_to_mod = {st: mod for mod, st in names.items()}
     model = loaded.model
     pts = _Points({}, {}, {})
     for lay in spec.layers:
-        for role, where in (("down", pts.ffn), ("o", pts.heads)):
+        for role, where in (("down", pts.ffn), ("o", pts.heads))[0 if ffn else 1 :]:
             mod = stored_to_mod.get(lay.get(role) or "")
             if mod is None:
                 raise InputError(
@@ -126,10 +128,10 @@ def match_activations(
     max_length = max_length_for(loaded, data, want.max_length)
     names = module_names(loaded, anchor)
     params = {
-        m: {mod: s[st].to(device=device, dtype=torch.float32) for mod, st in names.items()}
-        for m, s in (("anchor", anchor), ("source", source))
+        "anchor": params_from(names, lambda st: anchor[st].to(device=device, dtype=torch.float32)),
+        "source": params_from(names, lambda st: source[st].to(device=device, dtype=torch.float32)),
     }
-    pts = _points(loaded, spec, names)
+    pts = _points(loaded, spec, names, want.ffn)
     layers = [lay.index for lay in spec.layers]
     f = spec.ffn_width(lambda n: anchor[n].shape)
     per_layer = 8 * ((f * f if want.ffn else 0) + ((g.h_q * g.d_h) ** 2 if want.heads else 0)) or 1

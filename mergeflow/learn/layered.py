@@ -27,6 +27,7 @@ from mergeflow.arch.canonical import to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 from mergeflow.errors import InputError
 from mergeflow.learn.edges import EdgePerm, Matcher, candidate_edges, permuted_by_edges
+from mergeflow.learn.fused import Source, params_from, stored_of
 from mergeflow.learn.refine import (
     Problem,
     RefineReport,
@@ -123,7 +124,7 @@ def refine_layered(
     ]
     now: dict[str, Any] = {}  # this step's interpolation weight, stream map and permutations
 
-    def build_for(lay: LayerNames, k: int, local: dict[str, str]) -> Build:
+    def build_for(lay: LayerNames, k: int, local: dict[str, Source]) -> Build:
         def build() -> dict[str, torch.Tensor]:
             e, perm = edges[k], now["perms"][k]
             stored = {n: source[n].to(device, non_blocking=True) for n in lay.tensors()}
@@ -137,23 +138,25 @@ def refine_layered(
                 torch.float32,
                 torch.float32,
             )
-            return {
-                m: torch.lerp(
+            return params_from(
+                local,
+                lambda st: torch.lerp(
                     anchor[st].to(device), moved[st] if st in moved else source[st].to(device), now["lam"]
-                )
-                for m, st in local.items()
-            }
+                ),
+            )
 
         return build
 
     builds, inside = {}, set()
     for k, lay in enumerate(spec.layers):
-        path = layer_module(loaded.model, [m for m, st in names.items() if st in set(lay.tensors())])
+        own = set(lay.tensors())
+        path = layer_module(loaded.model, [m for m, st in names.items() if own.intersection(stored_of(st))])
         mods = [m for m in names if m.startswith(path + ".")]  # with any the alignment leaves as they are
         builds[path] = build_for(lay, k, {m[len(path) + 1 :]: names[m] for m in mods})
         inside.update(mods)
     outer = {m: st for m, st in names.items() if m not in inside}
-    outside = set(outer.values()) | {st.name for st in layout.tensors}  # moved to the device once
+    outside = {n for st in outer.values() for n in stored_of(st)} | {st.name for st in layout.tensors}
+    # (moved to the device once)
     near = {st: source[st].to(device) for st in outside}
     near_anchor = {st: anchor[st].to(device) for st in outside}
     if hasattr(loaded.model.config, "use_cache"):  # a KV cache would grow again when a layer is recomputed
@@ -164,7 +167,7 @@ def refine_layered(
         now["rmap"] = ResidualMap(matrix=omat.float()) if group is not None else None
         now["lam"] = lam
         stream = transform_stream(layout, near, now["rmap"], fold, torch.float32, torch.float32)
-        params = {m: torch.lerp(near_anchor[st], stream.get(st, near[st]), lam) for m, st in outer.items()}
+        params = params_from(outer, lambda st: torch.lerp(near_anchor[st], stream.get(st, near[st]), lam))
         return _loss(loaded, params, _batch(data, idx), p, device)
 
     with wrapped(loaded.model, builds), Matcher(edges) as matcher:

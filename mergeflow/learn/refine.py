@@ -27,6 +27,7 @@ from mergeflow.arch.canonical import from_canonical, to_canonical
 from mergeflow.arch.spec import ArchSpec, LayerNames
 from mergeflow.arch.stream_layout import ResidualLayout
 from mergeflow.errors import InputError
+from mergeflow.learn.fused import Source, fused_params, params_from
 from mergeflow.stats.data import Data, batches
 from mergeflow.stats.model import Loaded, logits_and_mask, max_length_for, on_weights, stored_names
 
@@ -151,12 +152,14 @@ def _loss(
     return ce[keep].mean()
 
 
-def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, str]:
-    """In-memory parameter name -> stored name, for every float parameter of the model."""
+def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, Source]:
+    """In-memory parameter name -> the stored tensor it is (by name), or the stored tensors it is fused from
+    (learn.fused), for every float parameter of the model."""
     names = stored_names(loaded.model)
     params = dict(loaded.model.named_parameters())  # a tied parameter once, under its first name
     tied = set(dict(loaded.model.named_parameters(remove_duplicate=False))) - set(params)
-    out = {}
+    out: dict[str, Source] = {}
+    missing = []
     for mod, t in loaded.model.state_dict().items():
         if mod in tied:  # given under the first name, which functional_call ties it to
             continue
@@ -166,8 +169,13 @@ def module_names(loaded: Loaded, state: dict[str, torch.Tensor]) -> dict[str, st
         if stored in state:
             out[mod] = stored
         elif t.is_floating_point() and mod in params:
+            missing.append(mod)
+    out.update(fused := fused_params(loaded.model, missing, state))
+    for mod in missing:
+        if mod not in fused:
             raise InputError(
-                f"refine: parameter {mod!r} of the model class has no stored tensor to learn from"
+                f"parameter {mod!r} of {type(loaded.model).__name__} has no stored tensor mergeflow can build it "
+                "from (the checkpoint stores it in a form transformers converts when loading)"
             )
     return out
 
@@ -218,7 +226,7 @@ def refine(
     def step_loss(lam: float, idx: np.ndarray) -> torch.Tensor:
         perms = [None if z is None else _ste(z) for z in latents]
         tb = transform(spec, layout, b64, omat if group is not None else None, perms, fold, torch.float32)
-        params = {mod: torch.lerp(a32[st], tb[st], lam) for mod, st in names.items()}
+        params = params_from(names, lambda st: torch.lerp(a32[st], tb[st], lam))
         return _loss(loaded, params, _batch(data, idx), p, device)
 
     train(p, len(data), omat, group, [z for z in latents if z is not None], step_loss, report, progress)

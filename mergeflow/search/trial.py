@@ -134,15 +134,15 @@ class Evaluator:
             return self.score(load_model(out, torch.device(self.device)))
 
     def score_in_memory(self, merged: dict[str, torch.Tensor], folder: str) -> dict[str, float]:
+        from mergeflow.learn.fused import params_from
         from mergeflow.learn.refine import module_names
         from mergeflow.stats.model import on_weights
 
         loaded = self.model(folder)
         dev = torch.device(self.device)
-        params = {
-            mod: merged[st].to(device=dev, dtype=torch.float32)
-            for mod, st in module_names(loaded, merged).items()
-        }
+        params = params_from(
+            module_names(loaded, merged), lambda st: merged[st].to(device=dev, dtype=torch.float32)
+        )
         return self.score(on_weights(loaded, params))
 
     def score(self, loaded: Any) -> dict[str, float]:
