@@ -14,7 +14,7 @@ from mergeflow.testing.scramble import scramble_model
 from tests.conftest import write
 from tests.helpers import align, outputs, state, text_data
 
-MOE = ["mixtral", "qwen2_moe"]
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe"]
 
 
 @pytest.mark.parametrize("family", MOE)
