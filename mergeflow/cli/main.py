@@ -239,6 +239,22 @@ def _interrupted(exc: BaseException | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``mergeflow`` command; ``argv`` None: run as a program (the console script, ``python -m``)."""
+    try:
+        _main(argv)
+    except SystemExit as exc:
+        # a failed or interrupted run whose lanes still compute a layer: the interpreter's shutdown would tear
+        # torch's thread pools down under them (SIGABRT, seen after Ctrl-C); what the run owned is already
+        # cleaned up and reported, so leave at once (the module is loaded only if a run started)
+        lanes = sys.modules.get("mergeflow.graph.lanes")
+        if argv is None and lanes is not None and lanes.lanes_busy():
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        raise
+
+
+def _main(argv: list[str] | None) -> None:
     signal.signal(signal.SIGTERM, _sigterm)
     warnings.formatwarning = _warning
     try:

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+LANE = "mergeflow-lane"  # the lane threads' name prefix
+
 
 def lane_devices(
     devices: tuple[torch.device, ...], budget: int, peak: int, aligning: bool, flag: str
@@ -42,6 +44,11 @@ def lane_devices(
     return devices[:fits] if fits >= 2 else ()
 
 
+def lanes_busy() -> bool:
+    """A lane thread of this process is still computing (after a failure, they are not waited for)."""
+    return any(t.name.startswith(LANE) and t.is_alive() for t in threading.enumerate())
+
+
 class Pending:
     """A laned task's value while its lane computes it."""
 
@@ -61,7 +68,7 @@ class Lanes:
         self.stopped = False  # after a failure: queued tasks are dropped
         self.errors: list[BaseException] = []
         self.threads = [
-            threading.Thread(target=self._work, args=(i,), name=f"mergeflow-lane{i}", daemon=True)
+            threading.Thread(target=self._work, args=(i,), name=f"{LANE}{i}", daemon=True)
             for i in range(len(ctx.lanes))
         ]
         for thread in self.threads:

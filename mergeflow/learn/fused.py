@@ -96,11 +96,12 @@ def _by_rule(rule: Any, param: str, by_loaded: Mapping[str, str]) -> Fused | Non
         or len(ops) > 2
     ):
         return None
+    near = [(loaded, name) for loaded, name in by_loaded.items() if loaded.startswith(prefix)]  # its module's
     parts = []
     for src in rule.source_patterns:
         found = {}
         pattern = re.compile(re.escape(prefix + src).replace(r"\*", r"(\d+)") + "$")
-        for loaded, name in by_loaded.items():
+        for loaded, name in near:
             if m := pattern.match(loaded):
                 found[int(m.group(1))] = name
         if not found or sorted(found) != list(range(len(found))):

@@ -155,8 +155,8 @@ def refine_layered(
         builds[path] = build_for(lay, k, {m[len(path) + 1 :]: names[m] for m in mods})
         inside.update(mods)
     outer = {m: st for m, st in names.items() if m not in inside}
+    # the tensors outside the layer stack, moved to the device once
     outside = {n for st in outer.values() for n in stored_of(st)} | {st.name for st in layout.tensors}
-    # (moved to the device once)
     near = {st: source[st].to(device) for st in outside}
     near_anchor = {st: anchor[st].to(device) for st in outside}
     if hasattr(loaded.model.config, "use_cache"):  # a KV cache would grow again when a layer is recomputed
