@@ -9,11 +9,11 @@ import os
 import signal
 import sys
 import warnings
-from typing import Any
 
 import click
 
 from mergeflow.cli.convert_eval import convert, eval_group
+from mergeflow.cli.exits import interrupted, leave_if_lanes_busy, sigterm, warning_line
 from mergeflow.cli.learn_cmd import learn_aligner
 from mergeflow.cli.lora_cmd import extract_lora
 from mergeflow.cli.moe_cmd import moe
@@ -26,10 +26,6 @@ from mergeflow.cli.search_cmd import search
 from mergeflow.cli.stages_cmd import INTERMEDIATE, STAGE, is_multistage_file, run_file
 from mergeflow.cli.stats_cmd import stats
 from mergeflow.errors import InputError, MergeflowError, RecipeError
-
-
-def _sigterm(_signum: int, _frame: Any) -> None:
-    raise SystemExit(143)  # unwinds like an error, so partial output is removed
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -220,47 +216,22 @@ cli.add_command(learn_aligner)
 import mergeflow.cli.eval_cmds  # noqa: E402,F401  (registers eval barrier/equivalence)
 
 
-def _warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    return f"warning: {message}\n"
-
-
-def _interrupted(exc: BaseException | None) -> None:
-    from mergeflow.io.output_dir import Interrupted
-
-    if isinstance(exc, Interrupted):
-        click.echo(
-            f"{'terminated' if exc.terminated else 'interrupted'}; the partial output was kept in "
-            f"{exc.partial}: run the same command with --resume to continue it into {exc.final}",
-            err=True,
-        )
-        sys.exit(143 if exc.terminated else 130)
-    click.echo("interrupted; nothing was written", err=True)
-    sys.exit(130)
-
-
 def main(argv: list[str] | None = None) -> None:
     """The ``mergeflow`` command; ``argv`` None: run as a program (the console script, ``python -m``)."""
     try:
         _main(argv)
     except SystemExit as exc:
-        # a failed or interrupted run whose lanes still compute a layer: the interpreter's shutdown would tear
-        # torch's thread pools down under them (SIGABRT, seen after Ctrl-C); what the run owned is already
-        # cleaned up and reported, so leave at once (the module is loaded only if a run started)
-        lanes = sys.modules.get("mergeflow.graph.lanes")
-        if argv is None and lanes is not None and lanes.lanes_busy():
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        leave_if_lanes_busy(exc, argv is None)
         raise
 
 
 def _main(argv: list[str] | None) -> None:
-    signal.signal(signal.SIGTERM, _sigterm)
-    warnings.formatwarning = _warning
+    signal.signal(signal.SIGTERM, sigterm)
+    warnings.formatwarning = warning_line
     try:
         cli.main(args=argv, prog_name="mergeflow", standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns Ctrl-C into Abort; what was interrupted is its cause
-        _interrupted(exc.__cause__ or exc.__context__)
+        interrupted(exc.__cause__ or exc.__context__)
     except click.UsageError as exc:  # one line, as every other bad input
         where = exc.ctx.command_path if exc.ctx is not None else "mergeflow"
         click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
@@ -278,7 +249,7 @@ def _main(argv: list[str] | None) -> None:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt as exc:
-        _interrupted(exc)
+        interrupted(exc)
     except MemoryError:
         click.echo("error: out of memory; lower --max-memory or use a smaller compute dtype", err=True)
         sys.exit(1)
